@@ -1,0 +1,12 @@
+"""layercascade: Layer Cascade segmentation networks from a PyTorch checkpoint to fast inference.
+
+Top-level folders follow the data flow (DESIGN §3): ``model`` (network, training, data,
+metrics), ``export`` (ONNX), ``calibration`` (INT8), ``plugins`` (region-conv kernels),
+``runtime`` (backends and CLIs). Heavy dependencies (torch, onnxruntime, TensorRT) are
+imported only inside the parts that need them.
+"""
+
+from layercascade.errors import LCError
+
+__version__ = "0.1.0"
+__all__ = ["LCError", "__version__"]

@@ -1,0 +1,33 @@
+"""The one exception type for user errors, and the helper every CLI uses to report it.
+
+A user error (bad file, wrong shape, missing dependency, version mismatch) is raised as
+:class:`LCError` with a one-line message that says what is wrong and what to do. Bugs
+raise ordinary exceptions and keep their tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+
+class LCError(Exception):
+    """A problem the user can fix; the message is one line, shown without a traceback."""
+
+
+def fail(message: str) -> NoReturn:
+    """Raise :class:`LCError` with ``message``."""
+    raise LCError(message)
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run a CLI ``main``; an :class:`LCError` becomes one line on stderr and exit code 1."""
+    try:
+        return int(main(argv) or 0)
+    except LCError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

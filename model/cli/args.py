@@ -1,0 +1,50 @@
+"""Argument helpers shared by the model CLIs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def size(text: str) -> tuple[int, int]:
+    """``HxW`` (or a single ``N`` for N×N) → (H, W)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 512x512, got {text!r}")
+    return parts[0], parts[1]
+
+
+def rho(text: str) -> float:
+    """A threshold in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"rho must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def float_pair(text: str) -> tuple[float, float]:
+    """``A,B`` → (A, B)."""
+    try:
+        low, high = (float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers like 0.75,1.25, got {text!r}") from None
+    return low, high
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, split: str) -> None:
+    """``--data``, ``--split``, ``--seed``, ``--limit``."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default="synthetic", metavar="SPEC",
+                       help="data set: 'synthetic' (procedural, no download), 'voc:PATH' (VOCdevkit/VOC2012) "
+                            "or 'cityscapes:PATH' (leftImg8bit + gtFine) (default: synthetic)")
+    group.add_argument("--split", default=split, help=f"split to use (default: {split})")
+    group.add_argument("--seed", type=int, default=0,
+                       help="seed: picks the synthetic images, and the training order/augmentation (default: 0)")
+    group.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N images")

@@ -1,0 +1,109 @@
+"""Evaluation of a PyTorch cascade on a data set: mIoU, per-class IoU, stage fractions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from layercascade.errors import fail
+from layercascade.model.data import SegmentationDataset
+from layercascade.model.metrics import ConfusionMatrix
+from layercascade.model.network import LayerCascadeNet, normalize
+
+# The paper's Table 1 thresholds.
+PAPER_RHOS = (1.0, 0.995, 0.985, 0.970, 0.950, 0.930, 0.900, 0.800)
+
+
+@dataclass
+class EvalResult:
+    """Scores of one ρ over a data set (``miou`` and IoUs in percent, fractions in [0, 1])."""
+
+    miou: float
+    per_class_iou: dict[str, float | None]
+    stage_fractions: list[float]
+    rho: float
+    images: int
+    pixel_accuracy: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_rho(rho: float) -> float:
+    """ρ must lie in (0, 1]."""
+    if not 0.0 < rho <= 1.0:
+        fail(f"rho must be in (0, 1], got {rho}")
+    return rho
+
+
+@torch.no_grad()
+def evaluate(
+    model: LayerCascadeNet,
+    dataset: SegmentationDataset,
+    rhos: Sequence[float],
+    mean: Sequence[float],
+    std: Sequence[float],
+    classes: Sequence[str],
+    progress: bool = True,
+) -> list[EvalResult]:
+    """Run the cascade at every ρ of ``rhos`` on each image of ``dataset``.
+
+    Stage fractions are averaged over images weighted by their stage-resolution area.
+    """
+    model.eval()
+    matrices = [ConfusionMatrix(len(classes), dataset.ignore_index) for _ in rhos]
+    fraction_sums = np.zeros((len(rhos), 3))
+    area = 0.0
+    for index in tqdm(range(len(dataset)), desc="evaluating", unit="img", disable=not progress, leave=False):
+        image, label = dataset[index]
+        x = normalize(torch.from_numpy(np.ascontiguousarray(image))[None], tuple(mean), tuple(std))
+        for k, rho in enumerate(rhos):
+            output = model(x, rho)
+            matrices[k].update(output.labels[0].numpy(), label)
+            pixels = output.masks[0][0].numel()
+            fraction_sums[k] += output.stage_fractions[0].numpy() * pixels
+        area += pixels
+    results = []
+    for k, rho in enumerate(rhos):
+        iou = matrices[k].iou()
+        results.append(EvalResult(
+            miou=round(matrices[k].miou(), 4),
+            per_class_iou={name: (None if np.isnan(v) else round(float(v) * 100, 4)) for name, v in zip(classes, iou)},
+            stage_fractions=[round(float(f), 6) for f in fraction_sums[k] / max(area, 1.0)],
+            rho=float(rho),
+            images=len(dataset),
+            pixel_accuracy=round(matrices[k].pixel_accuracy(), 4),
+        ))
+    return results
+
+
+def format_table(results: Sequence[EvalResult]) -> str:
+    """A table like the paper's Table 1: one column per ρ."""
+    header = ["ρ"] + [f"{r.rho:g}" for r in results]
+    rows = [
+        ["% pixels stopping at stage 1"] + [f"{100 * r.stage_fractions[0]:.1f}" for r in results],
+        ["% stopping at stage 2"] + [f"{100 * r.stage_fractions[1]:.1f}" for r in results],
+        ["% reaching stage 3"] + [f"{100 * r.stage_fractions[2]:.1f}" for r in results],
+        ["mIoU"] + [f"{r.miou:.2f}" for r in results],
+        ["pixel accuracy"] + [f"{r.pixel_accuracy:.2f}" for r in results],
+    ]
+    return markdown_table(header, rows)
+
+
+def format_per_class(result: EvalResult) -> str:
+    """Per-class IoU of one result, one row per class."""
+    rows = [[name, "—" if v is None else f"{v:.2f}"] for name, v in result.per_class_iou.items()]
+    return markdown_table(["class", f"IoU (ρ = {result.rho:g})"], rows)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table with columns padded for reading in a terminal."""
+    table = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in table]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""The Layer Cascade network: a backbone split in three stages, a head per stage, and
+cascade inference with the region semantics of DESIGN §4."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from layercascade.model.backbones import build_backbone
+from layercascade.model.config import ModelConfig
+from layercascade.model.layers import StageHead
+from layercascade.model.region import fuse_scores, next_mask, stage_fractions
+
+NUM_STAGES = 3
+
+
+@dataclass
+class CascadeOutput:
+    """What one cascade pass produces.
+
+    Attributes:
+        scores: per-stage class scores ``(N, C, h, w)`` at the stage resolution; stages
+            2–3 are 0 outside their region.
+        masks: ``[M₂, M₃]``, float 0/1 ``(N, 1, h, w)``.
+        fused: L¹ / L² / L³ chosen per pixel by the masks, ``(N, C, h, w)``.
+        labels: argmax of the fused scores upsampled to the input size, ``(N, H, W)`` int64.
+        stage_fractions: share of pixels decided at each stage, ``(N, 3)``.
+    """
+
+    scores: list[Tensor]
+    masks: list[Tensor]
+    fused: Tensor
+    labels: Tensor
+    stage_fractions: Tensor
+
+
+class LayerCascadeNet(nn.Module):
+    """Backbone (``self.backbone``, timm names) + one :class:`StageHead` per stage."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = build_backbone(config.backbone)
+        self.heads = nn.ModuleList(
+            StageHead(channels, config.head_channels, config.num_classes)
+            for channels in self.backbone.stage_channels
+        )
+
+    def forward_stage(self, index: int, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Features and head scores of stage ``index`` over region ``mask`` (None = all)."""
+        features = self.backbone.forward_stage(index, x, mask)
+        return features, self.heads[index](features, mask)
+
+    def run_stages(self, image: Tensor, rho: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
+        """Per-stage scores and the regions ``[M₂, M₃]`` at threshold ``rho``.
+
+        Masks come from the current predictions without gradient. ρ = 1 sends every pixel
+        through every stage (the dense network): the regions are then all ones and the
+        masked multiplications are skipped.
+        """
+        if not 0.0 < rho <= 1.0:
+            raise ValueError(f"rho must be in (0, 1], got {rho}")
+        features, scores, masks = image, [], []
+        region: Tensor | None = None
+        for index in range(NUM_STAGES):
+            features, stage_scores = self.forward_stage(index, features, None if rho >= 1.0 else region)
+            scores.append(stage_scores)
+            if index + 1 < NUM_STAGES:
+                region = next_mask(stage_scores, rho, region)
+                masks.append(region)
+        return scores, masks
+
+    def forward(self, image: Tensor, rho: float = 1.0) -> CascadeOutput:
+        """Cascade inference on a normalised ``(N, 3, H, W)`` batch at threshold ``rho``."""
+        scores, masks = self.run_stages(image, rho)
+        fused = fuse_scores(scores, masks)
+        upsampled = F.interpolate(fused, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return CascadeOutput(scores, masks, fused, upsampled.argmax(1), stage_fractions(masks))
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """uint8 ``(N, H, W, 3)`` RGB → float ``(N, 3, H, W)`` normalised with ``mean``/``std`` (0–255 scale)."""
+    x = images.permute(0, 3, 1, 2).float()
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t

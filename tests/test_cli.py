@@ -1,0 +1,77 @@
+"""The model CLIs: help texts, JSON output on the demo model, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from layercascade.errors import run_cli
+from layercascade.model.cli import evaluate, info, train
+
+
+@pytest.mark.parametrize("module", [train, evaluate, info], ids=["lc-train", "lc-eval", "lc-info"])
+def test_help_explains_every_option(module, capsys) -> None:
+    parser = module.build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and len(action.help) > 10, f"{action.dest} has no help"
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in parser._actions:
+        for option in action.option_strings:
+            assert option in text
+
+
+def test_eval_json_on_demo_model(capsys) -> None:
+    assert run_cli(evaluate.main, ["--limit", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"miou", "per_class_iou", "stage_fractions", "rho", "images"}
+    assert 0 <= result["miou"] <= 100 and result["images"] == 4
+    assert sum(result["stage_fractions"]) == pytest.approx(1.0, abs=1e-5)
+    assert len(result["per_class_iou"]) == 21
+
+
+def test_eval_rho_sweep(capsys) -> None:
+    assert run_cli(evaluate.main, ["--limit", "2", "--rho-sweep", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["rho"] for r in results] == [1.0, 0.995, 0.985, 0.97, 0.95, 0.93, 0.9, 0.8]
+    assert results[0]["stage_fractions"] == [0.0, 0.0, 1.0]
+    assert run_cli(evaluate.main, ["--limit", "2", "--rho-sweep"]) == 0
+    table = capsys.readouterr().out
+    assert "% pixels stopping at stage 1" in table and "mIoU" in table
+
+
+def test_eval_errors_are_one_line(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert run_cli(evaluate.main, [str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "bad.pt" in err
+    assert run_cli(evaluate.main, ["--data", "voc:/nonexistent"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--rho", "1.5"])
+    assert exit_info.value.code == 2
+
+
+def test_info_on_config_and_demo(capsys) -> None:
+    assert run_cli(info.main, ["irnet", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["backbone"] == "irnet" and len(data["stages"]) == 3
+    assert data["ideal_speedup"] > 1
+    assert run_cli(info.main, []) == 0
+    assert "stage 3" in capsys.readouterr().out
+
+
+def test_installed_entry_point() -> None:
+    done = subprocess.run([sys.executable, "-c", "from layercascade.model.cli.evaluate import cli; cli()",
+                           "--limit", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "miou" in json.loads(done.stdout)
