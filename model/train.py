@@ -27,6 +27,7 @@ from layercascade.model.region import resize_mask
 
 MODES = ("single", "dsn", "cascade")
 IGNORE = 255
+_print_now = partial(print, flush=True)
 
 
 @dataclass
@@ -143,7 +144,7 @@ def train(
     init: str | Path | None = None,
     resume: str | Path | None = None,
     backbone_weights: str | Path | None = None,
-    log: Callable[[str], None] = partial(print, flush=True),
+    log: Callable[[str], None] = _print_now,
     progress: bool = True,
 ) -> TrainResult:
     """Train a Layer Cascade network and write a checkpoint to ``output`` after every epoch.

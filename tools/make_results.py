@@ -37,7 +37,7 @@ def run(command: list[str]) -> str:
 
 def train_commands(work: Path, epochs: int) -> dict[str, list[list[str]]]:
     half = epochs // 2
-    common = ["--model", "tiny", "--data", "synthetic", "--seed", "0", "--quiet"]
+    common = ["--model", "tiny", "--data", "synthetic", "--seed", "0", "--lr", "0.04", "--quiet"]
     return {
         "single": [["lc-train", "--mode", "single", "--epochs", str(epochs), *common, "-o", str(work / "single.pt")]],
         "dsn": [["lc-train", "--mode", "dsn", "--epochs", str(epochs), *common, "-o", str(work / "dsn.pt")]],

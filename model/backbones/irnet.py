@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from layercascade.model.backbones.base import CascadeBackbone
 from layercascade.model.layers import ConvBnAct, RegionPool, RegionSequential, concat
 from layercascade.model.region import apply_region
 
@@ -132,11 +133,16 @@ class Block8(_Residual):
         self.act = nn.Identity() if no_relu else nn.ReLU(inplace=True)
 
 
-class InceptionResNetV2(nn.Module):
+class InceptionResNetV2(CascadeBackbone):
     """Dilated Inception-ResNet-v2 trunk (output stride 8) split into three cascade stages."""
 
     stage_channels = (320, 1088, 1536)
-    output_stride = 8
+    stage_layout = (
+        ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a", "maxpool_5a",
+         "mixed_5b", "repeat"),
+        ("mixed_6a", "repeat_1"),
+        ("mixed_7a", "repeat_2", "block8", "conv2d_7b"),
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -156,14 +162,3 @@ class InceptionResNetV2(nn.Module):
         self.block8 = Block8(scale=1.0, no_relu=True, dilation=4)
         # 1536 = timm's num_features; the name exists for weight compatibility.
         self.conv2d_7b = _conv(2080, 1536, 1)
-
-    def forward_stage(self, index: int, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Run cascade stage ``index`` (0, 1, 2); ``mask`` is its region (None = all)."""
-        if index == 0:
-            x = self.maxpool_3a(self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(x))))
-            x = self.maxpool_5a(self.conv2d_4a(self.conv2d_3b(x)))
-            return self.repeat(self.mixed_5b(x))
-        if index == 1:
-            return self.repeat_1(self.mixed_6a(x, mask), mask)
-        x = self.repeat_2(self.mixed_7a(x, mask), mask)
-        return self.conv2d_7b(self.block8(x, mask), mask)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from layercascade.model.backbones.base import CascadeBackbone
 from layercascade.model.layers import RegionSequential
 from layercascade.model.region import apply_region
 
@@ -88,13 +89,15 @@ RESNET_LAYOUTS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
 }
 
 
-class ResNet(nn.Module):
+class ResNet(CascadeBackbone):
     """Dilated ResNet trunk (no classifier) split into three cascade stages.
 
     Args:
         variant: a key of ``RESNET_LAYOUTS``.
         output_stride: 8 (the paper's setting) or 16/32.
     """
+
+    stage_layout = (("conv1", "bn1", "act1", "maxpool", "layer1", "layer2"), ("layer3",), ("layer4",))
 
     def __init__(self, variant: str, output_stride: int = 8) -> None:
         super().__init__()
@@ -125,10 +128,3 @@ class ResNet(nn.Module):
         width = block.expansion
         self.stage_channels = (128 * width, 256 * width, 512 * width)
         self.output_stride = output_stride
-
-    def forward_stage(self, index: int, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Run cascade stage ``index`` (0, 1, 2); ``mask`` is its region (None = all)."""
-        if index == 0:
-            x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-            return self.layer2(self.layer1(x))
-        return (self.layer3 if index == 1 else self.layer4)(x, mask)

@@ -7,20 +7,21 @@ region convolution has something to save. Blocks are ResNet ``BasicBlock``s.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
+from layercascade.model.backbones.base import CascadeBackbone
 from layercascade.model.backbones.resnet import BasicBlock
 from layercascade.model.layers import ConvBnAct, RegionSequential
 
 
-class TinyNet(nn.Module):
+class TinyNet(CascadeBackbone):
     """Args:
         widths: channels of stages 1, 2, 3.
         depths: residual blocks per stage.
         stem_width: channels of the first stem conv.
     """
 
-    output_stride = 8
+    stage_layout = (("stem", "layer1"), ("layer2",), ("layer3",))
 
     def __init__(self, widths: tuple[int, int, int] = (32, 64, 96),
                  depths: tuple[int, int, int] = (1, 2, 2), stem_width: int = 16) -> None:
@@ -41,9 +42,3 @@ class TinyNet(nn.Module):
             self.add_module(f"layer{index + 1}", RegionSequential(*blocks))
             inplanes, prev_dilation = planes, dilation
         self.stage_channels = tuple(widths)
-
-    def forward_stage(self, index: int, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Run cascade stage ``index`` (0, 1, 2); ``mask`` is its region (None = all)."""
-        if index == 0:
-            return self.layer1(self.stem(x))
-        return (self.layer2 if index == 1 else self.layer3)(x, mask)

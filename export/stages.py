@@ -1,0 +1,237 @@
+"""Build the three stage graphs (and the dense baseline) of a checkpoint; write a model dir.
+
+Stage graph contract (recorded in ``lc.json``):
+
+* ``stage1.onnx``: ``image`` uint8 (N, H, W, 3) RGB, ``rho`` float (1,) → ``feat1``,
+  ``scores1``, ``mask2`` (normalisation happens inside the graph);
+* ``stage2.onnx``: ``feat1``, ``mask2``, ``rho`` → ``feat2``, ``scores2``, ``mask3``;
+* ``stage3.onnx``: ``feat2``, ``mask3``, ``scores1``, ``scores2``, ``mask2`` → ``labels`` uint8
+  (N, H, W) and ``stage_counts`` int64 (N, 3): pixels decided at each stage;
+* ``dense.onnx``: ``image`` → ``labels``: the same weights as a plain network (every pixel
+  through all stages' blocks, final head only) — the baseline a user would otherwise deploy.
+
+Masks are float 0/1 at the stage resolution; ``rho`` is an input, never a constant.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from onnx import TensorProto
+
+from layercascade import __version__
+from layercascade.errors import fail
+from layercascade.export import regionconv
+from layercascade.export.emit import StageEmitter
+from layercascade.export.graph import GraphBuilder
+from layercascade.manifest import sha256_file, write_model_dir
+from layercascade.model.checkpoint import Checkpoint
+from layercascade.model.flops import stage_costs
+from layercascade.model.network import NUM_STAGES, LayerCascadeNet
+
+SUPPORTED_OPSETS = range(18, 22)
+FLOAT, UINT8, INT64 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT64
+
+
+def stage_shapes(model: LayerCascadeNet, input_size: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(channels, h, w) of each stage's features, computed on the meta device."""
+    with torch.device("meta"):
+        twin = LayerCascadeNet(model.config)
+    x = torch.empty(1, 3, *input_size, device="meta")
+    shapes = []
+    for index in range(NUM_STAGES):
+        x = twin.backbone.forward_stage(index, x)
+        shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+
+class _Exporter:
+    def __init__(self, model: LayerCascadeNet, checkpoint: Checkpoint, input_size: tuple[int, int],
+                 batch: int | str, opset: int) -> None:
+        self.model = model
+        self.checkpoint = checkpoint
+        self.input_size = input_size
+        self.batch = batch
+        self.opset = opset
+        self.shapes = stage_shapes(model, input_size)
+        self.classes = model.config.num_classes
+
+    def feature_shape(self, index: int) -> list:
+        return [self.batch, *self.shapes[index]]
+
+    def map_shape(self, channels: int) -> list:
+        return [self.batch, channels, *self.shapes[0][1:]]
+
+    def normalized_image(self, g: GraphBuilder) -> str:
+        image = g.add_input("image", UINT8, [self.batch, *self.input_size, 3])
+        x = g.node("Cast", [image], "preprocess/cast", to=FLOAT)
+        x = g.node("Transpose", [x], "preprocess/nchw", perm=[0, 3, 1, 2])
+        mean = g.constant("preprocess.mean", torch.tensor(self.checkpoint.mean).view(1, 3, 1, 1).numpy())
+        std = g.constant("preprocess.std", torch.tensor(self.checkpoint.std).view(1, 3, 1, 1).numpy())
+        x = g.node("Sub", [x, mean], "preprocess/sub_mean")
+        return g.node("Div", [x, std], "preprocess/div_std")
+
+    def stage_body(self, g: GraphBuilder, index: int, x: str, mask: str | None) -> tuple[str, str]:
+        emitter = StageEmitter(g, mask)
+        prefix = "backbone."
+        features = emitter.sequence(prefix, self.model.backbone.stage_modules(index), x)
+        scores = emitter.module(f"heads.{index}", self.model.heads[index], features)
+        return features, scores
+
+    def threshold(self, g: GraphBuilder, scores: str, rho: str, region: str | None, name: str) -> str:
+        """``[max softmax(scores) ≤ ρ]`` (∧ the current region) as float 0/1."""
+        probabilities = g.node("Softmax", [scores], f"{name}/softmax", axis=1)
+        axes = g.constant(f"{name}.axes", [1])
+        confidence = g.node("ReduceMax", [probabilities, axes], f"{name}/confidence", keepdims=1)
+        uncertain = g.node("LessOrEqual", [confidence, rho], f"{name}/uncertain")
+        mask = g.node("Cast", [uncertain], f"{name}/cast", to=FLOAT)
+        return mask if region is None else g.node("Mul", [mask, region], f"{name}/nest")
+
+    def labels(self, g: GraphBuilder, scores: str) -> str:
+        sizes = g.constant("upsample.sizes", list(self.input_size))
+        upsampled = g.node("Resize", [scores, "", "", sizes], "upsample", mode="linear",
+                           coordinate_transformation_mode="half_pixel", axes=[2, 3])
+        labels = g.node("ArgMax", [upsampled], "argmax", axis=1, keepdims=0)
+        return g.node("Cast", [labels], "labels", to=UINT8)
+
+    def stage(self, index: int) -> onnx.ModelProto:
+        g = GraphBuilder(f"lc_stage{index + 1}", self.opset)
+        k = self.classes
+        if index == 0:
+            x, mask = self.normalized_image(g), None
+            rho = g.add_input("rho", FLOAT, [1])
+        elif index == 1:
+            x = g.add_input("feat1", FLOAT, self.feature_shape(0))
+            mask = g.add_input("mask2", FLOAT, self.map_shape(1))
+            rho = g.add_input("rho", FLOAT, [1])
+        else:
+            x = g.add_input("feat2", FLOAT, self.feature_shape(1))
+            mask = g.add_input("mask3", FLOAT, self.map_shape(1))
+            scores1 = g.add_input("scores1", FLOAT, self.map_shape(k))
+            scores2 = g.add_input("scores2", FLOAT, self.map_shape(k))
+            mask2 = g.add_input("mask2", FLOAT, self.map_shape(1))
+        features, scores = self.stage_body(g, index, x, mask)
+        if index < 2:
+            g.rename_output(features, f"feat{index + 1}")
+            g.rename_output(scores, f"scores{index + 1}")
+            g.rename_output(self.threshold(g, scores, rho, mask, f"threshold{index + 2}"), f"mask{index + 2}")
+            g.add_output(f"feat{index + 1}", FLOAT, self.feature_shape(index))
+            g.add_output(f"scores{index + 1}", FLOAT, self.map_shape(k))
+            g.add_output(f"mask{index + 2}", FLOAT, self.map_shape(1))
+        else:
+            in2 = g.node("Cast", [mask2], "fuse/in2", to=TensorProto.BOOL)
+            in3 = g.node("Cast", [mask], "fuse/in3", to=TensorProto.BOOL)
+            fused = g.node("Where", [in2, scores2, scores1], "fuse/stage12")
+            fused = g.node("Where", [in3, scores, fused], "fuse/stage123")
+            self.labels(g, fused)
+            self.stage_counts(g, mask2, mask)
+            g.add_output("labels", UINT8, [self.batch, *self.input_size])
+            g.add_output("stage_counts", INT64, [self.batch, 3])
+        functions = [regionconv.function_proto(self.opset)] if regionconv.DOMAIN in g.domains else []
+        return g.build(functions, doc=f"Layer Cascade stage {index + 1} ({self.model.config.backbone})")
+
+    def stage_counts(self, g: GraphBuilder, mask2: str, mask3: str) -> None:
+        axes = g.constant("counts.axes", [1, 2, 3])
+        reach2 = g.node("ReduceSum", [mask2, axes], "counts/reach2", keepdims=0)
+        reach3 = g.node("ReduceSum", [mask3, axes], "counts/reach3", keepdims=0)
+        total = g.constant("counts.pixels", torch.tensor([float(self.shapes[0][1] * self.shapes[0][2])]).numpy())
+        stop1 = g.node("Sub", [total, reach2], "counts/stop1")
+        stop2 = g.node("Sub", [reach2, reach3], "counts/stop2")
+        last = g.constant("counts.unsqueeze_axes", [1])
+        columns = [g.node("Unsqueeze", [c, last], f"counts/col{i + 1}") for i, c in enumerate((stop1, stop2, reach3))]
+        counts = g.node("Concat", columns, "counts/concat", axis=1)
+        g.node("Cast", [counts], "stage_counts", to=INT64)
+
+    def dense(self) -> onnx.ModelProto:
+        g = GraphBuilder("lc_dense", self.opset)
+        x = self.normalized_image(g)
+        emitter = StageEmitter(g, None)
+        for index in range(NUM_STAGES):
+            x = emitter.sequence("backbone.", self.model.backbone.stage_modules(index), x)
+        scores = emitter.module(f"heads.{NUM_STAGES - 1}", self.model.heads[-1], x)
+        self.labels(g, scores)
+        g.add_output("labels", UINT8, [self.batch, *self.input_size])
+        return g.build(doc=f"Dense baseline: {self.model.config.backbone}, final head only")
+
+
+def check_graph(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """Full ONNX check and strict shape inference (a failure here is an exporter bug)."""
+    onnx.checker.check_model(model, full_check=True)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True, check_type=True, data_prop=True)
+
+
+def io_spec(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    def describe(values) -> list[dict[str, Any]]:
+        return [{"name": v.name,
+                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def export_model(
+    checkpoint: Checkpoint,
+    output_dir: str | os.PathLike,
+    input_size: tuple[int, int] | None = None,
+    batch: int = 1,
+    dynamic_batch: int | None = None,
+    opset: int = 18,
+    dense_only: bool = False,
+    source: str | os.PathLike | None = None,
+) -> Path:
+    """Export ``checkpoint`` to a model directory (stage graphs, dense graph, ``lc.json``).
+
+    Args:
+        input_size: (H, W) of the graphs (default: the checkpoint's).
+        batch: static batch size; ignored with ``dynamic_batch``.
+        dynamic_batch: a symbolic batch dimension, with this maximum recorded for engine builders.
+        dense_only: write only ``dense.onnx`` (a plain network model dir).
+        source: checkpoint path, recorded with its sha256.
+    """
+    if opset not in SUPPORTED_OPSETS:
+        fail(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}–{SUPPORTED_OPSETS.stop - 1}")
+    input_size = tuple(input_size or checkpoint.input_size)
+    if min(input_size) < 16:
+        fail(f"input size {input_size[0]}x{input_size[1]} is too small; use at least 16x16")
+    if batch < 1 or (dynamic_batch is not None and dynamic_batch < 1):
+        fail("batch sizes must be at least 1")
+    model = checkpoint.build_model()
+    exporter = _Exporter(model, checkpoint, input_size, "batch" if dynamic_batch else batch, opset)
+
+    def write(folder: Path) -> dict[str, Any]:
+        graphs = {"dense.onnx": exporter.dense()}
+        if not dense_only:
+            graphs.update({f"stage{k + 1}.onnx": exporter.stage(k) for k in range(NUM_STAGES)})
+        specs = {}
+        for name, graph in graphs.items():
+            graph = check_graph(graph, name)
+            onnx.save(graph, folder / name)
+            specs[name] = {"file": name, **io_spec(graph)}
+        costs = stage_costs(model.config, input_size)
+        return {
+            "kind": "dense" if dense_only else "cascade",
+            "backbone": model.config.backbone,
+            "classes": checkpoint.classes,
+            "palette": checkpoint.palette,
+            "mean": checkpoint.mean,
+            "std": checkpoint.std,
+            "input_size": list(input_size),
+            "stage_size": list(exporter.shapes[0][1:]),
+            "batch": {"dynamic": True, "max": dynamic_batch} if dynamic_batch else {"dynamic": False, "size": batch},
+            "default_rho": checkpoint.default_rho,
+            "opset": opset,
+            "stages": [] if dense_only else [specs[f"stage{k + 1}.onnx"] for k in range(NUM_STAGES)],
+            "dense": specs["dense.onnx"],
+            "custom_ops": {} if dense_only else {f"{regionconv.DOMAIN}.{regionconv.OP_TYPE}": regionconv.VERSION},
+            "stage_gmacs": [{"backbone": c.backbone_macs / 1e9, "head": c.head_macs / 1e9} for c in costs],
+            "source": {"checkpoint": Path(source).name if source else None,
+                       "sha256": sha256_file(source) if source else None,
+                       "training": {k: checkpoint.training.get(k) for k in ("mode", "data", "epochs")}},
+            "tools": {"layercascade": __version__, "onnx": onnx.__version__, "torch": str(torch.__version__)},
+        }
+
+    return write_model_dir(output_dir, write)

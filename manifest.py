@@ -1,0 +1,87 @@
+"""``lc.json``: the manifest of an exported model directory (DESIGN §5).
+
+Shared by the exporter (writes it) and every runtime backend (reads and verifies it);
+numpy-free and torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from layercascade.errors import fail
+
+FORMAT = "layercascade.model"
+VERSION = 1
+MANIFEST = "lc.json"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(model_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """Load ``model_dir/lc.json``, check its version and (with ``verify``) every file's sha256."""
+    model_dir = Path(model_dir)
+    path = model_dir / MANIFEST
+    if not model_dir.is_dir():
+        fail(f"{model_dir}: no such model directory (create one with lc-export CHECKPOINT -o DIR)")
+    if not path.is_file():
+        fail(f"{path}: missing; {model_dir} is not an exported layercascade model (run lc-export)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        fail(f"{path}: not valid JSON ({error}); re-export the model")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        fail(f"{path}: not a layercascade model manifest")
+    version = manifest.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        fail(f"{path}: manifest format version {version!r} is newer than this layercascade reads ({VERSION}); "
+             "upgrade layercascade")
+    for name, digest in manifest.get("files", {}).items():
+        file = model_dir / name
+        if not file.is_file():
+            fail(f"{file}: missing from the model directory (listed in {MANIFEST}); re-export the model")
+        if verify and sha256_file(file) != digest:
+            fail(f"{file}: sha256 does not match {MANIFEST}; the file was changed or damaged, re-export the model")
+    return manifest
+
+
+def write_model_dir(target: str | os.PathLike, write: Callable[[Path], dict[str, Any]]) -> Path:
+    """Build a model directory atomically.
+
+    ``write(tmp_dir)`` writes the files and returns the manifest (without ``files``); the
+    sha256 of every file is added, and the folder replaces ``target`` only when complete.
+    """
+    target = Path(target).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        manifest = write(staging)
+        files = sorted(p.name for p in staging.iterdir() if p.is_file())
+        manifest = {"format": FORMAT, "version": VERSION, **manifest,
+                    "files": {name: sha256_file(staging / name) for name in files}}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        if target.exists():
+            if not (target / MANIFEST).is_file() and any(target.iterdir()):
+                fail(f"{target}: exists and is not a layercascade model directory; choose another -o")
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,1 @@
+"""The runtime command-line tools (lc-run)."""
