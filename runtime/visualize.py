@@ -80,15 +80,16 @@ def stage_picture(image: np.ndarray, stage_map: np.ndarray) -> Image.Image:
     """
     image = _check_image(image)
     stage_map = _check_labels(stage_map)
+    if stage_map.size and not np.isin(stage_map, (1, 2, 3)).all():
+        raise ValueError(f"stage map values must be 1, 2 or 3, got {np.unique(stage_map).tolist()}")
     height, width = image.shape[:2]
-    stages = np.asarray(Image.fromarray(np.ascontiguousarray(stage_map)).resize((width, height), Image.Resampling.NEAREST))
+    upsampled = Image.fromarray(np.ascontiguousarray(stage_map)).resize((width, height), Image.Resampling.NEAREST)
+    stages = np.asarray(upsampled)
     # Rec. 601 luma, lifted so dark image regions still show their stage colour.
     luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
     shade = (0.35 + 0.65 * luma)[:, :, None]
-    # Stage ids outside 1..3 (none in a valid map) take the nearest stage's colour rather than failing.
-    picture = np.array(STAGE_COLOURS, np.float32)[np.clip(stages, 1, 3) - 1] * shade
-    shares = [float(np.mean(stage_map == k)) for k in (1, 2, 3)] if stage_map.size else [0.0] * 3
-    legend = _legend(width, shares)
+    picture = np.array(STAGE_COLOURS, np.float32)[stages - 1] * shade
+    legend = _legend(width, [float(np.mean(stage_map == k)) for k in (1, 2, 3)])
     canvas = Image.new("RGB", (width, height + legend.height))
     canvas.paste(Image.fromarray(np.rint(picture).astype(np.uint8)), (0, 0))
     canvas.paste(legend, (0, height))
@@ -122,7 +123,7 @@ def _legend(width: int, shares: list[float]) -> Image.Image:
     strip = Image.new("RGB", (width, row_height * (1 if one_row else 3)), _LEGEND_BACKGROUND)
     draw = ImageDraw.Draw(strip)
     x, y = pad, pad
-    for colour, text, entry_width in zip(STAGE_COLOURS, texts, entry_widths):
+    for colour, text, entry_width in zip(STAGE_COLOURS, texts, entry_widths, strict=True):
         draw.rectangle((x, y, x + swatch - 1, y + swatch - 1), fill=colour)
         draw.text((x + swatch + gap, y - top), text, fill=_LEGEND_TEXT, font=font)
         if one_row:

@@ -7,6 +7,7 @@ import json
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -28,8 +29,8 @@ def fake_labels(image: np.ndarray) -> np.ndarray:
 class FakeCascade:
     """Stands in for layercascade.runtime.cascade.Cascade: deterministic answers, records its use."""
 
-    instances: list[FakeCascade] = []
-    classes = list(VOC_CLASSES)
+    instances: ClassVar[list[FakeCascade]] = []
+    classes: ClassVar[list[str]] = list(VOC_CLASSES)
     palette = VOC_PALETTE
     input_size = (64, 64)
     default_rho = 0.985

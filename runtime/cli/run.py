@@ -30,7 +30,8 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 OUTPUTS: dict[str, tuple[str, dict[str, Any]]] = {
     "": (".png", {}),  # palette PNG of class ids, at the image's size
     "_overlay": (".jpg", {"quality": 90}),
-    "_stages": (".png", {}),
+    # The shaded picture compresses poorly whatever the level: level 1 is 3x faster, ~10% bigger.
+    "_stages": (".png", {"compress_level": 1}),
 }
 SUMMARY = "summary.json"
 
@@ -112,7 +113,7 @@ def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: float | 
     records: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     stems = output_stems(paths, OUTPUTS)
-    with tqdm(list(zip(paths, stems)), desc="lc-run", unit="image", file=sys.stderr, disable=not progress,
+    with tqdm(list(zip(paths, stems, strict=True)), desc="lc-run", unit="image", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
         for path, stem in bar:
             try:
@@ -142,8 +143,7 @@ def segment(cascade: Cascade, path: Path, rho: float | None) -> tuple[np.ndarray
 
 def failure_reason(error: LCError, path: Path) -> str:
     """The error message without a leading "<path>: " (the warning names the path itself)."""
-    message, prefix = str(error), f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return str(error).removeprefix(f"{path}: ")
 
 
 def render(image: np.ndarray, result: CascadeResult, palette: np.ndarray) -> dict[str, Image.Image]:
