@@ -92,10 +92,15 @@ class _Exporter:
         return mask if region is None else g.node("Mul", [mask, region], f"{name}/nest")
 
     def labels(self, g: GraphBuilder, scores: str) -> str:
+        """Bilinear upsampling to the input size (half-pixel centres, as PyTorch), then argmax.
+
+        Done channels-last: ONNX Runtime's Resize and ArgMax are ~2.5x faster on NHWC here.
+        """
+        nhwc = g.node("Transpose", [scores], "upsample/nhwc", perm=[0, 2, 3, 1])
         sizes = g.constant("upsample.sizes", list(self.input_size))
-        upsampled = g.node("Resize", [scores, "", "", sizes], "upsample", mode="linear",
-                           coordinate_transformation_mode="half_pixel", axes=[2, 3])
-        labels = g.node("ArgMax", [upsampled], "argmax", axis=1, keepdims=0)
+        upsampled = g.node("Resize", [nhwc, "", "", sizes], "upsample", mode="linear",
+                           coordinate_transformation_mode="half_pixel", axes=[1, 2])
+        labels = g.node("ArgMax", [upsampled], "argmax", axis=3, keepdims=0)
         return g.node("Cast", [labels], "labels", to=UINT8)
 
     def stage(self, index: int) -> onnx.ModelProto:

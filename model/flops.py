@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from layercascade import cost_model
 from layercascade.model.config import ModelConfig
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet
 
@@ -76,12 +77,5 @@ def _param_modules(backbone: nn.Module, ran: dict[nn.Module, int]) -> list[nn.Mo
 
 
 def ideal_speedup(costs: list[StageCost], active: tuple[float, float]) -> float:
-    """FLOP-ideal speedup of the cascade over the dense network (final head only).
-
-    The cascade runs stage 1 and its head on every pixel and stages 2–3 (with heads) on
-    the active fractions ``active = (a₂, a₃)`` of pixels.
-    """
-    dense = sum(c.backbone_macs for c in costs) + costs[-1].head_macs
-    cascade = costs[0].backbone_macs + costs[0].head_macs
-    cascade += sum(a * (c.backbone_macs + c.head_macs) for a, c in zip(active, costs[1:]))
-    return dense / cascade
+    """FLOP-ideal speedup of the cascade over the dense network at active fractions (a₂, a₃)."""
+    return cost_model.ideal_speedup([c.backbone_macs for c in costs], [c.head_macs for c in costs], active)

@@ -1,0 +1,133 @@
+"""The user-facing cascade: ``Cascade.load(DIR, backend=...)`` then ``cascade(image)``.
+
+The three stage graphs run back to back; masks, features and scores pass from one to the
+next as arrays of the backend and only labels, masks and per-stage counts are returned.
+Image policy: an image of another size is resized (bilinear) to the model's input size,
+and the labels are resized back (nearest) to the image's own size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from layercascade.errors import fail
+from layercascade.manifest import read_manifest
+from layercascade.runtime.result import CascadeResult
+
+DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
+BACKENDS = ("auto", "ort", "trt", "torch")
+
+
+@dataclass
+class StageOutputs:
+    """A batch through the cascade: labels (N, H, W) uint8, masks (N, 1, h, w), counts (N, 3)."""
+
+    labels: np.ndarray
+    mask2: np.ndarray
+    mask3: np.ndarray
+    stage_counts: np.ndarray
+    timings: dict[str, float]
+
+
+def check_rho(rho: float) -> float:
+    if not 0.0 < float(rho) <= 1.0:
+        fail(f"rho must be in (0, 1], got {rho}")
+    return float(rho)
+
+
+class Cascade:
+    """A loaded cascade model; call it on an (H, W, 3) uint8 RGB image."""
+
+    def __init__(self, model_dir: Path, manifest: dict[str, Any], backend: Any) -> None:
+        self.model_dir = model_dir
+        self.manifest = manifest
+        self.engine = backend
+        self.backend = backend.name
+        self.classes: list[str] = list(manifest["classes"])
+        self.palette = np.asarray(manifest["palette"], dtype=np.uint8)
+        self.input_size: tuple[int, int] = tuple(manifest["input_size"])
+        self.default_rho: float = float(manifest["default_rho"])
+        batch = manifest["batch"]
+        self.batch_size: int | None = None if batch["dynamic"] else int(batch["size"])
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, backend: str = "auto", device: str = "cpu",
+             lower: bool = True, threads: int = 0) -> Cascade:
+        """Load an exported model dir (``None``: the bundled demo model).
+
+        Args:
+            backend: "ort" (ONNX Runtime), "trt", "torch" or "auto" (the best one available).
+            device: "cpu" or "cuda".
+            lower: run RegionConv in compact row form (False: the graphs' function bodies).
+            threads: intra-op threads (0 = the backend's default).
+        """
+        if backend not in BACKENDS:
+            fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        model_dir = Path(model_dir) if model_dir is not None else DEMO_MODEL
+        manifest = read_manifest(model_dir)
+        if manifest.get("kind") != "cascade":
+            fail(f"{model_dir}: holds a {manifest.get('kind')!r} model, not a cascade; export without --dense")
+        if backend in ("trt", "torch"):
+            fail(f"the {backend} backend is not part of this version yet; use --backend ort")
+        from layercascade.runtime.ort import OrtBackend
+
+        return cls(model_dir, manifest, OrtBackend(model_dir, manifest, device, lower, threads))
+
+    # -- running -------------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """An (H, W, 3) uint8 image at the model's input size."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            fail(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {tuple(image.shape)}")
+        if image.shape[:2] == self.input_size:
+            return image
+        height, width = self.input_size
+        return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+    def run_batch(self, images: np.ndarray, rho: float | None = None,
+                  forced_masks: tuple[np.ndarray, np.ndarray] | None = None) -> StageOutputs:
+        """Run the cascade on (N, H, W, 3) uint8 images already at the input size.
+
+        ``forced_masks`` replaces the thresholded M₂, M₃ (to benchmark chosen active fractions).
+        """
+        expected = (*self.input_size, 3)
+        if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
+            fail(f"expected (N, {expected[0]}, {expected[1]}, 3) uint8 images, got {images.dtype} {images.shape}")
+        if self.batch_size is not None and images.shape[0] != self.batch_size:
+            fail(f"this model was exported for batch {self.batch_size}, got {images.shape[0]} images")
+        rho_array = np.array([check_rho(self.default_rho if rho is None else rho)], np.float32)
+        stage1, stage2, stage3 = self.engine.stages
+        started = time.perf_counter()
+        out1 = stage1.infer({"image": images, "rho": rho_array})
+        mask2 = out1["mask2"] if forced_masks is None else forced_masks[0]
+        out2 = stage2.infer({"feat1": out1["feat1"], "mask2": mask2, "rho": rho_array})
+        mask3 = out2["mask3"] if forced_masks is None else forced_masks[1]
+        out3 = stage3.infer({"feat2": out2["feat2"], "mask3": mask3, "scores1": out1["scores1"],
+                             "scores2": out2["scores2"], "mask2": mask2})
+        total = (time.perf_counter() - started) * 1e3
+        timings = {f"stage{k + 1}": runner.last_ms for k, runner in enumerate(self.engine.stages)}
+        timings["total"] = total
+        return StageOutputs(out3["labels"], mask2, mask3, out3["stage_counts"], timings)
+
+    def __call__(self, image: np.ndarray, rho: float | None = None) -> CascadeResult:
+        """Segment one (H, W, 3) uint8 RGB image of any size."""
+        started = time.perf_counter()
+        prepared = self.prepare(image)
+        batch = prepared[None]
+        if self.batch_size and self.batch_size > 1:
+            batch = np.concatenate([batch, np.zeros((self.batch_size - 1, *prepared.shape), np.uint8)])
+        preprocess = (time.perf_counter() - started) * 1e3
+        out = self.run_batch(batch, rho)
+        labels = out.labels[0]
+        if labels.shape != image.shape[:2]:
+            labels = np.asarray(Image.fromarray(labels).resize((image.shape[1], image.shape[0]), Image.NEAREST))
+        stage_map = (1 + (out.mask2[0, 0] > 0) + (out.mask3[0, 0] > 0)).astype(np.uint8)
+        counts = out.stage_counts[0].astype(np.float64)
+        timings = {"preprocess": preprocess, **out.timings, "total": (time.perf_counter() - started) * 1e3}
+        fractions = counts / max(counts.sum(), 1.0)
+        return CascadeResult(labels, stage_map, (float(fractions[0]), float(fractions[1]), float(fractions[2])), timings)

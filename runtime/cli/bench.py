@@ -1,0 +1,76 @@
+"""lc-bench: latency of the cascade against the dense network of the same weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from layercascade.errors import fail, run_cli
+from layercascade.model.cli.args import float_pair, rho, size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lc-bench",
+        description="Benchmark a model directory: median / p90 / p99 latency and FPS of the cascade and of the "
+                    "dense network with the same weights (dense.onnx), measured alternately in one run, the "
+                    "measured speedup and the FLOP-ideal one for the stage fractions seen.",
+    )
+    parser.add_argument("model", nargs="?", default=None, metavar="DIR",
+                        help="model directory from lc-export (default: the bundled demo model)")
+    parser.add_argument("--backend", choices=("auto", "ort", "trt", "torch"), default="auto",
+                        help="inference backend (default: auto)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
+    parser.add_argument("--rho", type=rho, default=None, help="threshold ρ in (0, 1] (default: the model's)")
+    parser.add_argument("--size", type=size, default=None, metavar="HxW",
+                        help="check that the model takes this input size (sizes are fixed at export: "
+                             "lc-export --input-size HxW)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="images per run (default: the model's static batch, else 1)")
+    parser.add_argument("--iters", type=int, default=50, help="timed runs of each network (default: 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: 5)")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (default: all cores)")
+    parser.add_argument("--active-fraction", type=float_pair, default=None, metavar="F2,F3",
+                        help="force the shares of pixels reaching stages 2 and 3 (e.g. 0.3,0.15) instead of "
+                             "thresholding: for untrained models")
+    parser.add_argument("--no-lowering", action="store_true",
+                        help="run the RegionConv function bodies (dense conv ⊙ M) instead of the compact form")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: cascade, dense (median_ms, p90_ms, p99_ms, fps), speedup, "
+                             "ideal_speedup, stage_fractions, machine")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from layercascade.runtime.bench import benchmark
+    from layercascade.runtime.cascade import Cascade
+
+    cascade = Cascade.load(args.model, backend=args.backend, device=args.device, lower=not args.no_lowering,
+                           threads=args.threads)
+    if args.size and tuple(args.size) != cascade.input_size:
+        fail(f"the model takes {cascade.input_size[0]}x{cascade.input_size[1]} images; export one for "
+             f"{args.size[0]}x{args.size[1]} with lc-export --input-size {args.size[0]}x{args.size[1]}")
+    batch = args.batch or cascade.batch_size or 1
+    result = benchmark(cascade, args.rho, batch, args.iters, args.warmup, args.active_fraction,
+                       progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['model']} ({result['backbone']}, {result['size'][0]}x{result['size'][1]}, batch {batch}, "
+          f"ρ = {result['rho']:g}, {result['backend']}{', no lowering' if args.no_lowering else ''})")
+    print(f"machine: {result['machine']}")
+    print(f"{'':8s} {'median ms':>10s} {'p90 ms':>9s} {'p99 ms':>9s} {'FPS':>8s}")
+    for name in ("cascade", "dense"):
+        r = result[name]
+        print(f"{name:8s} {r['median_ms']:10.2f} {r['p90_ms']:9.2f} {r['p99_ms']:9.2f} {r['fps']:8.1f}")
+    f = result["stage_fractions"]
+    forced = " (forced)" if args.active_fraction else ""
+    print(f"pixels decided at stage 1/2/3{forced}: {100 * f[0]:.1f}% / {100 * f[1]:.1f}% / {100 * f[2]:.1f}%")
+    print(f"speedup {result['speedup']:.2f}x (FLOP-ideal {result['ideal_speedup']:.2f}x, "
+          f"{100 * result['speedup'] / result['ideal_speedup']:.0f}% of ideal)")
+    return 0
+
+
+def cli() -> None:
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,88 @@
+"""ONNX Runtime backend: one session per stage graph, RegionConv lowered to row form."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layercascade.errors import fail
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        fail("the ONNX Runtime backend needs onnxruntime: pip install 'layercascade[cpu]'")
+    return onnxruntime
+
+
+def providers_for(device: str) -> list[str]:
+    """Execution providers for ``device`` ("cpu" or "cuda"), or a clear error."""
+    available = _onnxruntime().get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    if not wanted:
+        fail(f"--device cuda needs onnxruntime-gpu (installed providers: {', '.join(available)}); "
+             "pip install 'layercascade[gpu]' or use --device cpu")
+    return [*wanted, "CPUExecutionProvider"]
+
+
+class OrtRunner:
+    """One ONNX graph in an InferenceSession; ``infer`` records its own time in ``last_ms``."""
+
+    def __init__(self, path: Path, device: str = "cpu", lower: bool = True, threads: int = 0) -> None:
+        ort = _onnxruntime()
+        import onnx
+
+        try:
+            model = onnx.load(str(path))
+        except Exception as error:  # noqa: BLE001 - protobuf raises several types on damaged files
+            fail(f"{path}: corrupt or truncated ONNX file ({str(error).splitlines()[0][:120]}); re-export the model")
+        self.lowered = False
+        if lower:
+            from layercascade.runtime.lowering import LoweringUnsupported, lower_region_convs
+
+            try:
+                lowered = lower_region_convs(model)
+                self.lowered = lowered is not model
+                model = lowered
+            except LoweringUnsupported as reason:
+                print(f"warning: {path.name}: running RegionConv function bodies ({reason})")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
+        except Exception as error:  # noqa: BLE001 - ORT reports invalid graphs as generic exceptions
+            fail(f"{path}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:160]})")
+        self.path = path
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.last_ms = 0.0
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        outputs = self.session.run(self.output_names, {name: feeds[name] for name in self.input_names})
+        self.last_ms = (time.perf_counter() - started) * 1e3
+        return dict(zip(self.output_names, outputs))
+
+
+class OrtBackend:
+    """The three stage runners of a cascade model dir (or the dense graph)."""
+
+    name = "ort"
+
+    def __init__(self, model_dir: Path, manifest: dict[str, Any], device: str = "cpu", lower: bool = True,
+                 threads: int = 0) -> None:
+        self.stages = [OrtRunner(model_dir / stage["file"], device, lower, threads) for stage in manifest["stages"]]
+        self.model_dir = model_dir
+        self.device = device
+        self.threads = threads
+
+    def dense_runner(self, manifest: dict[str, Any]) -> OrtRunner:
+        return OrtRunner(self.model_dir / manifest["dense"]["file"], self.device, lower=False, threads=self.threads)

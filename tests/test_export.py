@@ -1,0 +1,180 @@
+"""ONNX export and the ONNX Runtime cascade against the PyTorch reference (DESIGN §4–7)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from layercascade.errors import LCError
+from layercascade.export import regionconv
+from layercascade.export.stages import export_model
+from layercascade.model.checkpoint import Checkpoint, save_checkpoint
+from layercascade.model.config import get_config
+from layercascade.model.network import LayerCascadeNet, normalize
+from layercascade.model.region import confidence
+from layercascade.runtime.cascade import Cascade
+
+RHOS = (1.0, 0.985, 0.9)
+
+
+def sharpened_checkpoint(name: str, size: tuple[int, int], seed: int = 0) -> Checkpoint:
+    """A random model whose heads are confident enough for ρ ∈ RHOS to split the pixels,
+    with non-trivial BN statistics so folding is exercised."""
+    torch.manual_seed(seed)
+    config = get_config(name)
+    model = LayerCascadeNet(config)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    with torch.no_grad():
+        for head, gain in zip(model.heads, (60.0, 40.0, 1.0)):
+            head.classifier.weight.mul_(gain)
+    return Checkpoint(config, model.state_dict(), [f"c{k}" for k in range(21)],
+                      [[k * 12, 255 - k * 12, k] for k in range(21)], input_size=list(size))
+
+
+def random_images(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((n, *size, 3)) * 255).astype(np.uint8)
+
+
+def assert_parity(checkpoint: Checkpoint, cascade: Cascade, images: np.ndarray, rho: float) -> None:
+    """The issue's bar: ≥ 99.99 % labels equal, masks equal except within 1e-5 of ρ, scores within 1e-4."""
+    model = checkpoint.build_model()
+    x = normalize(torch.from_numpy(images), tuple(checkpoint.mean), tuple(checkpoint.std))
+    with torch.no_grad():
+        ref = model(x, rho)
+    out = cascade.run_batch(images, rho)
+    assert (out.labels == ref.labels.numpy()).mean() >= 0.9999
+    for mask, ref_mask, scores in ((out.mask2, ref.masks[0], ref.scores[0]), (out.mask3, ref.masks[1], ref.scores[1])):
+        differ = mask != ref_mask.numpy()
+        near = (confidence(scores) - rho).abs().numpy() <= 1e-5
+        assert not (differ & ~near).any()
+    counts = ref.stage_fractions.numpy() * ref.masks[0][0].numel()
+    np.testing.assert_allclose(out.stage_counts, counts, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    checkpoint = sharpened_checkpoint("tiny", (72, 88))
+    folder = tmp_path_factory.mktemp("export") / "tiny"
+    export_model(checkpoint, folder)
+    return checkpoint, folder
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "function-body"])
+def test_tiny_parity_at_paper_rhos(tiny_dir, lower: bool) -> None:
+    checkpoint, folder = tiny_dir
+    cascade = Cascade.load(folder, lower=lower)
+    assert all(stage.lowered == (lower and k > 0) for k, stage in enumerate(cascade.engine.stages))
+    images = random_images(1, (72, 88))
+    fractions = []
+    for rho in RHOS:
+        assert_parity(checkpoint, cascade, images, rho)
+        fractions.append(cascade.run_batch(images, rho).stage_counts[0])
+    assert fractions[0][2] == fractions[0].sum()  # ρ = 1: every pixel reaches stage 3
+    assert fractions[-1][0] > 0 and fractions[-1][2] > 0  # ρ = 0.9 splits the pixels
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", (64, 64)), ("irnet", (48, 48))])
+def test_big_backbones_parity(tmp_path, name: str, size: tuple[int, int]) -> None:
+    checkpoint = sharpened_checkpoint(name, size)
+    export_model(checkpoint, tmp_path / name)
+    images = random_images(1, size, seed=3)
+    for lower in (True, False):
+        cascade = Cascade.load(tmp_path / name, lower=lower)
+        for rho in (1.0, 0.9):
+            assert_parity(checkpoint, cascade, images, rho)
+
+
+def test_lowering_with_no_and_all_pixels_active(tiny_dir) -> None:
+    checkpoint, folder = tiny_dir
+    lowered, bodies = Cascade.load(folder), Cascade.load(folder, lower=False)
+    images = random_images(1, (72, 88), seed=5)
+    first = bodies.run_batch(images, 1.0)
+    for fill in (0.0, 1.0):
+        masks = (np.full_like(first.mask2, fill), np.full_like(first.mask3, fill))
+        a = lowered.run_batch(images, 0.9, masks)
+        b = bodies.run_batch(images, 0.9, masks)
+        assert np.array_equal(a.labels, b.labels)
+        assert a.stage_counts[0, 2] == int(fill * first.mask2[0].size)
+
+
+def test_graphs_are_readable_and_follow_the_contract(tiny_dir) -> None:
+    _, folder = tiny_dir
+    manifest = json.loads((folder / "lc.json").read_text())
+    assert [s["file"] for s in manifest["stages"]] == ["stage1.onnx", "stage2.onnx", "stage3.onnx"]
+    assert manifest["custom_ops"] == {"lc.RegionConv": 1}
+    io = {s["file"]: ([i["name"] for i in s["inputs"]], [o["name"] for o in s["outputs"]]) for s in manifest["stages"]}
+    assert io["stage1.onnx"] == (["image", "rho"], ["feat1", "scores1", "mask2"])
+    assert io["stage2.onnx"] == (["feat1", "mask2", "rho"], ["feat2", "scores2", "mask3"])
+    assert io["stage3.onnx"] == (["feat2", "mask3", "scores1", "scores2", "mask2"], ["labels", "stage_counts"])
+    stage1 = onnx.load(folder / "stage1.onnx")
+    assert not [n for n in stage1.graph.node if n.op_type == "RegionConv"]
+    assert not [n for n in stage1.graph.node if n.op_type == "BatchNormalization"]  # folded
+    stage2 = onnx.load(folder / "stage2.onnx")
+    onnx.checker.check_model(stage2, full_check=True)
+    region = [n for n in stage2.graph.node if n.op_type == "RegionConv"]
+    assert region and all(n.domain == "lc" for n in region)
+    for node in region:
+        attributes = {a.name: a for a in node.attribute}
+        assert {name: a.type for name, a in attributes.items()} == regionconv.ATTRIBUTES
+        assert onnx.helper.get_attribute_value(attributes["plugin_namespace"]) == b"lc"
+        assert node.name.startswith(("backbone.layer2", "heads.1"))
+    assert [f.name for f in stage2.functions] == ["RegionConv"]
+    # Shapes are inferred for every intermediate tensor.
+    inferred = onnx.shape_inference.infer_shapes(stage2)
+    assert len(inferred.graph.value_info) >= len(stage2.graph.node) - 5
+
+
+def test_dense_graph_matches_rho_one(tiny_dir) -> None:
+    import onnxruntime as ort
+
+    checkpoint, folder = tiny_dir
+    images = random_images(1, (72, 88), seed=9)
+    dense = ort.InferenceSession(str(folder / "dense.onnx"), providers=["CPUExecutionProvider"])
+    labels = dense.run(None, {"image": images})[0]
+    assert np.array_equal(labels, Cascade.load(folder).run_batch(images, 1.0).labels)
+
+
+def test_dynamic_batch_export(tmp_path) -> None:
+    checkpoint = sharpened_checkpoint("tiny", (40, 48))
+    export_model(checkpoint, tmp_path / "dyn", dynamic_batch=4)
+    cascade = Cascade.load(tmp_path / "dyn")
+    assert cascade.batch_size is None
+    images = random_images(3, (40, 48))
+    for rho in (1.0, 0.9):
+        assert_parity(checkpoint, cascade, images, rho)
+
+
+def test_export_cli_and_bad_options(tmp_path, capsys) -> None:
+    from layercascade.errors import run_cli
+    from layercascade.export import cli
+
+    source = tmp_path / "model.pt"
+    save_checkpoint(sharpened_checkpoint("tiny", (32, 32)), source)
+    assert run_cli(cli.main, [str(source), "-o", str(tmp_path / "out"), "--input-size", "40x56"]) == 0
+    assert json.loads((tmp_path / "out" / "lc.json").read_text())["input_size"] == [40, 56]
+    assert run_cli(cli.main, [str(source), "-o", str(tmp_path / "bad"), "--opset", "11"]) == 1
+    assert "opset 11" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert run_cli(cli.main, [str(source), "-o", str(tmp_path / "dense"), "--dense"]) == 0
+    assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["dense.onnx", "lc.json"]
+    with pytest.raises(LCError, match="not a cascade"):
+        Cascade.load(tmp_path / "dense")
+
+
+def test_runtime_does_not_import_torch() -> None:
+    code = ("import sys, layercascade.runtime.cascade, layercascade.runtime.ort, layercascade.runtime.lowering, "
+            "layercascade.runtime.bench, layercascade.runtime.cli.run, layercascade.runtime.cli.bench; "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
