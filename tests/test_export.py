@@ -15,34 +15,12 @@ from layercascade.errors import LCError
 from layercascade.export import regionconv
 from layercascade.export.stages import export_model
 from layercascade.model.checkpoint import Checkpoint, save_checkpoint
-from layercascade.model.config import get_config
-from layercascade.model.network import LayerCascadeNet, normalize
+from layercascade.model.network import normalize
 from layercascade.model.region import confidence
 from layercascade.runtime.cascade import Cascade
+from layercascade.tests.helpers import random_images, sharpened_checkpoint
 
 RHOS = (1.0, 0.985, 0.9)
-
-
-def sharpened_checkpoint(name: str, size: tuple[int, int], seed: int = 0) -> Checkpoint:
-    """A random model whose heads are confident enough for ρ ∈ RHOS to split the pixels,
-    with non-trivial BN statistics so folding is exercised."""
-    torch.manual_seed(seed)
-    config = get_config(name)
-    model = LayerCascadeNet(config)
-    generator = torch.Generator().manual_seed(seed + 1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=generator))
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    with torch.no_grad():
-        for head, gain in zip(model.heads, (60.0, 40.0, 1.0)):
-            head.classifier.weight.mul_(gain)
-    return Checkpoint(config, model.state_dict(), [f"c{k}" for k in range(21)],
-                      [[k * 12, 255 - k * 12, k] for k in range(21)], input_size=list(size))
-
-
-def random_images(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
-    return (np.random.default_rng(seed).random((n, *size, 3)) * 255).astype(np.uint8)
 
 
 def assert_parity(checkpoint: Checkpoint, cascade: Cascade, images: np.ndarray, rho: float) -> None:

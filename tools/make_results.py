@@ -7,9 +7,12 @@ Runs the exact ``lc-train`` / ``lc-eval`` commands listed in docs/training.md:
 * ``cascade`` — ``dsn`` for E/2 epochs, then ``cascade`` for E/2 epochs from it (equal budget);
 
 then evaluates all three on the synthetic val split and sweeps ρ for the cascade model. The
-cascade checkpoint, stripped of its optimizer state, becomes ``model/demo/lc_tiny_synthetic.pt``.
+cascade checkpoint, stripped of its optimizer state, becomes ``model/demo/lc_tiny_synthetic.pt``
+and its export ``runtime/demo_model/``. Finally ``lc-bench`` measures cascade vs dense on
+this machine's CPU (demo model at its own size and at 512×512; irnet and resnet50 with
+random weights at forced active fractions 0.3/0.15).
 
-    python tools/make_results.py [--epochs 16] [--work runs/demo] [--skip-train]
+    python tools/make_results.py [--epochs 16] [--work runs/demo] [--skip-train] [--skip-bench]
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "model" / "demo" / "lc_tiny_synthetic.pt"
+DEMO_MODEL_DIR = ROOT / "runtime" / "demo_model"
 VAL_LIMIT = 300
 
 
-def run(command: list[str]) -> str:
+def run(command: list[str], capture: bool = True) -> str:
     print("$", shlex.join(command), flush=True)
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
-    return done.stdout
+    done = subprocess.run(command, stdout=subprocess.PIPE if capture else None, text=True, check=True)
+    return done.stdout or ""
 
 
 def train_commands(work: Path, epochs: int) -> dict[str, list[list[str]]]:
@@ -54,13 +58,57 @@ def evaluate(checkpoint: Path, *extra: str) -> list[dict] | dict:
 
 
 def ship_demo(cascade: Path) -> None:
-    """Copy the cascade checkpoint without optimizer state into the package."""
+    """Copy the cascade checkpoint without optimizer state into the package, and export it."""
     from layercascade.model.checkpoint import load_checkpoint, save_checkpoint
 
     checkpoint = load_checkpoint(cascade)
     checkpoint.resume = None
     save_checkpoint(checkpoint, DEMO)
     print(f"demo model: {DEMO} ({DEMO.stat().st_size / 1e6:.1f} MB)")
+    run(["lc-export", str(DEMO), "-o", str(DEMO_MODEL_DIR)], capture=False)
+
+
+BENCH_CASES = [
+    # (label, checkpoint or config, export size, extra lc-bench options)
+    ("demo, own size", "demo", None, []),
+    ("demo", "demo", "512x512", []),
+    ("demo, function bodies", "demo", "512x512", ["--no-lowering"]),
+    ("resnet50 (random weights)", "resnet50", "512x512", ["--active-fraction", "0.3,0.15", "--iters", "5",
+                                                           "--warmup", "1"]),
+    ("irnet (random weights)", "irnet", "512x512", ["--active-fraction", "0.3,0.15", "--iters", "3",
+                                                     "--warmup", "1"]),
+]
+
+
+def random_checkpoint(name: str, path: Path) -> Path:
+    """An untrained checkpoint of config ``name`` (speed does not depend on the weights)."""
+    import torch
+
+    from layercascade.model.checkpoint import Checkpoint, save_checkpoint
+    from layercascade.model.config import get_config
+    from layercascade.model.data import VOC_CLASSES, VOC_PALETTE
+    from layercascade.model.network import LayerCascadeNet
+
+    torch.manual_seed(0)
+    config = get_config(name)
+    save_checkpoint(Checkpoint(config, LayerCascadeNet(config).state_dict(), list(VOC_CLASSES),
+                               VOC_PALETTE.tolist()), path)
+    return path
+
+
+def benchmarks(work: Path) -> list[dict]:
+    results = []
+    for label, source, size, options in BENCH_CASES:
+        folder = DEMO_MODEL_DIR
+        if size is not None:
+            checkpoint = DEMO if source == "demo" else random_checkpoint(source, work / f"{source}_random.pt")
+            folder = work / f"{source}_{size}"
+            if not (folder / "lc.json").exists():
+                run(["lc-export", str(checkpoint), "-o", str(folder), "--input-size", size], capture=False)
+        result = json.loads(run(["lc-bench", str(folder), "--json", *options]))
+        result["label"] = label
+        results.append(result)
+    return results
 
 
 def plot_sweep(sweep: list[dict], path: Path) -> bool:
@@ -92,7 +140,30 @@ def plot_sweep(sweep: list[dict], path: Path) -> bool:
     return True
 
 
-def write_results(work: Path, commands: dict, results: dict, sweep: list[dict], minutes: dict) -> None:
+def bench_section(bench: list[dict]) -> str:
+    from layercascade.model.evaluate import markdown_table
+
+    if not bench:
+        return "Not measured in this run (`--skip-bench`)."
+    rows = []
+    for r in bench:
+        f = r["stage_fractions"]
+        rows.append([r["label"], f"{r['size'][0]}×{r['size'][1]}", f"{r['rho']:g}",
+                     f"{100 * f[0]:.0f}/{100 * f[1]:.0f}/{100 * f[2]:.0f}" + (" forced" if r["forced_active_fractions"] else ""),
+                     f"{r['cascade']['median_ms']:.1f} ({r['cascade']['p90_ms']:.1f} / {r['cascade']['p99_ms']:.1f})",
+                     f"{r['dense']['median_ms']:.1f} ({r['dense']['p90_ms']:.1f} / {r['dense']['p99_ms']:.1f})",
+                     f"{r['speedup']:.2f}×", f"{r['ideal_speedup']:.2f}×",
+                     f"{100 * r['speedup'] / r['ideal_speedup']:.0f}%"])
+    table = markdown_table(["model", "size", "ρ", "% at stage 1/2/3", "cascade ms median (p90 / p99)",
+                            "dense ms median (p90 / p99)", "speedup", "FLOP-ideal", "of ideal"], rows)
+    return f"""ONNX Runtime on the CPU, batch 1, lowered RegionConv unless noted; cascade and dense
+timed alternately in the same `lc-bench` run. Machine: {bench[0]['machine']}.
+
+{table}"""
+
+
+def write_results(work: Path, commands: dict, results: dict, sweep: list[dict], minutes: dict,
+                  bench: list[dict]) -> None:
     from layercascade.model.evaluate import EvalResult, format_table, markdown_table
 
     rows = []
@@ -129,6 +200,10 @@ cascade mode started from it.
 Paper (VOC12 val, IRNet): 23 % of pixels stop at stage 1 at ρ = 0.985, the best mIoU is at
 ρ = 0.985, and mIoU falls to 66.95 at ρ = 0.8.
 
+## Speed: cascade vs dense (`lc-bench`, CPU)
+
+{bench_section(bench)}
+
 ## GPU
 
 Not measured on a GPU yet.
@@ -157,6 +232,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=16, help="training budget per model (default: 16)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "demo", help="folder for checkpoints")
     parser.add_argument("--skip-train", action="store_true", help="evaluate the checkpoints already in --work")
+    parser.add_argument("--skip-bench", action="store_true", help="do not run the CPU benchmarks")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     commands = train_commands(args.work, args.epochs)
@@ -174,8 +250,10 @@ def main() -> None:
     sweep = evaluate(args.work / "cascade.pt", "--rho-sweep")
     (args.work / "results.json").write_text(json.dumps({"results": results, "sweep": sweep}, indent=1))
     plot_sweep(sweep, ROOT / "docs" / "rho_sweep.png")
-    write_results(args.work, commands, results, sweep, minutes)
     ship_demo(args.work / "cascade.pt")
+    bench = [] if args.skip_bench else benchmarks(args.work)
+    (args.work / "bench.json").write_text(json.dumps(bench, indent=1))
+    write_results(args.work, commands, results, sweep, minutes, bench)
 
 
 if __name__ == "__main__":

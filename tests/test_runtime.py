@@ -1,0 +1,130 @@
+"""The runtime on real exported models: lc-run end to end; bad model directories and bad
+inputs give one clear line, a non-zero exit and nothing partial."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from layercascade.errors import LCError, run_cli
+from layercascade.export.stages import export_model
+from layercascade.runtime.cascade import Cascade
+from layercascade.runtime.cli import bench, run
+from layercascade.tests.helpers import sharpened_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "good"
+    export_model(sharpened_checkpoint("tiny", (40, 48)), folder)
+    return folder
+
+
+@pytest.fixture
+def broken(model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    return copy
+
+
+def rewrite_manifest(folder, **changes) -> None:
+    path = folder / "lc.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def refresh_hash(folder, name: str) -> None:
+    from layercascade.manifest import sha256_file
+
+    manifest = json.loads((folder / "lc.json").read_text())
+    manifest["files"][name] = sha256_file(folder / name)
+    (folder / "lc.json").write_text(json.dumps(manifest))
+
+
+def test_truncated_onnx(broken) -> None:
+    data = (broken / "stage2.onnx").read_bytes()
+    (broken / "stage2.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(LCError, match="stage2.onnx: sha256 does not match"):
+        Cascade.load(broken)
+    refresh_hash(broken, "stage2.onnx")  # a consistent manifest over a damaged file
+    with pytest.raises(LCError, match="stage2.onnx: (corrupt or truncated|ONNX Runtime cannot load)"):
+        Cascade.load(broken)
+
+
+def test_missing_stage_file(broken) -> None:
+    (broken / "stage3.onnx").unlink()
+    with pytest.raises(LCError, match="stage3.onnx: missing"):
+        Cascade.load(broken)
+
+
+def test_newer_manifest_and_garbage_manifest(broken) -> None:
+    rewrite_manifest(broken, version=7)
+    with pytest.raises(LCError, match="newer"):
+        Cascade.load(broken)
+    (broken / "lc.json").write_text("{not json")
+    with pytest.raises(LCError, match="not valid JSON"):
+        Cascade.load(broken)
+    (broken / "lc.json").unlink()
+    with pytest.raises(LCError, match="lc.json: missing"):
+        Cascade.load(broken)
+    with pytest.raises(LCError, match="no such model directory"):
+        Cascade.load(broken / "nowhere")
+
+
+def test_wrong_inputs(model_dir) -> None:
+    cascade = Cascade.load(model_dir)
+    with pytest.raises(LCError, match=r"expected \(N, 40, 48, 3\) uint8"):
+        cascade.run_batch(np.zeros((1, 40, 40, 3), np.uint8))
+    with pytest.raises(LCError, match="batch 1"):
+        cascade.run_batch(np.zeros((2, 40, 48, 3), np.uint8))
+    with pytest.raises(LCError, match="uint8 RGB image"):
+        cascade(np.zeros((10, 10), np.float32))
+    for rho in (0.0, 1.5, -1):
+        with pytest.raises(LCError, match="rho must be in"):
+            cascade(np.zeros((30, 30, 3), np.uint8), rho)
+    result = cascade(np.zeros((17, 23, 3), np.uint8), 0.9)  # any size: resized in and out
+    assert result.labels.shape == (17, 23) and result.stage_map.shape == (5, 6)
+
+
+def test_cli_errors_are_one_line_and_leave_nothing(broken, tmp_path, capsys) -> None:
+    (broken / "stage1.onnx").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    assert run_cli(run.main, ["--engine", str(broken), "-o", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stage1.onnx" in err
+    assert not out.exists() or not any(out.iterdir())
+    assert run_cli(bench.main, [str(broken), "--iters", "1"]) == 1
+    assert "stage1.onnx" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--rho", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_lc_run_end_to_end(model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert run_cli(run.main, ["--engine", str(model_dir), "-o", str(out), "--json", "--rho", "0.9"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 4 and summary["backend"] == "ort" and not summary["failed"]
+    files = sorted(p.name for p in out.iterdir())
+    assert "summary.json" in files and len(files) == 4 * 3 + 1
+    from PIL import Image
+
+    first = summary["results"][0]
+    with Image.open(out / first["outputs"][0]) as labels:
+        assert labels.mode == "P" and list(labels.size) == first["size"][::-1]
+
+
+def test_lc_bench_json(model_dir, capsys) -> None:
+    assert run_cli(bench.main, [str(model_dir), "--iters", "3", "--warmup", "1", "--json",
+                                "--active-fraction", "0.3,0.15"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("cascade", "dense"):
+        assert set(result[key]) == {"median_ms", "p90_ms", "p99_ms", "fps"}
+    assert result["stage_fractions"][2] == pytest.approx(0.15, abs=0.1)
+    assert result["ideal_speedup"] > 1 and result["speedup"] > 0 and result["machine"]
+    assert run_cli(bench.main, [str(model_dir), "--size", "64x64", "--iters", "1"]) == 1
+    assert "lc-export --input-size 64x64" in capsys.readouterr().err
