@@ -3,10 +3,23 @@
 Top-level folders follow the data flow (DESIGN §3): ``model`` (network, training, data,
 metrics), ``export`` (ONNX), ``calibration`` (INT8), ``plugins`` (region-conv kernels),
 ``runtime`` (backends and CLIs). Heavy dependencies (torch, onnxruntime, TensorRT) are
-imported only inside the parts that need them.
+imported only inside the parts that need them: ``from layercascade import Cascade`` loads
+the runtime on first use.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from layercascade.errors import LCError
 
 __version__ = "0.1.0"
-__all__ = ["LCError", "__version__"]
+__all__ = ["Cascade", "LCError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Cascade":
+        from layercascade.runtime.cascade import Cascade
+
+        return Cascade
+    raise AttributeError(f"module 'layercascade' has no attribute {name!r}")

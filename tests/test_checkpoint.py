@@ -115,3 +115,12 @@ def test_bundled_demo_model_loads() -> None:
     assert checkpoint.config.backbone == "tiny" and len(checkpoint.classes) == 21
     assert checkpoint.training["mode"] == "cascade"
     assert checkpoint.resume is None  # shipped without optimizer state
+
+
+def test_bundled_demo_model_dir_is_the_demo_checkpoint_exported() -> None:
+    from layercascade.manifest import read_manifest, sha256_file
+    from layercascade.runtime.cascade import DEMO_MODEL
+
+    manifest = read_manifest(DEMO_MODEL)
+    assert manifest["source"]["sha256"] == sha256_file(DEMO_CHECKPOINT), "re-run lc-export on the demo checkpoint"
+    assert manifest["kind"] == "cascade" and manifest["classes"] == load_checkpoint().classes

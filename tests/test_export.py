@@ -156,3 +156,19 @@ def test_runtime_does_not_import_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "function-body"])
+def test_demo_model_parity_on_synthetic_images(lower: bool) -> None:
+    """The trained demo model (real confidences, real stage splits) against the reference."""
+    from layercascade.model.checkpoint import load_checkpoint
+    from layercascade.model.data import open_dataset
+
+    checkpoint = load_checkpoint()
+    cascade = Cascade.load(None, lower=lower)
+    dataset = open_dataset("synthetic", "val", limit=4)
+    for index in range(len(dataset)):
+        images = dataset[index][0][None]
+        for rho in RHOS:
+            assert_parity(checkpoint, cascade, images, rho)
+    assert cascade.run_batch(images, 0.985).stage_counts[0, 0] > 0
