@@ -41,7 +41,8 @@ class FakeCascade:
         self.rhos: list[float | None] = []
 
     @classmethod
-    def load(cls, model_dir: str | None = None, backend: str = "auto", device: str = "cpu") -> FakeCascade:
+    def load(cls, model_dir: str | None = None, backend: str = "auto", device: str = "cpu",
+             lower: bool = True) -> FakeCascade:
         cascade = cls(model_dir, backend, device)
         cls.instances.append(cascade)
         return cascade

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "there; 1 runs every pixel through every stage (default: the model's)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the model runs (default: cpu)")
+    parser.add_argument("--no-lowering", action="store_true",
+                        help="ONNX Runtime: run the RegionConv function bodies (dense conv ⊙ M) instead of the "
+                             "compact form whose cost follows the pixels that reach stages 2–3")
     parser.add_argument("--json", action="store_true",
                         help="print the summary JSON to stdout (no progress bar)")
     parser.add_argument("--strict", action="store_true",
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     out = make_output_dir(args.output)
     from layercascade.runtime.cascade import Cascade  # lazily: loads the backend's heavy libraries
 
-    cascade = Cascade.load(args.engine, backend=args.backend, device=args.device)
+    cascade = Cascade.load(args.engine, backend=args.backend, device=args.device, lower=not args.no_lowering)
     records, failed = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict,
                                   progress=not (args.quiet or args.json))
     summary = summarize(records, failed, backend=cascade.backend, model=args.engine or "demo",
