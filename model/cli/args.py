@@ -38,12 +38,14 @@ def float_pair(text: str) -> tuple[float, float]:
     return low, high
 
 
+DATA_HELP = ("data set: 'synthetic' (procedural, no download), 'voc:PATH' (VOCdevkit/VOC2012) or "
+             "'cityscapes:PATH' (leftImg8bit + gtFine) (default: synthetic)")
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, split: str) -> None:
     """``--data``, ``--split``, ``--seed``, ``--limit``."""
     group = parser.add_argument_group("data")
-    group.add_argument("--data", default="synthetic", metavar="SPEC",
-                       help="data set: 'synthetic' (procedural, no download), 'voc:PATH' (VOCdevkit/VOC2012) "
-                            "or 'cityscapes:PATH' (leftImg8bit + gtFine) (default: synthetic)")
+    group.add_argument("--data", default="synthetic", metavar="SPEC", help=DATA_HELP)
     group.add_argument("--split", default=split, help=f"split to use (default: {split})")
     group.add_argument("--seed", type=int, default=0,
                        help="seed: picks the synthetic images, and the training order/augmentation (default: 0)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from layercascade.errors import run_cli
-from layercascade.model.cli.args import float_pair, rho, size
+from layercascade.model.cli.args import DATA_HELP, float_pair, rho, size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--resume", metavar="CHECKPOINT",
                        help="continue an interrupted run of the same mode from its last finished epoch")
     data = parser.add_argument_group("data")
-    data.add_argument("--data", default="synthetic", metavar="SPEC",
-                      help="'synthetic', 'voc:PATH' or 'cityscapes:PATH' (default: synthetic)")
+    data.add_argument("--data", default="synthetic", metavar="SPEC", help=DATA_HELP)
     data.add_argument("--seed", type=int, default=0,
                       help="seed of the weights, the image order, the augmentation and the synthetic images "
                            "(default: 0)")
