@@ -94,6 +94,10 @@ class _Lowering:
         self.image_base = self.add("Sub", [self.idx, offset_in_image], "image_base")
         self.y = self.add("Div", [offset_in_image, self.w], "y")
         self.x = self.add("Mod", [self.idx, self.w], "x")
+        column = self.const("axis1", np.array([1], np.int64))
+        self.y_column = self.add("Unsqueeze", [self.y, column], "y_col")
+        self.x_column = self.add("Unsqueeze", [self.x, column], "x_col")
+        self.base_column = self.add("Unsqueeze", [self.image_base, column], "base_col")
         # inverse[q] = row of dense pixel q, or P (the zero row) when q is inactive or the pad slot.
         slots = self.add("Add", [self.nhw, self.const("one", np.int64(1))], "slots")
         slots_1d = self.add("Unsqueeze", [slots, self.const("axis0", np.array([0], np.int64))], "slots_1d")
@@ -109,9 +113,8 @@ class _Lowering:
         if key not in self.tables:
             dy = np.repeat(np.arange(kernel[0]) * dilation[0] - pads[0], kernel[1]).astype(np.int64)
             dx = np.tile(np.arange(kernel[1]) * dilation[1] - pads[1], kernel[0]).astype(np.int64)
-            column = self.const("axis1", np.array([1], np.int64))
-            yy = self.add("Add", [self.add("Unsqueeze", [self.y, column], "y_col"), self.const("dy", dy[None])], "yy")
-            xx = self.add("Add", [self.add("Unsqueeze", [self.x, column], "x_col"), self.const("dx", dx[None])], "xx")
+            yy = self.add("Add", [self.y_column, self.const("dy", dy[None])], "yy")
+            xx = self.add("Add", [self.x_column, self.const("dx", dx[None])], "xx")
             zero = self.const("zero", np.int64(0))
             inside = self.add("And", [
                 self.add("And", [self.add("GreaterOrEqual", [yy, zero], "y_ge0"),
@@ -119,8 +122,7 @@ class _Lowering:
                 self.add("And", [self.add("GreaterOrEqual", [xx, zero], "x_ge0"),
                                  self.add("Less", [xx, self.w], "x_lt_w")], "x_in"),
             ], "inside")
-            base = self.add("Unsqueeze", [self.image_base, column], "base_col")
-            flat = self.add("Add", [base, self.add("Add", [self.add("Mul", [yy, self.w], "yy_w"), xx], "yx")], "nbr")
+            flat = self.add("Add", [self.base_column, self.add("Add", [self.add("Mul", [yy, self.w], "yy_w"), xx], "yx")], "nbr")
             dense = self.add("Where", [inside, flat, self.nhw], "dense_nbr")
             rows = self.add("Gather", [self.inverse, dense], "row_nbr", axis=0)
             self.tables[key] = (dense, rows)
@@ -139,6 +141,14 @@ class _Lowering:
             pads = self.const("pad_row", np.array([0, 0, 1, 0], np.int64))
             self.gather_sources[key] = self.add("Pad", [table, pads, self.const("pad_value", np.float32(pad_value))],
                                                 "padded_rows")
+        return self.gather_sources[key]
+
+    def padded_rows(self, rows: str) -> str:
+        """Row-space ``rows`` plus one zero row (the neighbour outside the region or image)."""
+        key = (rows, "padded")
+        if key not in self.gather_sources:
+            pads = self.const("pad_row", np.array([0, 0, 1, 0], np.int64))
+            self.gather_sources[key] = self.add("Pad", [rows, pads], "rows_padded")
         return self.gather_sources[key]
 
     def rows_of(self, name: str) -> str:
@@ -183,9 +193,7 @@ class _Lowering:
         else:
             dense_table, row_table = self.neighbours((kh, kw), tuple(attrs["dilations"]), pads)
             if source.dense is None:  # row space: zero outside the region, gather with a zero pad row
-                table = self.add("Pad", [source.rows, self.const("pad_row", np.array([0, 0, 1, 0], np.int64))],
-                                 "rows_padded")
-                gathered = self.add("Gather", [table, row_table], "taps", axis=0)
+                gathered = self.add("Gather", [self.padded_rows(source.rows), row_table], "taps", axis=0)
             else:  # dense input: its real values at every neighbour
                 gathered = self.add("Gather", [self.dense_rows(source.dense), dense_table], "taps", axis=0)
             columns = self.add("Reshape", [gathered, self.const("im2col", np.array([-1, kh * kw * c_in], np.int64))],
