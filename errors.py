@@ -7,6 +7,7 @@ raise ordinary exceptions and keep their tracebacks.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -31,3 +32,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, without a second error on exit.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - must outlive this function
+        return 0

@@ -1,18 +1,29 @@
-"""Evaluation of a PyTorch cascade on a data set: mIoU, per-class IoU, stage fractions."""
+"""Evaluation of a cascade on a data set: mIoU, per-class IoU, stage fractions.
+
+The loop is backend-free: it calls a *predictor* ``(image, rho) -> (labels, stage_fractions,
+stage_pixels)``; :func:`torch_predictor` wraps a PyTorch model, and an exported model's
+``Cascade`` (ONNX Runtime) is a predictor through :func:`cascade_predictor`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from layercascade.errors import fail
 from layercascade.model.data import SegmentationDataset
 from layercascade.model.metrics import ConfusionMatrix
-from layercascade.model.network import LayerCascadeNet, normalize
+
+if TYPE_CHECKING:
+    from layercascade.model.network import LayerCascadeNet
+    from layercascade.runtime.cascade import Cascade
+
+# (image (H, W, 3) uint8, rho) -> (labels (H, W), stage fractions (3,), stage-resolution pixels)
+Predictor = Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray, int]]
 
 # The paper's Table 1 thresholds.
 PAPER_RHOS = (1.0, 0.995, 0.985, 0.970, 0.950, 0.930, 0.900, 0.800)
@@ -40,32 +51,53 @@ def check_rho(rho: float) -> float:
     return rho
 
 
-@torch.no_grad()
+def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence[float]) -> Predictor:
+    """A predictor running the PyTorch reference cascade on the CPU."""
+    import torch
+
+    from layercascade.model.network import normalize
+
+    model.eval()
+
+    def predict(image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
+        x = normalize(torch.from_numpy(np.ascontiguousarray(image))[None], tuple(mean), tuple(std))
+        with torch.no_grad():
+            output = model(x, rho)
+        return output.labels[0].numpy(), output.stage_fractions[0].numpy(), output.masks[0][0].numel()
+
+    return predict
+
+
+def cascade_predictor(cascade: Cascade) -> Predictor:
+    """A predictor running an exported model (images resized to its input size and back)."""
+
+    def predict(image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
+        result = cascade(image, rho)
+        return result.labels, np.asarray(result.stage_fractions), result.stage_map.size
+
+    return predict
+
+
 def evaluate(
-    model: LayerCascadeNet,
+    predict: Predictor,
     dataset: SegmentationDataset,
     rhos: Sequence[float],
-    mean: Sequence[float],
-    std: Sequence[float],
     classes: Sequence[str],
     progress: bool = True,
 ) -> list[EvalResult]:
-    """Run the cascade at every ρ of ``rhos`` on each image of ``dataset``.
+    """Run ``predict`` at every ρ of ``rhos`` on each image of ``dataset``.
 
     Stage fractions are averaged over images weighted by their stage-resolution area.
     """
-    model.eval()
     matrices = [ConfusionMatrix(len(classes), dataset.ignore_index) for _ in rhos]
     fraction_sums = np.zeros((len(rhos), 3))
     area = 0.0
     for index in tqdm(range(len(dataset)), desc="evaluating", unit="img", disable=not progress, leave=False):
         image, label = dataset[index]
-        x = normalize(torch.from_numpy(np.ascontiguousarray(image))[None], tuple(mean), tuple(std))
         for k, rho in enumerate(rhos):
-            output = model(x, rho)
-            matrices[k].update(output.labels[0].numpy(), label)
-            pixels = output.masks[0][0].numel()
-            fraction_sums[k] += output.stage_fractions[0].numpy() * pixels
+            labels, fractions, pixels = predict(image, rho)
+            matrices[k].update(labels, label)
+            fraction_sums[k] += np.asarray(fractions) * pixels
         area += pixels
     results = []
     for k, rho in enumerate(rhos):

@@ -21,7 +21,7 @@ from layercascade.errors import fail
 from layercascade.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from layercascade.model.config import ModelConfig
 from layercascade.model.data import SegmentationDataset, open_dataset
-from layercascade.model.evaluate import evaluate
+from layercascade.model.evaluate import evaluate, torch_predictor
 from layercascade.model.network import LayerCascadeNet, normalize
 from layercascade.model.region import resize_mask
 
@@ -227,7 +227,8 @@ def train(
             optimizer.step()
             running.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}", lr=f"{lr:.4f}")
-        result = evaluate(model, val_set, [settings.val_rho], base.mean, base.std, classes, progress=progress)[0]
+        predict = torch_predictor(model, base.mean, base.std)
+        result = evaluate(predict, val_set, [settings.val_rho], classes, progress=progress)[0]
         history.append({"epoch": epoch + 1, "loss": round(float(np.mean(running)), 5),
                         "val_miou": result.miou, "val_rho": settings.val_rho,
                         "stage_fractions": result.stage_fractions, "seconds": round(time.time() - started, 1)})

@@ -29,9 +29,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Software-pipelining depth of the K loop (cp.async on sm_80+); fits shared memory for
-# every table entry below on sm_80..sm_90.
-NUM_STAGES = 3
+# Compile options of every conv launch. Pipelining depth 3 of the K loop (cp.async on
+# sm_80+) fits shared memory for every table entry below on sm_80..sm_90; FMA fusion is
+# named explicitly because Triton's default for it is changing.
+COMPILE_OPTIONS = {"num_stages": 3, "enable_fp_fusion": True}
 # Mask elements scanned per step of the single-program active-list scan.
 ACTIVE_LIST_BLOCK = 1024
 ACTIVE_LIST_WARPS = 4
@@ -132,7 +133,7 @@ def _conv_tile(x_ptr, w_ptr, pix, rows_ok, H, W, pid_n,
     # pipeliner sees a single long K loop.
     K_BLOCKS: tl.constexpr = (C_IN + BLOCK_K - 1) // BLOCK_K
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for step in range(0, KH * KW * K_BLOCKS):
+    for step in range(KH * KW * K_BLOCKS):
         tap = step // K_BLOCKS
         kh = tap // KW
         kw = tap % KW
@@ -239,18 +240,23 @@ def layer_constexprs(x: Tensor, weight: Tensor, padding: int | tuple[int, int],
     """The compile-time parameters of one layer, shared by the launchers and AOT compilation."""
     c_out, c_in, kh, kw = weight.shape
     pad, dil = _pair(padding), _pair(dilation)
-    if x.dim() != 4 or x.shape[-1] != c_in:
+    if x.shape[-1] != c_in:
         raise ValueError(f"x must be NHWC with {c_in} channels, got shape {tuple(x.shape)}")
     if 2 * pad[0] != dil[0] * (kh - 1) or 2 * pad[1] != dil[1] * (kw - 1):
         raise ValueError(f"region conv needs 'same' padding: kernel {kh}x{kw}, dilation {dil}, padding {pad}")
     ws_o, ws_i, ws_h, ws_w = weight.stride()
-    return dict(C_IN=c_in, C_OUT=c_out, KH=kh, KW=kw, PAD_H=pad[0], PAD_W=pad[1],
-                DIL_H=dil[0], DIL_W=dil[1], RELU=int(relu), WS_O=ws_o, WS_I=ws_i, WS_H=ws_h, WS_W=ws_w,
-                BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
+    return {"C_IN": c_in, "C_OUT": c_out, "KH": kh, "KW": kw, "PAD_H": pad[0], "PAD_W": pad[1],
+            "DIL_H": dil[0], "DIL_W": dil[1], "RELU": int(relu),
+            "WS_O": ws_o, "WS_I": ws_i, "WS_H": ws_h, "WS_W": ws_w,
+            "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
 
 
 def _prepare(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None,
              config: BlockConfig | None) -> BlockConfig:
+    """Check the tensors of a conv call; the tiles to launch with."""
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"x must be NHWC and weight (C_out, C_in, KH, KW), "
+                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
     if x.dtype not in DTYPE_NAMES or weight.dtype != x.dtype:
         raise ValueError(f"x and weight must both be fp32 or fp16, got {x.dtype} and {weight.dtype}")
     if not x.is_contiguous():
@@ -276,7 +282,7 @@ def active_list(mask: Tensor) -> tuple[Tensor, Tensor]:
     rows = torch.empty(flat.numel(), dtype=torch.int32, device=mask.device)
     count = torch.empty(1, dtype=torch.int32, device=mask.device)
     _active_list_kernel[(1,)](flat, rows, count, flat.numel(), BLOCK=ACTIVE_LIST_BLOCK,
-                              num_warps=ACTIVE_LIST_WARPS)
+                              num_warps=ACTIVE_LIST_WARPS, enable_fp_fusion=True)  # see COMPILE_OPTIONS
     return rows, count
 
 
@@ -310,7 +316,7 @@ def region_conv(x_nhwc: Tensor, weight: Tensor, bias: Tensor | None, mask_or_lis
         out = residual.clone()
     grid = conv_grid(n * h * w, c_out, config)
     _region_conv_rows_kernel[grid](x_nhwc, weight, bias, rows, count, residual, h, w, out,
-                                   num_warps=config.num_warps, num_stages=NUM_STAGES, **constexprs)
+                                   num_warps=config.num_warps, **COMPILE_OPTIONS, **constexprs)
     return out
 
 
@@ -338,7 +344,7 @@ def region_conv_masked(x_nhwc: Tensor, weight: Tensor, bias: Tensor | None, mask
     out = torch.empty((n, h, w, c_out), dtype=x_nhwc.dtype, device=x_nhwc.device)
     grid = conv_grid(n * h * w, c_out, config)
     _region_conv_masked_kernel[grid](x_nhwc, weight, bias, flat, residual, h, w, n * h * w, out,
-                                     num_warps=config.num_warps, num_stages=NUM_STAGES, **constexprs)
+                                     num_warps=config.num_warps, **COMPILE_OPTIONS, **constexprs)
     return out
 
 

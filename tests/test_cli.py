@@ -75,3 +75,14 @@ def test_installed_entry_point() -> None:
                            "--limit", "1", "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "miou" in json.loads(done.stdout)
+
+
+def test_eval_exported_model_dir_matches_checkpoint(capsys) -> None:
+    from layercascade.runtime.cascade import DEMO_MODEL
+
+    assert run_cli(evaluate.main, [str(DEMO_MODEL), "--limit", "3", "--json", "--rho", "0.9"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert run_cli(evaluate.main, ["--limit", "3", "--json", "--rho", "0.9"]) == 0
+    reference = json.loads(capsys.readouterr().out)
+    assert exported["miou"] == pytest.approx(reference["miou"], abs=0.05)
+    assert exported["stage_fractions"] == pytest.approx(reference["stage_fractions"], abs=1e-3)

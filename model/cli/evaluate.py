@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from layercascade.errors import fail, run_cli
 from layercascade.model.cli.args import add_data_arguments, rho
@@ -16,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(label 255 ignored), per-class IoU and the share of pixels decided at each stage.",
     )
     parser.add_argument("checkpoint", nargs="?", default=None,
-                        help="checkpoint .pt written by lc-train (default: the bundled demo model)")
+                        help="checkpoint .pt written by lc-train (runs the PyTorch reference) or model directory "
+                             "written by lc-export (runs ONNX Runtime; images are resized to its input size) "
+                             "(default: the bundled demo checkpoint)")
     add_data_arguments(parser, split="val")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--rho", type=rho, default=None,
@@ -32,18 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from layercascade.model.checkpoint import load_checkpoint
     from layercascade.model.data import open_dataset
     from layercascade.model.evaluate import PAPER_RHOS, evaluate, format_per_class, format_table
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    model = checkpoint.build_model()
+    predict, classes, default_rho = load_predictor(args.checkpoint)
     dataset = open_dataset(args.data, args.split, seed=args.seed, limit=args.limit)
-    if len(dataset.classes) != checkpoint.config.num_classes:
-        fail(f"data set {args.data!r} has {len(dataset.classes)} classes, the model {checkpoint.config.num_classes}")
-    rhos = PAPER_RHOS if args.rho_sweep else [args.rho or checkpoint.default_rho]
-    results = evaluate(model, dataset, rhos, checkpoint.mean, checkpoint.std, checkpoint.classes,
-                       progress=not args.json)
+    if len(dataset.classes) != len(classes):
+        fail(f"data set {args.data!r} has {len(dataset.classes)} classes, the model {len(classes)}")
+    rhos = PAPER_RHOS if args.rho_sweep else [args.rho or default_rho]
+    results = evaluate(predict, dataset, rhos, classes, progress=not args.json)
     if args.json:
         payload = [r.to_dict() for r in results]
         print(json.dumps(payload if args.rho_sweep else payload[0]))
@@ -55,6 +55,22 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(format_per_class(result))
     return 0
+
+
+def load_predictor(source: str | None):
+    """(predictor, class names, default ρ) for a checkpoint file or an exported model directory."""
+    from layercascade.model.evaluate import cascade_predictor, torch_predictor
+
+    if source is not None and Path(source).is_dir():
+        from layercascade.runtime.cascade import Cascade
+
+        cascade = Cascade.load(source)
+        return cascade_predictor(cascade), cascade.classes, cascade.default_rho
+    from layercascade.model.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(source)
+    predict = torch_predictor(checkpoint.build_model(), checkpoint.mean, checkpoint.std)
+    return predict, checkpoint.classes, checkpoint.default_rho
 
 
 def cli() -> None:
