@@ -10,10 +10,13 @@ import sys
 import pytest
 
 from layercascade.errors import run_cli
+from layercascade.export import cli as export_cli
 from layercascade.model.cli import evaluate, info, train
+from layercascade.runtime.cli import bench
 
 
-@pytest.mark.parametrize("module", [train, evaluate, info], ids=["lc-train", "lc-eval", "lc-info"])
+@pytest.mark.parametrize("module", [train, evaluate, info, export_cli, bench],
+                         ids=["lc-train", "lc-eval", "lc-info", "lc-export", "lc-bench"])
 def test_help_explains_every_option(module, capsys) -> None:
     parser = module.build_parser()
     for action in parser._actions:

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="input size for the FLOP count (default: the checkpoint's, 512x512 for a config)")
     parser.add_argument("--active", default="0.3,0.15", metavar="A2,A3",
                         help="shares of pixels reaching stages 2 and 3 for the ideal speedup (default: 0.3,0.15)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: per-stage GMACs and parameters, ideal speedup")
     return parser
 
 
