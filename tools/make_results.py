@@ -194,7 +194,7 @@ def write_results(work: Path, commands: dict, results: dict, sweep: list[dict], 
     rows.append(["cascade", "the same weights at ρ = 1", f"{dense['miou']:.2f}", f"{dense['pixel_accuracy']:.2f}",
                  "0.0", "—"])
     sweep_table = format_table([EvalResult(**r) for r in sweep])
-    command_lines = "\n".join(shlex.join(c) for mode in commands.values() for c in mode)
+    command_lines = "\n".join(shlex.join(c) for mode in commands.values() for c in mode).replace(f"{ROOT}/", "")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     plot = "\n![ρ sweep](rho_sweep.png)\n" if (ROOT / "docs" / "rho_sweep.png").exists() else ""
     text = f"""# Results
