@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from onnx import TensorProto
@@ -34,6 +35,7 @@ from layercascade.model.flops import stage_costs
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet
 
 SUPPORTED_OPSETS = range(18, 22)
+SCALE = 8  # stage resolution → input resolution
 FLOAT, UINT8, INT64 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT64
 
 
@@ -98,16 +100,76 @@ class _Exporter:
         return mask if region is None else g.node("Mul", [mask, region], f"{name}/nest")
 
     def labels(self, g: GraphBuilder, scores: str) -> str:
-        """Bilinear upsampling to the input size (half-pixel centres, as PyTorch), then argmax.
-
-        Done channels-last: ONNX Runtime's Resize and ArgMax are ~2.5x faster on NHWC here.
-        """
-        nhwc = g.node("Transpose", [scores], "upsample/nhwc", perm=[0, 2, 3, 1])
-        sizes = g.constant("upsample.sizes", list(self.input_size))
-        upsampled = g.node("Resize", [nhwc, "", "", sizes], "upsample", mode="linear",
-                           coordinate_transformation_mode="half_pixel", axes=[1, 2])
-        labels = g.node("ArgMax", [upsampled], "argmax", axis=3, keepdims=0)
+        """argmax of the scores upsampled bilinearly to the input size (half-pixel centres, as
+        PyTorch's ``interpolate(..., align_corners=False)``)."""
+        (height, width), (h, w) = self.input_size, self.shapes[0][1:]
+        nhwc = g.node("Transpose", [scores], "labels/nhwc", perm=[0, 2, 3, 1])
+        if (height, width) == (SCALE * h, SCALE * w):
+            labels = self.cell_labels(g, nhwc, h, w)
+        else:
+            # Channels-last: ONNX Runtime's Resize and ArgMax are ~2.5x faster on NHWC here.
+            sizes = g.constant("upsample.sizes", list(self.input_size))
+            upsampled = g.node("Resize", [nhwc, "", "", sizes], "upsample", mode="linear",
+                               coordinate_transformation_mode="half_pixel", axes=[1, 2])
+            labels = g.node("ArgMax", [upsampled], "argmax", axis=3, keepdims=0)
         return g.node("Cast", [labels], "labels", to=UINT8)
+
+    def cell_labels(self, g: GraphBuilder, nhwc: str, h: int, w: int) -> str:
+        """The exact labels of an 8× bilinear upsampling, interpolating only where it matters.
+
+        With edge padding, every output pixel lies in a cell of 8×8 pixels between four
+        low-resolution pixels and blends them with non-negative weights that depend only
+        on its place in the cell. Where the four corners share their argmax class, that
+        class is the argmax of every blend in the cell; only the other cells (near label
+        boundaries) are blended in full, as one batched (64 × 4) · (4 × C) product.
+        """
+        one = np.array([1], np.int64)
+        padded = g.node("Pad", [nhwc, g.constant("labels.pads", np.array([1, 1, 1, 1], np.int64)), "",
+                                g.constant("labels.pad_axes", np.array([1, 2], np.int64))], "labels/edge_pad",
+                        mode="edge")
+        corners_argmax = g.node("ArgMax", [padded], "labels/low_res", axis=3, keepdims=0)
+
+        def corner(dy: int, dx: int) -> str:
+            starts = g.constant(f"labels.start{dy}{dx}", np.array([dy, dx], np.int64))
+            ends = g.constant(f"labels.end{dy}{dx}", np.array([h + 1 + dy, w + 1 + dx], np.int64))
+            return g.node("Slice", [corners_argmax, starts, ends, g.constant("labels.hw_axes", np.array([1, 2]))],
+                          f"labels/corner{dy}{dx}")
+
+        c00, c01, c10, c11 = corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1)
+        agree = g.node("And", [g.node("Equal", [c00, c01], "labels/eq01"),
+                               g.node("And", [g.node("Equal", [c00, c10], "labels/eq10"),
+                                              g.node("Equal", [c00, c11], "labels/eq11")], "labels/eq_lower")],
+                       "labels/agree")
+        grid = g.node("Expand", [g.node("Unsqueeze", [c00, g.constant("labels.last", np.array([3], np.int64))],
+                                        "labels/cell_label"),
+                                 g.node("Concat", [g.node("Shape", [c00], "labels/cells_shape"),
+                                                   g.constant("labels.pixels", np.array([SCALE * SCALE]))],
+                                        "labels/grid_shape", axis=0)], "labels/grid")
+        mixed = g.node("Transpose", [g.node("NonZero", [g.node("Not", [agree], "labels/disagree")], "labels/mixed")],
+                       "labels/mixed_cells", perm=[1, 0])
+        # Row of each mixed cell's top-left corner in the padded (N·(h+2)·(w+2), C) score table.
+        strides = g.constant("labels.strides", np.array([[(h + 2) * (w + 2)], [w + 2], [1]], np.int64))
+        top_left = g.node("Reshape", [g.node("MatMul", [mixed, strides], "labels/top_left_2d"),
+                                      g.constant("labels.flat", np.array([-1], np.int64))], "labels/top_left")
+        table = g.node("Reshape", [padded, g.constant("labels.table", np.array([-1, self.classes], np.int64))],
+                       "labels/score_rows")
+        gathered = [g.node("Unsqueeze", [g.node("Gather", [table, g.node("Add", [top_left, g.constant(
+            f"labels.offset{k}", np.int64(offset))], f"labels/row{k}")], f"labels/scores{k}", axis=0),
+            g.constant("labels.axis1", one)], f"labels/scores{k}_3d") for k, offset in enumerate((0, 1, w + 2, w + 3))]
+        corners = g.node("Concat", gathered, "labels/corners", axis=1)
+        blended = g.node("MatMul", [g.constant("labels.cell_weights", cell_weights()), corners], "labels/blend")
+        exact = g.node("ArgMax", [blended], "labels/mixed_argmax", axis=2, keepdims=0)
+        full = g.node("ScatterND", [grid, mixed, exact], "labels/cells")
+        cells = g.node("Reshape", [g.node("Cast", [full], "labels/cells_u8", to=UINT8),
+                                   g.constant("labels.cells_5d", np.array([0, h + 1, w + 1, SCALE, SCALE], np.int64))],
+                       "labels/cells_5d")
+        image = g.node("Reshape", [g.node("Transpose", [cells], "labels/rows_first", perm=[0, 1, 3, 2, 4]),
+                                   g.constant("labels.image", np.array([0, SCALE * (h + 1), SCALE * (w + 1)]))],
+                       "labels/padded_image")
+        half = SCALE // 2
+        return g.node("Slice", [image, g.constant("labels.crop_start", np.array([half, half])),
+                                g.constant("labels.crop_end", np.array([half + SCALE * h, half + SCALE * w])),
+                                g.constant("labels.crop_axes", np.array([1, 2]))], "labels/crop")
 
     def stage(self, index: int) -> onnx.ModelProto:
         g = GraphBuilder(f"lc_stage{index + 1}", self.opset)
@@ -167,6 +229,18 @@ class _Exporter:
         self.labels(g, scores)
         g.add_output("labels", UINT8, [self.batch, *self.input_size])
         return g.build(doc=f"Dense baseline: {self.model.config.backbone}, final head only")
+
+
+def cell_weights() -> np.ndarray:
+    """(64, 4) bilinear weights of the pixels of one 8×8 cell on its corners (00, 01, 10, 11).
+
+    Pixel r of a cell sits at fraction (r + 0.5) / 8 between its corners (half-pixel
+    centres); the weights are multiples of 1/256, exact in float32.
+    """
+    fraction = (np.arange(SCALE) + 0.5) / SCALE
+    rows = np.stack([1 - fraction, fraction], axis=1)
+    weights = np.einsum("ra,cb->rcab", rows, rows).reshape(SCALE * SCALE, 4)
+    return weights.astype(np.float32)
 
 
 def check_graph(model: onnx.ModelProto, name: str) -> onnx.ModelProto:

@@ -172,3 +172,39 @@ def test_demo_model_parity_on_synthetic_images(lower: bool) -> None:
         for rho in RHOS:
             assert_parity(checkpoint, cascade, images, rho)
     assert cascade.run_batch(images, 0.985).stage_counts[0, 0] > 0
+
+
+def test_labels_when_input_is_not_eight_times_the_stage_size(tmp_path) -> None:
+    """Sizes that are not multiples of 8 take the Resize path instead of the 8×8 cells."""
+    checkpoint = sharpened_checkpoint("tiny", (44, 60))
+    export_model(checkpoint, tmp_path / "odd")
+    graph = onnx.load(tmp_path / "odd" / "stage3.onnx").graph
+    assert any(n.op_type == "Resize" for n in graph.node)
+    cascade = Cascade.load(tmp_path / "odd")
+    for rho in RHOS:
+        assert_parity(checkpoint, cascade, random_images(1, (44, 60), seed=11), rho)
+
+
+def test_cell_labels_match_reference_on_many_classes(tiny_dir) -> None:
+    """Labels from the 8×8-cell path against PyTorch where every pixel's class can change."""
+    checkpoint, folder = tiny_dir
+    assert not any(n.op_type == "Resize" for n in onnx.load(folder / "stage3.onnx").graph.node)
+    import onnxruntime as ort
+
+    stage3 = ort.InferenceSession(str(folder / "stage3.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    shapes = {i.name: [d if isinstance(d, int) else 1 for d in i.shape] for i in stage3.get_inputs()}
+    feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    feeds["mask2"] = (rng.random(shapes["mask2"]) < 0.5).astype(np.float32)
+    feeds["mask3"] = feeds["mask2"] * (rng.random(shapes["mask3"]) < 0.5)
+    labels = stage3.run(["labels"], feeds)[0]
+    model = checkpoint.build_model()
+    with torch.no_grad():
+        _, scores3 = model.forward_stage(2, torch.from_numpy(feeds["feat2"]), torch.from_numpy(feeds["mask3"]))
+    from layercascade.model.region import fuse_scores
+
+    fused = fuse_scores([torch.from_numpy(feeds["scores1"]), torch.from_numpy(feeds["scores2"]), scores3],
+                        [torch.from_numpy(feeds["mask2"]), torch.from_numpy(feeds["mask3"])])
+    expected = torch.nn.functional.interpolate(fused, size=(72, 88), mode="bilinear", align_corners=False).argmax(1)
+    assert len(np.unique(labels)) > 10
+    assert (labels == expected.numpy()).mean() >= 0.9999
