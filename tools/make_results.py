@@ -175,7 +175,7 @@ def bench_section(bench: list[dict]) -> str:
     table = markdown_table(["model", "size", "ρ", "% at stage 1/2/3", "cascade ms median (p90 / p99)",
                             "dense ms median (p90 / p99)", "speedup", "FLOP-ideal", "of ideal"], rows)
     return f"""ONNX Runtime on the CPU, batch 1, lowered RegionConv unless noted; cascade and dense
-timed alternately in the same `lc-bench` run. Machine: {bench[0]['machine']}.
+timed in alternating blocks of up to 10 runs in the same `lc-bench` run. Machine: {bench[0]['machine']}.
 
 {table}"""
 
