@@ -76,7 +76,7 @@ def time_calls(run: Callable[[], object], iters: int) -> list[float]:
 
 def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmup: int,
               active: tuple[float, float] | None = None, progress: bool = True) -> dict:
-    """Median / p90 / p99 latency and FPS of cascade and dense, measured alternately in one run."""
+    """Median / p90 / p99 latency and FPS of cascade and dense, timed in alternating blocks in one run."""
     if iters < 1 or warmup < 0:
         fail("--iters must be at least 1 and --warmup at least 0")
     images = sample_batch(cascade, batch)

@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lc-bench",
         description="Benchmark a model directory: median / p90 / p99 latency and FPS of the cascade and of the "
-                    "dense network with the same weights (dense.onnx), measured alternately in one run, the "
+                    "dense network with the same weights (dense.onnx), timed in alternating blocks in one run, the "
                     "measured speedup and the FLOP-ideal one for the stage fractions seen.",
     )
     parser.add_argument("model", nargs="?", default=None, metavar="DIR",
