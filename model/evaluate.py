@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from layercascade.errors import fail
 from layercascade.model.data import SegmentationDataset
 from layercascade.model.metrics import ConfusionMatrix
 
@@ -42,13 +41,6 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def check_rho(rho: float) -> float:
-    """ρ must lie in (0, 1]."""
-    if not 0.0 < rho <= 1.0:
-        fail(f"rho must be in (0, 1], got {rho}")
-    return rho
 
 
 def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence[float]) -> Predictor:

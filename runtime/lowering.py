@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from layercascade.export.regionconv import DOMAIN as REGION_CONV_DOMAIN
 from layercascade.export.regionconv import OP_TYPE as REGION_CONV_OP
