@@ -16,8 +16,8 @@ from layercascade.cost_model import ideal_speedup
 from layercascade.errors import fail
 from layercascade.model.data.images import read_rgb
 from layercascade.runtime.cascade import Cascade
+from layercascade.runtime.inputs import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
 @dataclass
@@ -98,10 +98,8 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
             cascade_ms += time_calls(cascade_step, count)
             dense_ms += time_calls(dense_step, count)
             bar.update(count)
-    out = cascade.run_batch(images, rho, masks)
-    stage_pixels = out.mask2[0].size
     if masks is None:
-        counts = out.stage_counts.sum(0) / (stage_pixels * batch)
+        counts = first.stage_counts.sum(0) / (first.mask2[0].size * batch)
         fractions = [float(c) for c in counts]
     else:
         reach2, reach3 = float(masks[0].mean()), float(masks[1].mean())

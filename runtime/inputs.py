@@ -10,6 +10,8 @@ from pathlib import Path
 
 from layercascade.errors import fail
 
+# The images lc-run segments and lc-bench times when given none.
+SAMPLES = Path(__file__).resolve().parent / "samples"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 _GLOB_CHARACTERS = frozenset("*?[")
 

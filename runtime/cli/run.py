@@ -18,14 +18,13 @@ from tqdm import tqdm
 from layercascade.errors import LCError, fail, run_cli
 from layercascade.model.cli.args import rho as rho_value
 from layercascade.model.data.images import read_rgb
-from layercascade.runtime.inputs import expand_inputs, output_stems, write_atomic
+from layercascade.runtime.inputs import SAMPLES, expand_inputs, output_stems, write_atomic
 from layercascade.runtime.visualize import label_image, overlay, stage_picture
 
 if TYPE_CHECKING:
     from layercascade.runtime.cascade import Cascade
     from layercascade.runtime.result import CascadeResult
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 # The files written per image: stem + variant + extension, and the Pillow save options.
 OUTPUTS: dict[str, tuple[str, dict[str, Any]]] = {
     "": (".png", {}),  # palette PNG of class ids, at the image's size
