@@ -9,7 +9,6 @@ and the labels are resized back (nearest) to the image's own size.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,11 @@ from PIL import Image
 
 from layercascade.errors import fail
 from layercascade.manifest import read_manifest
+from layercascade.runtime.backend import StagedBackend, StageOutputs
 from layercascade.runtime.result import CascadeResult
 
 DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
 BACKENDS = ("auto", "ort", "trt", "torch")
-
-
-@dataclass
-class StageOutputs:
-    """A batch through the cascade: labels (N, H, W) uint8, masks (N, 1, h, w), counts (N, 3)."""
-
-    labels: np.ndarray
-    mask2: np.ndarray
-    mask3: np.ndarray
-    stage_counts: np.ndarray
-    timings: dict[str, float]
 
 
 def check_rho(rho: float) -> float:
@@ -41,10 +30,18 @@ def check_rho(rho: float) -> float:
     return float(rho)
 
 
+def read_cascade_manifest(model_dir: Path) -> dict[str, Any]:
+    """The verified ``lc.json`` of a cascade model dir (not a dense export)."""
+    manifest = read_manifest(model_dir)
+    if manifest.get("kind") != "cascade":
+        fail(f"{model_dir}: holds a {manifest.get('kind')!r} model, not a cascade; export without --dense")
+    return manifest
+
+
 class Cascade:
     """A loaded cascade model; call it on an (H, W, 3) uint8 RGB image."""
 
-    def __init__(self, model_dir: Path, manifest: dict[str, Any], backend: Any) -> None:
+    def __init__(self, model_dir: Path, manifest: dict[str, Any], backend: StagedBackend) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
         self.engine = backend
@@ -58,7 +55,7 @@ class Cascade:
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, backend: str = "auto", device: str = "cpu",
-             lower: bool = True, threads: int = 0) -> Cascade:
+             lower: bool = True, threads: int = 0, **options: Any) -> Cascade:
         """Load an exported model dir (``None``: the bundled demo model).
 
         Args:
@@ -66,18 +63,21 @@ class Cascade:
             device: "cpu" or "cuda".
             lower: run RegionConv in compact row form (False: the graphs' function bodies).
             threads: intra-op threads (0 = the backend's default).
+            options: backend-specific settings (e.g. ``precision``, ``cuda_graph``).
         """
         if backend not in BACKENDS:
             fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend == "auto":
+            backend = "ort"
+        if backend == "torch":
+            fail("the torch backend is not part of this version yet; use --backend ort")
+        if backend == "trt":
+            fail("the trt backend is not part of this version yet; use --backend ort")
         model_dir = Path(model_dir) if model_dir is not None else DEMO_MODEL
-        manifest = read_manifest(model_dir)
-        if manifest.get("kind") != "cascade":
-            fail(f"{model_dir}: holds a {manifest.get('kind')!r} model, not a cascade; export without --dense")
-        if backend in ("trt", "torch"):
-            fail(f"the {backend} backend is not part of this version yet; use --backend ort")
+        manifest = read_cascade_manifest(model_dir)
         from layercascade.runtime.ort import OrtBackend
 
-        return cls(model_dir, manifest, OrtBackend(model_dir, manifest, device, lower, threads))
+        return cls(model_dir, manifest, OrtBackend(model_dir, manifest, device, lower, threads, **options))
 
     # -- running -------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -100,19 +100,7 @@ class Cascade:
             fail(f"expected (N, {expected[0]}, {expected[1]}, 3) uint8 images, got {images.dtype} {images.shape}")
         if self.batch_size is not None and images.shape[0] != self.batch_size:
             fail(f"this model was exported for batch {self.batch_size}, got {images.shape[0]} images")
-        rho_array = np.array([check_rho(self.default_rho if rho is None else rho)], np.float32)
-        stage1, stage2, stage3 = self.engine.stages
-        started = time.perf_counter()
-        out1 = stage1.infer({"image": images, "rho": rho_array})
-        mask2 = out1["mask2"] if forced_masks is None else forced_masks[0]
-        out2 = stage2.infer({"feat1": out1["feat1"], "mask2": mask2, "rho": rho_array})
-        mask3 = out2["mask3"] if forced_masks is None else forced_masks[1]
-        out3 = stage3.infer({"feat2": out2["feat2"], "mask3": mask3, "scores1": out1["scores1"],
-                             "scores2": out2["scores2"], "mask2": mask2})
-        total = (time.perf_counter() - started) * 1e3
-        timings = {f"stage{k + 1}": runner.last_ms for k, runner in enumerate(self.engine.stages)}
-        timings["total"] = total
-        return StageOutputs(out3["labels"], mask2, mask3, out3["stage_counts"], timings)
+        return self.engine.run(images, check_rho(self.default_rho if rho is None else rho), forced_masks)
 
     def __call__(self, image: np.ndarray, rho: float | None = None) -> CascadeResult:
         """Segment one (H, W, 3) uint8 RGB image of any size."""

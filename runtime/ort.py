@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from layercascade.errors import fail
+from layercascade.runtime.backend import StagedBackend
 
 
 def _onnxruntime():
@@ -77,13 +78,15 @@ class OrtRunner:
         return dict(zip(self.output_names, outputs))
 
 
-class OrtBackend:
+class OrtBackend(StagedBackend):
     """The three stage runners of a cascade model dir (or the dense graph)."""
 
     name = "ort"
 
     def __init__(self, model_dir: Path, manifest: dict[str, Any], device: str = "cpu", lower: bool = True,
-                 threads: int = 0) -> None:
+                 threads: int = 0, **options: Any) -> None:
+        if options:
+            fail(f"the ONNX Runtime backend takes no option {', '.join(sorted(options))}")
         self.stages = [OrtRunner(model_dir / stage["file"], device, lower, threads) for stage in manifest["stages"]]
         self.model_dir = model_dir
         self.device = device
