@@ -86,7 +86,9 @@ class OrtBackend(StagedBackend):
     def __init__(self, model_dir: Path, manifest: dict[str, Any], device: str = "cpu", lower: bool = True,
                  threads: int = 0, **options: Any) -> None:
         if options:
-            fail(f"the ONNX Runtime backend takes no option {', '.join(sorted(options))}")
+            names = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
+            fail(f"{names}: not a setting of the ONNX Runtime backend (it runs the model dir's own precision); "
+                 "use --backend torch or trt")
         self.stages = [OrtRunner(model_dir / stage["file"], device, lower, threads) for stage in manifest["stages"]]
         self.model_dir = model_dir
         self.device = device

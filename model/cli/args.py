@@ -38,6 +38,25 @@ def float_pair(text: str) -> tuple[float, float]:
     return low, high
 
 
+def add_accelerator_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--cuda-graph`` for the GPU backends (torch, TensorRT)."""
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default=None,
+                        help="torch backend: compute precision (default: fp32); TensorRT engines carry the "
+                             "precision they were built with")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="torch / TensorRT on CUDA: capture the whole cascade in one CUDA graph and replay it")
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """The backend-specific options of ``add_accelerator_arguments`` that were given."""
+    options: dict[str, object] = {}
+    if args.precision is not None:
+        options["precision"] = args.precision
+    if args.cuda_graph:
+        options["cuda_graph"] = True
+    return options
+
+
 DATA_HELP = ("data set: 'synthetic' (procedural, no download), 'voc:PATH' (VOCdevkit/VOC2012) or "
              "'cityscapes:PATH' (leftImg8bit + gtFine) (default: synthetic)")
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from layercascade.errors import fail, run_cli
-from layercascade.model.cli.args import float_pair, rho, size
+from layercascade.model.cli.args import add_accelerator_arguments, backend_options, float_pair, rho, size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "thresholding: for untrained models")
     parser.add_argument("--no-lowering", action="store_true",
                         help="run the RegionConv function bodies (dense conv ⊙ M) instead of the compact form")
+    add_accelerator_arguments(parser)
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: cascade, dense (median_ms, p90_ms, p99_ms, fps), speedup, "
                              "ideal_speedup, stage_fractions, machine")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from layercascade.runtime.cascade import Cascade
 
     cascade = Cascade.load(args.model, backend=args.backend, device=args.device, lower=not args.no_lowering,
-                           threads=args.threads)
+                           threads=args.threads, **backend_options(args))
     if args.size and tuple(args.size) != cascade.input_size:
         fail(f"the model takes {cascade.input_size[0]}x{cascade.input_size[1]} images; export one for "
              f"{args.size[0]}x{args.size[1]} with lc-export --input-size {args.size[0]}x{args.size[1]}")

@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from layercascade.errors import LCError, fail, run_cli
+from layercascade.model.cli.args import add_accelerator_arguments, backend_options
 from layercascade.model.cli.args import rho as rho_value
 from layercascade.model.data.images import read_rgb
 from layercascade.runtime.inputs import SAMPLES, expand_inputs, output_stems, write_atomic
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-lowering", action="store_true",
                         help="ONNX Runtime: run the RegionConv function bodies (dense conv ⊙ M) instead of the "
                              "compact form whose cost follows the pixels that reach stages 2–3")
+    add_accelerator_arguments(parser)
     parser.add_argument("--json", action="store_true",
                         help="print the summary JSON to stdout (no progress bar)")
     parser.add_argument("--strict", action="store_true",
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     out = make_output_dir(args.output)
     from layercascade.runtime.cascade import Cascade  # lazily: loads the backend's heavy libraries
 
-    cascade = Cascade.load(args.engine, backend=args.backend, device=args.device, lower=not args.no_lowering)
+    cascade = Cascade.load(args.engine, backend=args.backend, device=args.device, lower=not args.no_lowering,
+                           **backend_options(args))
     records, failed = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict,
                                   progress=not (args.quiet or args.json))
     summary = summarize(records, failed, backend=cascade.backend, model=args.engine or "demo",
