@@ -68,11 +68,15 @@ class Cascade:
         if backend not in BACKENDS:
             fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if backend == "auto":
-            backend = "ort"
+            from layercascade.runtime.engines import is_engine_dir
+
+            backend = "trt" if is_engine_dir(model_dir) else "ort"
         if backend == "torch":
             fail("the torch backend is not part of this version yet; use --backend ort")
         if backend == "trt":
-            fail("the trt backend is not part of this version yet; use --backend ort")
+            from layercascade.runtime.trt import load_engine_dir
+
+            return cls(*load_engine_dir(model_dir, device, **options))
         model_dir = Path(model_dir) if model_dir is not None else DEMO_MODEL
         manifest = read_cascade_manifest(model_dir)
         from layercascade.runtime.ort import OrtBackend

@@ -1,0 +1,57 @@
+"""lc-build: TensorRT engines (fp32, fp16 or int8) of a model dir, one per stage graph."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from layercascade.errors import run_cli
+from layercascade.runtime.engines import METADATA, PRECISIONS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lc-build",
+        description="Build TensorRT engines from a model dir written by lc-export (or lc-calibrate for int8): "
+                    "stage1/2/3.engine, dense.engine (lc-bench's baseline), engines.json (TensorRT version, GPU, "
+                    f"precision, I/O shapes, hashes) and lc.json, written atomically. Run the engines with "
+                    "lc-run --engine ENGINE_DIR. Needs TensorRT and an NVIDIA GPU; engines run only on the GPU "
+                    "model and TensorRT version they were built with.",
+    )
+    parser.add_argument("model", nargs="?", default=None, type=Path, metavar="DIR",
+                        help="model directory from lc-export / lc-calibrate (default: the bundled demo model)")
+    parser.add_argument("--precision", required=True, choices=PRECISIONS,
+                        help="fp32: the graphs as exported; fp16: converted to fp16 compute with fp32 I/O; int8: "
+                             "the QDQ graphs of lc-calibrate (networks are strongly typed: the graph's types rule)")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="ENGINE_DIR",
+                        help="folder for the engines (replaced if it holds engines; never a model dir)")
+    parser.add_argument("--timing-cache", type=Path, default=None, metavar="FILE",
+                        help="TensorRT timing cache: read if present, updated after the build (faster rebuilds)")
+    parser.add_argument("--workspace", type=float, default=None, metavar="GiB",
+                        help="limit of TensorRT's workspace memory pool (default: TensorRT's, the GPU's memory)")
+    parser.add_argument("--max-batch", type=int, default=None, metavar="N",
+                        help="largest batch of the optimization profile (models exported with --dynamic-batch; "
+                             "default: the export's maximum)")
+    parser.add_argument("--version-compatible", action="store_true",
+                        help="engines that later TensorRT releases of the same major version can run")
+    parser.add_argument("--json", action="store_true", help=f"print {METADATA} when done (no progress bar)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from layercascade.runtime.cascade import DEMO_MODEL
+    from layercascade.runtime.trt_build import BuildOptions, build_engines
+
+    options = BuildOptions(args.precision, args.timing_cache, args.workspace, args.max_batch, args.version_compatible)
+    target = build_engines(args.model or DEMO_MODEL, args.output, options, progress=not args.json)
+    if args.json:
+        print((target / METADATA).read_text(), end="")
+    else:
+        print(f"engines -> {target}  (run them with lc-run --engine {target})")
+    return 0
+
+
+def cli() -> None:
+    raise SystemExit(run_cli(main))

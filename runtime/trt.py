@@ -1,0 +1,394 @@
+"""TensorRT backend: one engine per stage, chained on one CUDA stream (DESIGN §7).
+
+Written against NVIDIA's documented Python APIs (TensorRT ≥ 10.9 / 11.x, ``cuda-python``'s
+``cuda.bindings.runtime``), following ``samples/python/common_runtime.py`` of NVIDIA/TensorRT
+(cudaMalloc / cudaMallocHost buffers wrapped as numpy, ``cudaMemcpyAsync``,
+``set_tensor_address`` + ``execute_async_v3``) and the developer guide's "CUDA Graphs"
+section (one ``execute_async_v3`` before capture, then ``cudaStreamBeginCapture`` →
+``execute_async_v3`` → ``cudaStreamEndCapture`` → ``cudaGraphInstantiate`` →
+``cudaGraphLaunch``). Nothing here has run on a real TensorRT yet: our build machines have
+no GPU (see docs/build.md).
+
+Design: every tensor of the three stages has one device buffer, allocated once for the
+largest batch and bound by address, so stage k's outputs are stage k+1's inputs in place;
+ρ is copied to the device only when it changes; the host sees only the image (in) and the
+labels, stage counts and masks (out), through pinned buffers and async copies; the stream is
+synchronised once per run. Per-stage times come from CUDA events between the stages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layercascade.errors import fail
+from layercascade.manifest import read_manifest
+from layercascade.runtime.backend import StagedBackend, StageOutputs
+from layercascade.runtime.engines import (
+    HOST_INPUTS, HOST_OUTPUTS, BufferSpec, check_environment, check_sources, plan_buffers, read_metadata,
+    read_source_manifest, stage_bindings,
+)
+
+INSTALL = "pip install 'layercascade[gpu]' (TensorRT ≥ 10.9 and cuda-python, on a machine with an NVIDIA GPU)"
+
+
+# -- the libraries ------------------------------------------------------------------------------
+def import_tensorrt(who: str) -> Any:
+    """``tensorrt``, or a one-line error naming ``who`` needs it."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as error:  # OSError: the bindings without libnvinfer
+        fail(f"{who} needs TensorRT ({str(error).splitlines()[0][:100]}); {INSTALL}")
+    return tensorrt
+
+
+def import_cudart(who: str) -> Any:
+    """``cuda.bindings.runtime`` (NVIDIA's samples moved from pycuda to it in TensorRT 10.14)."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError as error:
+        fail(f"{who} needs cuda-python ({error}); {INSTALL}")
+    return runtime
+
+
+def cuda_call(result: tuple) -> Any:
+    """Unpack a ``cuda.bindings`` result ``(error, *values)``; a CUDA error here is a bug or a broken GPU."""
+    error, *values = result
+    if int(error) != 0:
+        raise RuntimeError(f"CUDA error: {error!r}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def gpu_info(cudart: Any, who: str) -> dict[str, str]:
+    """Name and compute capability of the current CUDA device, or "no CUDA GPU"."""
+    error, count = cudart.cudaGetDeviceCount()
+    if int(error) != 0 or count == 0:
+        fail(f"{who} found no CUDA GPU ({error!r}); TensorRT engines are built and run on an NVIDIA GPU")
+    device = cuda_call(cudart.cudaGetDevice())
+    properties = cuda_call(cudart.cudaGetDeviceProperties(device))
+    name = properties.name.decode() if isinstance(properties.name, bytes) else str(properties.name)
+    return {"name": name.rstrip("\x00").strip(), "compute_capability": f"{properties.major}.{properties.minor}"}
+
+
+def create_trt(trt: Any, factory: str, logger: Any, who: str) -> Any:
+    """``trt.Builder`` / ``trt.Runtime``; without a usable GPU TensorRT reports "CUDA initialization
+    failure" in its log and the constructor fails (TypeError from pybind's nullptr factory)."""
+    try:
+        created = getattr(trt, factory)(logger)
+    except (TypeError, RuntimeError) as error:
+        fail(f"{who}: no CUDA GPU usable by TensorRT ({str(error).splitlines()[0][:100]})")
+    if created is None:
+        fail(f"{who}: no CUDA GPU usable by TensorRT (trt.{factory} could not be created)")
+    return created
+
+
+def plugin_api(who: str) -> tuple[Any, Any]:
+    """``register_plugins`` and ``plugin_source_sha256`` of the region-conv TensorRT plugin."""
+    try:
+        from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
+    except ImportError as error:
+        fail(f"{who} needs the region-conv TensorRT plugin (layercascade.plugins.trt_plugin: {error}); "
+             "update layercascade")
+    return register_plugins, plugin_source_sha256
+
+
+# -- memory -------------------------------------------------------------------------------------
+class _Memory:
+    """Device buffers and pinned host arrays, freed together by ``close``."""
+
+    def __init__(self, cudart: Any) -> None:
+        self.cudart = cudart
+        self.device: list[int] = []
+        self.pinned: list[int] = []
+
+    def device_buffer(self, nbytes: int) -> int:
+        pointer = int(cuda_call(self.cudart.cudaMalloc(max(nbytes, 1))))
+        self.device.append(pointer)
+        return pointer
+
+    def pinned_array(self, spec: BufferSpec) -> np.ndarray:
+        """A numpy array over page-locked memory (as HostDeviceMem in common_runtime.py)."""
+        pointer = int(cuda_call(self.cudart.cudaMallocHost(max(spec.nbytes, 1))))
+        self.pinned.append(pointer)
+        raw = (ctypes.c_uint8 * max(spec.nbytes, 1)).from_address(pointer)
+        return np.frombuffer(raw, np.uint8, spec.nbytes).view(spec.dtype).reshape(spec.shape)
+
+    def close(self) -> None:
+        for pointer in self.device:
+            self.cudart.cudaFree(pointer)
+        for pointer in self.pinned:
+            self.cudart.cudaFreeHost(pointer)
+        self.device, self.pinned = [], []
+
+
+class EngineRunner:
+    """One deserialized engine and its execution context, bound by tensor name to device addresses."""
+
+    def __init__(self, trt: Any, runtime: Any, path: Path, specs: dict[str, BufferSpec]) -> None:
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            fail(f"{path}: TensorRT could not deserialize it (see its log above); rebuild with lc-build")
+        self.trt, self.engine, self.path = trt, engine, path
+        self.context = engine.create_execution_context()
+        self.names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in self.names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        for name in self.names:
+            if name not in specs:
+                fail(f"{path}: engine tensor {name!r} is not in lc.json; rebuild with lc-build")
+            engine_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            if engine_dtype != specs[name].dtype:
+                fail(f"{path}: engine tensor {name!r} is {engine_dtype}, lc.json says {specs[name].dtype}; "
+                     "rebuild with lc-build")
+        self.specs = specs
+
+    def set_batch(self, batch: int) -> None:
+        for name in self.inputs:
+            if not self.context.set_input_shape(name, self.specs[name].shape_for(batch)):
+                fail(f"{self.path}: batch {batch} is outside the engine's optimization profile; "
+                     "rebuild with lc-build --max-batch")
+
+    def bind(self, addresses: dict[str, int]) -> None:
+        for name in self.names:
+            self.context.set_tensor_address(name, addresses[name])
+
+    def enqueue(self, stream: Any) -> bool:
+        return bool(self.context.execute_async_v3(int(stream)))
+
+
+# -- the backend --------------------------------------------------------------------------------
+class TrtBackend(StagedBackend):
+    """The three stage engines of an lc-build engine dir, run on one CUDA stream."""
+
+    name = "trt"
+
+    def __init__(self, engine_dir: Path, manifest: dict[str, Any], metadata: dict[str, Any], trt: Any,
+                 cudart: Any, cuda_graph: bool = False) -> None:
+        self.engine_dir, self.trt, self.cudart = engine_dir, trt, cudart
+        self.metadata = metadata
+        self.max_batch = int(metadata["batch"]["max"])
+        self.stage_specs = manifest["stages"]
+        self.plan = plan_buffers(self.stage_specs, self.max_batch)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = create_trt(trt, "Runtime", self.logger, "the TensorRT backend")
+        if metadata["version_compatible"]:
+            # A version-compatible plan embeds its lean runtime: host code TensorRT must be
+            # allowed to load (TensorRT developer guide, "Version Compatibility").
+            self.runtime.engine_host_code_allowed = True
+        self.memory = _Memory(cudart)
+        self.stream = cuda_call(cudart.cudaStreamCreate())
+        self.device = {name: self.memory.device_buffer(spec.nbytes) for name, spec in self.plan.items()}
+        host = [*HOST_INPUTS, *HOST_OUTPUTS, *(n for n in self.plan if n.startswith("forced_"))]
+        self.host = {name: self.memory.pinned_array(self.plan[name]) for name in host if name in self.plan}
+        self.engines = [EngineRunner(trt, self.runtime, engine_dir / stage["file"], self.plan)
+                        for stage in self.stage_specs]
+        self.events = [cuda_call(cudart.cudaEventCreate()) for _ in range(len(self.engines) + 1)]
+        self.cuda_graph = cuda_graph
+        self.graphs: dict[tuple[int, bool], list[Any]] = {}  # (batch, forced) → per stage: graph exec or None
+        self.captured_stages: list[bool] = []
+        self.batch: int | None = None
+        self.rho: float | None = None
+        self.forced: bool | None = None
+
+    # -- one run ----------------------------------------------------------------------------------
+    def _prepare(self, batch: int, forced: bool) -> None:
+        """Input shapes and tensor addresses: set only when the batch or the mask source changes."""
+        if batch != self.batch:
+            for engine in self.engines:
+                engine.set_batch(batch)
+        if (batch, forced) != (self.batch, self.forced):
+            for engine, names in zip(self.engines, stage_bindings(self.stage_specs, forced)):
+                engine.bind({tensor: self.device[buffer] for tensor, buffer in names.items()})
+        self.batch, self.forced = batch, forced
+
+    def _copy(self, name: str, batch: int, to_device: bool) -> None:
+        spec = self.plan[name]
+        kind = self.cudart.cudaMemcpyKind
+        if to_device:
+            cuda_call(self.cudart.cudaMemcpyAsync(self.device[name], self.host[name].ctypes.data, spec.bytes_for(batch),
+                                                  kind.cudaMemcpyHostToDevice, self.stream))
+        else:
+            cuda_call(self.cudart.cudaMemcpyAsync(self.host[name].ctypes.data, self.device[name], spec.bytes_for(batch),
+                                                  kind.cudaMemcpyDeviceToHost, self.stream))
+
+    def _stage_work(self, index: int, batch: int, forced: bool) -> bool:
+        """Stage ``index``'s copies and engine on the stream; False if TensorRT refused to enqueue."""
+        uploads = {0: ["image"], 1: ["forced_mask2"] if forced else [], 2: ["forced_mask3"] if forced else []}[index]
+        for name in uploads:
+            self._copy(name, batch, to_device=True)
+        if not self.engines[index].enqueue(self.stream):
+            return False
+        if index == len(self.engines) - 1:
+            for name in ["labels", "stage_counts", *([] if forced else ["mask2", "mask3"])]:
+                self._copy(name, batch, to_device=False)
+        return True
+
+    def _capture(self, batch: int, forced: bool) -> list[Any]:
+        """A CUDA graph per stage; a stage TensorRT cannot capture (e.g. data-dependent shapes)
+        stays eager, on the same stream, so there is still no host sync between stages."""
+        cudart = self.cudart
+        for index in range(len(self.engines)):  # the developer guide's enqueue before capture
+            self._enqueue_or_fail(index, batch, forced)
+        cuda_call(cudart.cudaStreamSynchronize(self.stream))
+        graphs = []
+        for index in range(len(self.engines)):
+            cuda_call(cudart.cudaStreamBeginCapture(self.stream,
+                                                    cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+            enqueued = self._stage_work(index, batch, forced)
+            error, graph = cudart.cudaStreamEndCapture(self.stream)
+            if enqueued and int(error) == 0:
+                graphs.append(cuda_call(cudart.cudaGraphInstantiate(graph, 0)))
+                cuda_call(cudart.cudaGraphDestroy(graph))
+            else:
+                cudart.cudaGetLastError()  # clear the capture error; this stage runs eagerly
+                graphs.append(None)
+        self.captured_stages = [g is not None for g in graphs]
+        if not any(self.captured_stages):
+            print("warning: TensorRT could not capture any stage in a CUDA graph; running eagerly", file=sys.stderr)
+        return graphs
+
+    def _enqueue_or_fail(self, index: int, batch: int, forced: bool) -> None:
+        if not self._stage_work(index, batch, forced):
+            fail(f"{self.engines[index].path}: TensorRT could not run the engine (see its log above)")
+
+    def run(self, images: np.ndarray, rho: float,
+            forced_masks: tuple[np.ndarray, np.ndarray] | None = None) -> StageOutputs:
+        """Images in, labels / masks / counts out; one stream sync per call."""
+        batch, forced = images.shape[0], forced_masks is not None
+        if batch > self.max_batch:
+            fail(f"the engines take at most {self.max_batch} images per run, got {batch}; "
+                 f"rebuild with lc-build --max-batch {batch}")
+        started = time.perf_counter()
+        self._prepare(batch, forced)
+        self.host["image"][:batch] = images
+        if forced:
+            self.host["forced_mask2"][:batch], self.host["forced_mask3"][:batch] = forced_masks
+        cudart = self.cudart
+        if rho != self.rho:  # ρ lives on the device; 4 bytes cross only when it changes
+            self.host["rho"][...] = rho
+            self._copy("rho", batch, to_device=True)
+            self.rho = rho
+        graphs = None
+        if self.cuda_graph:
+            if (batch, forced) not in self.graphs:
+                self.graphs[(batch, forced)] = self._capture(batch, forced)
+            graphs = self.graphs[(batch, forced)]
+        cuda_call(cudart.cudaEventRecord(self.events[0], self.stream))
+        for index in range(len(self.engines)):
+            if graphs is not None and graphs[index] is not None:
+                cuda_call(cudart.cudaGraphLaunch(graphs[index], self.stream))
+            else:
+                self._enqueue_or_fail(index, batch, forced)
+            cuda_call(cudart.cudaEventRecord(self.events[index + 1], self.stream))
+        cuda_call(cudart.cudaStreamSynchronize(self.stream))
+        # Per-stage times from the events between the stages, read after the one sync.
+        timings = {f"stage{index + 1}": float(cuda_call(cudart.cudaEventElapsedTime(self.events[index],
+                                                                                     self.events[index + 1])))
+                   for index in range(len(self.engines))}
+        timings["total"] = (time.perf_counter() - started) * 1e3
+        mask2, mask3 = forced_masks if forced else (self.host["mask2"][:batch].copy(), self.host["mask3"][:batch].copy())
+        return StageOutputs(self.host["labels"][:batch].copy(), mask2, mask3,
+                            self.host["stage_counts"][:batch].copy(), timings)
+
+    def dense_runner(self, manifest: dict[str, Any]) -> DenseRunner:
+        return DenseRunner(self, self.engine_dir / manifest["dense"]["file"], manifest["dense"])
+
+    def close(self) -> None:
+        """Free the engines' device and pinned memory and the CUDA objects (also at exit)."""
+        for graphs in self.graphs.values():
+            for graph in graphs:
+                if graph is not None:
+                    self.cudart.cudaGraphExecDestroy(graph)
+        self.graphs = {}
+        self.memory.close()
+
+
+class DenseRunner:
+    """``dense.engine``: the same weights run densely, for lc-bench's baseline (image → labels)."""
+
+    def __init__(self, backend: TrtBackend, path: Path, spec: dict[str, Any]) -> None:
+        self.backend = backend
+        self.plan = plan_buffers([spec], backend.max_batch)
+        self.device = {name: backend.memory.device_buffer(s.nbytes) for name, s in self.plan.items()}
+        self.host = {name: backend.memory.pinned_array(s) for name, s in self.plan.items()}
+        self.engine = EngineRunner(backend.trt, backend.runtime, path, self.plan)
+        self.engine.bind(self.device)
+        self.batch: int | None = None
+        self.last_ms = 0.0
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        backend, cudart = self.backend, self.backend.cudart
+        images = feeds["image"]
+        batch = images.shape[0]
+        if batch > backend.max_batch:
+            fail(f"the engines take at most {backend.max_batch} images per run, got {batch}")
+        started = time.perf_counter()
+        if batch != self.batch:
+            self.engine.set_batch(batch)
+            self.batch = batch
+        self.host["image"][:batch] = images
+        kind = cudart.cudaMemcpyKind
+        cuda_call(cudart.cudaMemcpyAsync(self.device["image"], self.host["image"].ctypes.data,
+                                         self.plan["image"].bytes_for(batch), kind.cudaMemcpyHostToDevice,
+                                         backend.stream))
+        if not self.engine.enqueue(backend.stream):
+            fail(f"{self.engine.path}: TensorRT could not run the engine (see its log above)")
+        cuda_call(cudart.cudaMemcpyAsync(self.host["labels"].ctypes.data, self.device["labels"],
+                                         self.plan["labels"].bytes_for(batch), kind.cudaMemcpyDeviceToHost,
+                                         backend.stream))
+        cuda_call(cudart.cudaStreamSynchronize(backend.stream))
+        self.last_ms = (time.perf_counter() - started) * 1e3
+        return {"labels": self.host["labels"][:batch].copy()}
+
+
+# -- loading ------------------------------------------------------------------------------------
+def load_backend(engine_dir: Path, device: str = "cuda", **options: Any) -> tuple[dict[str, Any], TrtBackend]:
+    """Check an engine dir against this machine, then load its engines: (manifest, backend).
+
+    Order: engine metadata (missing / corrupt / damaged engines) → TensorRT and cuda-python
+    present → a GPU → TensorRT version, GPU and plugin hash as built → source ONNX unchanged
+    → register the plugin → deserialize. Each failure is one line.
+    """
+    del device  # TensorRT engines always run on the current CUDA device
+    metadata = read_metadata(engine_dir)
+    precision = options.pop("precision", None)
+    cuda_graph = bool(options.pop("cuda_graph", False))
+    if options:
+        names = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
+        fail(f"{names}: not a setting of the TensorRT backend")
+    if precision is not None and precision != metadata["precision"]:
+        fail(f"{engine_dir}: the engines are {metadata['precision']} (TensorRT engines carry the precision they were "
+             f"built with); build {precision} ones with lc-build --precision {precision}")
+    manifest = read_manifest(engine_dir, verify=False)  # read_metadata has hashed the engines
+    trt = import_tensorrt("the TensorRT backend")
+    cudart = import_cudart("the TensorRT backend")
+    gpu = gpu_info(cudart, "the TensorRT backend")
+    plugin_sha256 = None
+    register_plugins = None
+    if metadata["plugin_sha256"] is not None:
+        register_plugins, plugin_source_sha256 = plugin_api("the TensorRT backend")
+        plugin_sha256 = plugin_source_sha256()
+    for warning in check_environment(metadata, {"tensorrt": trt.__version__, "gpu": gpu,
+                                                "plugin_sha256": plugin_sha256}):
+        print(f"warning: {warning}", file=sys.stderr)
+    check_sources(metadata, read_source_manifest(metadata))
+    if register_plugins is not None:
+        register_plugins()  # before deserializing: the stage 2–3 engines hold lc::RegionConv
+    return manifest, TrtBackend(engine_dir, manifest, metadata, trt, cudart, cuda_graph=cuda_graph)
+
+
+def load_engine_dir(engine_dir: str | Path | None, device: str,
+                    **options: Any) -> tuple[Path, dict[str, Any], TrtBackend]:
+    """``Cascade.load(..., backend="trt")``: (engine dir, its manifest, the backend) for ``Cascade``."""
+    if engine_dir is None:
+        fail("the trt backend runs engines built by lc-build: lc-build MODEL_DIR --precision fp16 -o ENGINES, "
+             "then pass ENGINES (lc-run --engine ENGINES)")
+    engine_dir = Path(engine_dir)
+    if not engine_dir.is_dir():
+        fail(f"{engine_dir}: no such engine directory (build one with lc-build MODEL_DIR -o {engine_dir})")
+    manifest, backend = load_backend(engine_dir, device, **options)
+    return engine_dir, manifest, backend

@@ -1,0 +1,167 @@
+"""Build TensorRT engines from a model dir: one per stage graph plus the dense baseline.
+
+Strongly typed networks (TensorRT 11 removed the FP16/INT8 builder flags; 10.x takes the
+same graphs with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``), so the precision is
+the ONNX graph's: fp32 as exported, fp16 through :func:`layercascade.export.fp16.convert_to_fp16`,
+int8 as the QDQ graphs ``lc-calibrate`` writes. API as documented in the TensorRT Python API
+reference (``trt.Builder``, ``create_network``, ``trt.OnnxParser.parse``,
+``IBuilderConfig.set_memory_pool_limit`` / ``create_timing_cache`` / ``set_timing_cache`` /
+``add_optimization_profile`` / ``BuilderFlag.VERSION_COMPATIBLE``,
+``build_serialized_network``) and checked by name against the ``tensorrt-cu13-bindings``
+11.4 wheel; never run on a real TensorRT here (docs/build.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from layercascade.errors import fail
+from layercascade.manifest import read_manifest
+from layercascade.runtime.engines import (
+    PRECISIONS, BatchRange, BuiltEngine, Graph, batch_range, check_output_dir, profile_shapes, write_engine_dir,
+)
+from layercascade.runtime.inputs import write_atomic
+from layercascade.runtime.trt import create_trt, gpu_info, import_cudart, import_tensorrt, plugin_api
+
+WHO = "lc-build"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str
+    timing_cache: Path | None = None
+    workspace_gib: float | None = None
+    max_batch: int | None = None
+    version_compatible: bool = False
+
+
+def check_precision(manifest: dict[str, Any], model_dir: Path, precision: str) -> None:
+    """INT8 needs the QDQ graphs of lc-calibrate; a QDQ dir builds only as int8."""
+    if precision not in PRECISIONS:
+        fail(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    quantized = "quantization" in manifest
+    if precision == "int8" and not quantized:
+        fail(f"{model_dir}: has no INT8 (QDQ) graphs; run lc-calibrate first (it writes a QDQ model dir), "
+             "then lc-build that dir --precision int8")
+    if quantized and precision != "int8":
+        fail(f"{model_dir}: holds INT8 (QDQ) graphs from lc-calibrate; build it with --precision int8, or build "
+             f"{precision} engines from the fp32 export")
+
+
+def onnx_for(graph: Graph, model_dir: Path, precision: str) -> bytes:
+    """The ONNX bytes TensorRT parses: the file itself, or its fp16 conversion."""
+    path = model_dir / graph.onnx
+    if precision != "fp16":
+        return path.read_bytes()
+    import onnx
+
+    from layercascade.export.fp16 import convert_to_fp16
+
+    return convert_to_fp16(onnx.load(str(path))).SerializeToString()
+
+
+class _Builder:
+    """One ``trt.Builder`` and a timing cache shared by the engines of one lc-build run."""
+
+    def __init__(self, trt: Any, options: BuildOptions, batch: BatchRange, model_dir: Path) -> None:
+        self.trt, self.options, self.batch, self.model_dir = trt, options, batch, model_dir
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.builder = create_trt(trt, "Builder", self.logger, WHO)
+        cache_bytes = b""
+        if options.timing_cache is not None and options.timing_cache.is_file():
+            cache_bytes = options.timing_cache.read_bytes()
+        # A cache made with b"" starts empty; a file from an earlier run skips re-timing tactics.
+        self.timing_cache = self.builder.create_builder_config().create_timing_cache(cache_bytes)
+
+    def network_flags(self, uses_plugin: bool) -> int:
+        flag = self.trt.NetworkDefinitionCreationFlag
+        flags = 1 << int(flag.STRONGLY_TYPED)
+        if uses_plugin:
+            # AOT: the RegionConv PTX is serialized into the engine, which then runs without
+            # Python (TENSORRT_NOTES: tensorrt.plugin aot_impl, TensorRT ≥ 10.9).
+            flags |= 1 << int(flag.PREFER_AOT_PYTHON_PLUGINS)
+        return flags
+
+    def config(self, network: Any) -> Any:
+        trt, options = self.trt, self.options
+        config = self.builder.create_builder_config()
+        if options.workspace_gib is not None:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+        if not config.set_timing_cache(self.timing_cache, False):
+            fail(f"{options.timing_cache}: TensorRT rejected the timing cache (another TensorRT or GPU); delete it")
+        if options.version_compatible:
+            config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        inputs = [network.get_input(i) for i in range(network.num_inputs)]
+        if any(-1 in tuple(tensor.shape) for tensor in inputs):
+            profile = self.builder.create_optimization_profile()
+            shapes = profile_shapes([{"name": t.name, "shape": ["batch" if d == -1 else d for d in t.shape]}
+                                     for t in inputs], self.batch)
+            for name, (low, opt, high) in shapes.items():
+                profile.set_shape(name, low, opt, high)
+            config.add_optimization_profile(profile)
+        return config
+
+    def build(self, graph: Graph) -> BuiltEngine:
+        trt = self.trt
+        model = onnx_for(graph, self.model_dir, self.options.precision)
+        uses_plugin = graph.name != "dense"
+        network = self.builder.create_network(self.network_flags(uses_plugin))
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse(model, str(self.model_dir / graph.onnx)):
+            errors = "; ".join(str(parser.get_error(i)).splitlines()[0] for i in range(min(parser.num_errors, 3)))
+            fail(f"{self.model_dir / graph.onnx}: TensorRT's ONNX parser rejected it ({errors})")
+        plan = self.builder.build_serialized_network(network, self.config(network))
+        if plan is None:
+            fail(f"{graph.onnx}: TensorRT could not build an engine (see its log above; a larger --workspace "
+                 "may help)")
+        return BuiltEngine(plan, hashlib.sha256(model).hexdigest())
+
+    def save_timing_cache(self) -> None:
+        if self.options.timing_cache is not None:
+            data = self.timing_cache.serialize()
+            write_atomic(self.options.timing_cache, lambda path: path.write_bytes(bytes(data)))
+
+
+def build_engines(model_dir: str | os.PathLike, output_dir: str | os.PathLike, options: BuildOptions,
+                  progress: bool = True) -> Path:
+    """Build the engines of ``model_dir`` into ``output_dir`` (written atomically); returns it.
+
+    Cheap checks first (model dir, precision, batch, output), then TensorRT, the GPU and the
+    plugin, so a machine without them gets one line and nothing written.
+    """
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    if manifest.get("kind") != "cascade":
+        fail(f"{model_dir}: holds a {manifest.get('kind')!r} model; lc-build builds cascade exports")
+    check_precision(manifest, model_dir, options.precision)
+    batch = batch_range(manifest, options.max_batch)
+    if options.workspace_gib is not None and options.workspace_gib <= 0:
+        fail(f"--workspace must be positive, got {options.workspace_gib}")
+    check_output_dir(output_dir, model_dir)
+    trt = import_tensorrt(WHO)
+    cudart = import_cudart(WHO)
+    gpu = gpu_info(cudart, WHO)
+    builder = _Builder(trt, options, batch, model_dir)
+    register_plugins, plugin_source_sha256 = plugin_api(WHO)
+    register_plugins()  # before parsing: the parser maps RegionConv nodes to the registered plugin
+    settings = {"precision": options.precision, "tensorrt": trt.__version__, "gpu": gpu,
+                "plugin_sha256": plugin_source_sha256(), "batch": batch,
+                "version_compatible": options.version_compatible, "workspace_gib": options.workspace_gib}
+    with tqdm(total=len(manifest["stages"]) + 1, desc=WHO, unit="engine", disable=not progress) as bar:
+        def built(graph: Graph, size: int) -> None:
+            bar.write(f"{graph.engine}: {size / 2**20:.1f} MiB ({options.precision})")
+            bar.update(1)
+
+        def build(graph: Graph) -> BuiltEngine:
+            bar.set_postfix_str(f"building {graph.engine}")
+            return builder.build(graph)
+
+        target = write_engine_dir(Path(output_dir), model_dir, manifest, build, settings, on_built=built)
+    builder.save_timing_cache()
+    return target
