@@ -121,8 +121,11 @@ def _conv_tile(x_ptr, w_ptr, pix, rows_ok, H, W, pid_n,
                C_IN: tl.constexpr, C_OUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                PAD_H: tl.constexpr, PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
                WS_O: tl.constexpr, WS_I: tl.constexpr, WS_H: tl.constexpr, WS_W: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """fp32 accumulator [BLOCK_M, BLOCK_N] of conv2d at pixels ``pix`` (rows_ok: rows to read)."""
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+               CHANNELS_LAST: tl.constexpr):
+    """fp32 accumulator [BLOCK_M, BLOCK_N] of conv2d at pixels ``pix`` (rows_ok: rows to read).
+
+    ``x`` is NHWC when CHANNELS_LAST, else NCHW (TensorRT's LINEAR layout, read in place)."""
     img = pix // (H * W)
     oh = (pix // W) % H
     ow = pix % W
@@ -143,8 +146,13 @@ def _conv_tile(x_ptr, w_ptr, pix, rows_ok, H, W, pid_n,
         iw = ow + kw * DIL_W - PAD_W
         # Zero outside the image ("same" zero padding); real values everywhere inside it.
         inside = rows_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        src = ((img * H + ih) * W + iw).to(tl.int64) * C_IN
-        a = tl.load(x_ptr + src[:, None] + ck[None, :], mask=inside[:, None] & k_ok[None, :], other=0.0)
+        if CHANNELS_LAST:
+            src = ((img * H + ih) * W + iw).to(tl.int64) * C_IN
+            a_offs = src[:, None] + ck[None, :]
+        else:
+            src = img.to(tl.int64) * C_IN * H * W + ih * W + iw
+            a_offs = src[:, None] + ck.to(tl.int64)[None, :] * (H * W)
+        a = tl.load(x_ptr + a_offs, mask=inside[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(w_ptr + kh * WS_H + kw * WS_W + ck[:, None] * WS_I + cn[None, :] * WS_O,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         # fp32 data: exact products ("ieee"), not TF32, to match the fp32 reference.
@@ -156,9 +164,10 @@ def _conv_tile(x_ptr, w_ptr, pix, rows_ok, H, W, pid_n,
 
 
 @triton.jit
-def _store_tile(acc, b_ptr, res_ptr, out_ptr, pix, active, store_ok, pid_n,
-                C_OUT: tl.constexpr, RELU: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Epilogue: ``[res +] (act(acc + b) where active else 0)``, stored at rows ``store_ok``."""
+def _store_tile(acc, b_ptr, res_ptr, out_ptr, pix, active, store_ok, pid_n, HW,
+                C_OUT: tl.constexpr, RELU: tl.constexpr, BLOCK_N: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """Epilogue: ``[res +] (act(acc + b) where active else 0)``, stored at rows ``store_ok``
+    (NHWC output when CHANNELS_LAST, else NCHW; ``HW`` = H·W)."""
     cn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = cn < C_OUT
     y = acc
@@ -167,7 +176,11 @@ def _store_tile(acc, b_ptr, res_ptr, out_ptr, pix, active, store_ok, pid_n,
     if RELU:
         y = tl.maximum(y, 0.0)
     y = tl.where(active[:, None], y, 0.0)
-    offs = pix.to(tl.int64)[:, None] * C_OUT + cn[None, :]
+    if CHANNELS_LAST:
+        offs = pix.to(tl.int64)[:, None] * C_OUT + cn[None, :]
+    else:
+        img = pix.to(tl.int64) // HW
+        offs = (img * C_OUT * HW + pix % HW)[:, None] + cn.to(tl.int64)[None, :] * HW
     ok = store_ok[:, None] & n_ok[None, :]
     if res_ptr is not None:
         y += tl.load(res_ptr + offs, mask=ok, other=0.0).to(tl.float32)
@@ -180,7 +193,8 @@ def _region_conv_rows_kernel(x_ptr, w_ptr, b_ptr, rows_ptr, count_ptr, res_ptr, 
                              PAD_H: tl.constexpr, PAD_W: tl.constexpr,
                              DIL_H: tl.constexpr, DIL_W: tl.constexpr, RELU: tl.constexpr,
                              WS_O: tl.constexpr, WS_I: tl.constexpr, WS_H: tl.constexpr, WS_W: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                             CHANNELS_LAST: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     count = tl.load(count_ptr)
@@ -191,8 +205,9 @@ def _region_conv_rows_kernel(x_ptr, w_ptr, b_ptr, rows_ptr, count_ptr, res_ptr, 
     row_ok = offs < count
     pix = tl.load(rows_ptr + offs, mask=row_ok, other=0)
     acc = _conv_tile(x_ptr, w_ptr, pix, row_ok, H, W, pid_n, C_IN, C_OUT, KH, KW, PAD_H, PAD_W,
-                     DIL_H, DIL_W, WS_O, WS_I, WS_H, WS_W, BLOCK_M, BLOCK_N, BLOCK_K)
-    _store_tile(acc, b_ptr, res_ptr, out_ptr, pix, row_ok, row_ok, pid_n, C_OUT, RELU, BLOCK_N)
+                     DIL_H, DIL_W, WS_O, WS_I, WS_H, WS_W, BLOCK_M, BLOCK_N, BLOCK_K, CHANNELS_LAST)
+    _store_tile(acc, b_ptr, res_ptr, out_ptr, pix, row_ok, row_ok, pid_n, H * W, C_OUT, RELU, BLOCK_N,
+                CHANNELS_LAST)
 
 
 @triton.jit
@@ -201,7 +216,8 @@ def _region_conv_masked_kernel(x_ptr, w_ptr, b_ptr, mask_ptr, res_ptr, H, W, P, 
                                PAD_H: tl.constexpr, PAD_W: tl.constexpr,
                                DIL_H: tl.constexpr, DIL_W: tl.constexpr, RELU: tl.constexpr,
                                WS_O: tl.constexpr, WS_I: tl.constexpr, WS_H: tl.constexpr, WS_W: tl.constexpr,
-                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                               CHANNELS_LAST: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -212,8 +228,9 @@ def _region_conv_masked_kernel(x_ptr, w_ptr, b_ptr, mask_ptr, res_ptr, H, W, P, 
     # the active rows; every tile still writes all its rows (0 / residual outside M).
     if tl.max(active.to(tl.int32), 0) > 0:
         acc = _conv_tile(x_ptr, w_ptr, pix, active, H, W, pid_n, C_IN, C_OUT, KH, KW, PAD_H, PAD_W,
-                         DIL_H, DIL_W, WS_O, WS_I, WS_H, WS_W, BLOCK_M, BLOCK_N, BLOCK_K)
-    _store_tile(acc, b_ptr, res_ptr, out_ptr, pix, active, in_range, pid_n, C_OUT, RELU, BLOCK_N)
+                         DIL_H, DIL_W, WS_O, WS_I, WS_H, WS_W, BLOCK_M, BLOCK_N, BLOCK_K, CHANNELS_LAST)
+    _store_tile(acc, b_ptr, res_ptr, out_ptr, pix, active, in_range, pid_n, H * W, C_OUT, RELU, BLOCK_N,
+                CHANNELS_LAST)
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -236,19 +253,26 @@ def pack_weight(weight: Tensor) -> Tensor:
 
 
 def layer_constexprs(x: Tensor, weight: Tensor, padding: int | tuple[int, int],
-                     dilation: int | tuple[int, int], relu: bool, config: BlockConfig) -> dict[str, int]:
-    """The compile-time parameters of one layer, shared by the launchers and AOT compilation."""
+                     dilation: int | tuple[int, int], relu: bool, config: BlockConfig,
+                     channels_last: bool = True) -> dict[str, int]:
+    """The compile-time parameters of one layer, shared by the launchers and AOT compilation.
+
+    ``channels_last=False``: ``x`` and the output are NCHW, as TensorRT hands a plugin its
+    LINEAR tensors (the launchers here are NHWC; the TensorRT plugin launches NCHW).
+    """
     c_out, c_in, kh, kw = weight.shape
     pad, dil = _pair(padding), _pair(dilation)
-    if x.shape[-1] != c_in:
-        raise ValueError(f"x must be NHWC with {c_in} channels, got shape {tuple(x.shape)}")
+    if x.shape[-1 if channels_last else 1] != c_in:
+        raise ValueError(f"x must be {'NHWC' if channels_last else 'NCHW'} with {c_in} channels, "
+                         f"got shape {tuple(x.shape)}")
     if 2 * pad[0] != dil[0] * (kh - 1) or 2 * pad[1] != dil[1] * (kw - 1):
         raise ValueError(f"region conv needs 'same' padding: kernel {kh}x{kw}, dilation {dil}, padding {pad}")
     ws_o, ws_i, ws_h, ws_w = weight.stride()
     return {"C_IN": c_in, "C_OUT": c_out, "KH": kh, "KW": kw, "PAD_H": pad[0], "PAD_W": pad[1],
             "DIL_H": dil[0], "DIL_W": dil[1], "RELU": int(relu),
             "WS_O": ws_o, "WS_I": ws_i, "WS_H": ws_h, "WS_W": ws_w,
-            "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k}
+            "BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_K": config.block_k,
+            "CHANNELS_LAST": int(channels_last)}
 
 
 def _prepare(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None,

@@ -29,14 +29,19 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 class Layer(NamedTuple):
-    """The representative layer compiled in the check: a dilated 3×3 residual conv + ReLU."""
+    """A layer to compile; the defaults are the representative layer of the check (a dilated
+    3×3 residual conv + ReLU on NHWC). ``channels_last=False`` compiles for NCHW activations
+    and contiguous (C_out, C_in, KH, KW) weights, as TensorRT hands them to a plugin;
+    ``config`` overrides the tiles of :func:`kernels.block_config`."""
 
     c_in: int = 256
     c_out: int = 256
-    kernel: int = 3
-    dilation: int = 2
+    kernel: int | tuple[int, int] = 3
+    dilation: int | tuple[int, int] = 2
     relu: bool = True
     residual: bool = True
+    channels_last: bool = True
+    config: kernels.BlockConfig | None = None
 
 
 DEFAULT_LAYER = Layer()
@@ -54,12 +59,15 @@ class AotKernel(NamedTuple):
 
 def _layer_source(fn: triton.runtime.JITFunction, dtype: str, layer: Layer) -> tuple[ASTSource, int]:
     """The source of a conv kernel specialised to ``layer``, and its warps per block."""
-    x = torch.empty(1, 64, 64, layer.c_in, dtype=DTYPES[dtype], device="meta")
-    weight = kernels.pack_weight(torch.empty(layer.c_out, layer.c_in, layer.kernel, layer.kernel,
-                                             dtype=DTYPES[dtype], device="meta"))
-    config = kernels.block_config(layer.c_in, layer.c_out, layer.kernel, dtype)
+    (kh, kw), (dh, dw) = kernels._pair(layer.kernel), kernels._pair(layer.dilation)
+    x_shape = (1, 64, 64, layer.c_in) if layer.channels_last else (1, layer.c_in, 64, 64)
+    x = torch.empty(x_shape, dtype=DTYPES[dtype], device="meta")
+    weight = torch.empty(layer.c_out, layer.c_in, kh, kw, dtype=DTYPES[dtype], device="meta")
+    if layer.channels_last:
+        weight = kernels.pack_weight(weight)
+    config = layer.config or kernels.block_config(layer.c_in, layer.c_out, max(kh, kw), dtype)
     constexprs: dict[str, object] = kernels.layer_constexprs(
-        x, weight, layer.dilation * (layer.kernel - 1) // 2, layer.dilation, layer.relu, config)
+        x, weight, (dh * (kh - 1) // 2, dw * (kw - 1) // 2), (dh, dw), layer.relu, config, layer.channels_last)
     if not layer.residual:
         constexprs["res_ptr"] = None  # a None constexpr: the kernel then has no residual input
     data = f"*{dtype}"
@@ -77,7 +85,8 @@ def _aligned(signature: dict[str, str]) -> dict[tuple[int], list]:
 
 
 def compile_kernel(kernel: str, dtype: str, arch: str, layer: Layer = DEFAULT_LAYER) -> AotKernel:
-    """Compile one kernel for ``arch`` (e.g. ``"sm_90"``) through PTX to a cubin (ptxas checks it)."""
+    """Compile one kernel for ``arch`` (e.g. ``"sm_90"``; :data:`ARCHS` are the checked ones)
+    through PTX to a cubin (ptxas checks it)."""
     if kernel == "active_list":
         mask = {"fp32": "*fp32", "fp16": "*fp16"}[dtype]
         source = ASTSource(fn=kernels._active_list_kernel,
@@ -94,7 +103,7 @@ def compile_kernel(kernel: str, dtype: str, arch: str, layer: Layer = DEFAULT_LA
         options = {"num_warps": num_warps, **kernels.COMPILE_OPTIONS}
     else:
         raise ValueError(f"unknown kernel {kernel!r}; one of {KERNELS}")
-    compiled = triton.compile(source, target=GPUTarget("cuda", ARCHS[arch], 32), options=options)
+    compiled = triton.compile(source, target=GPUTarget("cuda", int(arch.removeprefix("sm_")), 32), options=options)
     ptx = compiled.asm["ptx"]
     entry = re.search(r"\.entry\s+\w+\s*\((.*?)\)", ptx, re.DOTALL)
     params = entry.group(1).count(".param") if entry else 0
