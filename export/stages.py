@@ -88,14 +88,17 @@ class _Exporter:
     def threshold(self, g: GraphBuilder, scores: str, rho: str, region: str | None, name: str) -> str:
         """``[max softmax(scores) ≤ ρ]`` (∧ the current region) as float 0/1.
 
-        Softmax runs channels-last: ONNX Runtime is several times slower over axis 1.
+        max softmax = 1 / Σ_c exp(s_c − max s), so the test is ``ρ · Σ_c exp(s_c − max s) ≥ 1``:
+        two reductions over the class axis and no Softmax, which ONNX Runtime runs several times
+        slower (over axis 1, or with the transposes to put the classes last).
         """
-        nhwc = g.node("Transpose", [scores], f"{name}/nhwc", perm=[0, 2, 3, 1])
-        probabilities = g.node("Softmax", [nhwc], f"{name}/softmax", axis=3)
-        axes = g.constant(f"{name}.axes", [3])
-        peak = g.node("ReduceMax", [probabilities, axes], f"{name}/peak", keepdims=1)
-        confidence = g.node("Transpose", [peak], f"{name}/confidence", perm=[0, 3, 1, 2])
-        uncertain = g.node("LessOrEqual", [confidence, rho], f"{name}/uncertain")
+        axes = g.constant(f"{name}.axes", [1])
+        peak = g.node("ReduceMax", [scores, axes], f"{name}/peak", keepdims=1)
+        shifted = g.node("Exp", [g.node("Sub", [scores, peak], f"{name}/shift")], f"{name}/exp")
+        partition = g.node("ReduceSum", [shifted, axes], f"{name}/partition", keepdims=1)
+        scaled = g.node("Mul", [partition, rho], f"{name}/scaled")
+        one = g.constant(f"{name}.one", np.ones((), np.float32))
+        uncertain = g.node("GreaterOrEqual", [scaled, one], f"{name}/uncertain")
         mask = g.node("Cast", [uncertain], f"{name}/cast", to=FLOAT)
         return mask if region is None else g.node("Mul", [mask, region], f"{name}/nest")
 

@@ -53,10 +53,12 @@ class _Lowering:
         self.nodes: list[onnx.NodeProto] = []
         self.new_initializers: list[onnx.TensorProto] = []
         self.values: dict[str, _Value] = {}
-        self.tables: dict[tuple, tuple[str, str]] = {}
-        self.gather_sources: dict[tuple[str, str], str] = {}
+        self.cache: dict[tuple, str] = {}
         self.counter = 0
         self.mask: str | None = None
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+        self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+                       for v in [*inferred.input, *inferred.value_info, *inferred.output]}
 
     # -- helpers ----------------------------------------------------------------------------
     def name(self, hint: str) -> str:
@@ -73,110 +75,109 @@ class _Lowering:
         self.new_initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
+    def once(self, key: tuple, build) -> str:
+        """The tensor ``build()`` adds, built the first time ``key`` is asked for."""
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
+
     def value(self, name: str) -> _Value:
         return self.values.setdefault(name, _Value(dense=name))
 
-    # -- the active-pixel list, once per graph ---------------------------------------------------
-    def prepare(self, mask: str) -> None:
-        self.mask = mask
-        shape = self.add("Shape", [mask], "mask_shape")
-        dims = [self.add("Gather", [shape, self.const(f"dim{k}", np.int64(k))], f"dim{k}") for k in (0, 2, 3)]
-        self.n, self.h, self.w = dims
-        self.hw = self.add("Mul", [self.h, self.w], "hw")
-        self.nhw = self.add("Mul", [self.n, self.hw], "nhw")
-        flat = self.add("Reshape", [mask, self.const("flat", np.array([-1], np.int64))], "mask_flat")
-        nonzero = self.add("NonZero", [flat], "active")
-        self.idx = self.add("Reshape", [nonzero, self.const("flat", np.array([-1], np.int64))], "idx")
-        self.idx_column = self.add("Unsqueeze", [self.idx, self.const("axis1", np.array([1], np.int64))],
-                                   "idx_column")
-        self.count = self.add("Shape", [self.idx], "count")
-        offset_in_image = self.add("Mod", [self.idx, self.hw], "pos_in_image")
-        self.image_base = self.add("Sub", [self.idx, offset_in_image], "image_base")
-        self.y = self.add("Div", [offset_in_image, self.w], "y")
-        self.x = self.add("Mod", [self.idx, self.w], "x")
-        column = self.const("axis1", np.array([1], np.int64))
-        self.y_column = self.add("Unsqueeze", [self.y, column], "y_col")
-        self.x_column = self.add("Unsqueeze", [self.x, column], "x_col")
-        self.base_column = self.add("Unsqueeze", [self.image_base, column], "base_col")
-        # inverse[q] = row of dense pixel q, or P (the zero row) when q is inactive or the pad slot.
-        slots = self.add("Add", [self.nhw, self.const("one", np.int64(1))], "slots")
-        slots_1d = self.add("Unsqueeze", [slots, self.const("axis0", np.array([0], np.int64))], "slots_1d")
-        count_scalar = self.add("Squeeze", [self.count], "count_scalar")
-        filler = self.add("Expand", [count_scalar, slots_1d], "inverse_fill")
-        rows = self.add("Range", [self.const("zero", np.int64(0)), count_scalar, self.const("one", np.int64(1))],
-                        "row_ids")
-        self.inverse = self.add("ScatterElements", [filler, self.idx, rows], "inverse", axis=0)
+    def channels(self, name: str) -> int:
+        shape = self.shapes.get(name)
+        if not shape or len(shape) != 4 or shape[1] is None:
+            raise LoweringUnsupported(f"{name}: channel count not known statically")
+        return shape[1]
 
-    def neighbours(self, kernel: tuple[int, int], dilation: tuple[int, int], pads: tuple[int, int]) -> tuple[str, str]:
-        """(dense, row) neighbour tables (P, kh·kw) for one kernel geometry; pad index for outside."""
-        key = (kernel, dilation, pads)
-        if key not in self.tables:
-            dy = np.repeat(np.arange(kernel[0]) * dilation[0] - pads[0], kernel[1]).astype(np.int64)
-            dx = np.tile(np.arange(kernel[1]) * dilation[1] - pads[1], kernel[0]).astype(np.int64)
-            yy = self.add("Add", [self.y_column, self.const("dy", dy[None])], "yy")
-            xx = self.add("Add", [self.x_column, self.const("dx", dx[None])], "xx")
-            zero = self.const("zero", np.int64(0))
-            inside = self.add("And", [
-                self.add("And", [self.add("GreaterOrEqual", [yy, zero], "y_ge0"),
-                                 self.add("Less", [yy, self.h], "y_lt_h")], "y_in"),
-                self.add("And", [self.add("GreaterOrEqual", [xx, zero], "x_ge0"),
-                                 self.add("Less", [xx, self.w], "x_lt_w")], "x_in"),
-            ], "inside")
-            flat = self.add("Add", [self.base_column, self.add("Add", [self.add("Mul", [yy, self.w], "yy_w"), xx], "yx")], "nbr")
-            dense = self.add("Where", [inside, flat, self.nhw], "dense_nbr")
-            rows = self.add("Gather", [self.inverse, dense], "row_nbr", axis=0)
-            self.tables[key] = (dense, rows)
-        return self.tables[key]
+    # -- the active-pixel list, once per graph ---------------------------------------------------
+    # Pixels are addressed on a grid padded by the largest conv padding, so the k×k neighbour
+    # table of every active pixel is one Add of constant offsets: neighbours that fall
+    # outside the image land on the zero border instead of needing bounds checks.
+    def prepare(self, mask: str, region_nodes: list[onnx.NodeProto]) -> None:
+        shape = self.shapes.get(mask)
+        if not shape or len(shape) != 4 or None in shape[2:]:
+            raise LoweringUnsupported(f"{mask}: the mask's height and width are not static")
+        self.mask = mask
+        self.height, self.width = shape[2], shape[3]
+        pads = [tuple(_attributes(n)["pads"]) for n in region_nodes]
+        self.border = (max(p[0] for p in pads), max(p[1] for p in pads))
+        self.padded_width = self.width + 2 * self.border[1]
+        flat = self.const("flat", np.array([-1], np.int64))
+        # Row-major NonZero orders the pixels alike on the plain and the padded grid.
+        self.idx = self.add("Reshape", [self.add("NonZero", [self.add("Reshape", [mask, flat], "mask_flat")], "active"),
+                                        flat], "idx")
+        padded_mask = self.add("Pad", [mask, self.spatial_pads()], "mask_padded")
+        self.padded_flat = self.add("Reshape", [padded_mask, flat], "mask_padded_flat")
+        self.padded_idx = self.add("Reshape", [self.add("NonZero", [self.padded_flat], "active_padded"), flat],
+                                   "idx_padded")
+
+    def spatial_pads(self) -> str:
+        return self.once(("spatial_pads",), lambda: self.const(
+            "border", np.array([0, 0, *self.border, 0, 0, *self.border], np.int64)))
+
+    def inverse(self) -> str:
+        """inverse[q] = row of padded-grid pixel q, or P (the zero row) when q is inactive or border."""
+        def build() -> str:
+            count = self.add("Squeeze", [self.add("Shape", [self.padded_idx], "count")], "count_scalar")
+            filler = self.add("Expand", [count, self.add("Shape", [self.padded_flat], "grid_size")], "inverse_fill")
+            rows = self.add("Range", [self.const("zero", np.int64(0)), count, self.const("one", np.int64(1))],
+                            "row_ids")
+            return self.add("ScatterElements", [filler, self.padded_idx, rows], "inverse", axis=0)
+        return self.once(("inverse",), build)
+
+    def neighbours(self, kernel: tuple[int, int], dilation: tuple[int, int], pads: tuple[int, int]) -> str:
+        """Padded-grid indices (P, kh·kw) of each active pixel's taps for one kernel geometry."""
+        def build() -> str:
+            dy = np.repeat(np.arange(kernel[0]) * dilation[0] - pads[0], kernel[1])
+            dx = np.tile(np.arange(kernel[1]) * dilation[1] - pads[1], kernel[0])
+            offsets = (dy * self.padded_width + dx).astype(np.int64)[None]
+            column = self.add("Unsqueeze", [self.padded_idx, self.const("axis1", np.array([1], np.int64))],
+                              "idx_column")
+            return self.add("Add", [column, self.const("offsets", offsets)], "taps_at")
+        return self.once(("neighbours", kernel, dilation, pads), build)
 
     # -- conversions between dense (N, C, H, W) and rows (P, C) -----------------------------------
-    def dense_rows(self, dense: str, pad_value: float = 0.0) -> str:
-        """All N·H·W pixels of a dense tensor as rows, plus one pad row: (N·H·W + 1, C)."""
-        key = (dense, str(pad_value))
-        if key not in self.gather_sources:
-            nhwc = self.add("Transpose", [dense], "nhwc", perm=[0, 2, 3, 1])
-            shape = self.add("Concat", [self.add("Unsqueeze", [self.nhw, self.const("axis0", np.array([0], np.int64))],
-                                                 "nhw_1d"), self.const("minus1", np.array([-1], np.int64))],
-                             "rows_shape", axis=0)
-            table = self.add("Reshape", [nhwc, shape], "all_rows")
-            pads = self.const("pad_row", np.array([0, 0, 1, 0], np.int64))
-            self.gather_sources[key] = self.add("Pad", [table, pads, self.const("pad_value", np.float32(pad_value))],
-                                                "padded_rows")
-        return self.gather_sources[key]
+    def dense_rows(self, dense: str) -> str:
+        """Every pixel of the zero-bordered padded grid of a dense tensor as a row."""
+        def build() -> str:
+            padded = self.add("Pad", [dense, self.spatial_pads()], "padded")
+            nhwc = self.add("Transpose", [padded], "nhwc", perm=[0, 2, 3, 1])
+            return self.add("Reshape", [nhwc, self.const("rows_shape", np.array([-1, self.channels(dense)], np.int64))],
+                            "all_rows")
+        return self.once(("dense_rows", dense), build)
 
     def padded_rows(self, rows: str) -> str:
         """Row-space ``rows`` plus one zero row (the neighbour outside the region or image)."""
-        key = (rows, "padded")
-        if key not in self.gather_sources:
-            pads = self.const("pad_row", np.array([0, 0, 1, 0], np.int64))
-            self.gather_sources[key] = self.add("Pad", [rows, pads], "rows_padded")
-        return self.gather_sources[key]
+        return self.once(("padded_rows", rows), lambda: self.add(
+            "Pad", [rows, self.const("pad_row", np.array([0, 0, 1, 0], np.int64))], "rows_padded"))
 
     def rows_of(self, name: str) -> str:
         value = self.value(name)
         if value.rows is None:
-            value.rows = self.add("Gather", [self.dense_rows(value.dense), self.idx], "rows", axis=0)
+            value.rows = self.add("Gather", [self.dense_rows(value.dense), self.padded_idx], "rows", axis=0)
         return value.rows
 
     def dense_of(self, name: str) -> str:
         value = self.value(name)
         if value.dense is None:
-            channels = self.add("Slice", [self.add("Shape", [value.rows], "rows_shape"),
-                                          self.const("one_1d", np.array([1], np.int64)),
-                                          self.const("two_1d", np.array([2], np.int64))], "channels")
-            nhw = self.add("Unsqueeze", [self.nhw, self.const("axis0", np.array([0], np.int64))], "nhw_1d")
-            zeros = self.add("ConstantOfShape", [self.add("Concat", [nhw, channels], "zeros_shape", axis=0)], "zeros",
-                             value=numpy_helper.from_array(np.zeros(1, np.float32)))
-            scattered = self.add("ScatterND", [zeros, self.idx_column, value.rows], "scatter")
-            as_1d = self.const("axis0", np.array([0], np.int64))
-            shape = self.add("Concat", [self.add("Unsqueeze", [d, as_1d], "dim_1d") for d in (self.n, self.h, self.w)]
-                             + [channels], "nhwc_shape", axis=0)
-            value.dense = self.add("Transpose", [self.add("Reshape", [scattered, shape], "nhwc_dense")], "dense",
-                                   perm=[0, 3, 1, 2])
+            channels = self.channels(name)
+            grid = self.once(("grid_shape", channels), lambda: self.add("Concat", [
+                self.add("Shape", [self.add("Reshape", [self.mask, self.const("flat", np.array([-1], np.int64))],
+                                            "mask_flat")], "pixels"),
+                self.const("channels", np.array([channels], np.int64))], "zeros_shape", axis=0))
+            zeros = self.add("ConstantOfShape", [grid], "zeros", value=numpy_helper.from_array(np.zeros(1, np.float32)))
+            index = self.once(("idx_column",), lambda: self.add(
+                "Unsqueeze", [self.idx, self.const("axis1", np.array([1], np.int64))], "idx_column"))
+            scattered = self.add("ScatterND", [zeros, index, value.rows], "scatter")
+            nhwc = self.add("Reshape", [scattered, self.const(
+                "nhwc_shape", np.array([-1, self.height, self.width, channels], np.int64))], "nhwc_dense")
+            value.dense = self.add("Transpose", [nhwc], "dense", perm=[0, 3, 1, 2])
         return value.dense
 
     # -- node rewrites ------------------------------------------------------------------------------
     def region_conv(self, node: onnx.NodeProto) -> None:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = _attributes(node)
         if attrs.get("group", 1) != 1:
             raise LoweringUnsupported(f"{node.name}: grouped region convolution")
         x, w_name, b_name, mask = node.input
@@ -191,11 +192,13 @@ class _Lowering:
         if kh == kw == 1 and pads == (0, 0):
             columns = self.rows_of(x)
         else:
-            dense_table, row_table = self.neighbours((kh, kw), tuple(attrs["dilations"]), pads)
+            taps_at = self.neighbours((kh, kw), tuple(attrs["dilations"]), pads)
             if source.dense is None:  # row space: zero outside the region, gather with a zero pad row
+                row_table = self.once(("row_taps", taps_at), lambda: self.add(
+                    "Gather", [self.inverse(), taps_at], "row_taps", axis=0))
                 gathered = self.add("Gather", [self.padded_rows(source.rows), row_table], "taps", axis=0)
-            else:  # dense input: its real values at every neighbour
-                gathered = self.add("Gather", [self.dense_rows(source.dense), dense_table], "taps", axis=0)
+            else:  # dense input: its real values at every neighbour, zero on the border
+                gathered = self.add("Gather", [self.dense_rows(source.dense), taps_at], "taps", axis=0)
             columns = self.add("Reshape", [gathered, self.const("im2col", np.array([-1, kh * kw * c_in], np.int64))],
                                "im2col")
         out = self.add("Add", [self.add("MatMul", [columns, matrix], f"{node.name}/gemm"),
@@ -215,7 +218,7 @@ class _Lowering:
             return False
         if any(v.dense is not None and v.rows is None for v in inputs):
             return False  # a dense operand: outside the region the result is not zero
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = _attributes(node)
         if node.op_type == "Concat" and attrs.get("axis") != 1:
             return False
         rows = [self.rows_of(i) for i in node.input]
@@ -235,7 +238,7 @@ class _Lowering:
         region_nodes = [n for n in self.graph.node if n.domain == REGION_CONV_DOMAIN and n.op_type == REGION_CONV_OP]
         if not region_nodes:
             return self.model
-        self.prepare(region_nodes[0].input[3])
+        self.prepare(region_nodes[0].input[3], region_nodes)
         for node in self.graph.node:
             if node.domain == REGION_CONV_DOMAIN and node.op_type == REGION_CONV_OP:
                 self.region_conv(node)
@@ -255,6 +258,10 @@ class _Lowering:
         opsets = [o for o in self.model.opset_import if o.domain != REGION_CONV_DOMAIN]
         return helper.make_model(graph, opset_imports=opsets, ir_version=self.model.ir_version,
                                  producer_name="layercascade-lowering")
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def lower_region_convs(model: onnx.ModelProto) -> onnx.ModelProto:
