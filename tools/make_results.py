@@ -121,8 +121,8 @@ def benchmarks(work: Path) -> list[dict]:
         if size is not None:
             checkpoint = DEMO if source == "demo" else random_checkpoint(source, work / f"{source}_random.pt")
             folder = work / f"{source}_{size}"
-            if not (folder / "lc.json").exists():
-                run(["lc-export", str(checkpoint), "-o", str(folder), "--input-size", size], capture=False)
+            # Exported afresh every time: the graphs change with the exporter, not only the weights.
+            run(["lc-export", str(checkpoint), "-o", str(folder), "--input-size", size], capture=False)
         result = json.loads(run(["lc-bench", str(folder), "--json", *options]))
         result["label"] = label
         results.append(result)
@@ -183,6 +183,21 @@ times, which is why the tiny demo model stays far below its ideal while the big 
 {table}"""
 
 
+# Sections other tools generate into results.md (e.g. tools/make_int8_results.py), kept as they are.
+KEPT_SECTIONS = ("int8",)
+
+
+def kept_sections(path: Path) -> str:
+    """The ``<!-- NAME:begin -->`` … ``<!-- NAME:end -->`` blocks of the current file, in order."""
+    text = path.read_text() if path.exists() else ""
+    blocks = []
+    for name in KEPT_SECTIONS:
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text and end in text:
+            blocks.append(text[text.index(begin):text.index(end) + len(end)])
+    return "".join(f"\n{block}\n" for block in blocks)
+
+
 def write_results(work: Path, commands: dict, results: dict, sweep: list[dict], minutes: dict,
                   bench: list[dict], cold: float | None) -> None:
     from layercascade.model.evaluate import EvalResult, format_table, markdown_table
@@ -238,7 +253,7 @@ stage 1, orange: stage 2, magenta: stage 3), as in the paper's Fig. 4.
 ## GPU
 
 Not measured on a GPU yet.
-"""
+{kept_sections(ROOT / "docs" / "results.md")}"""
     (ROOT / "docs" / "results.md").write_text(text)
     training = f"""# Training the demo model
 
