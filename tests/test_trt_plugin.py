@@ -1,0 +1,422 @@
+"""The TensorRT plugin ``lc::RegionConv`` (plugins/trt_plugin.py) without and with TensorRT.
+
+Without TensorRT: the attribute contract against the exported demo model, the descriptor and
+launch arithmetic, PTX for fp32/fp16 × sm_80–sm_90 through the plugin's own path (trimmed
+to TensorRT's argument list, then assembled by ptxas), the JIT body in Triton's interpreter
+against the reference, the plugin definitions driven through a stand-in for
+``tensorrt.plugin``, and the one-line errors of :func:`register_plugins`. The ``trt``-marked
+test builds and runs one-node engines and skips, with the reason, where TensorRT or a GPU is
+missing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("triton", reason="triton is not installed: the plugin's kernels need it")
+
+from layercascade.errors import LCError
+from layercascade.export import regionconv
+from layercascade.plugins import kernels, trt_plugin
+from layercascade.plugins.trt_plugin import RegionConvLayer
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODEL = ROOT / "runtime" / "demo_model"
+ONNX_TO_FIELD = {onnx.AttributeProto.INT: int, onnx.AttributeProto.INTS: trt_plugin.plugin_fields()["pads"]}
+LAYER = RegionConvLayer(c_in=24, c_out=20, kernel=(3, 3), dilation=(2, 2), group=1, relu=True)
+ATTRIBUTES = {"activation": 1, "dilations": np.array([2, 2], np.int32), "group": 1,
+              "pads": np.array([2, 2, 2, 2], np.int32)}
+
+
+# -- the attribute contract ------------------------------------------------------------------
+def _region_nodes() -> list[onnx.NodeProto]:
+    nodes = []
+    for stage in ("stage2.onnx", "stage3.onnx"):
+        graph = onnx.load(str(DEMO_MODEL / stage), load_external_data=False).graph
+        nodes += [n for n in graph.node if n.op_type == regionconv.OP_TYPE and n.domain == regionconv.DOMAIN]
+    return nodes
+
+
+def test_exported_node_attributes_are_the_plugin_fields() -> None:
+    """Every attribute of every exported RegionConv node is a plugin field of the matching type
+    (or one TensorRT's parser consumes), in the plugin's field order; the node names the plugin."""
+    nodes = _region_nodes()
+    assert len(nodes) > 5
+    fields = trt_plugin.plugin_fields()
+    for node in nodes:
+        attributes = {a.name: a for a in node.attribute}
+        assert onnx.helper.get_attribute_value(attributes["plugin_namespace"]).decode() == \
+            trt_plugin.plugin_id().split("::")[0]
+        assert node.op_type == trt_plugin.plugin_id().split("::")[1]
+        carried = [a.name for a in node.attribute if a.name not in trt_plugin.PARSER_ATTRIBUTES]
+        assert carried == list(fields), node.name
+        assert all(ONNX_TO_FIELD[attributes[name].type] == fields[name] for name in carried), node.name
+        assert len(node.input) == len(trt_plugin.INPUTS)
+
+
+def test_inputs_are_the_function_body_inputs() -> None:
+    assert tuple(regionconv.function_proto(18).input) == trt_plugin.INPUTS
+    assert set(trt_plugin.plugin_fields()) == set(regionconv.ATTRIBUTES) - trt_plugin.PARSER_ATTRIBUTES
+
+
+def test_kernel_arguments_follow_tensorrt_order() -> None:
+    """TensorRT passes input pointers, then the int32 scalars, then output pointers: the masked
+    kernel's runtime arguments (residual off) must be exactly X W B M, H W P, Y."""
+    fn = kernels._region_conv_masked_kernel
+    constexprs = {p.name for p in fn.params if p.is_constexpr} | {"res_ptr"}
+    runtime = [name for name in fn.arg_names if name not in constexprs]
+    assert runtime == ["x_ptr", "w_ptr", "b_ptr", "mask_ptr", *trt_plugin.SCALARS, "out_ptr"]
+
+
+# -- pure arithmetic ---------------------------------------------------------------------------
+def test_layer_from_node() -> None:
+    assert trt_plugin.layer_from_node(24, (20, 24, 3, 3), [2, 2, 2, 2], [2, 2], 1, 1) == LAYER
+    assert LAYER.padding == (2, 2)
+    grouped = trt_plugin.layer_from_node(24, (20, 12, 1, 3), [0, 1, 0, 1], [1, 1], 2, 0)
+    assert grouped.kernel == (1, 3) and grouped.group == 2 and not grouped.relu
+
+
+@pytest.mark.parametrize("args, message", [
+    ((24, (20, 24, 3, 3), [1, 1, 1, 1], [2, 2], 1, 1), "same"),
+    ((24, (20, 24, 3, 3), [2, 2, 1, 1], [2, 2], 1, 1), "symmetric"),
+    ((24, (20, 24, 2, 2), [1, 1, 1, 1], [2, 2], 1, 1), "same"),
+    ((16, (20, 24, 3, 3), [2, 2, 2, 2], [2, 2], 1, 1), "do not fit"),
+    ((24, (20, 24, 3, 3), [2, 2, 2, 2], [2, 2], 1, 7), "activation"),
+    ((24, (20, 24, 3, 3), [2, 2], [2, 2], 1, 1), "4 pads"),
+    ((24, (-1, 24, 3, 3), [2, 2, 2, 2], [2, 2], 1, 1), "static"),
+])
+def test_layer_from_node_rejects(args: tuple, message: str) -> None:
+    with pytest.raises(LCError, match=message):
+        trt_plugin.layer_from_node(*args)
+
+
+def test_output_dims_and_launch_arithmetic() -> None:
+    assert trt_plugin.output_dims((2, 24, 33, 17), (20, 24, 3, 3)) == [2, 20, 33, 17]
+    h, w, pixels = trt_plugin.kernel_scalars(2, 33, 17)
+    assert (h, w, pixels) == (33, 17, 2 * 33 * 17)
+    for tactic in (0, *trt_plugin.TACTICS):
+        config = trt_plugin.tile_config(LAYER, "fp16", tactic)
+        assert trt_plugin.launch_grid(pixels, LAYER.c_out, config) == (*kernels.conv_grid(pixels, 20, config), 1)
+    # A shape-expression-like operand goes through the given cdiv (TensorRT's trtp.cdiv).
+    calls = []
+    grid = trt_plugin.launch_grid("P", 20, trt_plugin.tile_config(LAYER, "fp32", 1),
+                                  cdiv=lambda a, b: calls.append((a, b)) or "cdiv(P)")
+    assert grid[0] == "cdiv(P)" and calls == [("P", 32)] and grid[1:] == (1, 1)
+
+
+def test_tactics_are_tile_choices() -> None:
+    table = kernels.block_config(24, 20, 3, "fp16")
+    assert trt_plugin.tile_config(LAYER, "fp16", 1) == table == trt_plugin.tile_config(LAYER, "fp16", 0)
+    assert trt_plugin.tile_config(LAYER, "fp16", 2) == table._replace(block_m=table.block_m // 2)
+    with pytest.raises(ValueError, match="tactic"):
+        trt_plugin.tile_config(LAYER, "fp16", 3)
+
+
+def test_autotune_spec() -> None:
+    types, layouts, tactics = trt_plugin.autotune_spec()
+    assert types.split(", ") == ["FP32|FP16"] * 5
+    assert layouts.split(", ") == ["LINEAR"] * 5
+    assert tactics == list(trt_plugin.TACTICS)
+
+
+# -- PTX through the plugin's path -------------------------------------------------------------
+def _assemble(ptx: str, tmp_path: Path) -> None:
+    """ptxas (Triton's copy) must accept the trimmed PTX for its own .target."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    target = re.search(r"^\.target\s+(\S+)", ptx, re.MULTILINE).group(1)
+    source = tmp_path / "kernel.ptx"
+    source.write_text(ptx)
+    done = subprocess.run([get_ptxas(int(re.sub(r"\D", "", target))).path, f"-arch={target}", str(source),
+                           "-o", str(tmp_path / "kernel.cubin")], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("precision", trt_plugin.PRECISIONS)
+@pytest.mark.parametrize("arch", ["sm_80", "sm_86", "sm_89", "sm_90"])
+def test_aot_ptx_per_precision_and_arch(precision: str, arch: str, tmp_path: Path) -> None:
+    kernel = trt_plugin.aot_kernel(LAYER, precision, arch, 1)
+    entry = re.search(rf"\.entry\s+{kernel.name}\s*\((.*?)\)", kernel.ptx, re.DOTALL).group(1)
+    params = [p.split() for p in entry.split(",")]
+    # X W B M (pointers), H W P (int32), Y (pointer): nothing hidden left for TensorRT to miss.
+    assert kernel.params == len(params) == 8
+    assert [p[1] for p in params] == [".u64"] * 4 + [".u32"] * 3 + [".u64"]
+    assert re.search(r"^\.target\s+(\S+)", kernel.ptx, re.MULTILINE).group(1).startswith(arch)
+    assert kernel.threads == trt_plugin.tile_config(LAYER, precision, 1).num_warps * 32
+    assert kernel.shared_bytes > 0
+    _assemble(kernel.ptx, tmp_path)
+
+
+def test_strip_hidden_params_refuses_a_used_parameter() -> None:
+    ptx = (".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u64 k_param_1\n)\n{\n"
+           "\tld.param.u64 %rd1, [k_param_1];\n}\n")
+    with pytest.raises(RuntimeError, match="hidden parameter k_param_1"):
+        trt_plugin.strip_hidden_params(ptx, "k", 1)
+    unused = ptx.replace("[k_param_1]", "[k_param_0]")
+    stripped = trt_plugin.strip_hidden_params(unused, "k", 1)
+    assert "k_param_1" not in stripped and "k_param_0" in stripped
+
+
+def test_aot_refuses_groups() -> None:
+    with pytest.raises(LCError, match="JIT"):
+        trt_plugin.aot_kernel(LAYER._replace(group=2), "fp32", "sm_90", 1)
+
+
+# -- the JIT body, interpreted ----------------------------------------------------------------
+JIT_SCRIPT = """
+import json, torch
+from layercascade.model.region import region_conv2d
+from layercascade.plugins import trt_plugin
+results = []
+gen = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.float16):
+    for kernel, dilation, group, activation, tactic in ((3, 2, 1, 1, 1), (1, 1, 1, 0, 2), ((1, 3), 1, 1, 1, 2),
+                                                          (3, 1, 2, 1, 1)):
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        x = torch.randn(2, 24, 7, 9, generator=gen).to(dtype)
+        w = (torch.randn(20, 24 // group, kh, kw, generator=gen) * 0.2).to(dtype)
+        b = torch.randn(20, generator=gen).to(dtype)
+        m = (torch.rand(2, 1, 7, 9, generator=gen) < 0.3).to(dtype)
+        out = torch.full((2, 20, 7, 9), float("nan"), dtype=dtype)
+        pads = [dilation * (kh - 1) // 2, dilation * (kw - 1) // 2] * 2
+        trt_plugin.run_region_conv(x, w, b, m, out, pads=pads, dilations=[dilation] * 2, group=group,
+                                   activation=activation, tactic=tactic)
+        ref = region_conv2d(x.double(), w.double(), b.double(), m.double(), padding=tuple(pads[:2]),
+                            dilation=dilation, groups=group)
+        ref = ref.relu() if activation else ref
+        outside = out[(m == 0).expand_as(out)]
+        results.append({"case": f"{dtype}:{kernel}:{dilation}:{group}:{activation}:{tactic}",
+                        "err": (out.double() - ref).abs().max().item(), "scale": ref.abs().max().item(),
+                        "zero_outside": bool((outside == 0).all()), "fp16": dtype == torch.float16})
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_jit_body_matches_reference_interpreted() -> None:
+    """run_region_conv (NCHW kernel, both tactics, 1×1 / 3×3 dilated / 1×3, grouped fallback)
+    against the dense reference; exactly 0 outside M."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", JIT_SCRIPT], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    assert len(results) == 8
+    for r in results:
+        tolerance = (4e-3 if r["fp16"] else 1e-4) * max(1.0, r["scale"])
+        assert r["zero_outside"] and r["err"] <= tolerance, r
+
+
+# -- the plugin definitions, driven through a stand-in for tensorrt.plugin ----------------------
+class _Desc:
+    """A TensorDesc with plain ints for its shape expressions."""
+
+    def __init__(self, dtype: str, shape: tuple[int, ...]) -> None:
+        self.dtype, self.shape, self.shape_expr = dtype, shape, list(shape)
+
+    def like(self) -> _Desc:
+        return _Desc(self.dtype, self.shape)
+
+
+class _LaunchParams:
+    grid_x = grid_y = grid_z = block_x = shared_mem = None
+
+
+class _SymInt32(int):
+    pass
+
+
+def _stand_in() -> tuple[SimpleNamespace, SimpleNamespace, dict]:
+    defined: dict = {}
+
+    def decorator(kind: str):
+        return lambda pid: (lambda fn: defined.setdefault((kind, pid), fn))
+
+    trtp = SimpleNamespace(
+        TensorDesc=_Desc, Tensor=type("Tensor", (), {}), KernelLaunchParams=_LaunchParams, SymInt32=_SymInt32,
+        SymIntExprs=type("SymIntExprs", (), {"from_tuple": staticmethod(tuple)}),
+        AutoTuneCombination=type("AutoTuneCombination", (), {"__init__": lambda self, *a: setattr(self, "spec", a)}),
+        cdiv=lambda a, b: -(-a // b), register=decorator("register"), autotune=decorator("autotune"),
+        aot_impl=decorator("aot_impl"), impl=decorator("impl"))
+    trt = SimpleNamespace(DataType=SimpleNamespace(FLOAT="FLOAT", HALF="HALF"))
+    return trt, trtp, defined
+
+
+def test_plugin_definitions_follow_tensorrt_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The four functions have the argument schemas tensorrt.plugin validates (_validate.py),
+    and produce the output descriptor, tuning combination and AOT kernel + launch."""
+    trt, trtp, defined = _stand_in()
+    trt_plugin.define_plugin(trt, trtp)
+    pid = trt_plugin.plugin_id()
+    fields = list(trt_plugin.plugin_fields())
+    inputs = list(trt_plugin.INPUTS)
+
+    def names(kind: str) -> list[str]:
+        return list(inspect.signature(defined[(kind, pid)]).parameters)
+
+    assert names("register") == inputs + fields
+    assert names("autotune") == inputs + ["outputs"]
+    assert names("aot_impl") == inputs + fields + ["outputs", "tactic"]
+    assert names("impl") == inputs + fields + ["outputs", "stream", "tactic"]
+    register = inspect.signature(defined[("register", pid)])
+    assert [register.parameters[f].annotation for f in fields] == list(trt_plugin.plugin_fields().values())
+    assert register.return_annotation is _Desc
+
+    x, w, b, m = (_Desc("HALF", s) for s in ((2, 24, 7, 9), (20, 24, 3, 3), (20,), (2, 1, 7, 9)))
+    out = defined[("register", pid)](x, w, b, m, **ATTRIBUTES)
+    assert out.dtype == "HALF" and out.shape_expr == [2, 20, 7, 9]
+    assert defined[("autotune", pid)](x, w, b, m, (out,))[0].spec == trt_plugin.autotune_spec()
+
+    monkeypatch.setattr(trt_plugin, "device_arch", lambda: "sm_90")
+    name, ptx, launch, scalars = defined[("aot_impl", pid)](x, w, b, m, *ATTRIBUTES.values(), (out,), 2)
+    config = trt_plugin.tile_config(LAYER, "fp16", 2)
+    assert name in ptx and ".target sm_90a" in ptx
+    assert (launch.grid_x, launch.grid_y, launch.grid_z) == (*kernels.conv_grid(2 * 7 * 9, 20, config), 1)
+    assert launch.block_x == config.num_warps * 32 and launch.shared_mem > 0
+    assert scalars == (7, 9, 2 * 7 * 9)
+
+    with pytest.raises(LCError, match="fp32 or fp16"):
+        defined[("aot_impl", pid)](_Desc("INT8", x.shape), w, b, m, *ATTRIBUTES.values(), (out,), 1)
+
+
+# -- register_plugins without TensorRT, the source hash ------------------------------------------
+@pytest.mark.parametrize("installed, message", [
+    ({}, "TensorRT is not installed"),
+    ({"tensorrt_bindings/__init__.py": ""}, "only TensorRT's Python bindings"),
+    ({"tensorrt/__init__.py": "raise ImportError('libnvinfer.so.11: cannot open shared object file')"},
+     "libraries do not load .libnvinfer.so.11"),
+])
+def test_register_plugins_says_what_is_missing(installed: dict[str, str], message: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT imports here: the missing-TensorRT errors cannot be provoked")
+    except ImportError:
+        pass
+    for relative, text in installed.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("tensorrt", "tensorrt_bindings"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setattr(trt_plugin, "_registered", False)
+    with pytest.raises(LCError, match=message) as error:
+        trt_plugin.register_plugins()
+    assert "\n" not in str(error.value)
+
+
+def test_register_plugins_defines_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idempotent: once per process, and not again when TensorRT already holds lc::RegionConv
+    (e.g. this module imported a second time)."""
+    trt, trtp, _ = _stand_in()
+    trtp.op = SimpleNamespace()
+    calls = []
+
+    def define(*args: object) -> None:
+        calls.append(args)
+        trtp.op.lc = SimpleNamespace(RegionConv=object())
+
+    monkeypatch.setattr(trt_plugin, "import_tensorrt", lambda: (trt, trtp))
+    monkeypatch.setattr(trt_plugin, "define_plugin", define)
+    monkeypatch.setattr(trt_plugin, "_registered", False)
+    trt_plugin.register_plugins()
+    trt_plugin.register_plugins()
+    monkeypatch.setattr(trt_plugin, "_registered", False)
+    trt_plugin.register_plugins()
+    assert calls == [(trt, trtp)]
+
+
+def test_plugin_source_sha256_tracks_the_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = trt_plugin.plugin_source_sha256()
+    assert re.fullmatch(r"[0-9a-f]{64}", digest) and digest == trt_plugin.plugin_source_sha256()
+    for relative in trt_plugin.SOURCE_FILES:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes((ROOT / relative).read_bytes())
+    monkeypatch.setattr(trt_plugin, "PACKAGE_ROOT", tmp_path)
+    assert trt_plugin.plugin_source_sha256() == digest
+    with (tmp_path / "plugins" / "kernels.py").open("a") as changed:
+        changed.write("\n")
+    assert trt_plugin.plugin_source_sha256() != digest
+
+
+# -- on TensorRT ---------------------------------------------------------------------------------
+def _one_node_model(precision: str, shape: tuple[int, int, int, int], c_out: int, seed: int = 0) -> tuple:
+    """A one-RegionConv-node ONNX model (dilated 3×3 + ReLU, as lc-export writes it) and its tensors."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    dtype = {"fp32": np.float32, "fp16": np.float16}[precision]
+    elem = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}[precision]
+    rng = np.random.default_rng(seed)
+    n, c, h, w = shape
+    weight = (rng.standard_normal((c_out, c, 3, 3)) * 0.1).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    node = helper.make_node(regionconv.OP_TYPE, ["X", "W", "B", "M"], ["Y"], domain=regionconv.DOMAIN,
+                            **regionconv.node_attributes((2, 2), (2, 2), 1, True))
+    graph = helper.make_graph([node], "region_conv",
+                              [helper.make_tensor_value_info("X", elem, shape),
+                               helper.make_tensor_value_info("M", elem, (n, 1, h, w))],
+                              [helper.make_tensor_value_info("Y", elem, (n, c_out, h, w))],
+                              [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(regionconv.DOMAIN, regionconv.VERSION)],
+                              functions=[regionconv.function_proto(18)])
+    x = rng.standard_normal(shape).astype(dtype)
+    mask = (rng.random((n, 1, h, w)) < 0.3).astype(dtype)
+    return model, x, weight, bias, mask
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", trt_plugin.PRECISIONS)
+@pytest.mark.parametrize("aot", [True, False], ids=["aot", "jit"])
+def test_one_node_engine_matches_reference(precision: str, aot: bool) -> None:
+    """Parse a one-node model with TensorRT's ONNX parser (the plugin path), build, run, compare."""
+    try:
+        trt, _ = trt_plugin.import_tensorrt()
+    except LCError as error:
+        pytest.skip(str(error))
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to PyTorch")
+    from layercascade.model.region import region_conv2d
+
+    trt_plugin.register_plugins()
+    model, x, weight, bias, mask = _one_node_model(precision, (2, 32, 19, 23), 48)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flag = (trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS if aot
+            else trt.NetworkDefinitionCreationFlag.PREFER_JIT_PYTHON_PLUGINS)
+    network = builder.create_network((1 << int(flag)) | (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(model.SerializeToString()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    assert network.num_layers == 1 and network.get_layer(0).type == trt.LayerType.PLUGIN_V3
+    serialized = builder.build_serialized_network(network, builder.create_builder_config())
+    assert serialized is not None
+    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+    context = engine.create_execution_context()
+    tensors = {"X": torch.from_numpy(x).cuda(), "M": torch.from_numpy(mask).cuda()}
+    tensors["Y"] = torch.full((2, 48, 19, 23), float("nan"), dtype=tensors["X"].dtype, device="cuda")
+    for name, tensor in tensors.items():
+        context.set_tensor_address(name, tensor.data_ptr())
+    stream = torch.cuda.current_stream()
+    assert context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    ref = region_conv2d(torch.from_numpy(x).double(), torch.from_numpy(weight).double(),
+                        torch.from_numpy(bias).double(), torch.from_numpy(mask).double(), padding=2, dilation=2)
+    ref = ref.relu()
+    out = tensors["Y"].cpu().double()
+    tolerance = (4e-3 if precision == "fp16" else 1e-4) * max(1.0, ref.abs().max().item())
+    assert (out - ref).abs().max().item() <= tolerance
+    assert bool((out[torch.from_numpy(mask == 0).expand_as(out)] == 0).all())
