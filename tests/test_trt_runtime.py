@@ -1,0 +1,430 @@
+"""The TensorRT backend: engine metadata checks, buffer plan and backend choice without TensorRT,
+and (marked ``trt``) real engines: build, run, parity with ONNX Runtime, CUDA-graph replay."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layercascade.errors import LCError, run_cli
+from layercascade.manifest import read_manifest
+from layercascade.runtime.bench import forced_masks
+from layercascade.runtime.cascade import DEMO_MODEL, Cascade
+from layercascade.runtime.cli import run
+from layercascade.runtime.engines import (
+    METADATA, BatchRange, BuiltEngine, check_environment, check_sources, plan_buffers, read_metadata,
+    stage_bindings, write_engine_dir,
+)
+
+BUILT = {"tensorrt": "11.4.0.106", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
+         "plugin_sha256": "ab" * 32}
+
+
+def metadata(**changes) -> dict:
+    return {"version_compatible": False, "engines": {}, **BUILT, **changes}
+
+
+# -- metadata against this machine --------------------------------------------------------------
+def test_matching_environment_passes() -> None:
+    assert check_environment(metadata(), BUILT) == []
+
+
+def test_other_tensorrt_version() -> None:
+    with pytest.raises(LCError, match=r"built with TensorRT 11\.4\.0\.106, this is TensorRT 11\.5\.0\.1; rebuild"):
+        check_environment(metadata(), {**BUILT, "tensorrt": "11.5.0.1"})
+    compatible = metadata(version_compatible=True)
+    assert check_environment(compatible, {**BUILT, "tensorrt": "11.5.0.1"}) == []  # later release, same major
+    for other in ("11.3.0.1", "12.0.0.1"):
+        with pytest.raises(LCError, match="version-compatible"):
+            check_environment(compatible, {**BUILT, "tensorrt": other})
+
+
+def test_other_gpu() -> None:
+    with pytest.raises(LCError, match=r"compute capability 9\.0.*NVIDIA A100.*8\.0"):
+        check_environment(metadata(), {**BUILT, "gpu": {"name": "NVIDIA A100", "compute_capability": "8.0"}})
+    # Same architecture, another model: TensorRT runs it; we say the tactics were timed elsewhere.
+    warnings = check_environment(metadata(), {**BUILT, "gpu": {"name": "NVIDIA H100 PCIe", "compute_capability": "9.0"}})
+    assert len(warnings) == 1 and "NVIDIA H100 PCIe" in warnings[0]
+
+
+def test_stale_plugin_hash() -> None:
+    with pytest.raises(LCError, match="another region-conv plugin"):
+        check_environment(metadata(), {**BUILT, "plugin_sha256": "cd" * 32})
+
+
+# -- engine dirs (fake plans: everything before deserialization) --------------------------------
+def fake_engine_dir(target: Path, model_dir: Path = DEMO_MODEL, precision: str = "fp16") -> Path:
+    settings = {**BUILT, "precision": precision, "batch": BatchRange(1, 1, 1), "version_compatible": False}
+    return write_engine_dir(target, model_dir, read_manifest(model_dir),
+                            lambda graph: BuiltEngine(f"plan of {graph.name}".encode(), "00" * 32), settings)
+
+
+@pytest.fixture
+def engine_dir(tmp_path) -> Path:
+    return fake_engine_dir(tmp_path / "engines")
+
+
+def test_read_metadata(engine_dir) -> None:
+    assert read_metadata(engine_dir)["precision"] == "fp16"
+
+
+def test_missing_metadata(engine_dir) -> None:
+    (engine_dir / METADATA).unlink()
+    with pytest.raises(LCError, match="engines.json: missing.*rebuild"):
+        read_metadata(engine_dir)
+
+
+@pytest.mark.parametrize("text", ["{ not json", '{"format": "something else"}', "[]",
+                                  '{"format": "layercascade.engines", "version": 1}'])
+def test_corrupt_metadata(engine_dir, text) -> None:
+    (engine_dir / METADATA).write_text(text)
+    with pytest.raises(LCError, match="corrupt engine metadata") as error:
+        read_metadata(engine_dir)
+    assert "\n" not in str(error.value)
+
+
+def test_damaged_engine(engine_dir) -> None:
+    with open(engine_dir / "stage2.engine", "ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(LCError, match="stage2.engine: sha256 does not match"):
+        read_metadata(engine_dir)
+
+
+def test_source_onnx_changed(tmp_path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, model)
+    engines = read_metadata(fake_engine_dir(tmp_path / "engines", model))
+    check_sources(engines, read_manifest(model, verify=False))
+    check_sources(engines, None)  # the model dir is gone: engines shipped on their own
+    manifest = json.loads((model / "lc.json").read_text())
+    manifest["files"]["stage3.onnx"] = "0" * 64  # as after a re-export with other weights
+    with pytest.raises(LCError, match="stale: stage3.onnx"):
+        check_sources(engines, manifest)
+
+
+# -- buffer plan --------------------------------------------------------------------------------
+def test_buffer_plan() -> None:
+    stages = read_manifest(DEMO_MODEL)["stages"]
+    plan = plan_buffers(stages, max_batch=4)
+    assert set(plan) == {"image", "rho", "feat1", "scores1", "mask2", "feat2", "scores2", "mask3", "labels",
+                         "stage_counts", "forced_mask2", "forced_mask3"}  # each shared tensor once
+    assert plan["image"].shape == (4, 160, 160, 3) and plan["image"].nbytes == 4 * 160 * 160 * 3
+    assert plan["feat1"].bytes_for(1) == 32 * 20 * 20 * 4 and plan["stage_counts"].dtype == np.int64
+    assert plan["rho"].shape == (1,) and plan["rho"].bytes_for(3) == 4  # ρ has no batch
+    eager, forced = stage_bindings(stages, forced=False), stage_bindings(stages, forced=True)
+    assert eager[1]["mask2"] == "mask2" and eager[2]["mask3"] == "mask3"
+    assert forced[0]["mask2"] == "mask2"  # stage 1 still writes its own mask
+    assert forced[1]["mask2"] == "forced_mask2" and forced[2]["mask3"] == "forced_mask3"
+    assert forced[2]["mask2"] == "forced_mask2" and forced[1]["mask3"] == "mask3"
+
+
+# -- choosing and loading the backend without TensorRT ------------------------------------------
+def test_auto_picks_trt_for_engines_only(engine_dir, monkeypatch) -> None:
+    assert Cascade.load(None).backend == "ort"
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(LCError, match="the TensorRT backend needs TensorRT"):
+        Cascade.load(engine_dir)
+
+
+def test_trt_backend_errors_before_tensorrt(engine_dir, tmp_path) -> None:
+    with pytest.raises(LCError, match="engines are fp16.*--precision fp32"):
+        Cascade.load(engine_dir, backend="trt", precision="fp32")
+    with pytest.raises(LCError, match="lc-build"):
+        Cascade.load(None, backend="trt")
+    with pytest.raises(LCError, match="no such engine directory"):
+        Cascade.load(tmp_path / "missing", backend="trt")
+    with pytest.raises(LCError, match="holds no lc-build engines"):
+        Cascade.load(DEMO_MODEL, backend="trt")
+
+
+def test_lc_run_engine_without_tensorrt(engine_dir, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    out = tmp_path / "out"
+    code = run_cli(run.main, ["--engine", str(engine_dir), "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("error: the TensorRT backend needs TensorRT") and "\n" not in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def synthetic_images(count: int) -> np.ndarray:
+    from layercascade.model.data.synthetic import SyntheticSegmentation
+
+    data = SyntheticSegmentation("val", size=(160, 160), length=count)
+    return np.stack([data[i][0] for i in range(count)])
+
+
+# -- the backend on a simulated GPU ------------------------------------------------------------
+class SimulatedCuda:
+    """``cuda.bindings.runtime`` over host memory: pointers are real addresses, stream work runs at
+    once or is recorded while a capture is open, and a graph launch replays what was recorded."""
+
+    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+    cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeGlobal=0)
+
+    def __init__(self) -> None:
+        self.blocks: list[np.ndarray] = []
+        self.capture: list | None = None
+        self.launches = 0
+
+    def submit(self, work) -> tuple:
+        if self.capture is None:
+            work()
+        else:
+            self.capture.append(work)
+        return (0,)
+
+    def _allocate(self, nbytes: int) -> tuple:
+        self.blocks.append(np.zeros(nbytes, np.uint8))
+        return 0, self.blocks[-1].ctypes.data
+
+    cudaMalloc = cudaMallocHost = _allocate
+
+    def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: int, stream) -> tuple:
+        return self.submit(lambda: ctypes.memmove(dst, src, nbytes))
+
+    def cudaStreamBeginCapture(self, stream, mode) -> tuple:
+        self.capture = []
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream) -> tuple:
+        graph, self.capture = self.capture, None
+        return 0, graph
+
+    def cudaGraphLaunch(self, graph, stream) -> tuple:
+        self.launches += 1
+        for work in graph:
+            work()
+        return (0,)
+
+    cudaGetDeviceCount = staticmethod(lambda: (0, 1))
+    cudaGetDevice = staticmethod(lambda: (0, 0))
+    cudaGetDeviceProperties = staticmethod(
+        lambda device: (0, types.SimpleNamespace(name=BUILT["gpu"]["name"].encode(), major=9, minor=0)))
+    cudaStreamCreate = cudaEventCreate = staticmethod(lambda: (0, 7))  # handles convert with int()
+    cudaGraphInstantiate = staticmethod(lambda graph, flags: (0, graph))
+    cudaEventElapsedTime = staticmethod(lambda start, end: (0, 0.25))
+    cudaStreamSynchronize = cudaEventRecord = cudaGraphDestroy = staticmethod(lambda *args: (0,))
+    cudaGetLastError = cudaFree = cudaFreeHost = cudaGraphExecDestroy = staticmethod(lambda *args: (0,))
+
+
+def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
+    """``tensorrt`` whose "plans" name an ONNX file that ONNX Runtime runs on the simulated device
+    memory. Like TensorRT with data-dependent shapes, graphs with NonZero refuse stream capture."""
+    import onnxruntime
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = BUILT["tensorrt"]
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+    trt.nptype = lambda dtype: dtype
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int) -> None:
+            pass
+
+    class Context:
+        def __init__(self, engine) -> None:
+            self.engine, self.shapes, self.addresses = engine, {}, {}
+
+        def set_input_shape(self, name: str, shape) -> bool:
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def set_tensor_address(self, name: str, address: int) -> None:
+            self.addresses[name] = address
+
+        def execute_async_v3(self, stream) -> bool:
+            if cuda.capture is not None and self.engine.data_dependent:
+                return False
+            return cuda.submit(self.execute) == (0,)
+
+        def execute(self) -> None:
+            session = self.engine.session
+            feeds = {}
+            for value in session.get_inputs():
+                dtype = self.engine.dtypes[value.name]
+                count = int(np.prod(self.shapes[value.name]))
+                raw = (ctypes.c_uint8 * (count * dtype.itemsize)).from_address(self.addresses[value.name])
+                feeds[value.name] = np.frombuffer(raw, dtype).reshape(self.shapes[value.name]).copy()
+            for value, array in zip(session.get_outputs(), session.run(None, feeds)):
+                ctypes.memmove(self.addresses[value.name], np.ascontiguousarray(array).ctypes.data, array.nbytes)
+
+    class Engine:
+        def __init__(self, path: str) -> None:
+            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            values = [*self.session.get_inputs(), *self.session.get_outputs()]
+            self.names = [v.name for v in values]
+            self.inputs = {v.name for v in self.session.get_inputs()}
+            numpy_types = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(int64)": np.int64}
+            self.dtypes = {v.name: np.dtype(numpy_types[v.type]) for v in values}
+            self.data_dependent = "NonZero" in Path(path).read_bytes().decode("latin-1")
+            self.num_io_tensors = len(self.names)
+
+        def get_tensor_name(self, index: int) -> str:
+            return self.names[index]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return "input" if name in self.inputs else "output"
+
+        def get_tensor_dtype(self, name: str) -> np.dtype:
+            return self.dtypes[name]
+
+        def create_execution_context(self) -> Context:
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger: Logger) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, plan: bytes) -> Engine:
+            assert registered, "the plugin must be registered before deserializing"
+            return Engine(plan.decode())
+
+    registered: list[bool] = []
+    trt.Logger, trt.Runtime = Logger, Runtime
+    trt.registered = registered
+    return trt
+
+
+@pytest.fixture
+def simulated_gpu(tmp_path, monkeypatch) -> tuple[Path, SimulatedCuda]:
+    """An engine dir whose plans name the demo graphs, and the simulated TensorRT / CUDA to run it."""
+    from layercascade.plugins import trt_plugin
+
+    cuda = SimulatedCuda()
+    trt = simulated_tensorrt(cuda)
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = cuda
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cuda)
+    monkeypatch.setattr(trt_plugin, "register_plugins", lambda: trt.registered.append(True))
+    settings = {**BUILT, "plugin_sha256": trt_plugin.plugin_source_sha256(), "precision": "fp32",
+                "batch": BatchRange(1, 1, 1), "version_compatible": False}
+    engines = write_engine_dir(tmp_path / "engines", DEMO_MODEL, read_manifest(DEMO_MODEL),
+                               lambda graph: BuiltEngine(str(DEMO_MODEL / graph.onnx).encode(), "00" * 32), settings)
+    return engines, cuda
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
+    """Buffers, bindings, copies, ρ on the device, forced masks, graph capture/replay and the dense
+    runner, against ONNX Runtime running the same graphs (so results must be identical)."""
+    engine_dir, cuda = simulated_gpu
+    engines = Cascade.load(engine_dir, cuda_graph=cuda_graph)
+    reference = Cascade.load(None, backend="ort", lower=False)
+    assert engines.backend == "trt"
+    images = synthetic_images(3)
+    for rho in (0.985, 0.985, 0.7, 1.0):
+        for image in images:
+            ours, theirs = engines.run_batch(image[None], rho), reference.run_batch(image[None], rho)
+            for field in ("labels", "mask2", "mask3", "stage_counts"):
+                assert np.array_equal(getattr(ours, field), getattr(theirs, field)), (field, rho)
+    masks = forced_masks((1, 1, 20, 20), (0.5, 0.2))
+    ours, theirs = engines.run_batch(images[:1], None, masks), reference.run_batch(images[:1], None, masks)
+    assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
+    assert set(ours.timings) == {"stage1", "stage2", "stage3", "total"}
+    backend = engines.engine
+    if cuda_graph:
+        # Stages 1–2 replay as graphs; stage 3 (NonZero: data-dependent shapes) runs eagerly.
+        assert backend.captured_stages == [True, True, False] and cuda.launches == 2 * (4 * 3 + 1)
+    else:
+        assert cuda.launches == 0
+    dense = backend.dense_runner(engines.manifest).infer({"image": images[:1]})["labels"]
+    assert np.array_equal(dense, reference.engine.dense_runner(reference.manifest).infer({"image": images[:1]})["labels"])
+    with pytest.raises(LCError, match="at most 1 images per run, got 2; rebuild with lc-build --max-batch 2"):
+        backend.run(images[:2], 0.985)
+
+
+def test_environment_checked_before_deserializing(simulated_gpu, monkeypatch) -> None:
+    engine_dir, _ = simulated_gpu
+    monkeypatch.setattr(sys.modules["tensorrt"], "__version__", "10.9.0.1")
+    with pytest.raises(LCError, match="built with TensorRT 11.4.0.106, this is TensorRT 10.9.0.1"):
+        Cascade.load(engine_dir)
+    assert sys.modules["tensorrt"].registered == []
+
+
+# -- real TensorRT ------------------------------------------------------------------------------
+def _trt_skip_reason() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError) as error:
+        return f"TensorRT is not installed ({error})"
+    try:
+        from cuda.bindings import runtime
+    except ImportError as error:
+        return f"cuda-python is not installed ({error})"
+    error, count = runtime.cudaGetDeviceCount()
+    if int(error) != 0 or count == 0:
+        return "no CUDA GPU"
+    return None
+
+
+TRT_SKIP = _trt_skip_reason()
+needs_trt = pytest.mark.skipif(TRT_SKIP is not None, reason=f"needs TensorRT and a GPU: {TRT_SKIP}")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    from layercascade.runtime.trt_build import BuildOptions, build_engines
+
+    root = tmp_path_factory.mktemp("trt")
+    cache = root / "timing.cache"
+    return {precision: build_engines(DEMO_MODEL, root / precision, BuildOptions(precision, timing_cache=cache),
+                                     progress=False) for precision in ("fp32", "fp16")}
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+@needs_trt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_trt_matches_onnxruntime(built, precision) -> None:
+    engines = Cascade.load(built[precision])
+    assert engines.backend == "trt" and read_metadata(built[precision])["precision"] == precision
+    reference = Cascade.load(None, backend="ort")
+    equal = total = 0
+    for image in synthetic_images(16):
+        ours, theirs = engines.run_batch(image[None]), reference.run_batch(image[None])
+        equal += int((ours.labels == theirs.labels).sum())
+        total += ours.labels.size
+        assert ours.stage_counts.sum() == theirs.stage_counts.sum()
+    assert equal / total >= 0.999, f"{precision} engines agree with ONNX Runtime on {equal / total:.5f} of pixels"
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+@needs_trt
+def test_trt_cuda_graph_replay_equals_eager(built) -> None:
+    eager = Cascade.load(built["fp16"])
+    graphed = Cascade.load(built["fp16"], cuda_graph=True)
+    images = synthetic_images(4)
+    for rho in (0.985, 0.9, 1.0):
+        for image in images:  # replays after the first capture
+            a, b = eager.run_batch(image[None], rho), graphed.run_batch(image[None], rho)
+            assert np.array_equal(a.labels, b.labels) and np.array_equal(a.stage_counts, b.stage_counts)
+            assert np.array_equal(a.mask2, b.mask2) and np.array_equal(a.mask3, b.mask3)
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+@needs_trt
+def test_trt_forced_masks_and_dense(built) -> None:
+    engines, reference = Cascade.load(built["fp32"]), Cascade.load(None, backend="ort")
+    image = synthetic_images(1)
+    masks = forced_masks((1, 1, 20, 20), (0.5, 0.25))
+    ours, theirs = engines.run_batch(image, None, masks), reference.run_batch(image, None, masks)
+    assert np.mean(ours.labels == theirs.labels) >= 0.999
+    assert np.array_equal(ours.stage_counts, theirs.stage_counts)
+    dense = engines.engine.dense_runner(engines.manifest).infer({"image": image})["labels"]
+    dense_reference = reference.engine.dense_runner(reference.manifest).infer({"image": image})["labels"]
+    assert np.mean(dense == dense_reference) >= 0.999
+
