@@ -158,7 +158,7 @@ def read_metadata(engine_dir: Path) -> dict[str, Any]:
     if not isinstance(metadata.get("version"), int) or metadata["version"] > VERSION:
         fail(f"{path}: engine metadata version {metadata.get('version')!r} is newer than this layercascade reads "
              f"({VERSION}); upgrade layercascade")
-    for name, record in metadata["engines"].items():
+    for record in metadata["engines"].values():
         file = engine_dir / record["file"]
         if not file.is_file():
             fail(f"{file}: missing (listed in {METADATA}); {rebuild}")
@@ -212,7 +212,7 @@ def check_sources(metadata: dict[str, Any], source_manifest: dict[str, Any] | No
     if source_manifest is None:
         return
     files = source_manifest.get("files", {})
-    for name, record in metadata["engines"].items():
+    for record in metadata["engines"].values():
         if files.get(record["onnx"]) != record["onnx_sha256"]:
             fail(f"the engines are stale: {record['onnx']} in {metadata['model']['dir']} changed since lc-build built "
                  f"{record['file']}; rebuild with lc-build")

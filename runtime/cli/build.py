@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from layercascade.errors import run_cli
@@ -15,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lc-build",
         description="Build TensorRT engines from a model dir written by lc-export (or lc-calibrate for int8): "
                     "stage1/2/3.engine, dense.engine (lc-bench's baseline), engines.json (TensorRT version, GPU, "
-                    f"precision, I/O shapes, hashes) and lc.json, written atomically. Run the engines with "
+                    "precision, I/O shapes, hashes) and lc.json, written atomically. Run the engines with "
                     "lc-run --engine ENGINE_DIR. Needs TensorRT and an NVIDIA GPU; engines run only on the GPU "
                     "model and TensorRT version they were built with.",
     )
