@@ -112,6 +112,7 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
         "weights": "int8, symmetric, per output channel",
         "activations": "int8, symmetric, per tensor",
         "source_model_sha256": meta["model"],
+        "source": str(model_dir.resolve()),  # lc-bench --compare finds the fp32 model here
         "onnxruntime": onnxruntime.__version__,
     }
 

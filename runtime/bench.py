@@ -50,8 +50,8 @@ def forced_masks(shape: tuple[int, ...], active: tuple[float, float], seed: int 
     return (ranks < a2).astype(np.float32), (ranks < a3).astype(np.float32)
 
 
-def machine() -> str:
-    """CPU model, core count, Python and ONNX Runtime versions."""
+def machine(device: str = "cpu", backend: str = "ort") -> str:
+    """CPU model and core count (on CUDA, the GPU's name first) and the backend's library version."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -60,9 +60,15 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    host = f"{cpu}, {os.cpu_count()} CPUs"
+    if backend == "torch":
+        import torch
+
+        gpu = f"{torch.cuda.get_device_name()}, host " if device == "cuda" else ""
+        return f"{gpu}{host}, torch {torch.__version__}"
     import onnxruntime
 
-    return f"{cpu}, {os.cpu_count()} CPUs, onnxruntime {onnxruntime.__version__}"
+    return f"{host}, onnxruntime {onnxruntime.__version__}"
 
 
 def time_calls(run: Callable[[], object], iters: int) -> list[float]:
@@ -116,5 +122,131 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
         "speedup": round(dense_stats.median_ms / cascade_stats.median_ms, 3),
         "ideal_speedup": round(ideal, 3),
         "stage_fractions": [round(f, 4) for f in fractions],
-        "machine": machine(),
+        "machine": machine(getattr(cascade.engine, "device", "cpu"), cascade.backend),
     }
+
+
+# -- precisions side by side (lc-bench --compare) ---------------------------------------------------
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def precision_sources(model_dir: Path | None, precisions: list[str]) -> dict[str, tuple[Path, dict]]:
+    """The model dir and backend options of each precision: fp32 and fp16 from the fp32 dir, int8 from the INT8 one.
+
+    ``model_dir`` may be either: an INT8 dir names its fp32 source in its ``quantization``
+    record (``lc-calibrate`` writes it), an fp32 dir cannot name an INT8 one.
+    """
+    from layercascade.calibration.calibrate import model_hash
+    from layercascade.runtime.cascade import DEMO_MODEL, read_cascade_manifest
+
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or "fp32" not in precisions or len(set(precisions)) != len(precisions):
+        fail(f"--compare takes fp32 and any of {', '.join(PRECISIONS[1:])}, comma-separated (got "
+             f"{','.join(precisions)})")
+    model_dir = DEMO_MODEL if model_dir is None else Path(model_dir)
+    record = read_cascade_manifest(model_dir).get("quantization")
+    if record is None:
+        if "int8" in precisions:
+            fail(f"{model_dir} is an fp32 model; --compare int8 needs its INT8 model dir (lc-calibrate "
+                 f"{model_dir} -o DIR_INT8), then: lc-bench DIR_INT8 --compare {','.join(precisions)}")
+        fp32_dir = model_dir
+    else:
+        fp32_dir = Path(record["source"])
+        if not (fp32_dir / "lc.json").is_file() or model_hash(read_cascade_manifest(fp32_dir)) != record[
+                "source_model_sha256"]:
+            fail(f"{model_dir}: its fp32 source {fp32_dir} is gone or was re-exported; calibrate again")
+    sources = {"fp32": (fp32_dir, {}), "fp16": (fp32_dir, {"precision": "fp16"}), "int8": (model_dir, {})}
+    return {p: sources[p] for p in PRECISIONS if p in precisions}  # fp32 first: the reference
+
+
+def agreement_predictor(cascade: Cascade, fp32_labels: dict[tuple[float, int], np.ndarray], is_reference: bool):
+    """A predictor for ``evaluate`` that keeps (``is_reference``) or checks the fp32 label maps.
+
+    ``fp32_labels`` is keyed (ρ, image index). Returns the predictor and ``agreement``:
+    ρ → [pixels labelled as fp32 labels them, pixels].
+    """
+    agreement: dict[float, list[int]] = {}
+    seen: dict[float, int] = {}
+
+    def predict(image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
+        result = cascade(image, rho)
+        key = (rho, seen.setdefault(rho, 0))
+        seen[rho] += 1
+        if is_reference:
+            fp32_labels[key] = result.labels
+        counts = agreement.setdefault(rho, [0, 0])
+        counts[0] += int((result.labels == fp32_labels[key]).sum())
+        counts[1] += result.labels.size
+        return result.labels, np.asarray(result.stage_fractions), result.stage_map.size
+
+    return predict, agreement
+
+
+def compare_precisions(cascades: dict[str, Cascade], rhos: list[float], batch: int, iters: int, warmup: int,
+                       dataset=None, progress: bool = True) -> dict:
+    """Latency of every precision at every ρ (timed in alternating blocks, one run) and, with ``dataset``,
+    mIoU and label agreement with fp32 at the same ρ."""
+    from layercascade.model.evaluate import evaluate
+
+    if iters < 1 or warmup < 0:
+        fail("--iters must be at least 1 and --warmup at least 0")
+    images = sample_batch(cascades["fp32"], batch)
+    steps = {(name, rho): (lambda c=cascade, r=rho: c.run_batch(images, r))
+             for name, cascade in cascades.items() for rho in rhos}
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    samples: dict[tuple[str, float], list[float]] = {key: [] for key in steps}
+    block = max(1, min(10, iters // 5))
+    with tqdm(total=iters, desc="benchmarking", unit="iter", disable=not progress, leave=False) as bar:
+        done = 0
+        while done < iters:
+            count = min(block, iters - done)
+            for key, step in steps.items():
+                samples[key] += time_calls(step, count)
+            done += count
+            bar.update(count)
+    rows = []
+    fp32_labels: dict[tuple[float, int], np.ndarray] = {}
+    for name, cascade in cascades.items():
+        accuracy = {}
+        if dataset is not None:
+            predict, agreement = agreement_predictor(cascade, fp32_labels, is_reference=name == "fp32")
+            results = evaluate(predict, dataset, rhos, cascade.classes, progress=progress)
+            accuracy = {r.rho: (r.miou, 100 * agreement[r.rho][0] / agreement[r.rho][1]) for r in results}
+        for rho in rhos:
+            stats = LatencyStats.of(samples[(name, rho)], batch)
+            fp32_median = float(np.median(samples[("fp32", rho)]))
+            row = {"precision": name, "model": str(cascade.model_dir), "rho": rho, **vars(stats),
+                   "speedup_vs_fp32": round(fp32_median / stats.median_ms, 3)}
+            if rho in accuracy:
+                row["miou"], row["label_agreement"] = round(accuracy[rho][0], 2), round(accuracy[rho][1], 3)
+            rows.append(row)
+    fp32 = cascades["fp32"]
+    return {"size": list(fp32.input_size), "batch": batch, "iters": iters, "warmup": warmup,
+            "backend": fp32.backend, "data": None if dataset is None else f"{dataset.name} ({len(dataset)} images)",
+            "rows": rows, "machine": machine()}
+
+
+def plot_comparison(result: dict, path: Path) -> None:
+    """Speed (FPS) against mIoU, one line per precision through its ρ values (the paper's Fig. 7a)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4.2))
+    for precision in dict.fromkeys(r["precision"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["precision"] == precision]
+        axes.plot([r["fps"] for r in rows], [r["miou"] for r in rows], "o-", label=precision)
+        for r in rows:
+            axes.annotate(f"ρ={r['rho']:g}", (r["fps"], r["miou"]), textcoords="offset points", xytext=(4, 3),
+                          fontsize=7)
+    axes.set_xlabel("frames per second")
+    axes.set_ylabel("mIoU (%)")
+    axes.set_title(f"speed vs accuracy, {result['size'][0]}×{result['size'][1]}, {result['backend']}")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from layercascade.errors import fail, run_cli
-from layercascade.model.cli.args import add_accelerator_arguments, backend_options, float_pair, rho, size
+from layercascade.model.cli.args import DATA_HELP, add_accelerator_arguments, backend_options, float_pair, rho, size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,14 +36,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-lowering", action="store_true",
                         help="run the RegionConv function bodies (dense conv ⊙ M) instead of the compact form")
     add_accelerator_arguments(parser)
+    compare = parser.add_argument_group("precision comparison")
+    compare.add_argument("--compare", type=precision_list, default=None, metavar="LIST",
+                         help="time precisions against each other instead of cascade vs dense: fp32 and any of "
+                              "fp16 (backends that have it), int8 (give the INT8 dir from lc-calibrate as DIR; "
+                              "its fp32 source is found from its lc.json), e.g. fp32,int8")
+    compare.add_argument("--rhos", type=rho_list, default=None, metavar="R1,R2,...",
+                         help="with --compare: the thresholds to measure (default: --rho or the model's)")
+    compare.add_argument("--data", default=None, metavar="SPEC",
+                         help="with --compare: also mIoU and label agreement with fp32 on this data set's val "
+                              "split; " + DATA_HELP.replace(" (default: synthetic)", ""))
+    compare.add_argument("--limit", type=int, default=100, metavar="N",
+                         help="with --data: evaluate the first N images (default: 100)")
+    compare.add_argument("--plot", default=None, metavar="FILE.png",
+                         help="with --compare and --data: draw FPS against mIoU per precision and ρ")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: cascade, dense (median_ms, p90_ms, p99_ms, fps), speedup, "
                              "ideal_speedup, stage_fractions, machine")
     return parser
 
 
+def precision_list(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def rho_list(text: str) -> list[float]:
+    return [rho(p) for p in text.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.compare is not None:
+        return compare_main(args)
+    if args.rhos or args.data or args.plot:
+        fail("--rhos, --data and --plot go with --compare (e.g. --compare fp32,int8)")
     from layercascade.runtime.bench import benchmark
     from layercascade.runtime.cascade import Cascade
 
@@ -70,6 +96,53 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pixels decided at stage 1/2/3{forced}: {100 * f[0]:.1f}% / {100 * f[1]:.1f}% / {100 * f[2]:.1f}%")
     print(f"speedup {result['speedup']:.2f}x (FLOP-ideal {result['ideal_speedup']:.2f}x, "
           f"{100 * result['speedup'] / result['ideal_speedup']:.0f}% of ideal)")
+    return 0
+
+
+def compare_main(args) -> int:
+    """lc-bench --compare: one table of latency (and accuracy) per precision and ρ."""
+    from layercascade.model.evaluate import markdown_table
+    from layercascade.runtime.bench import compare_precisions, plot_comparison, precision_sources
+    from layercascade.runtime.cascade import Cascade
+
+    if args.active_fraction or args.precision:
+        fail("--compare times each precision on thresholded masks; drop --active-fraction and --precision")
+    if args.plot and not args.data:
+        fail("--plot draws speed against mIoU: give --data too (e.g. --data synthetic)")
+    cascades = {name: Cascade.load(model_dir, backend=args.backend, device=args.device,
+                                   lower=not args.no_lowering, threads=args.threads, **options)
+                for name, (model_dir, options) in precision_sources(args.model, args.compare).items()}
+    fp32 = cascades["fp32"]
+    if args.size and tuple(args.size) != fp32.input_size:
+        fail(f"the model takes {fp32.input_size[0]}x{fp32.input_size[1]} images; export one for "
+             f"{args.size[0]}x{args.size[1]} with lc-export --input-size {args.size[0]}x{args.size[1]}")
+    dataset = None
+    if args.data:
+        from layercascade.model.data import open_dataset
+
+        dataset = open_dataset(args.data, "val", limit=args.limit)
+    rhos = args.rhos or [args.rho or fp32.default_rho]
+    result = compare_precisions(cascades, rhos, args.batch or fp32.batch_size or 1, args.iters, args.warmup,
+                                dataset, progress=not args.json)
+    if args.plot:
+        plot_comparison(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{fp32.input_size[0]}x{fp32.input_size[1]}, batch {result['batch']}, {result['backend']}"
+          + (f", {result['data']}" if dataset is not None else ""))
+    print(f"machine: {result['machine']}")
+    header = ["precision", "ρ", "median ms", "p90 ms", "p99 ms", "FPS", "speedup vs fp32"]
+    if dataset is not None:
+        header += ["mIoU", "label agreement %"]
+    rows = []
+    for r in result["rows"]:
+        row = [r["precision"], f"{r['rho']:g}", f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
+               f"{r['fps']:.1f}", f"{r['speedup_vs_fp32']:.2f}x"]
+        if dataset is not None:
+            row += [f"{r['miou']:.2f}", f"{r['label_agreement']:.2f}"]
+        rows.append(row)
+    print(markdown_table(header, rows))
     return 0
 
 
