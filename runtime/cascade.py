@@ -72,7 +72,9 @@ class Cascade:
 
             backend = "trt" if is_engine_dir(model_dir) else "ort"
         if backend == "torch":
-            fail("the torch backend is not part of this version yet; use --backend ort")
+            from layercascade.runtime.torch_backend import load_torch_cascade
+
+            return cls(*load_torch_cascade(model_dir, device, threads, **options))
         if backend == "trt":
             from layercascade.runtime.trt import load_engine_dir
 
