@@ -180,7 +180,7 @@ def launch_grid(pixels: Any, c_out: int, config: Any, cdiv: Callable[[Any, int],
 def strip_hidden_params(ptx: str, kernel_name: str, keep: int) -> str:
     """``ptx`` with only the first ``keep`` parameters of the kernel's ``.entry``.
 
-    Triton ≥ 3.3 appends hidden pointer parameters (global and profile scratch) to every
+    Triton (3.9 here) appends hidden pointer parameters (global and profile scratch) to every
     kernel; TensorRT launches an AOT kernel with exactly its inputs, extra scalars and
     outputs, so the driver would read those two from past the end of TensorRT's argument
     array. Dropping trailing parameters leaves the offsets of the others unchanged; it is
