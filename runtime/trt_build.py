@@ -54,16 +54,56 @@ def check_precision(manifest: dict[str, Any], model_dir: Path, precision: str) -
              f"{precision} engines from the fp32 export")
 
 
+def uint8_only_at_io(model: Any) -> Any:
+    """The graph with uint8 tensors only at its inputs and outputs, each next to a float Cast.
+
+    TensorRT's ``DataType.UINT8`` (Python API reference): uint8 network inputs must be cast to
+    float32/float16 before other layers use them, uint8 outputs produced by a cast from
+    float32/float16, and uint8 converts only to and from those. Our graphs transpose the uint8
+    image before casting it (cheaper on ONNX Runtime) and build the label map in uint8; here the
+    image is cast first, label casts produce float (class ids are exact), and one cast to uint8
+    writes each uint8 output. Values are unchanged.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    uint8 = TensorProto.UINT8
+    nodes = []
+    for value in model.graph.input:
+        if value.type.tensor_type.elem_type == uint8:
+            as_float = f"{value.name}/float"
+            nodes.append(helper.make_node("Cast", [value.name], [as_float], name=as_float, to=TensorProto.FLOAT))
+            for node in model.graph.node:
+                node.input[:] = [as_float if n == value.name else n for n in node.input]
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == uint8:
+                attribute.i = TensorProto.FLOAT
+        nodes.append(node)
+    for value in model.graph.output:
+        if value.type.tensor_type.elem_type == uint8:
+            as_float = f"{value.name}/float"
+            for node in nodes:
+                node.output[:] = [as_float if n == value.name else n for n in node.output]
+                node.input[:] = [as_float if n == value.name else n for n in node.input]
+            nodes.append(helper.make_node("Cast", [as_float], [value.name], name=f"{value.name}/to_uint8", to=uint8))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model, full_check=True)  # a failure here is a bug of this pass
+    return model
+
+
 def onnx_for(graph: Graph, model_dir: Path, precision: str) -> bytes:
-    """The ONNX bytes TensorRT parses: the file itself, or its fp16 conversion."""
-    path = model_dir / graph.onnx
-    if precision != "fp16":
-        return path.read_bytes()
+    """The ONNX bytes TensorRT parses: the file (fp16: converted), uint8 only at its I/O."""
     import onnx
 
     from layercascade.export.fp16 import convert_to_fp16
 
-    return convert_to_fp16(onnx.load(str(path))).SerializeToString()
+    model = onnx.load(str(model_dir / graph.onnx))
+    if precision == "fp16":
+        model = convert_to_fp16(model)
+    return uint8_only_at_io(model).SerializeToString()
 
 
 class _Builder:

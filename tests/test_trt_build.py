@@ -111,6 +111,23 @@ def test_fp16_refuses_a_converted_graph() -> None:
         convert_to_fp16(converted)
 
 
+def test_tensorrt_graphs_keep_uint8_at_their_io(tmp_path) -> None:
+    """The graphs lc-build parses: no uint8 tensor inside (TensorRT's rule), same results."""
+    from layercascade.runtime.engines import graphs_of
+    from layercascade.runtime.trt_build import onnx_for, uint8_only_at_io
+
+    for graph in graphs_of(read_manifest(DEMO_MODEL)):
+        for precision in ("fp32", "fp16"):
+            inferred = onnx.shape_inference.infer_shapes(onnx.load_from_string(onnx_for(graph, DEMO_MODEL, precision)))
+            internal = [v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
+            assert internal == [], (graph.name, precision, internal)
+    reference = Cascade.load(None, backend="ort", lower=False)
+    rewritten = Cascade.load(copy_model_dir(tmp_path / "model", uint8_only_at_io), backend="ort", lower=False)
+    for image in synthetic_images(4):
+        ours, theirs = rewritten.run_batch(image[None]), reference.run_batch(image[None])
+        assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
+
+
 # -- profiles -----------------------------------------------------------------------------------
 def test_batch_range_and_profiles() -> None:
     static = {"batch": {"dynamic": False, "size": 2}}

@@ -298,6 +298,7 @@ def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
 def simulated_gpu(tmp_path, monkeypatch) -> tuple[Path, SimulatedCuda]:
     """An engine dir whose plans name the demo graphs, and the simulated TensorRT / CUDA to run it."""
     from layercascade.plugins import trt_plugin
+    from layercascade.runtime.trt_build import onnx_for
 
     cuda = SimulatedCuda()
     trt = simulated_tensorrt(cuda)
@@ -310,8 +311,13 @@ def simulated_gpu(tmp_path, monkeypatch) -> tuple[Path, SimulatedCuda]:
     monkeypatch.setattr(trt_plugin, "register_plugins", lambda: trt.registered.append(True))
     settings = {**BUILT, "plugin_sha256": trt_plugin.plugin_source_sha256(), "precision": "fp32",
                 "batch": BatchRange(1, 1, 1), "version_compatible": False}
-    engines = write_engine_dir(tmp_path / "engines", DEMO_MODEL, read_manifest(DEMO_MODEL),
-                               lambda graph: BuiltEngine(str(DEMO_MODEL / graph.onnx).encode(), "00" * 32), settings)
+
+    def build(graph) -> BuiltEngine:  # the "plan" names the graph lc-build would hand TensorRT's parser
+        parsed = tmp_path / graph.onnx
+        parsed.write_bytes(onnx_for(graph, DEMO_MODEL, "fp32"))
+        return BuiltEngine(str(parsed).encode(), "00" * 32)
+
+    engines = write_engine_dir(tmp_path / "engines", DEMO_MODEL, read_manifest(DEMO_MODEL), build, settings)
     return engines, cuda
 
 
