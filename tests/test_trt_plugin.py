@@ -404,7 +404,8 @@ def test_one_node_engine_matches_reference(precision: str, aot: bool) -> None:
     assert network.num_layers == 1 and network.get_layer(0).type == trt.LayerType.PLUGIN_V3
     serialized = builder.build_serialized_network(network, builder.create_builder_config())
     assert serialized is not None
-    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(serialized)
     context = engine.create_execution_context()
     tensors = {"X": torch.from_numpy(x).cuda(), "M": torch.from_numpy(mask).cuda()}
     tensors["Y"] = torch.full((2, 48, 19, 23), float("nan"), dtype=tensors["X"].dtype, device="cuda")
