@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,7 @@ class TrtBackend(StagedBackend):
             # allowed to load (TensorRT developer guide, "Version Compatibility").
             self.runtime.engine_host_code_allowed = True
         self.memory = _Memory(cudart)
+        weakref.finalize(self, self.memory.close)  # device and pinned memory go with the backend
         self.stream = cuda_call(cudart.cudaStreamCreate())
         self.device = {name: self.memory.device_buffer(spec.nbytes) for name, spec in self.plan.items()}
         host = [*HOST_INPUTS, *HOST_OUTPUTS, *(n for n in self.plan if n.startswith("forced_"))]

@@ -294,11 +294,9 @@ def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
     return trt
 
 
-@pytest.fixture
-def simulated_gpu(tmp_path, monkeypatch) -> tuple[Path, SimulatedCuda]:
-    """An engine dir whose plans name the demo graphs, and the simulated TensorRT / CUDA to run it."""
+def simulate_gpu(monkeypatch) -> SimulatedCuda:
+    """Install the simulated TensorRT / CUDA (and a plugin registration recorder) for one test."""
     from layercascade.plugins import trt_plugin
-    from layercascade.runtime.trt_build import onnx_for
 
     cuda = SimulatedCuda()
     trt = simulated_tensorrt(cuda)
@@ -309,16 +307,30 @@ def simulated_gpu(tmp_path, monkeypatch) -> tuple[Path, SimulatedCuda]:
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cuda)
     monkeypatch.setattr(trt_plugin, "register_plugins", lambda: trt.registered.append(True))
-    settings = {**BUILT, "plugin_sha256": trt_plugin.plugin_source_sha256(), "precision": "fp32",
-                "batch": BatchRange(1, 1, 1), "version_compatible": False}
+    return cuda
 
-    def build(graph) -> BuiltEngine:  # the "plan" names the graph lc-build would hand TensorRT's parser
-        parsed = tmp_path / graph.onnx
-        parsed.write_bytes(onnx_for(graph, DEMO_MODEL, "fp32"))
+
+def simulated_engine_dir(target: Path, model_dir: Path, batch: BatchRange) -> Path:
+    """An engine dir whose "plans" name the graphs lc-build would hand TensorRT's parser."""
+    from layercascade.plugins.trt_plugin import plugin_source_sha256
+    from layercascade.runtime.trt_build import onnx_for
+
+    target.mkdir()
+    settings = {**BUILT, "plugin_sha256": plugin_source_sha256(), "precision": "fp32", "batch": batch,
+                "version_compatible": False}
+
+    def build(graph) -> BuiltEngine:
+        parsed = target / graph.onnx
+        parsed.write_bytes(onnx_for(graph, model_dir, "fp32"))
         return BuiltEngine(str(parsed).encode(), "00" * 32)
 
-    engines = write_engine_dir(tmp_path / "engines", DEMO_MODEL, read_manifest(DEMO_MODEL), build, settings)
-    return engines, cuda
+    return write_engine_dir(target / "engines", model_dir, read_manifest(model_dir), build, settings)
+
+
+@pytest.fixture
+def simulated_gpu(tmp_path, monkeypatch) -> tuple[Path, SimulatedCuda]:
+    cuda = simulate_gpu(monkeypatch)
+    return simulated_engine_dir(tmp_path / "demo", DEMO_MODEL, BatchRange(1, 1, 1)), cuda
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
@@ -357,6 +369,25 @@ def test_environment_checked_before_deserializing(simulated_gpu, monkeypatch) ->
     with pytest.raises(LCError, match="built with TensorRT 11.4.0.106, this is TensorRT 10.9.0.1"):
         Cascade.load(engine_dir)
     assert sys.modules["tensorrt"].registered == []
+
+
+def test_dynamic_batch_on_simulated_gpu(tmp_path, monkeypatch) -> None:
+    """A --dynamic-batch export: buffers for the largest batch, smaller batches in them."""
+    from layercascade.export.stages import export_model
+    from layercascade.tests.helpers import random_images, sharpened_checkpoint
+
+    model_dir = export_model(sharpened_checkpoint("tiny", (64, 64)), tmp_path / "model", dynamic_batch=3)
+    simulate_gpu(monkeypatch)
+    engine_dir = simulated_engine_dir(tmp_path / "sim", model_dir, BatchRange(1, 3, 3))
+    engines = Cascade.load(engine_dir, cuda_graph=True)
+    reference = Cascade.load(model_dir, backend="ort", lower=False)
+    assert engines.batch_size is None and engines.engine.plan["feat1"].shape[0] == 3
+    for count in (3, 1, 2, 3):
+        images = random_images(count, (64, 64), seed=count)
+        ours, theirs = engines.run_batch(images), reference.run_batch(images)
+        assert ours.labels.shape == (count, 64, 64)
+        assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
+    assert set(engines.engine.graphs) == {(1, False), (2, False), (3, False)}
 
 
 # -- real TensorRT ------------------------------------------------------------------------------
