@@ -171,7 +171,8 @@ def kernel_scalars(n: Any, h: Any, w: Any) -> tuple[Any, Any, Any]:
     return h, w, n * h * w
 
 
-def launch_grid(pixels: Any, c_out: int, config: Any, cdiv: Callable[[Any, int], Any] = _int_cdiv) -> tuple[Any, int, int]:
+def launch_grid(pixels: Any, c_out: int, config: Any,
+                cdiv: Callable[[Any, int], Any] = _int_cdiv) -> tuple[Any, int, int]:
     """(row blocks, output-channel blocks, 1), as :func:`kernels.conv_grid`; ``pixels`` may be a
     TensorRT shape expression, then ``cdiv`` is ``trtp.cdiv``."""
     return cdiv(pixels, config.block_m), _int_cdiv(c_out, config.block_n), 1
@@ -289,7 +290,8 @@ def import_tensorrt() -> tuple[Any, Any]:
     try:
         import tensorrt.plugin as trtp
     except ImportError as error:
-        fail(f"TensorRT {trt.__version__} has no usable tensorrt.plugin module ({error}): install TensorRT 10.9 or newer")
+        fail(f"TensorRT {trt.__version__} has no usable tensorrt.plugin module ({error}): "
+             "install TensorRT 10.9 or newer")
     if not hasattr(trtp, "aot_impl"):
         fail(f"TensorRT {trt.__version__} has no AOT Python plugins (tensorrt.plugin.aot_impl): install 10.9 or newer")
     return trt, trtp

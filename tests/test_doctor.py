@@ -72,7 +72,8 @@ def test_broken_and_crashing_packages_stay_in_their_probe(tmp_path: Path, monkey
 def test_tensorrt_without_gpu_is_reported_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _install(tmp_path, FAKE_TENSORRT, monkeypatch)
     probe = doctor.run_probe("tensorrt")
-    assert probe == {"ok": False, "version": "11.4.0.106", "gpu": False, "detail": "no GPU: CUDA initialization failure"}
+    assert probe == {"ok": False, "version": "11.4.0.106", "gpu": False,
+                     "detail": "no GPU: CUDA initialization failure"}
 
 
 @pytest.mark.parametrize("files, words", [
