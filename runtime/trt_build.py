@@ -34,6 +34,8 @@ WHO = "lc-build"
 
 @dataclass(frozen=True)
 class BuildOptions:
+    """The lc-build flags: precision, timing cache file, workspace limit, largest batch, version compatibility."""
+
     precision: str
     timing_cache: Path | None = None
     workspace_gib: float | None = None

@@ -433,7 +433,8 @@ def test_trt_matches_onnxruntime(built, precision) -> None:
         ours, theirs = engines.run_batch(image[None]), reference.run_batch(image[None])
         equal += int((ours.labels == theirs.labels).sum())
         total += ours.labels.size
-        assert ours.stage_counts.sum() == theirs.stage_counts.sum()
+        # Only pixels whose confidence sits on ρ may change stage.
+        assert np.abs(ours.stage_counts - theirs.stage_counts).sum() <= 0.01 * theirs.stage_counts.sum()
     assert equal / total >= 0.999, f"{precision} engines agree with ONNX Runtime on {equal / total:.5f} of pixels"
 
 
