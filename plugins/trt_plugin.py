@@ -220,13 +220,20 @@ def aot_kernel(layer: RegionConvLayer, precision: str, arch: str, tactic: int) -
 
 
 def device_arch() -> str:
-    """``sm_XY`` of the current CUDA device: the PTX is compiled for the GPU that builds the engine."""
-    import torch
-
-    if not torch.cuda.is_available():
-        fail("no CUDA device visible to PyTorch: the lc::RegionConv AOT plugin compiles its kernel for the GPU "
-             "the engine is built on (install a CUDA build of torch)")
-    major, minor = torch.cuda.get_device_capability()
+    """``sm_XY`` of the current CUDA device (the one TensorRT builds on), through cuda-python:
+    the PTX is compiled for the GPU that builds the engine."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        fail("cuda-python is not installed: the lc::RegionConv AOT plugin asks it which GPU builds the engine "
+             "(pip install cuda-python)")
+    status, device = runtime.cudaGetDevice()
+    if status != runtime.cudaError_t.cudaSuccess:
+        fail(f"no CUDA device ({status.name}): the lc::RegionConv AOT plugin compiles its kernel for the GPU "
+             "the engine is built on")
+    attribute = runtime.cudaDeviceAttr
+    _, major = runtime.cudaDeviceGetAttribute(attribute.cudaDevAttrComputeCapabilityMajor, device)
+    _, minor = runtime.cudaDeviceGetAttribute(attribute.cudaDevAttrComputeCapabilityMinor, device)
     if 10 * major + minor < MIN_ARCH:
         fail(f"the lc::RegionConv kernels need sm_{MIN_ARCH} or newer, this GPU is sm_{major}{minor}")
     return f"sm_{major}{minor}"

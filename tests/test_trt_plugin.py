@@ -173,6 +173,31 @@ def test_aot_refuses_groups() -> None:
         trt_plugin.aot_kernel(LAYER._replace(group=2), "fp32", "sm_90", 1)
 
 
+def _fake_cuda_runtime(monkeypatch: pytest.MonkeyPatch, status: str, capability: tuple[int, int]) -> None:
+    """A stand-in for cuda-python's ``cuda.bindings.runtime`` reporting one device."""
+    errors = SimpleNamespace(cudaSuccess=SimpleNamespace(name="cudaSuccess"),
+                             cudaErrorNoDevice=SimpleNamespace(name="cudaErrorNoDevice"))
+    attributes = SimpleNamespace(cudaDevAttrComputeCapabilityMajor="major", cudaDevAttrComputeCapabilityMinor="minor")
+    values = dict(zip(("major", "minor"), capability))
+    runtime = SimpleNamespace(cudaError_t=errors, cudaDeviceAttr=attributes,
+                              cudaGetDevice=lambda: (getattr(errors, status), 0),
+                              cudaDeviceGetAttribute=lambda attribute, device: (errors.cudaSuccess, values[attribute]))
+    monkeypatch.setitem(sys.modules, "cuda", SimpleNamespace(bindings=SimpleNamespace(runtime=runtime)))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", sys.modules["cuda"].bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+
+
+def test_device_arch(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_cuda_runtime(monkeypatch, "cudaSuccess", (9, 0))
+    assert trt_plugin.device_arch() == "sm_90"
+    _fake_cuda_runtime(monkeypatch, "cudaSuccess", (7, 5))
+    with pytest.raises(LCError, match="sm_80 or newer, this GPU is sm_75"):
+        trt_plugin.device_arch()
+    _fake_cuda_runtime(monkeypatch, "cudaErrorNoDevice", (9, 0))
+    with pytest.raises(LCError, match="no CUDA device .cudaErrorNoDevice"):
+        trt_plugin.device_arch()
+
+
 # -- the JIT body, interpreted ----------------------------------------------------------------
 JIT_SCRIPT = """
 import json, torch
