@@ -253,6 +253,8 @@ def check_output_dir(output_dir: str | os.PathLike, model_dir: str | os.PathLike
         fail(f"{output_dir}: holds an exported model, not engines; choose another -o for the engines")
     if output_dir.exists() and not output_dir.is_dir():
         fail(f"{output_dir}: exists and is not a folder; choose another -o for the engines")
+    if output_dir.is_dir() and not is_engine_dir(output_dir) and any(output_dir.iterdir()):
+        fail(f"{output_dir}: exists and holds other files; choose an empty or new folder for -o")
     return output_dir
 
 

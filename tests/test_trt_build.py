@@ -260,6 +260,11 @@ def test_lc_build_refuses_bad_targets(tmp_path, capsys) -> None:
     code, err = lc_build([str(tmp_path / "missing"), "--precision", "fp16", "-o", str(tmp_path / "e")], capsys)
     assert code == 1 and "no such model directory" in err
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"")
+    code, err = lc_build([str(DEMO_MODEL), "--precision", "fp16", "-o", str(tmp_path / "photos")], capsys)
+    assert code == 1 and "holds other files" in err and list((tmp_path / "photos").iterdir()) == [
+        tmp_path / "photos" / "a.jpg"]
 
 
 def test_lc_build_help(capsys) -> None:

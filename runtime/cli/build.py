@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "stage1/2/3.engine, dense.engine (lc-bench's baseline), engines.json (TensorRT version, GPU, "
                     "precision, I/O shapes, hashes) and lc.json, written atomically. Run the engines with "
                     "lc-run --engine ENGINE_DIR. Needs TensorRT and an NVIDIA GPU; engines run only on the GPU "
-                    "model and TensorRT version they were built with.",
+                    "architecture and TensorRT version they were built with.",
     )
     parser.add_argument("model", nargs="?", default=None, type=Path, metavar="DIR",
                         help="model directory from lc-export / lc-calibrate (default: the bundled demo model)")
