@@ -167,10 +167,13 @@ class TrtBackend(StagedBackend):
 
     name = "trt"
 
+    device = "cuda"
+
     def __init__(self, engine_dir: Path, manifest: dict[str, Any], metadata: dict[str, Any], trt: Any,
-                 cudart: Any, cuda_graph: bool = False) -> None:
+                 cudart: Any, gpu: dict[str, str], cuda_graph: bool = False) -> None:
         self.engine_dir, self.trt, self.cudart = engine_dir, trt, cudart
         self.metadata = metadata
+        self.gpu = gpu  # name and compute capability, for reports (lc-bench's machine line)
         self.max_batch = int(metadata["batch"]["max"])
         self.stage_specs = manifest["stages"]
         self.plan = plan_buffers(self.stage_specs, self.max_batch)
@@ -380,7 +383,7 @@ def load_backend(engine_dir: Path, device: str = "cuda", **options: Any) -> tupl
     check_sources(metadata, read_source_manifest(metadata))
     if register_plugins is not None:
         register_plugins()  # before deserializing: the stage 2–3 engines hold lc::RegionConv
-    return manifest, TrtBackend(engine_dir, manifest, metadata, trt, cudart, cuda_graph=cuda_graph)
+    return manifest, TrtBackend(engine_dir, manifest, metadata, trt, cudart, gpu, cuda_graph=cuda_graph)
 
 
 def load_engine_dir(engine_dir: str | Path | None, device: str,
