@@ -167,7 +167,11 @@ class _Builder:
     def save_timing_cache(self) -> None:
         if self.options.timing_cache is not None:
             data = self.timing_cache.serialize()
-            write_atomic(self.options.timing_cache, lambda path: path.write_bytes(bytes(data)))
+            try:
+                write_atomic(self.options.timing_cache, lambda path: path.write_bytes(bytes(data)))
+            except OSError as error:
+                fail(f"{self.options.timing_cache}: cannot write the timing cache ({error.strerror or error}); "
+                     "the engines were written")
 
 
 def build_engines(model_dir: str | os.PathLike, output_dir: str | os.PathLike, options: BuildOptions,
