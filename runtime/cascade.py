@@ -67,10 +67,13 @@ class Cascade:
         """
         if backend not in BACKENDS:
             fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        if backend == "auto":
-            from layercascade.runtime.engines import is_engine_dir
+        from layercascade.runtime.engines import is_engine_dir
 
+        if backend == "auto":
             backend = "trt" if is_engine_dir(model_dir) else "ort"
+        elif backend in ("ort", "torch") and is_engine_dir(model_dir):
+            fail(f"{model_dir}: holds TensorRT engines (lc-build); run it with --backend trt (or auto), "
+                 f"or pass the model dir lc-export wrote to use --backend {backend}")
         if backend == "torch":
             from layercascade.runtime.torch_backend import load_torch_cascade
 

@@ -133,6 +133,12 @@ def test_auto_picks_trt_for_engines_only(engine_dir, monkeypatch) -> None:
         Cascade.load(engine_dir)
 
 
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_engine_dir_with_another_backend(engine_dir, backend) -> None:
+    with pytest.raises(LCError, match=f"holds TensorRT engines.*--backend {backend}"):
+        Cascade.load(engine_dir, backend=backend)
+
+
 def test_trt_backend_errors_before_tensorrt(engine_dir, tmp_path) -> None:
     with pytest.raises(LCError, match="engines are fp16.*--precision fp32"):
         Cascade.load(engine_dir, backend="trt", precision="fp32")
