@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -313,6 +314,136 @@ def test_plugin_definitions_follow_tensorrt_schemas(monkeypatch: pytest.MonkeyPa
 
     with pytest.raises(LCError, match="fp32 or fp16"):
         defined[("aot_impl", pid)](_Desc("INT8", x.shape), w, b, m, *ATTRIBUTES.values(), (out,), 1)
+
+
+# -- tensorrt.plugin's own Python code, C++ bindings stubbed ---------------------------------------
+BINDINGS_WHEEL = os.environ.get("LC_TRT_BINDINGS_WHEEL", "")
+
+# Just enough of TensorRT's C++ module for tensorrt/plugin/*.py to import and run: enums as
+# strings, dims as lists, every other name a permissive class.
+STUB_TENSORRT = """
+__version__ = "stub"
+class _Anything:
+    def __init__(self, *args, **kwargs): pass
+    def __call__(self, *args, **kwargs): return _Anything()
+    def __getattr__(self, name): return _Anything()
+class _Meta(type):
+    def __getattr__(cls, name): return _Anything()
+class _Enum:
+    def __init__(self, prefix): self._prefix = prefix
+    def __getattr__(self, name): return f"{self._prefix}.{name}"
+class Dims(list):
+    MAX_DIMS = 8
+class DimsExprs(list):
+    def __init__(self, n): super().__init__([None] * n)
+DataType, TensorFormat, DimensionOperation, PluginFieldType, QuickPluginCreationRequest = (
+    _Enum(n) for n in ("DataType", "TensorFormat", "DimensionOperation", "PluginFieldType",
+                       "QuickPluginCreationRequest"))
+creators = {}
+class _Registry:
+    def register_creator(self, creator, namespace): creators[(creator.name, namespace)] = creator
+    def get_creator(self, name, version, namespace): return creators.get((name, namespace))
+def get_plugin_registry(): return _Registry()
+_classes = {}
+def __getattr__(name): return _classes.setdefault(name, _Meta(name, (_Anything,), {}))
+"""
+
+# What TensorRT does with an AOT QDP during a build, in the order it does it, with integer
+# shape expressions: create it from parser-style fields, ask output types and shapes, formats,
+# configure, tactics, launch parameters and the kernel.
+GLUE_SCRIPT = """
+import json, sys
+import numpy as np
+import tensorrt as trt
+from tensorrt.plugin import _tensor
+from layercascade.plugins import trt_plugin
+
+trt_plugin.device_arch = lambda: "sm_90"
+trt_plugin.register_plugins()
+
+class Expr(trt.IDimensionExpr):
+    def __init__(self, v): self.v = v
+    def is_constant(self): return True
+    def get_constant_value(self): return self.v
+
+class Builder:
+    ops = {"SUM": int.__add__, "PROD": int.__mul__, "FLOOR_DIV": int.__floordiv__, "SUB": int.__sub__,
+           "CEIL_DIV": lambda a, b: -(-a // b)}
+    def constant(self, v): return Expr(v)
+    def operation(self, op, a, b): return Expr(self.ops[op.split(".")[1]](a.v, b.v))
+
+class Field:
+    def __init__(self, name, data): self.name, self.data = name, data
+
+class Desc:
+    def __init__(self, dims, dtype):
+        self.dims, self.type, self.format, self.scale = trt.Dims(dims), dtype, trt.TensorFormat.LINEAR, -1.0
+
+class DynDesc(trt.DynamicPluginTensorDesc):
+    def __init__(self, dims, dtype): self.desc = Desc(dims, dtype)
+
+class Record:
+    pass
+
+class Setter(dict):
+    nbSymExprs = 0
+
+results = {}
+shapes = [(2, 24, 7, 9), (20, 24, 3, 3), (20,), (2, 1, 7, 9)]
+fields = [Field("activation", np.array([1], np.int32)), Field("dilations", np.array([2, 2], np.int32)),
+          Field("group", np.array([1], np.int32)), Field("pads", np.array([2, 2, 2, 2], np.int32))]
+for dtype in (trt.DataType.FLOAT, trt.DataType.HALF):
+    creator = trt.creators[("RegionConv", "lc")]
+    plugin = creator.create_plugin("RegionConv", "lc", fields, None, trt.QuickPluginCreationRequest.STRICT_AOT)
+    builder = Builder()
+    types = plugin.get_output_data_types([dtype] * 4, [len(s) for s in shapes])
+    out = plugin.get_output_shapes([[Expr(d) for d in s] for s in shapes], [], builder)
+    in_out = [DynDesc(s, dtype) for s in shapes] + [DynDesc((2, 20, 7, 9), dtype)]
+    _tensor.SymIntExpr._exprBuilder = builder
+    formats = plugin.get_supported_format_combinations(in_out, 4)
+    plugin.configure_plugin(in_out[:4], in_out[4:])
+    tactics = sorted(plugin.get_valid_tactics())
+    plugin.set_tactic(2)
+    launch, setter = Record(), Setter()
+    plugin.get_launch_params([[Expr(d) for d in s] for s in shapes], in_out, 4, launch, setter, builder)
+    name, ptx = plugin.get_kernel([d.desc for d in in_out[:4]], [in_out[4].desc])
+    results[dtype] = {"plugin": type(plugin).__name__, "types": types, "shape": [e.v for e in out[0]],
+                      "formats": len(formats), "tactics": tactics,
+                      "launch": {k: getattr(launch, k).expr.v for k in vars(launch)},
+                      "extra": [setter[i].expr.v for i in range(setter.nbSymExprs)], "kernel": name,
+                      "ptx_has_kernel": name.encode() in ptx}
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not BINDINGS_WHEEL, reason="set LC_TRT_BINDINGS_WHEEL to a tensorrt-cu13-bindings wheel "
+                    "(pip download --no-deps tensorrt-cu13-bindings) to drive the plugin through "
+                    "tensorrt.plugin's own Python code")
+def test_plugin_through_tensorrt_plugin_code(tmp_path: Path) -> None:
+    """The real tensorrt.plugin (from the bindings wheel; its C++ module stubbed) registers the
+    plugin, validates its four functions and takes it through a build's calls."""
+    package = tmp_path / "tensorrt"
+    (package / "plugin").mkdir(parents=True)
+    with zipfile.ZipFile(BINDINGS_WHEEL) as wheel:
+        for name in wheel.namelist():
+            if name.startswith("tensorrt_bindings/plugin/") and name.endswith(".py"):
+                (package / "plugin" / Path(name).name).write_bytes(wheel.read(name))
+    (package / "__init__.py").write_text(STUB_TENSORRT)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", GLUE_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for dtype, precision in (("DataType.FLOAT", "fp32"), ("DataType.HALF", "fp16")):
+        config = trt_plugin.tile_config(LAYER, precision, 2)
+        kernel = trt_plugin.aot_kernel(LAYER, precision, "sm_90", 2)
+        assert results[dtype] == {
+            "plugin": "_TemplateAOTPlugin", "types": [dtype], "shape": [2, 20, 7, 9],
+            "formats": 10,  # two type combinations × five I/O
+            "tactics": list(trt_plugin.TACTICS),
+            "launch": {"grid_x": -(-2 * 7 * 9 // config.block_m), "grid_y": -(-20 // config.block_n), "grid_z": 1,
+                       "block_x": kernel.threads, "block_y": 1, "block_z": 1, "shared_mem": kernel.shared_bytes},
+            "extra": [7, 9, 2 * 7 * 9], "kernel": kernel.name, "ptx_has_kernel": True}
 
 
 # -- register_plugins without TensorRT, the source hash ------------------------------------------
