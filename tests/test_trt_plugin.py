@@ -201,9 +201,10 @@ def test_device_arch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- the JIT body, interpreted ----------------------------------------------------------------
 JIT_SCRIPT = """
-import json, torch
+import json, sys, torch
 from layercascade.model.region import region_conv2d
 from layercascade.plugins import trt_plugin
+device = sys.argv[1]
 results = []
 gen = torch.Generator().manual_seed(0)
 for dtype in (torch.float32, torch.float16):
@@ -214,10 +215,11 @@ for dtype in (torch.float32, torch.float16):
         w = (torch.randn(20, 24 // group, kh, kw, generator=gen) * 0.2).to(dtype)
         b = torch.randn(20, generator=gen).to(dtype)
         m = (torch.rand(2, 1, 7, 9, generator=gen) < 0.3).to(dtype)
-        out = torch.full((2, 20, 7, 9), float("nan"), dtype=dtype)
+        out = torch.full((2, 20, 7, 9), float("nan"), dtype=dtype, device=device)
         pads = [dilation * (kh - 1) // 2, dilation * (kw - 1) // 2] * 2
-        trt_plugin.run_region_conv(x, w, b, m, out, pads=pads, dilations=[dilation] * 2, group=group,
-                                   activation=activation, tactic=tactic)
+        trt_plugin.run_region_conv(x.to(device), w.to(device), b.to(device), m.to(device), out, pads=pads,
+                                   dilations=[dilation] * 2, group=group, activation=activation, tactic=tactic)
+        out = out.cpu()
         ref = region_conv2d(x.double(), w.double(), b.double(), m.double(), padding=tuple(pads[:2]),
                             dilation=dilation, groups=group)
         ref = ref.relu() if activation else ref
@@ -229,19 +231,32 @@ print(json.dumps(results))
 """
 
 
-@pytest.mark.slow
-def test_jit_body_matches_reference_interpreted() -> None:
-    """run_region_conv (NCHW kernel, both tactics, 1×1 / 3×3 dilated / 1×3, grouped fallback)
-    against the dense reference; exactly 0 outside M."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", JIT_SCRIPT], capture_output=True, text=True, env=env, timeout=300,
-                          check=False)
+def _check_jit_body(device: str, env: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-c", JIT_SCRIPT, device], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
     assert len(results) == 8
     for r in results:
         tolerance = (4e-3 if r["fp16"] else 1e-4) * max(1.0, r["scale"])
         assert r["zero_outside"] and r["err"] <= tolerance, r
+
+
+@pytest.mark.slow
+def test_jit_body_matches_reference_interpreted() -> None:
+    """run_region_conv (NCHW kernel, both tactics, 1×1 / 3×3 dilated / 1×3, grouped fallback)
+    against the dense reference in Triton's interpreter; exactly 0 outside M."""
+    _check_jit_body("cpu", dict(os.environ, TRITON_INTERPRET="1"))
+
+
+@pytest.mark.gpu
+def test_jit_body_matches_reference_on_gpu() -> None:
+    """The same cases natively on a CUDA GPU: the NCHW kernel the AOT engines run, compiled by Triton."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to PyTorch")
+    _check_jit_body("cuda", {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
 
 
 # -- the plugin definitions, driven through a stand-in for tensorrt.plugin ----------------------
