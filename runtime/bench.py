@@ -225,7 +225,7 @@ def compare_precisions(cascades: dict[str, Cascade], rhos: list[float], batch: i
     fp32 = cascades["fp32"]
     return {"size": list(fp32.input_size), "batch": batch, "iters": iters, "warmup": warmup,
             "backend": fp32.backend, "data": None if dataset is None else f"{dataset.name} ({len(dataset)} images)",
-            "rows": rows, "machine": machine()}
+            "rows": rows, "machine": machine(getattr(fp32.engine, "device", "cpu"), fp32.backend)}
 
 
 def plot_comparison(result: dict, path: Path) -> None:

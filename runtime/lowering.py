@@ -12,6 +12,13 @@ scales with the number of active pixels P instead:
 * a tensor leaves row space (scatter into zeros, back to NCHW) only where a standard op
   or a graph output needs it, which in our stage graphs is once per output.
 
+INT8 graphs (explicit QDQ from ``calibration/``) lower the same way with int8 rows: a
+per-tensor QuantizeLinear / DequantizeLinear (zero point 0, so zero stays zero) runs on
+rows, a region conv whose X is DQ(int8) gathers the int8 rows (a quarter of the traffic)
+and dequantizes the gathered columns, and its DQ(int8, axis 0) weights become an int8
+(kh·kw·C_in, C_out) matrix behind a DQ with axis 1; ONNX Runtime fuses DQ, DQ → MatMul into
+an int8 GEMM (MatMulIntegerToFloat).
+
 A region conv reads its input's real values at neighbours outside the region when that
 input is dense (the stage input); tensors in row space are zero outside the region by
 construction, so their neighbour gathers read a zero row instead. Grouped region convs
@@ -31,6 +38,7 @@ from layercascade.export.regionconv import DOMAIN as REGION_CONV_DOMAIN
 from layercascade.export.regionconv import OP_TYPE as REGION_CONV_OP
 
 ROW_OPS = {"Relu", "Add", "Concat"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
 class LoweringUnsupported(Exception):
@@ -56,6 +64,7 @@ class _Lowering:
         self.cache: dict[tuple, str] = {}
         self.counter = 0
         self.mask: str | None = None
+        self.producers = {output: node for node in self.graph.node for output in node.output}
         inferred = onnx.shape_inference.infer_shapes(model).graph
         self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
                        for v in [*inferred.input, *inferred.value_info, *inferred.output]}
@@ -183,11 +192,12 @@ class _Lowering:
         x, w_name, b_name, mask = node.input
         if mask != self.mask:
             raise LoweringUnsupported(f"{node.name}: a second region mask {mask!r} in one graph")
-        weight = numpy_helper.to_array(self.initializers[w_name])
         bias = numpy_helper.to_array(self.initializers[b_name])
-        c_out, c_in, kh, kw = weight.shape
+        matrix, (c_out, c_in, kh, kw), w_scale = self.weight_matrix(node.name, w_name)
         pads = tuple(attrs["pads"][:2])
-        matrix = self.const(f"{node.name}.matrix", weight.transpose(2, 3, 1, 0).reshape(kh * kw * c_in, c_out))
+        quantized = self.quantized_input(x)
+        if quantized is not None:  # gather the int8 rows, dequantize the gathered columns
+            x = quantized[0]
         source = self.value(x)
         if kh == kw == 1 and pads == (0, 0):
             columns = self.rows_of(x)
@@ -201,14 +211,22 @@ class _Lowering:
                 gathered = self.add("Gather", [self.dense_rows(source.dense), taps_at], "taps", axis=0)
             columns = self.add("Reshape", [gathered, self.const("im2col", np.array([-1, kh * kw * c_in], np.int64))],
                                "im2col")
-        out = self.add("Add", [self.add("MatMul", [columns, matrix], f"{node.name}/gemm"),
-                               self.const(f"{node.name}.bias", bias)], f"{node.name}/bias")
+        if quantized is not None:
+            columns = self.add("DequantizeLinear", [columns, *quantized[1:]], "im2col_dq")
+        if quantized is not None and w_scale is not None:
+            bias_name = self.quantized_bias(node.name, bias, quantized[1], w_scale)
+        else:
+            bias_name = self.const(f"{node.name}.bias", bias)
+        out = self.add("Add", [self.add("MatMul", [columns, matrix], f"{node.name}/gemm"), bias_name],
+                       f"{node.name}/bias")
         if attrs["activation"] == 1:
             out = self.add("Relu", [out], f"{node.name}/relu")
         self.values[node.output[0]] = _Value(rows=out)
 
     def row_op(self, node: onnx.NodeProto) -> bool:
         """Run ReLU / Add / Concat(axis=1) / ``⊙ M`` in row space when an input lives there."""
+        if node.op_type in QDQ_OPS:
+            return self.qdq_row_op(node)
         inputs = [self.value(i) for i in node.input]
         if node.op_type == "Mul" and self.mask in node.input:
             other = node.input[0] if node.input[1] == self.mask else node.input[1]
@@ -223,6 +241,64 @@ class _Lowering:
             return False
         rows = [self.rows_of(i) for i in node.input]
         out = self.add(node.op_type, rows, f"{node.name}/rows", **attrs)
+        self.values[node.output[0]] = _Value(rows=out)
+        return True
+
+    # -- INT8: explicit QDQ graphs (calibration/quantize.py) ----------------------------------------
+    def weight_matrix(self, conv: str, w_name: str) -> tuple[str, tuple[int, int, int, int], np.ndarray | None]:
+        """The (kh·kw·C_in, C_out) GEMM matrix of a region conv's weights, the weights' shape and their scales.
+
+        Float weights give a float matrix (scales None); DQ(int8 initializer, axis 0) weights an
+        int8 matrix behind a DQ whose per-channel axis moves to 1 (the output channels are now columns).
+        """
+        def as_matrix(weight: np.ndarray) -> np.ndarray:
+            c_out, c_in, kh, kw = weight.shape
+            return weight.transpose(2, 3, 1, 0).reshape(kh * kw * c_in, c_out)
+
+        if w_name in self.initializers:
+            weight = numpy_helper.to_array(self.initializers[w_name])
+            return self.const(f"{conv}.matrix", as_matrix(weight)), weight.shape, None
+        dequantize = self.producers.get(w_name)
+        if (dequantize is None or dequantize.op_type != "DequantizeLinear" or _attributes(dequantize).get("axis") != 0
+                or not all(i in self.initializers for i in dequantize.input)):
+            raise LoweringUnsupported(f"{conv}: weights are neither an initializer nor DQ(int8, axis 0) of one")
+        weight, scale, zero = (numpy_helper.to_array(self.initializers[i]) for i in dequantize.input)
+        matrix = self.add("DequantizeLinear", [self.const(f"{conv}.matrix_int8", as_matrix(weight)),
+                                               self.const(f"{conv}.matrix_scale", scale),
+                                               self.const(f"{conv}.matrix_zero_point", zero)], f"{conv}.matrix",
+                          axis=1)
+        return matrix, weight.shape, scale
+
+    def quantized_bias(self, conv: str, bias: np.ndarray, x_scale: str, w_scale: np.ndarray) -> str:
+        """The bias as DQ(int32, x_scale·w_scale, axis 0). With a float bias ONNX Runtime first
+        fuses MatMul + Add into a float Gemm; with this DQ it fuses DQ, DQ, DQ → MatMul + Add into QGemm."""
+        scale = (numpy_helper.to_array(self.initializers[x_scale]) * w_scale).astype(np.float32)
+        return self.add("DequantizeLinear", [self.const(f"{conv}.bias_int32", np.round(bias / scale).astype(np.int32)),
+                                             self.const(f"{conv}.bias_scale", scale),
+                                             self.const(f"{conv}.bias_zero_point", np.zeros_like(scale, np.int32))],
+                        f"{conv}.bias", axis=0)
+
+    def per_tensor_zero_point_0(self, node: onnx.NodeProto) -> bool:
+        """A Q or DQ with one scale and zero point 0 (so it maps zero rows to zero rows)."""
+        if len(node.input) != 3 or not all(i in self.initializers for i in node.input[1:]):
+            return False
+        scale, zero = (numpy_helper.to_array(self.initializers[i]) for i in node.input[1:])
+        return scale.size == 1 and zero.size == 1 and not zero.any()
+
+    def quantized_input(self, name: str) -> tuple[str, str, str] | None:
+        """(int8 tensor, scale, zero point) when ``name`` is a per-tensor DequantizeLinear output."""
+        dequantize = self.producers.get(name)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or not self.per_tensor_zero_point_0(
+                dequantize):
+            return None
+        return dequantize.input[0], dequantize.input[1], dequantize.input[2]
+
+    def qdq_row_op(self, node: onnx.NodeProto) -> bool:
+        """A per-tensor Q / DQ of a row-space tensor runs on its rows (zero point 0 keeps zeros zero)."""
+        source = self.value(node.input[0])
+        if source.rows is None or not self.per_tensor_zero_point_0(node):
+            return False
+        out = self.add(node.op_type, [source.rows, *node.input[1:]], f"{node.name}/rows")
         self.values[node.output[0]] = _Value(rows=out)
         return True
 
@@ -251,6 +327,7 @@ class _Lowering:
             if value.dense != output.name:
                 self.nodes.append(helper.make_node("Identity", [self.dense_of(output.name)], [output.name],
                                                    name=f"{output.name}/out"))
+        self.nodes = _live(self.nodes, {o.name for o in self.graph.output})
         used = {i for n in self.nodes for i in n.input}
         initializers = [t for t in self.graph.initializer if t.name in used] + self.new_initializers
         graph = helper.make_graph(self.nodes, self.graph.name + "_lowered", list(self.graph.input),
@@ -258,6 +335,17 @@ class _Lowering:
         opsets = [o for o in self.model.opset_import if o.domain != REGION_CONV_DOMAIN]
         return helper.make_model(graph, opset_imports=opsets, ir_version=self.model.ir_version,
                                  producer_name="layercascade-lowering")
+
+
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` without those no graph output depends on (e.g. the dense DQ of an input whose
+    region convs read the int8 tensor instead)."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    return kept[::-1]
 
 
 def _attributes(node: onnx.NodeProto) -> dict:

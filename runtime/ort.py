@@ -61,9 +61,11 @@ class OrtRunner:
         # needs; compare with `lc-bench` on a cascade model.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # INT8 model dirs: on x86 CPUs without VNNI the default u8·s8 int8 kernels saturate their
-        # 16-bit pair sums; u8·u8 does not (label agreement with fp32 in docs/results.md). No
-        # effect on fp32 graphs.
-        options.add_session_config_entry("session.x64quantprecision", "1")
+        # 16-bit pair sums; u8·u8 does not (label agreement with fp32 in docs/results.md). Lowered
+        # region graphs keep u8·s8: there ONNX Runtime 1.32 turns the s8 weights into u8 before it
+        # fuses the gathered int8 rows into QGemm, and the GEMMs stay float. No effect on fp32 graphs.
+        if not self.lowered:
+            options.add_session_config_entry("session.x64quantprecision", "1")
         if threads:
             options.intra_op_num_threads = threads
         try:

@@ -1,0 +1,216 @@
+"""INT8 calibration (lc-calibrate) and precision comparison (lc-bench --compare) on the bundled demo model:
+cascade-aware statistics, the QDQ graphs and their record, the cache, int8 accuracy, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from layercascade.calibration import cli as calibrate_cli
+from layercascade.calibration.calibrate import calibrate
+from layercascade.calibration.statistics import Statistics, fold_absolute, rows_at
+from layercascade.errors import LCError, run_cli
+from layercascade.model.data import open_dataset
+from layercascade.runtime.bench import compare_precisions, plot_comparison, precision_sources
+from layercascade.runtime.cascade import DEMO_MODEL, Cascade
+from layercascade.runtime.cli import bench
+
+IMAGES = 3
+
+
+@pytest.fixture(scope="module")
+def fp32_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("calibration") / "fp32"
+    shutil.copytree(DEMO_MODEL, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def int8(fp32_dir, tmp_path_factory) -> tuple[Path, dict, Path]:
+    """(INT8 dir, its record, statistics cache) calibrated min-max on a few synthetic train images."""
+    cache = tmp_path_factory.mktemp("cache") / "stats.npz"
+    output = fp32_dir.parent / "int8"
+    record = calibrate(fp32_dir, output, limit=IMAGES, method="minmax", cache=cache, progress=False)
+    return output, record, cache
+
+
+def test_rows_at_takes_the_masked_pixels_only() -> None:
+    tensor = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
+    mask = np.zeros((2, 1, 2, 2), np.float32)
+    mask[0, 0, 1, 0] = mask[1, 0, 0, 1] = 1
+    np.testing.assert_array_equal(rows_at(tensor, mask), [tensor[0, :, 1, 0], tensor[1, :, 0, 1]])
+    assert rows_at(tensor, None).shape == (8, 3)
+
+
+def test_stage_statistics_count_only_the_pixels_that_reach_the_stage(fp32_dir, int8) -> None:
+    _, _, cache = int8
+    statistics = Statistics.load(cache)
+    reach2, reach3 = statistics.meta["pixels_reaching"]
+    cascade = Cascade.load(fp32_dir)
+    dataset = open_dataset("synthetic", "train", limit=IMAGES)
+    masks = [cascade.run_batch(cascade.prepare(dataset[k][0])[None], statistics.meta["rho"]) for k in range(IMAGES)]
+    assert reach2 == sum(int(m.mask2.sum()) for m in masks) and reach3 == sum(int(m.mask3.sum()) for m in masks)
+    assert 0 < reach3 < reach2 < IMAGES * masks[0].mask2.size  # the cascade really splits the pixels
+    channels = {"stage2.onnx:feat1": 32, "stage3.onnx:feat2": 64}
+    for key, reached in zip(channels, (reach2, reach3)):
+        assert statistics.histograms[key][0].sum() == reached * channels[key]
+    stage1_pixels = statistics.histograms["stage1.onnx:backbone.layer1.0/relu"][0].sum()
+    assert stage1_pixels == IMAGES * masks[0].mask2.size * 32
+
+
+def test_naive_statistics_count_every_pixel(fp32_dir, tmp_path) -> None:
+    cache = tmp_path / "naive.npz"
+    calibrate(fp32_dir, tmp_path / "naive", limit=1, method="minmax", cascade_aware=False, cache=cache,
+              progress=False)
+    statistics = Statistics.load(cache)
+    pixels = 20 * 20
+    assert statistics.histograms["stage3.onnx:feat2"][0].sum() == pixels * 64
+    assert json.loads((tmp_path / "naive" / "lc.json").read_text())["quantization"]["cascade_aware"] is False
+
+
+def test_int8_graphs_have_symmetric_per_channel_weights_and_per_tensor_activations(int8) -> None:
+    output, record, _ = int8
+    manifest = json.loads((output / "lc.json").read_text())
+    assert manifest["quantization"]["statistics_sha256"] == record["statistics_sha256"]
+    assert {k: manifest["quantization"][k] for k in ("method", "data", "images", "precision")} == {
+        "method": "minmax", "data": "synthetic", "images": IMAGES, "precision": "int8"}
+    for name in ("stage1.onnx", "stage2.onnx", "stage3.onnx", "dense.onnx"):
+        model = onnx.load(str(output / name))
+        initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+        weights = [n for n in dequantize if initializers.get(n.input[0]) is not None
+                   and initializers[n.input[0]].ndim == 4]
+        consumers = [n for n in model.graph.node if n.op_type in ("Conv", "RegionConv")]
+        assert len(weights) == len(consumers) > 0, name
+        for node in weights:
+            values, scale, zero = (initializers[i] for i in node.input)
+            assert values.dtype == np.int8 and scale.shape == (values.shape[0],) and not zero.any()
+            assert np.abs(values).max() == 127  # symmetric: each channel's largest weight maps to ±127
+        activations = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+        assert activations, name
+        for node in activations:
+            assert initializers[node.input[1]].shape == () and initializers[node.input[2]] == 0
+    stage2 = onnx.load(str(output / "stage2.onnx"))
+    region_inputs = {n.input[0] for n in stage2.graph.node if n.op_type == "RegionConv"}
+    dq_outputs = {n.output[0] for n in stage2.graph.node if n.op_type == "DequantizeLinear"}
+    assert region_inputs <= dq_outputs  # every RegionConv reads a dequantized int8 tensor
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_int8_labels_agree_with_fp32(fp32_dir, int8, lower) -> None:
+    output, _, _ = int8
+    fp32, quantized = Cascade.load(fp32_dir), Cascade.load(output, lower=lower)
+    dataset = open_dataset("synthetic", "val", limit=4)
+    agree = [np.mean(fp32(image).labels == quantized(image).labels) for image, _ in dataset]
+    assert np.mean(agree) >= 0.97
+
+
+def test_another_method_reuses_the_statistics(fp32_dir, int8, tmp_path) -> None:
+    _, record, cache = int8
+    again = calibrate(fp32_dir, tmp_path / "pct", limit=IMAGES, method="percentile", cache=cache, progress=False)
+    assert again["statistics_reused"] and again["statistics_sha256"] == record["statistics_sha256"]
+    assert not record["statistics_reused"]
+
+
+def test_ranges_per_method_order() -> None:
+    """Percentile and entropy clip a long-tailed histogram below its maximum; min-max keeps it."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    values = np.concatenate([np.random.default_rng(0).normal(0, 1, 200_000), [40.0]]).astype(np.float32)
+    collector = HistogramCollector(method="entropy", symmetric=True, num_bins=512, num_quantized_bins=128,
+                                   percentile=99.999, scenario="same")
+    collector.collect({"x": values})
+    statistics = Statistics({"g:x": collector.get_histogram_dict()["x"]}, {})
+    amax = {m: float(statistics.ranges(m, "g")["x"][1]) for m in ("minmax", "percentile", "entropy")}
+    assert amax["minmax"] == 40.0
+    assert amax["entropy"] < 40.0 and amax["percentile"] < 40.0
+    counts, edges, *_ = fold_absolute(collector.get_histogram_dict()["x"])
+    assert counts.sum() == values.size and edges[0] == 0.0
+
+
+# -- bad input: one line, exit 1, nothing written -----------------------------------------------------------
+def _fails(argv: list[str], capsys, output: Path, match: str) -> None:
+    assert run_cli(calibrate_cli.main, argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and match in err, err
+    assert not output.exists()
+
+
+def test_already_int8(int8, tmp_path, capsys) -> None:
+    output, _, _ = int8
+    _fails([str(output), "-o", str(tmp_path / "again")], capsys, tmp_path / "again", "already an INT8 model")
+
+
+def test_cache_of_another_model(fp32_dir, int8, tmp_path, capsys) -> None:
+    _, _, cache = int8
+    other = tmp_path / "other"
+    shutil.copytree(fp32_dir, other)
+    manifest = json.loads((other / "lc.json").read_text())
+    stage1 = onnx.load(str(other / "stage1.onnx"))
+    stage1.doc_string = "another export"
+    onnx.save(stage1, str(other / "stage1.onnx"))
+    from layercascade.manifest import sha256_file
+
+    manifest["files"]["stage1.onnx"] = sha256_file(other / "stage1.onnx")
+    (other / "lc.json").write_text(json.dumps(manifest))
+    _fails([str(other), "-o", str(tmp_path / "out"), "--cache", str(cache), "--limit", str(IMAGES)], capsys,
+           tmp_path / "out", "statistics of another model")
+
+
+def test_no_calibration_images(fp32_dir, tmp_path, capsys) -> None:
+    voc = tmp_path / "VOC2012"
+    for folder in ("ImageSets/Segmentation", "JPEGImages", "SegmentationClass"):
+        (voc / folder).mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("\n")
+    _fails([str(fp32_dir), "-o", str(tmp_path / "out"), "--data", f"voc:{voc}"], capsys, tmp_path / "out", "empty")
+
+
+def test_images_of_the_wrong_kind(fp32_dir, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    city = tmp_path / "cs"
+    for folder in ("leftImg8bit", "gtFine"):
+        (city / folder / "train" / "aachen").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(city / "leftImg8bit/train/aachen/aachen_0_0_leftImg8bit.png")
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(city / "gtFine/train/aachen/aachen_0_0_gtFine_labelIds.png")
+    _fails([str(fp32_dir), "-o", str(tmp_path / "out"), "--data", f"cityscapes:{city}"], capsys, tmp_path / "out",
+           "19 classes, the model 21")
+
+
+def test_output_is_the_model_dir(fp32_dir, capsys) -> None:
+    assert run_cli(calibrate_cli.main, [str(fp32_dir), "-o", str(fp32_dir)]) == 1
+    assert "is the model dir itself" in capsys.readouterr().err
+
+
+# -- lc-bench --compare ---------------------------------------------------------------------------------------
+def test_compare_fp32_int8_with_accuracy_and_plot(int8, tmp_path) -> None:
+    output, _, _ = int8
+    sources = precision_sources(output, ["int8", "fp32"])
+    assert list(sources) == ["fp32", "int8"] and sources["int8"][0] == output
+    cascades = {name: Cascade.load(folder, **options) for name, (folder, options) in sources.items()}
+    dataset = open_dataset("synthetic", "val", limit=3)
+    result = compare_precisions(cascades, [1.0, 0.9], batch=1, iters=2, warmup=0, dataset=dataset, progress=False)
+    rows = {(r["precision"], r["rho"]): r for r in result["rows"]}
+    assert set(rows) == {("fp32", 1.0), ("fp32", 0.9), ("int8", 1.0), ("int8", 0.9)}
+    assert rows[("fp32", 0.9)]["label_agreement"] == 100.0 and rows[("fp32", 0.9)]["speedup_vs_fp32"] == 1.0
+    assert rows[("int8", 0.9)]["label_agreement"] >= 97.0
+    assert abs(rows[("int8", 0.9)]["miou"] - rows[("fp32", 0.9)]["miou"]) < 5.0
+    plot_comparison(result, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_errors(fp32_dir, capsys) -> None:
+    for argv, match in (([str(fp32_dir), "--compare", "fp32,int8"], "is an fp32 model"),
+                        ([str(fp32_dir), "--compare", "int8"], "--compare takes fp32"),
+                        ([str(fp32_dir), "--compare", "fp32,fp16"], "--precision"),
+                        ([str(fp32_dir), "--compare", "fp32", "--plot", "x.png"], "give --data too"),
+                        ([str(fp32_dir), "--data", "synthetic"], "go with --compare")):
+        assert run_cli(bench.main, argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and match in err, err
