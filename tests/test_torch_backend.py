@@ -21,11 +21,12 @@ import torch
 from layercascade.errors import LCError, run_cli
 from layercascade.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
 from layercascade.model.network import normalize
-from layercascade.model.region import confidence
+from layercascade.model.region import confidence, region_conv2d
 from layercascade.runtime.bench import forced_masks, sample_batch
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
 from layercascade.runtime.cli import bench, run
 from layercascade.runtime.torch_backend import TorchBackend
+from layercascade.tests.helpers import random_images, sharpened_checkpoint
 
 RHOS = (1.0, 0.985, 0.9)
 LABEL_AGREEMENT = 0.9999
@@ -197,6 +198,52 @@ def test_kernels_path_in_the_interpreter() -> None:
         assert case["label_agreement"] >= LABEL_AGREEMENT and all(case["masks_equal"]) and case["counts_equal"]
     assert 0.0 < report["forced"]["reach"][1] < report["forced"]["reach"][0] < 1.0  # real partial regions
     assert report["dense_agreement"] >= LABEL_AGREEMENT and report["run_labels_equal"]
+
+
+@pytest.mark.parametrize(("name", "size"), [("resnet18", (64, 64)), ("irnet", (32, 32))])
+def test_kernel_plans_of_every_block_type(monkeypatch: pytest.MonkeyPatch, name: str, size: tuple[int, int]) -> None:
+    """The plans of ResNet (Bottleneck-free and strided stage 1) and IRNet blocks, with each
+    kernel call answered by its reference (``plugins/reference.py``), against the reference path."""
+    pytest.importorskip("triton", reason="triton is not installed: the kernels module needs it")
+    from layercascade.plugins import kernels
+    from layercascade.plugins.reference import active_list_reference
+    from layercascade.runtime.torch_backend import KernelPath, ReferencePath
+
+    def region_conv(x, weight, bias, rows, count, *, padding, dilation, relu, residual, groups, config=None):
+        # plugins/reference.py's call, in fp32 (its fp64 convs take seconds per IRNet layer on a CPU).
+        n, h, w, _ = x.shape
+        mask = torch.zeros(n * h * w)
+        mask[rows[: int(count)].long()] = 1
+        y = region_conv2d(x.permute(0, 3, 1, 2), weight, bias, mask.view(n, 1, h, w), padding=padding,
+                          dilation=dilation, groups=groups)
+        y = (torch.relu(y) if relu else y).permute(0, 2, 3, 1)
+        return (y if residual is None else residual + y).contiguous()
+
+    monkeypatch.setattr(kernels, "region_conv", region_conv)
+    monkeypatch.setattr(kernels, "active_list", active_list_reference)
+    checkpoint = sharpened_checkpoint(name, size)
+    model = checkpoint.build_model()
+    reference = ReferencePath(model, checkpoint, size)
+    plan = KernelPath(model, checkpoint, size, torch.float32, torch.device("cpu"))
+    images = random_images(1, size, seed=3)
+    masks = None
+    for rho in (0.9, 1.0):  # thresholded, then regions forced to 50 % / 25 % of the pixels
+        expected = reference.stage_outputs(images, rho, masks)
+        forced = {} if masks is None else {f"forced{k + 2}": torch.from_numpy(m).permute(0, 2, 3, 1)
+                                           for k, m in enumerate(masks)}
+        with torch.inference_mode():
+            out = plan.cascade(torch.from_numpy(images), torch.tensor([rho]), **forced)
+        for k, scores in enumerate(expected["scores"]):
+            scale = max(1.0, float(scores.abs().max()))
+            assert float((out[f"scores{k + 1}"].permute(0, 3, 1, 2) - scores).abs().max()) <= 1e-4 * scale
+        for k, mask in enumerate(expected["masks"]):
+            assert torch.equal(out[f"mask{k + 2}"].permute(0, 3, 1, 2), mask)
+        assert_labels_match(out["labels"].numpy(), expected["labels"].numpy())
+        masks = forced_masks(tuple(expected["masks"][0].shape), (0.5, 0.25))
+    assert 0 < float(expected["masks"][1].mean()) < float(expected["masks"][0].mean()) < 1
+    with torch.inference_mode():
+        dense = plan.dense(torch.from_numpy(images))["labels"]
+    assert_labels_match(dense.numpy(), reference.dense(images))
 
 
 def test_lc_run_and_lc_bench_with_the_torch_backend(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
