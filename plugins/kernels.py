@@ -18,6 +18,8 @@ Neighbours are read at their real values, also outside M; outside M the output i
 Layer parameters (channels, kernel size, padding, dilation, ReLU, weight strides) are
 ``constexpr``: TensorRT's AOT path serialises no attributes, so they must be baked into
 the compiled kernel; the JIT path compiles one specialisation per layer the same way.
+``CHANNELS_LAST = 0`` compiles the same kernels for NCHW activations and outputs, the layout
+TensorRT hands its plugins (``plugins/trt_plugin.py``); the launchers here are NHWC.
 """
 
 from __future__ import annotations
