@@ -352,7 +352,7 @@ class KernelPath:
             self.stages = [plan.sequence(model.backbone.stage_modules(index)) for index, plan in enumerate(plans)]
             self.heads = [plan.module(model.heads[index]) for index, plan in enumerate(plans)]
         self.dense_plan: tuple[list[Op], Op] | None = None  # built on first use
-        self.programs: dict[tuple[str, int, bool], DeviceProgram] = {}
+        self.programs: dict[tuple[str, int, bool, bool], DeviceProgram] = {}
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 (N, H, W, 3) → normalised NHWC in the compute dtype."""
@@ -399,9 +399,11 @@ class KernelPath:
             features = stage(features, None)
         return {"labels": upsample_labels(head(features, None).permute(0, 3, 1, 2), self.input_size)}
 
-    def program(self, kind: str, batch: int, forced: bool = False) -> DeviceProgram:
-        """The cached program of ``kind`` ("cascade" or "dense") for ``batch`` images."""
-        key = (kind, batch, forced)
+    def program(self, kind: str, batch: int, forced: bool = False, graph: bool | None = None) -> DeviceProgram:
+        """The cached program of ``kind`` ("cascade" or "dense") for ``batch`` images, in a CUDA
+        graph if ``graph`` (default: the path's ``cuda_graph`` setting)."""
+        graph = self.cuda_graph if graph is None else graph
+        key = (kind, batch, forced, graph)
         if key not in self.programs:
             height, width = self.input_size
             inputs = {"images": torch.zeros(batch, height, width, 3, dtype=torch.uint8, device=self.device)}
@@ -412,7 +414,7 @@ class KernelPath:
                     for name in ("forced2", "forced3"):
                         inputs[name] = torch.zeros(batch, h, w, 1, dtype=self.dtype, device=self.device)
             function = self.cascade if kind == "cascade" else self.dense
-            self.programs[key] = DeviceProgram(function, inputs, self.cuda_graph)
+            self.programs[key] = DeviceProgram(function, inputs, graph)
         return self.programs[key]
 
     def run(self, images: np.ndarray, rho: float,
@@ -564,12 +566,13 @@ class TorchBackend(StagedBackend):
         dense = self.path.dense_labels if isinstance(self.path, KernelPath) else self.path.dense
         return DenseRunner(dense)
 
-    def device_program(self, kind: str, batch: int, forced: bool = False) -> DeviceProgram:
+    def device_program(self, kind: str, batch: int, forced: bool = False,
+                       graph: bool | None = None) -> DeviceProgram:
         """The on-device program of the cascade or the dense network, for timing with CUDA events
-        (kernels path only): fill its ``inputs`` buffers, then call it."""
+        (kernels path only): fill its ``inputs`` buffers, then call it. See :meth:`KernelPath.program`."""
         if not isinstance(self.path, KernelPath):
             fail("device programs exist on the kernels path only (--device cuda)")
-        return self.path.program(kind, batch, forced)
+        return self.path.program(kind, batch, forced, graph)
 
 
 def load_torch_cascade(path: str | os.PathLike | None, device: str = "cpu", threads: int = 0,

@@ -60,7 +60,17 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert (tmp_path / "gpu_check.log").read_text().strip()
     assert results["dry_run"] and results["correctness_ok"] and results["correctness"]
-    assert results["end_to_end"] == "not implemented in this script yet"
+    e2e = results["end_to_end"]
+    assert not e2e["truncated"] and e2e["settings"]["models"] == ["tiny"]
+    assert [(row["batch"], row["cuda_graph"]) for row in e2e["rows"]] == [(1, False), (2, False)]
+    for row in e2e["rows"]:
+        assert row["ok"] and row["model"] == "tiny" and row["rho"] == 0.985
+        for key in ("cascade_ms", "dense_ms"):
+            assert row[key]["runs"] >= 2 and row[key]["median"] > 0
+        assert row["cascade_fps"] > 0 and row["dense_fps"] > 0 and row["speedup"] > 0 and row["ideal_speedup"] > 1
+        assert sum(row["stage_fractions"]) == pytest.approx(1.0)
+    check = e2e["rows"][0]["reference_check"]
+    assert check["ok"] and check["label_agreement"] >= 0.9999 and max(check["score_rel_err"]) <= 1e-4
     rows = results["benchmark"]["rows"]
     assert len(rows) == 1 * 2 * 2 * 5  # channels × kernel sizes × mask kinds × fractions
     for row in rows:

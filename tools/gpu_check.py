@@ -12,10 +12,18 @@ of ours installed, without network, in a few minutes on one H100. Writes
   clustered (smooth blobs, like real cascade regions) masks: median / p90 / p99 GPU time of
   the list form (conv on a prebuilt list; building the list timed apart), the single-launch
   mask form and dense cuDNN ``conv2d`` (channels-last fp16), each over ≥ 50 CUDA-graph
-  replays after warm-up, timed with CUDA events, next to the ideal speedup 1 / fraction.
+  replays after warm-up, timed with CUDA events, next to the ideal speedup 1 / fraction;
+* ``end_to_end``: frames per second of the whole cascade (torch backend, kernels path: uint8
+  images on the GPU → label maps on the GPU, thresholding and fusion included) against the
+  dense network of the same weights (cuDNN, BN folded), 512×512 fp16, batch 1 and 8, eager and
+  replayed as one CUDA graph, ≥ 50 timed runs each (CUDA events, alternating blocks): ``tiny``
+  (the demo checkpoint at ρ = 0.985), ``resnet50`` and ``irnet`` (untrained weights, regions
+  forced to 30 % / 15 % of the pixels), next to the FLOP-ideal speedup; at batch 1 the labels
+  and scores are also compared with the fp32 reference path on the CPU.
 
 ``--dry-run`` does the same on the CPU with Triton's interpreter, tiny sizes and a few
-iterations (wall-clock timings, meaningless as speed), so the test suite can run it.
+iterations (wall-clock timings, meaningless as speed; end to end only ``tiny``, 32×32, fp32,
+no CUDA graph), so the test suite can run it.
 """
 
 from __future__ import annotations
@@ -41,8 +49,18 @@ SIZES = {"channels": (64, 256, 512), "kernels": (3, 1), "map": 64, "warmup": 10,
 DRY_SIZES = {"channels": (16,), "kernels": (3, 1), "map": 8, "warmup": 1, "iters": 2}
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 MASK_KINDS = ("scattered", "clustered")
-# Stop starting new benchmark layers past this point so the whole run stays under 6 minutes.
-DEADLINE_S = 300.0
+E2E = {"models": ("tiny", "resnet50", "irnet"), "size": 512, "batches": (1, 8), "graphs": (False, True),
+       "precision": "fp16", "warmup": 5, "iters": 50}
+DRY_E2E = {"models": ("tiny",), "size": 32, "batches": (1, 2), "graphs": (False,), "precision": "fp32",
+           "warmup": 1, "iters": 2}
+DEMO_RHO = 0.985
+FORCED_ACTIVE = (0.3, 0.15)  # shares of pixels reaching stages 2 and 3 for untrained models
+# Stop starting new kernel-benchmark layers, then new end-to-end cases, past these points
+# so the whole run stays under 6 minutes (an IRNet case compiles its kernels: up to ~1 min).
+DEADLINE_S = 150.0
+E2E_DEADLINE_S = 300.0
+# fp16 scores of a 50-100 layer network drift from the fp32 reference by a few 1e-3 of their range.
+E2E_SCORE_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 
 
 def import_checkout() -> None:
@@ -206,6 +224,163 @@ def benchmark(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
     return {"settings": settings, "rows": rows, "truncated": truncated}
 
 
+def e2e_checkpoint(name: str):
+    """The demo checkpoint for ``tiny``; untrained weights (seed 0) of the registered config otherwise."""
+    from layercascade.model.checkpoint import Checkpoint, load_checkpoint
+    from layercascade.model.config import get_config
+    from layercascade.model.network import LayerCascadeNet
+
+    if name == "tiny":
+        return load_checkpoint(), "demo checkpoint"
+    torch.manual_seed(0)
+    config = get_config(name)
+    return Checkpoint(config, LayerCascadeNet(config).state_dict(), [f"class{k}" for k in range(config.num_classes)],
+                      [[0, 0, 0]] * config.num_classes), "untrained"
+
+
+def time_alternating(calls: dict[str, Callable[[], object]], cuda: bool, warmup: int, iters: int) -> dict[str, dict]:
+    """Milliseconds per call of each of ``calls``, timed in alternating blocks (CUDA events on a GPU)."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    block = max(1, min(10, iters // 5))
+    while len(samples[next(iter(calls))]) < iters:
+        for name, call in calls.items():
+            for _ in range(block):
+                if cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    call()
+                    end.record()
+                    end.synchronize()
+                    samples[name].append(start.elapsed_time(end))
+                else:
+                    begin = time.perf_counter()
+                    call()
+                    samples[name].append((time.perf_counter() - begin) * 1e3)
+    return {name: stats(values) for name, values in samples.items()}
+
+
+def e2e_case(backend, images: torch.Tensor, masks, graph: bool, cuda: bool, sizes: dict) -> dict:
+    """Cascade and dense programs of ``backend`` on ``images`` (already on the device): timings and fractions."""
+    batch = images.shape[0]
+    cascade = backend.device_program("cascade", batch, forced=masks is not None, graph=graph)
+    dense = backend.device_program("dense", batch, graph=graph)
+    cascade.inputs["images"].copy_(images)
+    dense.inputs["images"].copy_(images)
+    cascade.inputs["rho"].fill_(DEMO_RHO)
+    if masks is not None:
+        for name, mask in zip(("forced2", "forced3"), masks):
+            cascade.inputs[name].copy_(torch.from_numpy(mask).permute(0, 2, 3, 1))
+    counts = cascade()["stage_counts"].sum(0).double()
+    fractions = (counts / counts.sum()).tolist()
+    timing = time_alternating({"cascade": cascade, "dense": dense}, cuda, sizes["warmup"], sizes["iters"])
+    return {"fractions": fractions, **timing}
+
+
+def e2e_reference_check(checkpoint, backend, images, masks, precision: str) -> dict:
+    """Batch-1 labels and scores of the kernels path against the fp32 reference path on the CPU."""
+    from layercascade.runtime.torch_backend import TorchBackend
+
+    reference = TorchBackend(checkpoint, "cpu", input_size=backend.input_size)
+    expected = reference.path.stage_outputs(images[:1], DEMO_RHO, None if masks is None else
+                                            tuple(m[:1] for m in masks))
+    program = backend.device_program("cascade", 1, forced=masks is not None, graph=False)
+    program.inputs["images"].copy_(torch.from_numpy(images[:1]))
+    program.inputs["rho"].fill_(DEMO_RHO)
+    if masks is not None:
+        for name, mask in zip(("forced2", "forced3"), masks):
+            program.inputs[name].copy_(torch.from_numpy(mask[:1]).permute(0, 2, 3, 1))
+    out = program()
+    errors = []
+    for k, scores in enumerate(expected["scores"]):
+        ours = out[f"scores{k + 1}"].permute(0, 3, 1, 2).float().cpu()
+        errors.append(float((ours - scores).abs().max()) / max(1.0, float(scores.abs().max())))
+    agreement = float((out["labels"].cpu() == expected["labels"]).float().mean())
+    masks_equal = [bool(torch.equal(out[f"mask{k + 2}"].permute(0, 3, 1, 2).float().cpu(), m))
+                   for k, m in enumerate(expected["masks"])]
+    ok = max(errors) <= E2E_SCORE_TOLERANCE[precision] or (masks is None and agreement >= 0.99)
+    return {"label_agreement": agreement, "score_rel_err": errors, "masks_equal": masks_equal, "ok": ok}
+
+
+def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
+    """Cascade vs dense FPS of whole networks through the torch backend's kernels path."""
+    from layercascade.cost_model import ideal_speedup
+    from layercascade.runtime.bench import forced_masks, sample_batch
+    from layercascade.runtime.cascade import Cascade
+    from layercascade.runtime.torch_backend import TorchBackend
+
+    torch.backends.cudnn.benchmark = True
+    device, precision, side = ("cuda" if cuda else "cpu"), sizes["precision"], sizes["size"]
+    rows, truncated = [], False
+    for name in sizes["models"]:
+        if time.perf_counter() - started > E2E_DEADLINE_S:
+            truncated = True
+            log(f"# deadline: skipping {name}")
+            continue
+        try:
+            checkpoint, weights = e2e_checkpoint(name)
+            backend = TorchBackend(checkpoint, device, precision, input_size=(side, side), kernels=True)
+            # Cascade only to read the bundled sample images at the model's input size.
+            all_images = sample_batch(Cascade(Path(name), backend.manifest, backend), max(sizes["batches"]))
+            stage_shape = (len(all_images), 1, *backend.manifest["stage_size"])
+            all_masks = forced_masks(stage_shape, FORCED_ACTIVE) if weights == "untrained" else None
+            gmacs = backend.manifest["stage_gmacs"]
+            check = e2e_reference_check(checkpoint, backend, all_images, all_masks, precision)
+            log(f"{name} ({weights}): vs fp32 reference at batch 1: labels {check['label_agreement']:.2%} equal, "
+                f"score error {max(check['score_rel_err']):.1e} of range, {'ok' if check['ok'] else 'WRONG'}")
+        except Exception as error:  # noqa: BLE001 - one failing model must not lose the other results
+            log(f"{name}: FAILED {type(error).__name__}: {error}")
+            rows.append({"model": name, "ok": False, "error": f"{type(error).__name__}: {error}"})
+            continue
+        for batch in sizes["batches"]:
+            images = torch.from_numpy(all_images[:batch]).to(device)
+            masks = None if all_masks is None else tuple(m[:batch] for m in all_masks)
+            for graph in sizes["graphs"]:
+                if time.perf_counter() - started > E2E_DEADLINE_S:
+                    truncated = True
+                    log(f"# deadline: skipping {name} batch {batch}{' graph' if graph else ''}")
+                    continue
+                row = {"model": name, "weights": weights, "size": [side, side], "batch": batch,
+                       "precision": precision, "cuda_graph": graph,
+                       "rho": DEMO_RHO if masks is None else None,
+                       "forced_active_fractions": None if masks is None else list(FORCED_ACTIVE),
+                       "reference_check": check if batch == sizes["batches"][0] and not graph else None}
+                try:
+                    case = e2e_case(backend, images, masks, graph, cuda, sizes)
+                except Exception as error:  # noqa: BLE001 - keep the other cases
+                    log(f"{name} batch {batch} graph={graph}: FAILED {type(error).__name__}: {error}")
+                    rows.append({**row, "ok": False, "error": f"{type(error).__name__}: {error}"})
+                    continue
+                fractions = case["fractions"]
+                reach = (fractions[1] + fractions[2], fractions[2])
+                row.update({
+                    "stage_fractions": fractions, "cascade_ms": case["cascade"], "dense_ms": case["dense"],
+                    "cascade_fps": batch * 1e3 / case["cascade"]["median"],
+                    "dense_fps": batch * 1e3 / case["dense"]["median"],
+                    "speedup": case["dense"]["median"] / case["cascade"]["median"],
+                    "ideal_speedup": ideal_speedup([g["backbone"] for g in gmacs], [g["head"] for g in gmacs], reach),
+                    "ok": check["ok"],
+                })
+                rows.append(row)
+                log(f"  {name} batch {batch} {'graph' if graph else 'eager'}: cascade {row['cascade_fps']:.1f} FPS "
+                    f"({case['cascade']['median']:.3f} ms), dense {row['dense_fps']:.1f} FPS "
+                    f"({case['dense']['median']:.3f} ms), ×{row['speedup']:.2f} (ideal ×{row['ideal_speedup']:.2f}); "
+                    f"stages {'/'.join(f'{100 * f:.0f}%' for f in fractions)}")
+        del backend
+        if cuda:
+            torch.cuda.empty_cache()
+    settings = {key: (list(value) if isinstance(value, tuple) else value) for key, value in sizes.items()}
+    settings.update({"demo_rho": DEMO_RHO, "forced_active_fractions": list(FORCED_ACTIVE),
+                     "timing": ("CUDA events around each call (eager launches, or one CUDA-graph replay)" if cuda
+                                else "wall clock (interpreter)"),
+                     "measured": "uint8 images on the device → label maps on the device; host copies excluded",
+                     "dense": "the same weights, BN folded, every stage's blocks on every pixel, final head; "
+                              "cuDNN channels-last, cudnn.benchmark on"})
+    return {"settings": settings, "rows": rows, "truncated": truncated}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-results"), help="results folder")
@@ -235,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({time.perf_counter() - started:.0f} s so far)")
     log("# benchmark")
     bench = benchmark(DRY_SIZES if args.dry_run else SIZES, cuda, log, started)
+    log(f"# end to end ({time.perf_counter() - started:.0f} s so far)")
+    e2e = end_to_end(DRY_E2E if args.dry_run else E2E, cuda, log, started)
     results = {
         "schema": 1,
         "dry_run": args.dry_run,
@@ -245,11 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         "correctness": correctness,
         "correctness_ok": all(r["ok"] for r in correctness),
         "benchmark": bench,
-        "end_to_end": "not implemented in this script yet",
+        "end_to_end": e2e,
         "elapsed_s": time.perf_counter() - started,
     }
     (args.out / "gpu_check.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    ok = results["correctness_ok"] and all(row["ok"] for row in bench["rows"])
+    ok = results["correctness_ok"] and all(row["ok"] for row in bench["rows"] + e2e["rows"])
     log(f"# {'all ok' if ok else 'FAILURES'}; {results['elapsed_s']:.0f} s; results in {args.out}")
     return 0 if ok else 1
 
