@@ -25,7 +25,7 @@ from layercascade.model.region import confidence, region_conv2d
 from layercascade.runtime.bench import forced_masks, sample_batch
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
 from layercascade.runtime.cli import bench, run
-from layercascade.runtime.torch_backend import TorchBackend
+from layercascade.runtime.torch_backend import KernelPath, ReferencePath, TorchBackend
 from layercascade.tests.helpers import random_images, sharpened_checkpoint
 
 RHOS = (1.0, 0.985, 0.9)
@@ -177,6 +177,21 @@ def kernel_plan_report() -> dict:
             "counts_equal": bool(torch.equal(out["stage_counts"], ref["stage_counts"])),
             "reach": [float(m.mean()) for m in ref["masks"]],
         }
+    # fp16 storage (fp32 accumulation), the CUDA path's --precision fp16, on forced regions.
+    half = KernelPath(reference.path.model, load_checkpoint(), cascade.input_size, torch.float16, torch.device("cpu"))
+    masks = forced_masks((2, 1, 6, 6), (0.5, 0.25))
+    program = half.program("cascade", len(images), forced=True)
+    program.inputs["images"].copy_(torch.from_numpy(images))
+    for key, mask in zip(("forced2", "forced3"), masks):
+        program.inputs[key].copy_(torch.from_numpy(mask).permute(0, 2, 3, 1))
+    out, ref = program(), reference.path.stage_outputs(images, 0.985, masks)
+    report["fp16"] = {
+        "dtypes": sorted({str(out[f"scores{k}"].dtype) for k in (1, 2, 3)}),
+        "score_errors": [float((out[f"scores{k + 1}"].permute(0, 3, 1, 2).float() - s).abs().max())
+                         / float(s.abs().max()) for k, s in enumerate(ref["scores"])],
+        "label_agreement": float((out["labels"] == ref["labels"]).float().mean()),
+        "counts_equal": bool(torch.equal(out["stage_counts"], ref["stage_counts"])),
+    }
     report["dense_agreement"] = float((kernels.dense_runner({}).infer({"image": images})["labels"]
                                        == reference.path.dense(images)).mean())
     run_out = kernels.run(images, 0.985)
@@ -198,6 +213,9 @@ def test_kernels_path_in_the_interpreter() -> None:
         assert case["label_agreement"] >= LABEL_AGREEMENT and all(case["masks_equal"]) and case["counts_equal"]
     assert 0.0 < report["forced"]["reach"][1] < report["forced"]["reach"][0] < 1.0  # real partial regions
     assert report["dense_agreement"] >= LABEL_AGREEMENT and report["run_labels_equal"]
+    half = report["fp16"]
+    assert half["dtypes"] == ["torch.float16"] and half["counts_equal"], half
+    assert max(half["score_errors"]) <= 4e-3 and half["label_agreement"] >= 0.99, half
 
 
 @pytest.mark.parametrize(("name", "size"), [("resnet18", (64, 64)), ("irnet", (32, 32))])
@@ -207,7 +225,6 @@ def test_kernel_plans_of_every_block_type(monkeypatch: pytest.MonkeyPatch, name:
     pytest.importorskip("triton", reason="triton is not installed: the kernels module needs it")
     from layercascade.plugins import kernels
     from layercascade.plugins.reference import active_list_reference
-    from layercascade.runtime.torch_backend import KernelPath, ReferencePath
 
     def region_conv(x, weight, bias, rows, count, *, padding, dilation, relu, residual, groups, config=None):
         # plugins/reference.py's call, in fp32 (its fp64 convs take seconds per IRNet layer on a CPU).
