@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from layercascade.calibration.quantize import quantize_graph
-from layercascade.calibration.statistics import METHODS, Statistics, collect
+from layercascade.calibration.statistics import METHODS, Statistics, collect, score_convs
 from layercascade.errors import fail
 from layercascade.manifest import write_model_dir
 
@@ -62,7 +62,7 @@ def load_statistics(model_dir: Path, manifest: dict[str, Any], dataset: Any, met
 
 
 def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str = "train", seed: int = 0,
-              limit: int | None = None, method: str = "entropy", rho: float | None = None,
+              limit: int | None = None, method: str = "percentile", rho: float | None = None,
               cascade_aware: bool = True, cache: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Write the INT8 model dir ``output`` for the fp32 ``model_dir``; returns its ``quantization`` record.
 
@@ -111,6 +111,7 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
         "statistics_sha256": statistics.digest(),
         "weights": "int8, symmetric, per output channel",
         "activations": "int8, symmetric, per tensor",
+        "float_convs": sorted({name for file in files for name in score_convs(onnx.load(str(model_dir / file)))}),
         "source_model_sha256": meta["model"],
         "source": str(model_dir.resolve()),  # lc-bench --compare finds the fp32 model here
         "onnxruntime": onnxruntime.__version__,

@@ -3,6 +3,8 @@
 This is the form TensorRT's strongly typed INT8 parses and ONNX Runtime's CPU int8 kernels
 run (DESIGN §7):
 
+The heads' classifiers (``statistics.score_convs``) stay float.
+
 * standard graphs (stage 1, the dense graph): ONNX Runtime's ``QDQQuantizer`` puts Q/DQ on
   every Conv input and output (ONNX Runtime fuses DQ → Conv → Q into QLinearConv) with
   int32 biases;
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.calibration.statistics import REGION_CONV
+from layercascade.calibration.statistics import REGION_CONV, score_convs
 
 Ranges = dict[str, tuple[np.float32, np.float32]]
 
@@ -45,7 +47,8 @@ def quantize_standard_graph(model: Any, ranges: Ranges) -> Any:
                                 {name: TensorData(lowest=low, highest=high) for name, (low, high) in ranges.items()})
     quantizer = QDQQuantizer(onnx.shape_inference.infer_shapes(model), per_channel=True, reduce_range=False,
                              weight_qType=QuantType.QInt8, activation_qType=QuantType.QInt8,
-                             tensors_range=tensors_range, nodes_to_quantize=None, nodes_to_exclude=None,
+                             tensors_range=tensors_range, nodes_to_quantize=None,
+                             nodes_to_exclude=sorted(score_convs(model)),
                              op_types_to_quantize=["Conv"],
                              extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     quantizer.quantize_model()
@@ -106,8 +109,11 @@ def quantize_region_graph(model: Any, ranges: Ranges) -> Any:
                                       name=f"{name}/DQ", axis=0))
         return f"{name}/dq"
 
+    kept_float = score_convs(model)
+    quantized_convs = [n for n in model.graph.node if (n.domain, n.op_type) == REGION_CONV and n.name not in kept_float]
+    quantized_names = {n.name for n in quantized_convs}
     for node in model.graph.node:
-        if (node.domain, node.op_type) == REGION_CONV:
+        if node.name in quantized_names:
             x, w, *rest = node.input
             rewritten = onnx.NodeProto()
             rewritten.CopyFrom(node)
@@ -115,7 +121,7 @@ def quantize_region_graph(model: Any, ranges: Ranges) -> Any:
             nodes.append(rewritten)
         else:
             nodes.append(node)
-    quantized_weights = {n.input[1] for n in model.graph.node if (n.domain, n.op_type) == REGION_CONV}
+    quantized_weights = {n.input[1] for n in quantized_convs}
     graph = model.graph
     kept = [t for t in graph.initializer if t.name not in quantized_weights]
     del graph.node[:]

@@ -44,14 +44,42 @@ FORMAT_VERSION = 1
 REGION_CONV = ("lc", "RegionConv")
 
 
+def is_conv(node: Any) -> bool:
+    return (node.domain, node.op_type) in (REGION_CONV, ("", "Conv"))
+
+
+def score_convs(model: Any) -> set[str]:
+    """Names of the convs whose output no other conv reads, even through other ops: the heads'
+    classifiers. They stay float: their scores decide which pixels go on to the next stage,
+    and int8 error there moves pixels between stages (docs/results.md)."""
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    reaches: dict[str, bool] = {}
+
+    def reaches_conv(tensor: str) -> bool:
+        if tensor not in reaches:
+            reaches[tensor] = False  # the graph is acyclic; this only stops revisits
+            reaches[tensor] = any(is_conv(n) or any(reaches_conv(o) for o in n.output)
+                                  for n in consumers.get(tensor, []))
+        return reaches[tensor]
+
+    return {n.name for n in model.graph.node if is_conv(n) and not reaches_conv(n.output[0])}
+
+
 def quantized_tensors(model: Any) -> list[str]:
     """Names of the float activations of ``model`` that the QDQ graph quantizes, in graph order.
 
     Standard graphs: every Conv input and output (ONNX Runtime fuses DQ → Conv → Q into
     QLinearConv). Region graphs: every RegionConv input X (its output goes on in float).
+    Convs in :func:`score_convs` are not quantized.
     """
     names: list[str] = []
+    kept_float = score_convs(model)
     for node in model.graph.node:
+        if node.name in kept_float:
+            continue
         if (node.domain, node.op_type) == REGION_CONV:
             wanted = [node.input[0]]
         elif node.domain == "" and node.op_type == "Conv":
