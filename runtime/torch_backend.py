@@ -463,13 +463,15 @@ class DeviceProgram:
         self.inputs = inputs
         self.graph: torch.cuda.CUDAGraph | None = None
         if graph:
+            # Warm-up and capture on one stream: libraries that create per-stream handles or
+            # workspaces lazily then do it before the capture, not inside it.
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), torch.inference_mode():
                 function(**inputs)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.inference_mode():
+            with torch.cuda.graph(self.graph, stream=side), torch.inference_mode():
                 self.outputs = function(**inputs)
 
     def __call__(self) -> dict[str, Tensor]:
