@@ -34,6 +34,16 @@ MASK_MARGIN = 1e-5
 SCORE_TOLERANCE = 1e-4
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: small convs gain nothing from two, and spinning OpenMP threads
+    slow them many times over while other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def torch_cascade() -> Cascade:
     return Cascade.load(None, backend="torch")
@@ -204,7 +214,7 @@ def test_kernels_path_in_the_interpreter() -> None:
     pytest.importorskip("triton", reason="triton is not installed: the kernels path needs it")
     code = "import json; from layercascade.tests import test_torch_backend as t; print(json.dumps(t.kernel_plan_report()))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "TRITON_INTERPRET": "1"})
+                          env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "TRITON_INTERPRET": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for name in ("rho", "forced"):
@@ -219,7 +229,8 @@ def test_kernels_path_in_the_interpreter() -> None:
 
 
 @pytest.mark.parametrize(("name", "size"), [("resnet18", (64, 64)), ("irnet", (32, 32))])
-def test_kernel_plans_of_every_block_type(monkeypatch: pytest.MonkeyPatch, name: str, size: tuple[int, int]) -> None:
+def test_kernel_plans_of_every_block_type(monkeypatch: pytest.MonkeyPatch, one_thread: None, name: str,
+                                          size: tuple[int, int]) -> None:
     """The plans of ResNet (Bottleneck-free and strided stage 1) and IRNet blocks, with each
     kernel call answered by its reference (``plugins/reference.py``), against the reference path."""
     pytest.importorskip("triton", reason="triton is not installed: the kernels module needs it")
