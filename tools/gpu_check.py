@@ -377,7 +377,8 @@ def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
                                 else "wall clock (interpreter)"),
                      "measured": "uint8 images on the device → label maps on the device; host copies excluded",
                      "dense": "the same weights, BN folded, every stage's blocks on every pixel, final head; "
-                              "cuDNN channels-last, cudnn.benchmark on"})
+                              "cuDNN channels-last convs (ReLU and residual adds as separate passes, eager "
+                              "PyTorch), cudnn.benchmark on"})
     return {"settings": settings, "rows": rows, "truncated": truncated}
 
 
