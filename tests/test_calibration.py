@@ -114,6 +114,26 @@ def test_int8_labels_agree_with_fp32(fp32_dir, int8, lower) -> None:
     assert np.mean(agree) >= 0.97
 
 
+def test_lowered_int8_stage_matches_its_function_bodies(int8) -> None:
+    """The int8 row lowering (int8 gathers, QGemm) computes what the QDQ graph says, up to the
+    rounding of values that fall on a quantization step boundary."""
+    from layercascade.runtime.ort import OrtRunner
+
+    output, _, _ = int8
+    stage1 = OrtRunner(output / "stage1.onnx")
+    lowered, bodies = OrtRunner(output / "stage2.onnx"), OrtRunner(output / "stage2.onnx", lower=False)
+    assert lowered.lowered and not bodies.lowered
+    image, _ = open_dataset("synthetic", "val", limit=1)[0]
+    rho = np.array([0.985], np.float32)
+    first = stage1.infer({"image": Cascade.load(output).prepare(image)[None], "rho": rho})
+    feeds = {"feat1": first["feat1"], "mask2": first["mask2"], "rho": rho}
+    assert 0 < first["mask2"].mean() < 1
+    fast, reference = lowered.infer(feeds), bodies.infer(feeds)
+    for name in ("feat2", "scores2"):
+        np.testing.assert_allclose(fast[name], reference[name], atol=0.01 * np.abs(reference[name]).max())
+    np.testing.assert_array_equal(fast["mask3"], reference["mask3"])
+
+
 def test_another_method_reuses_the_statistics(fp32_dir, int8, tmp_path) -> None:
     _, record, cache = int8
     again = calibrate(fp32_dir, tmp_path / "pct", limit=IMAGES, method="percentile", cache=cache, progress=False)
