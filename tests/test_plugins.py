@@ -64,7 +64,7 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert not e2e["truncated"] and e2e["settings"]["models"] == ["tiny"]
     assert [(row["batch"], row["cuda_graph"]) for row in e2e["rows"]] == [(1, False), (2, False)]
     for row in e2e["rows"]:
-        assert row["ok"] and row["model"] == "tiny" and row["rho"] == 0.985
+        assert row["ok"] and row["model"] == "tiny" and row["rho"] == 0.985 and row["labels_match_first_mode"]
         for key in ("cascade_ms", "dense_ms"):
             assert row[key]["runs"] >= 2 and row[key]["median"] > 0
         assert row["cascade_fps"] > 0 and row["dense_fps"] > 0 and row["speedup"] > 0 and row["ideal_speedup"] > 1
