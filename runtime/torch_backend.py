@@ -214,9 +214,10 @@ class FoldedConv:
                 raise ValueError(f"region convolutions have stride 1, got {self.stride}")
             self.kernels = kernels
             self.weight = kernels.pack_weight(weight)
-            # Triton's interpreter costs per op, not per flop: one tile spans the channels.
-            self.tiles = (None if device.type == "cuda" else kernels.BlockConfig(
-                64, triton.next_power_of_2(max(16, weight.shape[0])), triton.next_power_of_2(max(16, weight.shape[1])), 4))
+            # Triton's interpreter costs per op, not per flop: on the CPU one tile spans the channels.
+            c_out, c_in = weight.shape[:2]
+            self.tiles = None if device.type == "cuda" else kernels.BlockConfig(
+                64, triton.next_power_of_2(max(16, c_out)), triton.next_power_of_2(max(16, c_in)), 4)
         else:
             self.weight = weight.contiguous(memory_format=torch.channels_last)
 
