@@ -56,10 +56,13 @@ class Cascade:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, backend: str = "auto", device: str = "cpu",
              lower: bool = True, threads: int = 0, **options: Any) -> Cascade:
-        """Load an exported model dir (``None``: the bundled demo model).
+        """Load an exported model dir, an lc-build engine dir or (torch) a checkpoint ``.pt``.
+
+        ``None`` is the bundled demo model (its checkpoint for the torch backend).
 
         Args:
-            backend: "ort" (ONNX Runtime), "trt", "torch" or "auto" (the best one available).
+            backend: "ort" (ONNX Runtime), "trt", "torch" or "auto" (engines → trt, a ``.pt``
+                checkpoint → torch, otherwise ort).
             device: "cpu" or "cuda".
             lower: run RegionConv in compact row form (False: the graphs' function bodies).
             threads: intra-op threads (0 = the backend's default).
@@ -70,7 +73,8 @@ class Cascade:
         from layercascade.runtime.engines import is_engine_dir
 
         if backend == "auto":
-            backend = "trt" if is_engine_dir(model_dir) else "ort"
+            checkpoint = model_dir is not None and Path(model_dir).suffix == ".pt"
+            backend = "trt" if is_engine_dir(model_dir) else "torch" if checkpoint else "ort"
         elif backend in ("ort", "torch") and is_engine_dir(model_dir):
             fail(f"{model_dir}: holds TensorRT engines (lc-build); run it with --backend trt (or auto), "
                  f"or pass the model dir lc-export wrote to use --backend {backend}")

@@ -289,6 +289,10 @@ def test_lc_run_and_lc_bench_with_the_torch_backend(tmp_path: Path, capsys: pyte
     assert result["model"] == str(DEMO_CHECKPOINT)
 
 
+def test_auto_backend_runs_a_checkpoint_with_torch() -> None:
+    assert Cascade.load(DEMO_CHECKPOINT).backend == "torch"
+
+
 def test_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(LCError, match="--precision fp16 runs on CUDA only"):

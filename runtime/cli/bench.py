@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "measured speedup and the FLOP-ideal one for the stage fractions seen.",
     )
     parser.add_argument("model", nargs="?", default=None, metavar="DIR",
-                        help="model directory from lc-export (default: the bundled demo model)")
+                        help="model directory from lc-export, engine directory from lc-build, or (torch backend) a "
+                             "checkpoint .pt (default: the bundled demo model)")
     parser.add_argument("--backend", choices=("auto", "ort", "trt", "torch"), default="auto",
                         help="inference backend (default: auto)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
                         help="folder for the outputs (created if missing; files of the same name are replaced)")
     parser.add_argument("--engine", default=None, metavar="DIR",
-                        help="model folder written by lc-export / lc-build (default: the bundled demo model)")
+                        help="model folder written by lc-export, engine folder written by lc-build, or (torch backend) "
+                             "a checkpoint .pt (default: the bundled demo model)")
     parser.add_argument("--backend", choices=("auto", "ort", "trt", "torch"), default="auto",
                         help="inference backend: ONNX Runtime, TensorRT or PyTorch; auto picks the fastest "
                              "one installed for the device (default: auto)")
