@@ -193,7 +193,7 @@ class _Lowering:
         if mask != self.mask:
             raise LoweringUnsupported(f"{node.name}: a second region mask {mask!r} in one graph")
         bias = numpy_helper.to_array(self.initializers[b_name])
-        matrix, (c_out, c_in, kh, kw), w_scale = self.weight_matrix(node.name, w_name)
+        matrix, (_, c_in, kh, kw), w_scale = self.weight_matrix(node.name, w_name)
         pads = tuple(attrs["pads"][:2])
         quantized = self.quantized_input(x)
         if quantized is not None:  # gather the int8 rows, dequantize the gathered columns

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from layercascade.calibration import cli as calibrate_cli
 from layercascade.calibration.calibrate import calibrate
 from layercascade.calibration.statistics import Statistics, fold_absolute, rows_at
-from layercascade.errors import LCError, run_cli
+from layercascade.errors import run_cli
 from layercascade.model.data import open_dataset
 from layercascade.runtime.bench import compare_precisions, plot_comparison, precision_sources
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
