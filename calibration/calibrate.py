@@ -29,16 +29,24 @@ def model_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
 
 
-def calibration_images(dataset: Any, size: tuple[int, int]) -> Iterator[np.ndarray]:
-    """Each image of ``dataset`` as a (1, H, W, 3) uint8 batch at the model's input size."""
+def calibration_images(dataset: Any, size: tuple[int, int], batch: int) -> Iterator[np.ndarray]:
+    """The images of ``dataset`` as (batch, H, W, 3) uint8 arrays at the model's input size.
+
+    A static batch above 1 is filled up at the end with the first images again.
+    """
     from PIL import Image
 
     height, width = size
-    for index in range(len(dataset)):
-        image, _ = dataset[index]
+    count = -(-len(dataset) // batch) * batch
+    images = []
+    for index in range(count):
+        image, _ = dataset[index % len(dataset)]
         if image.shape[:2] != (height, width):  # bilinear, as Cascade.prepare resizes at run time
             image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-        yield image[None]
+        images.append(image)
+        if len(images) == batch:
+            yield np.stack(images)
+            images = []
 
 
 def load_statistics(model_dir: Path, manifest: dict[str, Any], dataset: Any, meta: dict[str, Any], cache: Path,
@@ -54,9 +62,10 @@ def load_statistics(model_dir: Path, manifest: dict[str, Any], dataset: Any, met
             fail(f"{cache}: statistics collected with other settings ({', '.join(differing)} differ); "
                  "delete the file or choose another --cache")
         return statistics, True
-    images = calibration_images(dataset, tuple(manifest["input_size"]))
-    statistics = collect(model_dir, manifest, images, len(dataset), meta["rho"], meta["cascade_aware"], meta,
-                         progress)
+    batch = 1 if manifest["batch"]["dynamic"] else int(manifest["batch"]["size"])
+    images = calibration_images(dataset, tuple(manifest["input_size"]), batch)
+    statistics = collect(model_dir, manifest, images, -(-len(dataset) // batch), meta["rho"], meta["cascade_aware"],
+                         meta, progress)
     statistics.save(cache)
     return statistics, False
 

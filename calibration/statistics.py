@@ -202,7 +202,7 @@ class _Recorder:
 
 def collect(model_dir: Path, manifest: dict[str, Any], images: Iterable[np.ndarray], count: int, rho: float,
             cascade_aware: bool, meta: dict[str, Any], progress: bool = True) -> Statistics:
-    """Run the fp32 stage graphs (and the dense graph) on ``images`` ((1, H, W, 3) uint8 each) at ``rho``.
+    """Run the fp32 stage graphs (and the dense graph) on ``count`` batches ``images`` ((N, H, W, 3) uint8) at ``rho``.
 
     Stage k's tensors are recorded at the pixels that reach stage k (all pixels with
     ``cascade_aware=False``); stage 1 and the dense graph always at all pixels.
@@ -217,7 +217,7 @@ def collect(model_dir: Path, manifest: dict[str, Any], images: Iterable[np.ndarr
     rho_array = np.array([rho], np.float32)
     reached = [0, 0]
     quiet = open(os.devnull, "w")  # noqa: SIM115 - HistogramCollector.collect prints a line per call
-    with quiet, tqdm(total=count, desc="calibrating", unit="img", disable=not progress, leave=False) as bar:
+    with quiet, tqdm(total=count, desc="calibrating", unit="batch", disable=not progress, leave=False) as bar:
         for image in images:
             stage1, stage2, stage3, dense = recorders
             out1 = stage1.run({"image": image, "rho": rho_array})
