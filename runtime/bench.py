@@ -134,7 +134,8 @@ def precision_sources(model_dir: Path | None, precisions: list[str]) -> dict[str
     """The model dir and backend options of each precision: fp32 and fp16 from the fp32 dir, int8 from the INT8 one.
 
     ``model_dir`` may be either: an INT8 dir names its fp32 source in its ``quantization``
-    record (``lc-calibrate`` writes it), an fp32 dir cannot name an INT8 one.
+    record (``lc-calibrate`` writes it), an fp32 dir cannot name an INT8 one. A ``.pt``
+    checkpoint (torch backend) gives fp32 and fp16.
     """
     from layercascade.calibration.calibrate import model_hash
     from layercascade.runtime.cascade import DEMO_MODEL, read_cascade_manifest
@@ -144,6 +145,10 @@ def precision_sources(model_dir: Path | None, precisions: list[str]) -> dict[str
         fail(f"--compare takes fp32 and any of {', '.join(PRECISIONS[1:])}, comma-separated (got "
              f"{','.join(precisions)})")
     model_dir = DEMO_MODEL if model_dir is None else Path(model_dir)
+    if model_dir.suffix == ".pt":  # a checkpoint (torch backend): fp32 and fp16 of the same weights
+        if "int8" in precisions:
+            fail("--compare int8 needs the INT8 model dir from lc-calibrate, not a checkpoint")
+        return {p: (model_dir, {} if p == "fp32" else {"precision": p}) for p in PRECISIONS if p in precisions}
     record = read_cascade_manifest(model_dir).get("quantization")
     if record is None:
         if "int8" in precisions:

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from layercascade.calibration import cli as calibrate_cli
 from layercascade.calibration.calibrate import calibrate
 from layercascade.calibration.statistics import Statistics, fold_absolute, rows_at
-from layercascade.errors import run_cli
+from layercascade.errors import LCError, run_cli
 from layercascade.model.data import open_dataset
 from layercascade.runtime.bench import compare_precisions, plot_comparison, precision_sources
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
@@ -226,6 +226,14 @@ def test_compare_fp32_int8_with_accuracy_and_plot(int8, tmp_path) -> None:
     assert abs(rows[("int8", 0.9)]["miou"] - rows[("fp32", 0.9)]["miou"]) < 5.0
     plot_comparison(result, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_sources_of_a_checkpoint() -> None:
+    checkpoint = Path("lc_tiny_synthetic.pt")
+    assert precision_sources(checkpoint, ["fp16", "fp32"]) == {"fp32": (checkpoint, {}),
+                                                               "fp16": (checkpoint, {"precision": "fp16"})}
+    with pytest.raises(LCError, match="needs the INT8 model dir"):
+        precision_sources(checkpoint, ["fp32", "int8"])
 
 
 def test_compare_errors(fp32_dir, capsys) -> None:
