@@ -10,6 +10,10 @@ QuantizeLinear is recorded as a histogram by ONNX Runtime's own ``HistogramColle
   never read, so all-pixel statistics (``cascade_aware=False``, the naive calibration kept
   for the ablation) drown the real distribution in a spike at zero.
 
+ONNX Runtime's calibrator classes run an augmented model and histogram whole tensors, so
+they cannot see which pixels reach a stage; the fp32 graphs run here instead and hand the
+gathered rows to ``HistogramCollector``, the calibrators' own statistics engine.
+
 One signed histogram per tensor (the collector's ``entropy`` form: range ±max|x|, exact
 min/max) serves every method: min-max reads the exact range, entropy runs on it as
 collected, percentile on it folded to |x|. So statistics are cached once per model, data

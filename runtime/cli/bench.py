@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = parser.add_argument_group("precision comparison")
     compare.add_argument("--compare", type=precision_list, default=None, metavar="LIST",
                          help="time precisions against each other instead of cascade vs dense: fp32 and any of "
-                              "fp16 (backends that have it), int8 (give the INT8 dir from lc-calibrate as DIR; "
-                              "its fp32 source is found from its lc.json), e.g. fp32,int8")
+                              "fp16 (backends that have it, e.g. a checkpoint with --backend torch --device cuda), "
+                              "int8 (give the INT8 dir from lc-calibrate as DIR; its fp32 source is found from its "
+                              "lc.json), e.g. fp32,int8")
     compare.add_argument("--rhos", type=rho_list, default=None, metavar="R1,R2,...",
                          help="with --compare: the thresholds to measure (default: --rho or the model's)")
     compare.add_argument("--data", default=None, metavar="SPEC",
