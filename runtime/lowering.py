@@ -15,9 +15,9 @@ scales with the number of active pixels P instead:
 INT8 graphs (explicit QDQ from ``calibration/``) lower the same way with int8 rows: a
 per-tensor QuantizeLinear / DequantizeLinear (zero point 0, so zero stays zero) runs on
 rows, a region conv whose X is DQ(int8) gathers the int8 rows (a quarter of the traffic)
-and dequantizes the gathered columns, and its DQ(int8, axis 0) weights become an int8
-(kh·kw·C_in, C_out) matrix behind a DQ with axis 1; ONNX Runtime fuses DQ, DQ → MatMul into
-an int8 GEMM (MatMulIntegerToFloat).
+and dequantizes the gathered columns, its DQ(int8, axis 0) weights become an int8
+(kh·kw·C_in, C_out) matrix behind a DQ with axis 1 and its bias an int32 DQ; ONNX Runtime
+fuses DQ, DQ, DQ → MatMul + Add into an int8 GEMM (QGemm).
 
 A region conv reads its input's real values at neighbours outside the region when that
 input is dense (the stage input); tensors in row space are zero outside the region by
