@@ -213,13 +213,18 @@ class _Lowering:
                                "im2col")
         if quantized is not None:
             columns = self.add("DequantizeLinear", [columns, *quantized[1:]], "im2col_dq")
-        if quantized is not None and w_scale is not None:
+        int8_gemm = quantized is not None and w_scale is not None
+        if int8_gemm:
             bias_name = self.quantized_bias(node.name, bias, quantized[1], w_scale)
         else:
             bias_name = self.const(f"{node.name}.bias", bias)
         out = self.add("Add", [self.add("MatMul", [columns, matrix], f"{node.name}/gemm"), bias_name],
                        f"{node.name}/bias")
-        if attrs["activation"] == 1:
+        if attrs["activation"] == 1 and int8_gemm:
+            # ReLU as Max(·, 0): ONNX Runtime fuses Gemm + Relu into a float FusedGemm before its
+            # QDQ fusion would make the int8 GEMM.
+            out = self.add("Max", [out, self.const("zero", np.float32(0))], f"{node.name}/relu")
+        elif attrs["activation"] == 1:
             out = self.add("Relu", [out], f"{node.name}/relu")
         self.values[node.output[0]] = _Value(rows=out)
 
