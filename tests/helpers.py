@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import numpy as np
 import torch
 
@@ -30,3 +33,13 @@ def sharpened_checkpoint(name: str, size: tuple[int, int], seed: int = 0) -> Che
 
 def random_images(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).random((n, *size, 3)) * 255).astype(np.uint8)
+
+
+def install_fake_tensorrt(monkeypatch, tensorrt: types.ModuleType, cudart: types.ModuleType) -> None:
+    """Make ``import tensorrt`` and ``from cuda.bindings import runtime`` give these stand-ins."""
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = cudart
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
+    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)

@@ -21,6 +21,7 @@ from layercascade.runtime.cli import build
 from layercascade.runtime.engines import (
     METADATA, BatchRange, BuiltEngine, batch_range, is_engine_dir, profile_shapes, write_engine_dir,
 )
+from layercascade.tests.helpers import install_fake_tensorrt
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
@@ -218,12 +219,7 @@ def fake_gpu_stack(monkeypatch, gpus: int, builder_error: Exception | None) -> N
     cudart.cudaGetDeviceCount = lambda: (0, gpus) if gpus else (100, 0)  # 100 = cudaErrorNoDevice
     cudart.cudaGetDevice = lambda: (0, 0)
     cudart.cudaGetDeviceProperties = lambda device: (0, types.SimpleNamespace(name=b"NVIDIA H100", major=9, minor=0))
-    bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime = cudart
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
-    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+    install_fake_tensorrt(monkeypatch, trt, cudart)
 
 
 @pytest.mark.parametrize("gpus, builder_error", [

@@ -22,6 +22,7 @@ from layercascade.runtime.engines import (
     METADATA, BatchRange, BuiltEngine, check_environment, check_sources, plan_buffers, read_metadata,
     stage_bindings, write_engine_dir,
 )
+from layercascade.tests.helpers import install_fake_tensorrt
 
 BUILT = {"tensorrt": "11.4.0.106", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
          "plugin_sha256": "ab" * 32}
@@ -306,12 +307,7 @@ def simulate_gpu(monkeypatch) -> SimulatedCuda:
 
     cuda = SimulatedCuda()
     trt = simulated_tensorrt(cuda)
-    bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime = cuda
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
-    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cuda)
+    install_fake_tensorrt(monkeypatch, trt, cuda)
     monkeypatch.setattr(trt_plugin, "register_plugins", lambda: trt.registered.append(True))
     return cuda
 
