@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from layercascade.errors import LCError, run_cli
 from layercascade.export import regionconv
 from layercascade.export.fp16 import convert_to_fp16
@@ -19,7 +18,13 @@ from layercascade.manifest import read_manifest, sha256_file, write_model_dir
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
 from layercascade.runtime.cli import build
 from layercascade.runtime.engines import (
-    METADATA, BatchRange, BuiltEngine, batch_range, is_engine_dir, profile_shapes, write_engine_dir,
+    METADATA,
+    BatchRange,
+    BuiltEngine,
+    batch_range,
+    is_engine_dir,
+    profile_shapes,
+    write_engine_dir,
 )
 from layercascade.tests.helpers import install_fake_tensorrt
 

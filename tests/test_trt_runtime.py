@@ -12,15 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from layercascade.errors import LCError, run_cli
 from layercascade.manifest import read_manifest
 from layercascade.runtime.bench import forced_masks
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
 from layercascade.runtime.cli import run
 from layercascade.runtime.engines import (
-    METADATA, BatchRange, BuiltEngine, check_environment, check_sources, plan_buffers, read_metadata,
-    stage_bindings, write_engine_dir,
+    METADATA,
+    BatchRange,
+    BuiltEngine,
+    check_environment,
+    check_sources,
+    plan_buffers,
+    read_metadata,
+    stage_bindings,
+    write_engine_dir,
 )
 from layercascade.tests.helpers import install_fake_tensorrt
 
