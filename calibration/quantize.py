@@ -1,9 +1,7 @@
 """Explicit-QDQ INT8 stage graphs: int8 weights per output channel, int8 activations per tensor, both symmetric.
 
 This is the form TensorRT's strongly typed INT8 parses and ONNX Runtime's CPU int8 kernels
-run (DESIGN §7):
-
-The heads' classifiers (``statistics.score_convs``) stay float.
+run (DESIGN §7). The heads' classifiers (``statistics.score_convs``) stay float.
 
 * standard graphs (stage 1, the dense graph): ONNX Runtime's ``QDQQuantizer`` puts Q/DQ on
   every Conv input and output (ONNX Runtime fuses DQ → Conv → Q into QLinearConv) with
