@@ -114,8 +114,9 @@ class _Lowering:
         self.padded_width = self.width + 2 * self.border[1]
         flat = self.const("flat", np.array([-1], np.int64))
         # Row-major NonZero orders the pixels alike on the plain and the padded grid.
-        self.idx = self.add("Reshape", [self.add("NonZero", [self.add("Reshape", [mask, flat], "mask_flat")], "active"),
-                                        flat], "idx")
+        self.batch = shape[0]
+        self.mask_flat = self.add("Reshape", [mask, flat], "mask_flat")
+        self.idx = self.add("Reshape", [self.add("NonZero", [self.mask_flat], "active"), flat], "idx")
         padded_mask = self.add("Pad", [mask, self.spatial_pads()], "mask_padded")
         self.padded_flat = self.add("Reshape", [padded_mask, flat], "mask_padded_flat")
         self.padded_idx = self.add("Reshape", [self.add("NonZero", [self.padded_flat], "active_padded"), flat],
@@ -141,8 +142,8 @@ class _Lowering:
             dy = np.repeat(np.arange(kernel[0]) * dilation[0] - pads[0], kernel[1])
             dx = np.tile(np.arange(kernel[1]) * dilation[1] - pads[1], kernel[0])
             offsets = (dy * self.padded_width + dx).astype(np.int64)[None]
-            column = self.add("Unsqueeze", [self.padded_idx, self.const("axis1", np.array([1], np.int64))],
-                              "idx_column")
+            column = self.once(("padded_idx_column",), lambda: self.add(
+                "Unsqueeze", [self.padded_idx, self.const("axis1", np.array([1], np.int64))], "padded_idx_column"))
             return self.add("Add", [column, self.const("offsets", offsets)], "taps_at")
         return self.once(("neighbours", kernel, dilation, pads), build)
 
@@ -171,10 +172,7 @@ class _Lowering:
         value = self.value(name)
         if value.dense is None:
             channels = self.channels(name)
-            grid = self.once(("grid_shape", channels), lambda: self.add("Concat", [
-                self.add("Shape", [self.add("Reshape", [self.mask, self.const("flat", np.array([-1], np.int64))],
-                                            "mask_flat")], "pixels"),
-                self.const("channels", np.array([channels], np.int64))], "zeros_shape", axis=0))
+            grid = self.once(("grid_shape", channels), lambda: self.zeros_shape(channels))
             zeros = self.add("ConstantOfShape", [grid], "zeros", value=numpy_helper.from_array(np.zeros(1, np.float32)))
             index = self.once(("idx_column",), lambda: self.add(
                 "Unsqueeze", [self.idx, self.const("axis1", np.array([1], np.int64))], "idx_column"))
@@ -183,6 +181,13 @@ class _Lowering:
                 "nhwc_shape", np.array([-1, self.height, self.width, channels], np.int64))], "nhwc_dense")
             value.dense = self.add("Transpose", [nhwc], "dense", perm=[0, 3, 1, 2])
         return value.dense
+
+    def zeros_shape(self, channels: int) -> str:
+        """(N·H·W, channels): a constant when the batch is static."""
+        if self.batch is not None:
+            return self.const("zeros_shape", np.array([self.batch * self.height * self.width, channels], np.int64))
+        return self.add("Concat", [self.add("Shape", [self.mask_flat], "pixels"),
+                                   self.const("channels", np.array([channels], np.int64))], "zeros_shape", axis=0)
 
     # -- node rewrites ------------------------------------------------------------------------------
     def region_conv(self, node: onnx.NodeProto) -> None:
@@ -235,7 +240,9 @@ class _Lowering:
         inputs = [self.value(i) for i in node.input]
         if node.op_type == "Mul" and self.mask in node.input:
             other = node.input[0] if node.input[1] == self.mask else node.input[1]
-            self.values[node.output[0]] = _Value(rows=self.rows_of(other))
+            if self.value(other).rows is None:
+                return False  # e.g. the next stage's mask, nested in this one: stays dense
+            self.values[node.output[0]] = _Value(rows=self.value(other).rows)
             return True
         if node.op_type not in ROW_OPS or all(v.dense is not None for v in inputs):
             return False

@@ -58,13 +58,24 @@ def evaluate(checkpoint: Path, *extra: str) -> list[dict] | dict:
     return json.loads(run(["lc-eval", str(checkpoint), "--limit", str(VAL_LIMIT), "--json", *extra]))
 
 
+def same_checkpoint(a, b) -> bool:
+    """Equal weights and metadata."""
+    import torch
+
+    fields = [name for name in vars(a) if name != "state_dict"]
+    return (all(getattr(a, name) == getattr(b, name) for name in fields) and a.state_dict.keys() == b.state_dict.keys()
+            and all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict))
+
+
 def ship_demo(cascade: Path) -> None:
     """Copy the cascade checkpoint without optimizer state into the package, and export it."""
     from layercascade.model.checkpoint import load_checkpoint, save_checkpoint
 
     checkpoint = load_checkpoint(cascade)
     checkpoint.resume = None
-    save_checkpoint(checkpoint, DEMO)
+    # torch.save is not byte-stable: an unchanged model keeps its file, and so its hash in lc.json.
+    if not (DEMO.exists() and same_checkpoint(checkpoint, load_checkpoint(DEMO))):
+        save_checkpoint(checkpoint, DEMO)
     print(f"demo model: {DEMO} ({DEMO.stat().st_size / 1e6:.1f} MB)")
     run(["lc-export", str(DEMO), "-o", str(DEMO_MODEL_DIR)], capture=False)
 
