@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from layercascade.calibration.quantize import quantize_graph
-from layercascade.calibration.statistics import METHODS, Statistics, collect, score_convs
+from layercascade.calibration.statistics import METHODS, Statistics, collect, float_convs
 from layercascade.errors import fail
 from layercascade.manifest import write_model_dir
 
@@ -120,7 +120,7 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
         "statistics_sha256": statistics.digest(),
         "weights": "int8, symmetric, per output channel",
         "activations": "int8, symmetric, per tensor",
-        "float_convs": sorted({name for file in files for name in score_convs(onnx.load(str(model_dir / file)))}),
+        "float_convs": sorted({name for file in files for name in float_convs(onnx.load(str(model_dir / file)))}),
         "source_model_sha256": meta["model"],
         "source": str(model_dir.resolve()),  # lc-bench --compare finds the fp32 model here
         "onnxruntime": onnxruntime.__version__,

@@ -1,7 +1,7 @@
 """Explicit-QDQ INT8 stage graphs: int8 weights per output channel, int8 activations per tensor, both symmetric.
 
 This is the form TensorRT's strongly typed INT8 parses and ONNX Runtime's CPU int8 kernels
-run (DESIGN §7). The heads' classifiers (``statistics.score_convs``) stay float.
+run (DESIGN §7). The heads' classifiers and the stem (``statistics.float_convs``) stay float.
 
 * standard graphs (stage 1, the dense graph): ONNX Runtime's ``QDQQuantizer`` puts Q/DQ on
   every Conv input and output (ONNX Runtime fuses DQ → Conv → Q into QLinearConv) with
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.calibration.statistics import REGION_CONV, score_convs
+from layercascade.calibration.statistics import REGION_CONV, float_convs
 
 Ranges = dict[str, tuple[np.float32, np.float32]]
 
@@ -46,7 +46,7 @@ def quantize_standard_graph(model: Any, ranges: Ranges) -> Any:
     quantizer = QDQQuantizer(onnx.shape_inference.infer_shapes(model), per_channel=True, reduce_range=False,
                              weight_qType=QuantType.QInt8, activation_qType=QuantType.QInt8,
                              tensors_range=tensors_range, nodes_to_quantize=None,
-                             nodes_to_exclude=sorted(score_convs(model)),
+                             nodes_to_exclude=sorted(float_convs(model)),
                              op_types_to_quantize=["Conv"],
                              extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     quantizer.quantize_model()
@@ -107,7 +107,7 @@ def quantize_region_graph(model: Any, ranges: Ranges) -> Any:
                                       name=f"{name}/DQ", axis=0))
         return f"{name}/dq"
 
-    kept_float = score_convs(model)
+    kept_float = float_convs(model)
     quantized_convs = [n for n in model.graph.node if (n.domain, n.op_type) == REGION_CONV and n.name not in kept_float]
     quantized_names = {n.name for n in quantized_convs}
     for node in model.graph.node:

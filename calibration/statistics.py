@@ -72,15 +72,44 @@ def score_convs(model: Any) -> set[str]:
     return {n.name for n in model.graph.node if is_conv(n) and not reaches_conv(n.output[0])}
 
 
+def image_convs(model: Any) -> set[str]:
+    """Names of the convs that read the graph input ``image`` through no other conv: the stem.
+
+    They stay float: with 3 input channels the int8 GEMM saves little, and on ONNX Runtime's CPU
+    an int8 stem pulls the image normalisation (Sub, Div) into its NHWC layout, where the
+    3-channel broadcasts run ~8× slower (docs/calibration.md).
+    """
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: set[str] = set()
+    pending, seen = ["image"], set()
+    while pending:
+        tensor = pending.pop()
+        for node in consumers.get(tensor, []):
+            if is_conv(node):
+                found.add(node.name)
+            elif node.name not in seen:
+                seen.add(node.name)
+                pending.extend(node.output)
+    return found
+
+
+def float_convs(model: Any) -> set[str]:
+    """The convs an INT8 graph keeps in float: the heads' classifiers and the stem."""
+    return score_convs(model) | image_convs(model)
+
+
 def quantized_tensors(model: Any) -> list[str]:
     """Names of the float activations of ``model`` that the QDQ graph quantizes, in graph order.
 
     Standard graphs: every Conv input and output (ONNX Runtime fuses DQ → Conv → Q into
     QLinearConv). Region graphs: every RegionConv input X (its output goes on in float).
-    Convs in :func:`score_convs` are not quantized.
+    Convs in :func:`float_convs` are not quantized.
     """
     names: list[str] = []
-    kept_float = score_convs(model)
+    kept_float = float_convs(model)
     for node in model.graph.node:
         if node.name in kept_float:
             continue

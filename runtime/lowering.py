@@ -349,6 +349,137 @@ class _Lowering:
                                  producer_name="layercascade-lowering")
 
 
+def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = frozenset()) -> onnx.ModelProto:
+    """An INT8 QDQ graph for ONNX Runtime's CPU kernels: activations that cannot be negative are
+    quantized as uint8 with zero point 0 instead of int8 (a copy; the model dir keeps its int8
+    form, which TensorRT needs).
+
+    A per-tensor int8 zero point 0 becomes uint8 0 when every QuantizeLinear using it reads a
+    ReLU output, a ``Max(·, 0)`` output or one of ``non_negative_inputs`` (graph inputs another
+    stage produced by a ReLU); its DequantizeLinears, gathers and pads follow the type. Then:
+
+    * non-negative values below 127.5·scale get the same codes as in int8; larger ones, which
+      int8 clips to 127, keep their value up to 255·scale (more range, never less);
+    * a ReLU / ``Max(·, 0)`` that only feeds such Qs goes: uint8 with zero point 0 clamps
+      negatives to 0 itself (symmetric int8, qmin −128, cannot, so ONNX Runtime ran DQ → ReLU
+      → Q passes between its int8 convs);
+    * a Conv → Q → DQ pair in front of that ReLU goes too, so the conv requantizes once, straight
+      to the ReLU's scale (as TensorRT fuses Conv + ReLU);
+    * ONNX Runtime runs QLinearConv / QGemm with uint8 activations, its fast x86 u8·s8 kernels
+      (int8 activations take a slow path there).
+    """
+    model = _copy(model)
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    nodes = list(graph.node)  # one Python object per node, so id() names it
+    producers = {output: node for node in nodes for output in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def is_zero(name: str) -> bool:
+        return name in initializers and numpy_helper.to_array(initializers[name]).size == 1 and not numpy_helper.to_array(
+            initializers[name]).any()
+
+    def rectifier(name: str) -> onnx.NodeProto | None:
+        """The ReLU or Max(·, 0) node producing ``name``."""
+        node = producers.get(name)
+        if node is not None and (node.op_type == "Relu" or (node.op_type == "Max" and len(node.input) == 2
+                                                             and is_zero(node.input[1]))):
+            return node
+        return None
+
+    def only_consumer(tensor: str, op_type: str) -> onnx.NodeProto | None:
+        found = consumers.get(tensor, [])
+        if tensor in outputs or len(found) != 1 or found[0].op_type != op_type:
+            return None
+        return found[0]
+
+    def int8_zero_point_0(node: onnx.NodeProto) -> bool:
+        if len(node.input) != 3 or not all(i in initializers for i in node.input[1:]):
+            return False
+        scale, zero = (numpy_helper.to_array(initializers[i]) for i in node.input[1:])
+        return scale.size == 1 and zero.dtype == np.int8 and not zero.any()
+
+    quantizers: dict[str, list[onnx.NodeProto]] = {}  # zero point initializer → its Qs
+    for node in nodes:
+        if node.op_type in QDQ_OPS and len(node.input) == 3:
+            quantizers.setdefault(node.input[2], [])
+            if node.op_type == "QuantizeLinear":
+                quantizers[node.input[2]].append(node)
+    unsigned = [zero for zero, qs in quantizers.items()
+                if qs and all(int8_zero_point_0(q) and (rectifier(q.input[0]) is not None
+                                                       or q.input[0] in non_negative_inputs) for q in qs)
+                and all(n.op_type in QDQ_OPS and int8_zero_point_0(n) for n in consumers[zero])]
+    if not unsigned:
+        return model
+    for zero in unsigned:
+        initializers[zero].CopyFrom(numpy_helper.from_array(np.uint8(0), zero))
+    removed: set[int] = set()  # id() of the nodes to drop (names may be empty)
+    retyped = {q.output[0] for zero in unsigned for q in quantizers[zero]}
+    for node in [n for n in nodes if rectifier(n.output[0]) is n]:
+        readers = consumers.get(node.output[0], [])
+        if node.output[0] in outputs or not readers or not all(q.output[0] in retyped for q in readers):
+            continue
+        source = node.input[0]
+        pair_dq = producers.get(source) if only_consumer(source, node.op_type) is node else None
+        pair_q = producers.get(pair_dq.input[0]) if pair_dq is not None and pair_dq.op_type == "DequantizeLinear" else None
+        if (pair_q is not None and pair_q.op_type == "QuantizeLinear" and int8_zero_point_0(pair_q)
+                and only_consumer(pair_q.output[0], "DequantizeLinear") is pair_dq
+                and producers.get(pair_q.input[0]) is not None and producers[pair_q.input[0]].op_type == "Conv"
+                and only_consumer(pair_q.input[0], "QuantizeLinear") is pair_q):
+            source = pair_q.input[0]
+            removed.update([id(pair_q), id(pair_dq)])
+        for reader in readers:
+            reader.input[0] = source
+        removed.add(id(node))
+    kept = [n for n in nodes if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for n in graph.node for i in n.input}
+    kept_initializers = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_initializers)
+    return model
+
+
+def rectified_outputs(model: onnx.ModelProto) -> frozenset[str]:
+    """Graph outputs that a ReLU produces (through Identity, or a Q → DQ pair): never negative.
+    The next stage may quantize them as uint8 (:func:`relu_as_uint8`)."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+
+    def from_relu(name: str) -> bool:
+        node = producers.get(name)
+        if node is None:
+            return False
+        if node.op_type in ("Identity", "QuantizeLinear", "DequantizeLinear"):
+            return from_relu(node.input[0])
+        return node.op_type == "Relu"
+
+    return frozenset(o.name for o in model.graph.output if from_relu(o.name))
+
+
+def int8_conv_inputs(model: onnx.ModelProto) -> bool:
+    """Whether a Conv of ``model`` reads a dequantized int8 activation (not a weight)."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    initializers = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        dequantize = producers.get(node.input[0]) if node.op_type == "Conv" else None
+        if (dequantize is not None and dequantize.op_type == "DequantizeLinear" and len(dequantize.input) == 3
+                and dequantize.input[0] not in initializers and dequantize.input[2] in initializers
+                and initializers[dequantize.input[2]].data_type == onnx.TensorProto.INT8):
+            return True
+    return False
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copied = onnx.ModelProto()
+    copied.CopyFrom(model)
+    return copied
+
+
 def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
     """``nodes`` without those no graph output depends on (e.g. the dense DQ of an input whose
     region convs read the int8 tensor instead)."""

@@ -36,7 +36,8 @@ def providers_for(device: str) -> list[str]:
 class OrtRunner:
     """One ONNX graph in an InferenceSession; ``infer`` records its own time in ``last_ms``."""
 
-    def __init__(self, path: Path, device: str = "cpu", lower: bool = True, threads: int = 0) -> None:
+    def __init__(self, path: Path, device: str = "cpu", lower: bool = True, threads: int = 0,
+                 non_negative_inputs: frozenset[str] = frozenset()) -> None:
         ort = _onnxruntime()
         import onnx
 
@@ -44,6 +45,9 @@ class OrtRunner:
             model = onnx.load(str(path))
         except Exception as error:  # noqa: BLE001 - protobuf raises several types on damaged files
             fail(f"{path}: corrupt or truncated ONNX file ({str(error).splitlines()[0][:120]}); re-export the model")
+        from layercascade.runtime.lowering import int8_conv_inputs, rectified_outputs, relu_as_uint8
+
+        self.rectified_outputs = rectified_outputs(model)
         self.lowered = False
         if lower:
             from layercascade.runtime.lowering import LoweringUnsupported, lower_region_convs
@@ -54,17 +58,22 @@ class OrtRunner:
                 model = lowered
             except LoweringUnsupported as reason:
                 print(f"warning: {path.name}: running RegionConv function bodies ({reason})", file=sys.stderr)
+        # INT8 graphs: non-negative activations as uint8, so ONNX Runtime fuses Conv + ReLU + Q and
+        # runs its fast u8·s8 kernels (docs/calibration.md). No effect on fp32 graphs.
+        model = relu_as_uint8(model, non_negative_inputs)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Every session owns a thread pool whose idle threads spin by default; the three
         # stage sessions run back to back, so spinning pools steal the cores the next stage
         # needs; compare with `lc-bench` on a cascade model.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # INT8 model dirs: on x86 CPUs without VNNI the default u8·s8 int8 kernels saturate their
-        # 16-bit pair sums; u8·u8 does not (label agreement with fp32 in docs/results.md). Lowered
-        # region graphs keep u8·s8: there ONNX Runtime 1.32 turns the s8 weights into u8 before it
-        # fuses the gathered int8 rows into QGemm, and the GEMMs stay float. No effect on fp32 graphs.
-        if not self.lowered:
+        # On x86 CPUs without VNNI ONNX Runtime turns int8 activations into uint8 + 128 for its u8·s8
+        # kernels, whose 16-bit pair sums then saturate; u8·u8 does not. So INT8 graphs whose convs
+        # still read int8 activations (e.g. calibrated before the stem stayed float) get u8·u8.
+        # With uint8 activations (zero point 0, mostly small values) u8·s8 is exact in practice and
+        # faster (docs/results.md). Lowered graphs never get u8·u8: ONNX Runtime 1.32 would turn the
+        # s8 weights into u8 before fusing QGemm, and the GEMMs would stay float.
+        if not self.lowered and int8_conv_inputs(model):
             options.add_session_config_entry("session.x64quantprecision", "1")
         if threads:
             options.intra_op_num_threads = threads
@@ -95,7 +104,12 @@ class OrtBackend(StagedBackend):
             names = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
             fail(f"{names}: not a setting of the ONNX Runtime backend (it runs the model dir's own precision); "
                  "use --backend torch or trt")
-        self.stages = [OrtRunner(model_dir / stage["file"], device, lower, threads) for stage in manifest["stages"]]
+        # Each stage learns which of its inputs the stages before produced by a ReLU (INT8: uint8 rows).
+        self.stages: list[OrtRunner] = []
+        rectified: frozenset[str] = frozenset()
+        for stage in manifest["stages"]:
+            self.stages.append(OrtRunner(model_dir / stage["file"], device, lower, threads, rectified))
+            rectified |= self.stages[-1].rectified_outputs
         self.model_dir = model_dir
         self.device = device
         self.threads = threads

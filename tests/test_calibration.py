@@ -87,9 +87,13 @@ def test_int8_graphs_have_symmetric_per_channel_weights_and_per_tensor_activatio
         weights = [n for n in dequantize if initializers.get(n.input[0]) is not None
                    and initializers[n.input[0]].ndim == 4]
         convs = [n for n in model.graph.node if n.op_type in ("Conv", "RegionConv")]
-        classifiers = [n for n in convs if n.name in manifest["quantization"]["float_convs"]]
-        assert len(weights) == len(convs) - len(classifiers) > 0 and len(classifiers) == 1, name
-        assert all(initializers[n.input[1]].dtype == np.float32 for n in classifiers)  # scores stay float
+        kept_float = [n for n in convs if n.name in manifest["quantization"]["float_convs"]]
+        stem = [n for n in kept_float if "image" not in {i.name for i in model.graph.input}
+                or initializers[n.input[1]].shape[1] == 3]
+        # the classifier stays float (scores), and in the graphs that read the image the stem too
+        assert len(weights) == len(convs) - len(kept_float) > 0, name
+        assert len(kept_float) == (2 if name in ("stage1.onnx", "dense.onnx") else 1), name
+        assert stem and all(initializers[n.input[1]].dtype == np.float32 for n in kept_float)
         for node in weights:
             values, scale, zero = (initializers[i] for i in node.input)
             assert values.dtype == np.int8 and scale.shape == (values.shape[0],) and not zero.any()
@@ -150,6 +154,72 @@ def test_lowered_int8_region_convs_run_as_int8_gemms(int8, tmp_path) -> None:
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert ops.count("QGemm") == len(quantized) > 0
     assert "DequantizeLinear" not in ops  # every dequantized operand went into an int8 kernel
+
+
+def _optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
+    """The op types of ``model`` after ONNX Runtime's CPU graph optimizations."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+def test_relu_as_uint8_fuses_every_int8_conv_with_its_relu(int8, tmp_path) -> None:
+    """With the ReLUs in uint8 Qs ONNX Runtime runs stage 1 as a chain of QLinearConvs: no
+    DQ → ReLU → Q pass is left between them (the only DQ / ReLU left feed the float classifier
+    and the graph output feat1)."""
+    from layercascade.runtime.lowering import relu_as_uint8
+
+    output, record, _ = int8
+    model = onnx.load(str(output / "stage1.onnx"))
+    quantized = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in record["float_convs"]]
+    before, after = _optimized_ops(model, tmp_path), _optimized_ops(relu_as_uint8(model), tmp_path)
+    assert before.count("Relu") > 1 and before.count("DequantizeLinear") > 2
+    assert after.count("QLinearConv") == len(quantized) > 0
+    assert after.count("Relu") == 1 and after.count("DequantizeLinear") == 2
+    relus = [n for n in model.graph.node if n.op_type == "Relu"]  # the rewrite works on a copy
+    assert len(relus) == len(quantized) + 1
+
+
+def test_lowered_uint8_rows_still_run_as_int8_gemms(int8, tmp_path) -> None:
+    """Stage 3's rows from ReLUs (its own, and feat2 from stage 2's ReLU) become uint8: every quantized
+    RegionConv still runs as QGemm, and no Max(·, 0) pass is left in front of a Q."""
+    from layercascade.runtime.lowering import lower_region_convs, rectified_outputs, relu_as_uint8
+
+    output, record, _ = int8
+    model = onnx.load(str(output / "stage3.onnx"))
+    non_negative = rectified_outputs(onnx.load(str(output / "stage2.onnx")))
+    assert "feat2" in non_negative
+    rewritten = relu_as_uint8(lower_region_convs(model), non_negative)
+    zero_points = [numpy_helper.to_array(t) for t in rewritten.graph.initializer if t.name.endswith("/x_zero_point")]
+    assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
+    quantized = [n for n in model.graph.node if n.op_type == "RegionConv" and n.name not in record["float_convs"]]
+    ops, plain = _optimized_ops(rewritten, tmp_path), _optimized_ops(lower_region_convs(model), tmp_path)
+    assert ops.count("QGemm") == len(quantized) > 0 and "DequantizeLinear" not in ops
+    assert ops.count("Max") == 1 < plain.count("Max")  # left: the one feeding the float classifier
+
+
+def test_relu_as_uint8_keeps_the_int8_values(int8) -> None:
+    """Stage 1 with and without the uint8 rewrite: the same masks, features within a few int8 steps
+    at 99 % of the pixels (the rewrite drops one requantization between each conv and its ReLU,
+    and keeps values above the int8 range up to 255 steps)."""
+    import onnxruntime
+
+    from layercascade.runtime.ort import OrtRunner
+
+    output, _, _ = int8
+    image, _ = open_dataset("synthetic", "val", limit=1)[0]
+    feeds = {"image": Cascade.load(output).prepare(image)[None], "rho": np.array([0.985], np.float32)}
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    plain = onnxruntime.InferenceSession(str(output / "stage1.onnx"), options, providers=["CPUExecutionProvider"])
+    reference = dict(zip([o.name for o in plain.get_outputs()], plain.run(None, feeds)))
+    rewritten = OrtRunner(output / "stage1.onnx").infer(feeds)
+    assert np.mean(rewritten["mask2"] == reference["mask2"]) >= 0.99
+    close = np.abs(rewritten["feat1"] - reference["feat1"]) <= 0.05 * np.abs(reference["feat1"]).max()
+    assert close.mean() >= 0.99
 
 
 def test_another_method_reuses_the_statistics(fp32_dir, int8, tmp_path) -> None:
