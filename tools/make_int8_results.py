@@ -8,8 +8,9 @@ On the demo model (batch 1), exported at 160×160 (its own size) and at 512×512
   model's ρ, and of the default one also with ONNX Runtime's default u8·s8 kernels everywhere
   (they saturate on CPUs without VNNI);
 * both sizes: ``lc-bench --compare fp32,int8`` over several ρ (latency, speedup, mIoU,
-  agreement), per-stage times, and the speed-vs-accuracy plot ``docs/int8_speed_accuracy.png``
-  (160×160).
+  agreement), also timing the INT8 graphs with their activations as written (int8, without the
+  runtime's uint8 rewrite) in the same alternating run, per-stage times, and the
+  speed-vs-accuracy plot ``docs/int8_speed_accuracy.png`` (160×160).
 
     python tools/make_int8_results.py [--work runs/int8] [--images 64] [--val 300] [--iters 30]
 """
@@ -32,6 +33,7 @@ RESULTS = ROOT / "docs" / "results.md"
 PLOT = ROOT / "docs" / "int8_speed_accuracy.png"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
 RHOS = [1.0, 0.995, 0.985, 0.95, 0.9, 0.8]
+WRITTEN = "int8 as written"  # the INT8 dir's activations as int8, without the runtime's uint8 rewrite
 
 
 @contextlib.contextmanager
@@ -54,6 +56,20 @@ def u8s8_kernels() -> Iterator[None]:
         yield
     finally:
         onnxruntime.SessionOptions.add_session_config_entry = original
+
+
+@contextlib.contextmanager
+def written_int8_activations() -> Iterator[None]:
+    """Cascades loaded inside this context run the INT8 graphs' activations as written (int8), without
+    the runtime's uint8 rewrite of ReLU-fed activations (``lowering.relu_as_uint8``)."""
+    from layercascade.runtime import lowering
+
+    original = lowering.relu_as_uint8
+    lowering.relu_as_uint8 = lambda model, non_negative_inputs=frozenset(): model
+    try:
+        yield
+    finally:
+        lowering.relu_as_uint8 = original
 
 
 def accuracy(model_dir: Path, dataset, fp32_labels: dict, rho: float) -> tuple[float, float]:
@@ -143,8 +159,10 @@ def main() -> None:
                          f"{aware_miou - fp32_miou:+.2f} / {naive_miou - fp32_miou:+.2f}",
                          f"{aware_agree:.2f} / {naive_agree:.2f}", f"{aware_miou - naive_miou:+.2f}"])
     default_small = dirs[(default_method, True)]
-    with u8s8_kernels():
-        u8s8 = accuracy(default_small, dataset, fp32_labels, rho)
+    with written_int8_activations(), u8s8_kernels():
+        written_u8s8 = accuracy(default_small, dataset, fp32_labels, rho)
+    with written_int8_activations():
+        written_u8u8 = accuracy(default_small, dataset, fp32_labels, rho)
     ours = accuracy(default_small, dataset, fp32_labels, rho)
 
     # lc-bench --compare at 160×160 (accuracy where the model was trained) and 512×512 (the speed target).
@@ -157,6 +175,8 @@ def main() -> None:
     for size, int8_dir in ((160, default_small), (512, default_large)):
         sources = precision_sources(int8_dir, ["fp32", "int8"])
         cascades = {name: Cascade.load(folder, **options) for name, (folder, options) in sources.items()}
+        with written_int8_activations():
+            cascades[WRITTEN] = Cascade.load(int8_dir)
         compares[size] = compare_precisions(cascades, RHOS, batch=1, iters=args.iters, warmup=3, dataset=dataset)
         stages[size] = {name: stage_times(folder, rho, args.iters) for name, (folder, _) in sources.items()}
     plot_comparison(compares[160], PLOT)
@@ -176,7 +196,10 @@ Machine: {compares[512]['machine']}. Commands (DIR_160 / DIR_512 = the fp32 expo
 lc-bench DIR_INT8 --compare fp32,int8 --rhos {rho_list} --data synthetic --limit {len(dataset)} --iters {args.iters}
 ```
 
-INT8 = `lc-calibrate`'s default method ({default_method}), cascade-aware. Latency over {args.iters} runs
+INT8 = `lc-calibrate`'s default method ({default_method}), cascade-aware, as the ONNX Runtime backend
+runs it (ReLU-fed activations as uint8, docs/calibration.md); "{WRITTEN}" = the same dir with
+its activations as written (int8: ONNX Runtime's u8·u8 kernels in stage 1, int8 rows in the
+QGemms of stages 2–3), the runtime before the uint8 rewrite. Latency over {args.iters} runs
 per row, all rows of a table timed in alternating blocks in one run; label agreement = share of
 pixels labelled as fp32 labels them at the same ρ.
 
@@ -204,16 +227,20 @@ mIoU and label agreement at ρ = {rho:g} as "cascade-aware / naive", same images
 
 {markdown_table(["int8 method", "mIoU", "mIoU − fp32", "label agreement %", "aware − naive mIoU"], ablation)}
 
-### u8·s8 saturation (160×160, `{default_small.name}`, ρ = {rho:g})
+### Activation types and int8 kernels (160×160, `{default_small.name}`, ρ = {rho:g})
 
 ONNX Runtime's default x86 int8 kernels multiply u8·s8 with 16-bit pair sums that saturate on
-CPUs without VNNI (this one). The runtime sets `session.x64quantprecision = 1` (u8·u8) for
-stage graphs it runs unlowered (stage 1, the dense graph); the lowered stages 2–3 keep u8·s8,
-the only form in which ONNX Runtime 1.32 fuses their gathered int8 rows into int8 GEMMs (QGemm).
+CPUs without VNNI (this one); int8 activations reach them as uint8 + 128, so they saturate
+often. The runtime now quantizes every ReLU-fed activation as uint8 with zero point 0 (small
+values, no shift) and keeps u8·s8; graphs whose convs still read int8 activations (INT8 dirs
+calibrated before the stem stayed float) get `session.x64quantprecision = 1` (u8·u8).
 
-{markdown_table(["int8 kernels", "mIoU", "label agreement %"],
-                [["u8·s8 everywhere (ORT default)", f"{u8s8[0]:.2f}", f"{u8s8[1]:.2f}"],
-                 ["u8·u8 stage 1, u8·s8 QGemm stages 2–3 (ours)", f"{ours[0]:.2f}", f"{ours[1]:.2f}"]])}
+{markdown_table(["activations, int8 kernels", "mIoU", "label agreement %"],
+                [["as written (int8), u8·s8 everywhere (ORT default)", f"{written_u8s8[0]:.2f}",
+                  f"{written_u8s8[1]:.2f}"],
+                 ["as written (int8), u8·u8 stage 1, u8·s8 QGemm stages 2–3", f"{written_u8u8[0]:.2f}",
+                  f"{written_u8u8[1]:.2f}"],
+                 ["ReLU-fed ones as uint8, u8·s8 everywhere (ours)", f"{ours[0]:.2f}", f"{ours[1]:.2f}"]])}
 {END}"""
     text = RESULTS.read_text()
     if BEGIN in text and END in text:
