@@ -199,16 +199,25 @@ class _Exporter:
             g.add_output(f"scores{index + 1}", FLOAT, self.map_shape(k))
             g.add_output(f"mask{index + 2}", FLOAT, self.map_shape(1))
         else:
-            in2 = g.node("Cast", [mask2], "fuse/in2", to=TensorProto.BOOL)
-            in3 = g.node("Cast", [mask], "fuse/in3", to=TensorProto.BOOL)
-            fused = g.node("Where", [in2, scores2, scores1], "fuse/stage12")
-            fused = g.node("Where", [in3, scores, fused], "fuse/stage123")
+            fused = self.fuse(g, scores1, scores2, mask2)
+            fused = self.fuse(g, fused, scores, mask, "fuse/stage123")
             self.labels(g, fused)
             self.stage_counts(g, mask2, mask)
             g.add_output("labels", UINT8, [self.batch, *self.input_size])
             g.add_output("stage_counts", INT64, [self.batch, 3])
         functions = [regionconv.function_proto(self.opset)] if regionconv.DOMAIN in g.domains else []
         return g.build(functions, doc=f"Layer Cascade stage {index + 1} ({self.model.config.backbone})")
+
+    def fuse(self, g: GraphBuilder, earlier: str, region_scores: str, region: str,
+             name: str = "fuse/stage12") -> str:
+        """``region_scores`` where ``region``, ``earlier`` elsewhere, as ``earlier · (1 − M) + scores``.
+
+        Exact, because a region stage's scores are 0 outside its region (RegionConv ends in
+        ``⊙ M``), and twice as fast on ONNX Runtime as ``Where`` with the mask broadcast over classes.
+        """
+        outside = g.node("Sub", [g.constant(f"{name}.one", np.ones((), np.float32)), region], f"{name}/outside")
+        kept = g.node("Mul", [earlier, outside], f"{name}/kept")
+        return g.node("Add", [kept, region_scores], name)
 
     def stage_counts(self, g: GraphBuilder, mask2: str, mask3: str) -> None:
         axes = g.constant("counts.axes", [1, 2, 3])
