@@ -80,6 +80,7 @@ def ship_demo(cascade: Path) -> None:
     run(["lc-export", str(DEMO), "-o", str(DEMO_MODEL_DIR)], capture=False)
 
 
+DEMO_REPEATS = 5
 BENCH_CASES = [
     # (label, checkpoint or config, export size, extra lc-bench options)
     ("demo, own size", "demo", None, []),
@@ -134,8 +135,14 @@ def benchmarks(work: Path) -> list[dict]:
             folder = work / f"{source}_{size}"
             # Exported afresh every time: the graphs change with the exporter, not only the weights.
             run(["lc-export", str(checkpoint), "-o", str(folder), "--input-size", size], capture=False)
-        result = json.loads(run(["lc-bench", str(folder), "--json", *options]))
+        # The demo runs are short, so they are repeated: this VM's speed drifts between runs by
+        # more than the effects measured. The table shows the run with the median speedup.
+        repeats = 1 if "--active-fraction" in options else DEMO_REPEATS
+        runs = sorted((json.loads(run(["lc-bench", str(folder), "--json", *options])) for _ in range(repeats)),
+                      key=lambda r: r["speedup"])
+        result = runs[len(runs) // 2]
         result["label"] = label
+        result["speedups"] = [r["speedup"] for r in runs]
         results.append(result)
     return results
 
@@ -181,12 +188,16 @@ def bench_section(bench: list[dict]) -> str:
                      f"{100 * f[0]:.0f}/{100 * f[1]:.0f}/{100 * f[2]:.0f}" + (" forced" if r["forced_active_fractions"] else ""),
                      f"{r['cascade']['median_ms']:.1f} ({r['cascade']['p90_ms']:.1f} / {r['cascade']['p99_ms']:.1f})",
                      f"{r['dense']['median_ms']:.1f} ({r['dense']['p90_ms']:.1f} / {r['dense']['p99_ms']:.1f})",
-                     f"{r['speedup']:.2f}×", f"{r['ideal_speedup']:.2f}×",
+                     f"{r['speedup']:.2f}×", "–".join(f"{x:.2f}×" for x in (min(r["speedups"]), max(r["speedups"])))
+                     if len(r["speedups"]) > 1 else "one run", f"{r['ideal_speedup']:.2f}×",
                      f"{100 * r['speedup'] / r['ideal_speedup']:.0f}%"])
     table = markdown_table(["model", "size", "ρ", "% at stage 1/2/3", "cascade ms median (p90 / p99)",
-                            "dense ms median (p90 / p99)", "speedup", "FLOP-ideal", "of ideal"], rows)
+                            "dense ms median (p90 / p99)", "speedup", f"range of {DEMO_REPEATS} runs", "FLOP-ideal",
+                            "of ideal"], rows)
     return f"""ONNX Runtime on the CPU, batch 1, lowered RegionConv unless noted; cascade and dense
-timed in alternating blocks of up to 10 runs in the same `lc-bench` run. Machine: {bench[0]['machine']}.
+timed in alternating blocks of up to 10 runs in the same `lc-bench` run; the demo rows are the run
+with the median speedup of {DEMO_REPEATS} `lc-bench` runs (their range beside it: this VM's speed drifts
+between runs). Machine: {bench[0]['machine']}.
 The FLOP-ideal speedup counts convolutions only; fixed per-image costs (normalisation, label
 upsampling, per-op overhead of the ~100–150 small ops of a lowered stage) are in both measured
 times, which is why the tiny demo model stays far below its ideal while the big backbones get close.
