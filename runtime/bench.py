@@ -235,7 +235,10 @@ def compare_precisions(cascades: dict[str, Cascade], rhos: list[float], batch: i
 
 def plot_comparison(result: dict, path: Path) -> None:
     """Speed (FPS) against mIoU, one line per precision through its ρ values (the paper's Fig. 7a)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        fail("--plot needs matplotlib: pip install 'layercascade[docs]'")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

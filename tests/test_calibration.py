@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -314,6 +315,13 @@ def test_compare_fp32_int8_with_accuracy_and_plot(int8, tmp_path) -> None:
     assert abs(rows[("int8", 0.9)]["miou"] - rows[("fp32", 0.9)]["miou"]) < 5.0
     plot_comparison(result, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_without_matplotlib(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(LCError, match="--plot needs matplotlib"):
+        plot_comparison({"rows": []}, tmp_path / "plot.png")
+    assert not (tmp_path / "plot.png").exists()
 
 
 def test_compare_sources_of_a_checkpoint() -> None:
