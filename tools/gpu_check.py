@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,9 +56,12 @@ DRY_E2E = {"models": ("tiny",), "size": 32, "batches": (1, 2), "graphs": (False,
            "warmup": 1, "iters": 2}
 DEMO_RHO = 0.985
 FORCED_ACTIVE = (0.3, 0.15)  # shares of pixels reaching stages 2 and 3 for untrained models
-# Stop starting new kernel-benchmark layers, then new end-to-end cases, past these points
-# so the whole run stays under 6 minutes (an IRNet case compiles its kernels: up to ~1 min).
+# Stop starting new kernel-benchmark layers, new end-to-end models, then new end-to-end cases
+# past these points so the whole run stays under 6 minutes: a model's start compiles all its
+# region-conv kernels (IRNet: 21 specialisations, ~1 min at 1-3 s each) and runs the fp32
+# reference on the CPU, so a model starts no later than 4 minutes in.
 DEADLINE_S = 150.0
+E2E_MODEL_DEADLINE_S = 240.0
 E2E_DEADLINE_S = 300.0
 # fp16 scores of a 50-100 layer network drift from the fp32 reference by a few 1e-3 of their range.
 E2E_SCORE_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
@@ -118,7 +122,13 @@ def make_timer(cuda: bool, warmup: int, iters: int) -> Callable[[Callable[[], ob
         return stats(samples)
 
     def time_graph(fn: Callable[[], object]) -> dict:
-        fn()  # compile outside the capture
+        # Warm up on a side stream (Triton compiles, cuDNN picks its algorithm, lazy per-stream
+        # handles get made) before the capture, as torch.cuda.graph's documentation asks.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -238,6 +248,31 @@ def e2e_checkpoint(name: str):
                       [[0, 0, 0]] * config.num_classes), "untrained"
 
 
+def e2e_images(backend, batch: int) -> tuple[np.ndarray, str]:
+    """``batch`` bundled sample images at the model's input size (uint8 NHWC), and their source.
+
+    Reading the samples needs Pillow and ``runtime.bench`` needs tqdm; a bare torch + triton
+    machine has neither, so there the images are smooth random colour fields instead.
+    """
+    try:
+        from layercascade.runtime.bench import sample_batch
+        from layercascade.runtime.cascade import Cascade
+    except ImportError as error:
+        field = F.interpolate(torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+                              size=backend.input_size, mode="bilinear", align_corners=False)
+        images = (field * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        return images, f"smooth random images ({error.name} is not installed, the bundled samples need it)"
+    # Cascade only to resize the samples to the model's input size.
+    return sample_batch(Cascade(Path("checkpoint"), backend.manifest, backend), batch), "bundled samples"
+
+
+def forced_masks(shape: tuple[int, ...], active: tuple[float, float], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random nested float32 0/1 masks with shares ``active`` of the pixels (M₃ ⊆ M₂), as lc-bench
+    forces them (``runtime.bench.forced_masks``, drawn here with torch: that module needs tqdm)."""
+    ranks = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    return (ranks < active[0]).float().numpy(), (ranks < active[1]).float().numpy()
+
+
 def time_alternating(calls: dict[str, Callable[[], object]], cuda: bool, warmup: int, iters: int) -> dict[str, dict]:
     """Milliseconds per call of each of ``calls``, timed in alternating blocks (CUDA events on a GPU)."""
     for call in calls.values():
@@ -308,23 +343,20 @@ def e2e_reference_check(checkpoint, backend, images, masks, precision: str) -> d
 def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
     """Cascade vs dense FPS of whole networks through the torch backend's kernels path."""
     from layercascade.cost_model import ideal_speedup
-    from layercascade.runtime.bench import forced_masks, sample_batch
-    from layercascade.runtime.cascade import Cascade
     from layercascade.runtime.torch_backend import TorchBackend
 
     torch.backends.cudnn.benchmark = True
     device, precision, side = ("cuda" if cuda else "cpu"), sizes["precision"], sizes["size"]
-    rows, truncated = [], False
+    rows, truncated, image_source = [], False, None
     for name in sizes["models"]:
-        if time.perf_counter() - started > E2E_DEADLINE_S:
+        if time.perf_counter() - started > E2E_MODEL_DEADLINE_S:
             truncated = True
             log(f"# deadline: skipping {name}")
             continue
         try:
             checkpoint, weights = e2e_checkpoint(name)
             backend = TorchBackend(checkpoint, device, precision, input_size=(side, side), kernels=True)
-            # Cascade only to read the bundled sample images at the model's input size.
-            all_images = sample_batch(Cascade(Path(name), backend.manifest, backend), max(sizes["batches"]))
+            all_images, image_source = e2e_images(backend, max(sizes["batches"]))
             stage_shape = (len(all_images), 1, *backend.manifest["stage_size"])
             all_masks = forced_masks(stage_shape, FORCED_ACTIVE) if weights == "untrained" else None
             gmacs = backend.manifest["stage_gmacs"]
@@ -377,7 +409,7 @@ def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
         if cuda:
             torch.cuda.empty_cache()
     settings = {key: (list(value) if isinstance(value, tuple) else value) for key, value in sizes.items()}
-    settings.update({"demo_rho": DEMO_RHO, "forced_active_fractions": list(FORCED_ACTIVE),
+    settings.update({"demo_rho": DEMO_RHO, "forced_active_fractions": list(FORCED_ACTIVE), "images": image_source,
                      "timing": ("CUDA events around each call (eager launches, or one CUDA-graph replay)" if cuda
                                 else "wall clock (interpreter)"),
                      "measured": "uint8 images on the device → label maps on the device; host copies excluded",
@@ -408,16 +440,6 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if cuda else "CPU (Triton interpreter)"
     log(f"# {device}; python {platform.python_version()}, torch {torch.__version__}, triton {triton.__version__}")
 
-    from layercascade.plugins import check
-
-    log("# correctness")
-    correctness = check.run_checks(quick=args.dry_run, with_ptx=False, report=log)
-    log(f"# correctness: {sum(r['ok'] for r in correctness)}/{len(correctness)} ok "
-        f"({time.perf_counter() - started:.0f} s so far)")
-    log("# benchmark")
-    bench = benchmark(DRY_SIZES if args.dry_run else SIZES, cuda, log, started)
-    log(f"# end to end ({time.perf_counter() - started:.0f} s so far)")
-    e2e = end_to_end(DRY_E2E if args.dry_run else E2E, cuda, log, started)
     results = {
         "schema": 1,
         "dry_run": args.dry_run,
@@ -425,17 +447,50 @@ def main(argv: list[str] | None = None) -> int:
         "capability": ".".join(map(str, torch.cuda.get_device_capability())) if cuda else None,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
                      "cuda": torch.version.cuda},
-        "correctness": correctness,
-        "correctness_ok": all(r["ok"] for r in correctness),
-        "benchmark": bench,
-        "end_to_end": e2e,
-        "elapsed_s": time.perf_counter() - started,
+        "correctness_ok": False,
+        "complete": False,
     }
-    (args.out / "gpu_check.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    ok = results["correctness_ok"] and all(row["ok"] for row in bench["rows"] + e2e["rows"])
+
+    def save() -> None:
+        """Write what is measured so far (atomically), so a crash or a kill later keeps it."""
+        results["elapsed_s"] = time.perf_counter() - started
+        partial = args.out / "gpu_check.json.partial"
+        partial.write_text(json.dumps(results, indent=1), encoding="utf-8")
+        partial.replace(args.out / "gpu_check.json")
+
+    def phase(name: str, run: Callable[[], object]) -> bool:
+        """Run one phase into ``results[name]``; a crash is logged and recorded, not fatal."""
+        try:
+            results[name] = run()
+            return True
+        except Exception as error:  # noqa: BLE001 - keep the phases measured before it
+            log(f"# {name}: FAILED {type(error).__name__}: {error}")
+            results[name] = {"error": f"{type(error).__name__}: {error}"}
+            return False
+        finally:
+            save()
+
+    def correctness() -> list[dict]:
+        from layercascade.plugins import check
+
+        return check.run_checks(quick=args.dry_run, with_ptx=False, report=log)
+
+    log("# correctness")
+    ok = phase("correctness", correctness)
+    if ok:
+        rows = results["correctness"]
+        results["correctness_ok"] = all(r["ok"] for r in rows)
+        ok = results["correctness_ok"]
+        log(f"# correctness: {sum(r['ok'] for r in rows)}/{len(rows)} ok ({time.perf_counter() - started:.0f} s so far)")
+    log("# benchmark")
+    ok &= phase("benchmark", lambda: benchmark(DRY_SIZES if args.dry_run else SIZES, cuda, log, started))
+    log(f"# end to end ({time.perf_counter() - started:.0f} s so far)")
+    ok &= phase("end_to_end", lambda: end_to_end(DRY_E2E if args.dry_run else E2E, cuda, log, started))
+    ok = ok and all(row["ok"] for row in results["benchmark"]["rows"] + results["end_to_end"]["rows"])
+    results["complete"] = True
+    save()
     log(f"# {'all ok' if ok else 'FAILURES'}; {results['elapsed_s']:.0f} s; results in {args.out}")
     return 0 if ok else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
