@@ -40,10 +40,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # numpy only for the end-to-end phase (the torch backend needs it), not to start
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout; its root is the package itself
 SIZES = {"channels": (64, 256, 512), "kernels": (3, 1), "map": 64, "warmup": 10, "iters": 50}
@@ -362,7 +365,8 @@ def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
             gmacs = backend.manifest["stage_gmacs"]
             check = e2e_reference_check(checkpoint, backend, all_images, all_masks, precision)
             log(f"{name} ({weights}): vs fp32 reference at batch 1: labels {check['label_agreement']:.2%} equal, "
-                f"score error {max(check['score_rel_err']):.1e} of range, {'ok' if check['ok'] else 'WRONG'}")
+                f"score error {max(check['score_rel_err']):.1e} of range, {'ok' if check['ok'] else 'WRONG'} "
+                f"({time.perf_counter() - started:.0f} s so far)")
         except Exception as error:  # noqa: BLE001 - one failing model must not lose the other results
             log(f"{name}: FAILED {type(error).__name__}: {error}")
             rows.append({"model": name, "ok": False, "error": f"{type(error).__name__}: {error}"})
