@@ -125,8 +125,8 @@ def make_timer(cuda: bool, warmup: int, iters: int) -> Callable[[Callable[[], ob
         return stats(samples)
 
     def time_graph(fn: Callable[[], object]) -> dict:
-        # Warm up on a side stream (Triton compiles, cuDNN picks its algorithm, lazy per-stream
-        # handles get made) before the capture, as torch.cuda.graph's documentation asks.
+        # Warm up on the stream that then captures (Triton compiles, cuDNN picks its algorithm,
+        # handles and workspaces cached per stream get made), as torch.cuda.graph's docs ask.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -134,7 +134,7 @@ def make_timer(cuda: bool, warmup: int, iters: int) -> Callable[[Callable[[], ob
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=side):
             fn()
         for _ in range(warmup):
             graph.replay()
