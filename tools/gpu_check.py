@@ -3,8 +3,10 @@
     python tools/gpu_check.py [--out gpu-results] [--dry-run]
 
 Runs from a plain source checkout on a machine with torch + triton + a CUDA GPU and nothing
-of ours installed, without network, in a few minutes on one H100. Writes
-``gpu_check.json`` and ``gpu_check.log`` into ``--out``:
+of ours installed, without network, in a few minutes on one H100 (numpy is needed for the end
+to end phase; without Pillow or tqdm its images are smooth random fields instead of the bundled
+samples). Writes ``gpu_check.log`` and ``gpu_check.json`` into ``--out``, the JSON after every
+phase (``complete`` says whether all ran; a phase that crashes is recorded as its ``error``):
 
 * ``correctness``: every case of ``python -m layercascade.plugins.check``, run natively;
 * ``benchmark``: for C = C_out ∈ {64, 256, 512} on 1×64×64 fp16 NHWC maps, 3×3 and 1×1
