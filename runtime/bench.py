@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -17,7 +18,6 @@ from layercascade.errors import fail
 from layercascade.model.data.images import read_rgb
 from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.inputs import SAMPLES
-
 
 
 @dataclass
@@ -80,30 +80,43 @@ def time_calls(run: Callable[[], object], iters: int) -> list[float]:
     return samples
 
 
+def check_iterations(iters: int, warmup: int) -> None:
+    if iters < 1 or warmup < 0:
+        fail("--iters must be at least 1 and --warmup at least 0")
+
+
+def time_in_blocks(steps: dict[Any, Callable[[], object]], iters: int, warmup: int,
+                   progress: bool) -> dict[Any, list[float]]:
+    """``iters`` timed calls (ms) of every step after ``warmup`` untimed ones, the steps taking turns in blocks.
+
+    Blocks rather than strict alternation: each step runs with its own data in cache, as it
+    would in deployment, while drift of the machine still hits all alike.
+    """
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    samples: dict[Any, list[float]] = {key: [] for key in steps}
+    block = max(1, min(10, iters // 5))
+    with tqdm(total=iters, desc="benchmarking", unit="iter", disable=not progress, leave=False) as bar:
+        for done in range(0, iters, block):
+            count = min(block, iters - done)
+            for key, step in steps.items():
+                samples[key] += time_calls(step, count)
+            bar.update(count)
+    return samples
+
+
 def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmup: int,
               active: tuple[float, float] | None = None, progress: bool = True) -> dict:
     """Median / p90 / p99 latency and FPS of cascade and dense, timed in alternating blocks in one run."""
-    if iters < 1 or warmup < 0:
-        fail("--iters must be at least 1 and --warmup at least 0")
+    check_iterations(iters, warmup)
     images = sample_batch(cascade, batch)
     dense = cascade.engine.dense_runner(cascade.manifest)
     first = cascade.run_batch(images, rho)
     masks = forced_masks(first.mask2.shape, active) if active is not None else None
-    cascade_step = lambda: cascade.run_batch(images, rho, masks)  # noqa: E731
-    dense_step = lambda: dense.infer({"image": images})  # noqa: E731
-    for _ in range(warmup):
-        cascade_step()
-        dense_step()
-    cascade_ms, dense_ms = [], []
-    # Blocks rather than strict alternation: each network runs with its own data in cache,
-    # as it would in deployment, while drift of the machine still hits both alike.
-    block = max(1, min(10, iters // 5))
-    with tqdm(total=iters, desc="benchmarking", unit="iter", disable=not progress, leave=False) as bar:
-        while len(cascade_ms) < iters:
-            count = min(block, iters - len(cascade_ms))
-            cascade_ms += time_calls(cascade_step, count)
-            dense_ms += time_calls(dense_step, count)
-            bar.update(count)
+    samples = time_in_blocks({"cascade": lambda: cascade.run_batch(images, rho, masks),
+                              "dense": lambda: dense.infer({"image": images})}, iters, warmup, progress)
+    cascade_ms, dense_ms = samples["cascade"], samples["dense"]
     if masks is None:
         counts = first.stage_counts.sum(0) / (first.mask2[0].size * batch)
         fractions = [float(c) for c in counts]
@@ -193,24 +206,11 @@ def compare_precisions(cascades: dict[str, Cascade], rhos: list[float], batch: i
     mIoU and label agreement with fp32 at the same ρ."""
     from layercascade.model.evaluate import evaluate
 
-    if iters < 1 or warmup < 0:
-        fail("--iters must be at least 1 and --warmup at least 0")
+    check_iterations(iters, warmup)
     images = sample_batch(cascades["fp32"], batch)
     steps = {(name, rho): (lambda c=cascade, r=rho: c.run_batch(images, r))
              for name, cascade in cascades.items() for rho in rhos}
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    samples: dict[tuple[str, float], list[float]] = {key: [] for key in steps}
-    block = max(1, min(10, iters // 5))
-    with tqdm(total=iters, desc="benchmarking", unit="iter", disable=not progress, leave=False) as bar:
-        done = 0
-        while done < iters:
-            count = min(block, iters - done)
-            for key, step in steps.items():
-                samples[key] += time_calls(step, count)
-            done += count
-            bar.update(count)
+    samples = time_in_blocks(steps, iters, warmup, progress)
     rows = []
     fp32_labels: dict[tuple[float, int], np.ndarray] = {}
     for name, cascade in cascades.items():
