@@ -99,6 +99,15 @@ def plugin_api(who: str) -> tuple[Any, Any]:
 
 
 # -- memory -------------------------------------------------------------------------------------
+def copy_async(cudart: Any, stream: Any, host: np.ndarray, device: int, nbytes: int, to_device: bool) -> None:
+    """Queue a copy of the first ``nbytes`` between a pinned host array and a device buffer."""
+    kind = cudart.cudaMemcpyKind
+    if to_device:
+        cuda_call(cudart.cudaMemcpyAsync(device, host.ctypes.data, nbytes, kind.cudaMemcpyHostToDevice, stream))
+    else:
+        cuda_call(cudart.cudaMemcpyAsync(host.ctypes.data, device, nbytes, kind.cudaMemcpyDeviceToHost, stream))
+
+
 class _Memory:
     """Device buffers and pinned host arrays, freed together by ``close``."""
 
@@ -186,7 +195,7 @@ class TrtBackend(StagedBackend):
         self.memory = _Memory(cudart)
         weakref.finalize(self, self.memory.close)  # device and pinned memory go with the backend
         self.stream = cuda_call(cudart.cudaStreamCreate())
-        self.device = {name: self.memory.device_buffer(spec.nbytes) for name, spec in self.plan.items()}
+        self.buffers = {name: self.memory.device_buffer(spec.nbytes) for name, spec in self.plan.items()}
         host = [*HOST_INPUTS, *HOST_OUTPUTS, *(n for n in self.plan if n.startswith("forced_"))]
         self.host = {name: self.memory.pinned_array(self.plan[name]) for name in host if name in self.plan}
         self.engines = [EngineRunner(trt, self.runtime, engine_dir / stage["file"], self.plan)
@@ -207,18 +216,12 @@ class TrtBackend(StagedBackend):
                 engine.set_batch(batch)
         if (batch, forced) != (self.batch, self.forced):
             for engine, names in zip(self.engines, stage_bindings(self.stage_specs, forced)):
-                engine.bind({tensor: self.device[buffer] for tensor, buffer in names.items()})
+                engine.bind({tensor: self.buffers[buffer] for tensor, buffer in names.items()})
         self.batch, self.forced = batch, forced
 
     def _copy(self, name: str, batch: int, to_device: bool) -> None:
-        spec = self.plan[name]
-        kind = self.cudart.cudaMemcpyKind
-        if to_device:
-            cuda_call(self.cudart.cudaMemcpyAsync(self.device[name], self.host[name].ctypes.data, spec.bytes_for(batch),
-                                                  kind.cudaMemcpyHostToDevice, self.stream))
-        else:
-            cuda_call(self.cudart.cudaMemcpyAsync(self.host[name].ctypes.data, self.device[name], spec.bytes_for(batch),
-                                                  kind.cudaMemcpyDeviceToHost, self.stream))
+        copy_async(self.cudart, self.stream, self.host[name], self.buffers[name], self.plan[name].bytes_for(batch),
+                   to_device)
 
     def _stage_work(self, index: int, batch: int, forced: bool) -> bool:
         """Stage ``index``'s copies and engine on the stream; False if TensorRT refused to enqueue."""
@@ -318,10 +321,10 @@ class DenseRunner:
     def __init__(self, backend: TrtBackend, path: Path, spec: dict[str, Any]) -> None:
         self.backend = backend
         self.plan = plan_buffers([spec], backend.max_batch)
-        self.device = {name: backend.memory.device_buffer(s.nbytes) for name, s in self.plan.items()}
+        self.buffers = {name: backend.memory.device_buffer(s.nbytes) for name, s in self.plan.items()}
         self.host = {name: backend.memory.pinned_array(s) for name, s in self.plan.items()}
         self.engine = EngineRunner(backend.trt, backend.runtime, path, self.plan)
-        self.engine.bind(self.device)
+        self.engine.bind(self.buffers)
         self.batch: int | None = None
         self.last_ms = 0.0
 
@@ -336,15 +339,12 @@ class DenseRunner:
             self.engine.set_batch(batch)
             self.batch = batch
         self.host["image"][:batch] = images
-        kind = cudart.cudaMemcpyKind
-        cuda_call(cudart.cudaMemcpyAsync(self.device["image"], self.host["image"].ctypes.data,
-                                         self.plan["image"].bytes_for(batch), kind.cudaMemcpyHostToDevice,
-                                         backend.stream))
+        copy_async(cudart, backend.stream, self.host["image"], self.buffers["image"],
+                   self.plan["image"].bytes_for(batch), to_device=True)
         if not self.engine.enqueue(backend.stream):
             fail(f"{self.engine.path}: TensorRT could not run the engine (see its log above)")
-        cuda_call(cudart.cudaMemcpyAsync(self.host["labels"].ctypes.data, self.device["labels"],
-                                         self.plan["labels"].bytes_for(batch), kind.cudaMemcpyDeviceToHost,
-                                         backend.stream))
+        copy_async(cudart, backend.stream, self.host["labels"], self.buffers["labels"],
+                   self.plan["labels"].bytes_for(batch), to_device=False)
         cuda_call(cudart.cudaStreamSynchronize(backend.stream))
         self.last_ms = (time.perf_counter() - started) * 1e3
         return {"labels": self.host["labels"][:batch].copy()}
