@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from layercascade.errors import run_cli
-from layercascade.model.cli.args import DATA_HELP, rho
+from layercascade.model.cli.args import add_data_arguments, rho
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,15 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "explicit QuantizeLinear/DequantizeLinear nodes (int8 weights per output channel, int8 "
                     "activations per tensor, both symmetric), which TensorRT (lc-build --precision int8) and "
                     "ONNX Runtime's CPU int8 kernels run. Stage 2 and 3 statistics come only from the pixels "
-                    "that reach them at the calibration ρ. Statistics are cached, so another --method reuses them.",
+                    "that reach them at the calibration ρ (from the first 64 images unless --limit says otherwise). "
+                    "Statistics are cached, so another --method reuses them.",
     )
     parser.add_argument("model", metavar="DIR", help="fp32 model directory from lc-export")
     parser.add_argument("-o", "--output", required=True, metavar="DIR_INT8", help="INT8 model directory to write")
-    parser.add_argument("--data", default="synthetic", metavar="SPEC", help=DATA_HELP)
-    parser.add_argument("--split", default="train", help="split of the calibration images (default: train)")
-    parser.add_argument("--seed", type=int, default=0, help="picks the synthetic images (default: 0)")
-    parser.add_argument("--limit", type=int, default=64, metavar="N",
-                        help="calibrate on the first N images (default: 64)")
+    add_data_arguments(parser, split="train")
+    parser.set_defaults(limit=64)  # calibration needs a sample, not the whole split
     parser.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="percentile",
                         help="activation ranges: exact min/max, the 99.999th percentile of |x|, or the "
                              "KL-optimal clipping threshold (default: percentile, the most accurate on the demo "
