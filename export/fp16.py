@@ -87,7 +87,7 @@ class _Pass:
         for value in self.graph.output:
             declared = value.type.tensor_type.elem_type
             if declared == FLOAT and self.types.get(value.name) == FLOAT16:
-                self.rename_to_fp32_output(value.name)
+                cast_output(self.nodes, value.name, f"{value.name}/fp16", FLOAT, f"{value.name}/to_fp32")
         del self.graph.node[:]
         self.graph.node.extend(self.nodes)
         self.drop_unused_initializers(outputs)
@@ -127,19 +127,19 @@ class _Pass:
         self.graph.initializer.append(copy)
         return copy.name
 
-    def rename_to_fp32_output(self, name: str) -> None:
-        """Let the fp16 producer of graph output ``name`` write ``name/fp16``, cast back to ``name``."""
-        inner = f"{name}/fp16"
-        for node in self.nodes:
-            node.input[:] = [inner if n == name else n for n in node.input]
-            node.output[:] = [inner if n == name else n for n in node.output]
-        self.nodes.append(helper.make_node("Cast", [inner], [name], name=f"{name}/to_fp32", to=FLOAT))
-
     def drop_unused_initializers(self, outputs: set[str]) -> None:
         used = {n for node in self.graph.node for n in node.input} | outputs
         kept = [init for init in self.graph.initializer if init.name in used]
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept)
+
+
+def cast_output(nodes: list[onnx.NodeProto], name: str, inner: str, to: int, cast_name: str) -> None:
+    """Let the producer (and consumers) of graph output ``name`` use ``inner``; append a Cast ``inner`` → ``name``."""
+    for node in nodes:
+        node.input[:] = [inner if n == name else n for n in node.input]
+        node.output[:] = [inner if n == name else n for n in node.output]
+    nodes.append(helper.make_node("Cast", [inner], [name], name=cast_name, to=to))
 
 
 def _retype_region_conv_body(model: onnx.ModelProto) -> None:

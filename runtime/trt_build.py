@@ -69,6 +69,8 @@ def uint8_only_at_io(model: Any) -> Any:
     import onnx
     from onnx import TensorProto, helper
 
+    from layercascade.export.fp16 import cast_output
+
     uint8 = TensorProto.UINT8
     nodes = []
     for value in model.graph.input:
@@ -84,11 +86,7 @@ def uint8_only_at_io(model: Any) -> Any:
         nodes.append(node)
     for value in model.graph.output:
         if value.type.tensor_type.elem_type == uint8:
-            as_float = f"{value.name}/float"
-            for node in nodes:
-                node.output[:] = [as_float if n == value.name else n for n in node.output]
-                node.input[:] = [as_float if n == value.name else n for n in node.input]
-            nodes.append(helper.make_node("Cast", [as_float], [value.name], name=f"{value.name}/to_uint8", to=uint8))
+            cast_output(nodes, value.name, f"{value.name}/float", uint8, f"{value.name}/to_uint8")
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     del model.graph.value_info[:]
