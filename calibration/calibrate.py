@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from layercascade.calibration.quantize import quantize_graph
-from layercascade.calibration.statistics import METHODS, Statistics, collect, float_convs
+from layercascade.calibration.statistics import METHODS, Statistics, collect, float_convs, graph_files
 from layercascade.errors import fail
 from layercascade.manifest import write_model_dir
 
@@ -110,7 +110,7 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
         cache = default_cache_dir() / f"{key}.npz"
     statistics, reused = load_statistics(model_dir, manifest, dataset, meta, cache, progress)
-    files = [stage["file"] for stage in manifest["stages"]] + [manifest["dense"]["file"]]
+    models = {name: onnx.load(str(model_dir / name)) for name in graph_files(manifest)}
     record = {
         "precision": "int8",
         "method": method,
@@ -120,15 +120,14 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
         "statistics_sha256": statistics.digest(),
         "weights": "int8, symmetric, per output channel",
         "activations": "int8, symmetric, per tensor",
-        "float_convs": sorted({name for file in files for name in float_convs(onnx.load(str(model_dir / file)))}),
+        "float_convs": sorted({name for model in models.values() for name in float_convs(model)}),
         "source_model_sha256": meta["model"],
         "source": str(model_dir.resolve()),  # lc-bench --compare finds the fp32 model here
         "onnxruntime": onnxruntime.__version__,
     }
 
     def write(staging: Path) -> dict[str, Any]:
-        for name in files:
-            model = onnx.load(str(model_dir / name))
+        for name, model in models.items():
             onnx.save(quantize_graph(model, statistics.ranges(method, name)), str(staging / name))
         kept = {k: v for k, v in manifest.items() if k not in ("format", "version", "files")}
         return {**kept, "quantization": record}

@@ -40,7 +40,7 @@ from layercascade.runtime.inputs import write_atomic
 METHODS = ("minmax", "percentile", "entropy")
 # Histogram resolution: 512 bins over ±max|x| (more as the range grows), searched for the
 # KL-optimal threshold in 128 quantized bins (int8's positive half). ONNX Runtime's entropy
-# search is a Python loop over the bins: 2048 bins took 145 s on the 160x160 demo model.
+# search is a Python loop over the bins, so its time grows with their number.
 NUM_BINS = 512
 NUM_QUANTIZED_BINS = 128
 PERCENTILE = 99.999
@@ -52,14 +52,33 @@ def is_conv(node: Any) -> bool:
     return (node.domain, node.op_type) in (REGION_CONV, ("", "Conv"))
 
 
-def score_convs(model: Any) -> set[str]:
-    """Names of the convs whose output no other conv reads, even through other ops: the heads'
-    classifiers. They stay float: their scores decide which pixels go on to the next stage,
-    and int8 error there moves pixels between stages (docs/results.md)."""
+def graph_files(manifest: dict[str, Any]) -> list[str]:
+    """The ONNX files of a model dir: the stages in order, then the dense graph."""
+    return [stage["file"] for stage in manifest["stages"]] + [manifest["dense"]["file"]]
+
+
+def consumers_of(model: Any) -> dict[str, list[Any]]:
+    """Tensor name → the nodes that read it."""
     consumers: dict[str, list[Any]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def histogram_collector(method: str) -> Any:
+    """ONNX Runtime's ``HistogramCollector`` for ``method`` at this module's resolution."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    return HistogramCollector(method=method, symmetric=True, num_bins=NUM_BINS, num_quantized_bins=NUM_QUANTIZED_BINS,
+                              percentile=PERCENTILE, scenario="same")
+
+
+def score_convs(model: Any) -> set[str]:
+    """Names of the convs whose output no other conv reads, even through other ops: the heads'
+    classifiers. They stay float: their scores decide which pixels go on to the next stage,
+    and int8 error there moves pixels between stages (docs/results.md)."""
+    consumers = consumers_of(model)
     reaches: dict[str, bool] = {}
 
     def reaches_conv(tensor: str) -> bool:
@@ -77,12 +96,9 @@ def image_convs(model: Any) -> set[str]:
 
     They stay float: with 3 input channels the int8 GEMM saves little, and on ONNX Runtime's CPU
     an int8 stem pulls the image normalisation (Sub, Div) into its NHWC layout, where the
-    3-channel broadcasts run ~8× slower (docs/calibration.md).
+    3-channel broadcasts run slower (docs/calibration.md).
     """
-    consumers: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(model)
     found: set[str] = set()
     pending, seen = ["image"], set()
     while pending:
@@ -154,16 +170,12 @@ class Statistics:
 
     def ranges(self, method: str, graph: str) -> dict[str, tuple[np.float32, np.float32]]:
         """Symmetric (−a, a) per tensor of ``graph`` for ``method`` (a = the clipping threshold)."""
-        from onnxruntime.quantization.calibrate import HistogramCollector
-
         prefix = f"{graph}:"
         histograms = {k[len(prefix):]: v for k, v in self.histograms.items() if k.startswith(prefix)}
         if method == "minmax":
             amax = {name: max(abs(float(h[2])), abs(float(h[3]))) for name, h in histograms.items()}
         else:
-            collector = HistogramCollector(method=method, symmetric=True, num_bins=NUM_BINS,
-                                           num_quantized_bins=NUM_QUANTIZED_BINS, percentile=PERCENTILE,
-                                           scenario="same")
+            collector = histogram_collector(method)
             # The collector's own histogram_dict, filled from the cache: percentile reads |x| histograms
             # (counts, edges, min, max), entropy the signed ones as collected.
             collector.histogram_dict = {name: fold_absolute(h) if method == "percentile" else h
@@ -240,13 +252,9 @@ def collect(model_dir: Path, manifest: dict[str, Any], images: Iterable[np.ndarr
     Stage k's tensors are recorded at the pixels that reach stage k (all pixels with
     ``cascade_aware=False``); stage 1 and the dense graph always at all pixels.
     """
-    from onnxruntime.quantization.calibrate import HistogramCollector
-
-    files = [stage["file"] for stage in manifest["stages"]] + [manifest["dense"]["file"]]
+    files = graph_files(manifest)
     recorders = [_Recorder(model_dir / name) for name in files]
-    collectors = {name: HistogramCollector(method="entropy", symmetric=True, num_bins=NUM_BINS,
-                                           num_quantized_bins=NUM_QUANTIZED_BINS, percentile=PERCENTILE,
-                                           scenario="same") for name in files}
+    collectors = {name: histogram_collector("entropy") for name in files}
     rho_array = np.array([rho], np.float32)
     reached = [0, 0]
     quiet = open(os.devnull, "w")  # noqa: SIM115 - HistogramCollector.collect prints a line per call
