@@ -228,7 +228,8 @@ class _Lowering:
         if attrs["activation"] == 1 and int8_gemm:
             # ReLU as Max(·, 0): ONNX Runtime fuses Gemm + Relu into a float FusedGemm before its
             # QDQ fusion would make the int8 GEMM.
-            out = self.add("Max", [out, self.const("zero", np.float32(0))], f"{node.name}/relu")
+            zero = self.once(("zero_float",), lambda: self.const("zero", np.float32(0)))
+            out = self.add("Max", [out, zero], f"{node.name}/relu")
         elif attrs["activation"] == 1:
             out = self.add("Relu", [out], f"{node.name}/relu")
         self.values[node.output[0]] = _Value(rows=out)
@@ -292,10 +293,7 @@ class _Lowering:
 
     def per_tensor_zero_point_0(self, node: onnx.NodeProto) -> bool:
         """A Q or DQ with one scale and zero point 0 (so it maps zero rows to zero rows)."""
-        if len(node.input) != 3 or not all(i in self.initializers for i in node.input[1:]):
-            return False
-        scale, zero = (numpy_helper.to_array(self.initializers[i]) for i in node.input[1:])
-        return scale.size == 1 and zero.size == 1 and not zero.any()
+        return _per_tensor_zero_point_0(node, self.initializers)
 
     def quantized_input(self, name: str) -> tuple[str, str, str] | None:
         """(int8 tensor, scale, zero point) when ``name`` is a per-tensor DequantizeLinear output."""
@@ -351,8 +349,8 @@ class _Lowering:
 
 def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = frozenset()) -> onnx.ModelProto:
     """An INT8 QDQ graph for ONNX Runtime's CPU kernels: activations that cannot be negative are
-    quantized as uint8 with zero point 0 instead of int8 (a copy; the model dir keeps its int8
-    form, which TensorRT needs).
+    quantized as uint8 with zero point 0 instead of int8 (a copy, or ``model`` itself when it has
+    no Q/DQ; the model dir keeps its int8 form, which TensorRT needs).
 
     A per-tensor int8 zero point 0 becomes uint8 0 when every QuantizeLinear using it reads a
     ReLU output, a ``Max(·, 0)`` output or one of ``non_negative_inputs`` (graph inputs another
@@ -368,6 +366,8 @@ def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = 
     * ONNX Runtime runs QLinearConv / QGemm with uint8 activations, its fast x86 u8·s8 kernels
       (int8 activations take a slow path there).
     """
+    if not any(node.op_type in QDQ_OPS for node in model.graph.node):
+        return model  # a float graph: nothing to rewrite, no copy needed
     model = _copy(model)
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
@@ -380,8 +380,10 @@ def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = 
     outputs = {o.name for o in graph.output}
 
     def is_zero(name: str) -> bool:
-        return name in initializers and numpy_helper.to_array(initializers[name]).size == 1 and not numpy_helper.to_array(
-            initializers[name]).any()
+        if name not in initializers:
+            return False
+        value = numpy_helper.to_array(initializers[name])
+        return value.size == 1 and not value.any()
 
     def rectifier(name: str) -> onnx.NodeProto | None:
         """The ReLU or Max(·, 0) node producing ``name``."""
@@ -398,10 +400,7 @@ def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = 
         return found[0]
 
     def int8_zero_point_0(node: onnx.NodeProto) -> bool:
-        if len(node.input) != 3 or not all(i in initializers for i in node.input[1:]):
-            return False
-        scale, zero = (numpy_helper.to_array(initializers[i]) for i in node.input[1:])
-        return scale.size == 1 and zero.dtype == np.int8 and not zero.any()
+        return _per_tensor_zero_point_0(node, initializers, np.int8)
 
     quantizers: dict[str, list[onnx.NodeProto]] = {}  # zero point initializer → its Qs
     for node in nodes:
@@ -472,6 +471,15 @@ def int8_conv_inputs(model: onnx.ModelProto) -> bool:
                 and initializers[dequantize.input[2]].data_type == onnx.TensorProto.INT8):
             return True
     return False
+
+
+def _per_tensor_zero_point_0(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto],
+                             dtype: type | None = None) -> bool:
+    """A Q or DQ with one scale and zero point 0 (of ``dtype`` when given) from initializers."""
+    if len(node.input) != 3 or not all(i in initializers for i in node.input[1:]):
+        return False
+    scale, zero = (numpy_helper.to_array(initializers[i]) for i in node.input[1:])
+    return scale.size == 1 and zero.size == 1 and (dtype is None or zero.dtype == dtype) and not zero.any()
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
