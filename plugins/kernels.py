@@ -37,7 +37,7 @@ from torch import Tensor
 COMPILE_OPTIONS = {"num_stages": 3, "enable_fp_fusion": True}
 # Mask elements scanned per step of the single-program active-list scan.
 ACTIVE_LIST_BLOCK = 1024
-ACTIVE_LIST_WARPS = 4
+ACTIVE_LIST_OPTIONS = {"num_warps": 4, "enable_fp_fusion": True}
 
 
 class BlockConfig(NamedTuple):
@@ -278,8 +278,10 @@ def layer_constexprs(x: Tensor, weight: Tensor, padding: int | tuple[int, int],
 
 
 def _prepare(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None,
-             config: BlockConfig | None) -> BlockConfig:
-    """Check the tensors of a conv call; the tiles to launch with."""
+             padding: int | tuple[int, int], dilation: int | tuple[int, int], relu: bool,
+             config: BlockConfig | None) -> tuple[tuple[int, int], dict[str, int]]:
+    """Check the tensors of an NHWC conv call; its grid and the kernel's keyword arguments
+    (warps, :data:`COMPILE_OPTIONS`, :func:`layer_constexprs`)."""
     if x.dim() != 4 or weight.dim() != 4:
         raise ValueError(f"x must be NHWC and weight (C_out, C_in, KH, KW), "
                          f"got {tuple(x.shape)} and {tuple(weight.shape)}")
@@ -294,7 +296,10 @@ def _prepare(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | 
     if residual is not None and (residual.shape != (n, h, w, c_out) or residual.dtype != x.dtype
                                  or not residual.is_contiguous()):
         raise ValueError(f"residual must be a contiguous ({n}, {h}, {w}, {c_out}) {x.dtype} tensor")
-    return config or block_config(weight.shape[1], c_out, weight.shape[2], DTYPE_NAMES[x.dtype])
+    config = config or block_config(weight.shape[1], c_out, weight.shape[2], DTYPE_NAMES[x.dtype])
+    options = {"num_warps": config.num_warps, **COMPILE_OPTIONS,
+               **layer_constexprs(x, weight, padding, dilation, relu, config)}
+    return conv_grid(n * h * w, c_out, config), options
 
 
 def active_list(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -307,8 +312,7 @@ def active_list(mask: Tensor) -> tuple[Tensor, Tensor]:
     flat = _flat_mask(mask)
     rows = torch.empty(flat.numel(), dtype=torch.int32, device=mask.device)
     count = torch.empty(1, dtype=torch.int32, device=mask.device)
-    _active_list_kernel[(1,)](flat, rows, count, flat.numel(), BLOCK=ACTIVE_LIST_BLOCK,
-                              num_warps=ACTIVE_LIST_WARPS, enable_fp_fusion=True)  # see COMPILE_OPTIONS
+    _active_list_kernel[(1,)](flat, rows, count, flat.numel(), BLOCK=ACTIVE_LIST_BLOCK, **ACTIVE_LIST_OPTIONS)
     return rows, count
 
 
@@ -331,18 +335,14 @@ def region_conv(x_nhwc: Tensor, weight: Tensor, bias: Tensor | None, mask_or_lis
         mask = mask_or_list if count is None else _list_to_mask(mask_or_list, count, x_nhwc)
         return region_conv_reference(x_nhwc, weight, bias, mask, padding=padding, dilation=dilation,
                                      relu=relu, residual=residual, groups=groups)
-    config = _prepare(x_nhwc, weight, bias, residual, config)
-    constexprs = layer_constexprs(x_nhwc, weight, padding, dilation, relu, config)
+    grid, options = _prepare(x_nhwc, weight, bias, residual, padding, dilation, relu, config)
     rows, count = active_list(mask_or_list) if count is None else (mask_or_list, count)
     n, h, w, _ = x_nhwc.shape
-    c_out = weight.shape[0]
     if residual is None:
-        out = torch.zeros((n, h, w, c_out), dtype=x_nhwc.dtype, device=x_nhwc.device)
+        out = torch.zeros((n, h, w, weight.shape[0]), dtype=x_nhwc.dtype, device=x_nhwc.device)
     else:
         out = residual.clone()
-    grid = conv_grid(n * h * w, c_out, config)
-    _region_conv_rows_kernel[grid](x_nhwc, weight, bias, rows, count, residual, h, w, out,
-                                   num_warps=config.num_warps, **COMPILE_OPTIONS, **constexprs)
+    _region_conv_rows_kernel[grid](x_nhwc, weight, bias, rows, count, residual, h, w, out, **options)
     return out
 
 
@@ -360,17 +360,13 @@ def region_conv_masked(x_nhwc: Tensor, weight: Tensor, bias: Tensor | None, mask
 
         return region_conv_reference(x_nhwc, weight, bias, mask, padding=padding, dilation=dilation,
                                      relu=relu, residual=residual, groups=groups)
-    config = _prepare(x_nhwc, weight, bias, residual, config)
-    constexprs = layer_constexprs(x_nhwc, weight, padding, dilation, relu, config)
+    grid, options = _prepare(x_nhwc, weight, bias, residual, padding, dilation, relu, config)
     n, h, w, _ = x_nhwc.shape
-    c_out = weight.shape[0]
     flat = _flat_mask(mask)
     if flat.numel() != n * h * w:
         raise ValueError(f"mask must have N·H·W = {n * h * w} elements, got {flat.numel()}")
-    out = torch.empty((n, h, w, c_out), dtype=x_nhwc.dtype, device=x_nhwc.device)
-    grid = conv_grid(n * h * w, c_out, config)
-    _region_conv_masked_kernel[grid](x_nhwc, weight, bias, flat, residual, h, w, n * h * w, out,
-                                     num_warps=config.num_warps, **COMPILE_OPTIONS, **constexprs)
+    out = torch.empty((n, h, w, weight.shape[0]), dtype=x_nhwc.dtype, device=x_nhwc.device)
+    _region_conv_masked_kernel[grid](x_nhwc, weight, bias, flat, residual, h, w, n * h * w, out, **options)
     return out
 
 

@@ -24,7 +24,9 @@ from triton.compiler import ASTSource
 from layercascade.plugins import kernels
 
 ARCHS = {"sm_80": 80, "sm_86": 86, "sm_89": 89, "sm_90": 90}
-KERNELS = ("active_list", "region_conv", "region_conv_masked")
+CONV_KERNELS = {"region_conv": kernels._region_conv_rows_kernel,
+                "region_conv_masked": kernels._region_conv_masked_kernel}
+KERNELS = ("active_list", *CONV_KERNELS)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -94,12 +96,9 @@ def compile_kernel(kernel: str, dtype: str, arch: str, layer: Layer = DEFAULT_LA
                                       "P": "i32", "BLOCK": "constexpr"},
                            constexprs={"BLOCK": kernels.ACTIVE_LIST_BLOCK})
         source.attrs = _aligned(source.signature)
-        options = {"num_warps": kernels.ACTIVE_LIST_WARPS, "enable_fp_fusion": True}
-    elif kernel == "region_conv":
-        source, num_warps = _layer_source(kernels._region_conv_rows_kernel, dtype, layer)
-        options = {"num_warps": num_warps, **kernels.COMPILE_OPTIONS}
-    elif kernel == "region_conv_masked":
-        source, num_warps = _layer_source(kernels._region_conv_masked_kernel, dtype, layer)
+        options = kernels.ACTIVE_LIST_OPTIONS
+    elif kernel in CONV_KERNELS:
+        source, num_warps = _layer_source(CONV_KERNELS[kernel], dtype, layer)
         options = {"num_warps": num_warps, **kernels.COMPILE_OPTIONS}
     else:
         raise ValueError(f"unknown kernel {kernel!r}; one of {KERNELS}")
