@@ -154,6 +154,21 @@ def make_timer(cuda: bool, warmup: int, iters: int) -> Callable[[Callable[[], ob
     return time_graph if cuda else time_eager
 
 
+class Deadlines:
+    """Checks of the time since ``started`` against the deadlines above; ``truncated`` records a skip."""
+
+    def __init__(self, started: float, log: Log) -> None:
+        self.started, self.log, self.truncated = started, log, False
+
+    def passed(self, deadline_s: float, skipped: str) -> bool:
+        """Whether ``deadline_s`` has passed; if so, log that ``skipped`` is skipped."""
+        if time.perf_counter() - self.started <= deadline_s:
+            return False
+        self.truncated = True
+        self.log(f"# deadline: skipping {skipped}")
+        return True
+
+
 def clustered_mask(fraction: float, size: int, seed: int) -> torch.Tensor:
     """Exactly round(fraction·size²) active pixels forming smooth blobs: the top of a
     bilinearly upsampled 8×8 noise field (cascade regions are objects and their borders)."""
@@ -219,12 +234,10 @@ def benchmark(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
     device = "cuda" if cuda else "cpu"
     torch.backends.cudnn.benchmark = True  # give the dense baseline its best algorithm
     time_call = make_timer(cuda, sizes["warmup"], sizes["iters"])
-    rows, truncated = [], False
+    rows, deadlines = [], Deadlines(started, log)
     for c in sizes["channels"]:
         for k in sizes["kernels"]:
-            if time.perf_counter() - started > DEADLINE_S:
-                truncated = True
-                log(f"# deadline: skipping C={c} k={k}")
+            if deadlines.passed(DEADLINE_S, f"C={c} k={k}"):
                 continue
             try:
                 rows += bench_layer(c, k, sizes["map"], device, time_call, log)
@@ -236,7 +249,7 @@ def benchmark(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
                 "timing": "CUDA events around CUDA-graph replays" if cuda else "wall clock (interpreter)",
                 "dense": "torch.nn.functional.conv2d (cuDNN on a GPU), cudnn.benchmark on",
                 "list_ms": "region_conv on a prebuilt list (zero-fill + one kernel); active_list_ms apart"}
-    return {"settings": settings, "rows": rows, "truncated": truncated}
+    return {"settings": settings, "rows": rows, "truncated": deadlines.truncated}
 
 
 def e2e_checkpoint(name: str):
@@ -302,17 +315,22 @@ def time_alternating(calls: dict[str, Callable[[], object]], cuda: bool, warmup:
     return {name: stats(values) for name, values in samples.items()}
 
 
+def fill_cascade_inputs(program, images: torch.Tensor, masks: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """Set a cascade device program's images, ρ and (when given) its forced NCHW masks."""
+    program.inputs["images"].copy_(images)
+    program.inputs["rho"].fill_(DEMO_RHO)
+    if masks is not None:
+        for name, mask in zip(("forced2", "forced3"), masks):
+            program.inputs[name].copy_(torch.from_numpy(mask).permute(0, 2, 3, 1))
+
+
 def e2e_case(backend, images: torch.Tensor, masks, graph: bool, cuda: bool, sizes: dict) -> dict:
     """Cascade and dense programs of ``backend`` on ``images`` (already on the device): timings and fractions."""
     batch = images.shape[0]
     cascade = backend.device_program("cascade", batch, forced=masks is not None, graph=graph)
     dense = backend.device_program("dense", batch, graph=graph)
-    cascade.inputs["images"].copy_(images)
+    fill_cascade_inputs(cascade, images, masks)
     dense.inputs["images"].copy_(images)
-    cascade.inputs["rho"].fill_(DEMO_RHO)
-    if masks is not None:
-        for name, mask in zip(("forced2", "forced3"), masks):
-            cascade.inputs[name].copy_(torch.from_numpy(mask).permute(0, 2, 3, 1))
     out = cascade()
     counts = out["stage_counts"].sum(0).double()
     labels = out["labels"].clone()  # a graph's outputs are overwritten by the next replay
@@ -325,14 +343,10 @@ def e2e_reference_check(checkpoint, backend, images, masks, precision: str) -> d
     from layercascade.runtime.torch_backend import TorchBackend
 
     reference = TorchBackend(checkpoint, "cpu", input_size=backend.input_size)
-    expected = reference.path.stage_outputs(images[:1], DEMO_RHO, None if masks is None else
-                                            tuple(m[:1] for m in masks))
+    first_masks = None if masks is None else tuple(m[:1] for m in masks)
+    expected = reference.path.stage_outputs(images[:1], DEMO_RHO, first_masks)
     program = backend.device_program("cascade", 1, forced=masks is not None, graph=False)
-    program.inputs["images"].copy_(torch.from_numpy(images[:1]))
-    program.inputs["rho"].fill_(DEMO_RHO)
-    if masks is not None:
-        for name, mask in zip(("forced2", "forced3"), masks):
-            program.inputs[name].copy_(torch.from_numpy(mask[:1]).permute(0, 2, 3, 1))
+    fill_cascade_inputs(program, torch.from_numpy(images[:1]), first_masks)
     out = program()
     errors = []
     for k, scores in enumerate(expected["scores"]):
@@ -352,11 +366,9 @@ def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
 
     torch.backends.cudnn.benchmark = True
     device, precision, side = ("cuda" if cuda else "cpu"), sizes["precision"], sizes["size"]
-    rows, truncated, image_source = [], False, None
+    rows, deadlines, image_source = [], Deadlines(started, log), None
     for name in sizes["models"]:
-        if time.perf_counter() - started > E2E_MODEL_DEADLINE_S:
-            truncated = True
-            log(f"# deadline: skipping {name}")
+        if deadlines.passed(E2E_MODEL_DEADLINE_S, name):
             continue
         try:
             checkpoint, weights = e2e_checkpoint(name)
@@ -378,9 +390,7 @@ def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
             first_labels = None  # of the batch's first timed mode, which the others must reproduce
             masks = None if all_masks is None else tuple(m[:batch] for m in all_masks)
             for graph in sizes["graphs"]:
-                if time.perf_counter() - started > E2E_DEADLINE_S:
-                    truncated = True
-                    log(f"# deadline: skipping {name} batch {batch}{' graph' if graph else ''}")
+                if deadlines.passed(E2E_DEADLINE_S, f"{name} batch {batch}{' graph' if graph else ''}"):
                     continue
                 row = {"model": name, "weights": weights, "size": [side, side], "batch": batch,
                        "precision": precision, "cuda_graph": graph,
@@ -422,7 +432,7 @@ def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
                      "dense": "the same weights, BN folded, every stage's blocks on every pixel, final head; "
                               "cuDNN channels-last convs (ReLU and residual adds as separate passes, eager "
                               "PyTorch), cudnn.benchmark on"})
-    return {"settings": settings, "rows": rows, "truncated": truncated}
+    return {"settings": settings, "rows": rows, "truncated": deadlines.truncated}
 
 
 def main(argv: list[str] | None = None) -> int:
