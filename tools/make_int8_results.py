@@ -40,8 +40,9 @@ WRITTEN = "int8 as written"  # the INT8 dir's activations as int8, without the r
 def u8s8_kernels() -> Iterator[None]:
     """New ONNX Runtime sessions keep the default u8·s8 int8 kernels inside this context.
 
-    The runtime always asks for u8·u8 (``session.x64quantprecision``); to measure what that
-    avoids, this drops that one config entry while the context is open.
+    The runtime asks for u8·u8 (``session.x64quantprecision``) for unlowered graphs whose convs read
+    int8 activations; to measure what that avoids, this drops that one config entry while the
+    context is open.
     """
     import onnxruntime
 
