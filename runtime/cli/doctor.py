@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -179,8 +178,7 @@ def run_probe(name: str) -> Report:
     """One probe in a child process: crashes and hangs stay there."""
     command = [sys.executable, "-m", "layercascade.runtime.cli.doctor", "--probe", name]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False,
-                              env=os.environ.copy())
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
         return {"ok": False, "detail": f"hung: no answer within {PROBE_TIMEOUT_S} s"}
     lines = done.stdout.strip().splitlines()
