@@ -8,26 +8,13 @@ two forms together.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from torch import nn
 
 from layercascade.export import regionconv
 from layercascade.export.graph import GraphBuilder
 from layercascade.model.backbones.irnet import Mixed5b, Mixed6a, Mixed7a, _Residual
 from layercascade.model.backbones.resnet import BasicBlock, Bottleneck
-from layercascade.model.layers import ConvBnAct, RegionPool, RegionSequential, StageHead
-
-
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Weights and bias of ``scale · bn(conv(x))`` as one conv (eval-mode BN statistics)."""
-    weight = conv.weight.detach().double()
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
-    if bn is not None:
-        factor = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        weight = weight * factor.view(-1, 1, 1, 1)
-        bias = (bias - bn.running_mean.double()) * factor + bn.bias.detach().double()
-    return (weight * scale).float().numpy(), (bias * scale).float().numpy()
+from layercascade.model.layers import ConvBnAct, RegionPool, RegionSequential, StageHead, fold_batchnorm
 
 
 class StageEmitter:
@@ -42,8 +29,8 @@ class StageEmitter:
              scale: float = 1.0) -> str:
         """conv (+ folded BN, × scale) (+ ReLU); a RegionConv node in a region stage."""
         weight, bias = fold_batchnorm(conv, bn, scale)
-        w = self.g.constant(f"{name}.weight", weight)
-        b = self.g.constant(f"{name}.bias", bias)
+        w = self.g.constant(f"{name}.weight", weight.numpy())
+        b = self.g.constant(f"{name}.bias", bias.numpy())
         padding, dilation = tuple(conv.padding), tuple(conv.dilation)
         if self.mask is not None:
             if conv.stride != (1, 1):

@@ -93,3 +93,18 @@ class StageHead(nn.Module):
 def concat(tensors: list[Tensor]) -> Tensor:
     """Channel concatenation (zero stays zero: needs no mask)."""
     return torch.cat(tensors, dim=1)
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """fp32 weight and bias of ``scale · bn(conv(x))`` as one conv (eval BN statistics, folded in fp64).
+
+    Shared by the ONNX exporter and the torch backend's kernels path, so both fold alike.
+    """
+    weight = conv.weight.detach().double()
+    bias = (conv.bias.detach().double() if conv.bias is not None
+            else torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device))
+    if bn is not None:
+        factor = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        weight = weight * factor.view(-1, 1, 1, 1)
+        bias = (bias - bn.running_mean.double()) * factor + bn.bias.detach().double()
+    return (weight * scale).float(), (bias * scale).float()

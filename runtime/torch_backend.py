@@ -54,7 +54,7 @@ from layercascade.model.backbones.irnet import Mixed5b, Mixed6a, Mixed7a, _Resid
 from layercascade.model.backbones.resnet import BasicBlock, Bottleneck
 from layercascade.model.checkpoint import DEMO_CHECKPOINT, Checkpoint, load_checkpoint
 from layercascade.model.flops import stage_costs
-from layercascade.model.layers import ConvBnAct, RegionPool, RegionSequential, StageHead
+from layercascade.model.layers import ConvBnAct, RegionPool, RegionSequential, StageHead, fold_batchnorm
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet, normalize
 from layercascade.model.region import fuse_scores, next_mask
 
@@ -171,22 +171,6 @@ class Region:
 
 # An op of a plan: NHWC contiguous input (and the stage's region, None = every pixel) → output.
 Op = Callable[[Tensor, "Region | None"], Tensor]
-
-
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, scale: float) -> tuple[Tensor, Tensor]:
-    """fp32 weight and bias of ``scale · bn(conv(x))`` as one conv (eval BN statistics, folded in fp64).
-
-    The exporter folds the same way into numpy (``export/emit.py``); this one stays in torch so
-    the backend runs without onnx.
-    """
-    weight = conv.weight.detach().double()
-    bias = (conv.bias.detach().double() if conv.bias is not None
-            else torch.zeros(weight.shape[0], dtype=torch.float64))
-    if bn is not None:
-        factor = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        weight = weight * factor.view(-1, 1, 1, 1)
-        bias = (bias - bn.running_mean.double()) * factor + bn.bias.detach().double()
-    return (weight * scale).float(), (bias * scale).float()
 
 
 class FoldedConv:
