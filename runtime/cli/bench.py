@@ -66,6 +66,13 @@ def rho_list(text: str) -> list[float]:
     return [rho(p) for p in text.split(",")]
 
 
+def check_size(wanted: tuple[int, int] | None, input_size: tuple[int, int]) -> None:
+    """``--size``, when given, must be the size the model was exported for."""
+    if wanted and tuple(wanted) != tuple(input_size):
+        fail(f"the model takes {input_size[0]}x{input_size[1]} images; export one for "
+             f"{wanted[0]}x{wanted[1]} with lc-export --input-size {wanted[0]}x{wanted[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.compare is not None:
@@ -77,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cascade = Cascade.load(args.model, backend=args.backend, device=args.device, lower=not args.no_lowering,
                            threads=args.threads, **backend_options(args))
-    if args.size and tuple(args.size) != cascade.input_size:
-        fail(f"the model takes {cascade.input_size[0]}x{cascade.input_size[1]} images; export one for "
-             f"{args.size[0]}x{args.size[1]} with lc-export --input-size {args.size[0]}x{args.size[1]}")
+    check_size(args.size, cascade.input_size)
     batch = args.batch or cascade.batch_size or 1
     result = benchmark(cascade, args.rho, batch, args.iters, args.warmup, args.active_fraction,
                        progress=not args.json)
@@ -115,9 +120,7 @@ def compare_main(args) -> int:
                                    lower=not args.no_lowering, threads=args.threads, **options)
                 for name, (model_dir, options) in precision_sources(args.model, args.compare).items()}
     fp32 = cascades["fp32"]
-    if args.size and tuple(args.size) != fp32.input_size:
-        fail(f"the model takes {fp32.input_size[0]}x{fp32.input_size[1]} images; export one for "
-             f"{args.size[0]}x{args.size[1]} with lc-export --input-size {args.size[0]}x{args.size[1]}")
+    check_size(args.size, fp32.input_size)
     dataset = None
     if args.data:
         from layercascade.model.data import open_dataset
