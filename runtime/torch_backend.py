@@ -37,8 +37,7 @@ from layercascade.errors import fail
 from layercascade.runtime.backend import StagedBackend, StageOutputs
 
 # OpenMP threads that spin while idle steal the cores the next layer needs as soon as anything
-# else runs on the machine (the demo's dense pass went from 14 ms to 420 ms on a busy 2-core
-# box); like the ONNX Runtime backend, wait passively. OpenMP reads this when torch loads it,
+# else runs on the machine; like the ONNX Runtime backend, wait passively. OpenMP reads this when torch loads it,
 # so it applies when this module is what imports torch (the CLIs); a user's setting stays.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 try:
