@@ -34,6 +34,14 @@ def random_images(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).random((n, *size, 3)) * 255).astype(np.uint8)
 
 
+def synthetic_images(count: int, size: tuple[int, int] = (160, 160)) -> np.ndarray:
+    """The first ``count`` synthetic val images, (count, H, W, 3) uint8."""
+    from layercascade.model.data.synthetic import SyntheticSegmentation
+
+    data = SyntheticSegmentation("val", size=size, length=count)
+    return np.stack([data[i][0] for i in range(count)])
+
+
 def install_fake_tensorrt(monkeypatch, tensorrt: types.ModuleType, cudart: types.ModuleType) -> None:
     """Make ``import tensorrt`` and ``from cuda.bindings import runtime`` give these stand-ins."""
     bindings = types.ModuleType("cuda.bindings")

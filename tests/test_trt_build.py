@@ -26,7 +26,7 @@ from layercascade.runtime.engines import (
     profile_shapes,
     write_engine_dir,
 )
-from layercascade.tests.helpers import install_fake_tensorrt
+from layercascade.tests.helpers import install_fake_tensorrt, synthetic_images
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
@@ -47,13 +47,6 @@ def copy_model_dir(target: Path, convert=None, **extra) -> Path:
 @pytest.fixture(scope="module")
 def fp16_dir(tmp_path_factory) -> Path:
     return copy_model_dir(tmp_path_factory.mktemp("fp16") / "model", convert_to_fp16)
-
-
-def synthetic_images(count: int) -> np.ndarray:
-    from layercascade.model.data.synthetic import SyntheticSegmentation
-
-    data = SyntheticSegmentation("val", size=(160, 160), length=count)
-    return np.stack([data[i][0] for i in range(count)])
 
 
 # -- fp16 conversion ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from layercascade.runtime.engines import (
     stage_bindings,
     write_engine_dir,
 )
-from layercascade.tests.helpers import install_fake_tensorrt
+from layercascade.tests.helpers import install_fake_tensorrt, synthetic_images
 
 BUILT = {"tensorrt": "11.4.0.106", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
          "plugin_sha256": "ab" * 32}
@@ -164,13 +164,6 @@ def test_lc_run_engine_without_tensorrt(engine_dir, tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("error: the TensorRT backend needs TensorRT") and "\n" not in err
     assert not out.exists() or list(out.iterdir()) == []
-
-
-def synthetic_images(count: int) -> np.ndarray:
-    from layercascade.model.data.synthetic import SyntheticSegmentation
-
-    data = SyntheticSegmentation("val", size=(160, 160), length=count)
-    return np.stack([data[i][0] for i in range(count)])
 
 
 # -- the backend on a simulated GPU ------------------------------------------------------------
