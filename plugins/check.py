@@ -111,7 +111,7 @@ def check_active_list(shape: tuple[int, int, int], mask: float | str, mask_dtype
 def check_conv(case: ConvCase, seed: int = 0) -> dict:
     """Kernel vs reference: max error within tolerance, and exactly 0 / residual outside M."""
     gen = torch.Generator().manual_seed(seed)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}[case.dtype]
+    dtype = ptx.DTYPES[case.dtype]
     (n, h, w), (c_in, c_out) = case.shape, case.channels
 
     def rand(*size: int, scale: float = 1.0) -> torch.Tensor:
