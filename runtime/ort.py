@@ -45,13 +45,12 @@ class OrtRunner:
             model = onnx.load(str(path))
         except Exception as error:  # noqa: BLE001 - protobuf raises several types on damaged files
             fail(f"{path}: corrupt or truncated ONNX file ({str(error).splitlines()[0][:120]}); re-export the model")
-        from layercascade.runtime.lowering import int8_conv_inputs, rectified_outputs, relu_as_uint8
+        from layercascade.runtime.lowering import (LoweringUnsupported, int8_conv_inputs, lower_region_convs,
+                                                   rectified_outputs, relu_as_uint8)
 
         self.rectified_outputs = rectified_outputs(model)
         self.lowered = False
         if lower:
-            from layercascade.runtime.lowering import LoweringUnsupported, lower_region_convs
-
             try:
                 lowered = lower_region_convs(model)
                 self.lowered = lowered is not model
