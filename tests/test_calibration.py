@@ -141,18 +141,12 @@ def test_lowered_int8_stage_matches_its_function_bodies(int8) -> None:
 
 def test_lowered_int8_region_convs_run_as_int8_gemms(int8, tmp_path) -> None:
     """ONNX Runtime turns every quantized RegionConv of a lowered stage into QGemm (no float GEMM left)."""
-    import onnxruntime
-
     from layercascade.runtime.lowering import lower_region_convs
 
     output, record, _ = int8
     model = onnx.load(str(output / "stage3.onnx"))
     quantized = [n for n in model.graph.node if n.op_type == "RegionConv" and n.name not in record["float_convs"]]
-    options = onnxruntime.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    onnxruntime.InferenceSession(lower_region_convs(model).SerializeToString(), options,
-                                 providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    ops = _optimized_ops(lower_region_convs(model), tmp_path)
     assert ops.count("QGemm") == len(quantized) > 0
     assert "DequantizeLinear" not in ops  # every dequantized operand went into an int8 kernel
 
