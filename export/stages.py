@@ -24,31 +24,18 @@ import onnx
 import torch
 from onnx import TensorProto
 
-from layercascade import __version__
 from layercascade.errors import fail
 from layercascade.export import regionconv
+from layercascade.export.describe import check_input_size, model_keys, stage_shapes
 from layercascade.export.emit import StageEmitter
 from layercascade.export.graph import GraphBuilder
-from layercascade.manifest import sha256_file, write_model_dir
+from layercascade.manifest import write_model_dir
 from layercascade.model.checkpoint import Checkpoint
-from layercascade.model.flops import stage_costs
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet
 
 SUPPORTED_OPSETS = range(18, 22)
 SCALE = 8  # stage resolution → input resolution
 FLOAT, UINT8, INT64 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT64
-
-
-def stage_shapes(model: LayerCascadeNet, input_size: tuple[int, int]) -> list[tuple[int, int, int]]:
-    """(channels, h, w) of each stage's features, computed on the meta device."""
-    with torch.device("meta"):
-        twin = LayerCascadeNet(model.config)
-    x = torch.empty(1, 3, *input_size, device="meta")
-    shapes = []
-    for index in range(NUM_STAGES):
-        x = twin.backbone.forward_stage(index, x)
-        shapes.append(tuple(x.shape[1:]))
-    return shapes
 
 
 class _Exporter:
@@ -59,7 +46,7 @@ class _Exporter:
         self.input_size = input_size
         self.batch = batch
         self.opset = opset
-        self.shapes = stage_shapes(model, input_size)
+        self.shapes = stage_shapes(model.config, input_size)
         self.classes = model.config.num_classes
 
     def feature_shape(self, index: int) -> list:
@@ -291,9 +278,7 @@ def export_model(
     """
     if opset not in SUPPORTED_OPSETS:
         fail(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}–{SUPPORTED_OPSETS.stop - 1}")
-    input_size = tuple(input_size or checkpoint.input_size)
-    if min(input_size) < 16:
-        fail(f"input size {input_size[0]}x{input_size[1]} is too small; use at least 16x16")
+    input_size = check_input_size(input_size or checkpoint.input_size)
     if batch < 1 or (dynamic_batch is not None and dynamic_batch < 1):
         fail("batch sizes must be at least 1")
     model = checkpoint.build_model()
@@ -308,27 +293,16 @@ def export_model(
             graph = check_graph(graph)
             onnx.save(graph, folder / name)
             specs[name] = {"file": name, **io_spec(graph)}
-        costs = stage_costs(model.config, input_size)
+        keys = model_keys(checkpoint, input_size, source)
         return {
             "kind": "dense" if dense_only else "cascade",
-            "backbone": model.config.backbone,
-            "classes": checkpoint.classes,
-            "palette": checkpoint.palette,
-            "mean": checkpoint.mean,
-            "std": checkpoint.std,
-            "input_size": list(input_size),
-            "stage_size": list(exporter.shapes[0][1:]),
+            **keys,
             "batch": {"dynamic": True, "max": dynamic_batch} if dynamic_batch else {"dynamic": False, "size": batch},
-            "default_rho": checkpoint.default_rho,
             "opset": opset,
             "stages": [] if dense_only else [specs[f"stage{k + 1}.onnx"] for k in range(NUM_STAGES)],
             "dense": specs["dense.onnx"],
             "custom_ops": {} if dense_only else {f"{regionconv.DOMAIN}.{regionconv.OP_TYPE}": regionconv.VERSION},
-            "stage_gmacs": [{"backbone": c.backbone_macs / 1e9, "head": c.head_macs / 1e9} for c in costs],
-            "source": {"checkpoint": Path(source).name if source else None,
-                       "sha256": sha256_file(source) if source else None,
-                       "training": {k: checkpoint.training.get(k) for k in ("mode", "data", "epochs")}},
-            "tools": {"layercascade": __version__, "onnx": onnx.__version__, "torch": str(torch.__version__)},
+            "tools": {**keys["tools"], "onnx": onnx.__version__},
         }
 
     return write_model_dir(output_dir, write)

@@ -17,7 +17,7 @@ checkpoint). Two paths over the same weights:
 The kernels path also runs on CPU tensors in Triton's interpreter (``kernels=True`` with
 ``TRITON_INTERPRET=1``), which is how the tests and ``tools/gpu_check.py --dry-run`` check it.
 
-The model's manifest is built from the checkpoint with the keys of an exported ``lc.json``.
+The model's manifest is built from the checkpoint with the exporter's ``lc.json`` keys (``export/describe.py``).
 Input size: the checkpoint's recorded training/export size unless ``input_size=(H, W)`` is
 given. Batches of any size are accepted (``batch.dynamic``).
 """
@@ -47,50 +47,16 @@ try:
 except ImportError:
     fail("the torch backend needs PyTorch: pip install 'layercascade[torch]', or use --backend ort")
 
-from layercascade import __version__
-from layercascade.manifest import MANIFEST, sha256_file
+from layercascade.export.describe import check_input_size, model_keys, stage_shapes
+from layercascade.manifest import MANIFEST
 from layercascade.model.backbones.irnet import Mixed5b, Mixed6a, Mixed7a, _Residual
 from layercascade.model.backbones.resnet import BasicBlock, Bottleneck
 from layercascade.model.checkpoint import DEMO_CHECKPOINT, Checkpoint, load_checkpoint
-from layercascade.model.flops import stage_costs
 from layercascade.model.layers import ConvBnAct, RegionPool, RegionSequential, StageHead, fold_batchnorm
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet, normalize
 from layercascade.model.region import fuse_scores, next_mask
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
-MIN_INPUT_SIZE = 16
-
-
-# -- the manifest ---------------------------------------------------------------------------
-def stage_size(model: LayerCascadeNet, input_size: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) of the stage maps for ``input_size``, computed on the meta device."""
-    with torch.device("meta"):
-        twin = LayerCascadeNet(model.config)
-        features = twin.backbone.forward_stage(0, torch.empty(1, 3, *input_size))
-    return int(features.shape[-2]), int(features.shape[-1])
-
-
-def checkpoint_manifest(checkpoint: Checkpoint, model: LayerCascadeNet, input_size: tuple[int, int],
-                        source: Path | None) -> dict[str, Any]:
-    """The keys of an ``lc.json`` (``export/stages.py``) that describe the model, not its graphs."""
-    costs = stage_costs(checkpoint.config, input_size)
-    return {
-        "kind": "cascade",
-        "backbone": checkpoint.config.backbone,
-        "classes": list(checkpoint.classes),
-        "palette": checkpoint.palette,
-        "mean": checkpoint.mean,
-        "std": checkpoint.std,
-        "input_size": list(input_size),
-        "stage_size": list(stage_size(model, input_size)),
-        "batch": {"dynamic": True, "max": None},
-        "default_rho": checkpoint.default_rho,
-        "stage_gmacs": [{"backbone": c.backbone_macs / 1e9, "head": c.head_macs / 1e9} for c in costs],
-        "source": {"checkpoint": source.name if source else None,
-                   "sha256": sha256_file(source) if source else None,
-                   "training": {k: checkpoint.training.get(k) for k in ("mode", "data", "epochs")}},
-        "tools": {"layercascade": __version__, "torch": str(torch.__version__)},
-    }
 
 
 # -- shared by both paths ---------------------------------------------------------------------
@@ -334,6 +300,7 @@ class KernelPath:
         self.device = device
         self.cuda_graph = cuda_graph
         self.input_size = input_size
+        self.stage_size = tuple(stage_shapes(model.config, input_size)[0][1:])
         self.mean = torch.tensor(checkpoint.mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(checkpoint.std, dtype=torch.float32, device=device)
         with torch.no_grad():
@@ -399,7 +366,7 @@ class KernelPath:
             if kind == "cascade":
                 inputs["rho"] = torch.ones(1, dtype=torch.float32, device=self.device)
                 if forced:
-                    h, w = stage_size(self.model, self.input_size)
+                    h, w = self.stage_size
                     for name in ("forced2", "forced3"):
                         inputs[name] = torch.zeros(batch, h, w, 1, dtype=self.dtype, device=self.device)
             function = self.cascade if kind == "cascade" else self.dense
@@ -527,14 +494,12 @@ class TorchBackend(StagedBackend):
                  kernels: bool | None = None, source: Path | None = None) -> None:
         kernels = device == "cuda" if kernels is None else kernels
         _check_device(device, precision, cuda_graph, kernels)
-        self.input_size = (int(input_size[0]), int(input_size[1])) if input_size else tuple(checkpoint.input_size)
-        if min(self.input_size) < MIN_INPUT_SIZE:
-            fail(f"input size {self.input_size[0]}x{self.input_size[1]} is too small; "
-                 f"use at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}")
+        self.input_size = check_input_size(input_size or checkpoint.input_size)
         if threads:
             torch.set_num_threads(threads)
         model = checkpoint.build_model()
-        self.manifest = checkpoint_manifest(checkpoint, model, self.input_size, source)
+        self.manifest = {"kind": "cascade", **model_keys(checkpoint, self.input_size, source),
+                         "batch": {"dynamic": True, "max": None}}
         self.device = device
         self.precision = precision
         self.stages = []  # the stages run inside ``run``, not as separate runners
