@@ -38,8 +38,16 @@ def float_pair(text: str) -> tuple[float, float]:
     return low, high
 
 
-def add_accelerator_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--precision`` and ``--cuda-graph`` for the GPU backends (torch, TensorRT)."""
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--device``, ``--no-lowering``, ``--precision`` and ``--cuda-graph`` (lc-run, lc-bench)."""
+    parser.add_argument("--backend", choices=("auto", "ort", "trt", "torch"), default="auto",
+                        help="inference backend: ONNX Runtime, TensorRT or PyTorch; auto: TensorRT for an engine "
+                             "dir, torch for a checkpoint .pt, else ONNX Runtime (default: auto)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the model runs (default: cpu)")
+    parser.add_argument("--no-lowering", action="store_true",
+                        help="ONNX Runtime: run the RegionConv function bodies (dense conv ⊙ M) instead of the "
+                             "compact form whose cost follows the pixels that reach stages 2–3")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default=None,
                         help="torch backend: compute precision (default: fp32); TensorRT engines carry the "
                              "precision they were built with")
@@ -48,7 +56,7 @@ def add_accelerator_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, object]:
-    """The backend-specific options of ``add_accelerator_arguments`` that were given."""
+    """The backend-specific options of ``add_backend_arguments`` that were given."""
     options: dict[str, object] = {}
     if args.precision is not None:
         options["precision"] = args.precision

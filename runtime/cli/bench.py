@@ -6,7 +6,7 @@ import argparse
 import json
 
 from layercascade.errors import fail, run_cli
-from layercascade.model.cli.args import DATA_HELP, add_accelerator_arguments, backend_options, float_pair, rho, size
+from layercascade.model.cli.args import DATA_HELP, add_backend_arguments, backend_options, float_pair, rho, size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,9 +19,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", default=None, metavar="DIR",
                         help="model directory from lc-export, engine directory from lc-build, or (torch backend) a "
                              "checkpoint .pt (default: the bundled demo model)")
-    parser.add_argument("--backend", choices=("auto", "ort", "trt", "torch"), default="auto",
-                        help="inference backend (default: auto)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default: cpu)")
     parser.add_argument("--rho", type=rho, default=None, help="threshold ρ in (0, 1] (default: the model's)")
     parser.add_argument("--size", type=size, default=None, metavar="HxW",
                         help="check that the model takes this input size (sizes are fixed at export: "
@@ -34,9 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--active-fraction", type=float_pair, default=None, metavar="F2,F3",
                         help="force the shares of pixels reaching stages 2 and 3 (e.g. 0.3,0.15) instead of "
                              "thresholding: for untrained models")
-    parser.add_argument("--no-lowering", action="store_true",
-                        help="run the RegionConv function bodies (dense conv ⊙ M) instead of the compact form")
-    add_accelerator_arguments(parser)
+    add_backend_arguments(parser)
     compare = parser.add_argument_group("precision comparison")
     compare.add_argument("--compare", type=precision_list, default=None, metavar="LIST",
                          help="time precisions against each other instead of cascade vs dense: fp32 and any of "

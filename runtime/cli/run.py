@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from layercascade.errors import LCError, fail, run_cli
-from layercascade.model.cli.args import add_accelerator_arguments, backend_options
+from layercascade.model.cli.args import add_backend_arguments, backend_options
 from layercascade.model.cli.args import rho as rho_value
 from layercascade.model.data.images import read_rgb
 from layercascade.runtime.inputs import SAMPLES, expand_inputs, output_stems, write_atomic
@@ -52,18 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", default=None, metavar="DIR",
                         help="model folder written by lc-export, engine folder written by lc-build, or (torch backend) "
                              "a checkpoint .pt (default: the bundled demo model)")
-    parser.add_argument("--backend", choices=("auto", "ort", "trt", "torch"), default="auto",
-                        help="inference backend: ONNX Runtime, TensorRT or PyTorch; auto picks the fastest "
-                             "one installed for the device (default: auto)")
     parser.add_argument("--rho", type=rho_value, default=None, metavar="R",
                         help="confidence threshold ρ in (0, 1]: pixels more confident than ρ at a stage stop "
                              "there; 1 runs every pixel through every stage (default: the model's)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where the model runs (default: cpu)")
-    parser.add_argument("--no-lowering", action="store_true",
-                        help="ONNX Runtime: run the RegionConv function bodies (dense conv ⊙ M) instead of the "
-                             "compact form whose cost follows the pixels that reach stages 2–3")
-    add_accelerator_arguments(parser)
+    add_backend_arguments(parser)
     parser.add_argument("--json", action="store_true",
                         help="print the summary JSON to stdout (no progress bar)")
     parser.add_argument("--strict", action="store_true",
