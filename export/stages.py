@@ -76,7 +76,7 @@ class _Exporter:
         """``[max softmax(scores) ≤ ρ]`` (∧ the current region) as float 0/1.
 
         max softmax = 1 / Σ_c exp(s_c − max s), so the test is ``ρ · Σ_c exp(s_c − max s) ≥ 1``:
-        two reductions over the class axis and no Softmax, which ONNX Runtime runs several times
+        two reductions over the class axis and no Softmax, which ONNX Runtime runs
         slower (over axis 1, or with the transposes to put the classes last).
         """
         axes = g.constant(f"{name}.axes", [1])
@@ -200,7 +200,7 @@ class _Exporter:
         """``region_scores`` where ``region``, ``earlier`` elsewhere, as ``earlier · (1 − M) + scores``.
 
         Exact, because a region stage's scores are 0 outside its region (RegionConv ends in
-        ``⊙ M``), and twice as fast on ONNX Runtime as ``Where`` with the mask broadcast over classes.
+        ``⊙ M``), and cheaper on ONNX Runtime than ``Where`` with the mask broadcast over classes.
         """
         outside = g.node("Sub", [g.constant(f"{name}.one", np.ones((), np.float32)), region], f"{name}/outside")
         kept = g.node("Mul", [earlier, outside], f"{name}/kept")
