@@ -3,8 +3,10 @@
 A backend holds one runner per stage graph. Runners take and return arrays of the
 backend (numpy for ONNX Runtime; device buffers for torch / TensorRT may stay on the
 device between stages); ``run`` returns host numpy arrays of the label map, the masks and
-the per-stage counts only. Backends with device-resident pipelines (torch, TensorRT)
-override ``run`` and keep ``StageOutputs`` as their return type.
+the per-stage counts only. ``run_stages`` chains the stage runners one by one and times
+each; backends with a faster whole-cascade path (ONNX Runtime's joined session, torch and
+TensorRT device-resident pipelines) override ``run`` and keep ``StageOutputs`` as its return
+type.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class StagedBackend:
     def run(self, images: np.ndarray, rho: float,
             forced_masks: tuple[np.ndarray, np.ndarray] | None = None) -> StageOutputs:
         """(N, H, W, 3) uint8 images at the input size → labels, masks and counts on the host."""
+        return self.run_stages(images, rho, forced_masks)
+
+    def run_stages(self, images: np.ndarray, rho: float,
+                   forced_masks: tuple[np.ndarray, np.ndarray] | None = None) -> StageOutputs:
+        """:meth:`run` through the stage runners one after another, with each stage's time."""
         rho_array = np.array([rho], np.float32)
         stage1, stage2, stage3 = self.stages
         started = time.perf_counter()

@@ -1,16 +1,22 @@
 """Lower ``lc::RegionConv`` nodes to a compact form of standard ONNX ops (DESIGN §7).
 
 The function body of a RegionConv computes the convolution on every pixel and then
-zeroes the pixels outside the region. This pass rewrites a stage graph so the work
-scales with the number of active pixels P instead:
+zeroes the pixels outside the region. This pass rewrites a graph so the work scales
+with the number of active pixels P instead:
 
-* once per graph: the active-pixel list ``idx`` (NonZero of the mask, row-major over
-  N·H·W), its inverse map, and one neighbour table (P, kh·kw) per kernel geometry;
+* once per region mask: the active-pixel list ``idx`` (NonZero of the mask, row-major
+  over N·H·W), its inverse map, and one neighbour table (P, kh·kw) per kernel geometry;
 * each RegionConv: gather the P rows (k×k: the P·kh·kw neighbour rows) of its input,
   one GEMM with the weights reshaped to (kh·kw·C_in, C_out), bias, optional ReLU;
 * between region convs, ReLU / Add / Concat / ``⊙ M`` run on the (P, C) rows directly;
 * a tensor leaves row space (scatter into zeros, back to NCHW) only where a standard op
-  or a graph output needs it, which in our stage graphs is once per output.
+  or a graph output needs it.
+
+A graph may hold several regions (the whole cascade as one graph, ``cascade_graph.py``:
+M₂ for stage 2, M₃ for stage 3). All of them address pixels on one zero-bordered grid, so
+stage 2's rows feed stage 3's region convs directly: a row tensor is zero outside its
+region, so the rows of M₂ plus one zero row hold its real value at every neighbour an M₃
+pixel reads.
 
 INT8 graphs (explicit QDQ from ``calibration/``) lower the same way with int8 rows: a
 per-tensor QuantizeLinear / DequantizeLinear (zero point 0, so zero stays zero) runs on
@@ -19,9 +25,8 @@ and dequantizes the gathered columns, its DQ(int8, axis 0) weights become an int
 (kh·kw·C_in, C_out) matrix behind a DQ with axis 1 and its bias an int32 DQ; ONNX Runtime
 fuses DQ, DQ, DQ → MatMul + Add into an int8 GEMM (QGemm).
 
-A region conv reads its input's real values at neighbours outside the region when that
-input is dense (the stage input); tensors in row space are zero outside the region by
-construction, so their neighbour gathers read a zero row instead. Grouped region convs
+A region conv reads its input's real values at neighbours outside the region: from the
+dense tensor when there is one, else from the rows with a zero row. Grouped region convs
 or ops this pass does not know raise :class:`LoweringUnsupported`; the caller then runs
 the function bodies.
 """
@@ -45,12 +50,28 @@ class LoweringUnsupported(Exception):
     """The graph holds something the compact form does not cover."""
 
 
+@dataclass(eq=False)
+class _Region:
+    """The active pixels of one mask, row-major over N·H·W, on the plain and the padded grid."""
+
+    key: str  # the mask's name, for readable node names
+    mask_flat: str  # the mask, flat
+    idx: str  # (P,) flat plain-grid index of each active pixel
+    padded_idx: str  # (P,) flat padded-grid index of each active pixel
+    padded_flat: str  # the padded mask, flat
+
+
 @dataclass
 class _Value:
-    """A tensor of the original graph: its dense name and/or its row-space name."""
+    """A tensor of the original graph: its dense (N, C, H, W) name and/or its rows.
+
+    ``rows`` (P, C) hold the tensor at the active pixels of ``region``, and the tensor is 0
+    at every other pixel: a row tensor is always exact, never a mere gather of a dense one.
+    """
 
     dense: str | None = None
     rows: str | None = None
+    region: _Region | None = None
 
 
 class _Lowering:
@@ -62,12 +83,14 @@ class _Lowering:
         self.new_initializers: list[onnx.TensorProto] = []
         self.values: dict[str, _Value] = {}
         self.cache: dict[tuple, str] = {}
+        self.regions: dict[str, _Region] = {}
         self.counter = 0
-        self.mask: str | None = None
         self.producers = {output: node for node in self.graph.node for output in node.output}
         inferred = onnx.shape_inference.infer_shapes(model).graph
+        infos = [*inferred.input, *inferred.value_info, *inferred.output]
         self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-                       for v in [*inferred.input, *inferred.value_info, *inferred.output]}
+                       for v in infos}
+        self.types = {v.name: v.type.tensor_type.elem_type for v in infos}
 
     # -- helpers ----------------------------------------------------------------------------
     def name(self, hint: str) -> str:
@@ -99,61 +122,86 @@ class _Lowering:
             raise LoweringUnsupported(f"{name}: channel count not known statically")
         return shape[1]
 
-    # -- the active-pixel list, once per graph ---------------------------------------------------
+    def column(self, vector: str) -> str:
+        """(P,) → (P, 1)."""
+        return self.once(("column", vector), lambda: self.add(
+            "Unsqueeze", [vector, self.const("axis1", np.array([1], np.int64))], "column"))
+
+    # -- the padded pixel grid every region shares -----------------------------------------------
     # Pixels are addressed on a grid padded by the largest conv padding, so the k×k neighbour
     # table of every active pixel is one Add of constant offsets: neighbours that fall
     # outside the image land on the zero border instead of needing bounds checks.
-    def prepare(self, mask: str, region_nodes: list[onnx.NodeProto]) -> None:
-        shape = self.shapes.get(mask)
-        if not shape or len(shape) != 4 or None in shape[2:]:
-            raise LoweringUnsupported(f"{mask}: the mask's height and width are not static")
-        self.mask = mask
-        self.height, self.width = shape[2], shape[3]
+    def prepare(self, region_nodes: list[onnx.NodeProto]) -> None:
+        grids = {tuple(self.shapes.get(n.input[3]) or ()) for n in region_nodes}
+        shape = next(iter(grids))
+        if len(grids) != 1 or len(shape) != 4 or None in shape[2:]:
+            raise LoweringUnsupported(f"region masks of shapes {sorted(grids, key=str)}: need one static H, W")
+        self.batch, self.height, self.width = shape[0], shape[2], shape[3]
         pads = [tuple(_attributes(n)["pads"]) for n in region_nodes]
         self.border = (max(p[0] for p in pads), max(p[1] for p in pads))
         self.padded_width = self.width + 2 * self.border[1]
-        flat = self.const("flat", np.array([-1], np.int64))
-        # Row-major NonZero orders the pixels alike on the plain and the padded grid.
-        self.batch = shape[0]
-        self.mask_flat = self.add("Reshape", [mask, flat], "mask_flat")
-        self.idx = self.add("Reshape", [self.add("NonZero", [self.mask_flat], "active"), flat], "idx")
-        padded_mask = self.add("Pad", [mask, self.spatial_pads()], "mask_padded")
-        self.padded_flat = self.add("Reshape", [padded_mask, flat], "mask_padded_flat")
-        self.padded_idx = self.add("Reshape", [self.add("NonZero", [self.padded_flat], "active_padded"), flat],
-                                   "idx_padded")
+        self.flat = self.const("flat", np.array([-1], np.int64))
 
-    def spatial_pads(self) -> str:
-        return self.once(("spatial_pads",), lambda: self.const(
-            "border", np.array([0, 0, *self.border, 0, 0, *self.border], np.int64)))
+    def region(self, mask: str) -> _Region:
+        """The region of ``mask``, its active lists built where it is first needed."""
+        if mask not in self.regions:
+            dense = self.dense_of(mask)
+            key = mask.replace("/", ".")
+            # Row-major NonZero orders the pixels alike on the plain and the padded grid.
+            mask_flat = self.add("Reshape", [dense, self.flat], f"{key}/mask_flat")
+            idx = self.add("Reshape", [self.add("NonZero", [mask_flat], f"{key}/active"), self.flat], f"{key}/idx")
+            padded = self.add("Pad", [dense, self.border_pads("nchw")], f"{key}/mask_padded")
+            padded_flat = self.add("Reshape", [padded, self.flat], f"{key}/mask_padded_flat")
+            padded_idx = self.add("Reshape", [self.add("NonZero", [padded_flat], f"{key}/active_padded"), self.flat],
+                                  f"{key}/idx_padded")
+            self.regions[mask] = _Region(key, mask_flat, idx, padded_idx, padded_flat)
+        return self.regions[mask]
 
-    def inverse(self) -> str:
+    def border_pads(self, layout: str) -> str:
+        by, bx = self.border
+        pads = [0, 0, by, bx, 0, 0, by, bx] if layout == "nchw" else [0, by, bx, 0, 0, by, bx, 0]
+        return self.once(("border", layout), lambda: self.const(f"border_{layout}", np.array(pads, np.int64)))
+
+    def inverse(self, region: _Region) -> str:
         """inverse[q] = row of padded-grid pixel q, or P (the zero row) when q is inactive or border."""
         def build() -> str:
-            count = self.add("Squeeze", [self.add("Shape", [self.padded_idx], "count")], "count_scalar")
-            filler = self.add("Expand", [count, self.add("Shape", [self.padded_flat], "grid_size")], "inverse_fill")
+            count = self.add("Squeeze", [self.add("Shape", [region.padded_idx], f"{region.key}/count")],
+                             f"{region.key}/count_scalar")
+            grid = self.add("Shape", [region.padded_flat], f"{region.key}/grid_size")
+            filler = self.add("Expand", [count, grid], f"{region.key}/inverse_fill")
             rows = self.add("Range", [self.const("zero", np.int64(0)), count, self.const("one", np.int64(1))],
-                            "row_ids")
-            return self.add("ScatterElements", [filler, self.padded_idx, rows], "inverse", axis=0)
-        return self.once(("inverse",), build)
+                            f"{region.key}/row_ids")
+            return self.add("ScatterElements", [filler, region.padded_idx, rows], f"{region.key}/inverse", axis=0)
+        return self.once(("inverse", region.key), build)
 
-    def neighbours(self, kernel: tuple[int, int], dilation: tuple[int, int], pads: tuple[int, int]) -> str:
-        """Padded-grid indices (P, kh·kw) of each active pixel's taps for one kernel geometry."""
+    def taps_at(self, region: _Region, kernel: tuple[int, int], dilation: tuple[int, int],
+                pads: tuple[int, int]) -> str:
+        """Padded-grid indices of each active pixel's taps: (P,) for a 1×1 conv, else (P, kh·kw)."""
+        if kernel == (1, 1) and pads == (0, 0):
+            return region.padded_idx
+
         def build() -> str:
             dy = np.repeat(np.arange(kernel[0]) * dilation[0] - pads[0], kernel[1])
             dx = np.tile(np.arange(kernel[1]) * dilation[1] - pads[1], kernel[0])
             offsets = (dy * self.padded_width + dx).astype(np.int64)[None]
-            column = self.once(("padded_idx_column",), lambda: self.add(
-                "Unsqueeze", [self.padded_idx, self.const("axis1", np.array([1], np.int64))], "padded_idx_column"))
-            return self.add("Add", [column, self.const("offsets", offsets)], "taps_at")
-        return self.once(("neighbours", kernel, dilation, pads), build)
+            return self.add("Add", [self.column(region.padded_idx), self.const("offsets", offsets)],
+                            f"{region.key}/taps_at")
+        return self.once(("taps_at", region.key, kernel, dilation, pads), build)
+
+    def row_table(self, rows_region: _Region, positions: str) -> str:
+        """The row of ``rows_region`` (or its zero row) at each padded-grid position."""
+        return self.once(("row_table", rows_region.key, positions), lambda: self.add(
+            "Gather", [self.inverse(rows_region), positions], f"{rows_region.key}/row_taps", axis=0))
 
     # -- conversions between dense (N, C, H, W) and rows (P, C) -----------------------------------
     def dense_rows(self, dense: str) -> str:
         """Every pixel of the zero-bordered padded grid of a dense tensor as a row."""
         def build() -> str:
-            padded = self.add("Pad", [dense, self.spatial_pads()], "padded")
-            nhwc = self.add("Transpose", [padded], "nhwc", perm=[0, 2, 3, 1])
-            return self.add("Reshape", [nhwc, self.const("rows_shape", np.array([-1, self.channels(dense)], np.int64))],
+            # Transposed first: ONNX Runtime then folds the transpose into the producing conv's
+            # NCHWc → NCHW reorder.
+            nhwc = self.add("Transpose", [dense], "nhwc", perm=[0, 2, 3, 1])
+            padded = self.add("Pad", [nhwc, self.border_pads("nhwc")], "padded")
+            return self.add("Reshape", [padded, self.const("rows_shape", np.array([-1, self.channels(dense)], np.int64))],
                             "all_rows")
         return self.once(("dense_rows", dense), build)
 
@@ -162,31 +210,36 @@ class _Lowering:
         return self.once(("padded_rows", rows), lambda: self.add(
             "Pad", [rows, self.const("pad_row", np.array([0, 0, 1, 0], np.int64))], "rows_padded"))
 
-    def rows_of(self, name: str) -> str:
-        value = self.value(name)
-        if value.rows is None:
-            value.rows = self.add("Gather", [self.dense_rows(value.dense), self.padded_idx], "rows", axis=0)
-        return value.rows
+    def gather(self, value: _Value, region: _Region, positions: str) -> str:
+        """``value`` at padded-grid ``positions`` of ``region``'s pixels: its own rows, its dense
+        tensor, or the rows of another region (zero outside it, so with a zero row exact)."""
+        if value.rows is not None and value.region is region:
+            if positions == region.padded_idx:
+                return value.rows
+            return self.add("Gather", [self.padded_rows(value.rows), self.row_table(region, positions)], "taps", axis=0)
+        if value.dense is not None:
+            return self.add("Gather", [self.dense_rows(value.dense), positions], "taps", axis=0)
+        return self.add("Gather", [self.padded_rows(value.rows), self.row_table(value.region, positions)], "taps",
+                        axis=0)
 
     def dense_of(self, name: str) -> str:
         value = self.value(name)
         if value.dense is None:
             channels = self.channels(name)
-            grid = self.once(("grid_shape", channels), lambda: self.zeros_shape(channels))
-            zeros = self.add("ConstantOfShape", [grid], "zeros", value=numpy_helper.from_array(np.zeros(1, np.float32)))
-            index = self.once(("idx_column",), lambda: self.add(
-                "Unsqueeze", [self.idx, self.const("axis1", np.array([1], np.int64))], "idx_column"))
-            scattered = self.add("ScatterND", [zeros, index, value.rows], "scatter")
+            dtype = helper.tensor_dtype_to_np_dtype(self.types.get(name) or onnx.TensorProto.FLOAT)
+            grid = self.once(("grid_shape", channels), lambda: self.zeros_shape(channels, value.region))
+            zeros = self.add("ConstantOfShape", [grid], "zeros", value=numpy_helper.from_array(np.zeros(1, dtype)))
+            scattered = self.add("ScatterND", [zeros, self.column(value.region.idx), value.rows], "scatter")
             nhwc = self.add("Reshape", [scattered, self.const(
                 "nhwc_shape", np.array([-1, self.height, self.width, channels], np.int64))], "nhwc_dense")
             value.dense = self.add("Transpose", [nhwc], "dense", perm=[0, 3, 1, 2])
         return value.dense
 
-    def zeros_shape(self, channels: int) -> str:
+    def zeros_shape(self, channels: int, region: _Region) -> str:
         """(N·H·W, channels): a constant when the batch is static."""
         if self.batch is not None:
             return self.const("zeros_shape", np.array([self.batch * self.height * self.width, channels], np.int64))
-        return self.add("Concat", [self.add("Shape", [self.mask_flat], "pixels"),
+        return self.add("Concat", [self.add("Shape", [region.mask_flat], "pixels"),
                                    self.const("channels", np.array([channels], np.int64))], "zeros_shape", axis=0)
 
     # -- node rewrites ------------------------------------------------------------------------------
@@ -195,26 +248,16 @@ class _Lowering:
         if attrs.get("group", 1) != 1:
             raise LoweringUnsupported(f"{node.name}: grouped region convolution")
         x, w_name, b_name, mask = node.input
-        if mask != self.mask:
-            raise LoweringUnsupported(f"{node.name}: a second region mask {mask!r} in one graph")
+        region = self.region(mask)
         bias = numpy_helper.to_array(self.initializers[b_name])
         matrix, (_, c_in, kh, kw), w_scale = self.weight_matrix(node.name, w_name)
-        pads = tuple(attrs["pads"][:2])
         quantized = self.quantized_input(x)
         if quantized is not None:  # gather the int8 rows, dequantize the gathered columns
             x = quantized[0]
-        source = self.value(x)
-        if kh == kw == 1 and pads == (0, 0):
-            columns = self.rows_of(x)
-        else:
-            taps_at = self.neighbours((kh, kw), tuple(attrs["dilations"]), pads)
-            if source.dense is None:  # row space: zero outside the region, gather with a zero pad row
-                row_table = self.once(("row_taps", taps_at), lambda: self.add(
-                    "Gather", [self.inverse(), taps_at], "row_taps", axis=0))
-                gathered = self.add("Gather", [self.padded_rows(source.rows), row_table], "taps", axis=0)
-            else:  # dense input: its real values at every neighbour, zero on the border
-                gathered = self.add("Gather", [self.dense_rows(source.dense), taps_at], "taps", axis=0)
-            columns = self.add("Reshape", [gathered, self.const("im2col", np.array([-1, kh * kw * c_in], np.int64))],
+        positions = self.taps_at(region, (kh, kw), tuple(attrs["dilations"]), tuple(attrs["pads"][:2]))
+        columns = self.gather(self.value(x), region, positions)
+        if positions != region.padded_idx:
+            columns = self.add("Reshape", [columns, self.const("im2col", np.array([-1, kh * kw * c_in], np.int64))],
                                "im2col")
         if quantized is not None:
             columns = self.add("DequantizeLinear", [columns, *quantized[1:]], "im2col_dq")
@@ -232,29 +275,44 @@ class _Lowering:
             out = self.add("Max", [out, zero], f"{node.name}/relu")
         elif attrs["activation"] == 1:
             out = self.add("Relu", [out], f"{node.name}/relu")
-        self.values[node.output[0]] = _Value(rows=out)
+        self.values[node.output[0]] = _Value(rows=out, region=region)
 
     def row_op(self, node: onnx.NodeProto) -> bool:
-        """Run ReLU / Add / Concat(axis=1) / ``⊙ M`` in row space when an input lives there."""
+        """Run Identity / ReLU / Add / Concat(axis=1) / ``⊙ M`` / Q / DQ on rows when its inputs have them."""
+        if node.op_type == "Identity":
+            self.values[node.output[0]] = self.value(node.input[0])
+            return True
         if node.op_type in QDQ_OPS:
             return self.qdq_row_op(node)
+        if node.op_type == "Mul" and len(node.input) == 2 and any(i in self.masks for i in node.input):
+            return self.masked(node)
         inputs = [self.value(i) for i in node.input]
-        if node.op_type == "Mul" and self.mask in node.input:
-            other = node.input[0] if node.input[1] == self.mask else node.input[1]
-            if self.value(other).rows is None:
-                return False  # e.g. the next stage's mask, nested in this one: stays dense
-            self.values[node.output[0]] = _Value(rows=self.value(other).rows)
-            return True
-        if node.op_type not in ROW_OPS or all(v.dense is not None for v in inputs):
-            return False
-        if any(v.dense is not None and v.rows is None for v in inputs):
-            return False  # a dense operand: outside the region the result is not zero
+        if node.op_type not in ROW_OPS or any(v.rows is None or v.region is not inputs[0].region for v in inputs):
+            return False  # a dense operand, or rows of two regions: the result is not zero outside one
         attrs = _attributes(node)
         if node.op_type == "Concat" and attrs.get("axis") != 1:
             return False
-        rows = [self.rows_of(i) for i in node.input]
-        out = self.add(node.op_type, rows, f"{node.name}/rows", **attrs)
-        self.values[node.output[0]] = _Value(rows=out)
+        out = self.add(node.op_type, [v.rows for v in inputs], f"{node.name}/rows", **attrs)
+        self.values[node.output[0]] = _Value(rows=out, region=inputs[0].region)
+        return True
+
+    def masked(self, node: onnx.NodeProto) -> bool:
+        """``x ⊙ M``: zero outside the region, so its rows are exact; dense ``x`` keeps a dense form
+        too (e.g. the next stage's mask, nested in this one), and what no one reads is dropped."""
+        mask = node.input[1] if node.input[1] in self.masks else node.input[0]
+        x = node.input[0] if mask == node.input[1] else node.input[1]
+        shape = self.shapes.get(x)
+        if not shape or shape != self.shapes.get(node.output[0]):
+            return False  # ⊙ M broadcasts x: not a per-pixel product of a feature map
+        other = self.value(x)
+        region = self.region(mask)
+        if other.rows is not None and other.region is region:
+            self.values[node.output[0]] = _Value(rows=other.rows, region=region)
+            return True
+        result = _Value(rows=self.gather(other, region, region.padded_idx), region=region)
+        if other.dense is not None:
+            result.dense = self.add("Mul", [other.dense, self.dense_of(mask)], f"{node.name}/dense")
+        self.values[node.output[0]] = result
         return True
 
     # -- INT8: explicit QDQ graphs (calibration/quantize.py) ----------------------------------------
@@ -291,25 +349,21 @@ class _Lowering:
                                              self.const(f"{conv}.bias_zero_point", np.zeros_like(scale, np.int32))],
                         f"{conv}.bias", axis=0)
 
-    def per_tensor_zero_point_0(self, node: onnx.NodeProto) -> bool:
-        """A Q or DQ with one scale and zero point 0 (so it maps zero rows to zero rows)."""
-        return _per_tensor_zero_point_0(node, self.initializers)
-
     def quantized_input(self, name: str) -> tuple[str, str, str] | None:
         """(int8 tensor, scale, zero point) when ``name`` is a per-tensor DequantizeLinear output."""
         dequantize = self.producers.get(name)
-        if dequantize is None or dequantize.op_type != "DequantizeLinear" or not self.per_tensor_zero_point_0(
-                dequantize):
+        if (dequantize is None or dequantize.op_type != "DequantizeLinear"
+                or not _per_tensor_zero_point_0(dequantize, self.initializers)):
             return None
         return dequantize.input[0], dequantize.input[1], dequantize.input[2]
 
     def qdq_row_op(self, node: onnx.NodeProto) -> bool:
         """A per-tensor Q / DQ of a row-space tensor runs on its rows (zero point 0 keeps zeros zero)."""
         source = self.value(node.input[0])
-        if source.rows is None or not self.per_tensor_zero_point_0(node):
+        if source.rows is None or not _per_tensor_zero_point_0(node, self.initializers):
             return False
         out = self.add(node.op_type, [source.rows, *node.input[1:]], f"{node.name}/rows")
-        self.values[node.output[0]] = _Value(rows=out)
+        self.values[node.output[0]] = _Value(rows=out, region=source.region)
         return True
 
     def copy(self, node: onnx.NodeProto) -> None:
@@ -324,7 +378,8 @@ class _Lowering:
         region_nodes = [n for n in self.graph.node if n.domain == REGION_CONV_DOMAIN and n.op_type == REGION_CONV_OP]
         if not region_nodes:
             return self.model
-        self.prepare(region_nodes[0].input[3], region_nodes)
+        self.masks = {n.input[3] for n in region_nodes}
+        self.prepare(region_nodes)
         for node in self.graph.node:
             if node.domain == REGION_CONV_DOMAIN and node.op_type == REGION_CONV_OP:
                 self.region_conv(node)
@@ -337,9 +392,10 @@ class _Lowering:
             if value.dense != output.name:
                 self.nodes.append(helper.make_node("Identity", [self.dense_of(output.name)], [output.name],
                                                    name=f"{output.name}/out"))
-        self.nodes = _live(self.nodes, {o.name for o in self.graph.output})
+        self.nodes = live_nodes(self.nodes, {o.name for o in self.graph.output})
         used = {i for n in self.nodes for i in n.input}
-        initializers = [t for t in self.graph.initializer if t.name in used] + self.new_initializers
+        initializers = [t for t in self.graph.initializer if t.name in used] + [
+            t for t in self.new_initializers if t.name in used]
         graph = helper.make_graph(self.nodes, self.graph.name + "_lowered", list(self.graph.input),
                                   list(self.graph.output), initializers)
         opsets = [o for o in self.model.opset_import if o.domain != REGION_CONV_DOMAIN]
@@ -354,7 +410,9 @@ def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = 
 
     A per-tensor int8 zero point 0 becomes uint8 0 when every QuantizeLinear using it reads a
     ReLU output, a ``Max(·, 0)`` output or one of ``non_negative_inputs`` (graph inputs another
-    stage produced by a ReLU); its DequantizeLinears, gathers and pads follow the type. Then:
+    stage produced by a ReLU), directly or through Identity / Q / DQ with zero point 0 (the
+    joined cascade's stage boundaries); its DequantizeLinears, gathers and pads follow the type.
+    Then:
 
     * non-negative values below 127.5·scale get the same codes as in int8; larger ones, which
       int8 clips to 127, keep their value up to 255·scale (more range, never less);
@@ -408,9 +466,17 @@ def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = 
             quantizers.setdefault(node.input[2], [])
             if node.op_type == "QuantizeLinear":
                 quantizers[node.input[2]].append(node)
+    def non_negative(name: str) -> bool:
+        """Produced by a rectifier, or by Identity / Q / DQ (zero point 0) of a non-negative tensor."""
+        node = producers.get(name)
+        if name in non_negative_inputs or rectifier(name) is not None:
+            return True
+        passes = node is not None and (node.op_type == "Identity" or (
+            node.op_type in QDQ_OPS and _per_tensor_zero_point_0(node, initializers)))
+        return passes and non_negative(node.input[0])
+
     unsigned = [zero for zero, qs in quantizers.items()
-                if qs and all(int8_zero_point_0(q) and (rectifier(q.input[0]) is not None
-                                                       or q.input[0] in non_negative_inputs) for q in qs)
+                if qs and all(int8_zero_point_0(q) and non_negative(q.input[0]) for q in qs)
                 and all(n.op_type in QDQ_OPS and int8_zero_point_0(n) for n in consumers[zero])]
     if not unsigned:
         return model
@@ -488,9 +554,9 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copied
 
 
-def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+def live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
     """``nodes`` without those no graph output depends on (e.g. the dense DQ of an input whose
-    region convs read the int8 tensor instead)."""
+    region convs read the int8 tensor instead, or the form of a tensor no one reads)."""
     needed, kept = set(outputs), []
     for node in reversed(nodes):
         if needed.intersection(node.output):

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: one session per stage graph, RegionConv lowered to row form."""
+"""ONNX Runtime backend: the three stage graphs joined into one session, RegionConv lowered to row form."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.errors import fail
-from layercascade.runtime.backend import StagedBackend
+from layercascade.errors import LCError, fail
+from layercascade.runtime.backend import StagedBackend, StageOutputs
 
 
 def _onnxruntime():
@@ -33,18 +33,27 @@ def providers_for(device: str) -> list[str]:
     return [*wanted, "CPUExecutionProvider"]
 
 
+def load_onnx(path: Path):
+    """The ONNX model at ``path``, or one line naming the damaged file."""
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # noqa: BLE001 - protobuf raises several types on damaged files
+        fail(f"{path}: corrupt or truncated ONNX file ({str(error).splitlines()[0][:120]}); re-export the model")
+
+
 class OrtRunner:
-    """One ONNX graph in an InferenceSession; ``infer`` records its own time in ``last_ms``."""
+    """One ONNX graph in an InferenceSession; ``infer`` records its own time in ``last_ms``.
 
-    def __init__(self, path: Path, device: str = "cpu", lower: bool = True, threads: int = 0,
-                 non_negative_inputs: frozenset[str] = frozenset()) -> None:
+    ``source`` is an ONNX file or a model already loaded (``label`` then names it in messages).
+    """
+
+    def __init__(self, source: Path | Any, device: str = "cpu", lower: bool = True, threads: int = 0,
+                 non_negative_inputs: frozenset[str] = frozenset(), label: str | None = None) -> None:
         ort = _onnxruntime()
-        import onnx
-
-        try:
-            model = onnx.load(str(path))
-        except Exception as error:  # noqa: BLE001 - protobuf raises several types on damaged files
-            fail(f"{path}: corrupt or truncated ONNX file ({str(error).splitlines()[0][:120]}); re-export the model")
+        path = Path(label) if label is not None else source
+        model = load_onnx(source) if isinstance(source, (str, Path)) else source
         from layercascade.runtime.lowering import (LoweringUnsupported, int8_conv_inputs, lower_region_convs,
                                                    rectified_outputs, relu_as_uint8)
 
@@ -62,9 +71,9 @@ class OrtRunner:
         model = relu_as_uint8(model, non_negative_inputs)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Every session owns a thread pool whose idle threads spin by default; the three
-        # stage sessions run back to back, so spinning pools steal the cores the next stage
-        # needs; compare with `lc-bench` on a cascade model.
+        # Every session owns a thread pool whose idle threads spin by default; sessions that run
+        # back to back (the cascade and its dense baseline in lc-bench, the stages one by one)
+        # would then steal each other's cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # On x86 CPUs without VNNI ONNX Runtime turns int8 activations into uint8 + 128 for its u8·s8
         # kernels, whose 16-bit pair sums then saturate; u8·u8 does not. So INT8 graphs whose convs
@@ -93,7 +102,11 @@ class OrtRunner:
 
 
 class OrtBackend(StagedBackend):
-    """The three stage runners of a cascade model dir (or the dense graph)."""
+    """A cascade model dir as one session of its joined stage graphs (``cascade_graph``).
+
+    ``stages`` are the three stage graphs as sessions of their own, built on first use: to
+    look at one stage's outputs (tests, diagnostics); ``run`` does not use them.
+    """
 
     name = "ort"
 
@@ -103,15 +116,53 @@ class OrtBackend(StagedBackend):
             names = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
             fail(f"{names}: not a setting of the ONNX Runtime backend (it runs the model dir's own precision); "
                  "use --backend torch or trt")
-        # Each stage learns which of its inputs the stages before produced by a ReLU (INT8: uint8 rows).
-        self.stages: list[OrtRunner] = []
-        rectified: frozenset[str] = frozenset()
-        for stage in manifest["stages"]:
-            self.stages.append(OrtRunner(model_dir / stage["file"], device, lower, threads, rectified))
-            rectified |= self.stages[-1].rectified_outputs
         self.model_dir = model_dir
         self.device = device
+        self.lower = lower
         self.threads = threads
+        self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
+        self.graphs = [load_onnx(path) for path in self.files]
+        self.runner = self.cascade_runner(forced_masks=False)
+        self._forced_runner: OrtRunner | None = None
+        self._stages: list[OrtRunner] | None = None
+
+    def cascade_runner(self, forced_masks: bool) -> OrtRunner:
+        from layercascade.runtime.cascade_graph import cascade_graph
+
+        try:
+            joined = cascade_graph(self.graphs, forced_masks)
+        except ValueError as error:
+            fail(f"{self.model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
+        try:
+            return OrtRunner(joined, self.device, self.lower, self.threads, label=f"{self.model_dir}/stages 1-3")
+        except LCError:
+            _ = self.stages  # name the stage graph ONNX Runtime rejects, if one alone fails
+            raise
+
+    @property
+    def stages(self) -> list[OrtRunner]:
+        if self._stages is None:
+            # Each stage learns which of its inputs the stages before produced by a ReLU (INT8: uint8 rows).
+            self._stages, rectified = [], frozenset()
+            for path, graph in zip(self.files, self.graphs):
+                self._stages.append(OrtRunner(graph, self.device, self.lower, self.threads, rectified, label=str(path)))
+                rectified |= self._stages[-1].rectified_outputs
+        return self._stages
+
+    def run(self, images: np.ndarray, rho: float,
+            forced_masks: tuple[np.ndarray, np.ndarray] | None = None) -> StageOutputs:
+        feeds = {"image": images, "rho": np.array([rho], np.float32)}
+        if forced_masks is None:
+            out = self.runner.infer(feeds)
+            masks = out["mask2"], out["mask3"]
+        else:
+            if self._forced_runner is None:
+                self._forced_runner = self.cascade_runner(forced_masks=True)
+            masks = forced_masks
+            out = self._forced_runner.infer({**feeds, "mask2": masks[0], "mask3": masks[1]})
+        # One session: the stages are not timed apart (``stages`` can, one at a time).
+        timings = {"total": self.runner.last_ms if forced_masks is None else self._forced_runner.last_ms}
+        return StageOutputs(out["labels"], masks[0], masks[1], out["stage_counts"], timings)
 
     def dense_runner(self, manifest: dict[str, Any]) -> OrtRunner:
         return OrtRunner(self.model_dir / manifest["dense"]["file"], self.device, lower=False, threads=self.threads)

@@ -13,7 +13,7 @@ from layercascade.errors import LCError, run_cli
 from layercascade.export.stages import export_model
 from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.cli import bench, run
-from layercascade.tests.helpers import sharpened_checkpoint
+from layercascade.tests.helpers import random_images, sharpened_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,39 @@ def test_lc_bench_json(model_dir, capsys) -> None:
     assert result["ideal_speedup"] > 1 and result["speedup"] > 0 and result["machine"]
     assert run_cli(bench.main, [str(model_dir), "--size", "64x64", "--iters", "1"]) == 1
     assert "lc-export --input-size 64x64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "function-body"])
+def test_joined_session_equals_the_stages_run_one_by_one(model_dir, lower: bool) -> None:
+    """The ONNX Runtime backend runs the three stage graphs joined into one session; it gives
+    what the stage graphs give run one after another, thresholded and with forced masks."""
+    from layercascade.runtime.bench import forced_masks
+
+    cascade = Cascade.load(model_dir, lower=lower)
+    assert cascade.engine.runner.lowered == lower
+    images = random_images(1, (40, 48))
+    runs = [(rho, None) for rho in (1.0, 0.985, 0.9)]
+    runs.append((0.985, forced_masks((1, 1, 5, 6), (0.5, 0.2))))
+    for rho, masks in runs:
+        joined, one_by_one = cascade.run_batch(images, rho, masks), cascade.engine.run_stages(images, rho, masks)
+        np.testing.assert_array_equal(joined.labels, one_by_one.labels)
+        np.testing.assert_array_equal(joined.mask2, one_by_one.mask2)
+        np.testing.assert_array_equal(joined.mask3, one_by_one.mask3)
+        np.testing.assert_array_equal(joined.stage_counts, one_by_one.stage_counts)
+        assert set(joined.timings) == {"total"} and set(one_by_one.timings) == {"stage1", "stage2", "stage3", "total"}
+    assert 0 < joined.stage_counts[0, 2] < 30  # the forced run left some pixels before stage 3
+
+
+def test_joined_lowering_keeps_stage2_rows_for_stage3(model_dir) -> None:
+    """In the joined graph stage 3's region convs read stage 2's rows: feat2 is never scattered
+    back to a dense map (the scatters left are those of scores2 and scores3, which the
+    thresholds and the fusion read densely)."""
+    import onnx
+
+    from layercascade.runtime.cascade_graph import cascade_graph
+    from layercascade.runtime.lowering import lower_region_convs
+
+    stages = [onnx.load(str(model_dir / f"stage{k}.onnx")) for k in (1, 2, 3)]
+    lowered = lower_region_convs(cascade_graph(stages))
+    scatters = [n for n in lowered.graph.node if n.op_type == "ScatterND" and n.name.startswith("lowered/")]
+    assert len(scatters) == 2
