@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from layercascade.errors import fail
 from layercascade.export import regionconv
@@ -56,14 +56,46 @@ class _Exporter:
         return [self.batch, channels, *self.shapes[0][1:]]
 
     def normalized_image(self, g: GraphBuilder) -> str:
+        """``(image − mean) / std`` as float NCHW; :meth:`fold_normalisation` later moves it into
+        the convs that read it."""
         image = g.add_input("image", UINT8, [self.batch, *self.input_size, 3])
         # Transposed while still 1 byte per value, then converted.
         x = g.node("Transpose", [image], "preprocess/nchw", perm=[0, 3, 1, 2])
         x = g.node("Cast", [x], "preprocess/cast", to=FLOAT)
-        mean = g.constant("preprocess.mean", torch.tensor(self.checkpoint.mean).view(1, 3, 1, 1).numpy())
-        std = g.constant("preprocess.std", torch.tensor(self.checkpoint.std).view(1, 3, 1, 1).numpy())
+        mean = g.constant("preprocess.mean", np.asarray(self.checkpoint.mean, np.float32).reshape(1, 3, 1, 1))
+        std = g.constant("preprocess.std", np.asarray(self.checkpoint.std, np.float32).reshape(1, 3, 1, 1))
         x = g.node("Sub", [x, mean], "preprocess/sub_mean")
         return g.node("Div", [x, std], "preprocess/div_std")
+
+    def fold_normalisation(self, g: GraphBuilder, normalized: str) -> None:
+        """Fold the normalisation into the convs that read ``normalized``, where that is exact.
+
+        Dividing by std scales input channels, so it moves into their weights (their zero
+        padding stays zero): one pass over the full-size image fewer. Subtracting the mean
+        moves into their biases only when none of them pads, since a padded border must see the
+        normalised 0, not −mean/std; otherwise the Sub stays.
+        """
+        readers = [n for n in g.nodes if normalized in n.input]
+        if not readers or any(n.op_type != "Conv" or n.input[0] != normalized for n in readers):
+            return
+        divide = next(n for n in g.nodes if n.output[0] == normalized)
+        subtract = next(n for n in g.nodes if n.output[0] == divide.input[0])
+        values = {t.name: t for t in g.initializers}
+        std, mean = (numpy_helper.to_array(values[name]).reshape(1, 3, 1, 1)
+                     for name in (divide.input[1], subtract.input[1]))
+        unpadded = all(not any(a.ints) for n in readers for a in n.attribute if a.name == "pads")
+        for conv in readers:
+            weight = numpy_helper.to_array(values[conv.input[1]]) / std
+            bias = numpy_helper.to_array(values[conv.input[2]])
+            if unpadded:
+                bias = bias - (weight * mean).sum(axis=(1, 2, 3))
+            values[conv.input[1]].CopyFrom(numpy_helper.from_array(weight.astype(np.float32), conv.input[1]))
+            values[conv.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), conv.input[2]))
+            conv.input[0] = subtract.input[0] if unpadded else subtract.output[0]
+        dropped = [divide, subtract] if unpadded else [divide]
+        g.nodes[:] = [n for n in g.nodes if all(n is not d for d in dropped)]
+        used = {name for n in g.nodes for name in n.input}
+        g.initializers[:] = [t for t in g.initializers if t.name in used]
 
     def stage_body(self, g: GraphBuilder, index: int, x: str, mask: str | None) -> tuple[str, str]:
         emitter = StageEmitter(g, mask)
@@ -91,18 +123,16 @@ class _Exporter:
 
     def labels(self, g: GraphBuilder, scores: str) -> str:
         """argmax of the scores upsampled bilinearly to the input size (half-pixel centres, as
-        PyTorch's ``interpolate(..., align_corners=False)``)."""
+        PyTorch's ``interpolate(..., align_corners=False)``), uint8."""
         (height, width), (h, w) = self.input_size, self.shapes[0][1:]
         nhwc = g.node("Transpose", [scores], "labels/nhwc", perm=[0, 2, 3, 1])
         if (height, width) == (SCALE * h, SCALE * w):
-            labels = self.cell_labels(g, nhwc, h, w)
-        else:
-            # Channels-last: ONNX Runtime's Resize and ArgMax run faster on NHWC than over axis 1.
-            sizes = g.constant("upsample.sizes", list(self.input_size))
-            upsampled = g.node("Resize", [nhwc, "", "", sizes], "upsample", mode="linear",
-                               coordinate_transformation_mode="half_pixel", axes=[1, 2])
-            labels = g.node("ArgMax", [upsampled], "argmax", axis=3, keepdims=0)
-        return g.node("Cast", [labels], "labels", to=UINT8)
+            return self.cell_labels(g, nhwc, h, w)
+        # Channels-last: ONNX Runtime's Resize and ArgMax run faster on NHWC than over axis 1.
+        sizes = g.constant("upsample.sizes", list(self.input_size))
+        upsampled = g.node("Resize", [nhwc, "", "", sizes], "upsample", mode="linear",
+                           coordinate_transformation_mode="half_pixel", axes=[1, 2])
+        return g.node("Cast", [g.node("ArgMax", [upsampled], "argmax", axis=3, keepdims=0)], "labels", to=UINT8)
 
     def cell_labels(self, g: GraphBuilder, nhwc: str, h: int, w: int) -> str:
         """The exact labels of an 8× bilinear upsampling, interpolating only where it matters.
@@ -111,7 +141,8 @@ class _Exporter:
         low-resolution pixels and blends them with non-negative weights that depend only
         on its place in the cell. Where the four corners share their argmax class, that
         class is the argmax of every blend in the cell; only the other cells (near label
-        boundaries) are blended in full, as one batched (64 × 4) · (4 × C) product.
+        boundaries) are blended in full, as one batched (64 × 4) · (4 × C) product. The label
+        grid is built in uint8 (class ids < 256), an eighth of the bytes of int64 ids.
         """
         one = np.array([1], np.int64)
         padded = g.node("Pad", [nhwc, g.constant("labels.pads", np.array([1, 1, 1, 1], np.int64)), "",
@@ -130,11 +161,10 @@ class _Exporter:
                                g.node("And", [g.node("Equal", [c00, c10], "labels/eq10"),
                                               g.node("Equal", [c00, c11], "labels/eq11")], "labels/eq_lower")],
                        "labels/agree")
-        grid = g.node("Expand", [g.node("Unsqueeze", [c00, g.constant("labels.last", np.array([3], np.int64))],
-                                        "labels/cell_label"),
-                                 g.node("Concat", [g.node("Shape", [c00], "labels/cells_shape"),
-                                                   g.constant("labels.pixels", np.array([SCALE * SCALE]))],
-                                        "labels/grid_shape", axis=0)], "labels/grid")
+        # Every pixel of a cell gets its top-left corner's class: rows of a (classes, 64) table
+        # (ONNX Runtime gathers rows far faster than it expands a last axis).
+        cell_table = np.repeat(np.arange(self.classes, dtype=np.uint8)[:, None], SCALE * SCALE, axis=1)
+        grid = g.node("Gather", [g.constant("labels.cell_table", cell_table), c00], "labels/grid", axis=0)
         mixed = g.node("Transpose", [g.node("NonZero", [g.node("Not", [agree], "labels/disagree")], "labels/mixed")],
                        "labels/mixed_cells", perm=[1, 0])
         # Row of each mixed cell's top-left corner in the padded (N·(h+2)·(w+2), C) score table.
@@ -148,18 +178,18 @@ class _Exporter:
             g.constant("labels.axis1", one)], f"labels/scores{k}_3d") for k, offset in enumerate((0, 1, w + 2, w + 3))]
         corners = g.node("Concat", gathered, "labels/corners", axis=1)
         blended = g.node("MatMul", [g.constant("labels.cell_weights", cell_weights()), corners], "labels/blend")
-        exact = g.node("ArgMax", [blended], "labels/mixed_argmax", axis=2, keepdims=0)
+        exact = g.node("Cast", [g.node("ArgMax", [blended], "labels/mixed_argmax", axis=2, keepdims=0)],
+                       "labels/mixed_u8", to=UINT8)
         full = g.node("ScatterND", [grid, mixed, exact], "labels/cells")
-        cells = g.node("Reshape", [g.node("Cast", [full], "labels/cells_u8", to=UINT8),
-                                   g.constant("labels.cells_5d", np.array([0, h + 1, w + 1, SCALE, SCALE], np.int64))],
-                       "labels/cells_5d")
+        cells = g.node("Reshape", [full, g.constant("labels.cells_5d", np.array([0, h + 1, w + 1, SCALE, SCALE],
+                                                                                np.int64))], "labels/cells_5d")
         image = g.node("Reshape", [g.node("Transpose", [cells], "labels/rows_first", perm=[0, 1, 3, 2, 4]),
                                    g.constant("labels.image", np.array([0, SCALE * (h + 1), SCALE * (w + 1)]))],
                        "labels/padded_image")
         half = SCALE // 2
         return g.node("Slice", [image, g.constant("labels.crop_start", np.array([half, half])),
                                 g.constant("labels.crop_end", np.array([half + SCALE * h, half + SCALE * w])),
-                                g.constant("labels.crop_axes", np.array([1, 2]))], "labels/crop")
+                                g.constant("labels.crop_axes", np.array([1, 2]))], "labels")
 
     def stage(self, index: int) -> onnx.ModelProto:
         g = GraphBuilder(f"lc_stage{index + 1}", self.opset)
@@ -178,6 +208,8 @@ class _Exporter:
             scores2 = g.add_input("scores2", FLOAT, self.map_shape(k))
             mask2 = g.add_input("mask2", FLOAT, self.map_shape(1))
         features, scores = self.stage_body(g, index, x, mask)
+        if index == 0:
+            self.fold_normalisation(g, x)
         if index < 2:
             g.rename_output(features, f"feat{index + 1}")
             g.rename_output(scores, f"scores{index + 1}")
@@ -222,9 +254,11 @@ class _Exporter:
         g = GraphBuilder("lc_dense", self.opset)
         x = self.normalized_image(g)
         emitter = StageEmitter(g, None)
+        image = x
         for index in range(NUM_STAGES):
             x = emitter.sequence("backbone.", self.model.backbone.stage_modules(index), x)
         scores = emitter.module(f"heads.{NUM_STAGES - 1}", self.model.heads[-1], x)
+        self.fold_normalisation(g, image)
         self.labels(g, scores)
         g.add_output("labels", UINT8, [self.batch, *self.input_size])
         return g.build(doc=f"Dense baseline: {self.model.config.backbone}, final head only")

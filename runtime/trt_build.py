@@ -63,15 +63,19 @@ def uint8_only_at_io(model: Any) -> Any:
     float32/float16 before other layers use them, uint8 outputs produced by a cast from
     float32/float16, and uint8 converts only to and from those. Our graphs transpose the uint8
     image before casting it (cheaper on ONNX Runtime) and build the label map in uint8; here the
-    image is cast first, label casts produce float (class ids are exact), and one cast to uint8
-    writes each uint8 output. Values are unchanged.
+    image is cast first, label casts and uint8 constants become float (class ids are exact), and
+    one cast to uint8 writes each uint8 output. Values are unchanged.
     """
+    import numpy as np
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     from layercascade.export.fp16 import cast_output
 
     uint8 = TensorProto.UINT8
+    for tensor in model.graph.initializer:
+        if tensor.data_type == uint8:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
     nodes = []
     for value in model.graph.input:
         if value.type.tensor_type.elem_type == uint8:
