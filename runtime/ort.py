@@ -71,10 +71,12 @@ class OrtRunner:
         model = relu_as_uint8(model, non_negative_inputs)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Every session owns a thread pool whose idle threads spin by default; sessions that run
-        # back to back (the cascade and its dense baseline in lc-bench, the stages one by one)
-        # would then steal each other's cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Worker threads spin while a run hands them work (a lowered cascade is ~200 small ops:
+        # waking sleeping threads for each costs more than the op), and stop spinning when the
+        # run returns, so sessions that run back to back (the cascade and its dense baseline in
+        # lc-bench) or the caller's own threads do not lose their cores to idle spinners.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         # On x86 CPUs without VNNI ONNX Runtime turns int8 activations into uint8 + 128 for its u8·s8
         # kernels, whose 16-bit pair sums then saturate; u8·u8 does not. So INT8 graphs whose convs
         # still read int8 activations (e.g. calibrated before the stem stayed float) get u8·u8.
