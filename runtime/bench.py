@@ -50,17 +50,30 @@ def forced_masks(shape: tuple[int, ...], active: tuple[float, float], seed: int 
     return (ranks < a2).astype(np.float32), (ranks < a3).astype(np.float32)
 
 
+def cpu_features(flags: set[str]) -> str:
+    """The x86 vector extensions that decide ONNX Runtime's fp32 and int8 kernels ('' elsewhere)."""
+    if "avx512_vnni" in flags:
+        return "AVX-512 VNNI"
+    if "avx_vnni" in flags:
+        return "AVX-VNNI"
+    return "AVX2, no VNNI" if "avx2" in flags else ""
+
+
 def machine(device: str = "cpu", backend: str = "ort") -> str:
-    """CPU model and core count (on CUDA, the GPU's name first) and the backend's library version."""
-    cpu = platform.processor() or platform.machine()
+    """CPU model, core count and vector extensions (on CUDA, the GPU's name first) and the backend's
+    library version."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    host = f"{cpu}, {os.cpu_count()} CPUs"
+    features = cpu_features(flags)
+    host = f"{cpu}, {os.cpu_count()} CPUs" + (f" ({features})" if features else "")
     if backend == "torch":
         import torch
 

@@ -188,6 +188,10 @@ def main() -> None:
     stage_rows = [[f"{size}×{size}", name] + [f"{t[k]:.2f}" for k in ("stage1", "stage2", "stage3", "joined")]
                   for size, by_name in stages.items() for name, t in by_name.items()]
     rho_list = ",".join(f"{r:g}" for r in RHOS)
+    vnni = "VNNI" in compares[512]["machine"] and "no VNNI" not in compares[512]["machine"]
+    saturation_note = ("This machine has VNNI (32-bit sums, no saturation), so the three rows differ by "
+                       "rounding only; on an AVX2 machine the first row is where the saturation shows."
+                       if vnni else "This machine has no VNNI: the first row shows the saturation.")
     block = f"""{BEGIN}
 ## INT8 on ONNX Runtime (CPU)
 
@@ -236,9 +240,9 @@ mIoU and label agreement at ρ = {rho:g} as "cascade-aware / naive", same images
 
 ### Activation types and int8 kernels (160×160, `{default_small.name}`, ρ = {rho:g})
 
-ONNX Runtime's default x86 int8 kernels multiply u8·s8 with 16-bit pair sums that saturate on
-CPUs without VNNI (this one); int8 activations reach them as uint8 + 128, so they saturate
-often. The runtime now quantizes every ReLU-fed activation as uint8 with zero point 0 (small
+ONNX Runtime's default x86 int8 kernels multiply u8·s8; on CPUs without VNNI (AVX2) they add
+u8·s8 pairs in 16 bits, which saturate, and int8 activations reach them as uint8 + 128, so they
+saturate often. {saturation_note} The runtime quantizes every ReLU-fed activation as uint8 with zero point 0 (small
 values, no shift) and keeps u8·s8; graphs whose convs still read int8 activations (INT8 dirs
 calibrated before the stem stayed float) get `session.x64quantprecision = 1` (u8·u8).
 
