@@ -56,8 +56,8 @@ class _Exporter:
         return [self.batch, channels, *self.shapes[0][1:]]
 
     def normalized_image(self, g: GraphBuilder) -> str:
-        """``(image − mean) / std`` as float NCHW; :meth:`fold_normalisation` later moves it into
-        the convs that read it."""
+        """``(image − mean) / std`` as float NCHW; :meth:`fold_normalisation` later moves the
+        division into the convs that read it."""
         image = g.add_input("image", UINT8, [self.batch, *self.input_size, 3])
         # Transposed while still 1 byte per value, then converted.
         x = g.node("Transpose", [image], "preprocess/nchw", perm=[0, 3, 1, 2])
@@ -68,34 +68,24 @@ class _Exporter:
         return g.node("Div", [x, std], "preprocess/div_std")
 
     def fold_normalisation(self, g: GraphBuilder, normalized: str) -> None:
-        """Fold the normalisation into the convs that read ``normalized``, where that is exact.
+        """Fold the division by std into the convs that read ``normalized`` (the stem).
 
-        Dividing by std scales input channels, so it moves into their weights (their zero
-        padding stays zero): one pass over the full-size image fewer. Subtracting the mean
-        moves into their biases only when none of them pads, since a padded border must see the
-        normalised 0, not −mean/std; otherwise the Sub stays.
+        It scales input channels, so it moves into their weights exactly (their zero padding
+        stays zero): one pass over the full-size image fewer. The mean stays a Sub: folded into
+        the bias, a padded stem's border would see −mean/std instead of the normalised 0.
         """
         readers = [n for n in g.nodes if normalized in n.input]
         if not readers or any(n.op_type != "Conv" or n.input[0] != normalized for n in readers):
             return
         divide = next(n for n in g.nodes if n.output[0] == normalized)
-        subtract = next(n for n in g.nodes if n.output[0] == divide.input[0])
         values = {t.name: t for t in g.initializers}
-        std, mean = (numpy_helper.to_array(values[name]).reshape(1, 3, 1, 1)
-                     for name in (divide.input[1], subtract.input[1]))
-        unpadded = all(not any(a.ints) for n in readers for a in n.attribute if a.name == "pads")
+        std = numpy_helper.to_array(values[divide.input[1]]).reshape(1, 3, 1, 1)
         for conv in readers:
             weight = numpy_helper.to_array(values[conv.input[1]]) / std
-            bias = numpy_helper.to_array(values[conv.input[2]])
-            if unpadded:
-                bias = bias - (weight * mean).sum(axis=(1, 2, 3))
             values[conv.input[1]].CopyFrom(numpy_helper.from_array(weight.astype(np.float32), conv.input[1]))
-            values[conv.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), conv.input[2]))
-            conv.input[0] = subtract.input[0] if unpadded else subtract.output[0]
-        dropped = [divide, subtract] if unpadded else [divide]
-        g.nodes[:] = [n for n in g.nodes if all(n is not d for d in dropped)]
-        used = {name for n in g.nodes for name in n.input}
-        g.initializers[:] = [t for t in g.initializers if t.name in used]
+            conv.input[0] = divide.input[0]
+        g.nodes.remove(divide)
+        g.initializers.remove(values[divide.input[1]])
 
     def stage_body(self, g: GraphBuilder, index: int, x: str, mask: str | None) -> tuple[str, str]:
         emitter = StageEmitter(g, mask)

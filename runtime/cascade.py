@@ -1,7 +1,8 @@
 """The user-facing cascade: ``Cascade.load(DIR, backend=...)`` then ``cascade(image)``.
 
-The three stage graphs run back to back; masks, features and scores pass from one to the
-next as arrays of the backend and only labels, masks and per-stage counts are returned.
+The backend runs the three stages (ONNX Runtime: joined into one session; TensorRT and torch:
+on one device stream); masks, features and scores pass from one to the next inside the
+backend and only labels, masks and per-stage counts are returned.
 Image policy: an image of another size is resized (bilinear) to the model's input size,
 and the labels are resized back (nearest) to the image's own size.
 """

@@ -52,7 +52,7 @@ class OrtRunner:
     def __init__(self, source: Path | Any, device: str = "cpu", lower: bool = True, threads: int = 0,
                  non_negative_inputs: frozenset[str] = frozenset(), label: str | None = None) -> None:
         ort = _onnxruntime()
-        path = Path(label) if label is not None else source
+        path = Path(label if label is not None else source)
         model = load_onnx(source) if isinstance(source, (str, Path)) else source
         from layercascade.runtime.lowering import (LoweringUnsupported, int8_conv_inputs, lower_region_convs,
                                                    rectified_outputs, relu_as_uint8)
@@ -123,7 +123,6 @@ class OrtBackend(StagedBackend):
         self.lower = lower
         self.threads = threads
         self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
-        self.graphs = [load_onnx(path) for path in self.files]
         self.runner = self.cascade_runner(forced_masks=False)
         self._forced_runner: OrtRunner | None = None
         self._stages: list[OrtRunner] | None = None
@@ -132,7 +131,7 @@ class OrtBackend(StagedBackend):
         from layercascade.runtime.cascade_graph import cascade_graph
 
         try:
-            joined = cascade_graph(self.graphs, forced_masks)
+            joined = cascade_graph([load_onnx(path) for path in self.files], forced_masks)
         except ValueError as error:
             fail(f"{self.model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
         try:
@@ -146,8 +145,8 @@ class OrtBackend(StagedBackend):
         if self._stages is None:
             # Each stage learns which of its inputs the stages before produced by a ReLU (INT8: uint8 rows).
             self._stages, rectified = [], frozenset()
-            for path, graph in zip(self.files, self.graphs):
-                self._stages.append(OrtRunner(graph, self.device, self.lower, self.threads, rectified, label=str(path)))
+            for path in self.files:
+                self._stages.append(OrtRunner(path, self.device, self.lower, self.threads, rectified))
                 rectified |= self._stages[-1].rectified_outputs
         return self._stages
 

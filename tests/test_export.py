@@ -65,6 +65,10 @@ def test_tiny_parity_at_paper_rhos(tiny_dir, lower: bool) -> None:
 def test_big_backbones_parity(tmp_path, name: str, size: tuple[int, int]) -> None:
     checkpoint = sharpened_checkpoint(name, size)
     export_model(checkpoint, tmp_path / name)
+    # 1/std moved into the stem's weights; the mean stays (the stem pads).
+    preprocess = [n.op_type for n in onnx.load(tmp_path / name / "stage1.onnx").graph.node
+                  if n.name.startswith("preprocess/")]
+    assert preprocess == ["Transpose", "Cast", "Sub"]
     images = random_images(1, size, seed=3)
     for lower in (True, False):
         cascade = Cascade.load(tmp_path / name, lower=lower)
