@@ -119,9 +119,27 @@ def time_in_blocks(steps: dict[Any, Callable[[], object]], iters: int, warmup: i
     return samples
 
 
+STAGES = ("stage1", "stage2", "stage3")
+
+
+def stage_medians(cascade: Cascade, images: np.ndarray, rho: float | None,
+                  masks: tuple[np.ndarray, np.ndarray] | None, iters: int) -> dict[str, float]:
+    """Median ms of each stage: ONNX Runtime's stage graphs run one by one (``run_stages``), other
+    backends' own per-stage times (TensorRT's CUDA events, the torch reference)."""
+    engine = cascade.engine
+    rho = cascade.default_rho if rho is None else rho
+    run = engine.run_stages if cascade.backend == "ort" else engine.run
+    timings = [run(images, rho, masks).timings for _ in range(iters)]
+    if not all(stage in timings[0] for stage in STAGES):
+        fail(f"--per-stage: the {cascade.backend} backend does not time its stages apart here "
+             f"(it reports {', '.join(sorted(timings[0]))})")
+    return {stage: round(float(np.median([t[stage] for t in timings])), 3) for stage in STAGES}
+
+
 def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmup: int,
-              active: tuple[float, float] | None = None, progress: bool = True) -> dict:
-    """Median / p90 / p99 latency and FPS of cascade and dense, timed in alternating blocks in one run."""
+              active: tuple[float, float] | None = None, progress: bool = True, per_stage: bool = False) -> dict:
+    """Median / p90 / p99 latency and FPS of cascade and dense, timed in alternating blocks in one run
+    (with ``per_stage``, then the median ms of each stage, ``stages_ms``)."""
     check_iterations(iters, warmup)
     images = sample_batch(cascade, batch)
     dense = cascade.engine.dense_runner(cascade.manifest)
@@ -140,6 +158,7 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
     cascade_stats, dense_stats = LatencyStats.of(cascade_ms, batch), LatencyStats.of(dense_ms, batch)
     reach = (fractions[1] + fractions[2], fractions[2])
     ideal = ideal_speedup([g["backbone"] for g in gmacs], [g["head"] for g in gmacs], reach)
+    stages = {"stages_ms": stage_medians(cascade, images, rho, masks, iters)} if per_stage else {}
     return {
         "model": str(cascade.model_dir), "backbone": cascade.manifest.get("backbone"), "backend": cascade.backend,
         "size": list(cascade.input_size), "batch": batch, "rho": cascade.default_rho if rho is None else rho,
@@ -149,6 +168,7 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
         "ideal_speedup": round(ideal, 3),
         "stage_fractions": [round(f, 4) for f in fractions],
         "machine": machine(getattr(cascade.engine, "device", "cpu"), cascade.backend),
+        **stages,
     }
 
 

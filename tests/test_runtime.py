@@ -126,6 +126,10 @@ def test_lc_bench_json(model_dir, capsys) -> None:
         assert set(result[key]) == {"median_ms", "p90_ms", "p99_ms", "fps"}
     assert result["stage_fractions"][2] == pytest.approx(0.15, abs=0.1)
     assert result["ideal_speedup"] > 1 and result["speedup"] > 0 and result["machine"]
+    assert "stages_ms" not in result
+    assert run_cli(bench.main, [str(model_dir), "--iters", "2", "--warmup", "0", "--json", "--per-stage"]) == 0
+    stages = json.loads(capsys.readouterr().out)["stages_ms"]
+    assert list(stages) == ["stage1", "stage2", "stage3"] and all(ms > 0 for ms in stages.values())
     assert run_cli(bench.main, [str(model_dir), "--size", "64x64", "--iters", "1"]) == 1
     assert "lc-export --input-size 64x64" in capsys.readouterr().err
 

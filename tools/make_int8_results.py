@@ -64,9 +64,9 @@ def accuracy(model_dir: Path, dataset, fp32_labels: dict, rho: float) -> tuple[f
 
 
 def stage_times(model_dir: Path, rho: float, runs: int) -> dict[str, float]:
-    """Median ms of each stage graph run as a session of its own, and of the joined cascade,
-    on the bundled sample images."""
-    from layercascade.runtime.bench import sample_batch
+    """Median ms of each stage graph run as a session of its own (``lc-bench --per-stage``), and of
+    the joined cascade, on the bundled sample images."""
+    from layercascade.runtime.bench import sample_batch, stage_medians
     from layercascade.runtime.cascade import Cascade
 
     cascade = Cascade.load(model_dir)
@@ -74,8 +74,7 @@ def stage_times(model_dir: Path, rho: float, runs: int) -> dict[str, float]:
     for _ in range(3):
         cascade.engine.run_stages(images, rho)
         cascade.run_batch(images, rho)
-    timings = [cascade.engine.run_stages(images, rho).timings for _ in range(runs)]
-    medians = {k: float(np.median([t[k] for t in timings])) for k in ("stage1", "stage2", "stage3")}
+    medians = stage_medians(cascade, images, rho, None, runs)
     medians["joined"] = float(np.median([cascade.run_batch(images, rho).timings["total"] for _ in range(runs)]))
     return medians
 
@@ -228,7 +227,7 @@ relies on, so mIoU is low at this size for both precisions; agreement still comp
 ![speed vs accuracy](int8_speed_accuracy.png)
 
 Median ms per stage at ρ = {rho:g} (bundled sample images), each stage graph run as an ONNX
-Runtime session of its own (`run_stages`), and of the whole cascade as the runtime runs it (the
+Runtime session of its own (`lc-bench --per-stage`), and of the whole cascade as the runtime runs it (the
 three graphs joined into one session):
 
 {markdown_table(["size", "precision", "stage 1", "stage 2", "stage 3", "joined cascade"], stage_rows)}

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--active-fraction", type=float_pair, default=None, metavar="F2,F3",
                         help="force the shares of pixels reaching stages 2 and 3 (e.g. 0.3,0.15) instead of "
                              "thresholding: for untrained models")
+    parser.add_argument("--per-stage", action="store_true",
+                        help="then also the median ms of each stage (ONNX Runtime: each stage graph run as a "
+                             "session of its own, one after another; TensorRT: CUDA events between the stages)")
     add_backend_arguments(parser)
     compare = parser.add_argument_group("precision comparison")
     compare.add_argument("--compare", type=precision_list, default=None, metavar="LIST",
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --compare and --data: draw FPS against mIoU per precision and ρ")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: cascade, dense (median_ms, p90_ms, p99_ms, fps), speedup, "
-                             "ideal_speedup, stage_fractions, machine")
+                             "ideal_speedup, stage_fractions, machine (and with --per-stage stages_ms)")
     return parser
 
 
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     check_size(args.size, cascade.input_size)
     batch = args.batch or cascade.batch_size or 1
     result = benchmark(cascade, args.rho, batch, args.iters, args.warmup, args.active_fraction,
-                       progress=not args.json)
+                       progress=not args.json, per_stage=args.per_stage)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -98,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pixels decided at stage 1/2/3{forced}: {100 * f[0]:.1f}% / {100 * f[1]:.1f}% / {100 * f[2]:.1f}%")
     print(f"speedup {result['speedup']:.2f}x (FLOP-ideal {result['ideal_speedup']:.2f}x, "
           f"{100 * result['speedup'] / result['ideal_speedup']:.0f}% of ideal)")
+    if args.per_stage:
+        print("per stage, median ms: " + ", ".join(f"stage {k + 1} {ms:.2f}"
+                                                   for k, ms in enumerate(result["stages_ms"].values())))
     return 0
 
 
@@ -107,8 +113,9 @@ def compare_main(args) -> int:
     from layercascade.runtime.bench import compare_precisions, plot_comparison, precision_sources
     from layercascade.runtime.cascade import Cascade
 
-    if args.active_fraction or args.precision:
-        fail("--compare times each precision on thresholded masks; drop --active-fraction and --precision")
+    if args.active_fraction or args.precision or args.per_stage:
+        fail("--compare times each precision on thresholded masks; drop --active-fraction, --precision and "
+             "--per-stage")
     if args.plot and not args.data:
         fail("--plot draws speed against mIoU: give --data too (e.g. --data synthetic)")
     cascades = {name: Cascade.load(model_dir, backend=args.backend, device=args.device,
