@@ -82,6 +82,7 @@ def ship_demo(cascade: Path) -> None:
 
 
 DEMO_REPEATS = 5
+BIG_REPEATS = 3  # the big backbones' runs take minutes each
 BENCH_CASES = [
     # (label, checkpoint or config, export size, extra lc-bench options)
     ("demo, own size", "demo", None, []),
@@ -128,22 +129,33 @@ def pictures(work: Path) -> None:
 
 
 def benchmarks(work: Path) -> list[dict]:
-    results = []
-    for label, source, size, options in BENCH_CASES:
+    """One ``lc-bench`` result per case: the run with the median speedup of its repeats.
+
+    Every case is repeated, and the repeats take turns with the other cases' (round r runs the
+    r-th repeat of each case): this VM's speed drifts over minutes by more than the effects
+    measured, and interleaving spreads each case's runs over the whole measurement.
+    """
+    folders = []
+    for _, source, size, _ in BENCH_CASES:
         folder = DEMO_MODEL_DIR
         if size is not None:
             checkpoint = DEMO if source == "demo" else random_checkpoint(source, work / f"{source}_random.pt")
             folder = work / f"{source}_{size}"
             # Exported afresh every time: the graphs change with the exporter, not only the weights.
             run(["lc-export", str(checkpoint), "-o", str(folder), "--input-size", size], capture=False)
-        # The demo runs are short, so they are repeated: this VM's speed drifts between runs by
-        # more than the effects measured. The table shows the run with the median speedup.
-        repeats = 1 if "--active-fraction" in options else DEMO_REPEATS
-        runs = sorted((json.loads(run(["lc-bench", str(folder), "--json", *options])) for _ in range(repeats)),
-                      key=lambda r: r["speedup"])
-        result = runs[len(runs) // 2]
+        folders.append(folder)
+    repeats = [BIG_REPEATS if "--active-fraction" in options else DEMO_REPEATS for *_, options in BENCH_CASES]
+    runs: list[list[dict]] = [[] for _ in BENCH_CASES]
+    for round_ in range(max(repeats)):
+        for case, (folder, (*_, options)) in enumerate(zip(folders, BENCH_CASES)):
+            if round_ < repeats[case]:
+                runs[case].append(json.loads(run(["lc-bench", str(folder), "--json", *options])))
+    results = []
+    for (label, *_), case_runs in zip(BENCH_CASES, runs):
+        case_runs.sort(key=lambda r: r["speedup"])
+        result = case_runs[len(case_runs) // 2]
         result["label"] = label
-        result["speedups"] = [r["speedup"] for r in runs]
+        result["speedups"] = [r["speedup"] for r in case_runs]
         results.append(result)
     return results
 
@@ -189,16 +201,18 @@ def bench_section(bench: list[dict]) -> str:
                      f"{100 * f[0]:.0f}/{100 * f[1]:.0f}/{100 * f[2]:.0f}" + (" forced" if r["forced_active_fractions"] else ""),
                      f"{r['cascade']['median_ms']:.1f} ({r['cascade']['p90_ms']:.1f} / {r['cascade']['p99_ms']:.1f})",
                      f"{r['dense']['median_ms']:.1f} ({r['dense']['p90_ms']:.1f} / {r['dense']['p99_ms']:.1f})",
-                     f"{r['speedup']:.2f}×", "–".join(f"{x:.2f}×" for x in (min(r["speedups"]), max(r["speedups"])))
-                     if len(r["speedups"]) > 1 else "one run", f"{r['ideal_speedup']:.2f}×",
+                     f"{r['speedup']:.2f}×",
+                     "–".join(f"{x:.2f}×" for x in (min(r["speedups"]), max(r["speedups"]))) + f" ({len(r['speedups'])})",
+                     f"{r['ideal_speedup']:.2f}×",
                      f"{100 * r['speedup'] / r['ideal_speedup']:.0f}%"])
     table = markdown_table(["model", "size", "ρ", "% at stage 1/2/3", "cascade ms median (p90 / p99)",
-                            "dense ms median (p90 / p99)", "speedup", f"range of {DEMO_REPEATS} runs", "FLOP-ideal",
-                            "of ideal"], rows)
+                            "dense ms median (p90 / p99)", "speedup", "range (runs)", "FLOP-ideal", "of ideal"], rows)
     return f"""Measured {time.strftime('%Y-%m-%d')} with ONNX Runtime on the CPU, batch 1: the three stage graphs
 joined into one session, RegionConv lowered unless noted; cascade and dense timed in alternating
-blocks of up to 10 runs in the same `lc-bench` run; the demo rows are the run with the median
-speedup of {DEMO_REPEATS} `lc-bench` runs (their range beside it: this VM's speed drifts between runs).
+blocks of up to 10 runs in the same `lc-bench` run; each row is the run with the median speedup of
+{DEMO_REPEATS} `lc-bench` runs ({BIG_REPEATS} for the big backbones), their range beside it; the cases' runs
+take turns, so each case's runs spread over the whole measurement (this VM's speed drifts over
+minutes by more than the effects measured).
 Machine: {bench[0]['machine']}.
 The FLOP-ideal speedup counts convolutions only. Fixed per-image costs (normalisation, label
 upsampling, thresholds, the per-op overhead of the lowered graph's gathers and scatters) are in
