@@ -151,8 +151,8 @@ class _Exporter:
                                g.node("And", [g.node("Equal", [c00, c10], "labels/eq10"),
                                               g.node("Equal", [c00, c11], "labels/eq11")], "labels/eq_lower")],
                        "labels/agree")
-        # Every pixel of a cell gets its top-left corner's class: rows of a (classes, 64) table
-        # (ONNX Runtime gathers rows far faster than it expands a last axis).
+        # Every pixel of a cell gets its top-left corner's class: rows of a (classes, 64) table,
+        # gathered as whole rows rather than expanded element by element along the last axis.
         cell_table = np.repeat(np.arange(self.classes, dtype=np.uint8)[:, None], SCALE * SCALE, axis=1)
         grid = g.node("Gather", [g.constant("labels.cell_table", cell_table), c00], "labels/grid", axis=0)
         mixed = g.node("Transpose", [g.node("NonZero", [g.node("Not", [agree], "labels/disagree")], "labels/mixed")],

@@ -137,7 +137,9 @@ class OrtBackend(StagedBackend):
         try:
             return OrtRunner(joined, self.device, self.lower, self.threads, label=f"{self.model_dir}/stages 1-3")
         except LCError:
-            _ = self.stages  # name the stage graph ONNX Runtime rejects, if one alone fails
+            # Name the stage graph ONNX Runtime rejects: building the stage sessions one by one
+            # raises that file's own error; if each alone loads, the joined graph's error stands.
+            _ = self.stages
             raise
 
     @property
@@ -153,17 +155,16 @@ class OrtBackend(StagedBackend):
     def run(self, images: np.ndarray, rho: float,
             forced_masks: tuple[np.ndarray, np.ndarray] | None = None) -> StageOutputs:
         feeds = {"image": images, "rho": np.array([rho], np.float32)}
-        if forced_masks is None:
-            out = self.runner.infer(feeds)
-            masks = out["mask2"], out["mask3"]
-        else:
+        runner = self.runner
+        if forced_masks is not None:
             if self._forced_runner is None:
                 self._forced_runner = self.cascade_runner(forced_masks=True)
-            masks = forced_masks
-            out = self._forced_runner.infer({**feeds, "mask2": masks[0], "mask3": masks[1]})
-        # One session: the stages are not timed apart (``stages`` can, one at a time).
-        timings = {"total": self.runner.last_ms if forced_masks is None else self._forced_runner.last_ms}
-        return StageOutputs(out["labels"], masks[0], masks[1], out["stage_counts"], timings)
+            runner = self._forced_runner
+            feeds["mask2"], feeds["mask3"] = forced_masks
+        out = runner.infer(feeds)
+        masks = forced_masks or (out["mask2"], out["mask3"])
+        # One session: the stages are not timed apart (``run_stages`` does, one session each).
+        return StageOutputs(out["labels"], masks[0], masks[1], out["stage_counts"], {"total": runner.last_ms})
 
     def dense_runner(self, manifest: dict[str, Any]) -> OrtRunner:
         return OrtRunner(self.model_dir / manifest["dense"]["file"], self.device, lower=False, threads=self.threads)
