@@ -136,11 +136,41 @@ def stage_medians(cascade: Cascade, images: np.ndarray, rho: float | None,
     return {stage: round(float(np.median([t[stage] for t in timings])), 3) for stage in STAGES}
 
 
+# ONNX Runtime kernels (after its fusions) that compute a convolution or a region conv's row GEMM.
+CONV_KERNELS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Gemm", "FusedGemm", "QGemm",
+                          "MatMulInteger"})
+
+
+def check_profilable(cascade: Cascade) -> None:
+    if cascade.backend != "ort":
+        fail(f"--profile reads ONNX Runtime's profiler (--backend ort); the {cascade.backend} backend has none "
+             "here (TensorRT: trtexec --dumpProfile on the engine's plan files)")
+
+
+def op_profile(cascade: Cascade, images: np.ndarray, rho: float | None,
+               masks: tuple[np.ndarray, np.ndarray] | None, iters: int, warmup: int) -> dict:
+    """ONNX Runtime's profile of ``iters`` cascade runs: kernel ms per run by op type (``op_types``,
+    most first) and in total, split into convolution & GEMM kernels and all other ops."""
+    check_profilable(cascade)
+    rho = cascade.default_rho if rho is None else rho
+    ops = cascade.engine.kernel_profile(images, rho, masks, iters, warmup)
+    total = sum(us for us, _ in ops.values()) / 1e3
+    conv = sum(us for op, (us, _) in ops.items() if op in CONV_KERNELS) / 1e3
+    op_types = sorted(({"op": op, "ms": round(us / 1e3, 4), "kernels": calls} for op, (us, calls) in ops.items()),
+                      key=lambda row: -row["ms"])
+    return {"runs": iters, "kernel_ms": round(total, 3), "conv_gemm_ms": round(conv, 3),
+            "other_ms": round(total - conv, 3), "op_types": op_types}
+
+
 def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmup: int,
-              active: tuple[float, float] | None = None, progress: bool = True, per_stage: bool = False) -> dict:
+              active: tuple[float, float] | None = None, progress: bool = True, per_stage: bool = False,
+              profile: bool = False) -> dict:
     """Median / p90 / p99 latency and FPS of cascade and dense, timed in alternating blocks in one run
-    (with ``per_stage``, then the median ms of each stage, ``stages_ms``)."""
+    (with ``per_stage``, then the median ms of each stage, ``stages_ms``; with ``profile``, then
+    ONNX Runtime's profile of the cascade, ``profile``: :func:`op_profile`)."""
     check_iterations(iters, warmup)
+    if profile:
+        check_profilable(cascade)
     images = sample_batch(cascade, batch)
     dense = cascade.engine.dense_runner(cascade.manifest)
     first = cascade.run_batch(images, rho)
@@ -158,7 +188,9 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
     cascade_stats, dense_stats = LatencyStats.of(cascade_ms, batch), LatencyStats.of(dense_ms, batch)
     reach = (fractions[1] + fractions[2], fractions[2])
     ideal = ideal_speedup([g["backbone"] for g in gmacs], [g["head"] for g in gmacs], reach)
-    stages = {"stages_ms": stage_medians(cascade, images, rho, masks, iters)} if per_stage else {}
+    extra = {"stages_ms": stage_medians(cascade, images, rho, masks, iters)} if per_stage else {}
+    if profile:
+        extra["profile"] = op_profile(cascade, images, rho, masks, iters, warmup)
     return {
         "model": str(cascade.model_dir), "backbone": cascade.manifest.get("backbone"), "backend": cascade.backend,
         "size": list(cascade.input_size), "batch": batch, "rho": cascade.default_rho if rho is None else rho,
@@ -168,7 +200,7 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
         "ideal_speedup": round(ideal, 3),
         "stage_fractions": [round(f, 4) for f in fractions],
         "machine": machine(getattr(cascade.engine, "device", "cpu"), cascade.backend),
-        **stages,
+        **extra,
     }
 
 
@@ -234,12 +266,15 @@ def agreement_predictor(cascade: Cascade, fp32_labels: dict[tuple[float, int], n
 
 
 def compare_precisions(cascades: dict[str, Cascade], rhos: list[float], batch: int, iters: int, warmup: int,
-                       dataset=None, progress: bool = True) -> dict:
+                       dataset=None, progress: bool = True, profile: bool = False) -> dict:
     """Latency of every precision at every ρ (timed in alternating blocks, one run) and, with ``dataset``,
-    mIoU and label agreement with fp32 at the same ρ."""
+    mIoU and label agreement with fp32 at the same ρ; with ``profile``, each row's ONNX Runtime
+    profile (``profile``: :func:`op_profile`)."""
     from layercascade.model.evaluate import evaluate
 
     check_iterations(iters, warmup)
+    for cascade in cascades.values() if profile else ():
+        check_profilable(cascade)
     images = sample_batch(cascades["fp32"], batch)
     steps = {(name, rho): (lambda c=cascade, r=rho: c.run_batch(images, r))
              for name, cascade in cascades.items() for rho in rhos}
@@ -260,6 +295,8 @@ def compare_precisions(cascades: dict[str, Cascade], rhos: list[float], batch: i
                    "speedup_vs_fp32": round(fp32_median / median, 3)}
             if rho in accuracy:
                 row["miou"], row["label_agreement"] = round(accuracy[rho][0], 2), round(accuracy[rho][1], 3)
+            if profile:
+                row["profile"] = op_profile(cascade, images, rho, None, iters, warmup)
             rows.append(row)
     fp32 = cascades["fp32"]
     return {"size": list(fp32.input_size), "batch": batch, "iters": iters, "warmup": warmup,

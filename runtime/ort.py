@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,8 @@ class OrtRunner:
     """
 
     def __init__(self, source: Path | Any, device: str = "cpu", lower: bool = True, threads: int = 0,
-                 non_negative_inputs: frozenset[str] = frozenset(), label: str | None = None) -> None:
+                 non_negative_inputs: frozenset[str] = frozenset(), label: str | None = None,
+                 profile_prefix: Path | None = None) -> None:
         ort = _onnxruntime()
         path = Path(label if label is not None else source)
         model = load_onnx(source) if isinstance(source, (str, Path)) else source
@@ -87,6 +91,9 @@ class OrtRunner:
             options.add_session_config_entry("session.x64quantprecision", "1")
         if threads:
             options.intra_op_num_threads = threads
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile_prefix)
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
         except Exception as error:  # noqa: BLE001 - ORT reports invalid graphs as generic exceptions
@@ -127,7 +134,7 @@ class OrtBackend(StagedBackend):
         self._forced_runner: OrtRunner | None = None
         self._stages: list[OrtRunner] | None = None
 
-    def cascade_runner(self, forced_masks: bool) -> OrtRunner:
+    def cascade_runner(self, forced_masks: bool, profile_prefix: Path | None = None) -> OrtRunner:
         from layercascade.runtime.cascade_graph import cascade_graph
 
         try:
@@ -135,7 +142,8 @@ class OrtBackend(StagedBackend):
         except ValueError as error:
             fail(f"{self.model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
         try:
-            return OrtRunner(joined, self.device, self.lower, self.threads, label=f"{self.model_dir}/stages 1-3")
+            return OrtRunner(joined, self.device, self.lower, self.threads, label=f"{self.model_dir}/stages 1-3",
+                             profile_prefix=profile_prefix)
         except LCError:
             # Name the stage graph ONNX Runtime rejects: building the stage sessions one by one
             # raises that file's own error; if each alone loads, the joined graph's error stands.
@@ -152,19 +160,51 @@ class OrtBackend(StagedBackend):
                 rectified |= self._stages[-1].rectified_outputs
         return self._stages
 
+    @staticmethod
+    def feeds(images: np.ndarray, rho: float,
+              forced_masks: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
+        feeds = {"image": images, "rho": np.array([rho], np.float32)}
+        if forced_masks is not None:
+            feeds["mask2"], feeds["mask3"] = forced_masks
+        return feeds
+
     def run(self, images: np.ndarray, rho: float,
             forced_masks: tuple[np.ndarray, np.ndarray] | None = None) -> StageOutputs:
-        feeds = {"image": images, "rho": np.array([rho], np.float32)}
         runner = self.runner
         if forced_masks is not None:
             if self._forced_runner is None:
                 self._forced_runner = self.cascade_runner(forced_masks=True)
             runner = self._forced_runner
-            feeds["mask2"], feeds["mask3"] = forced_masks
-        out = runner.infer(feeds)
+        out = runner.infer(self.feeds(images, rho, forced_masks))
         masks = forced_masks or (out["mask2"], out["mask3"])
         # One session: the stages are not timed apart (``run_stages`` does, one session each).
         return StageOutputs(out["labels"], masks[0], masks[1], out["stage_counts"], {"total": runner.last_ms})
+
+    def kernel_profile(self, images: np.ndarray, rho: float, forced_masks: tuple[np.ndarray, np.ndarray] | None,
+                       runs: int, warmup: int) -> dict[str, tuple[float, int]]:
+        """op type → (µs, kernel calls) per run: ONNX Runtime's profiler over ``runs`` runs of the
+        cascade as ``run`` runs it (after ``warmup`` untimed ones), in a profiled session of its own.
+
+        Op types are those of the optimized graph ONNX Runtime runs (QGemm, FusedGemm, Reorder…),
+        not of the exported one. The profiler adds a few µs to every kernel, so small ops weigh
+        more here than in a plain run.
+        """
+        with tempfile.TemporaryDirectory(prefix="lc-profile-") as folder:
+            runner = self.cascade_runner(forced_masks is not None, profile_prefix=Path(folder) / "ort")
+            feeds = self.feeds(images, rho, forced_masks)
+            for _ in range(warmup + runs):
+                runner.infer(feeds)
+            events = json.loads(Path(runner.session.end_profiling()).read_text())
+        timed_from = [e["ts"] for e in events if e.get("name") == "model_run"][-runs]  # the warmup runs come first
+        totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for event in events:
+            if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+                continue
+            if event["ts"] >= timed_from:
+                total = totals[event["args"]["op_name"]]
+                total[0] += event["dur"]
+                total[1] += 1
+        return {op: (us / runs, round(calls / runs)) for op, (us, calls) in totals.items()}
 
     def dense_runner(self, manifest: dict[str, Any]) -> OrtRunner:
         return OrtRunner(self.model_dir / manifest["dense"]["file"], self.device, lower=False, threads=self.threads)

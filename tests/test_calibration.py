@@ -301,14 +301,28 @@ def test_compare_fp32_int8_with_accuracy_and_plot(int8, tmp_path) -> None:
     assert list(sources) == ["fp32", "int8"] and sources["int8"][0] == output
     cascades = {name: Cascade.load(folder, **options) for name, (folder, options) in sources.items()}
     dataset = open_dataset("synthetic", "val", limit=3)
-    result = compare_precisions(cascades, [1.0, 0.9], batch=1, iters=2, warmup=0, dataset=dataset, progress=False)
+    result = compare_precisions(cascades, [1.0, 0.9], batch=1, iters=2, warmup=0, dataset=dataset, progress=False,
+                                profile=True)
     rows = {(r["precision"], r["rho"]): r for r in result["rows"]}
+    for (precision, _), row in rows.items():  # the profile shows which kernels each precision runs
+        int8_kernels = {r["op"] for r in row["profile"]["op_types"]} & {"QGemm", "QLinearConv"}
+        assert bool(int8_kernels) == (precision == "int8") and row["profile"]["conv_gemm_ms"] > 0
     assert set(rows) == {("fp32", 1.0), ("fp32", 0.9), ("int8", 1.0), ("int8", 0.9)}
     assert rows[("fp32", 0.9)]["label_agreement"] == 100.0 and rows[("fp32", 0.9)]["speedup_vs_fp32"] == 1.0
     assert rows[("int8", 0.9)]["label_agreement"] >= 97.0
     assert abs(rows[("int8", 0.9)]["miou"] - rows[("fp32", 0.9)]["miou"]) < 5.0
     plot_comparison(result, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_cli_prints_the_profile_per_precision(int8, capsys) -> None:
+    output, _, _ = int8
+    assert run_cli(bench.main, [str(output), "--compare", "fp32,int8", "--rhos", "1,0.9", "--iters", "1",
+                                "--warmup", "0", "--profile"]) == 0
+    table = capsys.readouterr().out.split("ONNX Runtime profile")[1]
+    assert "convolution & GEMM" in table
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| fp32")
+            or line.startswith("| int8")] == ["fp32", "fp32", "int8", "int8"]
 
 
 def test_plot_without_matplotlib(tmp_path, monkeypatch) -> None:

@@ -135,6 +135,35 @@ def test_lc_bench_json(model_dir, capsys) -> None:
 
 
 @pytest.mark.parametrize("lower", [True, False], ids=["lowered", "function-body"])
+def test_lc_bench_profile_counts_each_conv_once_per_run(model_dir, lower: bool, capsys) -> None:
+    """--profile sums ONNX Runtime's kernel events of the timed runs only (not the warmup ones):
+    one convolution or GEMM kernel per run for every Conv / RegionConv of the stage graphs."""
+    import onnx
+
+    from layercascade.runtime.bench import CONV_KERNELS
+
+    argv = [str(model_dir), "--iters", "3", "--warmup", "2", "--json", "--profile"] + ([] if lower else ["--no-lowering"])
+    assert run_cli(bench.main, argv) == 0
+    profile = json.loads(capsys.readouterr().out)["profile"]
+    convs = sum(node.op_type in ("Conv", "RegionConv")
+                for k in (1, 2, 3) for node in onnx.load(str(model_dir / f"stage{k}.onnx")).graph.node)
+    assert sum(r["kernels"] for r in profile["op_types"] if r["op"] in CONV_KERNELS) == convs
+    assert profile["runs"] == 3 and all(r["ms"] > 0 and r["kernels"] > 0 for r in profile["op_types"])
+    assert profile["conv_gemm_ms"] + profile["other_ms"] == pytest.approx(profile["kernel_ms"], abs=2e-3)
+    assert profile["kernel_ms"] == pytest.approx(sum(r["ms"] for r in profile["op_types"]), abs=2e-3)
+    row_gemms = [r for r in profile["op_types"] if r["op"] in ("Gemm", "FusedGemm")]
+    assert bool(row_gemms) == lower  # region convs as row GEMMs; the function bodies run them as dense Convs
+
+
+def test_lc_bench_profile_table_and_backends(model_dir, capsys) -> None:
+    assert run_cli(bench.main, [str(model_dir), "--iters", "2", "--warmup", "0", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "| op type" in out and "convolution & GEMM kernels" in out
+    assert run_cli(bench.main, ["--backend", "torch", "--iters", "1", "--profile"]) == 1  # the demo checkpoint
+    assert "--profile reads ONNX Runtime's profiler" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "function-body"])
 def test_joined_session_equals_the_stages_run_one_by_one(model_dir, lower: bool) -> None:
     """The ONNX Runtime backend runs the three stage graphs joined into one session; it gives
     what the stage graphs give run one after another, thresholded and with forced masks."""

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-stage", action="store_true",
                         help="then also the median ms of each stage (ONNX Runtime: each stage graph run as a "
                              "session of its own, one after another; TensorRT: CUDA events between the stages)")
+    parser.add_argument("--profile", action="store_true",
+                        help="then also ONNX Runtime's profiler over --iters more cascade runs: kernel ms per run by "
+                             "op type, convolution & GEMM kernels against all other ops (with --compare: per "
+                             "precision and ρ); the profiler adds a few µs to every kernel")
     add_backend_arguments(parser)
     compare = parser.add_argument_group("precision comparison")
     compare.add_argument("--compare", type=precision_list, default=None, metavar="LIST",
@@ -52,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --compare and --data: draw FPS against mIoU per precision and ρ")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: cascade, dense (median_ms, p90_ms, p99_ms, fps), speedup, "
-                             "ideal_speedup, stage_fractions, machine (and with --per-stage stages_ms)")
+                             "ideal_speedup, stage_fractions, machine (and with --per-stage stages_ms, with "
+                             "--profile profile)")
     return parser
 
 
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     check_size(args.size, cascade.input_size)
     batch = args.batch or cascade.batch_size or 1
     result = benchmark(cascade, args.rho, batch, args.iters, args.warmup, args.active_fraction,
-                       progress=not args.json, per_stage=args.per_stage)
+                       progress=not args.json, per_stage=args.per_stage, profile=args.profile)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -104,7 +109,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_stage:
         print("per stage, median ms: " + ", ".join(f"stage {k + 1} {ms:.2f}"
                                                    for k, ms in enumerate(result["stages_ms"].values())))
+    if args.profile:
+        print_profile(result["profile"])
     return 0
+
+
+def print_profile(profile: dict, shown: int = 12) -> None:
+    """The op types taking most kernel time, the rest summed, and the convolution / other split."""
+    from layercascade.model.evaluate import markdown_table
+
+    total = profile["kernel_ms"]
+    print(f"ONNX Runtime profile of the cascade, kernel ms per run ({profile['runs']} runs; "
+          "the profiler adds a few µs to every kernel):")
+    ops = profile["op_types"]
+    rows = [[r["op"], f"{r['ms']:.3f}", f"{100 * r['ms'] / total:.1f}", str(r["kernels"])] for r in ops[:shown]]
+    if len(ops) > shown:
+        rest = ops[shown:]
+        rest_ms = sum(r["ms"] for r in rest)
+        rows.append([f"{len(rest)} other op types", f"{rest_ms:.3f}", f"{100 * rest_ms / total:.1f}",
+                     str(sum(r["kernels"] for r in rest))])
+    print(markdown_table(["op type", "ms", "%", "kernels"], rows))
+    print(f"convolution & GEMM kernels {profile['conv_gemm_ms']:.3f} ms ({100 * profile['conv_gemm_ms'] / total:.0f}%), "
+          f"all other ops {profile['other_ms']:.3f} ms, total {total:.3f} ms")
 
 
 def compare_main(args) -> int:
@@ -130,7 +156,7 @@ def compare_main(args) -> int:
         dataset = open_dataset(args.data, "val", limit=args.limit)
     rhos = args.rhos or [args.rho or fp32.default_rho]
     result = compare_precisions(cascades, rhos, args.batch or fp32.batch_size or 1, args.iters, args.warmup,
-                                dataset, progress=not args.json)
+                                dataset, progress=not args.json, profile=args.profile)
     if args.plot:
         plot_comparison(result, args.plot)
     if args.json:
@@ -150,6 +176,12 @@ def compare_main(args) -> int:
             row += [f"{r['miou']:.2f}", f"{r['label_agreement']:.2f}"]
         rows.append(row)
     print(markdown_table(header, rows))
+    if args.profile:
+        print(f"ONNX Runtime profile, kernel ms per run ({args.iters} runs; the profiler adds a few µs to every kernel):")
+        print(markdown_table(["precision", "ρ", "convolution & GEMM", "all other ops", "total"],
+                             [[r["precision"], f"{r['rho']:g}", f"{r['profile']['conv_gemm_ms']:.3f}",
+                               f"{r['profile']['other_ms']:.3f}", f"{r['profile']['kernel_ms']:.3f}"]
+                              for r in result["rows"]]))
     return 0
 
 
