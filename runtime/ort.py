@@ -50,16 +50,18 @@ class OrtRunner:
     """One ONNX graph in an InferenceSession; ``infer`` records its own time in ``last_ms``.
 
     ``source`` is an ONNX file or a model already loaded (``label`` then names it in messages).
+    ``fold_layout``: on the CPU, fold the reorders around INT8 stems in ONNX Runtime's optimized
+    graph (``ort_layout.fold_stem_reorders``; ``layout_folded`` says whether there were any).
     """
 
     def __init__(self, source: Path | Any, device: str = "cpu", lower: bool = True, threads: int = 0,
                  non_negative_inputs: frozenset[str] = frozenset(), label: str | None = None,
-                 profile_prefix: Path | None = None) -> None:
+                 profile_prefix: Path | None = None, fold_layout: bool = True) -> None:
         ort = _onnxruntime()
         path = Path(label if label is not None else source)
         model = load_onnx(source) if isinstance(source, (str, Path)) else source
         from layercascade.runtime.lowering import (LoweringUnsupported, int8_conv_inputs, lower_region_convs,
-                                                   rectified_outputs, relu_as_uint8)
+                                                   mean_as_zero_point, rectified_outputs, relu_as_uint8)
 
         self.rectified_outputs = rectified_outputs(model)
         self.lowered = False
@@ -71,37 +73,54 @@ class OrtRunner:
             except LoweringUnsupported as reason:
                 print(f"warning: {path.name}: running RegionConv function bodies ({reason})", file=sys.stderr)
         # INT8 graphs: non-negative activations as uint8, so ONNX Runtime fuses Conv + ReLU + Q and
-        # runs its fast u8·s8 kernels (docs/calibration.md). No effect on fp32 graphs.
-        model = relu_as_uint8(model, non_negative_inputs)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Worker threads spin while a run hands them work (a lowered cascade is ~200 small ops:
-        # waking sleeping threads for each costs more than the op), and stop spinning when the
-        # run returns, so sessions that run back to back (the cascade and its dense baseline in
-        # lc-bench) or the caller's own threads do not lose their cores to idle spinners.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+        # runs its fast u8·s8 kernels (docs/calibration.md), and the image normalised in one pass.
+        # No effect on fp32 graphs.
+        model = mean_as_zero_point(relu_as_uint8(model, non_negative_inputs))
         # On x86 CPUs without VNNI ONNX Runtime turns int8 activations into uint8 + 128 for its u8·s8
         # kernels, whose 16-bit pair sums then saturate; u8·u8 does not. So INT8 graphs whose convs
         # still read int8 activations (e.g. calibrated before the stem stayed float) get u8·u8.
         # With uint8 activations (zero point 0, mostly small values) u8·s8 is exact in practice and
         # faster (docs/results.md). Lowered graphs never get u8·u8: ONNX Runtime 1.32 would turn the
         # s8 weights into u8 before fusing QGemm, and the GEMMs would stay float.
-        if not self.lowered and int8_conv_inputs(model):
+        u8u8 = not self.lowered and int8_conv_inputs(model)
+        providers = providers_for(device)
+        try:
+            level, serialized = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, model.SerializeToString()
+            if fold_layout and providers == ["CPUExecutionProvider"]:
+                from layercascade.runtime.ort_layout import fold_stem_reorders
+
+                folded = fold_stem_reorders(model, self.options(threads, u8u8))
+                if folded is not None:  # already optimized (and rewritten): load as it is
+                    level, serialized = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, folded.SerializeToString()
+            self.session = ort.InferenceSession(serialized, self.options(threads, u8u8, level, profile_prefix),
+                                                providers=providers)
+        except Exception as error:  # noqa: BLE001 - ORT reports invalid graphs as generic exceptions
+            fail(f"{path}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:160]})")
+        self.layout_folded = level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.path = path
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.last_ms = 0.0
+
+    @staticmethod
+    def options(threads: int, u8u8: bool, level: Any = None, profile_prefix: Path | None = None) -> Any:
+        ort = _onnxruntime()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level is None else level
+        # Worker threads spin while a run hands them work (a lowered cascade is ~200 small ops:
+        # waking sleeping threads for each costs more than the op), and stop spinning when the
+        # run returns, so sessions that run back to back (the cascade and its dense baseline in
+        # lc-bench) or the caller's own threads do not lose their cores to idle spinners.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+        if u8u8:
             options.add_session_config_entry("session.x64quantprecision", "1")
         if threads:
             options.intra_op_num_threads = threads
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = str(profile_prefix)
-        try:
-            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device))
-        except Exception as error:  # noqa: BLE001 - ORT reports invalid graphs as generic exceptions
-            fail(f"{path}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:160]})")
-        self.path = path
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.last_ms = 0.0
+        return options
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         started = time.perf_counter()

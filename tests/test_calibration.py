@@ -217,6 +217,24 @@ def test_relu_as_uint8_keeps_the_int8_values(int8) -> None:
     assert close.mean() >= 0.99
 
 
+def test_int8_stem_reorders_folded_with_the_same_results(int8) -> None:
+    """Where the stem has one NCHWc block of channels (16 on AVX-512) the runner folds ONNX Runtime's
+    NCHWc → NCHW → quantize → NHWC passes after it (ort_layout); the outputs stay bit for bit."""
+    from layercascade.runtime.ort import OrtRunner
+    from layercascade.runtime.ort_layout import nchwc_block_size
+
+    output, _, _ = int8
+    path = output / "stage1.onnx"
+    stem = next(numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+                if t.name == "backbone.stem.0.weight")
+    folded, plain = OrtRunner(path), OrtRunner(path, fold_layout=False)
+    assert folded.layout_folded == (nchwc_block_size() == stem.shape[0]) and not plain.layout_folded
+    images = np.random.default_rng(0).integers(0, 256, (1, *Cascade.load(output).input_size, 3), dtype=np.uint8)
+    feeds = {"image": images, "rho": np.array([0.985], np.float32)}
+    for name, value in plain.infer(feeds).items():
+        np.testing.assert_array_equal(folded.infer(feeds)[name], value, err_msg=name)
+
+
 def test_another_method_reuses_the_statistics(fp32_dir, int8, tmp_path) -> None:
     _, record, cache = int8
     again = calibrate(fp32_dir, tmp_path / "pct", limit=IMAGES, method="percentile", cache=cache, progress=False)
