@@ -72,6 +72,7 @@ class _Value:
     dense: str | None = None
     rows: str | None = None
     region: _Region | None = None
+    channels_last: bool = False  # the tensor is (N, H, W, C): a Transpose of a row tensor
 
 
 class _Lowering:
@@ -225,15 +226,25 @@ class _Lowering:
     def dense_of(self, name: str) -> str:
         value = self.value(name)
         if value.dense is None:
-            channels = self.channels(name)
+            shape = self.shapes.get(name)
+            if value.channels_last and (not shape or len(shape) != 4 or shape[3] is None):
+                raise LoweringUnsupported(f"{name}: channel count not known statically")
+            channels = shape[3] if value.channels_last else self.channels(name)
             dtype = helper.tensor_dtype_to_np_dtype(self.types.get(name) or onnx.TensorProto.FLOAT)
-            grid = self.once(("grid_shape", channels), lambda: self.zeros_shape(channels, value.region))
-            zeros = self.add("ConstantOfShape", [grid], "zeros", value=numpy_helper.from_array(np.zeros(1, dtype)))
-            scattered = self.add("ScatterND", [zeros, self.column(value.region.idx), value.rows], "scatter")
-            nhwc = self.add("Reshape", [scattered, self.const(
-                "nhwc_shape", np.array([-1, self.height, self.width, channels], np.int64))], "nhwc_dense")
-            value.dense = self.add("Transpose", [nhwc], "dense", perm=[0, 3, 1, 2])
+            nhwc = self.once(("nhwc_dense", value.rows), lambda: self.nhwc_dense(value, channels, dtype))
+            value.dense = nhwc if value.channels_last else self.add("Transpose", [nhwc], "dense", perm=[0, 3, 1, 2])
         return value.dense
+
+    def nhwc_dense(self, value: _Value, channels: int, dtype: np.dtype) -> str:
+        """Row tensor ``value`` as an (N, H, W, C) map, zero outside its region."""
+        grid = self.once(("grid_shape", channels), lambda: self.zeros_shape(channels, value.region))
+        zeros = self.add("ConstantOfShape", [grid], "zeros", value=numpy_helper.from_array(np.zeros(1, dtype)))
+        scattered = self.add("ScatterND", [zeros, self.column(value.region.idx), value.rows], "scatter")
+        return self.add("Reshape", [scattered, self.nhwc_shape(channels)], "nhwc_dense")
+
+    def nhwc_shape(self, channels: int) -> str:
+        return self.once(("nhwc_shape", channels), lambda: self.const(
+            "nhwc_shape", np.array([-1, self.height, self.width, channels], np.int64)))
 
     def zeros_shape(self, channels: int, region: _Region) -> str:
         """(N·H·W, channels): a constant when the batch is static."""
@@ -286,8 +297,17 @@ class _Lowering:
             return self.qdq_row_op(node)
         if node.op_type == "Mul" and len(node.input) == 2 and any(i in self.masks for i in node.input):
             return self.masked(node)
+        if node.op_type == "Transpose" and _attributes(node).get("perm") == [0, 2, 3, 1]:
+            source = self.value(node.input[0])
+            if source.rows is None or source.channels_last:
+                return False
+            self.values[node.output[0]] = _Value(rows=source.rows, region=source.region, channels_last=True)
+            return True
+        if node.op_type == "Add" and self.region_select(node):
+            return True
         inputs = [self.value(i) for i in node.input]
-        if node.op_type not in ROW_OPS or any(v.rows is None or v.region is not inputs[0].region for v in inputs):
+        if node.op_type not in ROW_OPS or any(v.rows is None or v.region is not inputs[0].region or v.channels_last
+                                              for v in inputs):
             return False  # a dense operand, or rows of two regions: the result is not zero outside one
         attrs = _attributes(node)
         if node.op_type == "Concat" and attrs.get("axis") != 1:
@@ -295,6 +315,45 @@ class _Lowering:
         out = self.add(node.op_type, [v.rows for v in inputs], f"{node.name}/rows", **attrs)
         self.values[node.output[0]] = _Value(rows=out, region=inputs[0].region)
         return True
+
+    def region_select(self, node: onnx.NodeProto) -> bool:
+        """Stage 3's score fusion ``E · (1 − Mᵀ) + Sᵀ``, channels-last (Mᵀ, Sᵀ: M and S transposed to
+        NHWC), where S is a row tensor of M's region: E with S's rows written in (a ScatterND on a
+        copy of E instead of a subtract, a product, a sum and S's own scatter into zeros).
+
+        Exact for finite E: S is 0 outside M, and inside M the sum is 0 · E + S.
+        """
+        for kept, selected in (node.input, node.input[::-1]):
+            scores, product = self.value(selected), self.producers.get(kept)
+            if scores.rows is None or not scores.channels_last or product is None or product.op_type != "Mul":
+                continue
+            for earlier, outside in (product.input, product.input[::-1]):
+                complement = self.producers.get(outside)
+                if complement is None or complement.op_type != "Sub" or not self.is_one(complement.input[0]):
+                    continue
+                transpose = self.producers.get(complement.input[1])
+                shape = self.shapes.get(node.output[0])
+                if (transpose is None or transpose.op_type != "Transpose"
+                        or _attributes(transpose).get("perm") != [0, 2, 3, 1]
+                        or self.regions.get(transpose.input[0]) is not scores.region
+                        or not shape or len(shape) != 4 or shape[3] is None or self.shapes.get(earlier) != shape
+                        or self.types.get(earlier) != self.types.get(selected)):
+                    continue
+                channels = shape[3]
+                flat = self.add("Reshape", [self.dense_of(earlier), self.const(
+                    "rows_shape", np.array([-1, channels], np.int64))], f"{node.name}/flat")
+                written = self.add("ScatterND", [flat, self.column(scores.region.idx), scores.rows],
+                                   f"{node.name}/written")
+                self.values[node.output[0]] = _Value(dense=self.add(
+                    "Reshape", [written, self.nhwc_shape(channels)], f"{node.name}/nhwc"))
+                return True
+        return False
+
+    def is_one(self, name: str) -> bool:
+        if name not in self.initializers:
+            return False
+        value = numpy_helper.to_array(self.initializers[name])
+        return value.size == 1 and float(value.reshape(-1)[0]) == 1.0
 
     def masked(self, node: onnx.NodeProto) -> bool:
         """``x ⊙ M``: zero outside the region, so its rows are exact; dense ``x`` keeps a dense form

@@ -96,3 +96,23 @@ def test_masked_dense_tensor_joins_rows() -> None:
     masked = graph.g.node("Mul", [pooled, graph.masks["m"]], "pool/region")
     mixed = graph.g.node("Add", [masked, graph.conv(graph.x, "m")], "mixed")
     assert_lowering_matches_bodies(graph.build(graph.conv(mixed, "m")), feeds(("m",), (0.4,)))
+
+
+@pytest.mark.parametrize("shares", [(0.0,), (0.3,), (1.0,)], ids=["none", "some", "all"])
+def test_score_fusion_writes_the_region_rows_into_the_earlier_scores(shares) -> None:
+    """Stage 3's channels-last fusion ``E · (1 − Mᵀ) + Sᵀ`` with S a region conv's output: the
+    lowering writes S's rows into E with one ScatterND (no product, no zero-filled map of S)."""
+    graph = Graph()
+    g = graph.g
+
+    def nhwc(name: str) -> str:
+        return g.node("Transpose", [name], f"{name}/nhwc", perm=[0, 2, 3, 1])
+
+    scores = graph.conv(graph.x, "m", relu=False)
+    earlier = g.node("Relu", [graph.x], "earlier")
+    outside = g.node("Sub", [g.constant("one", np.float32(1)), nhwc(graph.masks["m"])], "outside")
+    fused = g.node("Add", [g.node("Mul", [nhwc(earlier), outside], "kept"), nhwc(scores)], "fuse")
+    model = graph.build(g.node("Transpose", [fused], "nchw", perm=[0, 3, 1, 2]))
+    lowered = assert_lowering_matches_bodies(model, feeds(("m",), shares))
+    ops = [n.op_type for n in lowered.graph.node]
+    assert ops.count("ScatterND") == 1 and "ConstantOfShape" not in ops and "Mul" not in ops

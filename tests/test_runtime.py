@@ -186,8 +186,9 @@ def test_joined_session_equals_the_stages_run_one_by_one(model_dir, lower: bool)
 
 def test_joined_lowering_keeps_stage2_rows_for_stage3(model_dir) -> None:
     """In the joined graph stage 3's region convs read stage 2's rows: feat2 is never scattered
-    back to a dense map (the scatters left are those of scores2 and scores3, which the
-    thresholds and the fusion read densely)."""
+    back to a dense map. The scatters left: scores2's into zeros (stage 2's threshold reads it
+    densely), and the two score fusions, which write the rows of scores2 and scores3 into the
+    scores before them instead of adding their zero-filled maps."""
     import onnx
 
     from layercascade.runtime.cascade_graph import cascade_graph
@@ -195,5 +196,8 @@ def test_joined_lowering_keeps_stage2_rows_for_stage3(model_dir) -> None:
 
     stages = [onnx.load(str(model_dir / f"stage{k}.onnx")) for k in (1, 2, 3)]
     lowered = lower_region_convs(cascade_graph(stages))
+    producers = {o: n for n in lowered.graph.node for o in n.output}
     scatters = [n for n in lowered.graph.node if n.op_type == "ScatterND" and n.name.startswith("lowered/")]
-    assert len(scatters) == 2
+    into = sorted(producers[n.input[0]].op_type for n in scatters)
+    assert into == ["ConstantOfShape", "Reshape", "Reshape"]
+    assert sum("fuse/" in n.name for n in scatters) == 2
