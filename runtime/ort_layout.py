@@ -64,8 +64,10 @@ def optimize(serialized: bytes, options: Any) -> onnx.ModelProto:
 def fold_stem_reorders(model: onnx.ModelProto, options: Any) -> onnx.ModelProto | None:
     """ONNX Runtime's optimized graph of ``model`` (with ``options``, used up) with every NCHWc → NCHW →
     quantize → NHWC chain of a one-block conv output folded (module doc); None where there is none."""
+    if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        return None  # float graphs have no float → int8 boundary
     block = nchwc_block_size()
-    if block is None or not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+    if block is None:
         return None
     optimized = optimize(model.SerializeToString(), options)
     graph = optimized.graph
