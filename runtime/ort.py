@@ -104,6 +104,7 @@ class OrtRunner:
 
     @staticmethod
     def options(threads: int, u8u8: bool, level: Any = None, profile_prefix: Path | None = None) -> Any:
+        """The session options of every runner (``level``: graph optimizations, all by default)."""
         ort = _onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level is None else level
