@@ -150,9 +150,9 @@ class OrtBackend(StagedBackend):
         self.lower = lower
         self.threads = threads
         self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
-        self.runner = self.cascade_runner(forced_masks=False)
         self._forced_runner: OrtRunner | None = None
         self._stages: list[OrtRunner] | None = None
+        self.runner = self.cascade_runner(forced_masks=False)  # its errors may build ``stages``: set first
 
     def cascade_runner(self, forced_masks: bool, profile_prefix: Path | None = None) -> OrtRunner:
         from layercascade.runtime.cascade_graph import cascade_graph

@@ -55,6 +55,19 @@ def test_truncated_onnx(broken) -> None:
         Cascade.load(broken)
 
 
+def test_stage_graph_onnx_runtime_rejects(broken) -> None:
+    """A stage graph that parses but ONNX Runtime cannot load: the error names that stage's file,
+    not the joined graph."""
+    import onnx
+
+    model = onnx.load(str(broken / "stage2.onnx"))
+    model.graph.node[-1].op_type = "NoSuchOp"
+    onnx.save(model, str(broken / "stage2.onnx"))
+    refresh_hash(broken, "stage2.onnx")
+    with pytest.raises(LCError, match="stage2.onnx: ONNX Runtime cannot load it"):
+        Cascade.load(broken)
+
+
 def test_missing_stage_file(broken) -> None:
     (broken / "stage3.onnx").unlink()
     with pytest.raises(LCError, match="stage3.onnx: missing"):
