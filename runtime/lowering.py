@@ -33,6 +33,7 @@ the function bodies.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,11 +118,11 @@ class _Lowering:
     def value(self, name: str) -> _Value:
         return self.values.setdefault(name, _Value(dense=name))
 
-    def channels(self, name: str) -> int:
+    def channels(self, name: str, axis: int = 1) -> int:
         shape = self.shapes.get(name)
-        if not shape or len(shape) != 4 or shape[1] is None:
+        if not shape or len(shape) != 4 or shape[axis] is None:
             raise LoweringUnsupported(f"{name}: channel count not known statically")
-        return shape[1]
+        return shape[axis]
 
     def column(self, vector: str) -> str:
         """(P,) → (P, 1)."""
@@ -202,8 +203,7 @@ class _Lowering:
             # NCHWc → NCHW reorder.
             nhwc = self.add("Transpose", [dense], "nhwc", perm=[0, 2, 3, 1])
             padded = self.add("Pad", [nhwc, self.border_pads("nhwc")], "padded")
-            return self.add("Reshape", [padded, self.const("rows_shape", np.array([-1, self.channels(dense)], np.int64))],
-                            "all_rows")
+            return self.add("Reshape", [padded, self.rows_shape(self.channels(dense))], "all_rows")
         return self.once(("dense_rows", dense), build)
 
     def padded_rows(self, rows: str) -> str:
@@ -226,10 +226,7 @@ class _Lowering:
     def dense_of(self, name: str) -> str:
         value = self.value(name)
         if value.dense is None:
-            shape = self.shapes.get(name)
-            if value.channels_last and (not shape or len(shape) != 4 or shape[3] is None):
-                raise LoweringUnsupported(f"{name}: channel count not known statically")
-            channels = shape[3] if value.channels_last else self.channels(name)
+            channels = self.channels(name, axis=3 if value.channels_last else 1)
             dtype = helper.tensor_dtype_to_np_dtype(self.types.get(name) or onnx.TensorProto.FLOAT)
             nhwc = self.once(("nhwc_dense", value.rows), lambda: self.nhwc_dense(value, channels, dtype))
             value.dense = nhwc if value.channels_last else self.add("Transpose", [nhwc], "dense", perm=[0, 3, 1, 2])
@@ -241,6 +238,10 @@ class _Lowering:
         zeros = self.add("ConstantOfShape", [grid], "zeros", value=numpy_helper.from_array(np.zeros(1, dtype)))
         scattered = self.add("ScatterND", [zeros, self.column(value.region.idx), value.rows], "scatter")
         return self.add("Reshape", [scattered, self.nhwc_shape(channels)], "nhwc_dense")
+
+    def rows_shape(self, channels: int) -> str:
+        return self.once(("rows_shape", channels), lambda: self.const(
+            "rows_shape", np.array([-1, channels], np.int64)))
 
     def nhwc_shape(self, channels: int) -> str:
         return self.once(("nhwc_shape", channels), lambda: self.const(
@@ -329,7 +330,8 @@ class _Lowering:
                 continue
             for earlier, outside in (product.input, product.input[::-1]):
                 complement = self.producers.get(outside)
-                if complement is None or complement.op_type != "Sub" or not self.is_one(complement.input[0]):
+                if (complement is None or complement.op_type != "Sub"
+                        or scalar_value(self.initializers, complement.input[0]) != 1.0):
                     continue
                 transpose = self.producers.get(complement.input[1])
                 shape = self.shapes.get(node.output[0])
@@ -340,20 +342,13 @@ class _Lowering:
                         or self.types.get(earlier) != self.types.get(selected)):
                     continue
                 channels = shape[3]
-                flat = self.add("Reshape", [self.dense_of(earlier), self.const(
-                    "rows_shape", np.array([-1, channels], np.int64))], f"{node.name}/flat")
+                flat = self.add("Reshape", [self.dense_of(earlier), self.rows_shape(channels)], f"{node.name}/flat")
                 written = self.add("ScatterND", [flat, self.column(scores.region.idx), scores.rows],
                                    f"{node.name}/written")
                 self.values[node.output[0]] = _Value(dense=self.add(
                     "Reshape", [written, self.nhwc_shape(channels)], f"{node.name}/nhwc"))
                 return True
         return False
-
-    def is_one(self, name: str) -> bool:
-        if name not in self.initializers:
-            return False
-        value = numpy_helper.to_array(self.initializers[name])
-        return value.size == 1 and float(value.reshape(-1)[0]) == 1.0
 
     def masked(self, node: onnx.NodeProto) -> bool:
         """``x ⊙ M``: zero outside the region, so its rows are exact; dense ``x`` keeps a dense form
@@ -490,23 +485,14 @@ def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = 
     initializers = {t.name: t for t in graph.initializer}
     nodes = list(graph.node)  # one Python object per node, so id() names it
     producers = {output: node for node in nodes for output in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(nodes)
     outputs = {o.name for o in graph.output}
-
-    def is_zero(name: str) -> bool:
-        if name not in initializers:
-            return False
-        value = numpy_helper.to_array(initializers[name])
-        return value.size == 1 and not value.any()
 
     def rectifier(name: str) -> onnx.NodeProto | None:
         """The ReLU or Max(·, 0) node producing ``name``."""
         node = producers.get(name)
         if node is not None and (node.op_type == "Relu" or (node.op_type == "Max" and len(node.input) == 2
-                                                             and is_zero(node.input[1]))):
+                                                             and scalar_value(initializers, node.input[1]) == 0.0)):
             return node
         return None
 
@@ -562,10 +548,7 @@ def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = 
     kept = [n for n in nodes if id(n) not in removed]
     del graph.node[:]
     graph.node.extend(kept)
-    used = {i for n in graph.node for i in n.input}
-    kept_initializers = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_initializers)
+    _drop_unused_initializers(graph)
     return model
 
 
@@ -586,10 +569,7 @@ def mean_as_zero_point(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     producers = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(graph.node)
     uint8_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
 
     def is_uint8(name: str) -> bool:
@@ -637,10 +617,7 @@ def mean_as_zero_point(model: onnx.ModelProto) -> onnx.ModelProto:
         rewritten = True
     if not rewritten:
         return original
-    used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _drop_unused_initializers(graph)
     return model
 
 
@@ -680,6 +657,30 @@ def _per_tensor_zero_point_0(node: onnx.NodeProto, initializers: dict[str, onnx.
         return False
     scale, zero = (numpy_helper.to_array(initializers[i]) for i in node.input[1:])
     return scale.size == 1 and zero.size == 1 and (dtype is None or zero.dtype == dtype) and not zero.any()
+
+
+def consumers_of(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name → the nodes that read it."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def scalar_value(initializers: dict[str, onnx.TensorProto], name: str) -> float | None:
+    """The value of a one-element initializer, else None."""
+    if name not in initializers:
+        return None
+    value = numpy_helper.to_array(initializers[name])
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

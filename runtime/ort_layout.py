@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from layercascade.runtime.lowering import consumers_of
+
 NCHWC = "com.microsoft.nchwc"
 
 
@@ -71,10 +73,7 @@ def fold_stem_reorders(model: onnx.ModelProto, options: Any) -> onnx.ModelProto 
         return None
     optimized = optimize(model.SerializeToString(), options)
     graph = optimized.graph
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(graph.node)
     scalars = {t.name for t in graph.initializer if int(np.prod(t.dims)) == 1}
     outputs = {o.name for o in graph.output}
 

@@ -9,6 +9,9 @@ from layercascade.errors import fail, run_cli
 from layercascade.model.cli.args import DATA_HELP, add_backend_arguments, backend_options, float_pair, rho, size
 
 
+PROFILER_COST = "the profiler adds a few µs to every kernel"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lc-bench",
@@ -37,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true",
                         help="then also ONNX Runtime's profiler over --iters more cascade runs: kernel ms per run by "
                              "op type, convolution & GEMM kernels against all other ops (with --compare: per "
-                             "precision and ρ); the profiler adds a few µs to every kernel")
+                             f"precision and ρ); {PROFILER_COST}")
     add_backend_arguments(parser)
     compare = parser.add_argument_group("precision comparison")
     compare.add_argument("--compare", type=precision_list, default=None, metavar="LIST",
@@ -119,8 +122,7 @@ def print_profile(profile: dict, shown: int = 12) -> None:
     from layercascade.model.evaluate import markdown_table
 
     total = profile["kernel_ms"]
-    print(f"ONNX Runtime profile of the cascade, kernel ms per run ({profile['runs']} runs; "
-          "the profiler adds a few µs to every kernel):")
+    print(f"ONNX Runtime profile of the cascade, kernel ms per run ({profile['runs']} runs; {PROFILER_COST}):")
     ops = profile["op_types"]
     rows = [[r["op"], f"{r['ms']:.3f}", f"{100 * r['ms'] / total:.1f}", str(r["kernels"])] for r in ops[:shown]]
     if len(ops) > shown:
@@ -177,7 +179,7 @@ def compare_main(args) -> int:
         rows.append(row)
     print(markdown_table(header, rows))
     if args.profile:
-        print(f"ONNX Runtime profile, kernel ms per run ({args.iters} runs; the profiler adds a few µs to every kernel):")
+        print(f"ONNX Runtime profile, kernel ms per run ({args.iters} runs; {PROFILER_COST}):")
         print(markdown_table(["precision", "ρ", "convolution & GEMM", "all other ops", "total"],
                              [[r["precision"], f"{r['rho']:g}", f"{r['profile']['conv_gemm_ms']:.3f}",
                                f"{r['profile']['other_ms']:.3f}", f"{r['profile']['kernel_ms']:.3f}"]
