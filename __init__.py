@@ -1,10 +1,10 @@
 """layercascade: Layer Cascade segmentation networks from a PyTorch checkpoint to fast inference.
 
-Top-level folders follow the data flow (DESIGN §3): ``model`` (network, training, data,
-metrics), ``export`` (ONNX), ``calibration`` (INT8), ``plugins`` (region-conv kernels),
-``runtime`` (backends and CLIs). Heavy dependencies (torch, onnxruntime, TensorRT) are
-imported only inside the parts that need them: ``from layercascade import Cascade`` loads
-the runtime on first use.
+Top-level folders follow the data flow (docs/architecture.md): ``model`` (network, training, data,
+metrics), ``export`` (ONNX graphs and graph passes), ``calibration`` (INT8), ``plugins`` (region-conv
+kernels, TensorRT plugin), ``runtime`` (backends, the cascade, benchmarks), ``cli`` (the commands).
+Heavy dependencies (torch, onnxruntime, TensorRT) are imported only inside the parts that need
+them: ``from layercascade import Cascade`` loads the runtime on first use.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from layercascade.errors import LCError
+from layercascade.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Cascade", "LCError", "__version__"]
 
 

@@ -1,7 +1,8 @@
-"""``lc.json``: the manifest of an exported model directory (DESIGN §5).
+"""``lc.json``: the manifest of an exported model directory, and writing files atomically.
 
-Shared by the exporter (writes it) and every runtime backend (reads and verifies it);
-numpy-free and torch-free.
+Shared by the exporter and lc-calibrate (write model dirs), lc-build (engine dirs) and every
+runtime backend (reads and verifies them); numpy-free and torch-free. What ``lc.json`` holds:
+docs/export.md.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -55,6 +57,39 @@ def read_manifest(model_dir: str | os.PathLike, verify: bool = True) -> dict[str
         if verify and sha256_file(file) != digest:
             fail(f"{file}: sha256 does not match {MANIFEST}; the file was changed or damaged, re-export the model")
     return manifest
+
+
+def read_cascade_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The verified ``lc.json`` of a cascade model dir (not a dense export)."""
+    manifest = read_manifest(model_dir)
+    if manifest.get("kind") != "cascade":
+        fail(f"{model_dir}: holds a {manifest.get('kind')!r} model, not a cascade; export without --dense")
+    return manifest
+
+
+def model_hash(manifest: dict[str, Any]) -> str:
+    """sha256 over the sha256 of every file of the model dir: names one exported model."""
+    return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
+
+
+def write_atomic(path: str | os.PathLike[str], write_fn: Callable[[Path], object]) -> None:
+    """Create ``path`` through ``write_fn(temporary_path)``, then move it into place in one step.
+
+    The temporary file sits beside ``path`` (same file system, so ``os.replace`` is atomic)
+    and keeps its extension, so writers that pick a format from the name still work. If
+    ``write_fn`` fails or the run is interrupted, the temporary file is removed and an
+    existing ``path`` is left untouched: readers never see a half-written file.
+    """
+    path = Path(path)
+    # A fresh name instead of mkstemp: the writer creates the file itself, so it gets the
+    # usual permissions (mkstemp's are 0600).
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        write_fn(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def write_model_dir(target: str | os.PathLike, write: Callable[[Path], dict[str, Any]]) -> Path:

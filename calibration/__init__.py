@@ -1,1 +1,1 @@
-"""Cascade-aware INT8 calibration of exported stage graphs (lc-calibrate); see DESIGN §7."""
+"""Cascade-aware INT8 calibration of exported stage graphs (lc-calibrate); see docs/calibration.md."""

@@ -13,8 +13,11 @@ import numpy as np
 
 from layercascade.calibration.quantize import quantize_graph
 from layercascade.calibration.statistics import METHODS, Statistics, collect, float_convs, graph_files
+from layercascade.contract import rho_or_default
 from layercascade.errors import fail
-from layercascade.manifest import write_model_dir
+from layercascade.export.graph import load_onnx
+from layercascade.manifest import model_hash, read_cascade_manifest, write_model_dir
+from layercascade.model.data.images import resize_image
 
 # The fields of the statistics' ``meta`` that must match for a cached file to be reused.
 CACHE_KEY_FIELDS = ("model", "data", "split", "seed", "limit", "images", "rho", "cascade_aware")
@@ -24,26 +27,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "layercascade" / "calibration"
 
 
-def model_hash(manifest: dict[str, Any]) -> str:
-    """sha256 over the sha256 of every file of the model dir: names one exported model."""
-    return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
-
-
 def calibration_images(dataset: Any, size: tuple[int, int], batch: int) -> Iterator[np.ndarray]:
     """The images of ``dataset`` as (batch, H, W, 3) uint8 arrays at the model's input size.
 
     A static batch above 1 is filled up at the end with the first images again.
     """
-    from PIL import Image
-
-    height, width = size
     count = -(-len(dataset) // batch) * batch
     images = []
     for index in range(count):
         image, _ = dataset[index % len(dataset)]
-        if image.shape[:2] != (height, width):  # bilinear, as Cascade.prepare resizes at run time
-            image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-        images.append(image)
+        images.append(resize_image(image, size))  # as Cascade.prepare resizes at run time
         if len(images) == batch:
             yield np.stack(images)
             images = []
@@ -86,7 +79,6 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
     import onnxruntime
 
     from layercascade.model.data import open_dataset
-    from layercascade.runtime.cascade import read_cascade_manifest
 
     if method not in METHODS:
         fail(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
@@ -104,13 +96,13 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
         fail(f"calibration data {data!r} has {len(dataset.classes)} classes, the model {len(manifest['classes'])}: "
              "calibrate on images of the kind the model was trained on")
     meta = {"model": model_hash(manifest), "data": data, "split": split, "seed": seed, "limit": limit,
-            "images": len(dataset), "rho": float(manifest["default_rho"] if rho is None else rho),
+            "images": len(dataset), "rho": rho_or_default(rho, manifest["default_rho"]),
             "cascade_aware": cascade_aware}
     if cache is None:
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
         cache = default_cache_dir() / f"{key}.npz"
     statistics, reused = load_statistics(model_dir, manifest, dataset, meta, cache, progress)
-    models = {name: onnx.load(str(model_dir / name)) for name in graph_files(manifest)}
+    models = {name: load_onnx(model_dir / name) for name in graph_files(manifest)}
     record = {
         "precision": "int8",
         "method": method,

@@ -1,14 +1,14 @@
 """Explicit-QDQ INT8 stage graphs: int8 weights per output channel, int8 activations per tensor, both symmetric.
 
 This is the form TensorRT's strongly typed INT8 parses and ONNX Runtime's CPU int8 kernels
-run (DESIGN §7). The heads' classifiers and the stem (``statistics.float_convs``) stay float.
+run (docs/calibration.md). The heads' classifiers and the stem (``statistics.float_convs``) stay float.
 
 * standard graphs (stage 1, the dense graph): ONNX Runtime's ``QDQQuantizer`` puts Q/DQ on
   every Conv input and output (ONNX Runtime fuses DQ → Conv → Q into QLinearConv) with
   int32 biases;
 * ``lc::RegionConv`` graphs (stages 2–3): inserted here. ``QDQQuantizer`` knows only its
   registry's op types (its ``QDQConv`` asserts ``op_type == "Conv"``) and would make the
-  bias int32 at the input scale; the row lowering (runtime/lowering.py) and the TensorRT
+  bias int32 at the input scale; the row lowering (export/lowering.py) and the TensorRT
   plugin want a float bias added after the int8 GEMM. So X gets Q → DQ (one pair per
   tensor, shared by every RegionConv reading it), W becomes an int8 initializer behind a
   DQ with ``axis = 0``, B stays float, and the output goes on in float. Scales come from

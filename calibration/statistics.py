@@ -1,4 +1,4 @@
-"""Activation statistics of a model dir's stage graphs, collected cascade-aware (DESIGN §7).
+"""Activation statistics of a model dir's stage graphs, collected cascade-aware (docs/calibration.md).
 
 The fp32 stage graphs run on the calibration images exactly as the cascade runs them
 (stage 1's masks at the calibration ρ feed stages 2 and 3). Every tensor that will carry a
@@ -6,7 +6,7 @@ QuantizeLinear is recorded as a histogram by ONNX Runtime's own ``HistogramColle
 
 * stage 1 and the dense graph: all pixels;
 * stages 2 and 3 (cascade-aware, the default): only the rows of the pixels that reach the
-  stage (M₂, M₃). Outside its region a stage's tensors are exactly zero (DESIGN §4) or
+  stage (M₂, M₃). Outside its region a stage's tensors are exactly zero (the region semantics) or
   never read, so all-pixel statistics (``cascade_aware=False``, the naive calibration kept
   for the ablation) drown the real distribution in a spike at zero.
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import redirect_stdout
 from collections.abc import Iterable
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from layercascade.contract import IMAGE, MASK2, MASK3, RHO
 from layercascade.errors import fail
-from layercascade.runtime.inputs import write_atomic
+from layercascade.export.graph import consumers_of, load_onnx
+from layercascade.export.regionconv import DOMAIN as REGION_CONV_DOMAIN
+from layercascade.export.regionconv import OP_TYPE as REGION_CONV_OP
+from layercascade.export.session import inference_session
+from layercascade.manifest import write_atomic
 
 METHODS = ("minmax", "percentile", "entropy")
 # Histogram resolution: 512 bins over ±max|x| (more as the range grows), searched for the
@@ -45,7 +50,7 @@ NUM_BINS = 512
 NUM_QUANTIZED_BINS = 128
 PERCENTILE = 99.999
 FORMAT_VERSION = 1
-REGION_CONV = ("lc", "RegionConv")
+REGION_CONV = (REGION_CONV_DOMAIN, REGION_CONV_OP)
 
 
 def is_conv(node: Any) -> bool:
@@ -55,15 +60,6 @@ def is_conv(node: Any) -> bool:
 def graph_files(manifest: dict[str, Any]) -> list[str]:
     """The ONNX files of a model dir: the stages in order, then the dense graph."""
     return [stage["file"] for stage in manifest["stages"]] + [manifest["dense"]["file"]]
-
-
-def consumers_of(model: Any) -> dict[str, list[Any]]:
-    """Tensor name → the nodes that read it."""
-    consumers: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return consumers
 
 
 def histogram_collector(method: str) -> Any:
@@ -78,7 +74,7 @@ def score_convs(model: Any) -> set[str]:
     """Names of the convs whose output no other conv reads, even through other ops: the heads'
     classifiers. They stay float: their scores decide which pixels go on to the next stage,
     and int8 error there moves pixels between stages (docs/results.md)."""
-    consumers = consumers_of(model)
+    consumers = consumers_of(model.graph.node)
     reaches: dict[str, bool] = {}
 
     def reaches_conv(tensor: str) -> bool:
@@ -98,9 +94,9 @@ def image_convs(model: Any) -> set[str]:
     an int8 stem pulls the image normalisation (Sub, Div) into its NHWC layout, where the
     3-channel broadcasts run slower (docs/calibration.md).
     """
-    consumers = consumers_of(model)
+    consumers = consumers_of(model.graph.node)
     found: set[str] = set()
-    pending, seen = ["image"], set()
+    pending, seen = [IMAGE], set()
     while pending:
         tensor = pending.pop()
         for node in consumers.get(tensor, []):
@@ -227,17 +223,13 @@ class _Recorder:
 
     def __init__(self, path: Path) -> None:
         import onnx
-        import onnxruntime
 
-        model = onnx.load(str(path))
+        model = load_onnx(path)
         self.tensors = quantized_tensors(model)
         present = {o.name for o in model.graph.output}
         model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                                   for name in self.tensors if name not in present)
-        options = onnxruntime.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = inference_session(model)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
@@ -261,11 +253,11 @@ def collect(model_dir: Path, manifest: dict[str, Any], images: Iterable[np.ndarr
     with quiet, tqdm(total=count, desc="calibrating", unit="batch", disable=not progress, leave=False) as bar:
         for image in images:
             stage1, stage2, stage3, dense = recorders
-            out1 = stage1.run({"image": image, "rho": rho_array})
-            out2 = stage2.run({**out1, "rho": rho_array})
+            out1 = stage1.run({IMAGE: image, RHO: rho_array})
+            out2 = stage2.run({**out1, RHO: rho_array})
             out3 = stage3.run({**out1, **out2})
-            regions = (None, out1["mask2"], out2["mask3"], None)
-            outputs = (out1, out2, out3, dense.run({"image": image}))
+            regions = (None, out1[MASK2], out2[MASK3], None)
+            outputs = (out1, out2, out3, dense.run({IMAGE: image}))
             for k, (name, recorder, values, region) in enumerate(zip(files, recorders, outputs, regions)):
                 if region is not None:
                     reached[k - 1] += int(region.sum())
@@ -278,7 +270,7 @@ def collect(model_dir: Path, manifest: dict[str, Any], images: Iterable[np.ndarr
     for stage, pixels in zip((2, 3), reached):
         if pixels == 0:
             fail(f"no calibration image sent a pixel to stage {stage} at ρ = {rho:g}; "
-                 "raise --per-stage-rho or calibrate on more images")
+                 "raise --rho or calibrate on more images")
     histograms = {f"{name}:{tensor}": histogram for name in files
                   for tensor, histogram in collectors[name].get_histogram_dict().items()}
     return Statistics(histograms, {**meta, "format": FORMAT_VERSION, "pixels_reaching": reached})

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-from layercascade import __version__
 from layercascade.errors import fail
 from layercascade.manifest import sha256_file
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.config import ModelConfig
 from layercascade.model.flops import stage_costs
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet
+from layercascade.version import __version__
 
 MIN_INPUT_SIZE = 16
 

@@ -1,16 +1,10 @@
 """Build the three stage graphs (and the dense baseline) of a checkpoint; write a model dir.
 
-Stage graph contract (recorded in ``lc.json``):
-
-* ``stage1.onnx``: ``image`` uint8 (N, H, W, 3) RGB, ``rho`` float (1,) → ``feat1``,
-  ``scores1``, ``mask2`` (normalisation happens inside the graph);
-* ``stage2.onnx``: ``feat1``, ``mask2``, ``rho`` → ``feat2``, ``scores2``, ``mask3``;
-* ``stage3.onnx``: ``feat2``, ``mask3``, ``scores1``, ``scores2``, ``mask2`` → ``labels`` uint8
-  (N, H, W) and ``stage_counts`` int64 (N, 3): pixels decided at each stage;
-* ``dense.onnx``: ``image`` → ``labels``: the same weights as a plain network (every pixel
-  through all stages' blocks, final head only) — the baseline a user would otherwise deploy.
-
-Masks are float 0/1 at the stage resolution; ``rho`` is an input, never a constant.
+The graphs follow the stage graph contract of ``layercascade.contract`` (recorded in ``lc.json``):
+``stage1.onnx`` takes the uint8 image (normalisation happens inside the graph) and ρ, ``stage3.onnx``
+gives the label map and the per-stage counts, and ``dense.onnx`` (``image`` → ``labels``) holds the
+same weights as a plain network (every pixel through all stages' blocks, final head only) — the
+baseline a user would otherwise deploy.
 """
 
 from __future__ import annotations
@@ -24,6 +18,19 @@ import onnx
 import torch
 from onnx import TensorProto, numpy_helper
 
+from layercascade.contract import (
+    FEAT1,
+    FEAT2,
+    IMAGE,
+    LABELS,
+    MASK2,
+    MASK3,
+    RHO,
+    SCORES1,
+    SCORES2,
+    STAGE_COUNTS,
+    STAGE_OUTPUTS,
+)
 from layercascade.errors import fail
 from layercascade.export import regionconv
 from layercascade.export.describe import check_input_size, model_keys, stage_shapes
@@ -32,6 +39,7 @@ from layercascade.export.graph import GraphBuilder
 from layercascade.manifest import write_model_dir
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet
+from layercascade.model.ops import backbone_ops, head_ops
 
 SUPPORTED_OPSETS = range(18, 22)
 SCALE = 8  # stage resolution → input resolution
@@ -58,7 +66,7 @@ class _Exporter:
     def normalized_image(self, g: GraphBuilder) -> str:
         """``(image − mean) / std`` as float NCHW; :meth:`fold_normalisation` later moves the
         division into the convs that read it."""
-        image = g.add_input("image", UINT8, [self.batch, *self.input_size, 3])
+        image = g.add_input(IMAGE, UINT8, [self.batch, *self.input_size, 3])
         # Transposed while still 1 byte per value, then converted.
         x = g.node("Transpose", [image], "preprocess/nchw", perm=[0, 3, 1, 2])
         x = g.node("Cast", [x], "preprocess/cast", to=FLOAT)
@@ -88,11 +96,9 @@ class _Exporter:
         g.initializers.remove(values[divide.input[1]])
 
     def stage_body(self, g: GraphBuilder, index: int, x: str, mask: str | None) -> tuple[str, str]:
-        emitter = StageEmitter(g, mask)
-        prefix = "backbone."
-        features = emitter.sequence(prefix, self.model.backbone.stage_modules(index), x)
-        scores = emitter.module(f"heads.{index}", self.model.heads[index], features)
-        return features, scores
+        emitter, regional = StageEmitter(g, mask), mask is not None
+        features = emitter.emit(backbone_ops(self.model, index, regional), x)
+        return features, emitter.emit(head_ops(self.model, index, regional), features)
 
     def threshold(self, g: GraphBuilder, scores: str, rho: str, region: str | None, name: str) -> str:
         """``[max softmax(scores) ≤ ρ]`` (∧ the current region) as float 0/1.
@@ -121,7 +127,7 @@ class _Exporter:
         sizes = g.constant("upsample.sizes", list(self.input_size))
         upsampled = g.node("Resize", [nhwc, "", "", sizes], "upsample", mode="linear",
                            coordinate_transformation_mode="half_pixel", axes=[1, 2])
-        return g.node("Cast", [g.node("ArgMax", [upsampled], "argmax", axis=3, keepdims=0)], "labels", to=UINT8)
+        return g.node("Cast", [g.node("ArgMax", [upsampled], "argmax", axis=3, keepdims=0)], LABELS, to=UINT8)
 
     def cell_labels(self, g: GraphBuilder, nhwc: str, h: int, w: int) -> str:
         """The exact labels of an 8× bilinear upsampling, interpolating only where it matters.
@@ -178,34 +184,35 @@ class _Exporter:
         half = SCALE // 2
         return g.node("Slice", [image, g.constant("labels.crop_start", np.array([half, half])),
                                 g.constant("labels.crop_end", np.array([half + SCALE * h, half + SCALE * w])),
-                                g.constant("labels.crop_axes", np.array([1, 2]))], "labels")
+                                g.constant("labels.crop_axes", np.array([1, 2]))], LABELS)
 
     def stage(self, index: int) -> onnx.ModelProto:
         g = GraphBuilder(f"lc_stage{index + 1}", self.opset)
         k = self.classes
         if index == 0:
             x, mask = self.normalized_image(g), None
-            rho = g.add_input("rho", FLOAT, [1])
+            rho = g.add_input(RHO, FLOAT, [1])
         elif index == 1:
-            x = g.add_input("feat1", FLOAT, self.feature_shape(0))
-            mask = g.add_input("mask2", FLOAT, self.map_shape(1))
-            rho = g.add_input("rho", FLOAT, [1])
+            x = g.add_input(FEAT1, FLOAT, self.feature_shape(0))
+            mask = g.add_input(MASK2, FLOAT, self.map_shape(1))
+            rho = g.add_input(RHO, FLOAT, [1])
         else:
-            x = g.add_input("feat2", FLOAT, self.feature_shape(1))
-            mask = g.add_input("mask3", FLOAT, self.map_shape(1))
-            scores1 = g.add_input("scores1", FLOAT, self.map_shape(k))
-            scores2 = g.add_input("scores2", FLOAT, self.map_shape(k))
-            mask2 = g.add_input("mask2", FLOAT, self.map_shape(1))
+            x = g.add_input(FEAT2, FLOAT, self.feature_shape(1))
+            mask = g.add_input(MASK3, FLOAT, self.map_shape(1))
+            scores1 = g.add_input(SCORES1, FLOAT, self.map_shape(k))
+            scores2 = g.add_input(SCORES2, FLOAT, self.map_shape(k))
+            mask2 = g.add_input(MASK2, FLOAT, self.map_shape(1))
         features, scores = self.stage_body(g, index, x, mask)
         if index == 0:
             self.fold_normalisation(g, x)
         if index < 2:
-            g.rename_output(features, f"feat{index + 1}")
-            g.rename_output(scores, f"scores{index + 1}")
-            g.rename_output(self.threshold(g, scores, rho, mask, f"threshold{index + 2}"), f"mask{index + 2}")
-            g.add_output(f"feat{index + 1}", FLOAT, self.feature_shape(index))
-            g.add_output(f"scores{index + 1}", FLOAT, self.map_shape(k))
-            g.add_output(f"mask{index + 2}", FLOAT, self.map_shape(1))
+            feat, stage_scores, next_mask = STAGE_OUTPUTS[index]
+            g.rename_output(features, feat)
+            g.rename_output(scores, stage_scores)
+            g.rename_output(self.threshold(g, scores, rho, mask, f"threshold{index + 2}"), next_mask)
+            g.add_output(feat, FLOAT, self.feature_shape(index))
+            g.add_output(stage_scores, FLOAT, self.map_shape(k))
+            g.add_output(next_mask, FLOAT, self.map_shape(1))
         else:
             # The fusion runs channels-last, as the label upsampling reads the scores. ONNX Runtime
             # transposes a (C, H·W) map to (H·W, C) slowly for C = 21 but cancels these transposes of
@@ -218,8 +225,8 @@ class _Exporter:
             fused = self.fuse(g, fused, nhwc(scores), nhwc(mask), "fuse/stage123")
             self.labels(g, fused)
             self.stage_counts(g, mask2, mask)
-            g.add_output("labels", UINT8, [self.batch, *self.input_size])
-            g.add_output("stage_counts", INT64, [self.batch, 3])
+            g.add_output(LABELS, UINT8, [self.batch, *self.input_size])
+            g.add_output(STAGE_COUNTS, INT64, [self.batch, 3])
         functions = [regionconv.function_proto(self.opset)] if regionconv.DOMAIN in g.domains else []
         return g.build(functions, doc=f"Layer Cascade stage {index + 1} ({self.model.config.backbone})")
 
@@ -244,7 +251,7 @@ class _Exporter:
         last = g.constant("counts.unsqueeze_axes", [1])
         columns = [g.node("Unsqueeze", [c, last], f"counts/col{i + 1}") for i, c in enumerate((stop1, stop2, reach3))]
         counts = g.node("Concat", columns, "counts/concat", axis=1)
-        g.node("Cast", [counts], "stage_counts", to=INT64)
+        g.node("Cast", [counts], STAGE_COUNTS, to=INT64)
 
     def dense(self) -> onnx.ModelProto:
         g = GraphBuilder("lc_dense", self.opset)
@@ -252,11 +259,11 @@ class _Exporter:
         emitter = StageEmitter(g, None)
         image = x
         for index in range(NUM_STAGES):
-            x = emitter.sequence("backbone.", self.model.backbone.stage_modules(index), x)
-        scores = emitter.module(f"heads.{NUM_STAGES - 1}", self.model.heads[-1], x)
+            x = emitter.emit(backbone_ops(self.model, index, regional=False), x)
+        scores = emitter.emit(head_ops(self.model, NUM_STAGES - 1, regional=False), x)
         self.fold_normalisation(g, image)
         self.labels(g, g.node("Transpose", [scores], "labels/nhwc", perm=[0, 2, 3, 1]))
-        g.add_output("labels", UINT8, [self.batch, *self.input_size])
+        g.add_output(LABELS, UINT8, [self.batch, *self.input_size])
         return g.build(doc=f"Dense baseline: {self.model.config.backbone}, final head only")
 
 

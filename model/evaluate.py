@@ -1,8 +1,8 @@
 """Evaluation of a cascade on a data set: mIoU, per-class IoU, stage fractions.
 
 The loop is backend-free: it calls a *predictor* ``(image, rho) -> (labels, stage_fractions,
-stage_pixels)``; :func:`torch_predictor` wraps a PyTorch model, and an exported model's
-``Cascade`` (ONNX Runtime) is a predictor through :func:`cascade_predictor`.
+stage_pixels)``; :func:`torch_predictor` wraps a PyTorch model, and a loaded model's
+``Cascade.predict`` (``runtime/``) is one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from layercascade.model.metrics import ConfusionMatrix
 
 if TYPE_CHECKING:
     from layercascade.model.network import LayerCascadeNet
-    from layercascade.runtime.cascade import Cascade
 
 # (image (H, W, 3) uint8, rho) -> (labels (H, W), stage fractions (3,), stage-resolution pixels)
 Predictor = Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray, int]]
@@ -56,16 +55,6 @@ def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence
         with torch.no_grad():
             output = model(x, rho)
         return output.labels[0].numpy(), output.stage_fractions[0].numpy(), output.masks[0][0].numel()
-
-    return predict
-
-
-def cascade_predictor(cascade: Cascade) -> Predictor:
-    """A predictor running an exported model (images resized to its input size and back)."""
-
-    def predict(image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
-        result = cascade(image, rho)
-        return result.labels, np.asarray(result.stage_fractions), result.stage_map.size
 
     return predict
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -21,6 +20,7 @@ from layercascade.errors import fail
 from layercascade.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from layercascade.model.config import ModelConfig
 from layercascade.model.data import SegmentationDataset, open_dataset
+from layercascade.model.data.images import resize_image, resize_labels
 from layercascade.model.evaluate import evaluate, torch_predictor
 from layercascade.model.network import LayerCascadeNet, normalize
 from layercascade.model.region import resize_mask
@@ -79,11 +79,10 @@ class AugmentedCrops(torch.utils.data.Dataset):
         image, label = self.dataset[index]
         scale = rng.uniform(*self.settings.scale)
         height, width = label.shape
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-        label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        image, label = resize_image(image, size), resize_labels(label, size)
         crop_h, crop_w = self.settings.crop
-        pad_h, pad_w = max(crop_h - size[1], 0), max(crop_w - size[0], 0)
+        pad_h, pad_w = max(crop_h - size[0], 0), max(crop_w - size[1], 0)
         if pad_h or pad_w:
             # Pad with the mean colour region ignored by the loss.
             image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=124)

@@ -1,7 +1,7 @@
 """The TensorRT plugin ``lc::RegionConv``: a Python-defined plugin ("QDP", ``tensorrt.plugin``).
 
 TensorRT's ONNX parser maps every ``lc::RegionConv`` node (it carries
-``plugin_namespace = "lc"``) to this plugin (DESIGN §6, TENSORRT_NOTES.md). The plugin has
+``plugin_namespace = "lc"``) to this plugin (docs/tensorrt.md). The plugin has
 
 * ``register`` — the output descriptor: X's dtype, shape (N, C_out, H, W);
 * ``autotune`` — fp32 or fp16 for all five I/O (the mask travels in the data type, as the
@@ -30,7 +30,6 @@ attributes ``plugin_namespace``/``aot`` that are not plugin fields).
 """
 
 import hashlib
-import importlib.util
 import inspect
 import re
 from collections.abc import Callable, Sequence
@@ -42,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from layercascade.errors import fail
+from layercascade.plugins.nvidia import gpu_info, import_tensorrt, import_tensorrt_plugin
 
 # The node's inputs, in order: the names of the model-local function's inputs.
 INPUTS = ("X", "W", "B", "M")
@@ -220,20 +220,9 @@ def aot_kernel(layer: RegionConvLayer, precision: str, arch: str, tactic: int) -
 
 
 def device_arch() -> str:
-    """``sm_XY`` of the current CUDA device (the one TensorRT builds on), through cuda-python:
-    the PTX is compiled for the GPU that builds the engine."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        fail("cuda-python is not installed: the lc::RegionConv AOT plugin asks it which GPU builds the engine "
-             "(pip install cuda-python)")
-    status, device = runtime.cudaGetDevice()
-    if status != runtime.cudaError_t.cudaSuccess:
-        fail(f"no CUDA device ({status.name}): the lc::RegionConv AOT plugin compiles its kernel for the GPU "
-             "the engine is built on")
-    attribute = runtime.cudaDeviceAttr
-    _, major = runtime.cudaDeviceGetAttribute(attribute.cudaDevAttrComputeCapabilityMajor, device)
-    _, minor = runtime.cudaDeviceGetAttribute(attribute.cudaDevAttrComputeCapabilityMinor, device)
+    """``sm_XY`` of the current CUDA device (the one TensorRT builds on): the PTX is compiled for
+    the GPU that builds the engine."""
+    major, minor = map(int, gpu_info("the lc::RegionConv AOT plugin")["compute_capability"].split("."))
     if 10 * major + minor < MIN_ARCH:
         fail(f"the lc::RegionConv kernels need sm_{MIN_ARCH} or newer, this GPU is sm_{major}{minor}")
     return f"sm_{major}{minor}"
@@ -278,32 +267,6 @@ def plugin_source_sha256() -> str:
     return digest.hexdigest()
 
 
-def import_tensorrt() -> tuple[Any, Any]:
-    """``(tensorrt, tensorrt.plugin)``, or a one-line :func:`fail` saying what is missing."""
-    try:
-        import tensorrt as trt
-    except ModuleNotFoundError as error:
-        if error.name != "tensorrt":
-            fail(f"TensorRT does not import: {error}")
-        if importlib.util.find_spec("tensorrt_bindings") is not None:
-            fail("only TensorRT's Python bindings are installed (tensorrt_bindings, without libnvinfer): install "
-                 "the full TensorRT (tensorrt-cu13 from NVIDIA's package index) to build and run engines")
-        fail("TensorRT is not installed: install tensorrt-cu13 (NVIDIA's package index) on a machine with an "
-             "NVIDIA GPU, or use the onnxruntime backend")
-    except (ImportError, OSError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        fail(f"TensorRT is installed but its libraries do not load ({first_line}): install the libnvinfer that "
-             "matches the bindings (tensorrt-cu13-libs)")
-    try:
-        import tensorrt.plugin as trtp
-    except ImportError as error:
-        fail(f"TensorRT {trt.__version__} has no usable tensorrt.plugin module ({error}): "
-             "install TensorRT 10.9 or newer")
-    if not hasattr(trtp, "aot_impl"):
-        fail(f"TensorRT {trt.__version__} has no AOT Python plugins (tensorrt.plugin.aot_impl): install 10.9 or newer")
-    return trt, trtp
-
-
 def register_plugins() -> None:
     """Register ``lc::RegionConv`` with TensorRT's plugin registry, once per process.
 
@@ -313,7 +276,8 @@ def register_plugins() -> None:
     global _registered
     if _registered:
         return
-    trt, trtp = import_tensorrt()
+    who = "the lc::RegionConv TensorRT plugin"
+    trt, trtp = import_tensorrt(who), import_tensorrt_plugin(who)
     namespace, name = plugin_id().split("::")
     if not hasattr(trtp.op, namespace) or not hasattr(getattr(trtp.op, namespace), name):
         define_plugin(trt, trtp)

@@ -1,1 +1,2 @@
-"""Inference backends and the stage orchestrator (lc-run, lc-bench); must not import torch."""
+"""Running a model: the cascade object, one subpackage per backend (``ort``, ``trt``, ``torch``),
+segmenting files, benchmarks and lc-doctor's probes. Only ``runtime.torch`` imports torch."""

@@ -11,42 +11,34 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from layercascade.contract import rho_or_default
 from layercascade.errors import fail
-from layercascade.manifest import read_manifest
-from layercascade.runtime.backend import StagedBackend, StageOutputs
+from layercascade.model.data.images import resize_image, resize_labels
+from layercascade.runtime.backend import BACKENDS, Masks, StagedBackend, StageOutputs, check_options
+from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.runtime.result import CascadeResult
 
-DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
-BACKENDS = ("auto", "ort", "trt", "torch")
-
-
-def check_rho(rho: float) -> float:
-    if not 0.0 < float(rho) <= 1.0:
-        fail(f"rho must be in (0, 1], got {rho}")
-    return float(rho)
-
-
-def read_cascade_manifest(model_dir: Path) -> dict[str, Any]:
-    """The verified ``lc.json`` of a cascade model dir (not a dense export)."""
-    manifest = read_manifest(model_dir)
-    if manifest.get("kind") != "cascade":
-        fail(f"{model_dir}: holds a {manifest.get('kind')!r} model, not a cascade; export without --dense")
-    return manifest
+__all__ = ["DEMO_MODEL", "Cascade"]
 
 
 class Cascade:
-    """A loaded cascade model; call it on an (H, W, 3) uint8 RGB image."""
+    """A loaded cascade model; call it on an (H, W, 3) uint8 RGB image.
 
-    def __init__(self, model_dir: Path, manifest: dict[str, Any], backend: StagedBackend) -> None:
+    ``runner`` is the backend that runs the stages (a :class:`StagedBackend`), ``backend`` its
+    name. ``close()`` (or leaving a ``with`` block) releases its sessions, engines and device memory.
+    """
+
+    def __init__(self, model_dir: Path, manifest: dict[str, Any], runner: StagedBackend) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
-        self.engine = backend
-        self.backend = backend.name
+        self.runner = runner
+        self.backend = runner.name
+        self.closed = False
         self.classes: list[str] = list(manifest["classes"])
         self.palette = np.asarray(manifest["palette"], dtype=np.uint8)
         self.input_size: tuple[int, int] = tuple(manifest["input_size"])
@@ -67,11 +59,12 @@ class Cascade:
             device: "cpu" or "cuda".
             lower: run RegionConv in compact row form (False: the graphs' function bodies).
             threads: intra-op threads (0 = the backend's default).
-            options: backend-specific settings (e.g. ``precision``, ``cuda_graph``).
+            options: backend-specific settings: ``precision`` and ``cuda_graph`` (torch, trt),
+                ``input_size`` and ``kernels`` (torch), ``uint8_activations`` (ort).
         """
         if backend not in BACKENDS:
             fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        from layercascade.runtime.engines import is_engine_dir
+        from layercascade.runtime.trt.engines import is_engine_dir
 
         if backend == "auto":
             checkpoint = model_dir is not None and Path(model_dir).suffix == ".pt"
@@ -80,41 +73,40 @@ class Cascade:
             fail(f"{model_dir}: holds TensorRT engines (lc-build); run it with --backend trt (or auto), "
                  f"or pass the model dir lc-export wrote to use --backend {backend}")
         if backend == "torch":
-            from layercascade.runtime.torch_backend import load_torch_cascade
-
-            return cls(*load_torch_cascade(model_dir, device, threads, **options))
-        if backend == "trt":
-            from layercascade.runtime.trt import load_engine_dir
-
-            return cls(*load_engine_dir(model_dir, device, **options))
-        model_dir = Path(model_dir) if model_dir is not None else DEMO_MODEL
-        manifest = read_cascade_manifest(model_dir)
-        from layercascade.runtime.ort import OrtBackend
-
-        return cls(model_dir, manifest, OrtBackend(model_dir, manifest, device, lower, threads, **options))
+            from layercascade.runtime import torch as chosen
+        elif backend == "trt":
+            from layercascade.runtime import trt as chosen
+        else:
+            from layercascade.runtime import ort as chosen
+        label = {"ort": "ONNX Runtime", "trt": "TensorRT", "torch": "torch"}[backend]
+        check_options(label, options, chosen.OPTIONS, getattr(chosen, "OPTIONS_HINT", ""))
+        return cls(*chosen.load(model_dir, device, lower, threads, **options))
 
     # -- running -------------------------------------------------------------------------------
+    def rho(self, rho: float | None = None) -> float:
+        """The threshold a run uses: ``rho`` (checked to lie in (0, 1]) or the model's default."""
+        return rho_or_default(rho, self.default_rho)
+
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """An (H, W, 3) uint8 image at the model's input size."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             fail(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {tuple(image.shape)}")
-        if image.shape[:2] == self.input_size:
-            return image
-        height, width = self.input_size
-        return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        return resize_image(image, self.input_size)
 
     def run_batch(self, images: np.ndarray, rho: float | None = None,
-                  forced_masks: tuple[np.ndarray, np.ndarray] | None = None) -> StageOutputs:
+                  forced_masks: Masks | None = None) -> StageOutputs:
         """Run the cascade on (N, H, W, 3) uint8 images already at the input size.
 
         ``forced_masks`` replaces the thresholded M₂, M₃ (to benchmark chosen active fractions).
         """
+        if self.closed:
+            fail("this cascade was closed; load the model again (Cascade.load)")
         expected = (*self.input_size, 3)
         if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
             fail(f"expected (N, {expected[0]}, {expected[1]}, 3) uint8 images, got {images.dtype} {images.shape}")
         if self.batch_size is not None and images.shape[0] != self.batch_size:
             fail(f"this model was exported for batch {self.batch_size}, got {images.shape[0]} images")
-        return self.engine.run(images, check_rho(self.default_rho if rho is None else rho), forced_masks)
+        return self.runner.run(images, self.rho(rho), forced_masks)
 
     def __call__(self, image: np.ndarray, rho: float | None = None) -> CascadeResult:
         """Segment one (H, W, 3) uint8 RGB image of any size."""
@@ -125,11 +117,28 @@ class Cascade:
             batch = np.concatenate([batch, np.zeros((self.batch_size - 1, *prepared.shape), np.uint8)])
         preprocess = (time.perf_counter() - started) * 1e3
         out = self.run_batch(batch, rho)
-        labels = out.labels[0]
-        if labels.shape != image.shape[:2]:
-            labels = np.asarray(Image.fromarray(labels).resize((image.shape[1], image.shape[0]), Image.NEAREST))
+        labels = resize_labels(out.labels[0], image.shape[:2])
         stage_map = (1 + (out.mask2[0, 0] > 0) + (out.mask3[0, 0] > 0)).astype(np.uint8)
         counts = out.stage_counts[0].astype(np.float64)
         timings = {"preprocess": preprocess, **out.timings, "total": (time.perf_counter() - started) * 1e3}
         fractions = counts / max(counts.sum(), 1.0)
         return CascadeResult(labels, stage_map, (float(fractions[0]), float(fractions[1]), float(fractions[2])), timings)
+
+    def predict(self, image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
+        """A predictor for ``model.evaluate``: labels, stage fractions and stage-resolution pixels of one image."""
+        result = self(image, rho)
+        return result.labels, np.asarray(result.stage_fractions), result.stage_map.size
+
+    # -- resources ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend's sessions, engines and device memory; the cascade is unusable afterwards."""
+        if not self.closed:
+            self.runner.close()
+            self.closed = True
+
+    def __enter__(self) -> Cascade:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()

@@ -1,16 +1,16 @@
-"""Command-line inputs and outputs: expanding files/folders/globs, naming outputs, writing atomically."""
+"""Inputs and outputs of a run: the bundled demo model and sample images, expanding files / folders /
+globs, naming outputs."""
 
 from __future__ import annotations
 
 import glob
-import os
-import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from layercascade.errors import fail
 
-# The images lc-run segments and lc-bench times when given none.
+# The model and the images lc-run segments and lc-bench times when given none.
+DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
 SAMPLES = Path(__file__).resolve().parent / "samples"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -82,23 +82,3 @@ def output_stems(paths: Sequence[Path], variants: Iterable[str] = ("",)) -> list
         taken.update((candidate + variant).casefold() for variant in variants)
         stems.append(candidate)
     return stems
-
-
-def write_atomic(path: str | os.PathLike[str], write_fn: Callable[[Path], object]) -> None:
-    """Create ``path`` through ``write_fn(temporary_path)``, then move it into place in one step.
-
-    The temporary file sits beside ``path`` (same file system, so ``os.replace`` is atomic)
-    and keeps its extension, so writers that pick a format from the name still work. If
-    ``write_fn`` fails or the run is interrupted, the temporary file is removed and an
-    existing ``path`` is left untouched: readers never see a half-written file.
-    """
-    path = Path(path)
-    # A fresh name instead of mkstemp: the writer creates the file itself, so it gets the
-    # usual permissions (mkstemp's are 0600).
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
-    try:
-        write_fn(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -7,6 +7,7 @@ import types
 
 import numpy as np
 import torch
+
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.config import get_config
 from layercascade.model.network import LayerCascadeNet

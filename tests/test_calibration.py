@@ -13,14 +13,14 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from layercascade.calibration import cli as calibrate_cli
 from layercascade.calibration.calibrate import calibrate
 from layercascade.calibration.statistics import Statistics, fold_absolute, rows_at
+from layercascade.cli import bench
+from layercascade.cli import calibrate as calibrate_cli
 from layercascade.errors import LCError, run_cli
 from layercascade.model.data import open_dataset
-from layercascade.runtime.bench import compare_precisions, plot_comparison, precision_sources
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
-from layercascade.runtime.cli import bench
+from layercascade.runtime.compare import compare_precisions, plot_comparison, precision_sources
 
 IMAGES = 3
 
@@ -122,11 +122,11 @@ def test_int8_labels_agree_with_fp32(fp32_dir, int8, lower) -> None:
 def test_lowered_int8_stage_matches_its_function_bodies(int8) -> None:
     """The int8 row lowering (int8 gathers, QGemm) computes what the QDQ graph says, up to the
     rounding of values that fall on a quantization step boundary."""
-    from layercascade.runtime.ort import OrtRunner
+    from layercascade.runtime.ort.loader import load_runner
 
     output, _, _ = int8
-    stage1 = OrtRunner(output / "stage1.onnx")
-    lowered, bodies = OrtRunner(output / "stage2.onnx"), OrtRunner(output / "stage2.onnx", lower=False)
+    stage1 = load_runner(output / "stage1.onnx")
+    lowered, bodies = load_runner(output / "stage2.onnx"), load_runner(output / "stage2.onnx", lower=False)
     assert lowered.lowered and not bodies.lowered
     image, _ = open_dataset("synthetic", "val", limit=1)[0]
     rho = np.array([0.985], np.float32)
@@ -141,7 +141,7 @@ def test_lowered_int8_stage_matches_its_function_bodies(int8) -> None:
 
 def test_lowered_int8_region_convs_run_as_int8_gemms(int8, tmp_path) -> None:
     """ONNX Runtime turns every quantized RegionConv of a lowered stage into QGemm (no float GEMM left)."""
-    from layercascade.runtime.lowering import lower_region_convs
+    from layercascade.export.lowering import lower_region_convs
 
     output, record, _ = int8
     model = onnx.load(str(output / "stage3.onnx"))
@@ -165,7 +165,7 @@ def test_relu_as_uint8_fuses_every_int8_conv_with_its_relu(int8, tmp_path) -> No
     """With the ReLUs in uint8 Qs ONNX Runtime runs stage 1 as a chain of QLinearConvs: no
     DQ → ReLU → Q pass is left between them (the only DQ / ReLU left feed the float classifier
     and the graph output feat1)."""
-    from layercascade.runtime.lowering import relu_as_uint8
+    from layercascade.runtime.ort.int8 import relu_as_uint8
 
     output, record, _ = int8
     model = onnx.load(str(output / "stage1.onnx"))
@@ -181,7 +181,8 @@ def test_relu_as_uint8_fuses_every_int8_conv_with_its_relu(int8, tmp_path) -> No
 def test_lowered_uint8_rows_still_run_as_int8_gemms(int8, tmp_path) -> None:
     """Stage 3's rows from ReLUs (its own, and feat2 from stage 2's ReLU) become uint8: every quantized
     RegionConv still runs as QGemm, and no Max(·, 0) pass is left in front of a Q."""
-    from layercascade.runtime.lowering import lower_region_convs, rectified_outputs, relu_as_uint8
+    from layercascade.export.lowering import lower_region_convs
+    from layercascade.runtime.ort.int8 import rectified_outputs, relu_as_uint8
 
     output, record, _ = int8
     model = onnx.load(str(output / "stage3.onnx"))
@@ -202,7 +203,7 @@ def test_relu_as_uint8_keeps_the_int8_values(int8) -> None:
     and keeps values above the int8 range up to 255 steps)."""
     import onnxruntime
 
-    from layercascade.runtime.ort import OrtRunner
+    from layercascade.runtime.ort.loader import load_runner
 
     output, _, _ = int8
     image, _ = open_dataset("synthetic", "val", limit=1)[0]
@@ -211,7 +212,7 @@ def test_relu_as_uint8_keeps_the_int8_values(int8) -> None:
     options.add_session_config_entry("session.x64quantprecision", "1")
     plain = onnxruntime.InferenceSession(str(output / "stage1.onnx"), options, providers=["CPUExecutionProvider"])
     reference = dict(zip([o.name for o in plain.get_outputs()], plain.run(None, feeds)))
-    rewritten = OrtRunner(output / "stage1.onnx").infer(feeds)
+    rewritten = load_runner(output / "stage1.onnx").infer(feeds)
     assert np.mean(rewritten["mask2"] == reference["mask2"]) >= 0.99
     close = np.abs(rewritten["feat1"] - reference["feat1"]) <= 0.05 * np.abs(reference["feat1"]).max()
     assert close.mean() >= 0.99
@@ -219,15 +220,15 @@ def test_relu_as_uint8_keeps_the_int8_values(int8) -> None:
 
 def test_int8_stem_reorders_folded_with_the_same_results(int8) -> None:
     """Where the stem has one NCHWc block of channels (16 on AVX-512) the runner folds ONNX Runtime's
-    NCHWc → NCHW → quantize → NHWC passes after it (ort_layout); the outputs stay bit for bit."""
-    from layercascade.runtime.ort import OrtRunner
-    from layercascade.runtime.ort_layout import nchwc_block_size
+    NCHWc → NCHW → quantize → NHWC passes after it (runtime/ort/layout.py); the outputs stay bit for bit."""
+    from layercascade.runtime.ort.layout import nchwc_block_size
+    from layercascade.runtime.ort.loader import load_runner
 
     output, _, _ = int8
     path = output / "stage1.onnx"
     stem = next(numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
                 if t.name == "backbone.stem.0.weight")
-    folded, plain = OrtRunner(path), OrtRunner(path, fold_layout=False)
+    folded, plain = load_runner(path), load_runner(path, fold_layout=False)
     assert folded.layout_folded == (nchwc_block_size() == stem.shape[0]) and not plain.layout_folded
     images = np.random.default_rng(0).integers(0, 256, (1, *Cascade.load(output).input_size, 3), dtype=np.uint8)
     feeds = {"image": images, "rho": np.array([0.985], np.float32)}

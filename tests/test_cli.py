@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
+from layercascade.cli import bench, evaluate, info, train
+from layercascade.cli import export as export_cli
 from layercascade.errors import run_cli
-from layercascade.export import cli as export_cli
-from layercascade.model.cli import evaluate, info, train
-from layercascade.runtime.cli import bench
 
 
 @pytest.mark.parametrize("module", [train, evaluate, info, export_cli, bench],
@@ -74,7 +73,7 @@ def test_info_on_config_and_demo(capsys) -> None:
 
 
 def test_installed_entry_point() -> None:
-    done = subprocess.run([sys.executable, "-c", "from layercascade.model.cli.evaluate import cli; cli()",
+    done = subprocess.run([sys.executable, "-c", "from layercascade.cli.evaluate import cli; cli()",
                            "--limit", "1", "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "miou" in json.loads(done.stdout)

@@ -1,4 +1,4 @@
-"""lc-doctor (runtime/cli/doctor.py): one report, every probe isolated, exit 0 whatever is missing."""
+"""lc-doctor (cli/doctor.py, probes in runtime/doctor.py): one report, every probe isolated, exit 0 whatever is missing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layercascade.runtime.cli import doctor
+from layercascade.cli import doctor as doctor_cli
+from layercascade.runtime import doctor
 
 FAKE_TENSORRT = {
     # Bindings whose builder cannot start: what `import tensorrt` gives on a machine without a GPU.
@@ -34,7 +35,7 @@ def _install(tmp_path: Path, files: dict[str, str], monkeypatch: pytest.MonkeyPa
 
 
 def _report(capsys: pytest.CaptureFixture[str]) -> dict:
-    assert doctor.main(["--json"]) == 0
+    assert doctor_cli.main(["--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -52,7 +53,7 @@ def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_screen_has_one_line_per_probe_and_backend(capsys: pytest.CaptureFixture[str]) -> None:
-    assert doctor.main([]) == 0
+    assert doctor_cli.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 + len(doctor.PROBES) + 1 + 3
     assert lines[1].split()[1] == "python" and lines[-1].split()[1] == "trt"

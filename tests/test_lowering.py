@@ -13,7 +13,7 @@ from onnx import TensorProto
 
 from layercascade.export import regionconv
 from layercascade.export.graph import GraphBuilder
-from layercascade.runtime.lowering import lower_region_convs
+from layercascade.export.lowering import lower_region_convs
 
 SHAPE = (2, 8, 9, 11)  # N, C, H, W
 

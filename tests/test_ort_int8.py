@@ -10,7 +10,7 @@ import onnxruntime
 from onnx import TensorProto
 
 from layercascade.export.graph import GraphBuilder
-from layercascade.runtime.lowering import mean_as_zero_point
+from layercascade.runtime.ort.int8 import mean_as_zero_point
 
 IMAGE = (2, 8, 10, 3)  # N, H, W, C: uint8 NHWC
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # ImageNet's, not whole numbers

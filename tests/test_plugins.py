@@ -66,7 +66,7 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     for row in e2e["rows"]:
         assert row["ok"] and row["model"] == "tiny" and row["rho"] == 0.985 and row["labels_match_first_mode"]
         for key in ("cascade_ms", "dense_ms"):
-            assert row[key]["runs"] >= 2 and row[key]["median"] > 0
+            assert row[key]["runs"] >= 2 and row[key]["median_ms"] > 0
         assert row["cascade_fps"] > 0 and row["dense_fps"] > 0 and row["speedup"] > 0 and row["ideal_speedup"] > 1
         assert sum(row["stage_fractions"]) == pytest.approx(1.0)
     check = e2e["rows"][0]["reference_check"]
@@ -76,7 +76,7 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     for row in rows:
         assert row["ok"]
         for key in ("dense_ms", "list_ms", "masked_ms", "active_list_ms"):
-            assert row[key]["runs"] >= 2 and row[key]["median"] > 0
+            assert row[key]["runs"] >= 2 and row[key]["median_ms"] > 0
         assert row["ideal_speedup"] == pytest.approx(1 / row["fraction"])
 
 

@@ -9,14 +9,7 @@ import torch.nn.functional as F
 from layercascade.model.backbones.irnet import Block8, Block17, Block35, Mixed6a
 from layercascade.model.backbones.resnet import BasicBlock, Bottleneck
 from layercascade.model.layers import ConvBnAct, StageHead
-from layercascade.model.region import (
-    apply_region,
-    fuse_scores,
-    next_mask,
-    region_conv2d,
-    resize_mask,
-    stage_fractions,
-)
+from layercascade.model.region import apply_region, fuse_scores, next_mask, region_conv2d, resize_mask, stage_fractions
 
 
 def random_mask(n: int, h: int, w: int, p: float = 0.4, seed: int = 0) -> torch.Tensor:

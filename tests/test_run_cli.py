@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from layercascade.cli import run
 from layercascade.errors import run_cli
+from layercascade.manifest import write_atomic
 from layercascade.model.data import VOC_CLASSES, VOC_PALETTE, read_rgb
-from layercascade.runtime.cli import run
-from layercascade.runtime.inputs import expand_inputs, output_stems, write_atomic
+from layercascade.runtime.inputs import SAMPLES, expand_inputs, output_stems
 from layercascade.runtime.result import CascadeResult
 from layercascade.runtime.visualize import STAGE_COLOURS, label_image, overlay, stage_picture
 
@@ -39,13 +40,23 @@ class FakeCascade:
     def __init__(self, model_dir: str | None, backend: str, device: str) -> None:
         self.load_args = (model_dir, backend, device)
         self.rhos: list[float | None] = []
+        self.closed = False
 
     @classmethod
-    def load(cls, model_dir: str | None = None, backend: str = "auto", device: str = "cpu",
-             lower: bool = True) -> FakeCascade:
+    def load(cls, model_dir: str | None = None, backend: str = "auto", device: str = "cpu", lower: bool = True,
+             threads: int = 0) -> FakeCascade:
         cascade = cls(model_dir, backend, device)
         cls.instances.append(cascade)
         return cascade
+
+    def rho(self, rho: float | None = None) -> float:
+        return self.default_rho if rho is None else rho
+
+    def __enter__(self) -> FakeCascade:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.closed = True
 
     def __call__(self, image: np.ndarray, rho: float | None = None) -> CascadeResult:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
@@ -238,6 +249,7 @@ def test_json_and_options_reach_the_cascade(tmp_path: Path, fake: type[FakeCasca
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["rho"] == 0.9 and summary["model"] == "models/lc" and summary["images"] == 2
     assert fake.instances[0].load_args == ("models/lc", "ort", "cuda") and fake.instances[0].rhos == [0.9, 0.9]
+    assert fake.instances[0].closed  # lc-run releases the backend when done
 
 
 def test_progress_bar_and_closing_line(tmp_path: Path, fake: type[FakeCascade], capsys: pytest.CaptureFixture) -> None:
@@ -249,7 +261,7 @@ def test_progress_bar_and_closing_line(tmp_path: Path, fake: type[FakeCascade], 
 
 
 def test_default_inputs_are_the_bundled_samples(tmp_path: Path, fake: type[FakeCascade]) -> None:
-    samples = sorted(run.SAMPLES.iterdir())
+    samples = sorted(SAMPLES.iterdir())
     assert len(samples) == 4 and sum(p.stat().st_size for p in samples) < 600_000
     assert len({p.suffix for p in samples}) == 4
     out = tmp_path / "out"

@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
+from layercascade.cli import bench, run
 from layercascade.errors import LCError, run_cli
 from layercascade.export.stages import export_model
 from layercascade.runtime.cascade import Cascade
-from layercascade.runtime.cli import bench, run
 from layercascade.tests.helpers import random_images, sharpened_checkpoint
 
 
@@ -136,7 +136,7 @@ def test_lc_bench_json(model_dir, capsys) -> None:
                                 "--active-fraction", "0.3,0.15"]) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("cascade", "dense"):
-        assert set(result[key]) == {"median_ms", "p90_ms", "p99_ms", "fps"}
+        assert set(result[key]) == {"median_ms", "p90_ms", "p99_ms", "fps", "runs"}
     assert result["stage_fractions"][2] == pytest.approx(0.15, abs=0.1)
     assert result["ideal_speedup"] > 1 and result["speedup"] > 0 and result["machine"]
     assert "stages_ms" not in result
@@ -180,15 +180,15 @@ def test_lc_bench_profile_table_and_backends(model_dir, capsys) -> None:
 def test_joined_session_equals_the_stages_run_one_by_one(model_dir, lower: bool) -> None:
     """The ONNX Runtime backend runs the three stage graphs joined into one session; it gives
     what the stage graphs give run one after another, thresholded and with forced masks."""
-    from layercascade.runtime.bench import forced_masks
+    from layercascade.runtime.timing import forced_masks
 
     cascade = Cascade.load(model_dir, lower=lower)
-    assert cascade.engine.runner.lowered == lower
+    assert cascade.runner.runner.lowered == lower
     images = random_images(1, (40, 48))
     runs = [(rho, None) for rho in (1.0, 0.985, 0.9)]
     runs.append((0.985, forced_masks((1, 1, 5, 6), (0.5, 0.2))))
     for rho, masks in runs:
-        joined, one_by_one = cascade.run_batch(images, rho, masks), cascade.engine.run_stages(images, rho, masks)
+        joined, one_by_one = cascade.run_batch(images, rho, masks), cascade.runner.run_stages(images, rho, masks)
         np.testing.assert_array_equal(joined.labels, one_by_one.labels)
         np.testing.assert_array_equal(joined.mask2, one_by_one.mask2)
         np.testing.assert_array_equal(joined.mask3, one_by_one.mask3)
@@ -204,8 +204,8 @@ def test_joined_lowering_keeps_stage2_rows_for_stage3(model_dir) -> None:
     scores before them instead of adding their zero-filled maps."""
     import onnx
 
-    from layercascade.runtime.cascade_graph import cascade_graph
-    from layercascade.runtime.lowering import lower_region_convs
+    from layercascade.export.cascade_graph import cascade_graph
+    from layercascade.export.lowering import lower_region_convs
 
     stages = [onnx.load(str(model_dir / f"stage{k}.onnx")) for k in (1, 2, 3)]
     lowered = lower_region_convs(cascade_graph(stages))

@@ -18,14 +18,17 @@ import numpy as np
 import pytest
 import torch
 
+from layercascade.cli import bench, run
 from layercascade.errors import LCError, run_cli
 from layercascade.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
 from layercascade.model.network import normalize
 from layercascade.model.region import confidence, region_conv2d
-from layercascade.runtime.bench import forced_masks, sample_batch
+from layercascade.runtime.bench import sample_batch
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
-from layercascade.runtime.cli import bench, run
-from layercascade.runtime.torch_backend import KernelPath, ReferencePath, TorchBackend
+from layercascade.runtime.timing import forced_masks
+from layercascade.runtime.torch.backend import TorchBackend
+from layercascade.runtime.torch.program import KernelPath
+from layercascade.runtime.torch.reference import ReferencePath
 from layercascade.tests.helpers import random_images, sharpened_checkpoint
 
 RHOS = (1.0, 0.985, 0.9)
@@ -95,7 +98,7 @@ def test_matches_the_pytorch_reference_cascade(torch_cascade: Cascade, images: n
     assert (out.stage_counts.sum(1) == out.mask2[0].size).all()
     fractions = out.stage_counts / out.mask2[0].size
     np.testing.assert_allclose(fractions, reference.stage_fractions.numpy(), atol=1e-6)
-    outputs = torch_cascade.engine.path.stage_outputs(images, rho)
+    outputs = torch_cascade.runner.path.stage_outputs(images, rho)
     for scores, expected in zip(outputs["scores"], reference.scores):
         assert_scores_match(scores, expected)
 
@@ -104,9 +107,9 @@ def test_matches_the_pytorch_reference_cascade(torch_cascade: Cascade, images: n
 def test_matches_the_onnx_runtime_backend(torch_cascade: Cascade, ort_cascade: Cascade, images: np.ndarray,
                                           rho: float) -> None:
     ours = torch_cascade.run_batch(images, rho)
-    ours_scores = torch_cascade.engine.path.stage_outputs(images, rho)["scores"]
+    ours_scores = torch_cascade.runner.path.stage_outputs(images, rho)["scores"]
     rho_array = np.array([rho], np.float32)
-    stage1, stage2, _ = ort_cascade.engine.stages
+    stage1, stage2, _ = ort_cascade.runner.stages
     for k in range(len(images)):
         theirs = ort_cascade.run_batch(images[k:k + 1], rho)
         assert_labels_match(ours.labels[k:k + 1], theirs.labels)
@@ -123,11 +126,11 @@ def test_matches_the_onnx_runtime_backend(torch_cascade: Cascade, ort_cascade: C
 
 def test_dense_runner(torch_cascade: Cascade, ort_cascade: Cascade, images: np.ndarray) -> None:
     """Every stage's blocks on every pixel, final head only: the cascade at ρ = 1, and dense.onnx."""
-    dense = torch_cascade.engine.dense_runner(torch_cascade.manifest)
+    dense = torch_cascade.runner.dense_runner(torch_cascade.manifest)
     labels = dense.infer({"image": images})["labels"]
     assert dense.last_ms > 0
     np.testing.assert_array_equal(labels, torch_cascade.run_batch(images, 1.0).labels)
-    ort_dense = ort_cascade.engine.dense_runner(ort_cascade.manifest)
+    ort_dense = ort_cascade.runner.dense_runner(ort_cascade.manifest)
     theirs = np.concatenate([ort_dense.infer({"image": images[k:k + 1]})["labels"] for k in range(len(images))])
     assert_labels_match(labels, theirs)
 
@@ -165,7 +168,7 @@ def kernel_plan_report() -> dict:
     """Run in a fresh process with TRITON_INTERPRET=1: the kernels path on CPU tensors vs the
     reference path, at a small input size (the interpreter is slow)."""
     cascade = Cascade.load(None, backend="torch", input_size=(48, 48))
-    reference = cascade.engine
+    reference = cascade.runner
     kernels = TorchBackend(load_checkpoint(), input_size=cascade.input_size, kernels=True)
     images = sample_batch(cascade, 2)
     report = {}
@@ -338,5 +341,5 @@ def test_cuda_kernels_path(torch_cascade: Cascade, images: np.ndarray, precision
         else:  # fp16 moves confidences by ~1e-3: masks and labels agree on nearly every pixel
             assert (out.labels == expected.labels).mean() >= 0.99
             assert (out.mask2 == expected.mask2).mean() >= 0.98
-    dense = cascade.engine.dense_runner(cascade.manifest).infer({"image": images})["labels"]
+    dense = cascade.runner.dense_runner(cascade.manifest).infer({"image": images})["labels"]
     assert (dense == torch_cascade.run_batch(images, 1.0).labels).mean() >= (0.9999 if precision == "fp32" else 0.99)

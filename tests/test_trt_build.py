@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from layercascade.cli import build
 from layercascade.errors import LCError, run_cli
 from layercascade.export import regionconv
 from layercascade.export.fp16 import convert_to_fp16
 from layercascade.manifest import read_manifest, sha256_file, write_model_dir
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
-from layercascade.runtime.cli import build
-from layercascade.runtime.engines import (
+from layercascade.runtime.trt.engines import (
     METADATA,
     BatchRange,
     BuiltEngine,
@@ -72,9 +73,9 @@ def test_fp16_cascade_matches_fp32_on_onnxruntime(fp16_dir) -> None:
         assert np.mean(ours.mask2 != theirs.mask2) < 0.01 and np.mean(ours.mask3 != theirs.mask3) < 0.01
     assert equal / total >= 0.999, f"fp16 labels agree on {equal / total:.5f} of pixels"
     rho = np.array([0.985], np.float32)
-    feat1 = half.engine.stages[0].infer({"image": images[:1], "rho": rho})["feat1"]
+    feat1 = half.runner.stages[0].infer({"image": images[:1], "rho": rho})["feat1"]
     assert np.array_equal(feat1, feat1.astype(np.float16).astype(np.float32)), "feat1 was not computed in fp16"
-    assert not np.array_equal(feat1, reference.engine.stages[0].infer({"image": images[:1], "rho": rho})["feat1"])
+    assert not np.array_equal(feat1, reference.runner.stages[0].infer({"image": images[:1], "rho": rho})["feat1"])
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
@@ -112,8 +113,8 @@ def test_fp16_refuses_a_converted_graph() -> None:
 
 def test_tensorrt_graphs_keep_uint8_at_their_io(tmp_path) -> None:
     """The graphs lc-build parses: no uint8 tensor inside (TensorRT's rule), same results."""
-    from layercascade.runtime.engines import graphs_of
-    from layercascade.runtime.trt_build import onnx_for, uint8_only_at_io
+    from layercascade.runtime.trt.build import onnx_for, uint8_only_at_io
+    from layercascade.runtime.trt.engines import graphs_of
 
     for graph in graphs_of(read_manifest(DEMO_MODEL)):
         for precision in ("fp32", "fp16"):

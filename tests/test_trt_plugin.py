@@ -11,6 +11,7 @@ missing.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import json
 import os
@@ -30,6 +31,7 @@ pytest.importorskip("triton", reason="triton is not installed: the plugin's kern
 from layercascade.errors import LCError
 from layercascade.export import regionconv
 from layercascade.plugins import kernels, trt_plugin
+from layercascade.plugins.nvidia import import_tensorrt
 from layercascade.plugins.trt_plugin import RegionConvLayer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,14 +177,13 @@ def test_aot_refuses_groups() -> None:
 
 
 def _fake_cuda_runtime(monkeypatch: pytest.MonkeyPatch, status: str, capability: tuple[int, int]) -> None:
-    """A stand-in for cuda-python's ``cuda.bindings.runtime`` reporting one device."""
-    errors = SimpleNamespace(cudaSuccess=SimpleNamespace(name="cudaSuccess"),
-                             cudaErrorNoDevice=SimpleNamespace(name="cudaErrorNoDevice"))
-    attributes = SimpleNamespace(cudaDevAttrComputeCapabilityMajor="major", cudaDevAttrComputeCapabilityMinor="minor")
-    values = dict(zip(("major", "minor"), capability))
-    runtime = SimpleNamespace(cudaError_t=errors, cudaDeviceAttr=attributes,
-                              cudaGetDevice=lambda: (getattr(errors, status), 0),
-                              cudaDeviceGetAttribute=lambda attribute, device: (errors.cudaSuccess, values[attribute]))
+    """A stand-in for cuda-python's ``cuda.bindings.runtime`` reporting one device (none unless ``status``
+    is "cudaSuccess")."""
+    error = enum.IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorNoDevice": 100})[status]
+    properties = SimpleNamespace(name=b"NVIDIA Test GPU", major=capability[0], minor=capability[1])
+    runtime = SimpleNamespace(cudaGetDeviceCount=lambda: (error, int(error == 0)),
+                              cudaGetDevice=lambda: (0, 0),
+                              cudaGetDeviceProperties=lambda device: (0, properties))
     monkeypatch.setitem(sys.modules, "cuda", SimpleNamespace(bindings=SimpleNamespace(runtime=runtime)))
     monkeypatch.setitem(sys.modules, "cuda.bindings", sys.modules["cuda"].bindings)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
@@ -195,7 +196,7 @@ def test_device_arch(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(LCError, match="sm_80 or newer, this GPU is sm_75"):
         trt_plugin.device_arch()
     _fake_cuda_runtime(monkeypatch, "cudaErrorNoDevice", (9, 0))
-    with pytest.raises(LCError, match="no CUDA device .cudaErrorNoDevice"):
+    with pytest.raises(LCError, match="no CUDA GPU .cudaErrorNoDevice"):
         trt_plugin.device_arch()
 
 
@@ -463,7 +464,7 @@ def test_plugin_through_tensorrt_plugin_code(tmp_path: Path) -> None:
 
 # -- register_plugins without TensorRT, the source hash ------------------------------------------
 @pytest.mark.parametrize("installed, message", [
-    ({}, "TensorRT is not installed"),
+    ({}, "needs TensorRT, which is not installed"),
     ({"tensorrt_bindings/__init__.py": ""}, "only TensorRT's Python bindings"),
     ({"tensorrt/__init__.py": "raise ImportError('libnvinfer.so.11: cannot open shared object file')"},
      "libraries do not load .libnvinfer.so.11"),
@@ -498,7 +499,8 @@ def test_register_plugins_defines_once(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(args)
         trtp.op.lc = SimpleNamespace(RegionConv=object())
 
-    monkeypatch.setattr(trt_plugin, "import_tensorrt", lambda: (trt, trtp))
+    monkeypatch.setattr(trt_plugin, "import_tensorrt", lambda who: trt)
+    monkeypatch.setattr(trt_plugin, "import_tensorrt_plugin", lambda who: trtp)
     monkeypatch.setattr(trt_plugin, "define_plugin", define)
     monkeypatch.setattr(trt_plugin, "_registered", False)
     trt_plugin.register_plugins()
@@ -554,7 +556,7 @@ def _one_node_model(precision: str, shape: tuple[int, int, int, int], c_out: int
 def test_one_node_engine_matches_reference(precision: str, aot: bool) -> None:
     """Parse a one-node model with TensorRT's ONNX parser (the plugin path), build, run, compare."""
     try:
-        trt, _ = trt_plugin.import_tensorrt()
+        trt = import_tensorrt("this test")
     except LCError as error:
         pytest.skip(str(error))
     import torch

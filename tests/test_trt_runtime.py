@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from layercascade.cli import run
 from layercascade.errors import LCError, run_cli
 from layercascade.manifest import read_manifest
-from layercascade.runtime.bench import forced_masks
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
-from layercascade.runtime.cli import run
-from layercascade.runtime.engines import (
+from layercascade.runtime.timing import forced_masks
+from layercascade.runtime.trt.engines import (
     METADATA,
     BatchRange,
     BuiltEngine,
@@ -302,19 +303,19 @@ def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
 
 def simulate_gpu(monkeypatch) -> SimulatedCuda:
     """Install the simulated TensorRT / CUDA (and a plugin registration recorder) for one test."""
-    from layercascade.plugins import trt_plugin
+    from layercascade.runtime.trt import loader
 
     cuda = SimulatedCuda()
     trt = simulated_tensorrt(cuda)
     install_fake_tensorrt(monkeypatch, trt, cuda)
-    monkeypatch.setattr(trt_plugin, "register_plugins", lambda: trt.registered.append(True))
+    monkeypatch.setattr(loader, "register_plugins", lambda: trt.registered.append(True))
     return cuda
 
 
 def simulated_engine_dir(target: Path, model_dir: Path, batch: BatchRange) -> Path:
     """An engine dir whose "plans" name the graphs lc-build would hand TensorRT's parser."""
     from layercascade.plugins.trt_plugin import plugin_source_sha256
-    from layercascade.runtime.trt_build import onnx_for
+    from layercascade.runtime.trt.build import onnx_for
 
     target.mkdir()
     settings = {**BUILT, "plugin_sha256": plugin_source_sha256(), "precision": "fp32", "batch": batch,
@@ -352,14 +353,14 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
     ours, theirs = engines.run_batch(images[:1], None, masks), reference.run_batch(images[:1], None, masks)
     assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
     assert set(ours.timings) == {"stage1", "stage2", "stage3", "total"}
-    backend = engines.engine
+    backend = engines.runner
     if cuda_graph:
         # Stages 1–2 replay as graphs; stage 3 (NonZero: data-dependent shapes) runs eagerly.
         assert backend.captured_stages == [True, True, False] and cuda.launches == 2 * (4 * 3 + 1)
     else:
         assert cuda.launches == 0
     dense = backend.dense_runner(engines.manifest).infer({"image": images[:1]})["labels"]
-    assert np.array_equal(dense, reference.engine.dense_runner(reference.manifest).infer({"image": images[:1]})["labels"])
+    assert np.array_equal(dense, reference.runner.dense_runner(reference.manifest).infer({"image": images[:1]})["labels"])
     with pytest.raises(LCError, match="at most 1 images per run, got 2; rebuild with lc-build --max-batch 2"):
         backend.run(images[:2], 0.985)
 
@@ -382,13 +383,13 @@ def test_dynamic_batch_on_simulated_gpu(tmp_path, monkeypatch) -> None:
     engine_dir = simulated_engine_dir(tmp_path / "sim", model_dir, BatchRange(1, 3, 3))
     engines = Cascade.load(engine_dir, cuda_graph=True)
     reference = Cascade.load(model_dir, backend="ort", lower=False)
-    assert engines.batch_size is None and engines.engine.plan["feat1"].shape[0] == 3
+    assert engines.batch_size is None and engines.runner.plan["feat1"].shape[0] == 3
     for count in (3, 1, 2, 3):
         images = random_images(count, (64, 64), seed=count)
         ours, theirs = engines.run_batch(images), reference.run_batch(images)
         assert ours.labels.shape == (count, 64, 64)
         assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
-    assert set(engines.engine.graphs) == {(1, False), (2, False), (3, False)}
+    assert set(engines.runner.graphs) == {(1, False), (2, False), (3, False)}
 
 
 # -- real TensorRT ------------------------------------------------------------------------------
@@ -413,7 +414,7 @@ needs_trt = pytest.mark.skipif(TRT_SKIP is not None, reason=f"needs TensorRT and
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:
-    from layercascade.runtime.trt_build import BuildOptions, build_engines
+    from layercascade.runtime.trt.build import BuildOptions, build_engines
 
     root = tmp_path_factory.mktemp("trt")
     cache = root / "timing.cache"
@@ -463,7 +464,7 @@ def test_trt_forced_masks_and_dense(built) -> None:
     ours, theirs = engines.run_batch(image, None, masks), reference.run_batch(image, None, masks)
     assert np.mean(ours.labels == theirs.labels) >= 0.999
     assert np.array_equal(ours.stage_counts, theirs.stage_counts)
-    dense = engines.engine.dense_runner(engines.manifest).infer({"image": image})["labels"]
-    dense_reference = reference.engine.dense_runner(reference.manifest).infer({"image": image})["labels"]
+    dense = engines.runner.dense_runner(engines.manifest).infer({"image": image})["labels"]
+    dense_reference = reference.runner.dense_runner(reference.manifest).infer({"image": image})["labels"]
     assert np.mean(dense == dense_reference) >= 0.999
 

@@ -2,10 +2,10 @@
 
     python tools/gpu_check.py [--out gpu-results] [--dry-run]
 
-Runs from a plain source checkout on a machine with torch + triton + a CUDA GPU and nothing
-of ours installed, without network, in a few minutes on one H100 (numpy is needed for the end
-to end phase; without Pillow or tqdm its images are smooth random fields instead of the bundled
-samples). Writes ``gpu_check.log`` and ``gpu_check.json`` into ``--out``, the JSON after every
+Runs from a plain source checkout on a machine with torch + triton + numpy + a CUDA GPU and
+nothing of ours installed, without network, in a few minutes on one H100 (without Pillow or tqdm
+the end-to-end images are smooth random fields instead of the bundled samples). Timing statistics
+are ``layercascade.runtime.timing``'s, as in lc-bench, with a CUDA-event clock. Writes ``gpu_check.log`` and ``gpu_check.json`` into ``--out``, the JSON after every
 phase (``complete`` says whether all ran; a phase that crashes is recorded as its ``error``):
 
 * ``correctness``: every case of ``python -m layercascade.plugins.check``, run natively;
@@ -32,23 +32,20 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import functools
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:  # numpy only for the end-to-end phase (the torch backend needs it), not to start
-    import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout; its root is the package itself
 SIZES = {"channels": (64, 256, 512), "kernels": (3, 1), "map": 64, "warmup": 10, "iters": 50}
@@ -103,28 +100,31 @@ class Log:
 
 
 def stats(samples: list[float]) -> dict[str, float]:
-    """Median, p90, p99 (ms) of timed runs."""
-    ordered = sorted(samples)
+    """Median, p90, p99 (ms), FPS at batch 1 and the number of timed runs (``runtime.timing``'s statistics)."""
+    from layercascade.runtime.timing import LatencyStats
 
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return dataclasses.asdict(LatencyStats.of(samples))
 
-    return {"median": statistics.median(ordered), "p90": pick(0.9), "p99": pick(0.99), "runs": len(ordered)}
+
+def cuda_event_ms(call: Callable[[], object]) -> float:
+    """GPU milliseconds of one ``call()``, between two CUDA events (the clock of ``runtime.timing``)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
 
 
 def make_timer(cuda: bool, warmup: int, iters: int) -> Callable[[Callable[[], object]], dict]:
     """A timer of one call: CUDA events around CUDA-graph replays on a GPU (GPU time without
     Python launch overhead — how the runtime runs stages), wall clock on the CPU."""
+    from layercascade.runtime.timing import time_calls
 
     def time_eager(fn: Callable[[], object]) -> dict:
         for _ in range(warmup):
             fn()
-        samples = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - start) * 1e3)
-        return stats(samples)
+        return stats(time_calls(fn, iters))
 
     def time_graph(fn: Callable[[], object]) -> dict:
         # Warm up on the stream that then captures (Triton compiles, cuDNN picks its algorithm,
@@ -141,15 +141,7 @@ def make_timer(cuda: bool, warmup: int, iters: int) -> Callable[[Callable[[], ob
         for _ in range(warmup):
             graph.replay()
         torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        samples = []
-        for _ in range(iters):
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        return stats(samples)
+        return stats(time_calls(graph.replay, iters, cuda_event_ms))
 
     return time_graph if cuda else time_eager
 
@@ -195,7 +187,7 @@ def bench_layer(c: int, k: int, side: int, device: str, time_call: Callable, log
     x_cl = x.permute(0, 3, 1, 2)
     w_cl = weight.contiguous(memory_format=torch.channels_last)
     dense = time_call(functools.partial(F.conv2d, x_cl, w_cl, bias, padding=pad))
-    log(f"C={c} k={k}: dense conv2d {dense['median']:.4f} ms")
+    log(f"C={c} k={k}: dense conv2d {dense['median_ms']:.4f} ms")
     rows = []
     for kind in MASK_KINDS:
         for fraction in FRACTIONS:
@@ -210,14 +202,14 @@ def bench_layer(c: int, k: int, side: int, device: str, time_call: Callable, log
             err_masked = (masked_call().double() - ref).abs().max().item()
             timing = {"active_list_ms": time_call(functools.partial(kernels.active_list, mask)),
                       "list_ms": time_call(list_call), "masked_ms": time_call(masked_call)}
-            list_ms, build_ms, masked_ms = (timing[key]["median"] for key in ("list_ms", "active_list_ms",
-                                                                                "masked_ms"))
+            list_ms, build_ms, masked_ms = (timing[key]["median_ms"] for key in ("list_ms", "active_list_ms",
+                                                                                   "masked_ms"))
             row = {
                 "c": c, "kernel": k, "mask": kind, "fraction": fraction,
                 "active_pixels": int(mask.sum().item()), "dense_ms": dense, **timing,
-                "speedup_list": dense["median"] / list_ms,
-                "speedup_list_with_build": dense["median"] / (list_ms + build_ms),
-                "speedup_masked": dense["median"] / masked_ms,
+                "speedup_list": dense["median_ms"] / list_ms,
+                "speedup_list_with_build": dense["median_ms"] / (list_ms + build_ms),
+                "speedup_masked": dense["median_ms"] / masked_ms,
                 "ideal_speedup": 1.0 / fraction,
                 "max_abs_err_list": err_list, "max_abs_err_masked": err_masked,
                 "ok": max(err_list, err_masked) <= check.TOLERANCE["fp16"] * max(1.0, ref.abs().max().item()),
@@ -270,7 +262,7 @@ def e2e_images(backend, batch: int) -> tuple[np.ndarray, str]:
     """``batch`` bundled sample images at the model's input size (uint8 NHWC), and their source.
 
     Reading the samples needs Pillow and ``runtime.bench`` needs tqdm; a bare torch + triton
-    machine has neither, so there the images are smooth random colour fields instead.
+    machine may have neither, so there the images are smooth random colour fields instead.
     """
     try:
         from layercascade.runtime.bench import sample_batch
@@ -284,34 +276,11 @@ def e2e_images(backend, batch: int) -> tuple[np.ndarray, str]:
     return sample_batch(Cascade(Path("checkpoint"), backend.manifest, backend), batch), "bundled samples"
 
 
-def forced_masks(shape: tuple[int, ...], active: tuple[float, float], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random nested float32 0/1 masks with shares ``active`` of the pixels (M₃ ⊆ M₂), as lc-bench
-    forces them (``runtime.bench.forced_masks``, drawn here with torch: that module needs tqdm)."""
-    ranks = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
-    return (ranks < active[0]).float().numpy(), (ranks < active[1]).float().numpy()
-
-
 def time_alternating(calls: dict[str, Callable[[], object]], cuda: bool, warmup: int, iters: int) -> dict[str, dict]:
-    """Milliseconds per call of each of ``calls``, timed in alternating blocks (CUDA events on a GPU)."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    block = max(1, min(10, iters // 5))
-    while len(samples[next(iter(calls))]) < iters:
-        for name, call in calls.items():
-            for _ in range(block):
-                if cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    call()
-                    end.record()
-                    end.synchronize()
-                    samples[name].append(start.elapsed_time(end))
-                else:
-                    begin = time.perf_counter()
-                    call()
-                    samples[name].append((time.perf_counter() - begin) * 1e3)
+    """Statistics of each of ``calls``, timed in alternating blocks (``runtime.timing``; CUDA events on a GPU)."""
+    from layercascade.runtime.timing import time_in_blocks, wall_ms
+
+    samples = time_in_blocks(calls, iters, warmup, cuda_event_ms if cuda else wall_ms)
     return {name: stats(values) for name, values in samples.items()}
 
 
@@ -340,7 +309,7 @@ def e2e_case(backend, images: torch.Tensor, masks, graph: bool, cuda: bool, size
 
 def e2e_reference_check(checkpoint, backend, images, masks, precision: str) -> dict:
     """Batch-1 labels and scores of the kernels path against the fp32 reference path on the CPU."""
-    from layercascade.runtime.torch_backend import TorchBackend
+    from layercascade.runtime.torch.backend import TorchBackend
 
     reference = TorchBackend(checkpoint, "cpu", input_size=backend.input_size)
     first_masks = None if masks is None else tuple(m[:1] for m in masks)
@@ -362,7 +331,8 @@ def e2e_reference_check(checkpoint, backend, images, masks, precision: str) -> d
 def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
     """Cascade vs dense FPS of whole networks through the torch backend's kernels path."""
     from layercascade.cost_model import ideal_speedup
-    from layercascade.runtime.torch_backend import TorchBackend
+    from layercascade.runtime.timing import forced_masks
+    from layercascade.runtime.torch.backend import TorchBackend
 
     torch.backends.cudnn.benchmark = True
     device, precision, side = ("cuda" if cuda else "cpu"), sizes["precision"], sizes["size"]
@@ -409,16 +379,16 @@ def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
                 same_labels = bool(torch.equal(case["labels"], first_labels))
                 row.update({
                     "stage_fractions": fractions, "cascade_ms": case["cascade"], "dense_ms": case["dense"],
-                    "cascade_fps": batch * 1e3 / case["cascade"]["median"],
-                    "dense_fps": batch * 1e3 / case["dense"]["median"],
-                    "speedup": case["dense"]["median"] / case["cascade"]["median"],
+                    "cascade_fps": batch * 1e3 / case["cascade"]["median_ms"],
+                    "dense_fps": batch * 1e3 / case["dense"]["median_ms"],
+                    "speedup": case["dense"]["median_ms"] / case["cascade"]["median_ms"],
                     "ideal_speedup": ideal_speedup([g["backbone"] for g in gmacs], [g["head"] for g in gmacs], reach),
                     "labels_match_first_mode": same_labels, "ok": check["ok"] and same_labels,
                 })
                 rows.append(row)
                 log(f"  {name} batch {batch} {'graph' if graph else 'eager'}: cascade {row['cascade_fps']:.1f} FPS "
-                    f"({case['cascade']['median']:.3f} ms), dense {row['dense_fps']:.1f} FPS "
-                    f"({case['dense']['median']:.3f} ms), ×{row['speedup']:.2f} (ideal ×{row['ideal_speedup']:.2f}); "
+                    f"({case['cascade']['median_ms']:.3f} ms), dense {row['dense_fps']:.1f} FPS "
+                    f"({case['dense']['median_ms']:.3f} ms), ×{row['speedup']:.2f} (ideal ×{row['ideal_speedup']:.2f}); "
                     f"stages {'/'.join(f'{100 * f:.0f}%' for f in fractions)}"
                     f"{'' if same_labels else '; labels differ from the first mode: WRONG'}")
         del backend

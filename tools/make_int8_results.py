@@ -18,11 +18,9 @@ On the demo model (batch 1), exported at 160×160 (its own size) and at 512×512
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,29 +32,17 @@ PLOT = ROOT / "docs" / "int8_speed_accuracy.png"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
 RHOS = [1.0, 0.995, 0.985, 0.95, 0.9, 0.8]
 WRITTEN = "int8 as written"  # the INT8 dir's activations as int8, without the runtime's uint8 rewrite
+AS_WRITTEN = {"backend": "ort", "uint8_activations": False}  # Cascade.load's options for it
 
 
-@contextlib.contextmanager
-def written_int8_activations() -> Iterator[None]:
-    """Cascades loaded inside this context run the INT8 graphs' activations as written (int8), without
-    the runtime's uint8 rewrite of ReLU-fed activations (``lowering.relu_as_uint8``)."""
-    from layercascade.runtime import lowering
-
-    original = lowering.relu_as_uint8
-    lowering.relu_as_uint8 = lambda model, non_negative_inputs=frozenset(): model
-    try:
-        yield
-    finally:
-        lowering.relu_as_uint8 = original
-
-
-def accuracy(model_dir: Path, dataset, fp32_labels: dict, rho: float) -> tuple[float, float]:
-    """(mIoU, % of pixels labelled as fp32 labels them) of ``model_dir`` at ``rho``."""
+def accuracy(model_dir: Path, dataset, fp32_labels: dict, rho: float, **options) -> tuple[float, float]:
+    """(mIoU, % of pixels labelled as fp32 labels them) of ``model_dir`` at ``rho`` (``options``: of
+    ``Cascade.load``)."""
     from layercascade.model.evaluate import evaluate
-    from layercascade.runtime.bench import agreement_predictor
     from layercascade.runtime.cascade import Cascade
+    from layercascade.runtime.compare import agreement_predictor
 
-    cascade = Cascade.load(model_dir)
+    cascade = Cascade.load(model_dir, **options)
     predict, agreement = agreement_predictor(cascade, fp32_labels, is_reference=not fp32_labels)
     result = evaluate(predict, dataset, [rho], cascade.classes, progress=False)[0]
     equal, total = agreement[rho]
@@ -72,7 +58,7 @@ def stage_times(model_dir: Path, rho: float, runs: int) -> dict[str, float]:
     cascade = Cascade.load(model_dir)
     images = sample_batch(cascade, 1)
     for _ in range(3):
-        cascade.engine.run_stages(images, rho)
+        cascade.runner.run_stages(images, rho)
         cascade.run_batch(images, rho)
     medians = stage_medians(cascade, images, rho, None, runs)
     medians["joined"] = float(np.median([cascade.run_batch(images, rho).timings["total"] for _ in range(runs)]))
@@ -93,7 +79,7 @@ TIMING_RUNS = 5  # this VM's speed drifts between runs by more than the effects 
 def timed_runs(cascades: dict, rhos: list[float], iters: int, dataset, rho: float) -> dict:
     """``TIMING_RUNS`` runs of ``lc-bench --compare`` (accuracy from the first): the run whose INT8
     speedup at ``rho`` is the median, each row with the range of its speedup over the runs."""
-    from layercascade.runtime.bench import compare_precisions
+    from layercascade.runtime.compare import compare_precisions
 
     runs = [compare_precisions(cascades, rhos, batch=1, iters=iters, warmup=3, dataset=dataset if k == 0 else None)
             for k in range(TIMING_RUNS)]
@@ -118,7 +104,7 @@ def profile_section(cascades: dict, rhos: list[float], iters: int, rho: float) -
     """Kernel ms per run of fp32 and int8 (ONNX Runtime's profiler): by op class at each ρ, by op type at
     ``rho``, and the convolution speedup INT8 would need at ``rho`` for ``TARGET`` with its other ops as they are."""
     from layercascade.model.evaluate import markdown_table
-    from layercascade.runtime.bench import compare_precisions
+    from layercascade.runtime.compare import compare_precisions
 
     result = compare_precisions(cascades, rhos, batch=1, iters=iters, warmup=3, profile=True, progress=False)
     profiles = {(r["precision"], r["rho"]): r["profile"] for r in result["rows"]}
@@ -200,12 +186,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from layercascade.calibration.calibrate import calibrate
-    from layercascade.calibration.cli import build_parser
     from layercascade.calibration.statistics import METHODS
+    from layercascade.cli.calibrate import build_parser
     from layercascade.model.data import open_dataset
     from layercascade.model.evaluate import markdown_table
-    from layercascade.runtime.bench import plot_comparison, precision_sources
     from layercascade.runtime.cascade import Cascade
+    from layercascade.runtime.compare import plot_comparison, precision_sources
 
     default_method = build_parser().get_default("method")
     work = args.work.resolve()
@@ -238,8 +224,7 @@ def main() -> None:
                          f"{aware_miou - fp32_miou:+.2f} / {naive_miou - fp32_miou:+.2f}",
                          f"{aware_agree:.2f} / {naive_agree:.2f}", f"{aware_miou - naive_miou:+.2f}"])
     default_small = dirs[(default_method, True)]
-    with written_int8_activations():
-        written = accuracy(default_small, dataset, fp32_labels, rho)
+    written = accuracy(default_small, dataset, fp32_labels, rho, **AS_WRITTEN)
     ours = accuracy(default_small, dataset, fp32_labels, rho)
 
     # lc-bench --compare at 160×160 (accuracy where the model was trained) and 512×512 (the speed target).
@@ -252,8 +237,7 @@ def main() -> None:
     for size, int8_dir in ((160, default_small), (512, default_large)):
         sources = precision_sources(int8_dir, ["fp32", "int8"])
         cascades = {name: Cascade.load(folder, **options) for name, (folder, options) in sources.items()}
-        with written_int8_activations():
-            cascades[WRITTEN] = Cascade.load(int8_dir)
+        cascades[WRITTEN] = Cascade.load(int8_dir, **AS_WRITTEN)
         compares[size] = timed_runs(cascades, RHOS, args.iters, dataset, rho)
         stages[size] = {name: stage_times(folder, rho, args.iters) for name, (folder, _) in sources.items()}
         if size == 512:

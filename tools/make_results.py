@@ -114,7 +114,7 @@ def random_checkpoint(name: str, path: Path) -> Path:
 def cold_start(work: Path, runs: int = 3) -> float:
     """Median seconds from ``lc-run``'s import to its first image written, in fresh processes."""
     sample = sorted((ROOT / "runtime" / "samples").iterdir())[0]
-    code = ("import sys, time; from layercascade.runtime.cli.run import main; t = time.perf_counter(); "
+    code = ("import sys, time; from layercascade.cli.run import main; t = time.perf_counter(); "
             f"main(['-o', {str(work / 'cold')!r}, {str(sample)!r}, '--quiet']); print(time.perf_counter() - t)")
     seconds = [float(run([sys.executable, "-c", code]).strip().splitlines()[-1]) for _ in range(runs)]
     return sorted(seconds)[runs // 2]

@@ -75,3 +75,20 @@ def read_label(path: str | os.PathLike[str]) -> np.ndarray:
         f"{os.fspath(path)}: label image has mode {img.mode}; "
         "expected a palette or grayscale PNG of class ids (not a colour-coded RGB image)"
     )
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 image at ``size`` = (height, width): bilinear, the one policy by which
+    images meet a model's input size (at run time and in calibration alike)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    height, width = size
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (h, w) label map at ``size`` = (height, width): nearest, so class ids stay class ids."""
+    if labels.shape[:2] == tuple(size):
+        return labels
+    height, width = size
+    return np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))

@@ -16,9 +16,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from layercascade.runtime.lowering import live_nodes
-
-FORCED_MASKS = ("mask2", "mask3")
+from layercascade.contract import IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS
+from layercascade.export.graph import live_nodes
 
 
 def cascade_graph(stages: list[onnx.ModelProto], forced_masks: bool = False) -> onnx.ModelProto:
@@ -39,7 +38,7 @@ def cascade_graph(stages: list[onnx.ModelProto], forced_masks: bool = False) -> 
             renamed.name = rename(tensor.name)
             initializers.append(renamed)
         for node in stage.graph.node:
-            if forced_masks and any(output in FORCED_MASKS for output in node.output):
+            if forced_masks and any(output in MASKS for output in node.output):
                 continue  # the thresholds: the masks come in as inputs
             joined = onnx.NodeProto()
             joined.CopyFrom(node)
@@ -47,8 +46,8 @@ def cascade_graph(stages: list[onnx.ModelProto], forced_masks: bool = False) -> 
             joined.input[:] = [rename(name) for name in node.input]
             joined.output[:] = [rename(name) for name in node.output]
             nodes.append(joined)
-    inputs = ["image", "rho", *(FORCED_MASKS if forced_masks else ())]
-    outputs = ["labels", "stage_counts", *(() if forced_masks else FORCED_MASKS)]
+    inputs = [IMAGE, RHO, *(MASKS if forced_masks else ())]
+    outputs = [LABELS, STAGE_COUNTS, *(() if forced_masks else MASKS)]
     missing = [name for name in [*inputs, *outputs] if name not in contract]
     if missing:
         raise ValueError(f"stage graphs without the contract tensors {missing}")

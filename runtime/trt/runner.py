@@ -1,4 +1,4 @@
-"""TensorRT backend: one engine per stage, chained on one CUDA stream (DESIGN §7).
+"""TensorRT backend, the runner: the stage engines chained on one CUDA stream.
 
 Written against NVIDIA's documented Python APIs (TensorRT ≥ 10.9 / 11.x, ``cuda-python``'s
 ``cuda.bindings.runtime``), following ``samples/python/common_runtime.py`` of NVIDIA/TensorRT
@@ -27,75 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from layercascade.contract import IMAGE, LABELS, MASK2, MASK3, MASKS, RHO, STAGE_COUNTS
 from layercascade.errors import fail
-from layercascade.manifest import read_manifest
-from layercascade.runtime.backend import StagedBackend, StageOutputs
-from layercascade.runtime.engines import (
-    HOST_INPUTS, HOST_OUTPUTS, BufferSpec, check_environment, check_sources, plan_buffers, read_metadata,
-    read_source_manifest, stage_bindings,
-)
-
-INSTALL = "pip install 'layercascade[gpu]' (TensorRT ≥ 10.9 and cuda-python, on a machine with an NVIDIA GPU)"
-
-
-# -- the libraries ------------------------------------------------------------------------------
-def import_tensorrt(who: str) -> Any:
-    """``tensorrt``, or a one-line error naming ``who`` needs it."""
-    try:
-        import tensorrt
-    except (ImportError, OSError) as error:  # OSError: the bindings without libnvinfer
-        fail(f"{who} needs TensorRT ({str(error).splitlines()[0][:100]}); {INSTALL}")
-    return tensorrt
-
-
-def import_cudart(who: str) -> Any:
-    """``cuda.bindings.runtime`` (NVIDIA's samples moved from pycuda to it in TensorRT 10.14)."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError as error:
-        fail(f"{who} needs cuda-python ({error}); {INSTALL}")
-    return runtime
-
-
-def cuda_call(result: tuple) -> Any:
-    """Unpack a ``cuda.bindings`` result ``(error, *values)``; a CUDA error here is a bug or a broken GPU."""
-    error, *values = result
-    if int(error) != 0:
-        raise RuntimeError(f"CUDA error: {error!r}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def gpu_info(cudart: Any, who: str) -> dict[str, str]:
-    """Name and compute capability of the current CUDA device, or "no CUDA GPU"."""
-    error, count = cudart.cudaGetDeviceCount()
-    if int(error) != 0 or count == 0:
-        fail(f"{who} found no CUDA GPU ({error!r}); TensorRT engines are built and run on an NVIDIA GPU")
-    device = cuda_call(cudart.cudaGetDevice())
-    properties = cuda_call(cudart.cudaGetDeviceProperties(device))
-    name = properties.name.decode() if isinstance(properties.name, bytes) else str(properties.name)
-    return {"name": name.rstrip("\x00").strip(), "compute_capability": f"{properties.major}.{properties.minor}"}
-
-
-def create_trt(trt: Any, factory: str, logger: Any, who: str) -> Any:
-    """``trt.Builder`` / ``trt.Runtime``; without a usable GPU TensorRT reports "CUDA initialization
-    failure" in its log and the constructor fails (TypeError from pybind's nullptr factory)."""
-    try:
-        created = getattr(trt, factory)(logger)
-    except (TypeError, RuntimeError) as error:
-        fail(f"{who}: no CUDA GPU usable by TensorRT ({str(error).splitlines()[0][:100]})")
-    if created is None:
-        fail(f"{who}: no CUDA GPU usable by TensorRT (trt.{factory} could not be created)")
-    return created
-
-
-def plugin_api(who: str) -> tuple[Any, Any]:
-    """``register_plugins`` and ``plugin_source_sha256`` of the region-conv TensorRT plugin."""
-    try:
-        from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
-    except ImportError as error:
-        fail(f"{who} needs the region-conv TensorRT plugin (layercascade.plugins.trt_plugin: {error}); "
-             "update layercascade")
-    return register_plugins, plugin_source_sha256
+from layercascade.plugins.nvidia import cuda_call
+from layercascade.runtime.backend import Masks, StagedBackend, StageOutputs
+from layercascade.runtime.machine import host
+from layercascade.runtime.trt.engines import FORCED, HOST_INPUTS, HOST_OUTPUTS, BufferSpec, plan_buffers, stage_bindings
 
 
 # -- memory -------------------------------------------------------------------------------------
@@ -136,13 +73,18 @@ class _Memory:
         self.device, self.pinned = [], []
 
 
-class EngineRunner:
-    """One deserialized engine and its execution context, bound by tensor name to device addresses."""
+def deserialize(runtime: Any, path: Path) -> Any:
+    """The engine serialized in ``path`` (``ICudaEngine``), or one line saying it could not be read."""
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        fail(f"{path}: TensorRT could not deserialize it (see its log above); rebuild with lc-build")
+    return engine
 
-    def __init__(self, trt: Any, runtime: Any, path: Path, specs: dict[str, BufferSpec]) -> None:
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            fail(f"{path}: TensorRT could not deserialize it (see its log above); rebuild with lc-build")
+
+class EngineRunner:
+    """One engine and its execution context, bound by tensor name to device addresses."""
+
+    def __init__(self, trt: Any, engine: Any, path: Path, specs: dict[str, BufferSpec]) -> None:
         self.trt, self.engine, self.path = trt, engine, path
         self.context = engine.create_execution_context()
         self.names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -179,27 +121,25 @@ class TrtBackend(StagedBackend):
     device = "cuda"
 
     def __init__(self, engine_dir: Path, manifest: dict[str, Any], metadata: dict[str, Any], trt: Any,
-                 cudart: Any, gpu: dict[str, str], cuda_graph: bool = False) -> None:
+                 cudart: Any, gpu: dict[str, str], runtime: tuple[Any, Any], engines: list[Any],
+                 cuda_graph: bool = False) -> None:
+        """``runtime``: the ``trt.Runtime`` that deserialized ``engines`` (the stage engines, in order)
+        and its logger, which must live as long as it (``loader.load`` prepares all three)."""
         self.engine_dir, self.trt, self.cudart = engine_dir, trt, cudart
+        self.runtime, self.logger = runtime
         self.metadata = metadata
         self.gpu = gpu  # name and compute capability, for reports (lc-bench's machine line)
         self.max_batch = int(metadata["batch"]["max"])
         self.stage_specs = manifest["stages"]
         self.plan = plan_buffers(self.stage_specs, self.max_batch)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = create_trt(trt, "Runtime", self.logger, "the TensorRT backend")
-        if metadata["version_compatible"]:
-            # A version-compatible plan embeds its lean runtime: host code TensorRT must be
-            # allowed to load (TensorRT developer guide, "Version Compatibility").
-            self.runtime.engine_host_code_allowed = True
         self.memory = _Memory(cudart)
         weakref.finalize(self, self.memory.close)  # device and pinned memory go with the backend
         self.stream = cuda_call(cudart.cudaStreamCreate())
         self.buffers = {name: self.memory.device_buffer(spec.nbytes) for name, spec in self.plan.items()}
-        host = [*HOST_INPUTS, *HOST_OUTPUTS, *(n for n in self.plan if n.startswith("forced_"))]
+        host = [*HOST_INPUTS, *HOST_OUTPUTS, *FORCED.values()]
         self.host = {name: self.memory.pinned_array(self.plan[name]) for name in host if name in self.plan}
-        self.engines = [EngineRunner(trt, self.runtime, engine_dir / stage["file"], self.plan)
-                        for stage in self.stage_specs]
+        self.engines = [EngineRunner(trt, engine, engine_dir / stage["file"], self.plan)
+                        for engine, stage in zip(engines, self.stage_specs)]
         self.events = [cuda_call(cudart.cudaEventCreate()) for _ in range(len(self.engines) + 1)]
         self.cuda_graph = cuda_graph
         self.graphs: dict[tuple[int, bool], list[Any]] = {}  # (batch, forced) → per stage: graph exec or None
@@ -225,13 +165,13 @@ class TrtBackend(StagedBackend):
 
     def _stage_work(self, index: int, batch: int, forced: bool) -> bool:
         """Stage ``index``'s copies and engine on the stream; False if TensorRT refused to enqueue."""
-        uploads = {0: ["image"], 1: ["forced_mask2"] if forced else [], 2: ["forced_mask3"] if forced else []}[index]
+        uploads = {0: [IMAGE], 1: [FORCED[MASK2]] if forced else [], 2: [FORCED[MASK3]] if forced else []}[index]
         for name in uploads:
             self._copy(name, batch, to_device=True)
         if not self.engines[index].enqueue(self.stream):
             return False
         if index == len(self.engines) - 1:
-            for name in ["labels", "stage_counts", *([] if forced else ["mask2", "mask3"])]:
+            for name in [LABELS, STAGE_COUNTS, *([] if forced else MASKS)]:
                 self._copy(name, batch, to_device=False)
         return True
 
@@ -264,7 +204,7 @@ class TrtBackend(StagedBackend):
             fail(f"{self.engines[index].path}: TensorRT could not run the engine (see its log above)")
 
     def run(self, images: np.ndarray, rho: float,
-            forced_masks: tuple[np.ndarray, np.ndarray] | None = None) -> StageOutputs:
+            forced_masks: Masks | None = None) -> StageOutputs:
         """Images in, labels / masks / counts out; one stream sync per call."""
         batch, forced = images.shape[0], forced_masks is not None
         if batch > self.max_batch:
@@ -272,13 +212,13 @@ class TrtBackend(StagedBackend):
                  f"rebuild with lc-build --max-batch {batch}")
         started = time.perf_counter()
         self._prepare(batch, forced)
-        self.host["image"][:batch] = images
+        self.host[IMAGE][:batch] = images
         if forced:
-            self.host["forced_mask2"][:batch], self.host["forced_mask3"][:batch] = forced_masks
+            self.host[FORCED[MASK2]][:batch], self.host[FORCED[MASK3]][:batch] = forced_masks
         cudart = self.cudart
         if rho != self.rho:  # ρ lives on the device; 4 bytes cross only when it changes
-            self.host["rho"][...] = rho
-            self._copy("rho", batch, to_device=True)
+            self.host[RHO][...] = rho
+            self._copy(RHO, batch, to_device=True)
             self.rho = rho
         graphs = None
         if self.cuda_graph:
@@ -298,12 +238,16 @@ class TrtBackend(StagedBackend):
                                                                                      self.events[index + 1])))
                    for index in range(len(self.engines))}
         timings["total"] = (time.perf_counter() - started) * 1e3
-        mask2, mask3 = forced_masks if forced else (self.host["mask2"][:batch].copy(), self.host["mask3"][:batch].copy())
-        return StageOutputs(self.host["labels"][:batch].copy(), mask2, mask3,
-                            self.host["stage_counts"][:batch].copy(), timings)
+        mask2, mask3 = forced_masks if forced else (self.host[MASK2][:batch].copy(), self.host[MASK3][:batch].copy())
+        return StageOutputs(self.host[LABELS][:batch].copy(), mask2, mask3,
+                            self.host[STAGE_COUNTS][:batch].copy(), timings)
 
     def dense_runner(self, manifest: dict[str, Any]) -> DenseRunner:
         return DenseRunner(self, self.engine_dir / manifest["dense"]["file"], manifest["dense"])
+
+    def machine(self) -> str:
+        return (f"{self.gpu['name']} (compute capability {self.gpu['compute_capability']}), host {host()}, "
+                f"TensorRT {self.trt.__version__}")
 
     def close(self) -> None:
         """Free the engines' device and pinned memory and the CUDA objects (also at exit)."""
@@ -323,14 +267,14 @@ class DenseRunner:
         self.plan = plan_buffers([spec], backend.max_batch)
         self.buffers = {name: backend.memory.device_buffer(s.nbytes) for name, s in self.plan.items()}
         self.host = {name: backend.memory.pinned_array(s) for name, s in self.plan.items()}
-        self.engine = EngineRunner(backend.trt, backend.runtime, path, self.plan)
+        self.engine = EngineRunner(backend.trt, deserialize(backend.runtime, path), path, self.plan)
         self.engine.bind(self.buffers)
         self.batch: int | None = None
         self.last_ms = 0.0
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         backend, cudart = self.backend, self.backend.cudart
-        images = feeds["image"]
+        images = feeds[IMAGE]
         batch = images.shape[0]
         if batch > backend.max_batch:
             fail(f"the engines take at most {backend.max_batch} images per run, got {batch}")
@@ -338,62 +282,13 @@ class DenseRunner:
         if batch != self.batch:
             self.engine.set_batch(batch)
             self.batch = batch
-        self.host["image"][:batch] = images
-        copy_async(cudart, backend.stream, self.host["image"], self.buffers["image"],
-                   self.plan["image"].bytes_for(batch), to_device=True)
+        self.host[IMAGE][:batch] = images
+        copy_async(cudart, backend.stream, self.host[IMAGE], self.buffers[IMAGE],
+                   self.plan[IMAGE].bytes_for(batch), to_device=True)
         if not self.engine.enqueue(backend.stream):
             fail(f"{self.engine.path}: TensorRT could not run the engine (see its log above)")
-        copy_async(cudart, backend.stream, self.host["labels"], self.buffers["labels"],
-                   self.plan["labels"].bytes_for(batch), to_device=False)
+        copy_async(cudart, backend.stream, self.host[LABELS], self.buffers[LABELS],
+                   self.plan[LABELS].bytes_for(batch), to_device=False)
         cuda_call(cudart.cudaStreamSynchronize(backend.stream))
         self.last_ms = (time.perf_counter() - started) * 1e3
-        return {"labels": self.host["labels"][:batch].copy()}
-
-
-# -- loading ------------------------------------------------------------------------------------
-def load_backend(engine_dir: Path, device: str = "cuda", **options: Any) -> tuple[dict[str, Any], TrtBackend]:
-    """Check an engine dir against this machine, then load its engines: (manifest, backend).
-
-    Order: engine metadata (missing / corrupt / damaged engines) → TensorRT and cuda-python
-    present → a GPU → TensorRT version, GPU and plugin hash as built → source ONNX unchanged
-    → register the plugin → deserialize. Each failure is one line.
-    """
-    del device  # TensorRT engines always run on the current CUDA device
-    metadata = read_metadata(engine_dir)
-    precision = options.pop("precision", None)
-    cuda_graph = bool(options.pop("cuda_graph", False))
-    if options:
-        names = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
-        fail(f"{names}: not a setting of the TensorRT backend")
-    if precision is not None and precision != metadata["precision"]:
-        fail(f"{engine_dir}: the engines are {metadata['precision']} (TensorRT engines carry the precision they were "
-             f"built with); build {precision} ones with lc-build --precision {precision}")
-    manifest = read_manifest(engine_dir, verify=False)  # read_metadata has hashed the engines
-    trt = import_tensorrt("the TensorRT backend")
-    cudart = import_cudart("the TensorRT backend")
-    gpu = gpu_info(cudart, "the TensorRT backend")
-    plugin_sha256 = None
-    register_plugins = None
-    if metadata["plugin_sha256"] is not None:
-        register_plugins, plugin_source_sha256 = plugin_api("the TensorRT backend")
-        plugin_sha256 = plugin_source_sha256()
-    for warning in check_environment(metadata, {"tensorrt": trt.__version__, "gpu": gpu,
-                                                "plugin_sha256": plugin_sha256}):
-        print(f"warning: {warning}", file=sys.stderr)
-    check_sources(metadata, read_source_manifest(metadata))
-    if register_plugins is not None:
-        register_plugins()  # before deserializing: the stage 2–3 engines hold lc::RegionConv
-    return manifest, TrtBackend(engine_dir, manifest, metadata, trt, cudart, gpu, cuda_graph=cuda_graph)
-
-
-def load_engine_dir(engine_dir: str | Path | None, device: str,
-                    **options: Any) -> tuple[Path, dict[str, Any], TrtBackend]:
-    """``Cascade.load(..., backend="trt")``: (engine dir, its manifest, the backend) for ``Cascade``."""
-    if engine_dir is None:
-        fail("the trt backend runs engines built by lc-build: lc-build MODEL_DIR --precision fp16 -o ENGINES, "
-             "then pass ENGINES (lc-run --engine ENGINES)")
-    engine_dir = Path(engine_dir)
-    if not engine_dir.is_dir():
-        fail(f"{engine_dir}: no such engine directory (build one with lc-build MODEL_DIR -o {engine_dir})")
-    manifest, backend = load_backend(engine_dir, device, **options)
-    return engine_dir, manifest, backend
+        return {LABELS: self.host[LABELS][:batch].copy()}

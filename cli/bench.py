@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from layercascade.cli.args import (
+    DATA_HELP,
+    add_backend_arguments,
+    add_rho_argument,
+    float_pair,
+    load_options,
+    rho_list,
+    size,
+)
 from layercascade.errors import fail, run_cli
-from layercascade.model.cli.args import DATA_HELP, add_backend_arguments, backend_options, float_pair, rho, size
-
 
 PROFILER_COST = "the profiler adds a few µs to every kernel"
 
@@ -20,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "measured speedup and the FLOP-ideal one for the stage fractions seen.",
     )
     parser.add_argument("model", nargs="?", default=None, metavar="DIR",
-                        help="model directory from lc-export, engine directory from lc-build, or (torch backend) a "
-                             "checkpoint .pt (default: the bundled demo model)")
-    parser.add_argument("--rho", type=rho, default=None, help="threshold ρ in (0, 1] (default: the model's)")
+                        help="model directory from lc-export, TensorRT engine directory from lc-build, or (torch "
+                             "backend) a checkpoint .pt (default: the bundled demo model)")
+    add_rho_argument(parser, "threshold ρ in (0, 1] (default: the model's)")
     parser.add_argument("--size", type=size, default=None, metavar="HxW",
                         help="check that the model takes this input size (sizes are fixed at export: "
                              "lc-export --input-size HxW)")
@@ -68,10 +75,6 @@ def precision_list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def rho_list(text: str) -> list[float]:
-    return [rho(p) for p in text.split(",")]
-
-
 def check_size(wanted: tuple[int, int] | None, input_size: tuple[int, int]) -> None:
     """``--size``, when given, must be the size the model was exported for."""
     if wanted and tuple(wanted) != tuple(input_size):
@@ -88,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from layercascade.runtime.bench import benchmark
     from layercascade.runtime.cascade import Cascade
 
-    cascade = Cascade.load(args.model, backend=args.backend, device=args.device, lower=not args.no_lowering,
-                           threads=args.threads, **backend_options(args))
+    cascade = Cascade.load(args.model, **load_options(args, args.threads))
     check_size(args.size, cascade.input_size)
     batch = args.batch or cascade.batch_size or 1
     result = benchmark(cascade, args.rho, batch, args.iters, args.warmup, args.active_fraction,
@@ -138,16 +140,15 @@ def print_profile(profile: dict, shown: int = 12) -> None:
 def compare_main(args) -> int:
     """lc-bench --compare: one table of latency (and accuracy) per precision and ρ."""
     from layercascade.model.evaluate import markdown_table
-    from layercascade.runtime.bench import compare_precisions, plot_comparison, precision_sources
     from layercascade.runtime.cascade import Cascade
+    from layercascade.runtime.compare import compare_precisions, plot_comparison, precision_sources
 
     if args.active_fraction or args.precision or args.per_stage:
         fail("--compare times each precision on thresholded masks; drop --active-fraction, --precision and "
              "--per-stage")
     if args.plot and not args.data:
         fail("--plot draws speed against mIoU: give --data too (e.g. --data synthetic)")
-    cascades = {name: Cascade.load(model_dir, backend=args.backend, device=args.device,
-                                   lower=not args.no_lowering, threads=args.threads, **options)
+    cascades = {name: Cascade.load(model_dir, **load_options(args, args.threads), **options)
                 for name, (model_dir, options) in precision_sources(args.model, args.compare).items()}
     fp32 = cascades["fp32"]
     check_size(args.size, fp32.input_size)
@@ -156,7 +157,7 @@ def compare_main(args) -> int:
         from layercascade.model.data import open_dataset
 
         dataset = open_dataset(args.data, "val", limit=args.limit)
-    rhos = args.rhos or [args.rho or fp32.default_rho]
+    rhos = args.rhos or [fp32.rho(args.rho)]
     result = compare_precisions(cascades, rhos, args.batch or fp32.batch_size or 1, args.iters, args.warmup,
                                 dataset, progress=not args.json, profile=args.profile)
     if args.plot:

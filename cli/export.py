@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from layercascade.cli.args import size
 from layercascade.errors import run_cli
-from layercascade.model.cli.args import size
 
 
 def build_parser() -> argparse.ArgumentParser:

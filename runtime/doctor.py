@@ -1,15 +1,14 @@
-"""lc-doctor: what this machine can run — libraries, GPU, TensorRT, the lc plugins, usable backends.
+"""What this machine can run: libraries, GPU, TensorRT, the lc plugins, the backends lc-run can use.
 
-Each probe runs in its own Python process (``lc-doctor --probe NAME``), several at once, with
-a timeout: a package that fails to import, hangs, or crashes in native code (CUDA and
-TensorRT libraries can) shows up as one failed line instead of ending the report. Exit
-status 0 always: the report is the result.
+Each probe runs in its own Python process (``python -m layercascade.runtime.doctor NAME``), several at
+once, with a timeout: a package that fails to import, hangs, or crashes in native code (CUDA and
+TensorRT libraries can) shows up as one failed line instead of ending the report.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import importlib.util
 import json
 import platform
 import shutil
@@ -20,11 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
 
-from layercascade import __version__
-from layercascade.errors import LCError, run_cli
+from layercascade.errors import LCError
+from layercascade.export.session import import_onnxruntime
+from layercascade.plugins.nvidia import cuda_python_version, driver_gpus, import_tensorrt
 
-PROBE_TIMEOUT_S = 90
+WHO = "the TensorRT backend"
 Report = dict[str, Any]
+PROBE_TIMEOUT_S = 90
 
 
 def _first_line(error: BaseException) -> str:
@@ -42,8 +43,7 @@ def probe_python() -> Report:
 
 
 def probe_onnxruntime() -> Report:
-    import onnxruntime
-
+    onnxruntime = import_onnxruntime()
     providers = onnxruntime.get_available_providers()
     installed = [d for d in ("onnxruntime", "onnxruntime-gpu") if _distribution_version(d)]
     # Both wheels install the same module; the CPU one then hides the CUDA provider.
@@ -60,24 +60,9 @@ def _distribution_version(name: str) -> str | None:
         return None
 
 
-def probe_torch() -> Report:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if cuda:
-        detail = f"CUDA {torch.version.cuda}: {torch.cuda.get_device_name()}"
-    elif torch.version.cuda is None:
-        detail = "CPU build (no CUDA)"
-    else:
-        detail = f"CUDA {torch.version.cuda} build, but no usable GPU"
-    return {"ok": True, "version": torch.__version__, "cuda": cuda, "detail": detail}
-
-
 def probe_tensorrt() -> Report:
     """Import (missing / bindings only / libraries not loading) and whether a builder starts (GPU)."""
-    from layercascade.plugins.trt_plugin import import_tensorrt
-
-    trt, _ = import_tensorrt()
+    trt = import_tensorrt(WHO)
 
     class Capture(trt.ILogger):
         def __init__(self) -> None:
@@ -103,9 +88,7 @@ def probe_tensorrt() -> Report:
 
 
 def probe_cuda_python() -> Report:
-    from cuda import bindings
-
-    return {"ok": True, "version": bindings.__version__, "detail": ""}
+    return {"ok": True, "version": cuda_python_version(WHO), "detail": ""}
 
 
 def probe_gpu() -> Report:
@@ -118,22 +101,10 @@ def probe_gpu() -> Report:
         if done.returncode == 0 and lines:
             return {"ok": True, "gpus": lines, "detail": "; ".join(lines) + " (nvidia-smi)"}
         return {"ok": False, "detail": f"nvidia-smi found no GPU: {(done.stderr or done.stdout).strip()[:200]}"}
-    try:
-        from cuda.bindings import driver
-    except ImportError:
+    if importlib.util.find_spec("cuda") is None:
         return {"ok": False, "detail": "no nvidia-smi and no cuda-python: no NVIDIA driver found"}
-    (status,) = driver.cuInit(0)
-    if status != driver.CUresult.CUDA_SUCCESS:
-        return {"ok": False, "detail": f"CUDA driver does not initialise: {status.name}"}
-    _, version = driver.cuDriverGetVersion()
-    _, count = driver.cuDeviceGetCount()
-    names = []
-    for index in range(count):
-        _, device = driver.cuDeviceGet(index)
-        _, name = driver.cuDeviceGetName(256, device)
-        names.append(name.split(b"\0")[0].decode())
-    return {"ok": count > 0, "gpus": names,
-            "detail": f"{', '.join(names) or 'no GPU'}; CUDA driver API {version // 1000}.{version % 1000 // 10}"}
+    names, version = driver_gpus(WHO)
+    return {"ok": bool(names), "gpus": names, "detail": f"{', '.join(names) or 'no GPU'}; CUDA driver API {version}"}
 
 
 def probe_plugins() -> Report:
@@ -141,11 +112,17 @@ def probe_plugins() -> Report:
     from layercascade.plugins import trt_plugin
 
     trt_plugin.register_plugins()
-    trt, _ = trt_plugin.import_tensorrt()
+    trt = import_tensorrt(WHO)
     namespace, name = trt_plugin.plugin_id().split("::")
     found = trt.get_plugin_registry().get_creator(name, "1", namespace) is not None
     return {"ok": found, "detail": f"{trt_plugin.plugin_id()} " + ("registered" if found else "not in the registry"),
             "source_sha256": trt_plugin.plugin_source_sha256()}
+
+
+def _torch_probe() -> Report:
+    from layercascade.runtime.torch import backend
+
+    return backend.probe()
 
 
 PROBES: dict[str, Callable[[], Report]] = {
@@ -153,7 +130,7 @@ PROBES: dict[str, Callable[[], Report]] = {
     "numpy": lambda: _version_of("numpy"),
     "onnxruntime": probe_onnxruntime,
     "onnx": lambda: _version_of("onnx"),
-    "torch": probe_torch,
+    "torch": _torch_probe,
     "triton": lambda: _version_of("triton"),
     "tensorrt": probe_tensorrt,
     "cuda-python": probe_cuda_python,
@@ -176,7 +153,7 @@ def run_probe_here(name: str) -> Report:
 
 def run_probe(name: str) -> Report:
     """One probe in a child process: crashes and hangs stay there."""
-    command = [sys.executable, "-m", "layercascade.runtime.cli.doctor", "--probe", name]
+    command = [sys.executable, "-m", "layercascade.runtime.doctor", name]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
@@ -215,45 +192,12 @@ def usable_backends(probes: dict[str, Report]) -> dict[str, Report]:
     return backends
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lc-doctor", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--probe", choices=list(PROBES), help=argparse.SUPPRESS)
-    return parser
-
-
-def report_lines(probes: dict[str, Report], backends: dict[str, Report]) -> list[str]:
-    width = max(map(len, probes)) + 2
-    lines = [f"layercascade {__version__} on {platform.platform()}"]
-    for name, probe in probes.items():
-        status = "ok" if probe["ok"] else "--"
-        text = " ".join(part for part in (probe.get("version") or "", probe["detail"]) if part)
-        lines.append(f"  {status}  {name:<{width}}{text}")
-    lines.append("backends lc-run can use:")
-    for name, backend in backends.items():
-        text = ", ".join(backend["devices"]) if backend["ok"] else f"no ({backend['detail']})"
-        lines.append(f"  {'ok' if backend['ok'] else '--'}  {name:<{width}}{text}")
-    return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.probe:
-        print(json.dumps(run_probe_here(args.probe)))
-        return 0
+def diagnose() -> tuple[dict[str, Report], dict[str, Report]]:
+    """Every probe, each in its own process (four at a time), and the backends they allow."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         probes = dict(zip(PROBES, pool.map(run_probe, PROBES)))
-    backends = usable_backends(probes)
-    if args.json:
-        print(json.dumps({"version": __version__, "probes": probes, "backends": backends}, indent=2))
-    else:
-        print("\n".join(report_lines(probes, backends)))
-    return 0
-
-
-def cli() -> None:
-    raise SystemExit(run_cli(main))
+    return probes, usable_backends(probes)
 
 
 if __name__ == "__main__":
-    cli()
+    print(json.dumps(run_probe_here(sys.argv[1])))

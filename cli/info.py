@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from layercascade.cli.args import float_pair, size
 from layercascade.errors import run_cli
-from layercascade.model.cli.args import float_pair, size
 
 
 def build_parser() -> argparse.ArgumentParser:

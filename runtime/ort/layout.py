@@ -24,7 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from layercascade.runtime.lowering import consumers_of
+from layercascade.export.graph import attributes, consumers_of
+from layercascade.export.session import inference_session, session_options
 
 NCHWC = "com.microsoft.nchwc"
 
@@ -35,14 +36,12 @@ def nchwc_block_size() -> int | None:
 
     Read off the graph it optimizes for a 1-output-channel conv, whose weights it pads to one block.
     """
-    import onnxruntime as ort
-
     weight = numpy_helper.from_array(np.ones((1, 3, 3, 3), np.float32), "w")
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
                               "block_probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [weight])
     probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    optimized = optimize(probe.SerializeToString(), ort.SessionOptions())
+    optimized = optimize(probe, session_options())
     convs = [n for n in optimized.graph.node if (n.domain, n.op_type) == (NCHWC, "Conv")]
     weights = {t.name: t for t in optimized.graph.initializer}
     if len(convs) != 1 or convs[0].input[1] not in weights:
@@ -50,16 +49,14 @@ def nchwc_block_size() -> int | None:
     return int(weights[convs[0].input[1]].dims[0])
 
 
-def optimize(serialized: bytes, options: Any) -> onnx.ModelProto:
-    """The graph ONNX Runtime's CPU provider runs for ``serialized`` with ``options`` (used up here:
-    set to all optimizations and to save the result)."""
-    import onnxruntime as ort
-
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+def optimize(model: onnx.ModelProto, options: Any) -> onnx.ModelProto:
+    """The graph ONNX Runtime's CPU provider runs for ``model`` with ``options`` (of
+    :func:`~layercascade.export.session.session_options`, all optimizations; used up here: set to
+    save the result)."""
     options.log_severity_level = 3  # not its warning that the saved graph is specific to this machine
     with tempfile.TemporaryDirectory(prefix="lc-ort-") as folder:
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-        ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+        inference_session(model, options)
         return onnx.load(options.optimized_model_filepath)
 
 
@@ -71,7 +68,7 @@ def fold_stem_reorders(model: onnx.ModelProto, options: Any) -> onnx.ModelProto 
     block = nchwc_block_size()
     if block is None:
         return None
-    optimized = optimize(model.SerializeToString(), options)
+    optimized = optimize(model, options)
     graph = optimized.graph
     consumers = consumers_of(graph.node)
     scalars = {t.name for t in graph.initializer if int(np.prod(t.dims)) == 1}
@@ -83,19 +80,16 @@ def fold_stem_reorders(model: onnx.ModelProto, options: Any) -> onnx.ModelProto 
             return None
         return users[0]
 
-    def perm(node: onnx.NodeProto) -> list[int] | None:
-        return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
-
     shapes: dict[str, list[int | None]] | None = None
     folded: list[onnx.NodeProto] = []
     for reorder in graph.node:
         if (reorder.domain, reorder.op_type) != (NCHWC, "ReorderOutput"):
             continue
-        attributes = {a.name: helper.get_attribute_value(a) for a in reorder.attribute}
+        settings = attributes(reorder)
         quantize = only_consumer(reorder.output[0], "QuantizeLinear")
         transpose = quantize and only_consumer(quantize.output[0], "Transpose")
-        if (attributes.get("channels") != block or attributes.get("channels_last", 0) != 0 or transpose is None
-                or quantize.input[1] not in scalars or perm(transpose) != [0, 2, 3, 1]):
+        if (settings.get("channels") != block or settings.get("channels_last", 0) != 0 or transpose is None
+                or quantize.input[1] not in scalars or attributes(transpose).get("perm") != [0, 2, 3, 1]):
             continue
         if shapes is None:  # the NCHW shapes of the original tensors, which keep their names here
             inferred = onnx.shape_inference.infer_shapes(model).graph

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from layercascade.errors import run_cli
-from layercascade.runtime.engines import METADATA, PRECISIONS
+from layercascade.runtime.trt.engines import METADATA, PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from layercascade.runtime.cascade import DEMO_MODEL
-    from layercascade.runtime.trt_build import BuildOptions, build_engines
+    from layercascade.runtime.inputs import DEMO_MODEL
+    from layercascade.runtime.trt.build import BuildOptions, build_engines
 
     options = BuildOptions(args.precision, args.timing_cache, args.workspace, args.max_batch, args.version_compatible)
     target = build_engines(args.model or DEMO_MODEL, args.output, options, progress=not args.json)

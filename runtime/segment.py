@@ -1,8 +1,8 @@
-"""lc-run: segment images with a Layer Cascade model and write label maps, overlays, stage pictures and a summary."""
+"""Segmenting image files: read each, run the cascade, write its label map, overlay and stage
+picture atomically, and a summary of the run (what lc-run does; the command only parses and prints)."""
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -15,11 +15,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from layercascade.errors import LCError, fail, run_cli
-from layercascade.model.cli.args import add_backend_arguments, backend_options
-from layercascade.model.cli.args import rho as rho_value
+from layercascade.errors import LCError, fail
+from layercascade.manifest import write_atomic
 from layercascade.model.data.images import read_rgb
-from layercascade.runtime.inputs import SAMPLES, expand_inputs, output_stems, write_atomic
+from layercascade.runtime.inputs import output_stems
 from layercascade.runtime.visualize import label_image, overlay, stage_picture
 
 if TYPE_CHECKING:
@@ -34,60 +33,6 @@ OUTPUTS: dict[str, tuple[str, dict[str, Any]]] = {
     "_stages": (".png", {"compress_level": 1}),
 }
 SUMMARY = "summary.json"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lc-run",
-        description="Segment images with a Layer Cascade model. For each image write OUT/<stem>.png (palette "
-                    "label map of class ids), OUT/<stem>_overlay.jpg (classes over the image) and "
-                    "OUT/<stem>_stages.png (which stage decided each pixel), then OUT/summary.json. "
-                    "Unreadable images are reported and skipped; the exit code is then 1.",
-    )
-    parser.add_argument("inputs", nargs="*", metavar="INPUT",
-                        help="image files, folders (their image files, not recursive) or quoted glob patterns "
-                             "('photos/**/*.jpg' recurses) (default: the bundled sample images)")
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
-                        help="folder for the outputs (created if missing; files of the same name are replaced)")
-    parser.add_argument("--engine", default=None, metavar="DIR",
-                        help="model folder written by lc-export, engine folder written by lc-build, or (torch backend) "
-                             "a checkpoint .pt (default: the bundled demo model)")
-    parser.add_argument("--rho", type=rho_value, default=None, metavar="R",
-                        help="confidence threshold ρ in (0, 1]: pixels more confident than ρ at a stage stop "
-                             "there; 1 runs every pixel through every stage (default: the model's)")
-    add_backend_arguments(parser)
-    parser.add_argument("--json", action="store_true",
-                        help="print the summary JSON to stdout (no progress bar)")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop at the first image that cannot be read or segmented (exit code 1)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bar and no closing line (warnings are still printed)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    # Intermixed: `lc-run a.jpg -o out b.jpg` keeps both images.
-    args = build_parser().parse_intermixed_args(argv)
-    paths = expand_inputs(args.inputs or [str(SAMPLES)])
-    out = make_output_dir(args.output)
-    from layercascade.runtime.cascade import Cascade  # lazily: loads the backend's heavy libraries
-
-    cascade = Cascade.load(args.engine, backend=args.backend, device=args.device, lower=not args.no_lowering,
-                           **backend_options(args))
-    records, failed = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict,
-                                  progress=not (args.quiet or args.json))
-    summary = summarize(records, failed, backend=cascade.backend, model=args.engine or "demo",
-                        rho=cascade.default_rho if args.rho is None else args.rho)
-    save(out / SUMMARY, lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    elif not args.quiet:
-        print(closing_line(summary, out))
-    return 1 if failed else 0
-
-
-def cli() -> None:
-    raise SystemExit(run_cli(main))
 
 
 def make_output_dir(path: Path) -> Path:
@@ -164,7 +109,7 @@ def save_pictures(pictures: dict[str, Image.Image], out: Path, stem: str) -> lis
 
 
 def save(path: Path, write_fn: Callable[[Path], object]) -> None:
-    """:func:`write_atomic`, with a failing disk (full, read-only) as a one-line error."""
+    """:func:`~layercascade.manifest.write_atomic`, with a failing disk (full, read-only) as a one-line error."""
     try:
         write_atomic(path, write_fn)
     except OSError as error:
@@ -204,12 +149,6 @@ def summarize(records: list[dict[str, Any]], failed: list[dict[str, str]], *, ba
     }
 
 
-def closing_line(summary: dict[str, Any], out: Path) -> str:
-    """One line for people: how many images, where, how fast, and the stage shares."""
-    line = f"{summary['images']} image(s) -> {out}"
-    if summary["images"]:
-        shares = " / ".join(f"{100 * f:.0f}%" for f in summary["stage_fractions"])
-        line += f"  mean {summary['mean_ms']:.1f} ms  stages 1/2/3: {shares}"
-    if summary["failed"]:
-        line += f"  ({len(summary['failed'])} failed)"
-    return line
+def write_summary(out: Path, summary: dict[str, Any]) -> None:
+    """``OUT/summary.json``, atomically."""
+    save(out / SUMMARY, lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))

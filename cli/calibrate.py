@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from layercascade.cli.args import add_data_arguments, add_rho_argument
 from layercascade.errors import run_cli
-from layercascade.model.cli.args import add_data_arguments, rho
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="activation ranges: exact min/max, the 99.999th percentile of |x|, or the "
                              "KL-optimal clipping threshold (default: percentile, the most accurate on the demo "
                              "model, docs/results.md)")
-    parser.add_argument("--per-stage-rho", type=rho, default=None, metavar="R",
-                        help="calibration ρ: which pixels reach stages 2 and 3 while statistics are collected "
-                             "(default: the model's ρ)")
+    add_rho_argument(parser, "calibration ρ: which pixels reach stages 2 and 3 while statistics are collected "
+                             "(default: the model's ρ)", deprecated=("--per-stage-rho",))
     parser.add_argument("--naive", action="store_true",
                         help="stage 2-3 statistics over all pixels instead of those that reach the stage "
                              "(for comparison only)")
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from layercascade.calibration.calibrate import calibrate
 
     record = calibrate(Path(args.model), Path(args.output), data=args.data, split=args.split, seed=args.seed,
-                       limit=args.limit, method=args.method, rho=args.per_stage_rho, cascade_aware=not args.naive,
+                       limit=args.limit, method=args.method, rho=args.rho, cascade_aware=not args.naive,
                        cache=args.cache, progress=not args.json)
     if args.json:
         print(json.dumps(record))

@@ -22,12 +22,19 @@ from typing import Any
 from tqdm import tqdm
 
 from layercascade.errors import fail
-from layercascade.manifest import read_manifest
-from layercascade.runtime.engines import (
-    PRECISIONS, BatchRange, BuiltEngine, Graph, batch_range, check_output_dir, profile_shapes, write_engine_dir,
+from layercascade.manifest import read_manifest, write_atomic
+from layercascade.plugins.nvidia import create_trt, gpu_info, import_tensorrt
+from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
+from layercascade.runtime.trt.engines import (
+    PRECISIONS,
+    BatchRange,
+    BuiltEngine,
+    Graph,
+    batch_range,
+    check_output_dir,
+    profile_shapes,
+    write_engine_dir,
 )
-from layercascade.runtime.inputs import write_atomic
-from layercascade.runtime.trt import create_trt, gpu_info, import_cudart, import_tensorrt, plugin_api
 
 WHO = "lc-build"
 
@@ -193,10 +200,8 @@ def build_engines(model_dir: str | os.PathLike, output_dir: str | os.PathLike, o
         fail(f"--workspace must be positive, got {options.workspace_gib}")
     check_output_dir(output_dir, model_dir)
     trt = import_tensorrt(WHO)
-    cudart = import_cudart(WHO)
-    gpu = gpu_info(cudart, WHO)
+    gpu = gpu_info(WHO)
     builder = _Builder(trt, options, batch, model_dir)
-    register_plugins, plugin_source_sha256 = plugin_api(WHO)
     register_plugins()  # before parsing: the parser maps RegionConv nodes to the registered plugin
     settings = {"precision": options.precision, "tensorrt": trt.__version__, "gpu": gpu,
                 "plugin_sha256": plugin_source_sha256(), "batch": batch,

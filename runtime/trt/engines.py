@@ -19,21 +19,22 @@ from typing import Any
 
 import numpy as np
 
-from layercascade import __version__
+from layercascade.contract import IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS
 from layercascade.errors import fail
 from layercascade.manifest import MANIFEST, read_manifest, sha256_file, write_model_dir
+from layercascade.version import __version__
 
 METADATA = "engines.json"
 FORMAT = "layercascade.engines"
 VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 # Tensors that cross to or from the host in a cascade run; everything else stays on the device.
-HOST_INPUTS = ("image", "rho")
-HOST_OUTPUTS = ("labels", "stage_counts", "mask2", "mask3")
+HOST_INPUTS = (IMAGE, RHO)
+HOST_OUTPUTS = (LABELS, STAGE_COUNTS, *MASKS)
 # Stage inputs replaced by a forced mask (lc-bench --active-fraction): stage input → buffer.
-FORCED = {"mask2": "forced_mask2", "mask3": "forced_mask3"}
-# The stage graph contract (DESIGN §5): every tensor leads with the batch, except ρ.
-UNBATCHED = ("rho",)
+FORCED = {mask: f"forced_{mask}" for mask in MASKS}
+# In the stage graph contract every tensor leads with the batch, except ρ.
+UNBATCHED = (RHO,)
 
 
 def is_engine_dir(path: str | os.PathLike | None) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from layercascade.cli.args import DATA_HELP, float_pair, rho, size
 from layercascade.errors import run_cli
-from layercascade.model.cli.args import DATA_HELP, float_pair, rho, size
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from layercascade.cli.args import add_data_arguments, rho
+from layercascade.contract import rho_or_default
 from layercascade.errors import fail, run_cli
-from layercascade.model.cli.args import add_data_arguments, rho
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = open_dataset(args.data, args.split, seed=args.seed, limit=args.limit)
     if len(dataset.classes) != len(classes):
         fail(f"data set {args.data!r} has {len(dataset.classes)} classes, the model {len(classes)}")
-    rhos = PAPER_RHOS if args.rho_sweep else [args.rho or default_rho]
+    rhos = PAPER_RHOS if args.rho_sweep else [rho_or_default(args.rho, default_rho)]
     results = evaluate(predict, dataset, rhos, classes, progress=not args.json)
     if args.json:
         payload = [r.to_dict() for r in results]
@@ -59,14 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_predictor(source: str | None):
     """(predictor, class names, default ρ) for a checkpoint file or an exported model directory."""
-    from layercascade.model.evaluate import cascade_predictor, torch_predictor
-
     if source is not None and Path(source).is_dir():
         from layercascade.runtime.cascade import Cascade
 
         cascade = Cascade.load(source)
-        return cascade_predictor(cascade), cascade.classes, cascade.default_rho
+        return cascade.predict, cascade.classes, cascade.default_rho
     from layercascade.model.checkpoint import load_checkpoint
+    from layercascade.model.evaluate import torch_predictor
 
     checkpoint = load_checkpoint(source)
     predict = torch_predictor(checkpoint.build_model(), checkpoint.mean, checkpoint.std)

@@ -1,4 +1,7 @@
-"""Lower ``lc::RegionConv`` nodes to a compact form of standard ONNX ops (DESIGN §7).
+"""Lower ``lc::RegionConv`` nodes to a compact form of standard ONNX ops (docs/architecture.md).
+
+Backend-neutral: the result is plain ONNX (no custom domain), which ONNX Runtime runs here and
+any other ONNX consumer (OpenVINO, Triton's ONNX backends) can run unchanged.
 
 The function body of a RegionConv computes the convolution on every pixel and then
 zeroes the pixels outside the region. This pass rewrites a graph so the work scales
@@ -33,18 +36,24 @@ the function bodies.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from layercascade.export.graph import (
+    QDQ_OPS,
+    attributes,
+    live_nodes,
+    per_tensor_zero_point_0,
+    producers_of,
+    scalar_value,
+)
 from layercascade.export.regionconv import DOMAIN as REGION_CONV_DOMAIN
 from layercascade.export.regionconv import OP_TYPE as REGION_CONV_OP
 
 ROW_OPS = {"Relu", "Add", "Concat"}
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
 class LoweringUnsupported(Exception):
@@ -87,7 +96,7 @@ class _Lowering:
         self.cache: dict[tuple, str] = {}
         self.regions: dict[str, _Region] = {}
         self.counter = 0
-        self.producers = {output: node for node in self.graph.node for output in node.output}
+        self.producers = producers_of(self.graph.node)
         inferred = onnx.shape_inference.infer_shapes(model).graph
         infos = [*inferred.input, *inferred.value_info, *inferred.output]
         self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
@@ -139,7 +148,7 @@ class _Lowering:
         if len(grids) != 1 or len(shape) != 4 or None in shape[2:]:
             raise LoweringUnsupported(f"region masks of shapes {sorted(grids, key=str)}: need one static H, W")
         self.batch, self.height, self.width = shape[0], shape[2], shape[3]
-        pads = [tuple(_attributes(n)["pads"]) for n in region_nodes]
+        pads = [tuple(attributes(n)["pads"]) for n in region_nodes]
         self.border = (max(p[0] for p in pads), max(p[1] for p in pads))
         self.padded_width = self.width + 2 * self.border[1]
         self.flat = self.const("flat", np.array([-1], np.int64))
@@ -256,7 +265,7 @@ class _Lowering:
 
     # -- node rewrites ------------------------------------------------------------------------------
     def region_conv(self, node: onnx.NodeProto) -> None:
-        attrs = _attributes(node)
+        attrs = attributes(node)
         if attrs.get("group", 1) != 1:
             raise LoweringUnsupported(f"{node.name}: grouped region convolution")
         x, w_name, b_name, mask = node.input
@@ -298,7 +307,7 @@ class _Lowering:
             return self.qdq_row_op(node)
         if node.op_type == "Mul" and len(node.input) == 2 and any(i in self.masks for i in node.input):
             return self.masked(node)
-        if node.op_type == "Transpose" and _attributes(node).get("perm") == [0, 2, 3, 1]:
+        if node.op_type == "Transpose" and attributes(node).get("perm") == [0, 2, 3, 1]:
             source = self.value(node.input[0])
             if source.rows is None or source.channels_last:
                 return False
@@ -310,7 +319,7 @@ class _Lowering:
         if node.op_type not in ROW_OPS or any(v.rows is None or v.region is not inputs[0].region or v.channels_last
                                               for v in inputs):
             return False  # a dense operand, or rows of two regions: the result is not zero outside one
-        attrs = _attributes(node)
+        attrs = attributes(node)
         if node.op_type == "Concat" and attrs.get("axis") != 1:
             return False
         out = self.add(node.op_type, [v.rows for v in inputs], f"{node.name}/rows", **attrs)
@@ -336,7 +345,7 @@ class _Lowering:
                 transpose = self.producers.get(complement.input[1])
                 shape = self.shapes.get(node.output[0])
                 if (transpose is None or transpose.op_type != "Transpose"
-                        or _attributes(transpose).get("perm") != [0, 2, 3, 1]
+                        or attributes(transpose).get("perm") != [0, 2, 3, 1]
                         or self.regions.get(transpose.input[0]) is not scores.region
                         or not shape or len(shape) != 4 or shape[3] is None or self.shapes.get(earlier) != shape
                         or self.types.get(earlier) != self.types.get(selected)):
@@ -384,7 +393,7 @@ class _Lowering:
             weight = numpy_helper.to_array(self.initializers[w_name])
             return self.const(f"{conv}.matrix", as_matrix(weight)), weight.shape, None
         dequantize = self.producers.get(w_name)
-        if (dequantize is None or dequantize.op_type != "DequantizeLinear" or _attributes(dequantize).get("axis") != 0
+        if (dequantize is None or dequantize.op_type != "DequantizeLinear" or attributes(dequantize).get("axis") != 0
                 or not all(i in self.initializers for i in dequantize.input)):
             raise LoweringUnsupported(f"{conv}: weights are neither an initializer nor DQ(int8, axis 0) of one")
         weight, scale, zero = (numpy_helper.to_array(self.initializers[i]) for i in dequantize.input)
@@ -407,14 +416,14 @@ class _Lowering:
         """(int8 tensor, scale, zero point) when ``name`` is a per-tensor DequantizeLinear output."""
         dequantize = self.producers.get(name)
         if (dequantize is None or dequantize.op_type != "DequantizeLinear"
-                or not _per_tensor_zero_point_0(dequantize, self.initializers)):
+                or not per_tensor_zero_point_0(dequantize, self.initializers)):
             return None
         return dequantize.input[0], dequantize.input[1], dequantize.input[2]
 
     def qdq_row_op(self, node: onnx.NodeProto) -> bool:
         """A per-tensor Q / DQ of a row-space tensor runs on its rows (zero point 0 keeps zeros zero)."""
         source = self.value(node.input[0])
-        if source.rows is None or not _per_tensor_zero_point_0(node, self.initializers):
+        if source.rows is None or not per_tensor_zero_point_0(node, self.initializers):
             return False
         out = self.add(node.op_type, [source.rows, *node.input[1:]], f"{node.name}/rows")
         self.values[node.output[0]] = _Value(rows=out, region=source.region)
@@ -455,253 +464,6 @@ class _Lowering:
         opsets = [o for o in self.model.opset_import if o.domain != REGION_CONV_DOMAIN]
         return helper.make_model(graph, opset_imports=opsets, ir_version=self.model.ir_version,
                                  producer_name="layercascade-lowering")
-
-
-def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = frozenset()) -> onnx.ModelProto:
-    """An INT8 QDQ graph for ONNX Runtime's CPU kernels: activations that cannot be negative are
-    quantized as uint8 with zero point 0 instead of int8 (a copy, or ``model`` itself when it has
-    no Q/DQ; the model dir keeps its int8 form, which TensorRT needs).
-
-    A per-tensor int8 zero point 0 becomes uint8 0 when every QuantizeLinear using it reads a
-    ReLU output, a ``Max(·, 0)`` output or one of ``non_negative_inputs`` (graph inputs another
-    stage produced by a ReLU), directly or through Identity / Q / DQ with zero point 0 (the
-    joined cascade's stage boundaries); its DequantizeLinears, gathers and pads follow the type.
-    Then:
-
-    * non-negative values below 127.5·scale get the same codes as in int8; larger ones, which
-      int8 clips to 127, keep their value up to 255·scale (more range, never less);
-    * a ReLU / ``Max(·, 0)`` that only feeds such Qs goes: uint8 with zero point 0 clamps
-      negatives to 0 itself (symmetric int8, qmin −128, cannot, so ONNX Runtime ran DQ → ReLU
-      → Q passes between its int8 convs);
-    * a Conv → Q → DQ pair in front of that ReLU goes too, so the conv requantizes once, straight
-      to the ReLU's scale (as TensorRT fuses Conv + ReLU);
-    * ONNX Runtime runs QLinearConv / QGemm with uint8 activations, its fast x86 u8·s8 kernels
-      (int8 activations take a slow path there).
-    """
-    if not any(node.op_type in QDQ_OPS for node in model.graph.node):
-        return model  # a float graph: nothing to rewrite, no copy needed
-    model = _copy(model)
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    nodes = list(graph.node)  # one Python object per node, so id() names it
-    producers = {output: node for node in nodes for output in node.output}
-    consumers = consumers_of(nodes)
-    outputs = {o.name for o in graph.output}
-
-    def rectifier(name: str) -> onnx.NodeProto | None:
-        """The ReLU or Max(·, 0) node producing ``name``."""
-        node = producers.get(name)
-        if node is not None and (node.op_type == "Relu" or (node.op_type == "Max" and len(node.input) == 2
-                                                             and scalar_value(initializers, node.input[1]) == 0.0)):
-            return node
-        return None
-
-    def only_consumer(tensor: str, op_type: str) -> onnx.NodeProto | None:
-        found = consumers.get(tensor, [])
-        if tensor in outputs or len(found) != 1 or found[0].op_type != op_type:
-            return None
-        return found[0]
-
-    def int8_zero_point_0(node: onnx.NodeProto) -> bool:
-        return _per_tensor_zero_point_0(node, initializers, np.int8)
-
-    quantizers: dict[str, list[onnx.NodeProto]] = {}  # zero point initializer → its Qs
-    for node in nodes:
-        if node.op_type in QDQ_OPS and len(node.input) == 3:
-            quantizers.setdefault(node.input[2], [])
-            if node.op_type == "QuantizeLinear":
-                quantizers[node.input[2]].append(node)
-    def non_negative(name: str) -> bool:
-        """Produced by a rectifier, or by Identity / Q / DQ (zero point 0) of a non-negative tensor."""
-        node = producers.get(name)
-        if name in non_negative_inputs or rectifier(name) is not None:
-            return True
-        passes = node is not None and (node.op_type == "Identity" or (
-            node.op_type in QDQ_OPS and _per_tensor_zero_point_0(node, initializers)))
-        return passes and non_negative(node.input[0])
-
-    unsigned = [zero for zero, qs in quantizers.items()
-                if qs and all(int8_zero_point_0(q) and non_negative(q.input[0]) for q in qs)
-                and all(n.op_type in QDQ_OPS and int8_zero_point_0(n) for n in consumers[zero])]
-    if not unsigned:
-        return model
-    for zero in unsigned:
-        initializers[zero].CopyFrom(numpy_helper.from_array(np.uint8(0), zero))
-    removed: set[int] = set()  # id() of the nodes to drop (names may be empty)
-    retyped = {q.output[0] for zero in unsigned for q in quantizers[zero]}
-    for node in [n for n in nodes if rectifier(n.output[0]) is n]:
-        readers = consumers.get(node.output[0], [])
-        if node.output[0] in outputs or not readers or not all(q.output[0] in retyped for q in readers):
-            continue
-        source = node.input[0]
-        pair_dq = producers.get(source) if only_consumer(source, node.op_type) is node else None
-        pair_q = producers.get(pair_dq.input[0]) if pair_dq is not None and pair_dq.op_type == "DequantizeLinear" else None
-        if (pair_q is not None and pair_q.op_type == "QuantizeLinear" and int8_zero_point_0(pair_q)
-                and only_consumer(pair_q.output[0], "DequantizeLinear") is pair_dq
-                and producers.get(pair_q.input[0]) is not None and producers[pair_q.input[0]].op_type == "Conv"
-                and only_consumer(pair_q.input[0], "QuantizeLinear") is pair_q):
-            source = pair_q.input[0]
-            removed.update([id(pair_q), id(pair_dq)])
-        for reader in readers:
-            reader.input[0] = source
-        removed.add(id(node))
-    kept = [n for n in nodes if id(n) not in removed]
-    del graph.node[:]
-    graph.node.extend(kept)
-    _drop_unused_initializers(graph)
-    return model
-
-
-def mean_as_zero_point(model: onnx.ModelProto) -> onnx.ModelProto:
-    """An INT8 graph's image normalisation in one pass for ONNX Runtime: ``Cast(uint8) → Sub(mean)``
-    becomes a DequantizeLinear with the mean, rounded, as its per-channel zero point, and every
-    conv reading it takes the rounding (mean − round(mean)) into its bias (a copy; ``model``
-    itself when nothing matches or it has no Q/DQ: float graphs stay exact).
-
-    Inside the image the conv's output is unchanged. Its zero padding now stands for the rounded
-    mean instead of the mean: taps outside the image (with our stems, output row 0 and column
-    0) are off by at most 0.5 / std of an input step, about 1/115 of the stem's 0–255 input range
-    per channel, far below int8's quantization error (the INT8 accuracy tables measure all of it).
-    """
-    if not any(node.op_type in QDQ_OPS for node in model.graph.node):
-        return model
-    original, model = model, _copy(model)
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    producers = {output: node for node in graph.node for output in node.output}
-    consumers = consumers_of(graph.node)
-    uint8_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
-
-    def is_uint8(name: str) -> bool:
-        node = producers.get(name)
-        if node is None:
-            return name in uint8_inputs
-        return node.op_type in ("Transpose", "Identity") and is_uint8(node.input[0])
-
-    def float_convs(name: str) -> list[onnx.NodeProto] | None:
-        convs = consumers.get(name, [])
-        ok = convs and all(c.op_type == "Conv" and c.input[0] == name and _attributes(c).get("group", 1) == 1
-                           and all(i in initializers for i in c.input[1:]) and initializers[c.input[1]].dims
-                           and len(initializers[c.input[1]].dims) == 4 for c in convs)
-        return convs if ok else None
-
-    rewritten = False
-    for cast in list(graph.node):
-        subs = consumers.get(cast.output[0], [])
-        if (cast.op_type != "Cast" or _attributes(cast).get("to") != onnx.TensorProto.FLOAT or not is_uint8(cast.input[0])
-                or len(subs) != 1 or subs[0].op_type != "Sub" or subs[0].input[0] != cast.output[0]
-                or subs[0].input[1] not in initializers):
-            continue
-        sub = subs[0]
-        mean = numpy_helper.to_array(initializers[sub.input[1]]).astype(np.float64)
-        convs = float_convs(sub.output[0])
-        if convs is None or mean.ndim not in (3, 4) or mean.size != mean.shape[-3] or not (0 <= mean).all() \
-                or not (mean <= 255).all():
-            continue
-        mean = mean.reshape(-1)
-        zero_point = np.round(mean).astype(np.uint8)
-        for conv in convs:
-            weight = numpy_helper.to_array(initializers[conv.input[1]]).astype(np.float64)
-            shift = np.einsum("ochw,c->o", weight, zero_point - mean)
-            bias_name = conv.input[2] if len(conv.input) > 2 else ""
-            bias = numpy_helper.to_array(initializers[bias_name]) if bias_name else np.zeros(len(shift), np.float32)
-            name = f"{conv.name}/bias_at_rounded_mean"
-            graph.initializer.append(numpy_helper.from_array((bias + shift).astype(np.float32), name))
-            conv.input[2:] = [name]
-        scale, zero = f"{sub.name}/unit_scale", f"{sub.name}/rounded_mean"
-        graph.initializer.extend([numpy_helper.from_array(np.ones(len(mean), np.float32), scale),
-                                  numpy_helper.from_array(zero_point, zero)])
-        cast.CopyFrom(helper.make_node("DequantizeLinear", [cast.input[0], scale, zero], [sub.output[0]],
-                                       name=f"{sub.name}/as_dequantize", axis=1))
-        graph.node.remove(sub)
-        rewritten = True
-    if not rewritten:
-        return original
-    _drop_unused_initializers(graph)
-    return model
-
-
-def rectified_outputs(model: onnx.ModelProto) -> frozenset[str]:
-    """Graph outputs that a ReLU produces (through Identity, or a Q → DQ pair): never negative.
-    The next stage may quantize them as uint8 (:func:`relu_as_uint8`)."""
-    producers = {output: node for node in model.graph.node for output in node.output}
-
-    def from_relu(name: str) -> bool:
-        node = producers.get(name)
-        if node is None:
-            return False
-        if node.op_type in ("Identity", "QuantizeLinear", "DequantizeLinear"):
-            return from_relu(node.input[0])
-        return node.op_type == "Relu"
-
-    return frozenset(o.name for o in model.graph.output if from_relu(o.name))
-
-
-def int8_conv_inputs(model: onnx.ModelProto) -> bool:
-    """Whether a Conv of ``model`` reads a dequantized int8 activation (not a weight)."""
-    producers = {output: node for node in model.graph.node for output in node.output}
-    initializers = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        dequantize = producers.get(node.input[0]) if node.op_type == "Conv" else None
-        if (dequantize is not None and dequantize.op_type == "DequantizeLinear" and len(dequantize.input) == 3
-                and dequantize.input[0] not in initializers and dequantize.input[2] in initializers
-                and initializers[dequantize.input[2]].data_type == onnx.TensorProto.INT8):
-            return True
-    return False
-
-
-def _per_tensor_zero_point_0(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto],
-                             dtype: type | None = None) -> bool:
-    """A Q or DQ with one scale and zero point 0 (of ``dtype`` when given) from initializers."""
-    if len(node.input) != 3 or not all(i in initializers for i in node.input[1:]):
-        return False
-    scale, zero = (numpy_helper.to_array(initializers[i]) for i in node.input[1:])
-    return scale.size == 1 and zero.size == 1 and (dtype is None or zero.dtype == dtype) and not zero.any()
-
-
-def consumers_of(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
-    """Tensor name → the nodes that read it."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return consumers
-
-
-def scalar_value(initializers: dict[str, onnx.TensorProto], name: str) -> float | None:
-    """The value of a one-element initializer, else None."""
-    if name not in initializers:
-        return None
-    value = numpy_helper.to_array(initializers[name])
-    return float(value.reshape(-1)[0]) if value.size == 1 else None
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copied = onnx.ModelProto()
-    copied.CopyFrom(model)
-    return copied
-
-
-def live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """``nodes`` without those no graph output depends on (e.g. the dense DQ of an input whose
-    region convs read the int8 tensor instead, or the form of a tensor no one reads)."""
-    needed, kept = set(outputs), []
-    for node in reversed(nodes):
-        if needed.intersection(node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    return kept[::-1]
-
-
-def _attributes(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def lower_region_convs(model: onnx.ModelProto) -> onnx.ModelProto:

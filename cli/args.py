@@ -1,0 +1,110 @@
+"""Argument types and groups shared by the commands: sizes, thresholds, the backend group (turned into
+``Cascade.load`` keyword arguments here, so no backend checks flags itself) and the data group."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def size(text: str) -> tuple[int, int]:
+    """``HxW`` (or a single ``N`` for N×N) → (H, W)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 512x512, got {text!r}")
+    return parts[0], parts[1]
+
+
+def rho(text: str) -> float:
+    """A threshold in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"rho must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def rho_list(text: str) -> list[float]:
+    """``R1,R2,...`` → thresholds in (0, 1]."""
+    return [rho(p) for p in text.split(",")]
+
+
+def float_pair(text: str) -> tuple[float, float]:
+    """``A,B`` → (A, B)."""
+    try:
+        low, high = (float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers like 0.75,1.25, got {text!r}") from None
+    return low, high
+
+
+def add_rho_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str,
+                     deprecated: tuple[str, ...] = ()) -> None:
+    """``--rho R`` (ρ in (0, 1], default None: the model's); ``deprecated`` spellings still work
+    and print a line naming ``--rho``."""
+    parser.add_argument("--rho", type=rho, default=None, metavar="R", help=help)
+    for spelling in deprecated:
+        parser.add_argument(spelling, type=rho, dest="rho", metavar="R", action=_Deprecated, help=argparse.SUPPRESS)
+
+
+class _Deprecated(argparse.Action):
+    """Stores the value like the option it replaces, and says which option that is."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"warning: {option_string} is deprecated; use --{self.dest}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--device``, ``--no-lowering``, ``--precision`` and ``--cuda-graph`` (lc-run, lc-bench)."""
+    from layercascade.runtime.backend import BACKENDS
+
+    group = parser.add_argument_group("backend")
+    group.add_argument("--backend", choices=BACKENDS, default="auto",
+                       help="inference backend: ONNX Runtime, TensorRT or PyTorch; auto: TensorRT for an engine "
+                            "dir, torch for a checkpoint .pt, else ONNX Runtime (default: auto)")
+    group.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="where the model runs (default: cpu)")
+    group.add_argument("--no-lowering", action="store_true",
+                       help="ONNX Runtime: run the RegionConv function bodies (dense conv ⊙ M) instead of the "
+                            "compact form whose cost follows the pixels that reach stages 2–3")
+    group.add_argument("--precision", choices=("fp32", "fp16"), default=None,
+                       help="torch backend: compute precision (default: fp32); TensorRT engines carry the "
+                            "precision they were built with")
+    group.add_argument("--cuda-graph", action="store_true",
+                       help="torch / TensorRT on CUDA: capture the whole cascade in one CUDA graph and replay it")
+
+
+def load_options(args: argparse.Namespace, threads: int = 0) -> dict[str, Any]:
+    """``Cascade.load``'s keyword arguments from :func:`add_backend_arguments`: the backend, device,
+    lowering and threads, and the backend-specific settings that were given."""
+    options: dict[str, Any] = {"backend": args.backend, "device": args.device, "lower": not args.no_lowering,
+                               "threads": threads}
+    if args.precision is not None:
+        options["precision"] = args.precision
+    if args.cuda_graph:
+        options["cuda_graph"] = True
+    return options
+
+
+DATA_HELP = ("data set: 'synthetic' (procedural, no download), 'voc:PATH' (VOCdevkit/VOC2012) or "
+             "'cityscapes:PATH' (leftImg8bit + gtFine) (default: synthetic)")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, split: str) -> None:
+    """``--data``, ``--split``, ``--seed``, ``--limit``."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default="synthetic", metavar="SPEC", help=DATA_HELP)
+    group.add_argument("--split", default=split, help=f"split to use (default: {split})")
+    group.add_argument("--seed", type=int, default=0,
+                       help="seed: picks the synthetic images, and the training order/augmentation (default: 0)")
+    group.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N images")

@@ -1,0 +1,126 @@
+"""TensorRT and cuda-python: the one module that imports them, with one set of install messages,
+and the questions asked of the CUDA driver (which GPU, which compute capability).
+
+``who`` in every function names what needs the library ("lc-build", "the TensorRT backend", …),
+so a machine without it gets one line saying who needed what and how to install it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from layercascade.errors import fail
+
+INSTALL = "pip install 'layercascade[gpu]' (TensorRT ≥ 10.9 and cuda-python, on a machine with an NVIDIA GPU)"
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+
+
+def import_tensorrt(who: str) -> Any:
+    """``tensorrt``, or one line naming what is wrong with its install."""
+    try:
+        import tensorrt
+    except ModuleNotFoundError as error:
+        if error.name != "tensorrt":
+            fail(f"{who} needs TensorRT, which does not import ({_first_line(error)}); {INSTALL}")
+        if importlib.util.find_spec("tensorrt_bindings") is not None:
+            fail(f"{who} needs TensorRT: only TensorRT's Python bindings are installed (tensorrt_bindings, without "
+                 "libnvinfer); install the full TensorRT (tensorrt-cu13 from NVIDIA's package index)")
+        fail(f"{who} needs TensorRT, which is not installed: {INSTALL}")
+    except (ImportError, OSError) as error:  # OSError: the bindings without libnvinfer
+        fail(f"{who} needs TensorRT, whose libraries do not load ({_first_line(error)}): install the libnvinfer "
+             "that matches the bindings (tensorrt-cu13-libs)")
+    return tensorrt
+
+
+def import_tensorrt_plugin(who: str) -> Any:
+    """``tensorrt.plugin`` with ahead-of-time plugins (TensorRT ≥ 10.9)."""
+    trt = import_tensorrt(who)
+    try:
+        import tensorrt.plugin as trtp
+    except ImportError as error:
+        fail(f"{who} needs tensorrt.plugin, which TensorRT {trt.__version__} lacks ({_first_line(error)}): "
+             "install TensorRT 10.9 or newer")
+    if not hasattr(trtp, "aot_impl"):
+        fail(f"{who} needs AOT Python plugins (tensorrt.plugin.aot_impl), which TensorRT {trt.__version__} lacks: "
+             "install 10.9 or newer")
+    return trtp
+
+
+def import_cudart(who: str) -> Any:
+    """``cuda.bindings.runtime`` (NVIDIA's samples moved from pycuda to it in TensorRT 10.14)."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError as error:
+        fail(f"{who} needs cuda-python ({_first_line(error)}); {INSTALL}")
+    return runtime
+
+
+def import_cuda_driver(who: str) -> Any:
+    """``cuda.bindings.driver``: the CUDA driver API."""
+    try:
+        from cuda.bindings import driver
+    except ImportError as error:
+        fail(f"{who} needs cuda-python ({_first_line(error)}); {INSTALL}")
+    return driver
+
+
+def cuda_call(result: tuple) -> Any:
+    """Unpack a ``cuda.bindings`` result ``(error, *values)``; a CUDA error here is a bug or a broken GPU."""
+    error, *values = result
+    if int(error) != 0:
+        raise RuntimeError(f"CUDA error: {error!r}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def gpu_info(who: str) -> dict[str, str]:
+    """Name and compute capability (``"9.0"``) of the current CUDA device, or one line saying there is none."""
+    cudart = import_cudart(who)
+    error, count = cudart.cudaGetDeviceCount()
+    if int(error) != 0 or count == 0:
+        fail(f"{who}: no CUDA GPU ({getattr(error, 'name', error)}); TensorRT engines are built and run on an "
+             "NVIDIA GPU")
+    device = cuda_call(cudart.cudaGetDevice())
+    properties = cuda_call(cudart.cudaGetDeviceProperties(device))
+    name = properties.name.decode() if isinstance(properties.name, bytes) else str(properties.name)
+    return {"name": name.rstrip("\x00").strip(), "compute_capability": f"{properties.major}.{properties.minor}"}
+
+
+def driver_gpus(who: str) -> tuple[list[str], str]:
+    """The names of the GPUs the CUDA driver sees and its API version (``"13.0"``)."""
+    driver = import_cuda_driver(who)
+    (status,) = driver.cuInit(0)
+    if status != driver.CUresult.CUDA_SUCCESS:
+        fail(f"{who}: the CUDA driver does not initialise ({status.name})")
+    _, version = driver.cuDriverGetVersion()
+    _, count = driver.cuDeviceGetCount()
+    names = []
+    for index in range(count):
+        _, device = driver.cuDeviceGet(index)
+        _, name = driver.cuDeviceGetName(256, device)
+        names.append(name.split(b"\0")[0].decode())
+    return names, f"{version // 1000}.{version % 1000 // 10}"
+
+
+def create_trt(trt: Any, factory: str, logger: Any, who: str) -> Any:
+    """``trt.Builder`` / ``trt.Runtime``; without a usable GPU TensorRT reports "CUDA initialization
+    failure" in its log and the constructor fails (TypeError from pybind's nullptr factory)."""
+    try:
+        created = getattr(trt, factory)(logger)
+    except (TypeError, RuntimeError) as error:
+        fail(f"{who}: no CUDA GPU usable by TensorRT ({_first_line(error)})")
+    if created is None:
+        fail(f"{who}: no CUDA GPU usable by TensorRT (trt.{factory} could not be created)")
+    return created
+
+
+def cuda_python_version(who: str) -> str:
+    """The version of cuda-python's ``cuda.bindings``."""
+    try:
+        from cuda import bindings
+    except ImportError as error:
+        fail(f"{who} needs cuda-python ({_first_line(error)}); {INSTALL}")
+    return bindings.__version__

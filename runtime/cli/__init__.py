@@ -1,1 +1,0 @@
-"""The runtime command-line tools (lc-run)."""

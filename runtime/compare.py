@@ -1,0 +1,142 @@
+"""Precisions side by side (lc-bench --compare): latency of each precision at each ρ, timed in
+alternating blocks in one run, and with a data set mIoU and label agreement with fp32; the
+speed-vs-accuracy plot."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layercascade.errors import fail
+from layercascade.manifest import model_hash, read_cascade_manifest
+from layercascade.model.data import SegmentationDataset
+from layercascade.model.evaluate import Predictor, evaluate
+from layercascade.runtime.bench import check_profilable, op_profile, sample_batch, timed_blocks
+from layercascade.runtime.cascade import Cascade
+from layercascade.runtime.inputs import DEMO_MODEL
+from layercascade.runtime.timing import LatencyStats, check_iterations
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def precision_sources(model_dir: Path | None, precisions: list[str]) -> dict[str, tuple[Path, dict]]:
+    """The model dir and backend options of each precision: fp32 and fp16 from the fp32 dir, int8 from the INT8 one.
+
+    ``model_dir`` may be either: an INT8 dir names its fp32 source in its ``quantization``
+    record (``lc-calibrate`` writes it), an fp32 dir cannot name an INT8 one. A ``.pt``
+    checkpoint (torch backend) gives fp32 and fp16.
+    """
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or "fp32" not in precisions or len(set(precisions)) != len(precisions):
+        fail(f"--compare takes fp32 and any of {', '.join(PRECISIONS[1:])}, comma-separated (got "
+             f"{','.join(precisions)})")
+    model_dir = DEMO_MODEL if model_dir is None else Path(model_dir)
+    if model_dir.suffix == ".pt":  # a checkpoint (torch backend): fp32 and fp16 of the same weights
+        if "int8" in precisions:
+            fail("--compare int8 needs the INT8 model dir from lc-calibrate, not a checkpoint")
+        return {p: (model_dir, {} if p == "fp32" else {"precision": p}) for p in PRECISIONS if p in precisions}
+    record = read_cascade_manifest(model_dir).get("quantization")
+    if record is None:
+        if "int8" in precisions:
+            fail(f"{model_dir} is an fp32 model; --compare int8 needs its INT8 model dir (lc-calibrate "
+                 f"{model_dir} -o DIR_INT8), then: lc-bench DIR_INT8 --compare {','.join(precisions)}")
+        fp32_dir = model_dir
+    else:
+        fp32_dir = Path(record["source"])
+        if not (fp32_dir / "lc.json").is_file() or model_hash(read_cascade_manifest(fp32_dir)) != record[
+                "source_model_sha256"]:
+            fail(f"{model_dir}: its fp32 source {fp32_dir} is gone or was re-exported; calibrate again")
+    sources = {"fp32": (fp32_dir, {}), "fp16": (fp32_dir, {"precision": "fp16"}), "int8": (model_dir, {})}
+    return {p: sources[p] for p in PRECISIONS if p in precisions}  # fp32 first: the reference
+
+
+def agreement_predictor(cascade: Cascade, fp32_labels: dict[tuple[float, int], np.ndarray],
+                        is_reference: bool) -> tuple[Predictor, dict[float, list[int]]]:
+    """A predictor for ``evaluate`` that keeps (``is_reference``) or checks the fp32 label maps.
+
+    ``fp32_labels`` is keyed (ρ, image index). Returns the predictor and ``agreement``:
+    ρ → [pixels labelled as fp32 labels them, pixels].
+    """
+    agreement: dict[float, list[int]] = {}
+    seen: dict[float, int] = {}
+
+    def predict(image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
+        labels, fractions, pixels = cascade.predict(image, rho)
+        key = (rho, seen.setdefault(rho, 0))
+        seen[rho] += 1
+        if is_reference:
+            fp32_labels[key] = labels
+        counts = agreement.setdefault(rho, [0, 0])
+        counts[0] += int((labels == fp32_labels[key]).sum())
+        counts[1] += labels.size
+        return labels, fractions, pixels
+
+    return predict, agreement
+
+
+def compare_precisions(cascades: dict[str, Cascade], rhos: list[float], batch: int, iters: int, warmup: int,
+                       dataset: SegmentationDataset | None = None, progress: bool = True,
+                       profile: bool = False) -> dict[str, Any]:
+    """Latency of every precision at every ρ (timed in alternating blocks, one run) and, with ``dataset``,
+    mIoU and label agreement with fp32 at the same ρ; with ``profile``, each row's ONNX Runtime
+    profile (``profile``: :func:`op_profile`)."""
+    check_iterations(iters, warmup)
+    for cascade in cascades.values() if profile else ():
+        check_profilable(cascade)
+    images = sample_batch(cascades["fp32"], batch)
+    steps = {(name, rho): (lambda c=cascade, r=rho: c.run_batch(images, r))
+             for name, cascade in cascades.items() for rho in rhos}
+    samples = timed_blocks(steps, iters, warmup, progress)
+    rows = []
+    fp32_labels: dict[tuple[float, int], np.ndarray] = {}
+    for name, cascade in cascades.items():
+        accuracy = {}
+        if dataset is not None:
+            predict, agreement = agreement_predictor(cascade, fp32_labels, is_reference=name == "fp32")
+            results = evaluate(predict, dataset, rhos, cascade.classes, progress=progress)
+            accuracy = {r.rho: (r.miou, 100 * agreement[r.rho][0] / agreement[r.rho][1]) for r in results}
+        for rho in rhos:
+            stats = LatencyStats.of(samples[(name, rho)], batch)
+            # Ratios of the unrounded medians (rounded ones are off by 1e-3 at sub-millisecond times).
+            fp32_median, median = (float(np.median(samples[(p, rho)])) for p in ("fp32", name))
+            row = {"precision": name, "model": str(cascade.model_dir), "rho": rho, **asdict(stats),
+                   "speedup_vs_fp32": round(fp32_median / median, 3)}
+            if rho in accuracy:
+                row["miou"], row["label_agreement"] = round(accuracy[rho][0], 2), round(accuracy[rho][1], 3)
+            if profile:
+                row["profile"] = op_profile(cascade, images, rho, None, iters, warmup)
+            rows.append(row)
+    fp32 = cascades["fp32"]
+    return {"size": list(fp32.input_size), "batch": batch, "iters": iters, "warmup": warmup,
+            "backend": fp32.backend, "data": None if dataset is None else f"{dataset.name} ({len(dataset)} images)",
+            "rows": rows, "machine": fp32.runner.machine()}
+
+
+def plot_comparison(result: dict[str, Any], path: Path) -> None:
+    """Speed (FPS) against mIoU, one line per precision through its ρ values (the paper's Fig. 7a)."""
+    try:
+        import matplotlib
+    except ImportError:
+        fail("--plot needs matplotlib: pip install 'layercascade[docs]'")
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4.2))
+    for precision in dict.fromkeys(r["precision"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["precision"] == precision]
+        axes.plot([r["fps"] for r in rows], [r["miou"] for r in rows], "o-", label=precision)
+        for r in rows:
+            axes.annotate(f"ρ={r['rho']:g}", (r["fps"], r["miou"]), textcoords="offset points", xytext=(4, 3),
+                          fontsize=7)
+    axes.set_xlabel("frames per second")
+    axes.set_ylabel("mIoU (%)")
+    axes.set_title(f"speed vs accuracy, {result['size'][0]}×{result['size'][1]}, {result['backend']}")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,135 @@
+"""ONNX Runtime backend: the three stage graphs joined into one session, RegionConv lowered to row form."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layercascade.contract import IMAGE, LABELS, MASK2, MASK3, RHO, STAGE_COUNTS
+from layercascade.errors import LCError, fail
+from layercascade.export.cascade_graph import cascade_graph
+from layercascade.export.graph import load_onnx
+from layercascade.export.session import import_onnxruntime
+from layercascade.manifest import read_cascade_manifest
+from layercascade.runtime.backend import Masks, StagedBackend, StageOutputs
+from layercascade.runtime.inputs import DEMO_MODEL
+from layercascade.runtime.machine import host
+from layercascade.runtime.ort.loader import load_runner
+from layercascade.runtime.ort.runner import OrtRunner
+
+# The settings of Cascade.load this backend has beyond device, lowering and threads.
+OPTIONS = ("uint8_activations",)
+OPTIONS_HINT = " (it runs the model dir's own precision); use --backend torch or trt"
+
+
+class OrtBackend(StagedBackend):
+    """A cascade model dir as one session of its joined stage graphs (``export/cascade_graph.py``).
+
+    ``stages`` are the three stage graphs as sessions of their own, built on first use: to
+    look at one stage's outputs or time the stages apart (``run_stages``); ``run`` does not use them.
+    ``uint8_activations``: see :func:`layercascade.runtime.ort.loader.prepare`.
+    """
+
+    name = "ort"
+
+    def __init__(self, model_dir: Path, manifest: dict[str, Any], device: str = "cpu", lower: bool = True,
+                 threads: int = 0, uint8_activations: bool = True) -> None:
+        self.model_dir = model_dir
+        self.device = device
+        self.settings = {"device": device, "lower": lower, "threads": threads, "uint8_activations": uint8_activations}
+        self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
+        self._forced_runner: OrtRunner | None = None
+        self._stages: list[OrtRunner] | None = None
+        self.runner = self.cascade_runner(forced_masks=False)  # its errors may build ``stages``: set first
+
+    def cascade_runner(self, forced_masks: bool, profile_prefix: Path | None = None) -> OrtRunner:
+        try:
+            joined = cascade_graph([load_onnx(path) for path in self.files], forced_masks)
+        except ValueError as error:
+            fail(f"{self.model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
+        try:
+            return load_runner(joined, label=f"{self.model_dir}/stages 1-3", profile_prefix=profile_prefix,
+                               **self.settings)
+        except LCError:
+            # Name the stage graph ONNX Runtime rejects: building the stage sessions one by one
+            # raises that file's own error; if each alone loads, the joined graph's error stands.
+            _ = self.stages
+            raise
+
+    @property
+    def stages(self) -> list[OrtRunner]:
+        if self._stages is None:
+            # Each stage learns which of its inputs the stages before produced by a ReLU (INT8: uint8 rows).
+            self._stages, rectified = [], frozenset()
+            for path in self.files:
+                self._stages.append(load_runner(path, non_negative_inputs=rectified, **self.settings))
+                rectified |= self._stages[-1].rectified_outputs
+        return self._stages
+
+    @staticmethod
+    def feeds(images: np.ndarray, rho: float, forced_masks: Masks | None) -> dict[str, np.ndarray]:
+        feeds = {IMAGE: images, RHO: np.array([rho], np.float32)}
+        if forced_masks is not None:
+            feeds[MASK2], feeds[MASK3] = forced_masks
+        return feeds
+
+    def run(self, images: np.ndarray, rho: float, forced_masks: Masks | None = None) -> StageOutputs:
+        runner = self.runner
+        if forced_masks is not None:
+            if self._forced_runner is None:
+                self._forced_runner = self.cascade_runner(forced_masks=True)
+            runner = self._forced_runner
+        out = runner.infer(self.feeds(images, rho, forced_masks))
+        masks = forced_masks or (out[MASK2], out[MASK3])
+        # One session: the stages are not timed apart (``run_stages`` does, one session each).
+        return StageOutputs(out[LABELS], masks[0], masks[1], out[STAGE_COUNTS], {"total": runner.last_ms})
+
+    def kernel_profile(self, images: np.ndarray, rho: float, forced_masks: Masks | None,
+                       runs: int, warmup: int) -> dict[str, tuple[float, int]]:
+        """op type → (µs, kernel calls) per run: ONNX Runtime's profiler over ``runs`` runs of the
+        cascade as ``run`` runs it (after ``warmup`` untimed ones), in a profiled session of its own.
+
+        Op types are those of the optimized graph ONNX Runtime runs (QGemm, FusedGemm, Reorder…),
+        not of the exported one. The profiler adds a few µs to every kernel, so small ops weigh
+        more here than in a plain run.
+        """
+        with tempfile.TemporaryDirectory(prefix="lc-profile-") as folder:
+            runner = self.cascade_runner(forced_masks is not None, profile_prefix=Path(folder) / "ort")
+            feeds = self.feeds(images, rho, forced_masks)
+            for _ in range(warmup + runs):
+                runner.infer(feeds)
+            events = json.loads(Path(runner.session.end_profiling()).read_text())
+        timed_from = [e["ts"] for e in events if e.get("name") == "model_run"][-runs]  # the warmup runs come first
+        totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for event in events:
+            if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+                continue
+            if event["ts"] >= timed_from:
+                total = totals[event["args"]["op_name"]]
+                total[0] += event["dur"]
+                total[1] += 1
+        return {op: (us / runs, round(calls / runs)) for op, (us, calls) in totals.items()}
+
+    def dense_runner(self, manifest: dict[str, Any]) -> OrtRunner:
+        return load_runner(self.model_dir / manifest["dense"]["file"], self.device, lower=False,
+                           threads=self.settings["threads"])
+
+    def machine(self) -> str:
+        return f"{host()}, onnxruntime {import_onnxruntime().__version__}"
+
+    def close(self) -> None:
+        self.runner = self._forced_runner = self._stages = None
+
+
+def load(model_dir: str | Path | None, device: str = "cpu", lower: bool = True, threads: int = 0,
+         uint8_activations: bool = True) -> tuple[Path, dict[str, Any], OrtBackend]:
+    """``Cascade.load(..., backend="ort")``: (model dir, its verified manifest, the backend);
+    ``None`` is the bundled demo model."""
+    model_dir = Path(model_dir) if model_dir is not None else DEMO_MODEL
+    manifest = read_cascade_manifest(model_dir)
+    return model_dir, manifest, OrtBackend(model_dir, manifest, device, lower, threads, uint8_activations)
