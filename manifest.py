@@ -92,13 +92,25 @@ def write_atomic(path: str | os.PathLike[str], write_fn: Callable[[Path], object
         raise
 
 
+def check_model_dir_target(target: Path) -> None:
+    """Fail (one line, nothing touched) unless ``target`` can become a model directory: missing, an
+    empty folder or an earlier model directory, under parents that are folders."""
+    blocking = next((p for p in [target, *target.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        fail(f"{blocking}: exists and is not a folder; choose another -o (nothing was written)")
+    if target.is_dir() and not (target / MANIFEST).is_file() and any(target.iterdir()):
+        fail(f"{target}: exists and is not a layercascade model directory; choose another -o")
+
+
 def write_model_dir(target: str | os.PathLike, write: Callable[[Path], dict[str, Any]]) -> Path:
     """Build a model directory atomically.
 
     ``write(tmp_dir)`` writes the files and returns the manifest (without ``files``); the
-    sha256 of every file is added, and the folder replaces ``target`` only when complete.
+    sha256 of every file is added, and the folder replaces ``target`` only when complete. A
+    ``target`` that cannot become a model directory fails before anything is written.
     """
     target = Path(target).resolve()
+    check_model_dir_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -107,9 +119,8 @@ def write_model_dir(target: str | os.PathLike, write: Callable[[Path], dict[str,
         manifest = {"format": FORMAT, "version": VERSION, **manifest,
                     "files": {name: sha256_file(staging / name) for name in files}}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        check_model_dir_target(target)  # again: something may have appeared there while writing
         if target.exists():
-            if not (target / MANIFEST).is_file() and any(target.iterdir()):
-                fail(f"{target}: exists and is not a layercascade model directory; choose another -o")
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import sys
-import types
+from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
+from layercascade.manifest import read_manifest, write_model_dir
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.config import get_config
 from layercascade.model.network import LayerCascadeNet
+from layercascade.runtime.inputs import DEMO_MODEL
+
+# The shared model dirs of conftest.py.
+TINY_SIZE = (72, 88)  # not a square: both axes of the label upsampling are checked apart
+DYNAMIC_SIZE, DYNAMIC_MAX = (64, 64), 3
+CALIBRATION_IMAGES = 3
 
 
 def sharpened_checkpoint(name: str, size: tuple[int, int], seed: int = 0) -> Checkpoint:
@@ -43,11 +50,14 @@ def synthetic_images(count: int, size: tuple[int, int] = (160, 160)) -> np.ndarr
     return np.stack([data[i][0] for i in range(count)])
 
 
-def install_fake_tensorrt(monkeypatch, tensorrt: types.ModuleType, cudart: types.ModuleType) -> None:
-    """Make ``import tensorrt`` and ``from cuda.bindings import runtime`` give these stand-ins."""
-    bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime = cudart
-    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
-    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
-    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+def copy_demo_model(target: Path, convert=None, **extra) -> Path:
+    """The demo model dir at ``target``, its graphs passed through ``convert``, manifest fields added."""
+    manifest = read_manifest(DEMO_MODEL)
+
+    def write(folder: Path) -> dict:
+        for name in manifest["files"]:
+            model = onnx.load(DEMO_MODEL / name)
+            onnx.save(convert(model) if convert else model, folder / name)
+        return {**{k: v for k, v in manifest.items() if k not in ("format", "version", "files")}, **extra}
+
+    return write_model_dir(target, write)

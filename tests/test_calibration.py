@@ -19,26 +19,9 @@ from layercascade.cli import bench
 from layercascade.cli import calibrate as calibrate_cli
 from layercascade.errors import LCError, run_cli
 from layercascade.model.data import open_dataset
-from layercascade.runtime.cascade import DEMO_MODEL, Cascade
+from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.compare import compare_precisions, plot_comparison, precision_sources
-
-IMAGES = 3
-
-
-@pytest.fixture(scope="module")
-def fp32_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("calibration") / "fp32"
-    shutil.copytree(DEMO_MODEL, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def int8(fp32_dir, tmp_path_factory) -> tuple[Path, dict, Path]:
-    """(INT8 dir, its record, statistics cache) calibrated min-max on a few synthetic train images."""
-    cache = tmp_path_factory.mktemp("cache") / "stats.npz"
-    output = fp32_dir.parent / "int8"
-    record = calibrate(fp32_dir, output, limit=IMAGES, method="minmax", cache=cache, progress=False)
-    return output, record, cache
+from layercascade.tests.helpers import CALIBRATION_IMAGES
 
 
 def test_rows_at_takes_the_masked_pixels_only() -> None:
@@ -49,25 +32,25 @@ def test_rows_at_takes_the_masked_pixels_only() -> None:
     assert rows_at(tensor, None).shape == (8, 3)
 
 
-def test_stage_statistics_count_only_the_pixels_that_reach_the_stage(fp32_dir, int8) -> None:
-    _, _, cache = int8
+def test_stage_statistics_count_only_the_pixels_that_reach_the_stage(demo_fp32, demo_int8) -> None:
+    _, _, cache = demo_int8
     statistics = Statistics.load(cache)
     reach2, reach3 = statistics.meta["pixels_reaching"]
-    cascade = Cascade.load(fp32_dir)
-    dataset = open_dataset("synthetic", "train", limit=IMAGES)
-    masks = [cascade.run_batch(cascade.prepare(dataset[k][0])[None], statistics.meta["rho"]) for k in range(IMAGES)]
+    cascade = Cascade.load(demo_fp32)
+    dataset = open_dataset("synthetic", "train", limit=CALIBRATION_IMAGES)
+    masks = [cascade.run_batch(cascade.prepare(dataset[k][0])[None], statistics.meta["rho"]) for k in range(CALIBRATION_IMAGES)]
     assert reach2 == sum(int(m.mask2.sum()) for m in masks) and reach3 == sum(int(m.mask3.sum()) for m in masks)
-    assert 0 < reach3 < reach2 < IMAGES * masks[0].mask2.size  # the cascade really splits the pixels
+    assert 0 < reach3 < reach2 < CALIBRATION_IMAGES * masks[0].mask2.size  # the cascade really splits the pixels
     channels = {"stage2.onnx:feat1": 32, "stage3.onnx:feat2": 64}
     for key, reached in zip(channels, (reach2, reach3)):
         assert statistics.histograms[key][0].sum() == reached * channels[key]
     stage1_pixels = statistics.histograms["stage1.onnx:backbone.layer1.0/relu"][0].sum()
-    assert stage1_pixels == IMAGES * masks[0].mask2.size * 32
+    assert stage1_pixels == CALIBRATION_IMAGES * masks[0].mask2.size * 32
 
 
-def test_naive_statistics_count_every_pixel(fp32_dir, tmp_path) -> None:
+def test_naive_statistics_count_every_pixel(demo_fp32, tmp_path) -> None:
     cache = tmp_path / "naive.npz"
-    calibrate(fp32_dir, tmp_path / "naive", limit=1, method="minmax", cascade_aware=False, cache=cache,
+    calibrate(demo_fp32, tmp_path / "naive", limit=1, method="minmax", cascade_aware=False, cache=cache,
               progress=False)
     statistics = Statistics.load(cache)
     pixels = 20 * 20
@@ -75,12 +58,12 @@ def test_naive_statistics_count_every_pixel(fp32_dir, tmp_path) -> None:
     assert json.loads((tmp_path / "naive" / "lc.json").read_text())["quantization"]["cascade_aware"] is False
 
 
-def test_int8_graphs_have_symmetric_per_channel_weights_and_per_tensor_activations(int8) -> None:
-    output, record, _ = int8
+def test_int8_graphs_have_symmetric_per_channel_weights_and_per_tensor_activations(demo_int8) -> None:
+    output, record, _ = demo_int8
     manifest = json.loads((output / "lc.json").read_text())
     assert manifest["quantization"]["statistics_sha256"] == record["statistics_sha256"]
     assert {k: manifest["quantization"][k] for k in ("method", "data", "images", "precision")} == {
-        "method": "minmax", "data": "synthetic", "images": IMAGES, "precision": "int8"}
+        "method": "minmax", "data": "synthetic", "images": CALIBRATION_IMAGES, "precision": "int8"}
     for name in ("stage1.onnx", "stage2.onnx", "stage3.onnx", "dense.onnx"):
         model = onnx.load(str(output / name))
         initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -111,20 +94,20 @@ def test_int8_graphs_have_symmetric_per_channel_weights_and_per_tensor_activatio
 
 
 @pytest.mark.parametrize("lower", [True, False])
-def test_int8_labels_agree_with_fp32(fp32_dir, int8, lower) -> None:
-    output, _, _ = int8
-    fp32, quantized = Cascade.load(fp32_dir), Cascade.load(output, lower=lower)
+def test_int8_labels_agree_with_fp32(demo_fp32, demo_int8, lower) -> None:
+    output, _, _ = demo_int8
+    fp32, quantized = Cascade.load(demo_fp32), Cascade.load(output, lower=lower)
     dataset = open_dataset("synthetic", "val", limit=4)
     agree = [np.mean(fp32(image).labels == quantized(image).labels) for image, _ in dataset]
     assert np.mean(agree) >= 0.97
 
 
-def test_lowered_int8_stage_matches_its_function_bodies(int8) -> None:
+def test_lowered_int8_stage_matches_its_function_bodies(demo_int8) -> None:
     """The int8 row lowering (int8 gathers, QGemm) computes what the QDQ graph says, up to the
     rounding of values that fall on a quantization step boundary."""
     from layercascade.runtime.ort.loader import load_runner
 
-    output, _, _ = int8
+    output, _, _ = demo_int8
     stage1 = load_runner(output / "stage1.onnx")
     lowered, bodies = load_runner(output / "stage2.onnx"), load_runner(output / "stage2.onnx", lower=False)
     assert lowered.lowered and not bodies.lowered
@@ -139,11 +122,11 @@ def test_lowered_int8_stage_matches_its_function_bodies(int8) -> None:
     np.testing.assert_array_equal(fast["mask3"], reference["mask3"])
 
 
-def test_lowered_int8_region_convs_run_as_int8_gemms(int8, tmp_path) -> None:
+def test_lowered_int8_region_convs_run_as_int8_gemms(demo_int8, tmp_path) -> None:
     """ONNX Runtime turns every quantized RegionConv of a lowered stage into QGemm (no float GEMM left)."""
     from layercascade.export.lowering import lower_region_convs
 
-    output, record, _ = int8
+    output, record, _ = demo_int8
     model = onnx.load(str(output / "stage3.onnx"))
     quantized = [n for n in model.graph.node if n.op_type == "RegionConv" and n.name not in record["float_convs"]]
     ops = _optimized_ops(lower_region_convs(model), tmp_path)
@@ -161,13 +144,13 @@ def _optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
     return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
 
 
-def test_relu_as_uint8_fuses_every_int8_conv_with_its_relu(int8, tmp_path) -> None:
+def test_relu_as_uint8_fuses_every_int8_conv_with_its_relu(demo_int8, tmp_path) -> None:
     """With the ReLUs in uint8 Qs ONNX Runtime runs stage 1 as a chain of QLinearConvs: no
     DQ → ReLU → Q pass is left between them (the only DQ / ReLU left feed the float classifier
     and the graph output feat1)."""
     from layercascade.runtime.ort.int8 import relu_as_uint8
 
-    output, record, _ = int8
+    output, record, _ = demo_int8
     model = onnx.load(str(output / "stage1.onnx"))
     quantized = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in record["float_convs"]]
     before, after = _optimized_ops(model, tmp_path), _optimized_ops(relu_as_uint8(model), tmp_path)
@@ -178,13 +161,13 @@ def test_relu_as_uint8_fuses_every_int8_conv_with_its_relu(int8, tmp_path) -> No
     assert len(relus) == len(quantized) + 1
 
 
-def test_lowered_uint8_rows_still_run_as_int8_gemms(int8, tmp_path) -> None:
+def test_lowered_uint8_rows_still_run_as_int8_gemms(demo_int8, tmp_path) -> None:
     """Stage 3's rows from ReLUs (its own, and feat2 from stage 2's ReLU) become uint8: every quantized
     RegionConv still runs as QGemm, and no Max(·, 0) pass is left in front of a Q."""
     from layercascade.export.lowering import lower_region_convs
     from layercascade.runtime.ort.int8 import rectified_outputs, relu_as_uint8
 
-    output, record, _ = int8
+    output, record, _ = demo_int8
     model = onnx.load(str(output / "stage3.onnx"))
     non_negative = rectified_outputs(onnx.load(str(output / "stage2.onnx")))
     assert "feat2" in non_negative
@@ -197,7 +180,7 @@ def test_lowered_uint8_rows_still_run_as_int8_gemms(int8, tmp_path) -> None:
     assert ops.count("Max") == 1 < plain.count("Max")  # left: the one feeding the float classifier
 
 
-def test_relu_as_uint8_keeps_the_int8_values(int8) -> None:
+def test_relu_as_uint8_keeps_the_int8_values(demo_int8) -> None:
     """Stage 1 with and without the uint8 rewrite: the same masks, features within a few int8 steps
     at 99 % of the pixels (the rewrite drops one requantization between each conv and its ReLU,
     and keeps values above the int8 range up to 255 steps)."""
@@ -205,7 +188,7 @@ def test_relu_as_uint8_keeps_the_int8_values(int8) -> None:
 
     from layercascade.runtime.ort.loader import load_runner
 
-    output, _, _ = int8
+    output, _, _ = demo_int8
     image, _ = open_dataset("synthetic", "val", limit=1)[0]
     feeds = {"image": Cascade.load(output).prepare(image)[None], "rho": np.array([0.985], np.float32)}
     options = onnxruntime.SessionOptions()
@@ -218,13 +201,13 @@ def test_relu_as_uint8_keeps_the_int8_values(int8) -> None:
     assert close.mean() >= 0.99
 
 
-def test_int8_stem_reorders_folded_with_the_same_results(int8) -> None:
+def test_int8_stem_reorders_folded_with_the_same_results(demo_int8) -> None:
     """Where the stem has one NCHWc block of channels (16 on AVX-512) the runner folds ONNX Runtime's
     NCHWc → NCHW → quantize → NHWC passes after it (runtime/ort/layout.py); the outputs stay bit for bit."""
     from layercascade.runtime.ort.layout import nchwc_block_size
     from layercascade.runtime.ort.loader import load_runner
 
-    output, _, _ = int8
+    output, _, _ = demo_int8
     path = output / "stage1.onnx"
     stem = next(numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
                 if t.name == "backbone.stem.0.weight")
@@ -236,9 +219,9 @@ def test_int8_stem_reorders_folded_with_the_same_results(int8) -> None:
         np.testing.assert_array_equal(folded.infer(feeds)[name], value, err_msg=name)
 
 
-def test_another_method_reuses_the_statistics(fp32_dir, int8, tmp_path) -> None:
-    _, record, cache = int8
-    again = calibrate(fp32_dir, tmp_path / "pct", limit=IMAGES, method="percentile", cache=cache, progress=False)
+def test_another_method_reuses_the_statistics(demo_fp32, demo_int8, tmp_path) -> None:
+    _, record, cache = demo_int8
+    again = calibrate(demo_fp32, tmp_path / "pct", limit=CALIBRATION_IMAGES, method="percentile", cache=cache, progress=False)
     assert again["statistics_reused"] and again["statistics_sha256"] == record["statistics_sha256"]
     assert not record["statistics_reused"]
 
@@ -267,15 +250,15 @@ def _fails(argv: list[str], capsys, output: Path, match: str) -> None:
     assert not output.exists()
 
 
-def test_already_int8(int8, tmp_path, capsys) -> None:
-    output, _, _ = int8
+def test_already_int8(demo_int8, tmp_path, capsys) -> None:
+    output, _, _ = demo_int8
     _fails([str(output), "-o", str(tmp_path / "again")], capsys, tmp_path / "again", "already an INT8 model")
 
 
-def test_cache_of_another_model(fp32_dir, int8, tmp_path, capsys) -> None:
-    _, _, cache = int8
+def test_cache_of_another_model(demo_fp32, demo_int8, tmp_path, capsys) -> None:
+    _, _, cache = demo_int8
     other = tmp_path / "other"
-    shutil.copytree(fp32_dir, other)
+    shutil.copytree(demo_fp32, other)
     manifest = json.loads((other / "lc.json").read_text())
     stage1 = onnx.load(str(other / "stage1.onnx"))
     stage1.doc_string = "another export"
@@ -284,19 +267,19 @@ def test_cache_of_another_model(fp32_dir, int8, tmp_path, capsys) -> None:
 
     manifest["files"]["stage1.onnx"] = sha256_file(other / "stage1.onnx")
     (other / "lc.json").write_text(json.dumps(manifest))
-    _fails([str(other), "-o", str(tmp_path / "out"), "--cache", str(cache), "--limit", str(IMAGES)], capsys,
+    _fails([str(other), "-o", str(tmp_path / "out"), "--cache", str(cache), "--limit", str(CALIBRATION_IMAGES)], capsys,
            tmp_path / "out", "statistics of another model")
 
 
-def test_no_calibration_images(fp32_dir, tmp_path, capsys) -> None:
+def test_no_calibration_images(demo_fp32, tmp_path, capsys) -> None:
     voc = tmp_path / "VOC2012"
     for folder in ("ImageSets/Segmentation", "JPEGImages", "SegmentationClass"):
         (voc / folder).mkdir(parents=True)
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("\n")
-    _fails([str(fp32_dir), "-o", str(tmp_path / "out"), "--data", f"voc:{voc}"], capsys, tmp_path / "out", "empty")
+    _fails([str(demo_fp32), "-o", str(tmp_path / "out"), "--data", f"voc:{voc}"], capsys, tmp_path / "out", "empty")
 
 
-def test_images_of_the_wrong_kind(fp32_dir, tmp_path, capsys) -> None:
+def test_images_of_the_wrong_kind(demo_fp32, tmp_path, capsys) -> None:
     from PIL import Image
 
     city = tmp_path / "cs"
@@ -304,18 +287,18 @@ def test_images_of_the_wrong_kind(fp32_dir, tmp_path, capsys) -> None:
         (city / folder / "train" / "aachen").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(city / "leftImg8bit/train/aachen/aachen_0_0_leftImg8bit.png")
     Image.fromarray(np.zeros((8, 16), np.uint8)).save(city / "gtFine/train/aachen/aachen_0_0_gtFine_labelIds.png")
-    _fails([str(fp32_dir), "-o", str(tmp_path / "out"), "--data", f"cityscapes:{city}"], capsys, tmp_path / "out",
+    _fails([str(demo_fp32), "-o", str(tmp_path / "out"), "--data", f"cityscapes:{city}"], capsys, tmp_path / "out",
            "19 classes, the model 21")
 
 
-def test_output_is_the_model_dir(fp32_dir, capsys) -> None:
-    assert run_cli(calibrate_cli.main, [str(fp32_dir), "-o", str(fp32_dir)]) == 1
+def test_output_is_the_model_dir(demo_fp32, capsys) -> None:
+    assert run_cli(calibrate_cli.main, [str(demo_fp32), "-o", str(demo_fp32)]) == 1
     assert "is the model dir itself" in capsys.readouterr().err
 
 
 # -- lc-bench --compare ---------------------------------------------------------------------------------------
-def test_compare_fp32_int8_with_accuracy_and_plot(int8, tmp_path) -> None:
-    output, _, _ = int8
+def test_compare_fp32_int8_with_accuracy_and_plot(demo_int8, tmp_path) -> None:
+    output, _, _ = demo_int8
     sources = precision_sources(output, ["int8", "fp32"])
     assert list(sources) == ["fp32", "int8"] and sources["int8"][0] == output
     cascades = {name: Cascade.load(folder, **options) for name, (folder, options) in sources.items()}
@@ -334,8 +317,8 @@ def test_compare_fp32_int8_with_accuracy_and_plot(int8, tmp_path) -> None:
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_compare_cli_prints_the_profile_per_precision(int8, capsys) -> None:
-    output, _, _ = int8
+def test_compare_cli_prints_the_profile_per_precision(demo_int8, capsys) -> None:
+    output, _, _ = demo_int8
     assert run_cli(bench.main, [str(output), "--compare", "fp32,int8", "--rhos", "1,0.9", "--iters", "1",
                                 "--warmup", "0", "--profile"]) == 0
     table = capsys.readouterr().out.split("ONNX Runtime profile")[1]
@@ -359,12 +342,12 @@ def test_compare_sources_of_a_checkpoint() -> None:
         precision_sources(checkpoint, ["fp32", "int8"])
 
 
-def test_compare_errors(fp32_dir, capsys) -> None:
-    for argv, match in (([str(fp32_dir), "--compare", "fp32,int8"], "is an fp32 model"),
-                        ([str(fp32_dir), "--compare", "int8"], "--compare takes fp32"),
-                        ([str(fp32_dir), "--compare", "fp32,fp16"], "--precision"),
-                        ([str(fp32_dir), "--compare", "fp32", "--plot", "x.png"], "give --data too"),
-                        ([str(fp32_dir), "--data", "synthetic"], "go with --compare")):
+def test_compare_errors(demo_fp32, capsys) -> None:
+    for argv, match in (([str(demo_fp32), "--compare", "fp32,int8"], "is an fp32 model"),
+                        ([str(demo_fp32), "--compare", "int8"], "--compare takes fp32"),
+                        ([str(demo_fp32), "--compare", "fp32,fp16"], "--precision"),
+                        ([str(demo_fp32), "--compare", "fp32", "--plot", "x.png"], "give --data too"),
+                        ([str(demo_fp32), "--data", "synthetic"], "go with --compare")):
         assert run_cli(bench.main, argv) == 1
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and match in err, err

@@ -16,7 +16,7 @@ from layercascade.model.checkpoint import Checkpoint, save_checkpoint
 from layercascade.model.network import normalize
 from layercascade.model.region import confidence
 from layercascade.runtime.cascade import Cascade
-from layercascade.tests.helpers import random_images, sharpened_checkpoint
+from layercascade.tests.helpers import DYNAMIC_SIZE, TINY_SIZE, random_images, sharpened_checkpoint
 
 RHOS = (1.0, 0.985, 0.9)
 
@@ -37,20 +37,12 @@ def assert_parity(checkpoint: Checkpoint, cascade: Cascade, images: np.ndarray, 
     np.testing.assert_allclose(out.stage_counts, counts, atol=1e-3)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    checkpoint = sharpened_checkpoint("tiny", (72, 88))
-    folder = tmp_path_factory.mktemp("export") / "tiny"
-    export_model(checkpoint, folder)
-    return checkpoint, folder
-
-
 @pytest.mark.parametrize("lower", [True, False], ids=["lowered", "function-body"])
-def test_tiny_parity_at_paper_rhos(tiny_dir, lower: bool) -> None:
-    checkpoint, folder = tiny_dir
+def test_tiny_parity_at_paper_rhos(tiny_model, lower: bool) -> None:
+    checkpoint, folder = tiny_model
     cascade = Cascade.load(folder, lower=lower)
     assert all(stage.lowered == (lower and k > 0) for k, stage in enumerate(cascade.runner.stages))
-    images = random_images(1, (72, 88))
+    images = random_images(1, TINY_SIZE)
     fractions = []
     for rho in RHOS:
         assert_parity(checkpoint, cascade, images, rho)
@@ -74,10 +66,10 @@ def test_big_backbones_parity(tmp_path, name: str, size: tuple[int, int]) -> Non
             assert_parity(checkpoint, cascade, images, rho)
 
 
-def test_lowering_with_no_and_all_pixels_active(tiny_dir) -> None:
-    checkpoint, folder = tiny_dir
+def test_lowering_with_no_and_all_pixels_active(tiny_model) -> None:
+    checkpoint, folder = tiny_model
     lowered, bodies = Cascade.load(folder), Cascade.load(folder, lower=False)
-    images = random_images(1, (72, 88), seed=5)
+    images = random_images(1, TINY_SIZE, seed=5)
     first = bodies.run_batch(images, 1.0)
     for fill in (0.0, 1.0):
         masks = (np.full_like(first.mask2, fill), np.full_like(first.mask3, fill))
@@ -87,8 +79,8 @@ def test_lowering_with_no_and_all_pixels_active(tiny_dir) -> None:
         assert a.stage_counts[0, 2] == int(fill * first.mask2[0].size)
 
 
-def test_graphs_are_readable_and_follow_the_contract(tiny_dir) -> None:
-    _, folder = tiny_dir
+def test_graphs_are_readable_and_follow_the_contract(tiny_model) -> None:
+    _, folder = tiny_model
     manifest = json.loads((folder / "lc.json").read_text())
     assert [s["file"] for s in manifest["stages"]] == ["stage1.onnx", "stage2.onnx", "stage3.onnx"]
     assert manifest["custom_ops"] == {"lc.RegionConv": 1}
@@ -114,22 +106,21 @@ def test_graphs_are_readable_and_follow_the_contract(tiny_dir) -> None:
     assert len(inferred.graph.value_info) >= len(stage2.graph.node) - 5
 
 
-def test_dense_graph_matches_rho_one(tiny_dir) -> None:
+def test_dense_graph_matches_rho_one(tiny_model) -> None:
     import onnxruntime as ort
 
-    checkpoint, folder = tiny_dir
-    images = random_images(1, (72, 88), seed=9)
+    checkpoint, folder = tiny_model
+    images = random_images(1, TINY_SIZE, seed=9)
     dense = ort.InferenceSession(str(folder / "dense.onnx"), providers=["CPUExecutionProvider"])
     labels = dense.run(None, {"image": images})[0]
     assert np.array_equal(labels, Cascade.load(folder).run_batch(images, 1.0).labels)
 
 
-def test_dynamic_batch_export(tmp_path) -> None:
-    checkpoint = sharpened_checkpoint("tiny", (40, 48))
-    export_model(checkpoint, tmp_path / "dyn", dynamic_batch=4)
-    cascade = Cascade.load(tmp_path / "dyn")
+def test_dynamic_batch_export(dynamic_model) -> None:
+    checkpoint, folder = dynamic_model
+    cascade = Cascade.load(folder)
     assert cascade.batch_size is None
-    images = random_images(3, (40, 48))
+    images = random_images(3, DYNAMIC_SIZE)
     for rho in (1.0, 0.9):
         assert_parity(checkpoint, cascade, images, rho)
 
@@ -149,6 +140,20 @@ def test_export_cli_and_bad_options(tmp_path, capsys) -> None:
     assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["dense.onnx", "lc.json"]
     with pytest.raises(LCError, match="not a cascade"):
         Cascade.load(tmp_path / "dense")
+
+
+def test_export_to_an_existing_file_is_one_line_and_leaves_it(tmp_path, capsys) -> None:
+    """-o naming a file (or a path under one) fails before exporting, the file as it was, nothing else written."""
+    from layercascade.cli import export as cli
+    from layercascade.errors import run_cli
+
+    taken = tmp_path / "taken"
+    taken.write_text("user data\n")
+    for target in (taken, taken / "model"):
+        assert run_cli(cli.main, ["-o", str(target)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {taken}: exists and is not a folder") and err.count("\n") == 1
+    assert taken.read_text() == "user data\n" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
 @pytest.mark.parametrize("lower", [True, False], ids=["lowered", "function-body"])
@@ -178,9 +183,9 @@ def test_labels_when_input_is_not_eight_times_the_stage_size(tmp_path) -> None:
         assert_parity(checkpoint, cascade, random_images(1, (44, 60), seed=11), rho)
 
 
-def test_cell_labels_match_reference_on_many_classes(tiny_dir) -> None:
+def test_cell_labels_match_reference_on_many_classes(tiny_model) -> None:
     """Labels from the 8×8-cell path against PyTorch where every pixel's class can change."""
-    checkpoint, folder = tiny_dir
+    checkpoint, folder = tiny_model
     assert not any(n.op_type == "Resize" for n in onnx.load(folder / "stage3.onnx").graph.node)
     import onnxruntime as ort
 
@@ -199,6 +204,6 @@ def test_cell_labels_match_reference_on_many_classes(tiny_dir) -> None:
 
     fused = fuse_scores([torch.from_numpy(feeds["scores1"]), torch.from_numpy(feeds["scores2"]), scores3],
                         [torch.from_numpy(feeds["mask2"]), torch.from_numpy(feeds["mask3"])])
-    expected = torch.nn.functional.interpolate(fused, size=(72, 88), mode="bilinear", align_corners=False).argmax(1)
+    expected = torch.nn.functional.interpolate(fused, size=TINY_SIZE, mode="bilinear", align_corners=False).argmax(1)
     assert len(np.unique(labels)) > 10
     assert (labels == expected.numpy()).mean() >= 0.9999

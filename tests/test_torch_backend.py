@@ -157,6 +157,13 @@ def test_forced_masks_and_any_batch(torch_cascade: Cascade, images: np.ndarray) 
     np.testing.assert_array_equal(out.stage_counts, np.stack([400 - reach2, reach2 - reach3, reach3], 1))
 
 
+def test_stages_timed_apart(torch_cascade: Cascade, images: np.ndarray) -> None:
+    """``run_stages`` (lc-bench --per-stage) works on the torch backend: the reference times its stages."""
+    staged = torch_cascade.runner.run_stages(images, 0.985)
+    assert {"stage1", "stage2", "stage3"} <= set(staged.timings)
+    assert np.array_equal(staged.labels, torch_cascade.run_batch(images, 0.985).labels)
+
+
 def test_input_size_option() -> None:
     cascade = Cascade.load(None, backend="torch", input_size=(64, 96))
     assert cascade.input_size == (64, 96) and cascade.manifest["stage_size"] == [8, 12]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,7 +14,7 @@ from layercascade.cli import build
 from layercascade.errors import LCError, run_cli
 from layercascade.export import regionconv
 from layercascade.export.fp16 import convert_to_fp16
-from layercascade.manifest import read_manifest, sha256_file, write_model_dir
+from layercascade.manifest import read_manifest, sha256_file
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
 from layercascade.runtime.trt.engines import (
     METADATA,
@@ -27,31 +25,14 @@ from layercascade.runtime.trt.engines import (
     profile_shapes,
     write_engine_dir,
 )
-from layercascade.tests.helpers import install_fake_tensorrt, synthetic_images
+from layercascade.tests.fake_tensorrt import install_gpu_without_builder
+from layercascade.tests.helpers import copy_demo_model, synthetic_images
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 
-def copy_model_dir(target: Path, convert=None, **extra) -> Path:
-    """The demo model dir at ``target``, its graphs passed through ``convert``, manifest fields added."""
-    manifest = read_manifest(DEMO_MODEL)
-
-    def write(folder: Path) -> dict:
-        for name in manifest["files"]:
-            model = onnx.load(DEMO_MODEL / name)
-            onnx.save(convert(model) if convert else model, folder / name)
-        return {**{k: v for k, v in manifest.items() if k not in ("format", "version", "files")}, **extra}
-
-    return write_model_dir(target, write)
-
-
-@pytest.fixture(scope="module")
-def fp16_dir(tmp_path_factory) -> Path:
-    return copy_model_dir(tmp_path_factory.mktemp("fp16") / "model", convert_to_fp16)
-
-
 # -- fp16 conversion ----------------------------------------------------------------------------
-def test_fp16_cascade_matches_fp32_on_onnxruntime(fp16_dir) -> None:
+def test_fp16_cascade_matches_fp32_on_onnxruntime(demo_fp16) -> None:
     """The converted graphs through ONNX Runtime's CPU function-body path.
 
     ORT's CPU provider has few fp16 kernels; its InsertCastTransformer runs such nodes in fp32
@@ -62,7 +43,7 @@ def test_fp16_cascade_matches_fp32_on_onnxruntime(fp16_dir) -> None:
 
     onnxruntime.set_default_logger_severity(3)  # ORT warns that it cannot constant-fold fp16 nodes
     reference = Cascade.load(None, backend="ort", lower=False)
-    half = Cascade.load(fp16_dir, backend="ort", lower=False)
+    half = Cascade.load(demo_fp16, backend="ort", lower=False)
     images = synthetic_images(16)
     equal = total = 0
     for image in images:
@@ -122,7 +103,7 @@ def test_tensorrt_graphs_keep_uint8_at_their_io(tmp_path) -> None:
             internal = [v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
             assert internal == [], (graph.name, precision, internal)
     reference = Cascade.load(None, backend="ort", lower=False)
-    rewritten = Cascade.load(copy_model_dir(tmp_path / "model", uint8_only_at_io), backend="ort", lower=False)
+    rewritten = Cascade.load(copy_demo_model(tmp_path / "model", uint8_only_at_io), backend="ort", lower=False)
     for image in synthetic_images(4):
         ours, theirs = rewritten.run_batch(image[None]), reference.run_batch(image[None])
         assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
@@ -198,33 +179,10 @@ def test_lc_build_without_tensorrt(tmp_path, monkeypatch, capsys) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def fake_gpu_stack(monkeypatch, gpus: int, builder_error: Exception | None) -> None:
-    """tensorrt and cuda.bindings.runtime stand-ins: a machine with ``gpus`` GPUs where ``trt.Builder``
-    raises ``builder_error`` (as TensorRT does after "CUDA initialization failure")."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "11.4.0.106"
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity: int) -> None:
-            pass
-
-    def make_builder(logger: Logger):
-        raise builder_error
-
-    trt.Logger, trt.Builder = Logger, make_builder
-    cudart = types.ModuleType("cuda.bindings.runtime")
-    cudart.cudaGetDeviceCount = lambda: (0, gpus) if gpus else (100, 0)  # 100 = cudaErrorNoDevice
-    cudart.cudaGetDevice = lambda: (0, 0)
-    cudart.cudaGetDeviceProperties = lambda device: (0, types.SimpleNamespace(name=b"NVIDIA H100", major=9, minor=0))
-    install_fake_tensorrt(monkeypatch, trt, cudart)
-
-
 @pytest.mark.parametrize("gpus, builder_error", [
     (0, None), (1, TypeError("pybind11::init(): factory function returned nullptr"))])
 def test_lc_build_without_gpu(gpus, builder_error, tmp_path, monkeypatch, capsys) -> None:
-    fake_gpu_stack(monkeypatch, gpus, builder_error)
+    install_gpu_without_builder(monkeypatch, gpus, builder_error)
     code, err = lc_build([str(DEMO_MODEL), "--precision", "fp32", "-o", str(tmp_path / "engines")], capsys)
     assert code == 1 and "no CUDA GPU" in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []
@@ -237,7 +195,7 @@ def test_int8_needs_lc_calibrate(tmp_path, capsys) -> None:
 
 
 def test_qdq_dir_builds_only_as_int8(tmp_path, monkeypatch, capsys) -> None:
-    qdq = copy_model_dir(tmp_path / "qdq", quantization={"method": "test record"})
+    qdq = copy_demo_model(tmp_path / "qdq", quantization={"method": "test record"})
     code, err = lc_build([str(qdq), "--precision", "fp16", "-o", str(tmp_path / "engines")], capsys)
     assert code == 1 and "--precision int8" in err
     monkeypatch.setitem(sys.modules, "tensorrt", None)

@@ -3,11 +3,9 @@ and (marked ``trt``) real engines: build, run, parity with ONNX Runtime, CUDA-gr
 
 from __future__ import annotations
 
-import ctypes
 import json
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +27,16 @@ from layercascade.runtime.trt.engines import (
     stage_bindings,
     write_engine_dir,
 )
-from layercascade.tests.helpers import install_fake_tensorrt, synthetic_images
+from layercascade.tests.fake_tensorrt import (
+    GPU,
+    TENSORRT_VERSION,
+    SimulatedCuda,
+    install_fake_tensorrt,
+    simulated_tensorrt,
+)
+from layercascade.tests.helpers import synthetic_images
 
-BUILT = {"tensorrt": "11.4.0.106", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
-         "plugin_sha256": "ab" * 32}
+BUILT = {"tensorrt": TENSORRT_VERSION, "gpu": GPU, "plugin_sha256": "ab" * 32}
 
 
 def metadata(**changes) -> dict:
@@ -168,139 +172,6 @@ def test_lc_run_engine_without_tensorrt(engine_dir, tmp_path, monkeypatch, capsy
 
 
 # -- the backend on a simulated GPU ------------------------------------------------------------
-class SimulatedCuda:
-    """``cuda.bindings.runtime`` over host memory: pointers are real addresses, stream work runs at
-    once or is recorded while a capture is open, and a graph launch replays what was recorded."""
-
-    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-    cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeGlobal=0)
-
-    def __init__(self) -> None:
-        self.blocks: list[np.ndarray] = []
-        self.capture: list | None = None
-        self.launches = 0
-
-    def submit(self, work) -> tuple:
-        if self.capture is None:
-            work()
-        else:
-            self.capture.append(work)
-        return (0,)
-
-    def _allocate(self, nbytes: int) -> tuple:
-        self.blocks.append(np.zeros(nbytes, np.uint8))
-        return 0, self.blocks[-1].ctypes.data
-
-    cudaMalloc = cudaMallocHost = _allocate
-
-    def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: int, stream) -> tuple:
-        return self.submit(lambda: ctypes.memmove(dst, src, nbytes))
-
-    def cudaStreamBeginCapture(self, stream, mode) -> tuple:
-        self.capture = []
-        return (0,)
-
-    def cudaStreamEndCapture(self, stream) -> tuple:
-        graph, self.capture = self.capture, None
-        return 0, graph
-
-    def cudaGraphLaunch(self, graph, stream) -> tuple:
-        self.launches += 1
-        for work in graph:
-            work()
-        return (0,)
-
-    cudaGetDeviceCount = staticmethod(lambda: (0, 1))
-    cudaGetDevice = staticmethod(lambda: (0, 0))
-    cudaGetDeviceProperties = staticmethod(
-        lambda device: (0, types.SimpleNamespace(name=BUILT["gpu"]["name"].encode(), major=9, minor=0)))
-    cudaStreamCreate = cudaEventCreate = staticmethod(lambda: (0, 7))  # handles convert with int()
-    cudaGraphInstantiate = staticmethod(lambda graph, flags: (0, graph))
-    cudaEventElapsedTime = staticmethod(lambda start, end: (0, 0.25))
-    cudaStreamSynchronize = cudaEventRecord = cudaGraphDestroy = staticmethod(lambda *args: (0,))
-    cudaGetLastError = cudaFree = cudaFreeHost = cudaGraphExecDestroy = staticmethod(lambda *args: (0,))
-
-
-def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
-    """``tensorrt`` whose "plans" name an ONNX file that ONNX Runtime runs on the simulated device
-    memory. Like TensorRT with data-dependent shapes, graphs with NonZero refuse stream capture."""
-    import onnxruntime
-
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = BUILT["tensorrt"]
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
-    trt.nptype = lambda dtype: dtype
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity: int) -> None:
-            pass
-
-    class Context:
-        def __init__(self, engine) -> None:
-            self.engine, self.shapes, self.addresses = engine, {}, {}
-
-        def set_input_shape(self, name: str, shape) -> bool:
-            self.shapes[name] = tuple(shape)
-            return True
-
-        def set_tensor_address(self, name: str, address: int) -> None:
-            self.addresses[name] = address
-
-        def execute_async_v3(self, stream) -> bool:
-            if cuda.capture is not None and self.engine.data_dependent:
-                return False
-            return cuda.submit(self.execute) == (0,)
-
-        def execute(self) -> None:
-            session = self.engine.session
-            feeds = {}
-            for value in session.get_inputs():
-                dtype = self.engine.dtypes[value.name]
-                count = int(np.prod(self.shapes[value.name]))
-                raw = (ctypes.c_uint8 * (count * dtype.itemsize)).from_address(self.addresses[value.name])
-                feeds[value.name] = np.frombuffer(raw, dtype).reshape(self.shapes[value.name]).copy()
-            for value, array in zip(session.get_outputs(), session.run(None, feeds)):
-                ctypes.memmove(self.addresses[value.name], np.ascontiguousarray(array).ctypes.data, array.nbytes)
-
-    class Engine:
-        def __init__(self, path: str) -> None:
-            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-            values = [*self.session.get_inputs(), *self.session.get_outputs()]
-            self.names = [v.name for v in values]
-            self.inputs = {v.name for v in self.session.get_inputs()}
-            numpy_types = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(int64)": np.int64}
-            self.dtypes = {v.name: np.dtype(numpy_types[v.type]) for v in values}
-            self.data_dependent = "NonZero" in Path(path).read_bytes().decode("latin-1")
-            self.num_io_tensors = len(self.names)
-
-        def get_tensor_name(self, index: int) -> str:
-            return self.names[index]
-
-        def get_tensor_mode(self, name: str) -> str:
-            return "input" if name in self.inputs else "output"
-
-        def get_tensor_dtype(self, name: str) -> np.dtype:
-            return self.dtypes[name]
-
-        def create_execution_context(self) -> Context:
-            return Context(self)
-
-    class Runtime:
-        def __init__(self, logger: Logger) -> None:
-            pass
-
-        def deserialize_cuda_engine(self, plan: bytes) -> Engine:
-            assert registered, "the plugin must be registered before deserializing"
-            return Engine(plan.decode())
-
-    registered: list[bool] = []
-    trt.Logger, trt.Runtime = Logger, Runtime
-    trt.registered = registered
-    return trt
-
-
 def simulate_gpu(monkeypatch) -> SimulatedCuda:
     """Install the simulated TensorRT / CUDA (and a plugin registration recorder) for one test."""
     from layercascade.runtime.trt import loader
@@ -363,6 +234,15 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
     assert np.array_equal(dense, reference.runner.dense_runner(reference.manifest).infer({"image": images[:1]})["labels"])
     with pytest.raises(LCError, match="at most 1 images per run, got 2; rebuild with lc-build --max-batch 2"):
         backend.run(images[:2], 0.985)
+    staged = backend.run_stages(images[:1], 0.985)  # lc-bench --per-stage: the stages timed apart
+    assert set(staged.timings) == {"stage1", "stage2", "stage3", "total"}
+    assert np.array_equal(staged.labels, reference.run_batch(images[:1], 0.985).labels)
+    machine = backend.machine()  # lc-bench's machine line names the GPU and TensorRT, not ONNX Runtime
+    assert machine.startswith("NVIDIA H100 80GB HBM3 (compute capability 9.0), host ") and machine.endswith("TensorRT 11.4.0.106")
+    with engines:
+        pass
+    with pytest.raises(LCError, match="this cascade was closed"):
+        engines.run_batch(images[:1])
 
 
 def test_environment_checked_before_deserializing(simulated_gpu, monkeypatch) -> None:
@@ -373,12 +253,12 @@ def test_environment_checked_before_deserializing(simulated_gpu, monkeypatch) ->
     assert sys.modules["tensorrt"].registered == []
 
 
-def test_dynamic_batch_on_simulated_gpu(tmp_path, monkeypatch) -> None:
+def test_dynamic_batch_on_simulated_gpu(dynamic_model, tmp_path, monkeypatch) -> None:
     """A --dynamic-batch export: buffers for the largest batch, smaller batches in them."""
-    from layercascade.export.stages import export_model
-    from layercascade.tests.helpers import random_images, sharpened_checkpoint
+    from layercascade.tests.helpers import DYNAMIC_MAX, DYNAMIC_SIZE, random_images
 
-    model_dir = export_model(sharpened_checkpoint("tiny", (64, 64)), tmp_path / "model", dynamic_batch=3)
+    _, model_dir = dynamic_model
+    assert DYNAMIC_MAX == 3 and DYNAMIC_SIZE == (64, 64)
     simulate_gpu(monkeypatch)
     engine_dir = simulated_engine_dir(tmp_path / "sim", model_dir, BatchRange(1, 3, 3))
     engines = Cascade.load(engine_dir, cuda_graph=True)

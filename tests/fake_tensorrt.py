@@ -1,0 +1,181 @@
+"""Stand-ins for TensorRT and cuda-python, so the TensorRT backend and lc-build run their Python
+paths on machines without a GPU: a simulated GPU whose "engines" are ONNX graphs that ONNX Runtime
+runs on host memory, and a GPU machine whose TensorRT builder does not start."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+TENSORRT_VERSION = "11.4.0.106"
+GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+def install_fake_tensorrt(monkeypatch, tensorrt: types.ModuleType, cudart: types.ModuleType) -> None:
+    """Make ``import tensorrt`` and ``from cuda.bindings import runtime`` give these stand-ins."""
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = cudart
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
+    monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+
+
+class SimulatedCuda:
+    """``cuda.bindings.runtime`` over host memory: pointers are real addresses, stream work runs at
+    once or is recorded while a capture is open, and a graph launch replays what was recorded."""
+
+    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+    cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeGlobal=0)
+
+    def __init__(self) -> None:
+        self.blocks: list[np.ndarray] = []
+        self.capture: list | None = None
+        self.launches = 0
+
+    def submit(self, work) -> tuple:
+        if self.capture is None:
+            work()
+        else:
+            self.capture.append(work)
+        return (0,)
+
+    def _allocate(self, nbytes: int) -> tuple:
+        self.blocks.append(np.zeros(nbytes, np.uint8))
+        return 0, self.blocks[-1].ctypes.data
+
+    cudaMalloc = cudaMallocHost = _allocate
+
+    def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: int, stream) -> tuple:
+        return self.submit(lambda: ctypes.memmove(dst, src, nbytes))
+
+    def cudaStreamBeginCapture(self, stream, mode) -> tuple:
+        self.capture = []
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream) -> tuple:
+        graph, self.capture = self.capture, None
+        return 0, graph
+
+    def cudaGraphLaunch(self, graph, stream) -> tuple:
+        self.launches += 1
+        for work in graph:
+            work()
+        return (0,)
+
+    cudaGetDeviceCount = staticmethod(lambda: (0, 1))
+    cudaGetDevice = staticmethod(lambda: (0, 0))
+    cudaGetDeviceProperties = staticmethod(
+        lambda device: (0, types.SimpleNamespace(name=GPU["name"].encode(), major=9, minor=0)))
+    cudaStreamCreate = cudaEventCreate = staticmethod(lambda: (0, 7))  # handles convert with int()
+    cudaGraphInstantiate = staticmethod(lambda graph, flags: (0, graph))
+    cudaEventElapsedTime = staticmethod(lambda start, end: (0, 0.25))
+    cudaStreamSynchronize = cudaEventRecord = cudaGraphDestroy = staticmethod(lambda *args: (0,))
+    cudaGetLastError = cudaFree = cudaFreeHost = cudaGraphExecDestroy = staticmethod(lambda *args: (0,))
+
+
+def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
+    """``tensorrt`` whose "plans" name an ONNX file that ONNX Runtime runs on the simulated device
+    memory. Like TensorRT with data-dependent shapes, graphs with NonZero refuse stream capture."""
+    import onnxruntime
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = TENSORRT_VERSION
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+    trt.nptype = lambda dtype: dtype
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int) -> None:
+            pass
+
+    class Context:
+        def __init__(self, engine) -> None:
+            self.engine, self.shapes, self.addresses = engine, {}, {}
+
+        def set_input_shape(self, name: str, shape) -> bool:
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def set_tensor_address(self, name: str, address: int) -> None:
+            self.addresses[name] = address
+
+        def execute_async_v3(self, stream) -> bool:
+            if cuda.capture is not None and self.engine.data_dependent:
+                return False
+            return cuda.submit(self.execute) == (0,)
+
+        def execute(self) -> None:
+            session = self.engine.session
+            feeds = {}
+            for value in session.get_inputs():
+                dtype = self.engine.dtypes[value.name]
+                count = int(np.prod(self.shapes[value.name]))
+                raw = (ctypes.c_uint8 * (count * dtype.itemsize)).from_address(self.addresses[value.name])
+                feeds[value.name] = np.frombuffer(raw, dtype).reshape(self.shapes[value.name]).copy()
+            for value, array in zip(session.get_outputs(), session.run(None, feeds)):
+                ctypes.memmove(self.addresses[value.name], np.ascontiguousarray(array).ctypes.data, array.nbytes)
+
+    class Engine:
+        def __init__(self, path: str) -> None:
+            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            values = [*self.session.get_inputs(), *self.session.get_outputs()]
+            self.names = [v.name for v in values]
+            self.inputs = {v.name for v in self.session.get_inputs()}
+            numpy_types = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(int64)": np.int64}
+            self.dtypes = {v.name: np.dtype(numpy_types[v.type]) for v in values}
+            self.data_dependent = "NonZero" in Path(path).read_bytes().decode("latin-1")
+            self.num_io_tensors = len(self.names)
+
+        def get_tensor_name(self, index: int) -> str:
+            return self.names[index]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return "input" if name in self.inputs else "output"
+
+        def get_tensor_dtype(self, name: str) -> np.dtype:
+            return self.dtypes[name]
+
+        def create_execution_context(self) -> Context:
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger: Logger) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, plan: bytes) -> Engine:
+            assert registered, "the plugin must be registered before deserializing"
+            return Engine(plan.decode())
+
+    registered: list[bool] = []
+    trt.Logger, trt.Runtime = Logger, Runtime
+    trt.registered = registered
+    return trt
+
+
+def install_gpu_without_builder(monkeypatch, gpus: int, builder_error: Exception | None) -> None:
+    """tensorrt and cuda.bindings.runtime stand-ins: a machine with ``gpus`` GPUs where ``trt.Builder``
+    raises ``builder_error`` (as TensorRT does after "CUDA initialization failure")."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = TENSORRT_VERSION
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int) -> None:
+            pass
+
+    def make_builder(logger: Logger):
+        raise builder_error
+
+    trt.Logger, trt.Builder = Logger, make_builder
+    cudart = types.ModuleType("cuda.bindings.runtime")
+    cudart.cudaGetDeviceCount = lambda: (0, gpus) if gpus else (100, 0)  # 100 = cudaErrorNoDevice
+    cudart.cudaGetDevice = lambda: (0, 0)
+    cudart.cudaGetDeviceProperties = lambda device: (0, types.SimpleNamespace(name=GPU["name"].encode(), major=9, minor=0))
+    install_fake_tensorrt(monkeypatch, trt, cudart)
