@@ -1,1 +1,1 @@
-"""Per-stage ONNX export of a Layer Cascade checkpoint (lc-export); see DESIGN §5–6."""
+"""Per-stage ONNX export of a Layer Cascade checkpoint (lc-export); see docs/export.md."""

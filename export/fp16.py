@@ -1,4 +1,4 @@
-"""FP16 stage graphs: fp16 compute with fp32 I/O, for strongly typed TensorRT builds (DESIGN §7).
+"""FP16 stage graphs: fp16 compute with fp32 I/O, for strongly typed TensorRT builds (docs/build.md).
 
 TensorRT 11 has no FP16 builder flag; a strongly typed network runs each layer in the types
 the ONNX graph gives it, so precision has to be written into the graph. We tried

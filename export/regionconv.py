@@ -1,7 +1,7 @@
 """The ``lc::RegionConv`` ONNX op: its one definition, shared by the exporter, the ONNX
 Runtime lowering and (later) the TensorRT plugin.
 
-``RegionConv(X, W, B, M) = act(conv2d(X, W, B)) ⊙ M`` (DESIGN §4, §6): stride 1, "same"
+``RegionConv(X, W, B, M) = act(conv2d(X, W, B)) ⊙ M`` (docs/export.md; region semantics in docs/architecture.md): stride 1, "same"
 padding, any dilation and groups; ``activation`` 0 = none, 1 = ReLU. The model-local
 function body below lets any ONNX consumer run the node; ``plugin_namespace = "lc"``
 makes TensorRT's parser take the plugin instead.
@@ -56,7 +56,7 @@ def function_proto(opset: int) -> onnx.FunctionProto:
         DOMAIN, OP_TYPE, ["X", "W", "B", "M"], ["Y"], nodes,
         [helper.make_opsetid("", opset)],
         attributes=["pads", "dilations", "group", "activation"],
-        doc_string="Region convolution: act(conv2d(X, W, B)) * M, stride 1 (layercascade, DESIGN §4).",
+        doc_string="Region convolution: act(conv2d(X, W, B)) * M, stride 1 (layercascade region semantics).",
     )
 
 

@@ -1,6 +1,6 @@
 """Building blocks shared by the backbones; every block's forward is ``(x, mask=None)``.
 
-A block run with a mask follows the region semantics of DESIGN §4: each conv (with its
+A block run with a mask follows the region semantics (docs/architecture.md): each conv (with its
 BN and activation) is a region conv, pooling is computed then masked, and a residual
 block adds ``M ⊙ branch(x)`` so it is the identity outside the region.
 """

@@ -1,5 +1,5 @@
 """The Layer Cascade network: a backbone split in three stages, a head per stage, and
-cascade inference with the region semantics of DESIGN §4."""
+cascade inference with the region semantics of docs/architecture.md."""
 
 from __future__ import annotations
 

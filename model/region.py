@@ -1,4 +1,4 @@
-"""Region semantics (DESIGN §4, normative) as the dense masked PyTorch reference.
+"""Region semantics (docs/architecture.md, normative) as the dense masked PyTorch reference.
 
 Every fast path (compact rows, Triton kernels, TensorRT plugin, ONNX Runtime lowering)
 reproduces what these functions compute. A region mask ``M`` is a float tensor of 0/1

@@ -1,4 +1,4 @@
-"""Triton kernels for region convolution on channels-last (NHWC) rows (DESIGN §4, §6–7).
+"""Triton kernels for region convolution on channels-last (NHWC) rows (region semantics: docs/architecture.md).
 
 One op, ``y = [residual +] act(conv2d(x, W, b)) ⊙ M`` (stride 1, "same" padding,
 groups = 1), as an implicit GEMM over pixel rows: fp32 or fp16 data, fp32 accumulation.

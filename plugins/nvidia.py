@@ -7,6 +7,7 @@ so a machine without it gets one line saying who needed what and how to install 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from typing import Any
 
@@ -52,20 +53,26 @@ def import_tensorrt_plugin(who: str) -> Any:
 
 def import_cudart(who: str) -> Any:
     """``cuda.bindings.runtime`` (NVIDIA's samples moved from pycuda to it in TensorRT 10.14)."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError as error:
-        fail(f"{who} needs cuda-python ({_first_line(error)}); {INSTALL}")
-    return runtime
+    return _cuda_bindings(who, "runtime")
 
 
 def import_cuda_driver(who: str) -> Any:
     """``cuda.bindings.driver``: the CUDA driver API."""
+    return _cuda_bindings(who, "driver")
+
+
+def cuda_python_version(who: str) -> str:
+    """The version of cuda-python's ``cuda.bindings``."""
+    return _cuda_bindings(who).__version__
+
+
+def _cuda_bindings(who: str, submodule: str = "") -> Any:
+    """cuda-python's ``cuda.bindings``, or its ``submodule``; one line when it does not import."""
     try:
-        from cuda.bindings import driver
+        import cuda.bindings  # noqa: F401 - the package itself, then the submodule asked for
+        return importlib.import_module(f"cuda.bindings.{submodule}" if submodule else "cuda.bindings")
     except ImportError as error:
         fail(f"{who} needs cuda-python ({_first_line(error)}); {INSTALL}")
-    return driver
 
 
 def cuda_call(result: tuple) -> Any:
@@ -116,11 +123,3 @@ def create_trt(trt: Any, factory: str, logger: Any, who: str) -> Any:
         fail(f"{who}: no CUDA GPU usable by TensorRT (trt.{factory} could not be created)")
     return created
 
-
-def cuda_python_version(who: str) -> str:
-    """The version of cuda-python's ``cuda.bindings``."""
-    try:
-        from cuda import bindings
-    except ImportError as error:
-        fail(f"{who} needs cuda-python ({_first_line(error)}); {INSTALL}")
-    return bindings.__version__

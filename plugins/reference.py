@@ -1,6 +1,6 @@
 """PyTorch references for the calls of :mod:`layercascade.plugins.kernels`.
 
-Same arguments, same NHWC layout, computed the normative way (DESIGN §4): dense
+Same arguments, same NHWC layout, computed the normative way (docs/architecture.md): dense
 ``conv2d ⊙ M`` on NCHW through :func:`layercascade.model.region.region_conv2d`, in fp64
 (so no TF32 path can creep in on a GPU) and rounded once to the input dtype — what the
 kernels' fp32 accumulation should reproduce to rounding.

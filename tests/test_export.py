@@ -1,4 +1,4 @@
-"""ONNX export and the ONNX Runtime cascade against the PyTorch reference (DESIGN §4–7)."""
+"""ONNX export and the ONNX Runtime cascade against the PyTorch reference (docs/export.md, docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The ONNX Runtime backend's rewrites of INT8 graphs around the stem: the image normalisation as
 one DequantizeLinear (``lowering.mean_as_zero_point``) and the reorders folded in ONNX Runtime's
-optimized graph (``ort_layout.fold_stem_reorders``)."""
+optimized graph (``runtime/ort/layout.py``'s ``fold_stem_reorders``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Region-conv Triton kernels (plugins/, DESIGN §4, §6–8).
+"""Region-conv Triton kernels (plugins/; region semantics: docs/architecture.md).
 
 The kernels run in Triton's interpreter on the CPU (a fresh process with
 ``TRITON_INTERPRET=1``; on a CUDA machine natively) against the dense masked reference,

@@ -1,4 +1,4 @@
-"""Region semantics (DESIGN §4) of the dense masked reference."""
+"""Region semantics (docs/architecture.md) of the dense masked reference."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""The torch backend (runtime/torch_backend.py) against the PyTorch reference cascade and the
+"""The torch backend (runtime/torch/) against the PyTorch reference cascade and the
 ONNX Runtime backend on the demo model, its kernels path in Triton's interpreter, lc-run and
 lc-bench with ``--backend torch``, its errors, and (on a GPU) the CUDA path.
 
-Parity (DESIGN §4): ≥ 99.99 % of label pixels equal, masks equal except where the confidence
+Parity (region semantics, docs/architecture.md): ≥ 99.99 % of label pixels equal, masks equal except where the confidence
 lies within 1e-5 of ρ, scores within 1e-4.
 """
 

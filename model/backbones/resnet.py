@@ -1,6 +1,6 @@
 """ResNet-18/34/50/101 with output stride 8 and timm / torchvision parameter names.
 
-Stage split (DESIGN §2 applied to ResNet): stage 1 = stem + layer1 + layer2, stage 2 =
+Stage split (the paper's three stages applied to ResNet): stage 1 = stem + layer1 + layer2, stage 2 =
 layer3, stage 3 = layer4. Dilation follows timm's ``make_blocks``: once the network
 stride reaches the output stride, ``dilation *= stride`` and ``stride = 1``; the first
 block of a dilated layer uses the previous dilation. ``fc`` is dropped, so an ImageNet

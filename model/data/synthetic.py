@@ -1,7 +1,7 @@
 """A procedural stand-in for PASCAL VOC whose pixels differ in difficulty the way the paper describes.
 
 Layer Cascade pays off because most pixels are easy and a few (boundaries, confusable
-regions) are hard (DESIGN §2). This generator builds a 21-class problem (VOC's class
+regions) are hard (the paper's analysis of pixel difficulty). This generator builds a 21-class problem (VOC's class
 names and palette, 0 = background) with that structure, so the whole toolkit can be
 trained, exported and benchmarked without downloading a data set:
 
