@@ -1,7 +1,8 @@
 """The ``lc::RegionConv`` ONNX op: its one definition, shared by the exporter, the ONNX
 Runtime lowering and (later) the TensorRT plugin.
 
-``RegionConv(X, W, B, M) = act(conv2d(X, W, B)) ⊙ M`` (docs/export.md; region semantics in docs/architecture.md): stride 1, "same"
+``RegionConv(X, W, B, M) = act(conv2d(X, W, B)) ⊙ M`` (docs/export.md; region semantics in
+docs/architecture.md): stride 1, "same"
 padding, any dilation and groups; ``activation`` 0 = none, 1 = ReLU. The model-local
 function body below lets any ONNX consumer run the node; ``plugin_namespace = "lc"``
 makes TensorRT's parser take the plugin instead.

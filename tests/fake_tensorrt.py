@@ -177,5 +177,6 @@ def install_gpu_without_builder(monkeypatch, gpus: int, builder_error: Exception
     cudart = types.ModuleType("cuda.bindings.runtime")
     cudart.cudaGetDeviceCount = lambda: (0, gpus) if gpus else (100, 0)  # 100 = cudaErrorNoDevice
     cudart.cudaGetDevice = lambda: (0, 0)
-    cudart.cudaGetDeviceProperties = lambda device: (0, types.SimpleNamespace(name=GPU["name"].encode(), major=9, minor=0))
+    properties = types.SimpleNamespace(name=GPU["name"].encode(), major=9, minor=0)
+    cudart.cudaGetDeviceProperties = lambda device: (0, properties)
     install_fake_tensorrt(monkeypatch, trt, cudart)

@@ -38,7 +38,8 @@ def test_stage_statistics_count_only_the_pixels_that_reach_the_stage(demo_fp32, 
     reach2, reach3 = statistics.meta["pixels_reaching"]
     cascade = Cascade.load(demo_fp32)
     dataset = open_dataset("synthetic", "train", limit=CALIBRATION_IMAGES)
-    masks = [cascade.run_batch(cascade.prepare(dataset[k][0])[None], statistics.meta["rho"]) for k in range(CALIBRATION_IMAGES)]
+    masks = [cascade.run_batch(cascade.prepare(dataset[k][0])[None], statistics.meta["rho"])
+             for k in range(CALIBRATION_IMAGES)]
     assert reach2 == sum(int(m.mask2.sum()) for m in masks) and reach3 == sum(int(m.mask3.sum()) for m in masks)
     assert 0 < reach3 < reach2 < CALIBRATION_IMAGES * masks[0].mask2.size  # the cascade really splits the pixels
     channels = {"stage2.onnx:feat1": 32, "stage3.onnx:feat2": 64}
@@ -221,7 +222,8 @@ def test_int8_stem_reorders_folded_with_the_same_results(demo_int8) -> None:
 
 def test_another_method_reuses_the_statistics(demo_fp32, demo_int8, tmp_path) -> None:
     _, record, cache = demo_int8
-    again = calibrate(demo_fp32, tmp_path / "pct", limit=CALIBRATION_IMAGES, method="percentile", cache=cache, progress=False)
+    again = calibrate(demo_fp32, tmp_path / "pct", limit=CALIBRATION_IMAGES, method="percentile", cache=cache,
+                      progress=False)
     assert again["statistics_reused"] and again["statistics_sha256"] == record["statistics_sha256"]
     assert not record["statistics_reused"]
 

@@ -1,4 +1,4 @@
-"""The model CLIs: help texts, JSON output on the demo model, one-line errors."""
+"""The CLIs: help texts of every command, entry points, JSON output on the demo model, one-line errors."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ import sys
 
 import pytest
 
-from layercascade.cli import bench, evaluate, info, train
+from layercascade.cli import bench, build, calibrate, doctor, evaluate, info, run, train
 from layercascade.cli import export as export_cli
 from layercascade.errors import run_cli
 
 
-@pytest.mark.parametrize("module", [train, evaluate, info, export_cli, bench],
-                         ids=["lc-train", "lc-eval", "lc-info", "lc-export", "lc-bench"])
+@pytest.mark.parametrize("module", [train, evaluate, info, export_cli, calibrate, build, run, bench, doctor],
+                         ids=["lc-train", "lc-eval", "lc-info", "lc-export", "lc-calibrate", "lc-build", "lc-run",
+                              "lc-bench", "lc-doctor"])
 def test_help_explains_every_option(module, capsys) -> None:
     parser = module.build_parser()
-    for action in parser._actions:
+    shown = [a for a in parser._actions if a.help != argparse.SUPPRESS]  # hidden: deprecated spellings
+    for action in shown:
         if isinstance(action, argparse._HelpAction):
             continue
         assert action.help and len(action.help) > 10, f"{action.dest} has no help"
@@ -26,9 +28,36 @@ def test_help_explains_every_option(module, capsys) -> None:
         parser.parse_args(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for action in parser._actions:
+    for action in shown:
         for option in action.option_strings:
             assert option in text
+
+
+def test_deprecated_per_stage_rho_still_works(capsys) -> None:
+    """lc-calibrate's ρ is --rho like every command's; the old --per-stage-rho still works, with a line."""
+    parser = calibrate.build_parser()
+    assert parser.parse_args(["DIR", "-o", "OUT", "--rho", "0.9"]).rho == 0.9
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args(["DIR", "-o", "OUT", "--per-stage-rho", "0.95"]).rho == 0.95
+    assert capsys.readouterr().err == "warning: --per-stage-rho is deprecated; use --rho\n"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["DIR", "-o", "OUT", "--per-stage-rho", "2"])
+
+
+def test_every_entry_point_names_an_existing_cli() -> None:
+    """The console scripts of pyproject.toml keep their names and point at ``cli/`` modules."""
+    import importlib
+    from pathlib import Path
+
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
+        "scripts"]
+    assert sorted(scripts) == ["lc-bench", "lc-build", "lc-calibrate", "lc-doctor", "lc-eval", "lc-export", "lc-info",
+                               "lc-run", "lc-train"]
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert module.startswith("layercascade.cli.") and callable(getattr(importlib.import_module(module), function))
 
 
 def test_eval_json_on_demo_model(capsys) -> None:

@@ -1,4 +1,5 @@
-"""lc-doctor (cli/doctor.py, probes in runtime/doctor.py): one report, every probe isolated, exit 0 whatever is missing."""
+"""lc-doctor (cli/doctor.py, probes in runtime/doctor.py): one report, every probe isolated, exit 0
+whatever is missing."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ from layercascade.errors import LCError, run_cli
 from layercascade.runtime.cascade import Cascade
 from layercascade.tests.helpers import TINY_SIZE, random_images
 
-
 STAGE_SIZE = (TINY_SIZE[0] // 8, TINY_SIZE[1] // 8)
 
 
@@ -215,3 +214,22 @@ def test_joined_lowering_keeps_stage2_rows_for_stage3(model_dir) -> None:
     into = sorted(producers[n.input[0]].op_type for n in scatters)
     assert into == ["ConstantOfShape", "Reshape", "Reshape"]
     assert sum("fuse/" in n.name for n in scatters) == 2
+
+
+def test_a_cascade_is_a_context_manager_that_releases_its_backend(model_dir) -> None:
+    with Cascade.load(model_dir) as cascade:
+        assert cascade(np.zeros((20, 30, 3), np.uint8)).labels.shape == (20, 30)
+    assert cascade.closed and cascade.runner.runner is None  # the ONNX Runtime sessions are gone
+    with pytest.raises(LCError, match="this cascade was closed; load the model again"):
+        cascade(np.zeros((20, 30, 3), np.uint8))
+    cascade.close()  # closing twice is harmless
+
+
+def test_backend_settings_are_checked_in_one_place(model_dir) -> None:
+    with pytest.raises(LCError, match=r"^--precision: not a setting of the ONNX Runtime backend \(it runs the model "
+                                      r"dir's own precision\); use --backend torch or trt$"):
+        Cascade.load(model_dir, backend="ort", precision="fp16")
+    with pytest.raises(LCError, match=r"^--uint8-activations: not a setting of the torch backend$"):
+        Cascade.load(None, backend="torch", uint8_activations=False)
+    written = Cascade.load(model_dir, uint8_activations=False)  # the ORT backend's own setting
+    assert written.runner.settings["uint8_activations"] is False

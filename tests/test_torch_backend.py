@@ -2,8 +2,8 @@
 ONNX Runtime backend on the demo model, its kernels path in Triton's interpreter, lc-run and
 lc-bench with ``--backend torch``, its errors, and (on a GPU) the CUDA path.
 
-Parity (region semantics, docs/architecture.md): ≥ 99.99 % of label pixels equal, masks equal except where the confidence
-lies within 1e-5 of ρ, scores within 1e-4.
+Parity (region semantics, docs/architecture.md): ≥ 99.99 % of label pixels equal, masks equal
+except where the confidence lies within 1e-5 of ρ, scores within 1e-4.
 """
 
 from __future__ import annotations

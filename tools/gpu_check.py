@@ -5,8 +5,9 @@
 Runs from a plain source checkout on a machine with torch + triton + numpy + a CUDA GPU and
 nothing of ours installed, without network, in a few minutes on one H100 (without Pillow or tqdm
 the end-to-end images are smooth random fields instead of the bundled samples). Timing statistics
-are ``layercascade.runtime.timing``'s, as in lc-bench, with a CUDA-event clock. Writes ``gpu_check.log`` and ``gpu_check.json`` into ``--out``, the JSON after every
-phase (``complete`` says whether all ran; a phase that crashes is recorded as its ``error``):
+are ``layercascade.runtime.timing``'s, as in lc-bench, with a CUDA-event clock. Writes
+``gpu_check.log`` and ``gpu_check.json`` into ``--out``, the JSON after every phase (``complete``
+says whether all ran; a phase that crashes is recorded as its ``error``):
 
 * ``correctness``: every case of ``python -m layercascade.plugins.check``, run natively;
 * ``benchmark``: for C = C_out ∈ {64, 256, 512} on 1×64×64 fp16 NHWC maps, 3×3 and 1×1

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from layercascade.contract import LABELS, MASK2, MASK3, MASKS, RHO, SCORES1, SCORES2, STAGE_COUNTS
 from layercascade.export.describe import stage_shapes
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet
@@ -84,9 +85,9 @@ class KernelPath:
         region3 = self.region(mask3)
         scores3 = self.heads[2](self.stages[2](features, region3), region3)
         fused = torch.where(mask3 > 0, scores3, torch.where(mask2 > 0, scores2, scores1))
-        return {"labels": upsample_labels(fused.permute(0, 3, 1, 2), self.input_size), "mask2": mask2,
-                "mask3": mask3, "stage_counts": stage_counts(mask2, mask3),
-                "scores1": scores1, "scores2": scores2, "scores3": scores3}
+        return {LABELS: upsample_labels(fused.permute(0, 3, 1, 2), self.input_size), MASK2: mask2,
+                MASK3: mask3, STAGE_COUNTS: stage_counts(mask2, mask3),
+                SCORES1: scores1, SCORES2: scores2, "scores3": scores3}
 
     def dense(self, images: Tensor) -> dict[str, Tensor]:
         """The dense network of the same weights: every stage's blocks on every pixel, final head only."""
@@ -100,7 +101,7 @@ class KernelPath:
         features = self.normalize(images)
         for stage in stages:
             features = stage(features, None)
-        return {"labels": upsample_labels(head(features, None).permute(0, 3, 1, 2), self.input_size)}
+        return {LABELS: upsample_labels(head(features, None).permute(0, 3, 1, 2), self.input_size)}
 
     def program(self, kind: str, batch: int, forced: bool = False, graph: bool | None = None) -> DeviceProgram:
         """The cached program of ``kind`` ("cascade" or "dense") for ``batch`` images, in a CUDA
@@ -111,7 +112,7 @@ class KernelPath:
             height, width = self.input_size
             inputs = {"images": torch.zeros(batch, height, width, 3, dtype=torch.uint8, device=self.device)}
             if kind == "cascade":
-                inputs["rho"] = torch.ones(1, dtype=torch.float32, device=self.device)
+                inputs[RHO] = torch.ones(1, dtype=torch.float32, device=self.device)
                 if forced:
                     h, w = self.stage_size
                     for name in ("forced2", "forced3"):
@@ -123,18 +124,18 @@ class KernelPath:
     def run(self, images: np.ndarray, rho: float, forced_masks: Masks | None) -> StageOutputs:
         started = time.perf_counter()
         program = self.program("cascade", images.shape[0], forced_masks is not None)
-        program.inputs["rho"].fill_(rho)
+        program.inputs[RHO].fill_(rho)
         if forced_masks is not None:
             for name, mask in zip(("forced2", "forced3"), forced_masks):
                 program.inputs[name].copy_(host_tensor(mask).permute(0, 2, 3, 1))
         out, device_ms = self.launch(program, images)
-        mask2, mask3 = (out[name].permute(0, 3, 1, 2).float().cpu().numpy() for name in ("mask2", "mask3"))
+        mask2, mask3 = (out[name].permute(0, 3, 1, 2).float().cpu().numpy() for name in MASKS)
         timings = {"device": device_ms, "total": (time.perf_counter() - started) * 1e3}
-        return StageOutputs(out["labels"].cpu().numpy(), mask2, mask3, out["stage_counts"].cpu().numpy(), timings)
+        return StageOutputs(out[LABELS].cpu().numpy(), mask2, mask3, out[STAGE_COUNTS].cpu().numpy(), timings)
 
     def dense_labels(self, images: np.ndarray) -> np.ndarray:
         out, _ = self.launch(self.program("dense", images.shape[0]), images)
-        return out["labels"].cpu().numpy()
+        return out[LABELS].cpu().numpy()
 
     def launch(self, program: DeviceProgram, images: np.ndarray) -> tuple[dict[str, Tensor], float]:
         """Copy ``images`` in, run ``program``; its outputs (still on the device) and their device ms."""

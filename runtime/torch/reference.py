@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from layercascade.contract import LABELS, STAGE_COUNTS
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet, normalize
 from layercascade.model.region import fuse_scores, next_mask
@@ -60,7 +61,7 @@ class ReferencePath:
                 masks.append(region)
             timings[f"stage{index + 1}"] = (time.perf_counter() - started) * 1e3
         labels = upsample_labels(fuse_scores(scores, masks), self.input_size)
-        return {"scores": scores, "masks": masks, "labels": labels, "stage_counts": stage_counts(*masks),
+        return {"scores": scores, "masks": masks, LABELS: labels, STAGE_COUNTS: stage_counts(*masks),
                 "timings": timings}
 
     def run(self, images: np.ndarray, rho: float, forced_masks: Masks | None) -> StageOutputs:
@@ -68,7 +69,7 @@ class ReferencePath:
         out = self.stage_outputs(images, rho, forced_masks)
         timings = {**out["timings"], "total": (time.perf_counter() - started) * 1e3}
         mask2, mask3 = (m.float().numpy() for m in out["masks"])
-        return StageOutputs(out["labels"].numpy(), mask2, mask3, out["stage_counts"].numpy(), timings)
+        return StageOutputs(out[LABELS].numpy(), mask2, mask3, out[STAGE_COUNTS].numpy(), timings)
 
     @torch.inference_mode()
     def dense(self, images: np.ndarray) -> np.ndarray:
