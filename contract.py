@@ -2,7 +2,7 @@
 
 Every exported model dir follows it (``export/stages.py`` writes it, ``lc.json`` records the
 shapes and dtypes), and every backend, the calibration and the benchmarks read it by these
-names; the names are written nowhere else.
+names; the package writes the names nowhere else.
 
 * stage 1: ``image`` uint8 (N, H, W, 3) RGB, ``rho`` float (1,) → ``feat1``, ``scores1``, ``mask2``;
 * stage 2: ``feat1``, ``mask2``, ``rho`` → ``feat2``, ``scores2``, ``mask3``;

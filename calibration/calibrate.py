@@ -16,6 +16,7 @@ from layercascade.calibration.statistics import METHODS, Statistics, collect, fl
 from layercascade.contract import rho_or_default
 from layercascade.errors import fail
 from layercascade.export.graph import load_onnx
+from layercascade.export.session import import_onnxruntime
 from layercascade.manifest import model_hash, read_cascade_manifest, write_model_dir
 from layercascade.model.data.images import resize_image
 
@@ -76,7 +77,6 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
         cache: statistics file (default: one per model, data and ρ under ``default_cache_dir()``).
     """
     import onnx
-    import onnxruntime
 
     from layercascade.model.data import open_dataset
 
@@ -115,7 +115,7 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
         "float_convs": sorted({name for model in models.values() for name in float_convs(model)}),
         "source_model_sha256": meta["model"],
         "source": str(model_dir.resolve()),  # lc-bench --compare finds the fp32 model here
-        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime": import_onnxruntime().__version__,
     }
 
     def write(staging: Path) -> dict[str, Any]:

@@ -7,6 +7,9 @@ import argparse
 import sys
 from typing import Any
 
+from layercascade.contract import check_rho
+from layercascade.errors import LCError
+
 
 def size(text: str) -> tuple[int, int]:
     """``HxW`` (or a single ``N`` for N×N) → (H, W)."""
@@ -22,14 +25,11 @@ def size(text: str) -> tuple[int, int]:
 
 
 def rho(text: str) -> float:
-    """A threshold in (0, 1]."""
+    """A threshold in (0, 1] (``contract.check_rho``)."""
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"rho must be a number in (0, 1], got {text!r}")
-    return value
+        return check_rho(float(text))
+    except (ValueError, LCError):
+        raise argparse.ArgumentTypeError(f"rho must be a number in (0, 1], got {text!r}") from None
 
 
 def rho_list(text: str) -> list[float]:

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--plot", default=None, metavar="FILE.png",
                          help="with --compare and --data: draw FPS against mIoU per precision and ρ")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object: cascade, dense (median_ms, p90_ms, p99_ms, fps), speedup, "
+                        help="print one JSON object: cascade, dense (median_ms, p90_ms, p99_ms, fps, runs), speedup, "
                              "ideal_speedup, stage_fractions, machine (and with --per-stage stages_ms, with "
                              "--profile profile)")
     return parser

@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build TensorRT engines from a model dir written by lc-export (or lc-calibrate for int8): "
                     "stage1/2/3.engine, dense.engine (lc-bench's baseline), engines.json (TensorRT version, GPU, "
                     "precision, I/O shapes, hashes) and lc.json, written atomically. Run the engines with "
-                    "lc-run --engine ENGINE_DIR. Needs TensorRT and an NVIDIA GPU; engines run only on the GPU "
+                    "lc-run --model ENGINE_DIR. Needs TensorRT and an NVIDIA GPU; engines run only on the GPU "
                     "architecture and TensorRT version they were built with.",
     )
     parser.add_argument("model", nargs="?", default=None, type=Path, metavar="DIR",
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print((target / METADATA).read_text(), end="")
     else:
-        print(f"engines -> {target}  (run them with lc-run --engine {target})")
+        print(f"engines -> {target}  (run them with lc-run --model {target})")
     return 0
 
 

@@ -20,11 +20,11 @@ class StageEmitter:
         self.mask = mask
 
     def emit(self, ops: list[Op], x: str) -> str:
-        """Add the nodes of ``ops`` reading tensor ``x``; returns the tensor of the last op."""
+        """Add the nodes of ``ops`` reading tensor ``x``; returns the tensor of the last op (``x`` if none)."""
         tensors = {INPUT: x}
         for op in ops:
             tensors[op.name] = self.node(op, tensors)
-        return tensors[ops[-1].name]
+        return tensors[ops[-1].name] if ops else x
 
     def node(self, op: Op, tensors: dict[str, str]) -> str:
         if isinstance(op, Conv):

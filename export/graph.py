@@ -1,6 +1,6 @@
 """ONNX graph helpers: a builder that keeps node and tensor names readable (for Netron), and the
 small queries and edits every graph pass shares (the lowering, the cascade join, the calibration,
-ONNX Runtime's INT8 rewrites, lc-build's TensorRT preparation).
+ONNX Runtime's INT8 rewrites and layout fold, lc-build's graph loading).
 """
 
 from __future__ import annotations
@@ -99,6 +99,15 @@ def consumers_of(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[onnx.NodePro
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     return consumers
+
+
+def only_consumer(consumers: dict[str, list[onnx.NodeProto]], outputs: set[str], name: str,
+                  op_type: str) -> onnx.NodeProto | None:
+    """The one node reading ``name``, when it is a standard ``op_type`` and ``name`` no graph output."""
+    found = consumers.get(name, [])
+    if name in outputs or len(found) != 1 or (found[0].domain, found[0].op_type) != ("", op_type):
+        return None
+    return found[0]
 
 
 def scalar_value(initializers: dict[str, onnx.TensorProto], name: str) -> float | None:

@@ -1,4 +1,4 @@
-"""Lower ``lc::RegionConv`` nodes to a compact form of standard ONNX ops (docs/architecture.md).
+"""Lower ``lc::RegionConv`` nodes to a compact form of standard ONNX ops (docs/export.md).
 
 Backend-neutral: the result is plain ONNX (no custom domain), which ONNX Runtime runs here and
 any other ONNX consumer (OpenVINO, Triton's ONNX backends) can run unchanged.

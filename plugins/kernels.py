@@ -13,7 +13,8 @@ Neighbours are read at their real values, also outside M; outside M the output i
 * **mask form** — :func:`region_conv_masked` reads M itself, skips the GEMM for row tiles
   without an active pixel and writes zeros (or the residual) for inactive pixels: a single
   launch whose grid and scalar arguments are functions of shapes only, the shape of a
-  TensorRT AOT plugin kernel (TENSORRT_NOTES.md: inputs, then int32 scalars, then outputs).
+  TensorRT AOT plugin kernel (``tensorrt.plugin``'s argument order: inputs, then int32 scalars,
+  then outputs).
 
 Layer parameters (channels, kernel size, padding, dilation, ReLU, weight strides) are
 ``constexpr``: TensorRT's AOT path serialises no attributes, so they must be baked into

@@ -6,7 +6,6 @@ comparison (``lc-bench --compare``) is ``compare.py``.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -106,7 +105,7 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
         "model": str(cascade.model_dir), "backbone": cascade.manifest.get("backbone"), "backend": cascade.backend,
         "size": list(cascade.input_size), "batch": batch, "rho": rho,
         "iters": iters, "warmup": warmup, "forced_active_fractions": list(active) if active else None,
-        "cascade": asdict(LatencyStats.of(cascade_ms, batch)), "dense": asdict(LatencyStats.of(dense_ms, batch)),
+        "cascade": LatencyStats.of(cascade_ms, batch).report(), "dense": LatencyStats.of(dense_ms, batch).report(),
         # Ratios of the unrounded medians (rounded ones are off by 1e-3 at sub-millisecond times).
         "speedup": round(float(np.median(dense_ms) / np.median(cascade_ms)), 3),
         "ideal_speedup": round(ideal, 3),

@@ -10,6 +10,7 @@ and the labels are resized back (nearest) to the image's own size.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -72,15 +73,22 @@ class Cascade:
         elif backend in ("ort", "torch") and is_engine_dir(model_dir):
             fail(f"{model_dir}: holds TensorRT engines (lc-build); run it with --backend trt (or auto), "
                  f"or pass the model dir lc-export wrote to use --backend {backend}")
+        # Each backend's loader (imported only when chosen): OPTIONS, its settings, and load.
         if backend == "torch":
-            from layercascade.runtime import torch as chosen
+            from layercascade.runtime.torch import loader
         elif backend == "trt":
-            from layercascade.runtime import trt as chosen
+            from layercascade.runtime.trt import loader
         else:
-            from layercascade.runtime import ort as chosen
+            from layercascade.runtime.ort import loader
         label = {"ort": "ONNX Runtime", "trt": "TensorRT", "torch": "torch"}[backend]
-        check_options(label, options, chosen.OPTIONS, getattr(chosen, "OPTIONS_HINT", ""))
-        return cls(*chosen.load(model_dir, device, lower, threads, **options))
+        check_options(label, options, loader.OPTIONS, getattr(loader, "OPTIONS_HINT", ""))
+        return cls(*loader.load(model_dir, device, lower, threads, **options))
+
+    @property
+    def engine(self) -> StagedBackend:
+        """The backend's runner under its old name (deprecated: "engine" means a TensorRT engine)."""
+        warnings.warn("Cascade.engine is deprecated; use Cascade.runner", DeprecationWarning, stacklevel=2)
+        return self.runner
 
     # -- running -------------------------------------------------------------------------------
     def rho(self, rho: float | None = None) -> float:

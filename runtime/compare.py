@@ -4,7 +4,6 @@ speed-vs-accuracy plot."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +101,7 @@ def compare_precisions(cascades: dict[str, Cascade], rhos: list[float], batch: i
             stats = LatencyStats.of(samples[(name, rho)], batch)
             # Ratios of the unrounded medians (rounded ones are off by 1e-3 at sub-millisecond times).
             fp32_median, median = (float(np.median(samples[(p, rho)])) for p in ("fp32", name))
-            row = {"precision": name, "model": str(cascade.model_dir), "rho": rho, **asdict(stats),
+            row = {"precision": name, "model": str(cascade.model_dir), "rho": rho, **stats.report(),
                    "speedup_vs_fp32": round(fp32_median / median, 3)}
             if rho in accuracy:
                 row["miou"], row["label_agreement"] = round(accuracy[rho][0], 2), round(accuracy[rho][1], 3)

@@ -76,6 +76,7 @@ class SimulatedCuda:
     cudaEventElapsedTime = staticmethod(lambda start, end: (0, 0.25))
     cudaStreamSynchronize = cudaEventRecord = cudaGraphDestroy = staticmethod(lambda *args: (0,))
     cudaGetLastError = cudaFree = cudaFreeHost = cudaGraphExecDestroy = staticmethod(lambda *args: (0,))
+    cudaEventDestroy = cudaStreamDestroy = staticmethod(lambda *args: (0,))
 
 
 def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:

@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 
+from layercascade.contract import DENSE_INPUTS, DENSE_OUTPUTS, STAGE_INPUTS, STAGE_OUTPUTS
 from layercascade.errors import LCError
 from layercascade.export import regionconv
 from layercascade.export.stages import export_model
@@ -88,6 +89,12 @@ def test_graphs_are_readable_and_follow_the_contract(tiny_model) -> None:
     assert io["stage1.onnx"] == (["image", "rho"], ["feat1", "scores1", "mask2"])
     assert io["stage2.onnx"] == (["feat1", "mask2", "rho"], ["feat2", "scores2", "mask3"])
     assert io["stage3.onnx"] == (["feat2", "mask3", "scores1", "scores2", "mask2"], ["labels", "stage_counts"])
+    # contract.py, which every backend reads the names from, says the same
+    assert [io[f"stage{k + 1}.onnx"] for k in range(3)] == [(list(i), list(o)) for i, o in zip(STAGE_INPUTS,
+                                                                                               STAGE_OUTPUTS)]
+    dense = manifest["dense"]
+    assert ([i["name"] for i in dense["inputs"]], [o["name"] for o in dense["outputs"]]) == (list(DENSE_INPUTS),
+                                                                                          list(DENSE_OUTPUTS))
     stage1 = onnx.load(folder / "stage1.onnx")
     assert not [n for n in stage1.graph.node if n.op_type == "RegionConv"]
     assert not [n for n in stage1.graph.node if n.op_type == "BatchNormalization"]  # folded

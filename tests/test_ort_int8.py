@@ -1,5 +1,5 @@
 """The ONNX Runtime backend's rewrites of INT8 graphs around the stem: the image normalisation as
-one DequantizeLinear (``lowering.mean_as_zero_point``) and the reorders folded in ONNX Runtime's
+one DequantizeLinear (``runtime/ort/int8.py``'s ``mean_as_zero_point``) and the reorders folded in ONNX Runtime's
 optimized graph (``runtime/ort/layout.py``'s ``fold_stem_reorders``)."""
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ def test_joined_session_equals_the_stages_run_one_by_one(model_dir, lower: bool)
     from layercascade.runtime.timing import forced_masks
 
     cascade = Cascade.load(model_dir, lower=lower)
-    assert cascade.runner.runner.lowered == lower
+    assert cascade.runner.joined.lowered == lower
     images = random_images(1, TINY_SIZE)
     runs = [(rho, None) for rho in (1.0, 0.985, 0.9)]
     runs.append((0.985, forced_masks((1, 1, *STAGE_SIZE), (0.5, 0.2))))
@@ -219,7 +219,7 @@ def test_joined_lowering_keeps_stage2_rows_for_stage3(model_dir) -> None:
 def test_a_cascade_is_a_context_manager_that_releases_its_backend(model_dir) -> None:
     with Cascade.load(model_dir) as cascade:
         assert cascade(np.zeros((20, 30, 3), np.uint8)).labels.shape == (20, 30)
-    assert cascade.closed and cascade.runner.runner is None  # the ONNX Runtime sessions are gone
+    assert cascade.closed and cascade.runner.joined is None  # the ONNX Runtime sessions are gone
     with pytest.raises(LCError, match="this cascade was closed; load the model again"):
         cascade(np.zeros((20, 30, 3), np.uint8))
     cascade.close()  # closing twice is harmless

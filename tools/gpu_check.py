@@ -100,11 +100,12 @@ class Log:
         self.file.flush()
 
 
-def stats(samples: list[float]) -> dict[str, float]:
-    """Median, p90, p99 (ms), FPS at batch 1 and the number of timed runs (``runtime.timing``'s statistics)."""
+def stats(samples: list[float], batch: int = 1) -> dict[str, float]:
+    """Median, p90, p99 (ms, unrounded), FPS at ``batch`` images per call and the number of timed runs
+    (``runtime.timing``'s statistics)."""
     from layercascade.runtime.timing import LatencyStats
 
-    return dataclasses.asdict(LatencyStats.of(samples))
+    return dataclasses.asdict(LatencyStats.of(samples, batch))
 
 
 def cuda_event_ms(call: Callable[[], object]) -> float:
@@ -277,18 +278,22 @@ def e2e_images(backend, batch: int) -> tuple[np.ndarray, str]:
     return sample_batch(Cascade(Path("checkpoint"), backend.manifest, backend), batch), "bundled samples"
 
 
-def time_alternating(calls: dict[str, Callable[[], object]], cuda: bool, warmup: int, iters: int) -> dict[str, dict]:
-    """Statistics of each of ``calls``, timed in alternating blocks (``runtime.timing``; CUDA events on a GPU)."""
+def time_alternating(calls: dict[str, Callable[[], object]], cuda: bool, warmup: int, iters: int,
+                     batch: int) -> dict[str, dict]:
+    """Statistics of each of ``calls`` (``batch`` images each), timed in alternating blocks
+    (``runtime.timing``; CUDA events on a GPU)."""
     from layercascade.runtime.timing import time_in_blocks, wall_ms
 
     samples = time_in_blocks(calls, iters, warmup, cuda_event_ms if cuda else wall_ms)
-    return {name: stats(values) for name, values in samples.items()}
+    return {name: stats(values, batch) for name, values in samples.items()}
 
 
 def fill_cascade_inputs(program, images: torch.Tensor, masks: tuple[np.ndarray, np.ndarray] | None) -> None:
     """Set a cascade device program's images, ρ and (when given) its forced NCHW masks."""
+    from layercascade.contract import RHO
+
     program.inputs["images"].copy_(images)
-    program.inputs["rho"].fill_(DEMO_RHO)
+    program.inputs[RHO].fill_(DEMO_RHO)
     if masks is not None:
         for name, mask in zip(("forced2", "forced3"), masks):
             program.inputs[name].copy_(torch.from_numpy(mask).permute(0, 2, 3, 1))
@@ -296,20 +301,23 @@ def fill_cascade_inputs(program, images: torch.Tensor, masks: tuple[np.ndarray, 
 
 def e2e_case(backend, images: torch.Tensor, masks, graph: bool, cuda: bool, sizes: dict) -> dict:
     """Cascade and dense programs of ``backend`` on ``images`` (already on the device): timings and fractions."""
+    from layercascade.contract import LABELS, STAGE_COUNTS
+
     batch = images.shape[0]
     cascade = backend.device_program("cascade", batch, forced=masks is not None, graph=graph)
     dense = backend.device_program("dense", batch, graph=graph)
     fill_cascade_inputs(cascade, images, masks)
     dense.inputs["images"].copy_(images)
     out = cascade()
-    counts = out["stage_counts"].sum(0).double()
-    labels = out["labels"].clone()  # a graph's outputs are overwritten by the next replay
-    timing = time_alternating({"cascade": cascade, "dense": dense}, cuda, sizes["warmup"], sizes["iters"])
+    counts = out[STAGE_COUNTS].sum(0).double()
+    labels = out[LABELS].clone()  # a graph's outputs are overwritten by the next replay
+    timing = time_alternating({"cascade": cascade, "dense": dense}, cuda, sizes["warmup"], sizes["iters"], batch)
     return {"fractions": (counts / counts.sum()).tolist(), "labels": labels, **timing}
 
 
 def e2e_reference_check(checkpoint, backend, images, masks, precision: str) -> dict:
     """Batch-1 labels and scores of the kernels path against the fp32 reference path on the CPU."""
+    from layercascade.contract import LABELS, MASKS, SCORES1, SCORES2
     from layercascade.runtime.torch.backend import TorchBackend
 
     reference = TorchBackend(checkpoint, "cpu", input_size=backend.input_size)
@@ -320,11 +328,11 @@ def e2e_reference_check(checkpoint, backend, images, masks, precision: str) -> d
     out = program()
     errors = []
     for k, scores in enumerate(expected["scores"]):
-        ours = out[f"scores{k + 1}"].permute(0, 3, 1, 2).float().cpu()
+        ours = out[(SCORES1, SCORES2, "scores3")[k]].permute(0, 3, 1, 2).float().cpu()
         errors.append(float((ours - scores).abs().max()) / max(1.0, float(scores.abs().max())))
-    agreement = float((out["labels"].cpu() == expected["labels"]).float().mean())
-    masks_equal = [bool(torch.equal(out[f"mask{k + 2}"].permute(0, 3, 1, 2).float().cpu(), m))
-                   for k, m in enumerate(expected["masks"])]
+    agreement = float((out[LABELS].cpu() == expected[LABELS]).float().mean())
+    masks_equal = [bool(torch.equal(out[name].permute(0, 3, 1, 2).float().cpu(), m))
+                   for name, m in zip(MASKS, expected["masks"])]
     ok = max(errors) <= E2E_SCORE_TOLERANCE[precision] or (masks is None and agreement >= 0.99)
     return {"label_agreement": agreement, "score_rel_err": errors, "masks_equal": masks_equal, "ok": ok}
 

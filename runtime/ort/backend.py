@@ -15,20 +15,14 @@ from layercascade.errors import LCError, fail
 from layercascade.export.cascade_graph import cascade_graph
 from layercascade.export.graph import load_onnx
 from layercascade.export.session import import_onnxruntime
-from layercascade.manifest import read_cascade_manifest
 from layercascade.runtime.backend import Masks, StagedBackend, StageOutputs
-from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.runtime.machine import host
 from layercascade.runtime.ort.loader import load_runner
 from layercascade.runtime.ort.runner import OrtRunner
 
-# The settings of Cascade.load this backend has beyond device, lowering and threads.
-OPTIONS = ("uint8_activations",)
-OPTIONS_HINT = " (it runs the model dir's own precision); use --backend torch or trt"
-
 
 class OrtBackend(StagedBackend):
-    """A cascade model dir as one session of its joined stage graphs (``export/cascade_graph.py``).
+    """A cascade model dir as one session of its joined stage graphs (``export/cascade_graph.py``): ``joined``.
 
     ``stages`` are the three stage graphs as sessions of their own, built on first use: to
     look at one stage's outputs or time the stages apart (``run_stages``); ``run`` does not use them.
@@ -45,7 +39,7 @@ class OrtBackend(StagedBackend):
         self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
         self._forced_runner: OrtRunner | None = None
         self._stages: list[OrtRunner] | None = None
-        self.runner = self.cascade_runner(forced_masks=False)  # its errors may build ``stages``: set first
+        self.joined = self.cascade_runner(forced_masks=False)  # its errors may build ``stages``: set first
 
     def cascade_runner(self, forced_masks: bool, profile_prefix: Path | None = None) -> OrtRunner:
         try:
@@ -79,7 +73,7 @@ class OrtBackend(StagedBackend):
         return feeds
 
     def run(self, images: np.ndarray, rho: float, forced_masks: Masks | None = None) -> StageOutputs:
-        runner = self.runner
+        runner = self.joined
         if forced_masks is not None:
             if self._forced_runner is None:
                 self._forced_runner = self.cascade_runner(forced_masks=True)
@@ -123,13 +117,5 @@ class OrtBackend(StagedBackend):
         return f"{host()}, onnxruntime {import_onnxruntime().__version__}"
 
     def close(self) -> None:
-        self.runner = self._forced_runner = self._stages = None
+        self.joined = self._forced_runner = self._stages = None
 
-
-def load(model_dir: str | Path | None, device: str = "cpu", lower: bool = True, threads: int = 0,
-         uint8_activations: bool = True) -> tuple[Path, dict[str, Any], OrtBackend]:
-    """``Cascade.load(..., backend="ort")``: (model dir, its verified manifest, the backend);
-    ``None`` is the bundled demo model."""
-    model_dir = Path(model_dir) if model_dir is not None else DEMO_MODEL
-    manifest = read_cascade_manifest(model_dir)
-    return model_dir, manifest, OrtBackend(model_dir, manifest, device, lower, threads, uint8_activations)

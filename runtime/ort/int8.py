@@ -24,6 +24,7 @@ from layercascade.export.graph import (
     consumers_of,
     copy_model,
     drop_unused_initializers,
+    only_consumer,
     per_tensor_zero_point_0,
     producers_of,
     scalar_value,
@@ -69,12 +70,6 @@ def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = 
             return node
         return None
 
-    def only_consumer(tensor: str, op_type: str) -> onnx.NodeProto | None:
-        found = consumers.get(tensor, [])
-        if tensor in outputs or len(found) != 1 or found[0].op_type != op_type:
-            return None
-        return found[0]
-
     def int8_zero_point_0(node: onnx.NodeProto) -> bool:
         return per_tensor_zero_point_0(node, initializers, np.int8)
 
@@ -107,12 +102,13 @@ def relu_as_uint8(model: onnx.ModelProto, non_negative_inputs: frozenset[str] = 
         if node.output[0] in outputs or not readers or not all(q.output[0] in retyped for q in readers):
             continue
         source = node.input[0]
-        pair_dq = producers.get(source) if only_consumer(source, node.op_type) is node else None
+        only_reader = only_consumer(consumers, outputs, source, node.op_type) is node
+        pair_dq = producers.get(source) if only_reader else None
         pair_q = producers.get(pair_dq.input[0]) if pair_dq is not None and pair_dq.op_type == "DequantizeLinear" else None
         if (pair_q is not None and pair_q.op_type == "QuantizeLinear" and int8_zero_point_0(pair_q)
-                and only_consumer(pair_q.output[0], "DequantizeLinear") is pair_dq
+                and only_consumer(consumers, outputs, pair_q.output[0], "DequantizeLinear") is pair_dq
                 and producers.get(pair_q.input[0]) is not None and producers[pair_q.input[0]].op_type == "Conv"
-                and only_consumer(pair_q.input[0], "QuantizeLinear") is pair_q):
+                and only_consumer(consumers, outputs, pair_q.input[0], "QuantizeLinear") is pair_q):
             source = pair_q.input[0]
             removed.update([id(pair_q), id(pair_dq)])
         for reader in readers:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from layercascade.export.graph import attributes, consumers_of
+from layercascade.export.graph import attributes, consumers_of, only_consumer
 from layercascade.export.session import inference_session, session_options
 
 NCHWC = "com.microsoft.nchwc"
@@ -74,20 +74,14 @@ def fold_stem_reorders(model: onnx.ModelProto, options: Any) -> onnx.ModelProto 
     scalars = {t.name for t in graph.initializer if int(np.prod(t.dims)) == 1}
     outputs = {o.name for o in graph.output}
 
-    def only_consumer(name: str, op_type: str) -> onnx.NodeProto | None:
-        users = consumers.get(name, [])
-        if name in outputs or len(users) != 1 or (users[0].domain, users[0].op_type) != ("", op_type):
-            return None
-        return users[0]
-
     shapes: dict[str, list[int | None]] | None = None
     folded: list[onnx.NodeProto] = []
     for reorder in graph.node:
         if (reorder.domain, reorder.op_type) != (NCHWC, "ReorderOutput"):
             continue
         settings = attributes(reorder)
-        quantize = only_consumer(reorder.output[0], "QuantizeLinear")
-        transpose = quantize and only_consumer(quantize.output[0], "Transpose")
+        quantize = only_consumer(consumers, outputs, reorder.output[0], "QuantizeLinear")
+        transpose = quantize and only_consumer(consumers, outputs, quantize.output[0], "Transpose")
         if (settings.get("channels") != block or settings.get("channels_last", 0) != 0 or transpose is None
                 or quantize.input[1] not in scalars or attributes(transpose).get("perm") != [0, 2, 3, 1]):
             continue

@@ -1,8 +1,8 @@
-"""Prepare an ONNX graph for ONNX Runtime and open its session (the loader half of the ORT backend).
+"""The ONNX Runtime backend's loader: a model dir into a backend, and each graph into a session.
 
-One step per concern: :func:`prepare` rewrites the graph (RegionConv lowering, the INT8
-rewrites of ``int8.py``), :func:`load_runner` picks the kernels' settings, folds the INT8 stem's
-reorders (``layout.py``) and opens the session.
+One step per concern: :func:`load` reads and verifies the model dir; :func:`prepare` rewrites a
+graph (RegionConv lowering, the INT8 rewrites of ``int8.py``); :func:`load_runner` picks the
+kernels' settings, folds the INT8 stem's reorders (``layout.py``) and opens the session.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -17,8 +18,28 @@ from layercascade.errors import fail
 from layercascade.export.graph import load_onnx
 from layercascade.export.lowering import LoweringUnsupported, lower_region_convs
 from layercascade.export.session import CPU, inference_session, providers_for, session_options
+from layercascade.manifest import read_cascade_manifest
+from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.runtime.ort.int8 import int8_conv_inputs, mean_as_zero_point, rectified_outputs, relu_as_uint8
 from layercascade.runtime.ort.runner import OrtRunner
+
+if TYPE_CHECKING:
+    from layercascade.runtime.ort.backend import OrtBackend
+
+# The settings of Cascade.load this backend has beyond device, lowering and threads.
+OPTIONS = ("uint8_activations",)
+OPTIONS_HINT = " (it runs the model dir's own precision); use --backend torch or trt"
+
+
+def load(model_dir: str | Path | None, device: str = "cpu", lower: bool = True, threads: int = 0,
+         uint8_activations: bool = True) -> tuple[Path, dict[str, Any], OrtBackend]:
+    """``Cascade.load(..., backend="ort")``: (model dir, its verified manifest, the backend);
+    ``None`` is the bundled demo model."""
+    from layercascade.runtime.ort.backend import OrtBackend  # it opens its sessions through this module
+
+    model_dir = Path(model_dir) if model_dir is not None else DEMO_MODEL
+    manifest = read_cascade_manifest(model_dir)
+    return model_dir, manifest, OrtBackend(model_dir, manifest, device, lower, threads, uint8_activations)
 
 
 @dataclass

@@ -21,7 +21,3 @@ try:
     import torch  # noqa: F401, E402 - only to give a clear error before the modules here import it
 except ImportError:
     fail("the torch backend needs PyTorch: pip install 'layercascade[torch]', or use --backend ort")
-
-from layercascade.runtime.torch.loader import OPTIONS, load  # noqa: E402
-
-__all__ = ["OPTIONS", "load"]

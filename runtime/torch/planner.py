@@ -94,6 +94,14 @@ def _pool(op: ops.Pool) -> Kernel:
     return pool
 
 
+def _relu(x: Tensor, region: Region | None) -> Tensor:
+    return torch.relu(x)
+
+
+def _relu_in_place(x: Tensor, region: Region | None) -> Tensor:
+    return torch.relu_(x)
+
+
 def _fused_add(conv: KernelConv) -> Kernel:
     return lambda x, residual, region: conv(x, region, residual=residual)
 
@@ -131,8 +139,10 @@ class StagePlan:
         last_read = {name: index for index, step in enumerate(steps) for name in step.sources}
         for index, step in enumerate(steps):
             step.done = tuple(sorted({name for name in step.sources if last_read[name] == index}))
+            if step.kernel is _relu and step.sources[0] in step.done and step.sources[0] != INPUT:
+                step.kernel = _relu_in_place  # its source is read no more: overwrite it
         self.steps = steps
-        self.output = op_list[-1].name
+        self.output = op_list[-1].name if op_list else INPUT
 
     @staticmethod
     def kernel(op: ops.Op, region: bool, dtype: torch.dtype, device: torch.device) -> Kernel:
@@ -143,7 +153,7 @@ class StagePlan:
         if isinstance(op, ops.Mask):
             return lambda x, region: x * region.mask
         if isinstance(op, ops.Relu):
-            return lambda x, region: torch.relu(x)
+            return _relu
         if isinstance(op, ops.Add):
             return lambda a, b, region: a + b
         if isinstance(op, ops.Concat):

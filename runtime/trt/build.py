@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from layercascade.errors import fail
+from layercascade.export.graph import load_onnx
 from layercascade.manifest import read_manifest, write_atomic
 from layercascade.plugins.nvidia import create_trt, gpu_info, import_tensorrt
 from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
@@ -107,11 +108,9 @@ def uint8_only_at_io(model: Any) -> Any:
 
 def onnx_for(graph: Graph, model_dir: Path, precision: str) -> bytes:
     """The ONNX bytes TensorRT parses: the file (fp16: converted), uint8 only at its I/O."""
-    import onnx
-
     from layercascade.export.fp16 import convert_to_fp16
 
-    model = onnx.load(str(model_dir / graph.onnx))
+    model = load_onnx(model_dir / graph.onnx)
     if precision == "fp16":
         model = convert_to_fp16(model)
     return uint8_only_at_io(model).SerializeToString()
@@ -135,7 +134,7 @@ class _Builder:
         flags = 1 << int(flag.STRONGLY_TYPED)
         if uses_plugin:
             # AOT: the RegionConv PTX is serialized into the engine, which then runs without
-            # Python (TENSORRT_NOTES: tensorrt.plugin aot_impl, TensorRT ≥ 10.9).
+            # Python (tensorrt.plugin's aot_impl, TensorRT ≥ 10.9).
             flags |= 1 << int(flag.PREFER_AOT_PYTHON_PLUGINS)
         return flags
 

@@ -36,7 +36,7 @@ def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True
     del device, lower, threads
     if engine_dir is None:
         fail("the trt backend runs engines built by lc-build: lc-build MODEL_DIR --precision fp16 -o ENGINES, "
-             "then pass ENGINES (lc-run --engine ENGINES)")
+             "then pass ENGINES (lc-run --model ENGINES)")
     engine_dir = Path(engine_dir)
     if not engine_dir.is_dir():
         fail(f"{engine_dir}: no such engine directory (build one with lc-build MODEL_DIR -o {engine_dir})")

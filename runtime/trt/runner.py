@@ -142,6 +142,7 @@ class TrtBackend(StagedBackend):
                         for engine, stage in zip(engines, self.stage_specs)]
         self.events = [cuda_call(cudart.cudaEventCreate()) for _ in range(len(self.engines) + 1)]
         self.cuda_graph = cuda_graph
+        self.dense_runners: list[DenseRunner] = []
         self.graphs: dict[tuple[int, bool], list[Any]] = {}  # (batch, forced) → per stage: graph exec or None
         self.captured_stages: list[bool] = []
         self.batch: int | None = None
@@ -247,19 +248,28 @@ class TrtBackend(StagedBackend):
         return self.run(images, rho, forced_masks)
 
     def dense_runner(self, manifest: dict[str, Any]) -> DenseRunner:
-        return DenseRunner(self, self.engine_dir / manifest["dense"]["file"], manifest["dense"])
+        runner = DenseRunner(self, self.engine_dir / manifest["dense"]["file"], manifest["dense"])
+        self.dense_runners.append(runner)  # its engine goes with the backend's close
+        return runner
 
     def machine(self) -> str:
         return (f"{self.gpu['name']} (compute capability {self.gpu['compute_capability']}), host {host()}, "
                 f"TensorRT {self.trt.__version__}")
 
     def close(self) -> None:
-        """Free the engines' device and pinned memory and the CUDA objects (also at exit)."""
+        """Free the CUDA graphs, events and stream, the device and pinned memory, and drop the engines,
+        their contexts and the runtime (the backend is unusable afterwards; memory is freed at exit too)."""
         for graphs in self.graphs.values():
             for graph in graphs:
                 if graph is not None:
                     self.cudart.cudaGraphExecDestroy(graph)
         self.graphs = {}
+        for event in self.events:
+            self.cudart.cudaEventDestroy(event)
+        if self.events:
+            self.cudart.cudaStreamDestroy(self.stream)
+        self.events, self.engines, self.dense_runners = [], [], []
+        self.runtime = self.logger = None
         self.memory.close()
 
 
