@@ -160,12 +160,15 @@ class _Exporter:
         # gathered as whole rows rather than expanded element by element along the last axis.
         cell_table = np.repeat(np.arange(self.classes, dtype=np.uint8)[:, None], SCALE * SCALE, axis=1)
         grid = g.node("Gather", [g.constant("labels.cell_table", cell_table), c00], "labels/grid", axis=0)
-        mixed = g.node("Transpose", [g.node("NonZero", [g.node("Not", [agree], "labels/disagree")], "labels/mixed")],
-                       "labels/mixed_cells", perm=[1, 0])
-        # Row of each mixed cell's top-left corner in the padded (N·(h+2)·(w+2), C) score table.
-        strides = g.constant("labels.strides", np.array([[(h + 2) * (w + 2)], [w + 2], [1]], np.int64))
-        top_left = g.node("Reshape", [g.node("MatMul", [mixed, strides], "labels/top_left_2d"),
-                                      g.constant("labels.flat", np.array([-1], np.int64))], "labels/top_left")
+        # NonZero of a float map: TensorRT's parser takes NonZero on float types only.
+        disagree = g.node("Cast", [g.node("Not", [agree], "labels/disagree")], "labels/disagree_f", to=FLOAT)
+        mixed = g.node("Transpose", [g.node("NonZero", [disagree], "labels/mixed")], "labels/mixed_cells", perm=[1, 0])
+        # Row of each mixed cell's top-left corner in the padded (N·(h+2)·(w+2), C) score table: the
+        # (n, y, x) indices dotted with the strides, as a product and a sum (TensorRT has no integer MatMul).
+        strides = g.constant("labels.strides", np.array([[(h + 2) * (w + 2), w + 2, 1]], np.int64))
+        top_left = g.node("ReduceSum", [g.node("Mul", [mixed, strides], "labels/top_left_terms"),
+                                        g.constant("labels.index_axis", np.array([1], np.int64))], "labels/top_left",
+                          keepdims=0)
         table = g.node("Reshape", [padded, g.constant("labels.table", np.array([-1, self.classes], np.int64))],
                        "labels/score_rows")
         gathered = [g.node("Unsqueeze", [g.node("Gather", [table, g.node("Add", [top_left, g.constant(

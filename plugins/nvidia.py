@@ -96,6 +96,12 @@ def gpu_info(who: str) -> dict[str, str]:
     return {"name": name.rstrip("\x00").strip(), "compute_capability": f"{properties.major}.{properties.minor}"}
 
 
+def driver_cuda_version(who: str) -> str:
+    """The CUDA version of the installed driver (``"12.4"``): the newest PTX ISA it loads follows from it."""
+    version = cuda_call(import_cudart(who).cudaDriverGetVersion())
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
 def driver_gpus(who: str) -> tuple[list[str], str]:
     """The names of the GPUs the CUDA driver sees and its API version (``"13.0"``)."""
     driver = import_cuda_driver(who)

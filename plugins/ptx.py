@@ -86,9 +86,26 @@ def _aligned(signature: dict[str, str]) -> dict[tuple[int], list]:
     return {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(signature.values()) if kind.startswith("*")}
 
 
-def compile_kernel(kernel: str, dtype: str, arch: str, layer: Layer = DEFAULT_LAYER) -> AotKernel:
+def ptx_isa(arch: str, driver_cuda: str | None = None) -> int:
+    """The PTX ISA version (``84`` = ``.version 8.4``) to emit for ``arch``: Triton's own, from its
+    bundled ptxas, lowered to the newest a driver of CUDA ``driver_cuda`` (e.g. ``"12.4"``) loads.
+
+    A driver rejects newer PTX when it loads the module (``CUDA_ERROR_UNSUPPORTED_PTX_VERSION``);
+    for a TensorRT AOT plugin that happens at engine run time, on the machine that runs the engine
+    (Torch-TensorRT caps the ISA for the same reason: ``py/torch_tensorrt/kernels/_triton.py``).
+    The mapping of CUDA versions to ISAs is Triton's own (``ptx_get_version``).
+    """
+    from triton.backends.nvidia.compiler import get_ptxas, ptx_get_version
+
+    own = ptx_get_version(get_ptxas(int(arch.removeprefix("sm_"))).version)
+    return own if driver_cuda is None else min(own, ptx_get_version(driver_cuda))
+
+
+def compile_kernel(kernel: str, dtype: str, arch: str, layer: Layer = DEFAULT_LAYER, num_stages: int | None = None,
+                   ptx_version: int | None = None) -> AotKernel:
     """Compile one kernel for ``arch`` (e.g. ``"sm_90"``; :data:`ARCHS` are the checked ones)
-    through PTX to a cubin (ptxas checks it)."""
+    through PTX to a cubin (ptxas checks it). ``num_stages`` overrides the software pipelining
+    depth, ``ptx_version`` the PTX ISA (:func:`ptx_isa`)."""
     if kernel == "active_list":
         mask = {"fp32": "*fp32", "fp16": "*fp16"}[dtype]
         source = ASTSource(fn=kernels._active_list_kernel,
@@ -102,6 +119,8 @@ def compile_kernel(kernel: str, dtype: str, arch: str, layer: Layer = DEFAULT_LA
         options = {"num_warps": num_warps, **kernels.COMPILE_OPTIONS}
     else:
         raise ValueError(f"unknown kernel {kernel!r}; one of {KERNELS}")
+    options = {**options, **({"num_stages": num_stages} if num_stages else {}),
+               **({"ptx_version": ptx_version} if ptx_version else {})}
     compiled = triton.compile(source, target=GPUTarget("cuda", int(arch.removeprefix("sm_")), 32), options=options)
     ptx = compiled.asm["ptx"]
     entry = re.search(r"\.entry\s+\w+\s*\((.*?)\)", ptx, re.DOTALL)

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from layercascade.errors import fail
-from layercascade.plugins.nvidia import gpu_info, import_tensorrt, import_tensorrt_plugin
+from layercascade.plugins.nvidia import driver_cuda_version, gpu_info, import_tensorrt, import_tensorrt_plugin
 
 # The node's inputs, in order: the names of the model-local function's inputs.
 INPUTS = ("X", "W", "B", "M")
@@ -58,6 +58,7 @@ MIN_ARCH = 80  # the kernels' tl.dot tiles and cp.async pipelining need Ampere o
 # The files whose change must invalidate an engine built with the plugin.
 SOURCE_FILES = ("plugins/kernels.py", "plugins/ptx.py", "plugins/trt_plugin.py", "export/regionconv.py")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+WHO = "the lc::RegionConv TensorRT plugin"
 
 _registered = False
 
@@ -201,28 +202,58 @@ def strip_hidden_params(ptx: str, kernel_name: str, keep: int) -> str:
     return ptx[:entry.start(1)] + "\n\t" + ",\n\t".join(params[:keep]) + "\n" + ptx[entry.end(1):]
 
 
+def unique_entry(ptx: str, kernel_name: str, suffix: str) -> tuple[str, str]:
+    """``ptx`` with its kernel renamed ``{kernel_name}_{suffix}``, and that name.
+
+    Every specialisation of the kernel (layer shape, dilation, ReLU, tiles, precision) is its own
+    PTX, but Triton names them all alike; an engine holding several RegionConv layers must not be
+    able to confuse them, whatever TensorRT keys its AOT kernels by.
+    """
+    name = f"{kernel_name}_{suffix}"
+    return re.sub(rf"\b{re.escape(kernel_name)}\b", name, ptx), name
+
+
+# The dynamic shared memory a kernel may use without opting in (cudaFuncAttributeMaxDynamicSharedMemorySize),
+# which a TensorRT AOT plugin cannot set: configurations above it would fail to launch.
+SHARED_MEMORY_LIMIT = 48 * 1024
+
+
 @lru_cache(maxsize=64)
-def aot_kernel(layer: RegionConvLayer, precision: str, arch: str, tactic: int) -> Any:
-    """The :class:`ptx.AotKernel` TensorRT runs for ``layer``: NCHW, no residual, PTX trimmed
-    to TensorRT's argument list (:func:`strip_hidden_params`)."""
-    from layercascade.plugins import ptx
+def aot_kernel(layer: RegionConvLayer, precision: str, arch: str, tactic: int, driver_cuda: str | None = None) -> Any:
+    """The :class:`ptx.AotKernel` TensorRT runs for ``layer``: NCHW, no residual, PTX trimmed to
+    TensorRT's argument list (:func:`strip_hidden_params`), its ISA capped to what a driver of CUDA
+    ``driver_cuda`` loads (:func:`ptx.ptx_isa`), an entry name of its own (:func:`unique_entry`) and
+    the deepest software pipelining (3, 2 or 1 stages) whose shared memory fits :data:`SHARED_MEMORY_LIMIT`."""
+    from layercascade.plugins import kernels, ptx
 
     if layer.group != 1:
         fail(f"the AOT lc::RegionConv kernel has no groups (this layer has group {layer.group}): build with "
              "the JIT plugin (network flag PREFER_JIT_PYTHON_PLUGINS)")
     if precision not in PRECISIONS:
         fail(f"lc::RegionConv runs in {PRECISIONS}, not {precision}")
-    compiled = ptx.compile_kernel("region_conv_masked", precision, arch, ptx.Layer(
-        c_in=layer.c_in, c_out=layer.c_out, kernel=layer.kernel, dilation=layer.dilation, relu=layer.relu,
-        residual=False, channels_last=False, config=tile_config(layer, precision, tactic)))
+    config = tile_config(layer, precision, tactic)
+    source = ptx.Layer(c_in=layer.c_in, c_out=layer.c_out, kernel=layer.kernel, dilation=layer.dilation,
+                       relu=layer.relu, residual=False, channels_last=False, config=config)
+    isa = ptx.ptx_isa(arch, driver_cuda)
+    for stages in range(kernels.COMPILE_OPTIONS["num_stages"], 0, -1):
+        compiled = ptx.compile_kernel("region_conv_masked", precision, arch, source, num_stages=stages,
+                                      ptx_version=isa)
+        if compiled.shared_bytes <= SHARED_MEMORY_LIMIT:
+            break
+    else:
+        fail(f"lc::RegionConv {layer}: no AOT kernel fits {SHARED_MEMORY_LIMIT} B of shared memory "
+             f"({compiled.shared_bytes} B with one stage); build with the JIT plugin (PREFER_JIT_PYTHON_PLUGINS)")
     visible = len(INPUTS) + len(SCALARS) + 1
-    return compiled._replace(ptx=strip_hidden_params(compiled.ptx, compiled.name, visible), params=visible)
+    trimmed = strip_hidden_params(compiled.ptx, compiled.name, visible)
+    digest = hashlib.sha256(repr((layer, precision, arch, tactic, isa, stages)).encode()).hexdigest()[:12]
+    text, name = unique_entry(trimmed, compiled.name, digest)
+    return compiled._replace(name=name, ptx=text, params=visible)
 
 
 def device_arch() -> str:
     """``sm_XY`` of the current CUDA device (the one TensorRT builds on): the PTX is compiled for
     the GPU that builds the engine."""
-    major, minor = map(int, gpu_info("the lc::RegionConv AOT plugin")["compute_capability"].split("."))
+    major, minor = map(int, gpu_info(WHO)["compute_capability"].split("."))
     if 10 * major + minor < MIN_ARCH:
         fail(f"the lc::RegionConv kernels need sm_{MIN_ARCH} or newer, this GPU is sm_{major}{minor}")
     return f"sm_{major}{minor}"
@@ -276,8 +307,7 @@ def register_plugins() -> None:
     global _registered
     if _registered:
         return
-    who = "the lc::RegionConv TensorRT plugin"
-    trt, trtp = import_tensorrt(who), import_tensorrt_plugin(who)
+    trt, trtp = import_tensorrt(WHO), import_tensorrt_plugin(WHO)
     namespace, name = plugin_id().split("::")
     if not hasattr(trtp.op, namespace) or not hasattr(getattr(trtp.op, namespace), name):
         define_plugin(trt, trtp)
@@ -327,7 +357,7 @@ def define_plugin(trt: Any, trtp: Any) -> None:
         tactic = args[-1]
         precision = precision_of(x)
         layer = layer_from_node(x.shape[1], tuple(w.shape), **attributes)
-        kernel = aot_kernel(layer, precision, device_arch(), tactic)
+        kernel = aot_kernel(layer, precision, device_arch(), tactic, driver_cuda_version(WHO))
         n, h, width = x.shape_expr[0], x.shape_expr[2], x.shape_expr[3]
         scalars = kernel_scalars(n, h, width)
         params = trtp.KernelLaunchParams()

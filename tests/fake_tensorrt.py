@@ -32,10 +32,16 @@ class SimulatedCuda:
     cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
     cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeGlobal=0)
 
+    INVALIDATED = 901  # cudaErrorStreamCaptureInvalidated
+
     def __init__(self) -> None:
         self.blocks: list[np.ndarray] = []
         self.capture: list | None = None
         self.launches = 0
+        # What TensorRT does with a data-dependent stage inside a capture: refuse to enqueue (False),
+        # or enqueue and invalidate the capture, after which every call on the stream fails (True).
+        self.invalidate_captures = False
+        self.invalidated = False
 
     def submit(self, work) -> tuple:
         if self.capture is None:
@@ -51,6 +57,8 @@ class SimulatedCuda:
     cudaMalloc = cudaMallocHost = _allocate
 
     def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: int, stream) -> tuple:
+        if self.invalidated:
+            return (self.INVALIDATED,)
         return self.submit(lambda: ctypes.memmove(dst, src, nbytes))
 
     def cudaStreamBeginCapture(self, stream, mode) -> tuple:
@@ -59,6 +67,9 @@ class SimulatedCuda:
 
     def cudaStreamEndCapture(self, stream) -> tuple:
         graph, self.capture = self.capture, None
+        if self.invalidated:
+            self.invalidated = False
+            return self.INVALIDATED, None
         return 0, graph
 
     def cudaGraphLaunch(self, graph, stream) -> tuple:
@@ -108,7 +119,8 @@ def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
 
         def execute_async_v3(self, stream) -> bool:
             if cuda.capture is not None and self.engine.data_dependent:
-                return False
+                cuda.invalidated = cuda.invalidate_captures
+                return cuda.invalidate_captures
             return cuda.submit(self.execute) == (0,)
 
         def execute(self) -> None:

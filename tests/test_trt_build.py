@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from layercascade.cli import build
 from layercascade.errors import LCError, run_cli
@@ -227,3 +228,134 @@ def test_lc_build_help(capsys) -> None:
     out = capsys.readouterr().out
     for flag in ("--precision", "--timing-cache", "--workspace", "--max-batch", "--version-compatible"):
         assert flag in out
+
+
+# -- the static TensorRT check (lc-build --check) ----------------------------------------------------
+def _errors(findings) -> list[str]:
+    return [f.line() for f in findings if f.level == "error"]
+
+
+def test_check_passes_every_kind_of_export(tiny_model, dynamic_model, demo_int8, tmp_path) -> None:
+    """fp32 and fp16 of a static and a dynamic-batch export, the INT8 dir, a dense-only export: no
+    error; NonZero (the label upsampling's mixed cells) is listed as a warning with its cost."""
+    from layercascade.export.stages import export_model
+    from layercascade.runtime.trt.build import check_model_dir
+
+    dense = export_model(tiny_model[0], tmp_path / "dense", dense_only=True)
+    for folder, graphs in ((tiny_model[1], 8), (dynamic_model[1], 8), (demo_int8[0], 4), (dense, 2)):
+        findings, checked = check_model_dir(folder)
+        assert checked == graphs and _errors(findings) == [], folder
+        warnings = [f for f in findings if f.level == "warning"]
+        assert warnings and all(f.op == "NonZero" and "CUDA graph" in f.reason for f in warnings)
+
+
+def test_tensorrt_int8_graphs_hold_no_constant_dequantize_but_the_convs_own(demo_int8) -> None:
+    """int32 bias DQs and the plugin's weight DQs become float initializers of the same values
+    (TensorRT's DequantizeLinear takes int8 data only); the int8 weights of standard convs keep theirs."""
+    import onnxruntime as ort
+
+    from layercascade.export import regionconv
+    from layercascade.runtime.trt.build import tensorrt_graph
+    from layercascade.runtime.trt.engines import graphs_of
+
+    folder = demo_int8[0]
+    image = synthetic_images(1)
+    for graph in graphs_of(read_manifest(folder)):
+        model = tensorrt_graph(graph, folder, "int8")
+        producers = {o: n for n in model.graph.node for o in n.output}
+        initializers = {t.name: t for t in model.graph.initializer}
+        dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+        assert all(initializers[n.input[0]].data_type == onnx.TensorProto.INT8 for n in dequantize
+                   if n.input[0] in initializers)
+        for node in model.graph.node:
+            if (node.domain, node.op_type) == (regionconv.DOMAIN, regionconv.OP_TYPE):
+                assert node.input[1] in initializers and node.input[1] not in producers
+        if graph.name in ("stage1", "dense"):  # same results as the dir's graph, on ONNX Runtime
+            feeds = {"image": image, "rho": np.array([0.985], np.float32)}
+            sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                        for m in (onnx.load(folder / graph.onnx), model)]
+            outputs = [s.run(None, {i.name: feeds[i.name] for i in s.get_inputs()}) for s in sessions]
+            for ours, theirs in zip(*outputs):
+                np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def _checked(nodes, inputs, outputs, initializers=(), opset=18, domains=()) -> list[str]:
+    from layercascade.runtime.trt.check import check_graph
+
+    graph = onnx.helper.make_graph(nodes, "bad", inputs, outputs, list(initializers))
+    opsets = [onnx.helper.make_opsetid("", opset), *(onnx.helper.make_opsetid(d, 1) for d in domains)]
+    return _errors(check_graph(onnx.helper.make_model(graph, opset_imports=opsets), "bad.onnx"))
+
+
+def test_check_catches_what_the_parser_rejects() -> None:
+    """Hand-made graphs, each with one thing TensorRT's ONNX parser rejects: one line naming it."""
+    info, T = onnx.helper.make_tensor_value_info, onnx.TensorProto
+    node = onnx.helper.make_node
+    # The label upsampling's old form: an INT64 MatMul.
+    lines = _checked([node("MatMul", ["a", "b"], ["c"], name="labels/top_left_2d")],
+                     [info("a", T.INT64, [4, 3]), info("b", T.INT64, [3, 1])], [info("c", T.INT64, [4, 1])])
+    assert lines == ["error: bad.onnx: labels/top_left_2d (MatMul): INT64 input 'a': TensorRT's MatMul takes FP32, "
+                     "FP16, BF16"]
+    # NonZero of a bool map, an op the parser lacks, axes that are not an initializer, an old opset.
+    lines = _checked([node("NonZero", ["m"], ["i"], name="nz"), node("Unique", ["x"], ["u"], name="uq"),
+                      node("ReduceSum", ["x", "axes"], ["s"], name="rs")],
+                     [info("m", T.BOOL, [4]), info("x", T.FLOAT, [4]), info("axes", T.INT64, [1])],
+                     [info("i", T.INT64, None), info("u", T.FLOAT, None), info("s", T.FLOAT, None)], opset=8)
+    assert any("opset 8" in line for line in lines)
+    assert any("nz (NonZero): BOOL input 'm'" in line for line in lines)
+    assert any("uq (Unique): TensorRT" in line and "does not support Unique" in line for line in lines)
+    assert any("rs (ReduceSum): input 'axes' must be an initializer" in line for line in lines)
+    # uint8 inside the graph; a custom op without a plugin.
+    lines = _checked([node("Relu", ["x"], ["r"], name="relu"), node("Cast", ["r"], ["u"], name="to_u8", to=T.UINT8),
+                      node("Identity", ["u"], ["y"], name="copy"),
+                      node("Foo", ["x"], ["z"], name="foo", domain="acme")],
+                     [info("x", T.FLOAT, [4])], [info("y", T.UINT8, [4]), info("z", T.FLOAT, [4])], domains=["acme"])
+    assert any("uint8 tensor 'u' inside the graph" in line for line in lines)
+    assert any("foo (acme::Foo): custom op acme::Foo has no TensorRT plugin" in line for line in lines)
+
+
+def test_check_holds_region_convs_to_the_plugin_fields() -> None:
+    info, T = onnx.helper.make_tensor_value_info, onnx.TensorProto
+    weights = [numpy_helper.from_array(np.zeros((4, 4, 3, 3), np.float32), "w"),
+               numpy_helper.from_array(np.zeros(4, np.float32), "b")]
+    good = regionconv.node_attributes((1, 1), (1, 1), 1, True)
+    inputs = [info("x", T.FLOAT, [1, 4, 8, 8]), info("m", T.FLOAT, [1, 1, 8, 8])]
+    outputs = [info("y", T.FLOAT, [1, 4, 8, 8])]
+
+    def region_conv(**attributes):
+        return [onnx.helper.make_node(regionconv.OP_TYPE, ["x", "w", "b", "m"], ["y"], name="rc",
+                                      domain=regionconv.DOMAIN, **attributes)]
+
+    assert _checked(region_conv(**good), inputs, outputs, weights, domains=[regionconv.DOMAIN]) == []
+    lines = _checked(region_conv(**{**good, "extra": 1}), inputs, outputs, weights, domains=[regionconv.DOMAIN])
+    assert len(lines) == 1 and "attributes do not match the plugin's fields" in lines[0] and "['extra']" in lines[0]
+    lines = _checked(region_conv(**{**good, "dilations": [0, 1]}), inputs, outputs, weights,
+                     domains=[regionconv.DOMAIN])
+    assert len(lines) == 1 and "dilations >= 1" in lines[0]
+
+
+def test_lc_build_check_command(tmp_path, capsys) -> None:
+    code, out = run_cli(build.main, ["--check", "--json"]), capsys.readouterr().out
+    report = json.loads(out)
+    assert code == 0 and report["errors"] == 0 and report["graphs"] == 8 and report["tensorrt_operator_table"]
+    bad = copy_demo_model(tmp_path / "bad")
+    model = onnx.load(bad / "stage1.onnx")
+    model.graph.node.append(onnx.helper.make_node("Unique", ["feat1"], ["unique"], name="unique"))
+    onnx.save(model, bad / "stage1.onnx")
+    manifest = json.loads((bad / "lc.json").read_text())
+    manifest["files"]["stage1.onnx"] = sha256_file(bad / "stage1.onnx")
+    (bad / "lc.json").write_text(json.dumps(manifest))
+    assert run_cli(build.main, [str(bad), "--check", "--precision", "fp32"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("error: stage1.onnx (fp32): unique (Unique): TensorRT 10.15's ONNX parser does not support "
+                        "Unique")
+    assert lines[-1].endswith("1 error(s), 2 warning(s) in 4 graph(s) (TensorRT 10.15's ONNX parser operator table)")
+    # lc-build runs the same check before it needs TensorRT, and builds nothing
+    code, err = lc_build([str(bad), "--precision", "fp32", "-o", str(tmp_path / "engines")], capsys)
+    assert code == 1 and "unique (Unique)" in err and "1 node(s) TensorRT's ONNX parser would reject" in err
+    assert not (tmp_path / "engines").exists()
+
+
+def test_version_compatible_engines_with_the_python_plugin_are_refused(tmp_path, capsys) -> None:
+    code, err = lc_build(["--precision", "fp16", "-o", str(tmp_path / "engines"), "--version-compatible"], capsys)
+    assert code == 1 and "--version-compatible" in err and "Python plugin" in err and "\n" not in err.strip()

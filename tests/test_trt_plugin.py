@@ -30,7 +30,7 @@ pytest.importorskip("triton", reason="triton is not installed: the plugin's kern
 
 from layercascade.errors import LCError
 from layercascade.export import regionconv
-from layercascade.plugins import kernels, trt_plugin
+from layercascade.plugins import kernels, ptx, trt_plugin
 from layercascade.plugins.nvidia import import_tensorrt
 from layercascade.plugins.trt_plugin import RegionConvLayer
 
@@ -159,6 +159,58 @@ def test_aot_ptx_per_precision_and_arch(precision: str, arch: str, tmp_path: Pat
     assert kernel.threads == trt_plugin.tile_config(LAYER, precision, 1).num_warps * 32
     assert kernel.shared_bytes > 0
     _assemble(kernel.ptx, tmp_path)
+
+
+def test_aot_ptx_isa_is_capped_to_the_driver(tmp_path: Path) -> None:
+    """The PTX's ISA is Triton's own (its bundled ptxas) unless the driver that builds and runs the
+    engine is older: then the driver's newest, which ptxas still assembles."""
+    own = ptx.ptx_isa("sm_90")
+    capped = trt_plugin.aot_kernel(LAYER, "fp32", "sm_90", 1, "12.4")
+    assert re.search(r"^\.version 8\.4$", capped.ptx, re.MULTILINE)
+    _assemble(capped.ptx, tmp_path)
+    newer = trt_plugin.aot_kernel(LAYER, "fp32", "sm_90", 1, "99.0")  # a driver newer than Triton's ptxas
+    assert re.search(rf"^\.version {own // 10}\.{own % 10}$", newer.ptx, re.MULTILINE)
+
+
+def test_each_specialisation_has_an_entry_name_of_its_own() -> None:
+    """Layers differ in constexprs, so in PTX; their entry names differ too, and each PTX defines its own."""
+    kernels = [trt_plugin.aot_kernel(layer, "fp32", "sm_90", tactic, "12.8")
+               for layer, tactic in ((LAYER, 1), (LAYER, 2), (LAYER._replace(dilation=(1, 1)), 1),
+                                     (LAYER._replace(relu=False), 1))]
+    assert len({k.name for k in kernels}) == len(kernels)
+    for kernel in kernels:
+        assert re.findall(r"\.entry\s+(\w+)", kernel.ptx) == [kernel.name]
+    assert trt_plugin.aot_kernel(LAYER, "fp32", "sm_90", 1, "12.8").name == kernels[0].name  # deterministic
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_aot_kernels_fit_the_default_shared_memory(arch: str) -> None:
+    """The widest tiles (fp16, 64×128×64 and the rule of thumb's for IRNet's 1088 / 2080 channels)
+    stay within the 48 KB a plugin's kernel may use without opting in, with either tactic."""
+    for c_in, c_out, kernel in ((256, 256, (3, 3)), (1088, 128, (1, 1)), (160, 192, (7, 1)), (2080, 192, (1, 1))):
+        layer = RegionConvLayer(c_in=c_in, c_out=c_out, kernel=kernel, dilation=(2, 2), group=1, relu=True)
+        for tactic in trt_plugin.TACTICS:
+            shared = trt_plugin.aot_kernel(layer, "fp16", arch, tactic, "12.8").shared_bytes
+            assert 0 < shared <= trt_plugin.SHARED_MEMORY_LIMIT, (layer, tactic, shared)
+
+
+def test_aot_kernel_drops_pipeline_stages_until_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A configuration over the limit is recompiled with fewer software-pipeline stages; one that
+    does not fit even with one stage is refused with a line naming the way out (the JIT plugin)."""
+    compiled = trt_plugin.aot_kernel(LAYER, "fp32", "sm_90", 1, "12.8")
+    requested = []
+
+    def compile_kernel(*args: object, num_stages: int, **kwargs: object) -> ptx.AotKernel:
+        requested.append(num_stages)
+        return compiled._replace(shared_bytes=limit[num_stages])
+
+    monkeypatch.setattr(ptx, "compile_kernel", compile_kernel)
+    limit = {3: 73728, 2: 49152, 1: 24576}
+    assert trt_plugin.aot_kernel.__wrapped__(LAYER, "fp32", "sm_90", 1, "12.8").shared_bytes == 49152
+    assert requested == [3, 2]
+    limit = {3: 90000, 2: 80000, 1: 60000}
+    with pytest.raises(LCError, match="fits 49152 B of shared memory .60000 B with one stage.; build with the JIT"):
+        trt_plugin.aot_kernel.__wrapped__(LAYER, "fp32", "sm_90", 1, "12.8")
 
 
 def test_strip_hidden_params_refuses_a_used_parameter() -> None:
@@ -321,6 +373,7 @@ def test_plugin_definitions_follow_tensorrt_schemas(monkeypatch: pytest.MonkeyPa
     assert defined[("autotune", pid)](x, w, b, m, (out,))[0].spec == trt_plugin.autotune_spec()
 
     monkeypatch.setattr(trt_plugin, "device_arch", lambda: "sm_90")
+    monkeypatch.setattr(trt_plugin, "driver_cuda_version", lambda who: "12.8")
     name, ptx, launch, scalars = defined[("aot_impl", pid)](x, w, b, m, *ATTRIBUTES.values(), (out,), 2)
     config = trt_plugin.tile_config(LAYER, "fp16", 2)
     assert name in ptx and ".target sm_90a" in ptx
@@ -375,6 +428,7 @@ from tensorrt.plugin import _tensor
 from layercascade.plugins import trt_plugin
 
 trt_plugin.device_arch = lambda: "sm_90"
+trt_plugin.driver_cuda_version = lambda who: "12.8"
 trt_plugin.register_plugins()
 
 class Expr(trt.IDimensionExpr):
@@ -452,7 +506,7 @@ def test_plugin_through_tensorrt_plugin_code(tmp_path: Path) -> None:
     results = json.loads(done.stdout.strip().splitlines()[-1])
     for dtype, precision in (("DataType.FLOAT", "fp32"), ("DataType.HALF", "fp16")):
         config = trt_plugin.tile_config(LAYER, precision, 2)
-        kernel = trt_plugin.aot_kernel(LAYER, precision, "sm_90", 2)
+        kernel = trt_plugin.aot_kernel(LAYER, precision, "sm_90", 2, "12.8")
         assert results[dtype] == {
             "plugin": "_TemplateAOTPlugin", "types": [dtype], "shape": [2, 20, 7, 9],
             "formats": 10,  # two type combinations × five I/O
@@ -574,7 +628,9 @@ def test_one_node_engine_matches_reference(precision: str, aot: bool) -> None:
     network = builder.create_network((1 << int(flag)) | (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
     parser = trt.OnnxParser(network, logger)
     assert parser.parse(model.SerializeToString()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    assert network.num_layers == 1 and network.get_layer(0).type == trt.LayerType.PLUGIN_V3
+    # The parser makes W and B constant layers; the node itself is the one plugin layer.
+    types = [network.get_layer(i).type for i in range(network.num_layers)]
+    assert types.count(trt.LayerType.PLUGIN_V3) == 1 and set(types) <= {trt.LayerType.PLUGIN_V3, trt.LayerType.CONSTANT}
     serialized = builder.build_serialized_network(network, builder.create_builder_config())
     assert serialized is not None
     runtime = trt.Runtime(logger)

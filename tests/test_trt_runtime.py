@@ -247,6 +247,21 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
         engines.run_batch(images[:1])
 
 
+def test_a_capture_invalidated_inside_a_stage_ends_and_leaves_the_stage_eager(simulated_gpu) -> None:
+    """TensorRT may enqueue a data-dependent stage and invalidate the capture: the copies after it then
+    fail. The capture still ends (the stream is usable), that stage runs eagerly, results stay right."""
+    engine_dir, cuda = simulated_gpu
+    cuda.invalidate_captures = True
+    engines = Cascade.load(engine_dir, cuda_graph=True)
+    reference = Cascade.load(None, backend="ort", lower=False)
+    image = synthetic_images(1)
+    for _ in range(2):
+        ours, theirs = engines.run_batch(image, 0.985), reference.run_batch(image, 0.985)
+        assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
+    assert engines.runner.captured_stages == [True, True, False]
+    assert cuda.capture is None and not cuda.invalidated
+
+
 def test_environment_checked_before_deserializing(simulated_gpu, monkeypatch) -> None:
     engine_dir, _ = simulated_gpu
     monkeypatch.setattr(sys.modules["tensorrt"], "__version__", "10.9.0.1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,11 @@ from typing import Any
 from tqdm import tqdm
 
 from layercascade.errors import fail
-from layercascade.export.graph import load_onnx
+from layercascade.export.graph import drop_unused_initializers, load_onnx
 from layercascade.manifest import read_manifest, write_atomic
 from layercascade.plugins.nvidia import create_trt, gpu_info, import_tensorrt
 from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
+from layercascade.runtime.trt.check import Finding, check_graph
 from layercascade.runtime.trt.engines import (
     PRECISIONS,
     BatchRange,
@@ -33,6 +35,7 @@ from layercascade.runtime.trt.engines import (
     Graph,
     batch_range,
     check_output_dir,
+    graphs_of,
     profile_shapes,
     write_engine_dir,
 )
@@ -106,14 +109,62 @@ def uint8_only_at_io(model: Any) -> Any:
     return model
 
 
-def onnx_for(graph: Graph, model_dir: Path, precision: str) -> bytes:
-    """The ONNX bytes TensorRT parses: the file (fp16: converted), uint8 only at its I/O."""
+def constants_dequantized(model: Any) -> Any:
+    """The graph with two kinds of constant DequantizeLinear (lc-calibrate writes both) replaced by
+    float initializers of the same values, which TensorRT's parser takes where it takes no Q/DQ:
+
+    * int32 biases (ONNX Runtime's quantizer quantizes them; TensorRT's DequantizeLinear takes
+      only int8 / fp8 / fp4 / int4 data, and adds float biases in the conv's epilogue);
+    * the int8 weights of ``lc::RegionConv``: the plugin then reads float weights as in fp32 builds
+      (a per-channel DQ feeding a Python plugin directly is a combination TensorRT's samples never
+      show); its activations still come through their Q/DQ pair, so it runs on the int8 values, in float.
+    """
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    from layercascade.export import regionconv
+    from layercascade.export.graph import attributes, consumers_of
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    consumers = consumers_of(graph.node)
+
+    def plugin_weight(dequantize: Any) -> bool:
+        readers = consumers.get(dequantize.output[0], [])
+        return bool(readers) and all((r.domain, r.op_type) == (regionconv.DOMAIN, regionconv.OP_TYPE)
+                                     and list(r.input).index(dequantize.output[0]) == 1 for r in readers)
+
+    folded = [node for node in graph.node
+              if node.op_type == "DequantizeLinear" and all(name in initializers for name in node.input if name)
+              and (initializers[node.input[0]].data_type == TensorProto.INT32 or plugin_weight(node))]
+    for dequantize in folded:
+        data, scale, *zero = (numpy_helper.to_array(initializers[name]).astype(np.float64)
+                              for name in dequantize.input if name)
+        axis = attributes(dequantize).get("axis", 1) % data.ndim if data.ndim else 0
+        shape = [-1 if k == axis else 1 for k in range(data.ndim)] if scale.ndim else []
+        values = (data - (zero[0].reshape(shape) if zero else 0)) * scale.reshape(shape)
+        graph.initializer.append(numpy_helper.from_array(values.astype(np.float32), dequantize.output[0]))
+        graph.node.remove(dequantize)
+    drop_unused_initializers(graph)
+    return model
+
+
+def tensorrt_graph(graph: Graph, model_dir: Path, precision: str) -> Any:
+    """The graph TensorRT parses: the file (fp16: converted; int8: constant biases and plugin weights
+    dequantized, :func:`constants_dequantized`), uint8 only at its I/O."""
     from layercascade.export.fp16 import convert_to_fp16
 
     model = load_onnx(model_dir / graph.onnx)
     if precision == "fp16":
         model = convert_to_fp16(model)
-    return uint8_only_at_io(model).SerializeToString()
+    elif precision == "int8":
+        model = constants_dequantized(model)
+    return uint8_only_at_io(model)
+
+
+def onnx_for(graph: Graph, model_dir: Path, precision: str) -> bytes:
+    """:func:`tensorrt_graph`, serialized."""
+    return tensorrt_graph(graph, model_dir, precision).SerializeToString()
 
 
 class _Builder:
@@ -182,12 +233,33 @@ class _Builder:
                      "the engines were written")
 
 
+def buildable_precisions(manifest: dict[str, Any]) -> list[str]:
+    """The precisions lc-build builds a model dir at: int8 for a QDQ dir, fp32 and fp16 otherwise."""
+    return ["int8"] if "quantization" in manifest else ["fp32", "fp16"]
+
+
+def check_model_dir(model_dir: str | os.PathLike, precision: str | None = None) -> tuple[list[Finding], int]:
+    """``lc-build --check``: the findings of every graph of ``model_dir`` as TensorRT's parser would get
+    it at ``precision`` (default: every precision the dir builds at), and how many graphs were checked."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    if precision is not None:
+        check_precision(manifest, model_dir, precision)
+    findings, checked = [], 0
+    for each in [precision] if precision else buildable_precisions(manifest):
+        for graph in graphs_of(manifest):
+            findings += check_graph(tensorrt_graph(graph, model_dir, each), f"{graph.onnx} ({each})")
+            checked += 1
+    return findings, checked
+
+
 def build_engines(model_dir: str | os.PathLike, output_dir: str | os.PathLike, options: BuildOptions,
                   progress: bool = True) -> Path:
     """Build the engines of ``model_dir`` into ``output_dir`` (written atomically); returns it.
 
-    Cheap checks first (model dir, precision, batch, output), then TensorRT, the GPU and the
-    plugin, so a machine without them gets one line and nothing written.
+    Cheap checks first (model dir, precision, batch, output), then the graphs against what TensorRT's
+    parser takes (:func:`check_model_dir`: the errors on stderr, one line each), then TensorRT, the GPU
+    and the plugin, so a machine without them gets one line and nothing written.
     """
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
@@ -198,6 +270,17 @@ def build_engines(model_dir: str | os.PathLike, output_dir: str | os.PathLike, o
     if options.workspace_gib is not None and options.workspace_gib <= 0:
         fail(f"--workspace must be positive, got {options.workspace_gib}")
     check_output_dir(output_dir, model_dir)
+    if options.version_compatible and manifest["stages"]:
+        # A version-compatible plan must carry or load every plugin it uses; nothing we found in TensorRT's
+        # docs or samples shows a Python-defined (QDP) plugin in one, so it is refused rather than guessed.
+        fail("--version-compatible: the stage 2–3 engines hold the lc::RegionConv Python plugin, and version-"
+             "compatible engines with a Python-defined plugin are untested; build without --version-compatible")
+    errors = [f for f in check_model_dir(model_dir, options.precision)[0] if f.level == "error"]
+    if errors:
+        for finding in errors:
+            print(finding.line(), file=sys.stderr)
+        fail(f"{model_dir}: {len(errors)} node(s) TensorRT's ONNX parser would reject (listed above; "
+             f"lc-build {model_dir} --check lists them all); nothing was built")
     trt = import_tensorrt(WHO)
     gpu = gpu_info(WHO)
     builder = _Builder(trt, options, batch, model_dir)

@@ -183,22 +183,36 @@ class TrtBackend(StagedBackend):
         for index in range(len(self.engines)):  # the developer guide's enqueue before capture
             self._enqueue_or_fail(index, batch, forced)
         cuda_call(cudart.cudaStreamSynchronize(self.stream))
-        graphs = []
-        for index in range(len(self.engines)):
-            cuda_call(cudart.cudaStreamBeginCapture(self.stream,
-                                                    cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-            enqueued = self._stage_work(index, batch, forced)
-            error, graph = cudart.cudaStreamEndCapture(self.stream)
-            if enqueued and int(error) == 0:
-                graphs.append(cuda_call(cudart.cudaGraphInstantiate(graph, 0)))
-                cuda_call(cudart.cudaGraphDestroy(graph))
-            else:
-                cudart.cudaGetLastError()  # clear the capture error; this stage runs eagerly
-                graphs.append(None)
+        graphs = [self._capture_stage(index, batch, forced) for index in range(len(self.engines))]
         self.captured_stages = [g is not None for g in graphs]
         if not any(self.captured_stages):
             print("warning: TensorRT could not capture any stage in a CUDA graph; running eagerly", file=sys.stderr)
         return graphs
+
+    def _capture_stage(self, index: int, batch: int, forced: bool) -> Any:
+        """Stage ``index``'s work as an instantiated CUDA graph, or None (it then runs eagerly).
+
+        The capture always ends, whatever happens inside it: TensorRT may refuse to enqueue, or
+        invalidate the capture (a data-dependent shape makes it synchronise), and then the copies
+        after it fail too; a stream left capturing would break every later call.
+        """
+        cudart = self.cudart
+        cuda_call(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+        try:
+            enqueued = self._stage_work(index, batch, forced)
+        except RuntimeError:  # a CUDA call inside the invalidated capture
+            enqueued = False
+        finally:
+            error, graph = cudart.cudaStreamEndCapture(self.stream)
+        instance = None
+        if enqueued and int(error) == 0:
+            status, created = cudart.cudaGraphInstantiate(graph, 0)
+            instance = created if int(status) == 0 else None
+        if int(error) == 0:
+            cudart.cudaGraphDestroy(graph)  # the instance keeps what it needs
+        if instance is None:
+            cudart.cudaGetLastError()  # clear the capture's error: this stage runs eagerly
+        return instance
 
     def _enqueue_or_fail(self, index: int, batch: int, forced: bool) -> None:
         if not self._stage_work(index, batch, forced):
