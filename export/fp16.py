@@ -55,7 +55,7 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     converted.CopyFrom(model)
     _Pass(converted, types).run()
     del converted.graph.value_info[:]
-    _retype_region_conv_body(converted)
+    retype_region_conv_body(converted)
     # A failure here is a bug of this pass, not a user error: let it raise.
     onnx.checker.check_model(converted, full_check=True)
     return onnx.shape_inference.infer_shapes(converted, strict_mode=True)
@@ -142,7 +142,7 @@ def cast_output(nodes: list[onnx.NodeProto], name: str, inner: str, to: int, cas
     nodes.append(helper.make_node("Cast", [inner], [name], name=cast_name, to=to))
 
 
-def _retype_region_conv_body(model: onnx.ModelProto) -> None:
+def retype_region_conv_body(model: onnx.ModelProto) -> None:
     """The RegionConv function body in fp16: its ``Cast(to=FLOAT)`` and float ``Constant`` retyped."""
     for function in model.functions:
         if (function.domain, function.name) != (regionconv.DOMAIN, regionconv.OP_TYPE):

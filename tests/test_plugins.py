@@ -59,6 +59,17 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert (tmp_path / "gpu_check.log").read_text().strip()
+    # The smoke run, first: the CPU-side steps run, the TensorRT and GPU ones say why they are skipped.
+    assert results["smoke"] == {"driver": "skipped", "imports": "ok", "static_check": "ok", "ptx": "ok",
+                                **{step: "skipped" for step in ("parse", "one_node", "two_nodes", "lc_build", "parity",
+                                                                "cuda_graph")}}
+    smoke = {step["step"]: step for step in json.loads((tmp_path / "trt_smoke.json").read_text())["steps"]}
+    assert smoke["driver"]["reason"] == "dry run: no GPU steps"
+    assert all(smoke[step]["reason"].startswith("tensorrt not importable") for step in ("parse", "lc_build"))
+    assert all(not report["errors"] for report in smoke["static_check"]["result"].values())
+    kernels = smoke["ptx"]["result"]["kernels"]
+    assert kernels and all(k["assembled"] for k in kernels) and len({k["kernel"] for k in kernels}) == len(kernels)
+    assert all(0 < k["shared_bytes"] <= 48 * 1024 for k in kernels)
     assert results["dry_run"] and results["correctness_ok"] and results["correctness"]
     e2e = results["end_to_end"]
     assert not e2e["truncated"] and e2e["settings"]["models"] == ["tiny"]

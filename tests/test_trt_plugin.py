@@ -31,6 +31,7 @@ pytest.importorskip("triton", reason="triton is not installed: the plugin's kern
 from layercascade.errors import LCError
 from layercascade.export import regionconv
 from layercascade.plugins import kernels, ptx, trt_plugin
+from layercascade.plugins.examples import Layer, region_conv_chain, tolerance
 from layercascade.plugins.nvidia import import_tensorrt
 from layercascade.plugins.trt_plugin import RegionConvLayer
 
@@ -578,37 +579,15 @@ def test_plugin_source_sha256_tracks_the_sources(tmp_path: Path, monkeypatch: py
 
 
 # -- on TensorRT ---------------------------------------------------------------------------------
-def _one_node_model(precision: str, shape: tuple[int, int, int, int], c_out: int, seed: int = 0) -> tuple:
-    """A one-RegionConv-node ONNX model (dilated 3×3 + ReLU, as lc-export writes it) and its tensors."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    dtype = {"fp32": np.float32, "fp16": np.float16}[precision]
-    elem = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}[precision]
-    rng = np.random.default_rng(seed)
-    n, c, h, w = shape
-    weight = (rng.standard_normal((c_out, c, 3, 3)) * 0.1).astype(dtype)
-    bias = rng.standard_normal(c_out).astype(dtype)
-    node = helper.make_node(regionconv.OP_TYPE, ["X", "W", "B", "M"], ["Y"], domain=regionconv.DOMAIN,
-                            **regionconv.node_attributes((2, 2), (2, 2), 1, True))
-    graph = helper.make_graph([node], "region_conv",
-                              [helper.make_tensor_value_info("X", elem, shape),
-                               helper.make_tensor_value_info("M", elem, (n, 1, h, w))],
-                              [helper.make_tensor_value_info("Y", elem, (n, c_out, h, w))],
-                              [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
-                                                    helper.make_opsetid(regionconv.DOMAIN, regionconv.VERSION)],
-                              functions=[regionconv.function_proto(18)])
-    x = rng.standard_normal(shape).astype(dtype)
-    mask = (rng.random((n, 1, h, w)) < 0.3).astype(dtype)
-    return model, x, weight, bias, mask
-
-
 @pytest.mark.trt
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", trt_plugin.PRECISIONS)
 @pytest.mark.parametrize("aot", [True, False], ids=["aot", "jit"])
-def test_one_node_engine_matches_reference(precision: str, aot: bool) -> None:
-    """Parse a one-node model with TensorRT's ONNX parser (the plugin path), build, run, compare."""
+@pytest.mark.parametrize("layers", [[Layer(48, 3, 2, True)], [Layer(48, 3, 1, True), Layer(40, 3, 4, False)]],
+                         ids=["one-node", "two-nodes"])
+def test_plugin_engine_matches_reference(precision: str, aot: bool, layers: list) -> None:
+    """Parse one or two RegionConv nodes (other dilations and activations: each layer must run its own
+    kernel) with TensorRT's ONNX parser (the plugin path), build, run, compare with the reference."""
     try:
         trt = import_tensorrt("this test")
     except LCError as error:
@@ -617,36 +596,31 @@ def test_one_node_engine_matches_reference(precision: str, aot: bool) -> None:
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device visible to PyTorch")
-    from layercascade.model.region import region_conv2d
-
     trt_plugin.register_plugins()
-    model, x, weight, bias, mask = _one_node_model(precision, (2, 32, 19, 23), 48)
+    example = region_conv_chain(precision, (2, 32, 19, 23), layers)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flag = (trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS if aot
             else trt.NetworkDefinitionCreationFlag.PREFER_JIT_PYTHON_PLUGINS)
     network = builder.create_network((1 << int(flag)) | (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
     parser = trt.OnnxParser(network, logger)
-    assert parser.parse(model.SerializeToString()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    # The parser makes W and B constant layers; the node itself is the one plugin layer.
+    parsed = parser.parse(example.model.SerializeToString())
+    assert parsed, [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    # The parser makes the weights and biases constant layers; each node is one plugin layer.
     types = [network.get_layer(i).type for i in range(network.num_layers)]
-    assert types.count(trt.LayerType.PLUGIN_V3) == 1 and set(types) <= {trt.LayerType.PLUGIN_V3, trt.LayerType.CONSTANT}
+    assert types.count(trt.LayerType.PLUGIN_V3) == len(layers)
+    assert set(types) <= {trt.LayerType.PLUGIN_V3, trt.LayerType.CONSTANT}
     serialized = builder.build_serialized_network(network, builder.create_builder_config())
     assert serialized is not None
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(serialized)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
     context = engine.create_execution_context()
-    tensors = {"X": torch.from_numpy(x).cuda(), "M": torch.from_numpy(mask).cuda()}
-    tensors["Y"] = torch.full((2, 48, 19, 23), float("nan"), dtype=tensors["X"].dtype, device="cuda")
+    tensors = {name: torch.from_numpy(value).cuda() for name, value in example.feeds.items()}
+    tensors["Y"] = torch.full(example.expected.shape, float("nan"), dtype=tensors["X"].dtype, device="cuda")
     for name, tensor in tensors.items():
         context.set_tensor_address(name, tensor.data_ptr())
     stream = torch.cuda.current_stream()
     assert context.execute_async_v3(stream.cuda_stream)
     stream.synchronize()
-    ref = region_conv2d(torch.from_numpy(x).double(), torch.from_numpy(weight).double(),
-                        torch.from_numpy(bias).double(), torch.from_numpy(mask).double(), padding=2, dilation=2)
-    ref = ref.relu()
-    out = tensors["Y"].cpu().double()
-    tolerance = (4e-3 if precision == "fp16" else 1e-4) * max(1.0, ref.abs().max().item())
-    assert (out - ref).abs().max().item() <= tolerance
-    assert bool((out[torch.from_numpy(mask == 0).expand_as(out)] == 0).all())
+    out = tensors["Y"].cpu().double().numpy()
+    assert np.abs(out - example.expected).max() <= tolerance(precision, example.expected)
+    assert bool((out[np.broadcast_to(example.feeds["M"] == 0, out.shape)] == 0).all())

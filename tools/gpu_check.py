@@ -9,6 +9,9 @@ are ``layercascade.runtime.timing``'s, as in lc-bench, with a CUDA-event clock. 
 ``gpu_check.log`` and ``gpu_check.json`` into ``--out``, the JSON after every phase (``complete``
 says whether all ran; a phase that crashes is recorded as its ``error``):
 
+* ``smoke``: first, ``tools/trt_smoke.py`` in a process of its own (``trt_smoke.json``: the driver,
+  the imports, the static TensorRT check, every AOT kernel loaded and launched, and with TensorRT
+  the parser, plugin engines, lc-build, parity and CUDA graphs), each step's outcome here;
 * ``correctness``: every case of ``python -m layercascade.plugins.check``, run natively;
 * ``benchmark``: for C = C_out ∈ {64, 256, 512} on 1×64×64 fp16 NHWC maps, 3×3 and 1×1
   (dilation 1, bias, no ReLU), at 5/10/25/50/100 % active pixels, scattered (random) and
@@ -32,14 +35,13 @@ no CUDA graph), so the test suite can run it.
 from __future__ import annotations
 
 import argparse
-import atexit
 import dataclasses
 import functools
 import json
 import os
 import platform
+import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,8 +49,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from trt_smoke import Log, import_checkout  # this folder is on sys.path: scripts run from it
 
-ROOT = Path(__file__).resolve().parent.parent  # the checkout; its root is the package itself
 SIZES = {"channels": (64, 256, 512), "kernels": (3, 1), "map": 64, "warmup": 10, "iters": 50}
 DRY_SIZES = {"channels": (16,), "kernels": (3, 1), "map": 8, "warmup": 1, "iters": 2}
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -68,36 +70,6 @@ E2E_MODEL_DEADLINE_S = 240.0
 E2E_DEADLINE_S = 300.0
 # fp16 scores of a 50-100 layer network drift from the fp32 reference by a few 1e-3 of their range.
 E2E_SCORE_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
-
-
-def import_checkout() -> None:
-    """Make ``import layercascade`` resolve to this checkout, whether or not a copy is installed.
-
-    The repository root is the package directory, so its parent is not an import root of
-    ``layercascade``; a temporary directory holding a ``layercascade`` symlink to the root
-    is put first on ``sys.path`` (ahead of any installed or editable copy).
-    """
-    link_dir = Path(tempfile.mkdtemp(prefix="lc-gpu-check-"))
-    link = link_dir / "layercascade"
-    link.symlink_to(ROOT, target_is_directory=True)
-    atexit.register(lambda: (link.unlink(), link_dir.rmdir()))
-    sys.path.insert(0, str(link_dir))
-    import layercascade
-
-    if Path(layercascade.__file__).resolve().parent != ROOT:
-        raise SystemExit(f"layercascade resolved to {layercascade.__file__}, not the checkout {ROOT}")
-
-
-class Log:
-    """Print and append to ``gpu_check.log``."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = path.open("w", encoding="utf-8")
-
-    def __call__(self, line: str) -> None:
-        print(line, flush=True)
-        self.file.write(line + "\n")
-        self.file.flush()
 
 
 def stats(samples: list[float], batch: int = 1) -> dict[str, float]:
@@ -414,6 +386,22 @@ def end_to_end(sizes: dict, cuda: bool, log: Log, started: float) -> dict:
     return {"settings": settings, "rows": rows, "truncated": deadlines.truncated}
 
 
+def smoke_run(out: Path, dry_run: bool, log: Log) -> dict[str, str]:
+    """``tools/trt_smoke.py`` in a process of its own (native crashes stay there, and its PTX steps
+    need Triton compiling, not interpreting); each step's outcome."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    command = [sys.executable, str(Path(__file__).with_name("trt_smoke.py")), "--out", str(out)]
+    done = subprocess.run([*command, *(["--dry-run"] if dry_run else [])], env=env, capture_output=True, text=True,
+                          check=False)
+    for line in done.stdout.splitlines():
+        log(line)
+    report = out / "trt_smoke.json"
+    if not report.is_file():
+        log(f"smoke run: no report (exit status {done.returncode}): {done.stderr.strip()[-500:]}")
+        return {"smoke": "failed"}
+    return {step["step"]: step["outcome"] for step in json.loads(report.read_text())["steps"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-results"), help="results folder")
@@ -470,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return check.run_checks(quick=args.dry_run, with_ptx=False, report=log)
 
+    log("# TensorRT / GPU smoke run (trt_smoke.json)")
+    results["smoke"] = smoke_run(args.out, args.dry_run, log)
     log("# correctness")
     ok = phase("correctness", correctness)
     if ok:
@@ -482,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"# end to end ({time.perf_counter() - started:.0f} s so far)")
     ok &= phase("end_to_end", lambda: end_to_end(DRY_E2E if args.dry_run else E2E, cuda, log, started))
     ok = ok and all(row["ok"] for row in results["benchmark"]["rows"] + results["end_to_end"]["rows"])
+    ok = ok and "failed" not in results["smoke"].values()
     results["complete"] = True
     save()
     log(f"# {'all ok' if ok else 'FAILURES'}; {results['elapsed_s']:.0f} s; results in {args.out}")
