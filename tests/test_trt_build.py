@@ -259,7 +259,7 @@ def test_tensorrt_int8_graphs_hold_no_constant_dequantize_but_the_convs_own(demo
     from layercascade.runtime.trt.engines import graphs_of
 
     folder = demo_int8[0]
-    image = synthetic_images(1)
+    feeds = {"image": synthetic_images(1), "rho": np.array([0.985], np.float32)}
     for graph in graphs_of(read_manifest(folder)):
         model = tensorrt_graph(graph, folder, "int8")
         producers = {o: n for n in model.graph.node for o in n.output}
@@ -270,13 +270,14 @@ def test_tensorrt_int8_graphs_hold_no_constant_dequantize_but_the_convs_own(demo
         for node in model.graph.node:
             if (node.domain, node.op_type) == (regionconv.DOMAIN, regionconv.OP_TYPE):
                 assert node.input[1] in initializers and node.input[1] not in producers
-        if graph.name in ("stage1", "dense"):  # same results as the dir's graph, on ONNX Runtime
-            feeds = {"image": image, "rho": np.array([0.985], np.float32)}
-            sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-                        for m in (onnx.load(folder / graph.onnx), model)]
-            outputs = [s.run(None, {i.name: feeds[i.name] for i in s.get_inputs()}) for s in sessions]
-            for ours, theirs in zip(*outputs):
-                np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        # Same results as the dir's graph on ONNX Runtime (RegionConv as its function body), each stage
+        # fed the outputs of the stages before.
+        sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                    for m in (onnx.load(folder / graph.onnx), model)]
+        outputs = [s.run(None, {i.name: feeds[i.name] for i in s.get_inputs()}) for s in sessions]
+        for ours, theirs in zip(*outputs):
+            np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        feeds.update(zip((o.name for o in sessions[0].get_outputs()), outputs[0]))
 
 
 def _checked(nodes, inputs, outputs, initializers=(), opset=18, domains=()) -> list[str]:
@@ -304,7 +305,22 @@ def test_check_catches_what_the_parser_rejects() -> None:
     assert any("opset 8" in line for line in lines)
     assert any("nz (NonZero): BOOL input 'm'" in line for line in lines)
     assert any("uq (Unique): TensorRT" in line and "does not support Unique" in line for line in lines)
-    assert any("rs (ReduceSum): input 'axes' must be an initializer" in line for line in lines)
+    assert any("rs (ReduceSum): input 'axes' must be a constant" in line for line in lines)
+    # Axes from a Constant node are constants; a zero point of 5, TopK's limits are not for TensorRT.
+    axes = onnx.helper.make_tensor("axes", T.INT64, [1], [0])
+    zero_point = numpy_helper.from_array(np.array(5, np.int8), "zp")
+    lines = _checked([node("Constant", [], ["ax"], value=axes), node("ReduceSum", ["x", "ax"], ["s"], name="rs"),
+                      node("Constant", [], ["k"], value=onnx.helper.make_tensor("k", T.INT64, [1], [4000])),
+                      node("TopK", ["x", "k"], ["v", "i"], name="top", sorted=0),
+                      node("QuantizeLinear", ["x", "scale", "zp"], ["q"], name="quant")],
+                     [info("x", T.FLOAT, [4])],
+                     [info("s", T.FLOAT, None), info("v", T.FLOAT, None), info("i", T.INT64, None),
+                      info("q", T.INT8, None)],
+                     [zero_point, numpy_helper.from_array(np.array(0.1, np.float32), "scale")])
+    assert not any("rs (ReduceSum)" in line for line in lines)
+    assert any("top (TopK): TopK with sorted=0" in line for line in lines)
+    assert any("top (TopK): TopK K=4000: TensorRT takes K < 3840" in line for line in lines)
+    assert any("quant (QuantizeLinear): zero point must be 0" in line for line in lines)
     # uint8 inside the graph; a custom op without a plugin.
     lines = _checked([node("Relu", ["x"], ["r"], name="relu"), node("Cast", ["r"], ["u"], name="to_u8", to=T.UINT8),
                       node("Identity", ["u"], ["y"], name="copy"),
@@ -332,6 +348,9 @@ def test_check_holds_region_convs_to_the_plugin_fields() -> None:
     lines = _checked(region_conv(**{**good, "dilations": [0, 1]}), inputs, outputs, weights,
                      domains=[regionconv.DOMAIN])
     assert len(lines) == 1 and "dilations >= 1" in lines[0]
+    grouped = [numpy_helper.from_array(np.zeros((4, 2, 3, 3), np.float32), "w"), weights[1]]
+    lines = _checked(region_conv(**{**good, "group": 2}), inputs, outputs, grouped, domains=[regionconv.DOMAIN])
+    assert len(lines) == 1 and "grouped: the AOT kernel lc-build uses has no groups" in lines[0]
 
 
 def test_lc_build_check_command(tmp_path, capsys) -> None:

@@ -227,7 +227,7 @@ class Smoke:
         from layercascade.manifest import read_manifest
         from layercascade.plugins.trt_plugin import register_plugins
         from layercascade.runtime.inputs import DEMO_MODEL
-        from layercascade.runtime.trt.build import onnx_for
+        from layercascade.runtime.trt.build import network_flags, onnx_for
         from layercascade.runtime.trt.engines import graphs_of
 
         register_plugins()
@@ -238,8 +238,7 @@ class Smoke:
                 continue
             for precision in precisions:
                 for graph in graphs_of(read_manifest(folder)):
-                    network = trt.Builder(logger).create_network(
-                        1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+                    network = trt.Builder(logger).create_network(network_flags(trt, graph.name != "dense"))
                     parser = trt.OnnxParser(network, logger)
                     ok = parser.parse(onnx_for(graph, folder, precision), str(folder / graph.onnx))
                     errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]

@@ -167,6 +167,18 @@ def onnx_for(graph: Graph, model_dir: Path, precision: str) -> bytes:
     return tensorrt_graph(graph, model_dir, precision).SerializeToString()
 
 
+def network_flags(trt: Any, uses_plugin: bool) -> int:
+    """The network creation flags of lc-build (and of the smoke run's parse, so it parses the same)."""
+    flag = trt.NetworkDefinitionCreationFlag
+    flags = 1 << int(flag.STRONGLY_TYPED)
+    if uses_plugin:
+        # AOT: the RegionConv PTX is serialized into the engine, which then runs without Python
+        # (tensorrt.plugin's aot_impl, TensorRT ≥ 10.9). The plugin has both implementations, and
+        # without a preference its creator refuses to choose.
+        flags |= 1 << int(flag.PREFER_AOT_PYTHON_PLUGINS)
+    return flags
+
+
 class _Builder:
     """One ``trt.Builder`` and a timing cache shared by the engines of one lc-build run."""
 
@@ -179,15 +191,6 @@ class _Builder:
             cache_bytes = options.timing_cache.read_bytes()
         # A cache made with b"" starts empty; a file from an earlier run skips re-timing tactics.
         self.timing_cache = self.builder.create_builder_config().create_timing_cache(cache_bytes)
-
-    def network_flags(self, uses_plugin: bool) -> int:
-        flag = self.trt.NetworkDefinitionCreationFlag
-        flags = 1 << int(flag.STRONGLY_TYPED)
-        if uses_plugin:
-            # AOT: the RegionConv PTX is serialized into the engine, which then runs without
-            # Python (tensorrt.plugin's aot_impl, TensorRT ≥ 10.9).
-            flags |= 1 << int(flag.PREFER_AOT_PYTHON_PLUGINS)
-        return flags
 
     def config(self, network: Any) -> Any:
         trt, options = self.trt, self.options
@@ -212,7 +215,7 @@ class _Builder:
         trt = self.trt
         model = onnx_for(graph, self.model_dir, self.options.precision)
         uses_plugin = graph.name != "dense"
-        network = self.builder.create_network(self.network_flags(uses_plugin))
+        network = self.builder.create_network(network_flags(self.trt, uses_plugin))
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse(model, str(self.model_dir / graph.onnx)):
             errors = "; ".join(str(parser.get_error(i)).splitlines()[0] for i in range(min(parser.num_errors, 3)))

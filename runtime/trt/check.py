@@ -6,7 +6,8 @@ at the I/O) and reports, one line per problem, what the parser or TensorRT would
 
 * an op missing from the operator support matrix of TensorRT's ONNX parser, or an input type it
   does not list there (``onnx_operators.json``: onnx-tensorrt's ``docs/operators.md``, the version
-  it names), or a restriction it states (constant ``axes``, zero points, Resize modes…);
+  it names), or a restriction it states (constant ``axes``, zero points of 0, TopK's K and sorting,
+  Resize modes…);
 * uint8 anywhere but at the graph's inputs and outputs next to a Cast, int8 anywhere but into a
   DequantizeLinear (TensorRT's quantized types come only from Q/DQ);
 * ``lc::RegionConv`` nodes whose attributes are not the plugin's fields, or types it does not take;
@@ -23,8 +24,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from layercascade.errors import LCError
 from layercascade.export import regionconv
@@ -42,11 +44,12 @@ ALL_INPUTS = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean",
                         "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or", "Xor", "Concat"})
 # Ops whose listed types are their output's (their inputs are shapes).
 OUTPUT_TYPED = frozenset({"ConstantOfShape", "Range"})
-# Restrictions of the table that name a constant input: op → input index.
-CONSTANT_INPUTS = {**{op: 1 for op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax",
-                                       "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare",
-                                       "Squeeze", "Unsqueeze", "TopK")},
-                   "Slice": 3}
+# Restrictions of the table that name a constant input ("axes must be an initializer" / "resolvable to a
+# constant"): op → input index.
+CONSTANT_INPUTS = {op: 1 for op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax",
+                                    "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare",
+                                    "Squeeze", "Unsqueeze")}
+TOPK_MAX_K = 3840  # the table: "`K` input must be less than 3840"
 RESIZE = {"mode": {"nearest", "linear"},
           "coordinate_transformation_mode": {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn",
                                              "asymmetric", "align_corners"}}
@@ -89,7 +92,7 @@ def check_graph(model: onnx.ModelProto, graph: str) -> list[Finding]:
     """Every finding of ``model`` (named ``graph`` in the lines)."""
     table = operator_table()
     types = _types(model)
-    initializers = {t.name for t in model.graph.initializer}
+    constants = _constants(model)
     consumers, producers = consumers_of(model.graph.node), producers_of(model.graph.node)
     inputs, outputs = {v.name for v in model.graph.input}, {v.name for v in model.graph.output}
     findings: list[Finding] = []
@@ -119,7 +122,7 @@ def check_graph(model: onnx.ModelProto, graph: str) -> list[Finding]:
             if kind not in row["types"]:
                 report(node, f"{kind} {'output' if node.op_type in OUTPUT_TYPED else 'input'} {name!r}: TensorRT's "
                              f"{node.op_type} takes {', '.join(row['types'])}")
-        _check_restrictions(node, initializers, report)
+        _check_restrictions(node, constants, report)
         if node.op_type == "NonZero":
             report(node, NONZERO_COST, "warning")
     for name, kind in types.items():
@@ -145,15 +148,36 @@ def _typed_tensors(node: onnx.NodeProto) -> list[str]:
     return list(node.input[:1])
 
 
-def _check_restrictions(node: onnx.NodeProto, initializers: set[str], report: Any) -> None:
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto | None]:
+    """The tensors the parser imports as weights: initializers, Constant nodes' outputs and (values not
+    computed here: None) the outputs of nodes that read only such tensors, as its constant folding gets them."""
+    constants: dict[str, onnx.TensorProto | None] = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and not node.domain:
+            constants[node.output[0]] = attributes(node).get("value")
+        elif node.input and all(not name or name in constants for name in node.input):
+            constants.update((name, None) for name in node.output)
+    return constants
+
+
+def _check_restrictions(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto | None], report: Any) -> None:
     """The restrictions of the operator table that our graphs could run into."""
     settings = attributes(node)
     index = CONSTANT_INPUTS.get(node.op_type)
-    if index is not None and len(node.input) > index and node.input[index] and node.input[index] not in initializers:
-        report(node, f"input {node.input[index]!r} must be an initializer for TensorRT")
+    if index is not None and len(node.input) > index and node.input[index] and node.input[index] not in constants:
+        report(node, f"input {node.input[index]!r} must be a constant for TensorRT")
     if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
-        if node.input[2] not in initializers:
-            report(node, "zero point must be an initializer (of zeros) for TensorRT")
+        zero_point = constants.get(node.input[2], False)
+        if zero_point is False:
+            report(node, "zero point must be a constant (of zeros) for TensorRT")
+        elif zero_point is not None and np.any(numpy_helper.to_array(zero_point) != 0):
+            report(node, "zero point must be 0 for TensorRT (symmetric quantization)")
+    if node.op_type == "TopK":
+        if settings.get("sorted", 1) != 1:
+            report(node, "TopK with sorted=0: TensorRT takes sorted=1")
+        k = constants.get(node.input[1]) if len(node.input) > 1 else None
+        if k is not None and int(numpy_helper.to_array(k).max()) >= TOPK_MAX_K:
+            report(node, f"TopK K={int(numpy_helper.to_array(k).max())}: TensorRT takes K < {TOPK_MAX_K}")
     if node.op_type == "ScatterND" and settings.get("reduction", b"none") not in (b"none", "none"):
         report(node, "ScatterND reduction other than none is not supported by TensorRT")
     if node.op_type == "Resize":
@@ -202,8 +226,8 @@ def _check_region_conv(node: onnx.NodeProto, types: dict[str, int], report: Any)
         report(node, f"inputs {list(node.input)} are {kinds}: the plugin takes {len(trt_plugin.INPUTS)} inputs, all "
                      f"{' or all '.join(sorted(PLUGIN_TYPES))}")
     if settings["group"] != 1:
-        report(node, "grouped: the AOT kernel has no groups, TensorRT would need the JIT plugin (Python at run "
-                     "time)", "warning")
+        report(node, "grouped: the AOT kernel lc-build uses has no groups (only the JIT plugin has, with Python at "
+                     "run time)")
 
 
 def summary(findings: list[Finding], graphs: int) -> str:
