@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from layercascade.errors import fail
 
@@ -50,7 +50,11 @@ def read_manifest(model_dir: str | os.PathLike, verify: bool = True) -> dict[str
     if not isinstance(version, int) or version > VERSION:
         fail(f"{path}: manifest format version {version!r} is newer than this layercascade reads ({VERSION}); "
              "upgrade layercascade")
-    for name, digest in manifest.get("files", {}).items():
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        fail(f"{path}: has no 'files' (the sha256 of each file), as written by layercascade before 0.1; "
+             "re-export the model (lc-export) so its files can be verified")
+    for name, digest in files.items():
         file = model_dir / name
         if not file.is_file():
             fail(f"{file}: missing from the model directory (listed in {MANIFEST}); re-export the model")
@@ -60,16 +64,66 @@ def read_manifest(model_dir: str | os.PathLike, verify: bool = True) -> dict[str
 
 
 def read_cascade_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """The verified ``lc.json`` of a cascade model dir (not a dense export)."""
+    """The verified ``lc.json`` of a cascade model dir (not a dense export), its fields checked
+    (:func:`check_cascade_fields`)."""
     manifest = read_manifest(model_dir)
     if manifest.get("kind") != "cascade":
         fail(f"{model_dir}: holds a {manifest.get('kind')!r} model, not a cascade; export without --dense")
+    stages = manifest.get("stages")
+    if not (isinstance(stages, list) and len(stages) == 3 and
+            all(isinstance(s, dict) and s.get("file") in manifest["files"] for s in stages)):
+        fail(f"{Path(model_dir) / MANIFEST}: stages must list three stage graphs, each a file in 'files'; "
+             "re-export the model")
+    return check_cascade_fields(manifest, Path(model_dir) / MANIFEST)
+
+
+def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike) -> dict[str, Any]:
+    """``manifest`` if the fields a cascade runs by hold values it can run with, else one line naming
+    ``source`` (the file they came from) and the field: ``default_rho`` in (0, 1], ``input_size`` two
+    positive integers, ``classes`` names (at most 255: 255 marks void pixels) and ``palette`` one RGB
+    colour per class. The stage graphs themselves are checked against these by the backend that
+    loads them (``export.graph.check_stage_graphs``)."""
+    def wrong(field: str, what: str) -> NoReturn:
+        fail(f"{source}: {field} {json.dumps(manifest.get(field))[:80]} is not {what}; fix it or re-export the model")
+
+    rho = manifest.get("default_rho")
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 < rho <= 1.0:
+        wrong("default_rho", "a number in (0, 1]")
+    size = manifest.get("input_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(n) for n in size)):
+        wrong("input_size", "[height, width] (two positive integers)")
+    classes = manifest.get("classes")
+    if not (isinstance(classes, list) and 0 < len(classes) < 256 and all(isinstance(c, str) for c in classes)):
+        wrong("classes", "a list of 1 to 255 class names")
+    palette = manifest.get("palette")
+    if not (isinstance(palette, list) and all(isinstance(c, list) and len(c) == 3 and
+                                              all(_int_in(v, 0, 255) for v in c) for c in palette)):
+        wrong("palette", "a list of [r, g, b] colours (integers 0..255)")
+    if len(palette) != len(classes):
+        fail(f"{source}: palette has {len(palette)} colours for {len(classes)} classes; fix it or re-export the model")
     return manifest
+
+
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _positive_int(value: object) -> bool:
+    return _int_in(value, 1, 1 << 30)
 
 
 def model_hash(manifest: dict[str, Any]) -> str:
     """sha256 over the sha256 of every file of the model dir: names one exported model."""
     return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` that keeps its extension (writers pick formats by it).
+
+    A fresh name instead of mkstemp: the writer creates the file itself, so it gets the usual
+    permissions (mkstemp's are 0600).
+    """
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
 
 
 def write_atomic(path: str | os.PathLike[str], write_fn: Callable[[Path], object]) -> None:
@@ -81,9 +135,7 @@ def write_atomic(path: str | os.PathLike[str], write_fn: Callable[[Path], object
     existing ``path`` is left untouched: readers never see a half-written file.
     """
     path = Path(path)
-    # A fresh name instead of mkstemp: the writer creates the file itself, so it gets the
-    # usual permissions (mkstemp's are 0600).
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    temporary = temporary_path(path)
     try:
         write_fn(temporary)
         os.replace(temporary, path)

@@ -24,6 +24,17 @@ def size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def positive_int(text: str) -> int:
+    """An integer ≥ 1 (underscores allowed: 150_000_000)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def rho(text: str) -> float:
     """A threshold in (0, 1] (``contract.check_rho``)."""
     try:

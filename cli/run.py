@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from layercascade.cli.args import add_backend_arguments, add_rho_argument, load_options
+from layercascade.cli.args import add_backend_arguments, add_rho_argument, load_options, positive_int
 from layercascade.errors import run_cli
+from layercascade.model.data.images import MAX_PIXELS
+from layercascade.runtime.inputs import SAMPLES, expand_inputs
+from layercascade.runtime.segment import (
+    PICTURE_MAX_PIXELS,
+    ReadOptions,
+    make_output_dir,
+    segment_all,
+    summarize,
+    write_summary,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,19 +28,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment images with a Layer Cascade model. For each image write OUT/<stem>.png (palette "
                     "label map of class ids), OUT/<stem>_overlay.jpg (classes over the image) and "
                     "OUT/<stem>_stages.png (which stage decided each pixel), then OUT/summary.json. "
-                    "Unreadable images are reported and skipped; the exit code is then 1.",
+                    "Unreadable images are reported and skipped; the exit code is then 1. Inputs are never "
+                    "overwritten: files inside OUT are never inputs. Each image's files appear together or not "
+                    "at all; Ctrl-C stops after the image in flight is dropped, and summary.json records the "
+                    "images finished (exit code 130).",
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="image files, folders (their image files, not recursive) or quoted glob patterns "
                              "('photos/**/*.jpg' recurses) (default: the bundled sample images)")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
-                        help="folder for the outputs (created if missing; files of the same name are replaced)")
+                        help="folder for the outputs (created if missing): not an input folder, nor holding an input "
+                             "file. An earlier run's outputs (listed in its summary.json) are replaced; other files "
+                             "there never are: an output takes a -2 name instead")
     parser.add_argument("--model", "--engine", dest="model", default=None, metavar="DIR",
                         help="model folder written by lc-export, TensorRT engine folder written by lc-build, or "
                              "(torch backend) a checkpoint .pt (default: the bundled demo model)")
     add_rho_argument(parser, "confidence threshold ρ in (0, 1]: pixels more confident than ρ at a stage stop "
                              "there; 1 runs every pixel through every stage (default: the model's)")
     add_backend_arguments(parser)
+    parser.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
+                        help="refuse images of more pixels, read from the file's header before decoding "
+                             f"(default: {MAX_PIXELS:,}); overlays and stage pictures are drawn at most "
+                             f"{PICTURE_MAX_PIXELS:,} pixels, label maps at the image's size")
+    parser.add_argument("--no-exif-transpose", dest="exif_transpose", action="store_false",
+                        help="keep the pixels in stored order; by default the EXIF orientation is applied, so "
+                             "outputs line up with the photo as viewers show it")
     parser.add_argument("--json", action="store_true",
                         help="print the summary JSON to stdout (no progress bar)")
     parser.add_argument("--strict", action="store_true",
@@ -43,22 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     # Intermixed: `lc-run a.jpg -o out b.jpg` keeps both images.
     args = build_parser().parse_intermixed_args(argv)
     from layercascade.runtime.cascade import Cascade  # lazily: loads the backend's heavy libraries
-    from layercascade.runtime.inputs import SAMPLES, expand_inputs
-    from layercascade.runtime.segment import make_output_dir, segment_all, summarize, write_summary
 
-    paths = expand_inputs(args.inputs or [str(SAMPLES)])
+    paths = expand_inputs(args.inputs or [str(SAMPLES)], output=args.output)
     out = make_output_dir(args.output)
     with Cascade.load(args.model, **load_options(args)) as cascade:
-        records, failed = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict,
-                                      progress=not (args.quiet or args.json))
-        summary = summarize(records, failed, backend=cascade.backend, model=args.model or "demo",
-                            rho=cascade.rho(args.rho))
+        run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict,
+                          progress=not (args.quiet or args.json),
+                          read=ReadOptions(args.max_pixels, args.exif_transpose))
+        summary = summarize(run, backend=cascade.backend, model=args.model or "demo", rho=cascade.rho(args.rho))
     write_summary(out, summary)
+    if run.interrupted:
+        print(f"interrupted: {summary['images']} of {len(paths)} image(s) done, listed in {out / 'summary.json'}",
+              file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
         print(closing_line(summary, out))
-    return 1 if failed else 0
+    return 1 if run.failed else 0
 
 
 def closing_line(summary: dict[str, Any], out: Path) -> str:

@@ -6,7 +6,7 @@ ONNX Runtime's INT8 rewrites and layout fold, lc-build's graph loading).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from layercascade.contract import IMAGE, LABELS, RHO, SCORES1, SCORES2, STAGE_COUNTS, STAGE_INPUTS, STAGE_OUTPUTS
 from layercascade.errors import fail
+from layercascade.manifest import MANIFEST
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
@@ -80,6 +82,71 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as error:  # noqa: BLE001 - protobuf raises several types on damaged files
         fail(f"{path}: corrupt or truncated ONNX file ({str(error).splitlines()[0][:120]}); re-export the model")
+
+
+def io_spec(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    """A graph's inputs and outputs as ``lc.json`` lists them: name, numpy dtype, shape (a symbolic
+    dimension by its name)."""
+    def describe(values: Iterable[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
+        return [{"name": v.name,
+                 "dtype": helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+# The dtypes the stage contract fixes (the others follow the model's precision).
+CONTRACT_DTYPES = {IMAGE: "uint8", RHO: "float32", LABELS: "uint8", STAGE_COUNTS: "int64"}
+
+
+def check_stage_graphs(model_dir: Path, manifest: dict[str, Any], graphs: Sequence[onnx.ModelProto]) -> None:
+    """Fail (one line naming the file and the field) unless the three stage ``graphs`` are the ones
+    ``lc.json`` describes and form the stage contract: each graph's inputs and outputs are the
+    contract's names with the dtypes and shapes ``lc.json`` lists, each stage reads what the stage
+    before wrote, the image and label maps are ``input_size`` and the scores have one channel per class.
+
+    A hash recomputed after swapping a file, or an edited ``lc.json``, fails here instead of giving
+    wrong labels or a runtime's error per image.
+    """
+    lc_json = model_dir / MANIFEST
+    height, width = manifest["input_size"]
+    classes = len(manifest["classes"])
+    written: dict[str, tuple[str, dict[str, Any]]] = {}
+    for graph, entry, *contract in zip(graphs, manifest["stages"], STAGE_INPUTS, STAGE_OUTPUTS, strict=True):
+        file = model_dir / entry["file"]
+        spec = io_spec(graph)
+        for side, names in zip(("inputs", "outputs"), contract, strict=True):
+            found = {t["name"]: t for t in spec[side]}
+            missing, extra = [n for n in names if n not in found], [n for n in found if n not in names]
+            if missing or extra:
+                fail(f"{file}: its {side} are not the stage contract's {list(names)} (missing {missing}, extra "
+                     f"{extra}); re-export the model")
+            listed = {t.get("name"): t for t in entry.get(side, []) if isinstance(t, dict)}
+            for name in names:
+                tensor = found[name]
+                if listed.get(name) != tensor:
+                    fail(f"{file}: {side[:-1]} {name} is {_described(tensor)}, {lc_json} lists "
+                         f"{_described(listed.get(name))}; the file does not belong to this model dir, re-export it")
+                if name in CONTRACT_DTYPES and tensor["dtype"] != CONTRACT_DTYPES[name]:
+                    fail(f"{file}: {side[:-1]} {name} is {tensor['dtype']}, the stage contract says "
+                         f"{CONTRACT_DTYPES[name]}; re-export the model")
+                if side == "inputs" and name in written and written[name][1] != tensor:
+                    fail(f"{file}: input {name} is {_described(tensor)}, but {written[name][0]} writes "
+                         f"{_described(written[name][1])}; re-export the model")
+            if side == "outputs":
+                written.update((name, (file.name, found[name])) for name in names)
+        for tensor in spec["inputs"] + spec["outputs"]:
+            name, shape = tensor["name"], tensor["shape"]
+            if name in (IMAGE, LABELS) and shape[1:3] != [height, width]:
+                fail(f"{lc_json}: input_size {[height, width]} does not match {file.name}'s {name} "
+                     f"{_described(tensor)}; fix input_size or re-export the model")
+            if name in (SCORES1, SCORES2) and shape[1] != classes:
+                fail(f"{lc_json}: {classes} classes (and palette colours), but {file.name}'s {name} has {shape[1]} "
+                     "channels; fix classes and palette or re-export the model")
+
+
+def _described(tensor: dict[str, Any] | None) -> str:
+    return "missing" if tensor is None else f"{tensor.get('dtype')} {tensor.get('shape')}"
 
 
 def attributes(node: onnx.NodeProto) -> dict[str, Any]:

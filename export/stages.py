@@ -35,7 +35,7 @@ from layercascade.errors import fail
 from layercascade.export import regionconv
 from layercascade.export.describe import check_input_size, model_keys, stage_shapes
 from layercascade.export.emit import StageEmitter
-from layercascade.export.graph import GraphBuilder
+from layercascade.export.graph import GraphBuilder, io_spec
 from layercascade.manifest import write_model_dir
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet
@@ -286,15 +286,6 @@ def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     """Full ONNX check and strict shape inference (a failure here is an exporter bug)."""
     onnx.checker.check_model(model, full_check=True)
     return onnx.shape_inference.infer_shapes(model, strict_mode=True, check_type=True, data_prop=True)
-
-
-def io_spec(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
-    def describe(values) -> list[dict[str, Any]]:
-        return [{"name": v.name,
-                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
-
-    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
 
 
 def export_model(

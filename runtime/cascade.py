@@ -16,10 +16,12 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from layercascade.contract import rho_or_default
 from layercascade.errors import fail
-from layercascade.model.data.images import resize_image, resize_labels
+from layercascade.manifest import MANIFEST, check_cascade_fields
+from layercascade.model.data.images import as_rgb, resize_image, resize_labels
 from layercascade.runtime.backend import BACKENDS, Masks, StagedBackend, StageOutputs, check_options
 from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.runtime.result import CascadeResult
@@ -40,6 +42,7 @@ class Cascade:
         self.runner = runner
         self.backend = runner.name
         self.closed = False
+        check_cascade_fields(manifest, model_dir / MANIFEST if model_dir.is_dir() else model_dir)
         self.classes: list[str] = list(manifest["classes"])
         self.palette = np.asarray(manifest["palette"], dtype=np.uint8)
         self.input_size: tuple[int, int] = tuple(manifest["input_size"])
@@ -95,11 +98,9 @@ class Cascade:
         """The threshold a run uses: ``rho`` (checked to lie in (0, 1]) or the model's default."""
         return rho_or_default(rho, self.default_rho)
 
-    def prepare(self, image: np.ndarray) -> np.ndarray:
-        """An (H, W, 3) uint8 image at the model's input size."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            fail(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {tuple(image.shape)}")
-        return resize_image(image, self.input_size)
+    def prepare(self, image: np.ndarray | Image.Image) -> np.ndarray:
+        """An (H, W, 3) uint8 image (or a PIL image) at the model's input size."""
+        return resize_image(as_rgb(image), self.input_size)
 
     def run_batch(self, images: np.ndarray, rho: float | None = None,
                   forced_masks: Masks | None = None) -> StageOutputs:
@@ -116,9 +117,10 @@ class Cascade:
             fail(f"this model was exported for batch {self.batch_size}, got {images.shape[0]} images")
         return self.runner.run(images, self.rho(rho), forced_masks)
 
-    def __call__(self, image: np.ndarray, rho: float | None = None) -> CascadeResult:
-        """Segment one (H, W, 3) uint8 RGB image of any size."""
+    def __call__(self, image: np.ndarray | Image.Image, rho: float | None = None) -> CascadeResult:
+        """Segment one image of any size: an (H, W, 3) uint8 RGB array or a PIL image of any mode."""
         started = time.perf_counter()
+        image = as_rgb(image)
         prepared = self.prepare(image)
         batch = prepared[None]
         if self.batch_size and self.batch_size > 1:

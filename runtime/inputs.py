@@ -4,6 +4,7 @@ globs, naming outputs."""
 from __future__ import annotations
 
 import glob
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -21,23 +22,56 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
-def expand_inputs(items: Sequence[str]) -> list[Path]:
+def expand_inputs(items: Sequence[str], output: Path | None = None) -> list[Path]:
     """Files, folders and glob patterns → the image files they name, in order, without duplicates.
 
     A file named explicitly is taken whatever its extension (a bad one is reported when it
     is read); a folder gives its image files (sorted, not recursive) and a glob pattern
     (``**`` recurses) the image files it matches. An item that gives no file is an
     :class:`~layercascade.errors.LCError` naming it.
+
+    ``output``: the folder the run writes to. Its files are never inputs, so no output can
+    replace an input and no run reads an earlier run's outputs: a file or folder named
+    explicitly inside it is refused, and a pattern's matches inside it are skipped (one
+    warning line says how many).
     """
+    out = None if output is None else output.resolve()
     paths: list[Path] = []
     seen: set[Path] = set()
+    skipped = 0
     for item in items:
-        for path in _expand(item):
+        found = _expand(item)
+        if out is not None:
+            kept = [path for path in found if not _inside_output(path, out)]
+            if len(kept) < len(found) and not _is_pattern(item):
+                if Path(item).is_dir():
+                    fail(f"{item}: is the output folder {output} or inside it; outputs written beside the inputs "
+                         "could replace them and be read back as inputs: pass another -o")
+                fail(f"{item}: is inside the output folder {output}; an output could replace it: pass another -o")
+            if not kept:
+                fail(f"{item}: pattern matches only files inside the output folder {output}")
+            skipped += len(found) - len(kept)
+            found = kept
+        for path in found:
             key = path.resolve()  # the same file spelled two ways is read once
             if key not in seen:
                 seen.add(key)
                 paths.append(path)
+    if skipped:
+        print(f"warning: skipped {skipped} image file(s) inside the output folder {output} "
+              "(lc-run never reads outputs back as inputs)", file=sys.stderr)
     return paths
+
+
+def _is_pattern(item: str) -> bool:
+    """Whether ``item`` is expanded as a glob pattern (it names no existing file or folder)."""
+    return not Path(item).exists() and not _GLOB_CHARACTERS.isdisjoint(item)
+
+
+def _inside_output(path: Path, out: Path) -> bool:
+    """Whether ``path`` sits in the (resolved) folder ``out`` or below it, or is a link to a file there."""
+    location = path.parent.resolve() / path.name  # the link itself, where a link would be replaced
+    return any(candidate == out or out in candidate.parents for candidate in (location, path.resolve()))
 
 
 def _expand(item: str) -> list[Path]:
@@ -62,23 +96,23 @@ def _expand(item: str) -> list[Path]:
     return found
 
 
-def output_stems(paths: Sequence[Path], variants: Iterable[str] = ("",)) -> list[str]:
+def output_stems(paths: Sequence[Path], suffixes: Iterable[str] = (".png",), in_use: Iterable[str] = ()) -> list[str]:
     """A unique output stem per input path: the file stem, with "-2", "-3"... where it repeats.
 
-    Each stem names the files ``stem + variant + extension``; a candidate is taken only if
-    none of its names is taken yet (so input ``x_stages.png`` cannot overwrite the
-    ``x_stages`` picture of ``x.png``). Names compare case-insensitively, as on macOS and
-    Windows file systems.
+    Each stem names the files ``stem + suffix``; a candidate is taken only if none of its names
+    is taken yet (so input ``x_stages.png`` cannot overwrite the ``x_stages.png`` picture of
+    ``x.png``) or in ``in_use`` (names of files that must not be replaced). Names compare
+    case-insensitively, as on macOS and Windows file systems.
     """
-    variants = tuple(variants)
-    taken: set[str] = set()
+    suffixes = tuple(suffixes)
+    taken = {name.casefold() for name in in_use}
     stems: list[str] = []
     for path in paths:
         stem, number = path.stem, 1
         candidate = stem
-        while any((candidate + variant).casefold() in taken for variant in variants):
+        while any((candidate + suffix).casefold() in taken for suffix in suffixes):
             number += 1
             candidate = f"{stem}-{number}"
-        taken.update((candidate + variant).casefold() for variant in variants)
+        taken.update((candidate + suffix).casefold() for suffix in suffixes)
         stems.append(candidate)
     return stems

@@ -3,11 +3,15 @@ picture atomically, and a summary of the run (what lc-run does; the command only
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +20,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from layercascade.errors import LCError, fail
-from layercascade.manifest import write_atomic
-from layercascade.model.data.images import read_rgb
+from layercascade.manifest import temporary_path, write_atomic
+from layercascade.model.data.images import MAX_PIXELS, read_rgb, resize_image, resize_labels
 from layercascade.runtime.inputs import output_stems
 from layercascade.runtime.visualize import label_image, overlay, stage_picture
 
@@ -33,6 +37,26 @@ OUTPUTS: dict[str, tuple[str, dict[str, Any]]] = {
     "_stages": (".png", {"compress_level": 1}),
 }
 SUMMARY = "summary.json"
+# The overlay and stage picture are drawn at most this size (the label map keeps the image's):
+# 16 MP keeps a 12 MP photo whole and bounds a huge image's pictures to ~0.2 GB of memory.
+PICTURE_MAX_PIXELS = 16_000_000
+
+
+@dataclass
+class Run:
+    """What a run did: the records of the images done, the failures, whether it was interrupted."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How lc-run reads images (``read_rgb``'s settings)."""
+
+    max_pixels: int = MAX_PIXELS
+    exif_transpose: bool = True
 
 
 def make_output_dir(path: Path) -> Path:
@@ -47,36 +71,58 @@ def make_output_dir(path: Path) -> Path:
 
 
 def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: float | None, strict: bool,
-                progress: bool) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Segment every image and write its pictures; returns (records of the done ones, failures).
+                progress: bool, read: ReadOptions = ReadOptions()) -> Run:
+    """Segment every image and write its pictures (all of an image's files or none).
 
     An image that cannot be read or segmented (:class:`LCError`) is reported on stderr and
-    skipped, or ends the loop with ``strict``; nothing is written for it.
+    skipped, or ends the loop with ``strict``; nothing is written for it. An interrupt
+    (Ctrl-C) ends the loop too: the run so far is returned, marked ``interrupted``.
     """
-    records: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
-    stems = output_stems(paths, OUTPUTS)
+    run = Run()
+    stems = output_stems(paths, [variant + extension for variant, (extension, _) in OUTPUTS.items()],
+                         in_use=foreign_files(out))
     with tqdm(list(zip(paths, stems, strict=True)), desc="lc-run", unit="image", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
-        for path, stem in bar:
-            try:
-                image, result, ms = segment(cascade, path, rho)
-            except LCError as error:
-                reason = failure_reason(error, path)
-                # tqdm.write keeps the progress bar intact below the message.
-                tqdm.write(f"warning: {path}: {reason}{' (stopping: --strict)' if strict else ''}", file=sys.stderr)
-                failed.append({"input": str(path), "error": reason})
-                if strict:
-                    break
-                continue
-            outputs = save_pictures(render(image, result, cascade.palette), out, stem)
-            records.append(image_record(path, image, result, ms, outputs))
-    return records, failed
+        try:
+            for path, stem in bar:
+                try:
+                    image, result, ms = segment(cascade, path, rho, read)
+                except LCError as error:
+                    reason = failure_reason(error, path)
+                    # tqdm.write keeps the progress bar intact below the message.
+                    tqdm.write(f"warning: {path}: {reason}{' (stopping: --strict)' if strict else ''}",
+                               file=sys.stderr)
+                    run.failed.append({"input": str(path), "error": reason})
+                    if strict:
+                        break
+                    continue
+                outputs = save_pictures(render(image, result, cascade.palette), out, stem)
+                run.records.append(image_record(path, image, result, ms, outputs))
+        except KeyboardInterrupt:
+            run.interrupted = True
+    return run
 
 
-def segment(cascade: Cascade, path: Path, rho: float | None) -> tuple[np.ndarray, CascadeResult, float]:
+def foreign_files(out: Path) -> set[str]:
+    """The names of the files in ``out`` that no earlier run wrote (as far as its ``summary.json`` lists):
+    a run never replaces them, its outputs take other names."""
+    try:
+        names = {path.name for path in out.iterdir()}
+    except OSError:
+        return set()
+    written = {SUMMARY}
+    try:
+        summary = json.loads((out / SUMMARY).read_text())
+        written |= {name for record in summary["results"] for name in record["outputs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no earlier run here, or a summary.json that is not ours: it records nothing
+    return names - written
+
+
+def segment(cascade: Cascade, path: Path, rho: float | None,
+            read: ReadOptions = ReadOptions()) -> tuple[np.ndarray, CascadeResult, float]:
     """Read and segment one image: (image, result, milliseconds)."""
-    image = read_rgb(path)
+    image = read_rgb(path, read.max_pixels, read.exif_transpose)
     start = time.perf_counter()
     result = cascade(image, rho=rho)
     wall_ms = (time.perf_counter() - start) * 1e3
@@ -89,23 +135,70 @@ def failure_reason(error: LCError, path: Path) -> str:
     return str(error).removeprefix(f"{path}: ")
 
 
-def render(image: np.ndarray, result: CascadeResult, palette: np.ndarray) -> dict[str, Image.Image]:
-    """The pictures of one result, keyed by their OUTPUTS variant."""
+def render(image: np.ndarray, result: CascadeResult, palette: np.ndarray,
+           max_pixels: int = PICTURE_MAX_PIXELS) -> dict[str, Image.Image]:
+    """The pictures of one result, keyed by their OUTPUTS variant: the label map at the image's
+    size, the overlay and stage picture at most ``max_pixels`` (scaled down, aspect kept)."""
+    size = picture_size(image.shape[:2], max_pixels)
+    shown = resize_image(image, size)
     return {
         "": label_image(result.labels, palette),
-        "_overlay": overlay(image, result.labels, palette),
-        "_stages": stage_picture(image, result.stage_map),
+        "_overlay": overlay(shown, resize_labels(result.labels, size), palette),
+        "_stages": stage_picture(shown, result.stage_map),
     }
 
 
+def picture_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """(height, width) scaled down to at most ``max_pixels``, aspect ratio kept; unchanged if within."""
+    height, width = size
+    if height * width <= max_pixels:
+        return height, width
+    scale = (max_pixels / (height * width)) ** 0.5
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
 def save_pictures(pictures: dict[str, Image.Image], out: Path, stem: str) -> list[str]:
-    """Write each picture atomically as OUT/<stem><variant><ext>; returns the file names."""
-    names = []
-    for variant, picture in pictures.items():
-        extension, options = OUTPUTS[variant]
-        names.append(f"{stem}{variant}{extension}")
-        save(out / names[-1], functools.partial(picture.save, **options))
+    """Write each picture as OUT/<stem><variant><ext>, all or none; returns the file names.
+
+    Each is written to a temporary name first; the set is renamed into place only when all are
+    written, with Ctrl-C held off for the renames. On any failure the temporary files (and
+    renamed ones, should a rename fail) are removed.
+    """
+    names = [f"{stem}{variant}{OUTPUTS[variant][0]}" for variant in pictures]
+    moves = [(temporary_path(out / name), out / name) for name in names]
+    renamed: list[Path] = []
+    try:
+        for (temporary, final), (variant, picture) in zip(moves, pictures.items(), strict=True):
+            try:
+                picture.save(temporary, **OUTPUTS[variant][1])
+            except OSError as error:
+                fail(f"{final}: cannot write ({error.strerror or error})")
+        with interrupts_deferred():
+            for temporary, final in moves:
+                os.replace(temporary, final)
+                renamed.append(final)
+    except BaseException:
+        for path in [temporary for temporary, _ in moves] + renamed:
+            path.unlink(missing_ok=True)
+        raise
     return names
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) off until the block is done, then deliver it (main thread only:
+    signal handlers cannot be set elsewhere, and only the main thread gets them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)
 
 
 def save(path: Path, write_fn: Callable[[Path], object]) -> None:
@@ -128,18 +221,20 @@ def image_record(path: Path, image: np.ndarray, result: CascadeResult, ms: float
     }
 
 
-def summarize(records: list[dict[str, Any]], failed: list[dict[str, str]], *, backend: str, model: str,
-              rho: float) -> dict[str, Any]:
+def summarize(run: Run, *, backend: str, model: str, rho: float) -> dict[str, Any]:
     """Totals over the run, then the per-image records.
 
     ``stage_fractions`` is weighted by image pixels: the share of all segmented pixels
-    each stage decided. Means are null when no image was segmented.
+    each stage decided. Means are null when no image was segmented. ``interrupted``: the run
+    was stopped (Ctrl-C) before every image was tried; the records are the images finished.
     """
+    records = run.records
     pixels = [h * w for h, w in (r["size"] for r in records)]
     fractions = np.average([r["stage_fractions"] for r in records], axis=0, weights=pixels) if records else None
     return {
         "images": len(records),
-        "failed": failed,
+        "failed": run.failed,
+        "interrupted": run.interrupted,
         "mean_ms": round(float(np.mean([r["ms"] for r in records])), 3) if records else None,
         "stage_fractions": None if fractions is None else [round(float(f), 6) for f in fractions],
         "backend": backend,

@@ -17,6 +17,7 @@ VOID_COLOUR = (255, 255, 255)
 STAGE_COLOURS = ((120, 120, 120), (230, 159, 0), (204, 60, 160))
 _LEGEND_BACKGROUND = (28, 28, 30)
 _LEGEND_TEXT = (235, 235, 235)
+_TILE_PIXELS = 1 << 20
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -64,10 +65,14 @@ def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: f
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     image = _check_image(image)
     labels = _check_labels(labels, image.shape[:2])
-    rgb = image.astype(np.float32)
-    colours = _colour_table(palette)[labels].astype(np.float32)
-    weight = np.where(labels == VOID, 0.0, alpha).astype(np.float32)[:, :, None]
-    return Image.fromarray(np.rint(rgb + (colours - rgb) * weight).astype(np.uint8))
+    table = _colour_table(palette)
+    blended = np.empty_like(image)
+    for rows in _row_tiles(*labels.shape):
+        rgb = image[rows].astype(np.float32)
+        colours = table[labels[rows]].astype(np.float32)
+        weight = np.where(labels[rows] == VOID, 0.0, alpha).astype(np.float32)[:, :, None]
+        blended[rows] = np.rint(rgb + (colours - rgb) * weight).astype(np.uint8)
+    return Image.fromarray(blended)
 
 
 def stage_picture(image: np.ndarray, stage_map: np.ndarray) -> Image.Image:
@@ -85,15 +90,23 @@ def stage_picture(image: np.ndarray, stage_map: np.ndarray) -> Image.Image:
     height, width = image.shape[:2]
     upsampled = Image.fromarray(np.ascontiguousarray(stage_map)).resize((width, height), Image.Resampling.NEAREST)
     stages = np.asarray(upsampled)
-    # Rec. 601 luma, lifted so dark image regions still show their stage colour.
-    luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
-    shade = (0.35 + 0.65 * luma)[:, :, None]
-    picture = np.array(STAGE_COLOURS, np.float32)[stages - 1] * shade
     legend = _legend(width, [float(np.mean(stage_map == k)) for k in (1, 2, 3)])
-    canvas = Image.new("RGB", (width, height + legend.height))
-    canvas.paste(Image.fromarray(np.rint(picture).astype(np.uint8)), (0, 0))
-    canvas.paste(legend, (0, height))
-    return canvas
+    canvas = np.empty((height + legend.height, width, 3), np.uint8)
+    colours = np.array(STAGE_COLOURS, np.float32)
+    luma_weights = np.array([0.299, 0.587, 0.114], np.float32)
+    for rows in _row_tiles(height, width):
+        # Rec. 601 luma, lifted so dark image regions still show their stage colour.
+        luma = image[rows].astype(np.float32) @ luma_weights / 255.0
+        shade = (0.35 + 0.65 * luma)[:, :, None]
+        canvas[rows] = np.rint(colours[stages[rows] - 1] * shade).astype(np.uint8)
+    canvas[height:] = np.asarray(legend)
+    return Image.fromarray(canvas)
+
+
+def _row_tiles(height: int, width: int) -> list[slice]:
+    """Row bands of about a megapixel: the float temporaries of a picture stay small on huge images."""
+    rows = max(1, _TILE_PIXELS // max(width, 1))
+    return [slice(top, min(top + rows, height)) for top in range(0, height, rows)]
 
 
 def _percent(share: float) -> str:

@@ -6,12 +6,20 @@ Tests must not change them: a test that edits a model dir copies it first (``shu
 from __future__ import annotations
 
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from layercascade.model.checkpoint import Checkpoint
+from layercascade.tests.fake_cascade import FakeCascade
 from layercascade.tests.helpers import CALIBRATION_IMAGES, DYNAMIC_MAX, DYNAMIC_SIZE, TINY_SIZE, sharpened_checkpoint
+
+# Property tests draw the same examples on every run and keep no example database in the checkout.
+settings.register_profile("layercascade", derandomize=True, database=None, deadline=None)
+settings.load_profile("layercascade")
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +70,13 @@ def demo_fp16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from layercascade.tests.helpers import copy_demo_model
 
     return copy_demo_model(tmp_path_factory.mktemp("fp16") / "model", convert_to_fp16)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeCascade]:
+    """Put a fake module at layercascade.runtime.cascade (restored afterwards), whether or not the real one exists."""
+    module = types.ModuleType("layercascade.runtime.cascade")
+    module.Cascade = FakeCascade
+    monkeypatch.setitem(sys.modules, "layercascade.runtime.cascade", module)
+    monkeypatch.setattr(FakeCascade, "instances", [])
+    return FakeCascade

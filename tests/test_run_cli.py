@@ -4,77 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import types
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from layercascade.cli import run
-from layercascade.errors import run_cli
 from layercascade.manifest import write_atomic
-from layercascade.model.data import VOC_CLASSES, VOC_PALETTE, read_rgb
+from layercascade.model.data import VOC_PALETTE, read_rgb
 from layercascade.runtime.inputs import SAMPLES, expand_inputs, output_stems
-from layercascade.runtime.result import CascadeResult
 from layercascade.runtime.visualize import STAGE_COLOURS, label_image, overlay, stage_picture
-
-
-def fake_labels(image: np.ndarray) -> np.ndarray:
-    """Class ids 0..20 from the brightness: what the fake cascade answers, at the image's size."""
-    return (image.astype(np.int32).sum(axis=2) // 3 * 21 // 256).astype(np.uint8)
-
-
-class FakeCascade:
-    """Stands in for layercascade.runtime.cascade.Cascade: deterministic answers, records its use."""
-
-    instances: ClassVar[list[FakeCascade]] = []
-    classes: ClassVar[list[str]] = list(VOC_CLASSES)
-    palette = VOC_PALETTE
-    input_size = (64, 64)
-    default_rho = 0.985
-    backend = "fake"
-
-    def __init__(self, model_dir: str | None, backend: str, device: str) -> None:
-        self.load_args = (model_dir, backend, device)
-        self.rhos: list[float | None] = []
-        self.closed = False
-
-    @classmethod
-    def load(cls, model_dir: str | None = None, backend: str = "auto", device: str = "cpu", lower: bool = True,
-             threads: int = 0) -> FakeCascade:
-        cascade = cls(model_dir, backend, device)
-        cls.instances.append(cascade)
-        return cascade
-
-    def rho(self, rho: float | None = None) -> float:
-        return self.default_rho if rho is None else rho
-
-    def __enter__(self) -> FakeCascade:
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        self.closed = True
-
-    def __call__(self, image: np.ndarray, rho: float | None = None) -> CascadeResult:
-        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-        self.rhos.append(rho)
-        brightness = image.astype(np.int32).sum(axis=2) // 3
-        stage_map = (1 + brightness[::8, ::8] * 3 // 256).astype(np.uint8)  # ceil(H/8) x ceil(W/8)
-        fractions = tuple(float(np.mean(stage_map == k)) for k in (1, 2, 3))
-        return CascadeResult(fake_labels(image), stage_map, fractions, {"total": 2.5})
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeCascade]:
-    """Put a fake module at layercascade.runtime.cascade (restored afterwards), whether or not the real one exists."""
-    module = types.ModuleType("layercascade.runtime.cascade")
-    module.Cascade = FakeCascade
-    monkeypatch.setitem(sys.modules, "layercascade.runtime.cascade", module)
-    monkeypatch.setattr(FakeCascade, "instances", [])
-    return FakeCascade
+from layercascade.tests.fake_cascade import FakeCascade, fake_labels, leftovers, run_lc
 
 
 def noise(shape: tuple[int, ...], seed: int = 0, high: int = 256, dtype: type = np.uint8) -> np.ndarray:
@@ -97,15 +38,6 @@ def write_formats(folder: Path) -> dict[str, tuple[int, int]]:
     for name, image in images.items():
         image.save(folder / name)
     return {name: (image.height, image.width) for name, image in images.items()}
-
-
-def run_lc(args: list[str | Path]) -> int:
-    return run_cli(run.main, [str(a) for a in args])
-
-
-def leftovers(out: Path) -> list[str]:
-    """Temporary files write_atomic would leave behind (hidden names)."""
-    return [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_outputs_for_every_format(tmp_path: Path, fake: type[FakeCascade], capsys: pytest.CaptureFixture) -> None:
@@ -136,7 +68,9 @@ def test_summary_content(tmp_path: Path, fake: type[FakeCascade]) -> None:
     out = tmp_path / "out"
     assert run_lc([tmp_path / "small.png", tmp_path / "bright.png", "-o", out, "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"images", "failed", "mean_ms", "stage_fractions", "backend", "model", "rho", "results"}
+    assert set(summary) == {"images", "failed", "interrupted", "mean_ms", "stage_fractions", "backend", "model", "rho",
+                            "results"}
+    assert summary["interrupted"] is False
     assert summary["backend"] == "fake" and summary["model"] == "demo" and summary["rho"] == 0.985
     assert summary["mean_ms"] == 2.5 and fake.instances[0].rhos == [None, None]
     small, bright = summary["results"]
@@ -176,10 +110,13 @@ def test_directory_glob_and_duplicates(tmp_path: Path, fake: type[FakeCascade]) 
 
 
 def test_output_stems_never_collide() -> None:
-    variants = ("", "_overlay", "_stages")
-    paths = [Path("x/a.png"), Path("y/a.png"), Path("z/A.jpg"), Path("a_stages.png"), Path("a-2.png")]
-    assert output_stems(paths, variants) == ["a", "a-2", "A-3", "a_stages-2", "a-2-2"]
+    suffixes = (".png", "_overlay.jpg", "_stages.png")
+    paths = [Path("x/a.png"), Path("y/a.png"), Path("z/A.jpg"), Path("a_stages.png"), Path("a-2.png"),
+             Path("b_overlay.png"), Path("b.png")]
+    assert output_stems(paths, suffixes) == ["a", "a-2", "A-3", "a_stages-2", "a-2-2", "b_overlay", "b"]
     assert output_stems([Path("one.png"), Path("two.png")]) == ["one", "two"]
+    # Files already in the output folder that no run wrote are never replaced.
+    assert output_stems([Path("c.jpg"), Path("d.jpg")], suffixes, in_use=["C.png", "d_stages.png"]) == ["c-2", "d-2"]
 
 
 def test_corrupt_image_is_skipped(tmp_path: Path, fake: type[FakeCascade], capsys: pytest.CaptureFixture) -> None:

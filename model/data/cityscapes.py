@@ -99,7 +99,7 @@ class CityscapesSegmentation(SegmentationDataset):
         return len(self.images)
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        image = read_rgb(self.images[i])
+        image = read_rgb(self.images[i], exif_transpose=False)
         label = LABEL_TO_TRAIN_ID[read_label(self.labels[i])]
         if image.shape[:2] != label.shape:
             fail(f"cityscapes:{self.root}: {self._sample_id(i)}: image is {image.shape[1]}x{image.shape[0]} "

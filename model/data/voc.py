@@ -91,7 +91,7 @@ class VOCSegmentation(SegmentationDataset):
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.ids[i]
-        image = read_rgb(self.root / "JPEGImages" / f"{sample}.jpg")
+        image = read_rgb(self.root / "JPEGImages" / f"{sample}.jpg", exif_transpose=False)
         label = read_label(self.root / "SegmentationClass" / f"{sample}.png")
         if image.shape[:2] != label.shape:
             fail(f"voc:{self.root}: {sample}: image is {image.shape[1]}x{image.shape[0]} but label is "

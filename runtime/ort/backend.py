@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from layercascade.contract import IMAGE, LABELS, MASK2, MASK3, RHO, STAGE_COUNTS
 from layercascade.errors import LCError, fail
 from layercascade.export.cascade_graph import cascade_graph
-from layercascade.export.graph import load_onnx
+from layercascade.export.graph import check_stage_graphs, load_onnx
 from layercascade.export.session import import_onnxruntime
 from layercascade.runtime.backend import Masks, StagedBackend, StageOutputs
 from layercascade.runtime.machine import host
@@ -39,11 +40,15 @@ class OrtBackend(StagedBackend):
         self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
         self._forced_runner: OrtRunner | None = None
         self._stages: list[OrtRunner] | None = None
-        self.joined = self.cascade_runner(forced_masks=False)  # its errors may build ``stages``: set first
+        graphs = [load_onnx(path) for path in self.files]
+        check_stage_graphs(model_dir, manifest, graphs)
+        self.joined = self.cascade_runner(forced_masks=False, graphs=graphs)  # its errors may build ``stages``
 
-    def cascade_runner(self, forced_masks: bool, profile_prefix: Path | None = None) -> OrtRunner:
+    def cascade_runner(self, forced_masks: bool, profile_prefix: Path | None = None,
+                       graphs: list[onnx.ModelProto] | None = None) -> OrtRunner:
+        """The joined graph as one session (``graphs``: the stage graphs, if already loaded)."""
         try:
-            joined = cascade_graph([load_onnx(path) for path in self.files], forced_masks)
+            joined = cascade_graph(graphs or [load_onnx(path) for path in self.files], forced_masks)
         except ValueError as error:
             fail(f"{self.model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
         try:

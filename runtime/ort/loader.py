@@ -108,6 +108,7 @@ def load_runner(source: Path | onnx.ModelProto, device: str = "cpu", lower: bool
         session = inference_session(prepared, session_options(threads, u8u8, folded is None, profile_prefix),
                                     providers)
     except Exception as error:  # noqa: BLE001 - ORT reports invalid graphs as generic exceptions
-        fail(f"{path}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:160]})")
+        first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        fail(f"{path}: ONNX Runtime cannot load it ({first_line.strip()})")
     return OrtRunner(session, path, graph.lowered, graph.rectified_outputs, layout_folded=folded is not None)
 

@@ -23,8 +23,8 @@ from typing import Any
 from tqdm import tqdm
 
 from layercascade.errors import fail
-from layercascade.export.graph import drop_unused_initializers, load_onnx
-from layercascade.manifest import read_manifest, write_atomic
+from layercascade.export.graph import check_stage_graphs, drop_unused_initializers, load_onnx
+from layercascade.manifest import MANIFEST, check_cascade_fields, read_manifest, write_atomic
 from layercascade.plugins.nvidia import create_trt, gpu_info, import_tensorrt
 from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
 from layercascade.runtime.trt.check import Finding, check_graph
@@ -268,6 +268,8 @@ def build_engines(model_dir: str | os.PathLike, output_dir: str | os.PathLike, o
     manifest = read_manifest(model_dir)
     if manifest.get("kind") != "cascade":
         fail(f"{model_dir}: holds a {manifest.get('kind')!r} model; lc-build builds cascade exports")
+    check_cascade_fields(manifest, model_dir / MANIFEST)
+    check_stage_graphs(model_dir, manifest, [load_onnx(model_dir / stage["file"]) for stage in manifest["stages"]])
     check_precision(manifest, model_dir, options.precision)
     batch = batch_range(manifest, options.max_batch)
     if options.workspace_gib is not None and options.workspace_gib <= 0:
