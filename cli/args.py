@@ -76,21 +76,25 @@ class _Deprecated(argparse.Action):
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--backend``, ``--device``, ``--no-lowering``, ``--precision`` and ``--cuda-graph`` (lc-run, lc-bench)."""
+    """``--backend``, ``--device``, ``--no-lowering``, ``--precision``, ``--performance-hint`` and ``--cuda-graph``
+    (lc-run, lc-bench)."""
     from layercascade.runtime.backend import BACKENDS
 
     group = parser.add_argument_group("backend")
     group.add_argument("--backend", choices=BACKENDS, default="auto",
-                       help="inference backend: ONNX Runtime, TensorRT or PyTorch; auto: TensorRT for an engine "
-                            "dir, torch for a checkpoint .pt, else ONNX Runtime (default: auto)")
+                       help="inference backend: ONNX Runtime, OpenVINO, TensorRT or PyTorch; auto: TensorRT for an "
+                            "engine dir, torch for a checkpoint .pt, else ONNX Runtime (default: auto)")
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the model runs (default: cpu)")
     group.add_argument("--no-lowering", action="store_true",
                        help="ONNX Runtime: run the RegionConv function bodies (dense conv ⊙ M) instead of the "
                             "compact form whose cost follows the pixels that reach stages 2–3")
-    group.add_argument("--precision", choices=("fp32", "fp16"), default=None,
-                       help="torch backend: compute precision (default: fp32); TensorRT engines carry the "
+    group.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default=None,
+                       help="torch backend: fp32 or fp16 (default: fp32); openvino: fp32, bf16 (default where the CPU "
+                            "has native bf16) or int8 (an INT8 dir from lc-calibrate); TensorRT engines carry the "
                             "precision they were built with")
+    group.add_argument("--performance-hint", choices=("latency", "throughput"), default=None,
+                       help="openvino: OpenVINO's performance hint (default: latency)")
     group.add_argument("--cuda-graph", action="store_true",
                        help="torch / TensorRT on CUDA: capture the whole cascade in one CUDA graph and replay it")
 
@@ -104,6 +108,8 @@ def load_options(args: argparse.Namespace, threads: int = 0) -> dict[str, Any]:
         options["precision"] = args.precision
     if args.cuda_graph:
         options["cuda_graph"] = True
+    if args.performance_hint is not None:
+        options["performance_hint"] = args.performance_hint
     return options
 
 

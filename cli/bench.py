@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="then also ONNX Runtime's profiler over --iters more cascade runs: kernel ms per run by "
                              "op type, convolution & GEMM kernels against all other ops (with --compare: per "
                              f"precision and ρ); {PROFILER_COST}")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time the dense export as a user would run it without us, in the same blocks: "
+                             "ONNX Runtime (fp32), OpenVINO at its default precision (bf16 on CPUs with native "
+                             "bf16), torch eager (when torch and the source checkpoint are found); the speedup is "
+                             "then also given against the fastest of them")
     add_backend_arguments(parser)
     compare = parser.add_argument_group("precision comparison")
     compare.add_argument("--compare", type=precision_list, default=None, metavar="LIST",
@@ -67,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: cascade, dense (median_ms, p90_ms, p99_ms, fps, runs), speedup, "
                              "ideal_speedup, stage_fractions, machine (and with --per-stage stages_ms, with "
-                             "--profile profile)")
+                             "--profile profile, with --peers peers, best_peer, speedup_vs_best_peer)")
     return parser
 
 
@@ -95,22 +100,31 @@ def main(argv: list[str] | None = None) -> int:
     check_size(args.size, cascade.input_size)
     batch = args.batch or cascade.batch_size or 1
     result = benchmark(cascade, args.rho, batch, args.iters, args.warmup, args.active_fraction,
-                       progress=not args.json, per_stage=args.per_stage, profile=args.profile)
+                       progress=not args.json, per_stage=args.per_stage, profile=args.profile, peers=args.peers,
+                       threads=args.threads)
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{result['model']} ({result['backbone']}, {result['size'][0]}x{result['size'][1]}, batch {batch}, "
           f"ρ = {result['rho']:g}, {result['backend']}{', no lowering' if args.no_lowering else ''})")
     print(f"machine: {result['machine']}")
-    print(f"{'':8s} {'median ms':>10s} {'p90 ms':>9s} {'p99 ms':>9s} {'FPS':>8s}")
-    for name in ("cascade", "dense"):
-        r = result[name]
-        print(f"{name:8s} {r['median_ms']:10.2f} {r['p90_ms']:9.2f} {r['p99_ms']:9.2f} {r['fps']:8.1f}")
+    rows = [(name, result[name]) for name in ("cascade", "dense")]
+    rows += [(f"dense, {name} {r['precision']}", r) for name, r in result.get("peers", {}).items() if "median_ms" in r]
+    width = max(len(name) for name, _ in rows)
+    print(f"{'':{width}s} {'median ms':>10s} {'p90 ms':>9s} {'p99 ms':>9s} {'FPS':>8s}")
+    for name, r in rows:
+        print(f"{name:{width}s} {r['median_ms']:10.2f} {r['p90_ms']:9.2f} {r['p99_ms']:9.2f} {r['fps']:8.1f}")
     f = result["stage_fractions"]
     forced = " (forced)" if args.active_fraction else ""
     print(f"pixels decided at stage 1/2/3{forced}: {100 * f[0]:.1f}% / {100 * f[1]:.1f}% / {100 * f[2]:.1f}%")
     print(f"speedup {result['speedup']:.2f}x (FLOP-ideal {result['ideal_speedup']:.2f}x, "
           f"{100 * result['speedup'] / result['ideal_speedup']:.0f}% of ideal)")
+    if args.peers:
+        for name, r in result["peers"].items():
+            if "missing" in r:
+                print(f"peer {name}: not timed ({r['missing']})")
+        if result["best_peer"]:
+            print(f"speedup vs the fastest dense peer ({result['best_peer']}): {result['speedup_vs_best_peer']:.2f}x")
     if args.per_stage:
         print("per stage, median ms: " + ", ".join(f"stage {k + 1} {ms:.2f}"
                                                    for k, ms in enumerate(result["stages_ms"].values())))

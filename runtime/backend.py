@@ -24,7 +24,7 @@ from layercascade.errors import fail
 
 Masks = tuple[np.ndarray, np.ndarray]
 # The backends Cascade.load and every command's --backend know ("auto" picks by the model's form).
-BACKENDS = ("auto", "ort", "trt", "torch")
+BACKENDS = ("auto", "ort", "openvino", "trt", "torch")
 
 
 @dataclass

@@ -6,6 +6,8 @@ comparison (``lc-bench --compare``) is ``compare.py``.
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,7 @@ from tqdm import tqdm
 
 from layercascade.contract import IMAGE
 from layercascade.cost_model import ideal_speedup
-from layercascade.errors import fail
+from layercascade.errors import LCError, fail
 from layercascade.model.data.images import read_rgb
 from layercascade.runtime.backend import Masks
 from layercascade.runtime.cascade import Cascade
@@ -69,6 +71,45 @@ def op_profile(cascade: Cascade, images: np.ndarray, rho: float | None, masks: M
             "other_ms": round(total - conv, 3), "op_types": op_types}
 
 
+# The runtimes a user could run the dense export on instead, each at its default precision.
+PEERS = ("ort", "openvino", "torch")
+
+
+def peer_runners(cascade: Cascade, threads: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
+    """The model's dense network on each peer runtime installed here, as a user would run it without us:
+    ONNX Runtime (fp32), OpenVINO at its default precision (bf16 on CPUs with native bf16), torch eager
+    (fp32, when torch is installed and the checkpoint the model was exported from is found).
+
+    Returns (peer → (runner, precision), peer → why it is missing).
+    """
+    dense = cascade.model_dir / cascade.manifest["dense"]["file"] if cascade.model_dir.is_dir() else None
+    runners: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for peer in PEERS:
+        try:
+            runners[peer] = _peer_runner(peer, cascade, dense, threads)
+        except LCError as error:
+            missing[peer] = str(error)
+    return runners, missing
+
+
+def _peer_runner(peer: str, cascade: Cascade, dense: Path | None, threads: int) -> tuple[Any, str]:
+    if peer == "torch":
+        from layercascade.runtime.torch.peer import dense_peer
+
+        return dense_peer(cascade.manifest, cascade.model_dir, threads), "fp32"
+    if dense is None:
+        fail(f"{peer}: the dense export runs from a model dir (lc-export), not from {cascade.model_dir}")
+    if peer == "ort":
+        from layercascade.runtime.ort.loader import load_runner
+
+        return load_runner(dense, lower=False, threads=threads), "fp32"
+    from layercascade.runtime.openvino.loader import compile_config, compile_graph
+
+    runner = compile_graph(dense, str(dense), compile_config(threads=threads))
+    return runner, runner.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+
 def stage_fractions(out: Any, masks: Masks | None, batch: int) -> list[float]:
     """Shares of pixels decided at stages 1, 2, 3: counted by the cascade, or those of the forced masks."""
     if masks is None:
@@ -79,10 +120,12 @@ def stage_fractions(out: Any, masks: Masks | None, batch: int) -> list[float]:
 
 def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmup: int,
               active: tuple[float, float] | None = None, progress: bool = True, per_stage: bool = False,
-              profile: bool = False) -> dict[str, Any]:
+              profile: bool = False, peers: bool = False, threads: int = 0) -> dict[str, Any]:
     """Median / p90 / p99 latency and FPS of cascade and dense, timed in alternating blocks in one run
     (with ``per_stage``, then the median ms of each stage, ``stages_ms``; with ``profile``, then
-    ONNX Runtime's profile of the cascade, ``profile``: :func:`op_profile`)."""
+    ONNX Runtime's profile of the cascade, ``profile``: :func:`op_profile`; with ``peers``, the dense
+    network on every peer runtime in the same blocks, ``peers``, and the cascade's speedup against the
+    fastest, ``speedup_vs_best_peer``)."""
     check_iterations(iters, warmup)
     if profile:
         check_profilable(cascade)
@@ -91,8 +134,11 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
     dense = cascade.runner.dense_runner(cascade.manifest)
     first = cascade.run_batch(images, rho)
     masks = forced_masks(first.mask2.shape, active) if active is not None else None
-    samples = timed_blocks({"cascade": lambda: cascade.run_batch(images, rho, masks),
-                            "dense": lambda: dense.infer({IMAGE: images})}, iters, warmup, progress)
+    steps = {"cascade": lambda: cascade.run_batch(images, rho, masks), "dense": lambda: dense.infer({IMAGE: images})}
+    peer_list, missing = peer_runners(cascade, threads) if peers else ({}, {})
+    for name, (runner, _) in peer_list.items():
+        steps[f"peer:{name}"] = functools.partial(runner.infer, {IMAGE: images})
+    samples = timed_blocks(steps, iters, warmup, progress)
     cascade_ms, dense_ms = samples["cascade"], samples["dense"]
     fractions = stage_fractions(first, masks, batch)
     gmacs = cascade.manifest["stage_gmacs"]
@@ -101,6 +147,9 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
     extra = {"stages_ms": stage_medians(cascade, images, rho, masks, iters)} if per_stage else {}
     if profile:
         extra["profile"] = op_profile(cascade, images, rho, masks, iters, warmup)
+    if peers:
+        extra.update(peer_report(samples, {name: precision for name, (_, precision) in peer_list.items()}, missing,
+                                 cascade_ms, batch))
     return {
         "model": str(cascade.model_dir), "backbone": cascade.manifest.get("backbone"), "backend": cascade.backend,
         "size": list(cascade.input_size), "batch": batch, "rho": rho,
@@ -113,3 +162,17 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
         "machine": cascade.runner.machine(),
         **extra,
     }
+
+
+def peer_report(samples: dict[str, list[float]], precisions: dict[str, str], missing: dict[str, str],
+                cascade_ms: list[float], batch: int) -> dict[str, Any]:
+    """``peers`` (each peer's latency and precision, or why it is missing), the fastest, and the cascade's
+    speedup against it (ratio of unrounded medians)."""
+    report: dict[str, Any] = {name: {**LatencyStats.of(samples[f"peer:{name}"], batch).report(),
+                                     "precision": precision} for name, precision in precisions.items()}
+    report.update({name: {"missing": reason} for name, reason in missing.items()})
+    if not precisions:
+        return {"peers": report, "best_peer": None, "speedup_vs_best_peer": None}
+    best = min(precisions, key=lambda name: np.median(samples[f"peer:{name}"]))
+    speedup = float(np.median(samples[f"peer:{best}"]) / np.median(cascade_ms))
+    return {"peers": report, "best_peer": best, "speedup_vs_best_peer": round(speedup, 3)}

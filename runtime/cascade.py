@@ -58,13 +58,14 @@ class Cascade:
         ``None`` is the bundled demo model (its checkpoint for the torch backend).
 
         Args:
-            backend: "ort" (ONNX Runtime), "trt", "torch" or "auto" (engines → trt, a ``.pt``
-                checkpoint → torch, otherwise ort).
+            backend: "ort" (ONNX Runtime), "openvino", "trt", "torch" or "auto" (engines → trt, a
+                ``.pt`` checkpoint → torch, otherwise ort).
             device: "cpu" or "cuda".
             lower: run RegionConv in compact row form (False: the graphs' function bodies).
             threads: intra-op threads (0 = the backend's default).
-            options: backend-specific settings: ``precision`` and ``cuda_graph`` (torch, trt),
-                ``input_size`` and ``kernels`` (torch), ``uint8_activations`` (ort).
+            options: backend-specific settings: ``precision`` (torch, trt, openvino), ``cuda_graph``
+                (torch, trt), ``input_size`` and ``kernels`` (torch), ``uint8_activations`` (ort),
+                ``performance_hint`` (openvino).
         """
         if backend not in BACKENDS:
             fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -73,7 +74,7 @@ class Cascade:
         if backend == "auto":
             checkpoint = model_dir is not None and Path(model_dir).suffix == ".pt"
             backend = "trt" if is_engine_dir(model_dir) else "torch" if checkpoint else "ort"
-        elif backend in ("ort", "torch") and is_engine_dir(model_dir):
+        elif backend in ("ort", "openvino", "torch") and is_engine_dir(model_dir):
             fail(f"{model_dir}: holds TensorRT engines (lc-build); run it with --backend trt (or auto), "
                  f"or pass the model dir lc-export wrote to use --backend {backend}")
         # Each backend's loader (imported only when chosen): OPTIONS, its settings, and load.
@@ -81,9 +82,11 @@ class Cascade:
             from layercascade.runtime.torch import loader
         elif backend == "trt":
             from layercascade.runtime.trt import loader
+        elif backend == "openvino":
+            from layercascade.runtime.openvino import loader
         else:
             from layercascade.runtime.ort import loader
-        label = {"ort": "ONNX Runtime", "trt": "TensorRT", "torch": "torch"}[backend]
+        label = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "trt": "TensorRT", "torch": "torch"}[backend]
         check_options(label, options, loader.OPTIONS, getattr(loader, "OPTIONS_HINT", ""))
         return cls(*loader.load(model_dir, device, lower, threads, **options))
 

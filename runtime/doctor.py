@@ -53,6 +53,18 @@ def probe_onnxruntime() -> Report:
             "detail": "providers: " + ", ".join(providers) + clash}
 
 
+def probe_openvino() -> Report:
+    """OpenVINO's version, devices, and what its CPU plugin computes natively (bf16, int8) by default."""
+    from layercascade.runtime.openvino.loader import core, cpu_capabilities, openvino_version
+
+    devices = list(core().available_devices)
+    capabilities = cpu_capabilities()
+    default = core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    return {"ok": True, "version": openvino_version(), "devices": devices, "capabilities": capabilities,
+            "default_precision": default,
+            "detail": f"devices: {', '.join(devices)}; CPU: {', '.join(capabilities)}; default precision {default}"}
+
+
 def _distribution_version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -130,6 +142,7 @@ PROBES: dict[str, Callable[[], Report]] = {
     "numpy": lambda: _version_of("numpy"),
     "onnxruntime": probe_onnxruntime,
     "onnx": lambda: _version_of("onnx"),
+    "openvino": probe_openvino,
     "torch": _torch_probe,
     "triton": lambda: _version_of("triton"),
     "tensorrt": probe_tensorrt,
@@ -184,6 +197,8 @@ def usable_backends(probes: dict[str, Report]) -> dict[str, Report]:
                                                          ("tensorrt-ep", "TensorrtExecutionProvider"))
                          if provider in providers]
     backends["ort"] = {"ok": missing is None, "devices": devices if missing is None else [], "detail": missing or ""}
+    missing = reason("openvino", "onnx")
+    backends["openvino"] = {"ok": missing is None, "devices": [] if missing else ["cpu"], "detail": missing or ""}
     missing = reason("torch")
     devices = [] if missing else ["cpu"] + (["cuda"] if probes["torch"].get("cuda") and probes["triton"]["ok"] else [])
     backends["torch"] = {"ok": missing is None, "devices": devices, "detail": missing or ""}

@@ -1,5 +1,5 @@
-"""The host a benchmark ran on, in one line: CPU model, core count and the vector extensions that
-decide ONNX Runtime's fp32 and int8 kernels. Each backend adds its device and library version
+"""The host a benchmark ran on, in one line: CPU model, core count and the vector and matrix extensions
+that decide the fp32, int8 and bf16 kernels. Each backend adds its device and library version
 (``StagedBackend.machine``)."""
 
 from __future__ import annotations
@@ -10,12 +10,19 @@ from pathlib import Path
 
 
 def cpu_features(flags: set[str]) -> str:
-    """The x86 vector extensions that decide ONNX Runtime's fp32 and int8 kernels ('' elsewhere)."""
+    """The x86 vector and matrix extensions that decide the fp32, int8 and bf16 kernels of ONNX Runtime
+    and OpenVINO ('' elsewhere)."""
     if "avx512_vnni" in flags:
-        return "AVX-512 VNNI"
-    if "avx_vnni" in flags:
-        return "AVX-VNNI"
-    return "AVX2, no VNNI" if "avx2" in flags else ""
+        vector = "AVX-512 VNNI"
+    elif "avx_vnni" in flags:
+        vector = "AVX-VNNI"
+    else:
+        vector = "AVX2, no VNNI" if "avx2" in flags else ""
+    if "amx_bf16" in flags or "amx_int8" in flags:
+        matrix = "AMX " + "/".join(kind for kind in ("bf16", "int8") if f"amx_{kind}" in flags)
+    else:
+        matrix = "AVX-512 BF16" if "avx512_bf16" in flags else ""
+    return ", ".join(part for part in (vector, matrix) if part)
 
 
 def host() -> str:

@@ -45,7 +45,11 @@ def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(report["probes"]) == list(doctor.PROBES)
     assert report["probes"]["numpy"] == {"ok": True, "version": np.__version__, "detail": ""}
     assert all(isinstance(p["ok"], bool) and isinstance(p["detail"], str) for p in report["probes"].values())
-    assert set(report["backends"]) == {"ort", "torch", "trt"}
+    assert set(report["backends"]) == {"ort", "openvino", "torch", "trt"}
+    openvino = report["probes"]["openvino"]
+    if openvino["ok"]:
+        assert "CPU" in openvino["devices"] and "FP32" in openvino["capabilities"]
+        assert openvino["default_precision"] in ("f32", "bf16") and report["backends"]["openvino"]["devices"] == ["cpu"]
     onnxruntime = pytest.importorskip("onnxruntime")
     assert report["backends"]["ort"]["ok"] and report["backends"]["ort"]["devices"][0] == "cpu"
     assert report["probes"]["onnxruntime"]["providers"] == onnxruntime.get_available_providers()
@@ -56,7 +60,7 @@ def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
 def test_screen_has_one_line_per_probe_and_backend(capsys: pytest.CaptureFixture[str]) -> None:
     assert doctor_cli.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 + len(doctor.PROBES) + 1 + 3
+    assert len(lines) == 1 + len(doctor.PROBES) + 1 + 4
     assert lines[1].split()[1] == "python" and lines[-1].split()[1] == "trt"
 
 
@@ -106,8 +110,11 @@ def _probes(changes: dict[str, dict] | None = None) -> dict:
 def test_usable_backends() -> None:
     gpu = doctor.usable_backends(_probes())
     assert gpu == {"ort": {"ok": True, "devices": ["cpu", "cuda"], "detail": ""},
+                   "openvino": {"ok": True, "devices": ["cpu"], "detail": ""},
                    "torch": {"ok": True, "devices": ["cpu", "cuda"], "detail": ""},
                    "trt": {"ok": True, "devices": ["cuda"], "detail": ""}}
+    no_openvino = doctor.usable_backends(_probes({"openvino": {"ok": False, "detail": "not installed"}}))
+    assert no_openvino["openvino"] == {"ok": False, "devices": [], "detail": "openvino: not installed"}
     no_triton = doctor.usable_backends(_probes({"triton": {"ok": False, "detail": "not installed"}}))
     assert no_triton["torch"]["devices"] == ["cpu"]
     no_plugins = doctor.usable_backends(_probes({"lc plugins": {"ok": False, "detail": "x"}}))

@@ -1,0 +1,1 @@
+"""The OpenVINO backend (CPU): the joined, lowered cascade graph compiled by OpenVINO's CPU plugin."""

@@ -1,0 +1,130 @@
+"""The OpenVINO backend's loader: a model dir into a backend, each graph into a compiled model.
+
+OpenVINO takes the graphs ONNX Runtime takes: the three stage graphs joined into one
+(``export/cascade_graph.py``) with RegionConv lowered to row form (``export/lowering.py``), INT8
+dirs in their QDQ form (OpenVINO fuses Q/DQ into its int8 kernels itself).
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from layercascade.errors import fail
+from layercascade.export.graph import load_onnx
+from layercascade.export.lowering import LoweringUnsupported, lower_region_convs
+from layercascade.manifest import read_cascade_manifest
+from layercascade.runtime.inputs import DEMO_MODEL
+from layercascade.runtime.openvino.runner import OvRunner
+
+if TYPE_CHECKING:
+    from layercascade.runtime.openvino.backend import OvBackend
+
+OPTIONS = ("precision", "performance_hint")
+OPTIONS_HINT = " (it runs fp32, bf16 or an INT8 dir from lc-calibrate)"
+# --precision → OpenVINO's inference precision for the float parts of the graph (None: its default,
+# bf16 on CPUs with native bf16, fp32 elsewhere). "int8" takes an INT8 dir and leaves the rest at
+# the default.
+INFERENCE_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": None, None: None}
+PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+INSTALL = "pip install 'layercascade[openvino]' (or pip install openvino)"
+
+
+def import_openvino() -> Any:
+    """The ``openvino`` module, or one line saying how to install it."""
+    try:
+        import openvino
+    except ImportError as error:
+        fail(f"the openvino backend needs OpenVINO, which is not installed ({error}): {INSTALL}")
+    return openvino
+
+
+def openvino_version() -> str:
+    """OpenVINO's release (``openvino.__version__`` carries the build hash too)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return import_openvino().__version__.split("-")[0]
+
+
+@cache
+def core() -> Any:
+    """The process's one ``openvino.Core`` (it holds the plugins; creating one costs ~50 ms)."""
+    return import_openvino().Core()
+
+
+def cpu_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin can compute natively here: e.g. FP32, BF16, INT8."""
+    return list(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def compile_config(precision: str | None = None, threads: int = 0, performance_hint: str = "latency") -> dict[str, Any]:
+    """The CPU plugin's settings for ``precision`` (see INFERENCE_PRECISIONS), threads (0: OpenVINO's
+    choice) and the performance hint; bf16 where the CPU has no native bf16 is one line."""
+    if precision not in INFERENCE_PRECISIONS:
+        fail(f"--precision {precision}: the openvino backend runs fp32, bf16 or int8 (an INT8 dir)")
+    if performance_hint not in PERFORMANCE_HINTS:
+        fail(f"--performance-hint {performance_hint}: choose {' or '.join(PERFORMANCE_HINTS)}")
+    if precision == "bf16" and "BF16" not in cpu_capabilities():
+        fail("--precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX); OpenVINO would emulate it "
+             "slowly, use fp32")
+    config: dict[str, Any] = {"PERFORMANCE_HINT": PERFORMANCE_HINTS[performance_hint]}
+    if INFERENCE_PRECISIONS[precision] is not None:
+        config["INFERENCE_PRECISION_HINT"] = INFERENCE_PRECISIONS[precision]
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
+def compile_graph(model: onnx.ModelProto | Path, label: str, config: dict[str, Any], lower: bool = False) -> OvRunner:
+    """An :class:`OvRunner` of ``model`` (an ONNX model or file; ``lower``: RegionConv in row form first);
+    OpenVINO's errors become one line naming ``label`` with its first line whole."""
+    if isinstance(model, Path):
+        model = load_onnx(model)
+    if lower:
+        try:
+            model = lower_region_convs(model)
+        except LoweringUnsupported as reason:
+            print(f"warning: {label}: running RegionConv function bodies ({reason})", file=sys.stderr)
+    try:
+        compiled = core().compile_model(core().read_model(model.SerializeToString()), "CPU", config)
+    except Exception as error:  # noqa: BLE001 - OpenVINO reports every failure as RuntimeError or its own types
+        fail(f"{label}: OpenVINO cannot compile it ({openvino_reason(error)})")
+    # OpenVINO drops inputs nothing reads (ρ, with forced masks); a port may carry other names as well.
+    taken = {name for port in compiled.inputs for name in port.get_names()}
+    return OvRunner(compiled, label, [i.name for i in model.graph.input if i.name in taken],
+                    [o.name for o in model.graph.output])
+
+
+def openvino_reason(error: Exception) -> str:
+    """The informative part of an OpenVINO error, on one line: its conversion summary ("No conversion
+    rule found for operations: …") when there is one, else its first line that is not a source location."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "Summary:" in lines:
+        summary = [line.removeprefix("-- ") for line in lines[lines.index("Summary:") + 1:] if line.startswith("--")]
+        if summary:
+            return "; ".join(summary)
+    plain = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (plain or lines or [type(error).__name__])[0]
+
+
+def load(model_dir: str | Path | None, device: str = "cpu", lower: bool = True, threads: int = 0,
+         precision: str | None = None, performance_hint: str = "latency") -> tuple[Path, dict[str, Any], OvBackend]:
+    """``Cascade.load(..., backend="openvino")``: (model dir, its verified manifest, the backend);
+    ``None`` is the bundled demo model."""
+    from layercascade.runtime.openvino.backend import OvBackend  # it compiles its graphs through this module
+
+    if device != "cpu":
+        fail(f"--device {device}: the openvino backend runs on the CPU here (NVIDIA GPUs: --backend trt)")
+    model_dir = Path(model_dir) if model_dir is not None else DEMO_MODEL
+    manifest = read_cascade_manifest(model_dir)
+    if precision == "int8" and "quantization" not in manifest:
+        fail(f"{model_dir}: --precision int8 runs an INT8 dir; make one with lc-calibrate {model_dir} -o DIR_INT8")
+    config = compile_config(precision, threads, performance_hint)
+    return model_dir, manifest, OvBackend(model_dir, manifest, config, lower)

@@ -1,0 +1,133 @@
+"""The OpenVINO backend against ONNX Runtime on the same model dirs, its settings and errors, and
+lc-bench's dense peers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from layercascade.cli import bench, run
+from layercascade.errors import LCError, run_cli
+from layercascade.manifest import sha256_file
+from layercascade.runtime.bench import peer_report
+from layercascade.runtime.cascade import Cascade
+from layercascade.runtime.timing import forced_masks
+from layercascade.tests.helpers import DYNAMIC_MAX, random_images, synthetic_images
+
+openvino = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'layercascade[openvino]')")
+
+
+def labels_of(cascade: Cascade, images: np.ndarray, rho: float | None = None) -> np.ndarray:
+    return np.stack([cascade(image, rho).labels for image in images])
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "demo_fp32"])
+def test_fp32_labels_equal_onnx_runtime(fixture: str, request: pytest.FixtureRequest) -> None:
+    """fp32 on OpenVINO: the labels and stage fractions of ONNX Runtime (≥ 99.99 % of labels equal)."""
+    value = request.getfixturevalue(fixture)
+    folder = value[1] if isinstance(value, tuple) else value
+    with Cascade.load(folder, backend="ort") as ort, \
+            Cascade.load(folder, backend="openvino", precision="fp32") as ov:
+        images = synthetic_images(4, ort.input_size)
+        for rho in (None, 0.9, 1.0):
+            ours = [ov(image, rho) for image in images]
+            theirs = [ort(image, rho) for image in images]
+            agreement = np.mean([np.mean(a.labels == b.labels) for a, b in zip(ours, theirs)])
+            assert agreement >= 0.9999, (rho, agreement)
+            np.testing.assert_allclose([a.stage_fractions for a in ours], [b.stage_fractions for b in theirs],
+                                       atol=1e-3)
+        masks = forced_masks(ov.run_batch(images[:1]).mask2.shape, (0.3, 0.15))
+        forced = [c.run_batch(images[:1], 0.985, masks) for c in (ov, ort)]
+        assert np.mean(forced[0].labels == forced[1].labels) >= 0.9999
+        np.testing.assert_array_equal(forced[0].mask2, masks[0])
+
+
+def test_default_precision_is_openvinos_and_close_to_fp32(demo_fp32: Path) -> None:
+    """Without --precision OpenVINO picks (bf16 where the CPU has it): labels ≥ 99.5 % those of fp32."""
+    from layercascade.runtime.openvino.loader import cpu_capabilities
+
+    with Cascade.load(demo_fp32, backend="openvino") as default, \
+            Cascade.load(demo_fp32, backend="openvino", precision="fp32") as fp32:
+        expected = "bf16" if "BF16" in cpu_capabilities() else "f32"
+        assert default.runner.inference_precision() == expected and f"({expected})" in default.runner.machine()
+        assert fp32.runner.inference_precision() == "f32"
+        images = synthetic_images(4)
+        assert np.mean(labels_of(default, images) == labels_of(fp32, images)) >= 0.995
+
+
+def test_dynamic_batch_and_the_stages_one_by_one(dynamic_model) -> None:
+    with Cascade.load(dynamic_model[1], backend="openvino", precision="fp32") as ov, \
+            Cascade.load(dynamic_model[1], backend="ort") as ort:
+        images = random_images(DYNAMIC_MAX, ov.input_size, seed=3)
+        joined, stages = ov.run_batch(images), ov.runner.run_stages(images, ov.rho())
+        np.testing.assert_array_equal(joined.labels, stages.labels)
+        assert set(stages.timings) == {"stage1", "stage2", "stage3", "total"}
+        assert np.mean(joined.labels == ort.run_batch(images).labels) >= 0.9999
+
+
+def test_int8_dirs_run_their_quantized_graphs(demo_int8) -> None:
+    """An INT8 dir from lc-calibrate runs as it is (OpenVINO's int8 kernels), close to ONNX Runtime's."""
+    folder = demo_int8[0]
+    with Cascade.load(folder, backend="openvino", precision="int8") as ov, Cascade.load(folder, backend="ort") as ort:
+        assert "int8 (QDQ)" in ov.runner.machine()
+        images = synthetic_images(4)
+        assert np.mean(labels_of(ov, images) == labels_of(ort, images)) >= 0.99
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"device": "cuda"}, "--device cuda: the openvino backend runs on the CPU here"),
+    ({"precision": "fp16"}, "--precision fp16: the openvino backend runs fp32, bf16 or int8"),
+    ({"precision": "int8"}, "--precision int8 runs an INT8 dir; make one with lc-calibrate"),
+    ({"uint8_activations": False}, "--uint8-activations: not a setting of the OpenVINO backend"),
+])
+def test_settings_it_does_not_have_are_one_line(demo_fp32: Path, options: dict, message: str) -> None:
+    with pytest.raises(LCError, match=message.replace("(", r"\(")):
+        Cascade.load(demo_fp32, backend="openvino", **options)
+
+
+def test_graphs_are_checked_and_openvinos_errors_name_the_file(demo_fp32: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(demo_fp32, folder)
+    model = onnx.load(folder / "stage1.onnx")
+    next(node for node in model.graph.node if node.op_type == "Relu").op_type = "NotAnOp"
+    onnx.save(model, folder / "stage1.onnx")
+    manifest = json.loads((folder / "lc.json").read_text())
+    manifest["files"]["stage1.onnx"] = sha256_file(folder / "stage1.onnx")
+    (folder / "lc.json").write_text(json.dumps(manifest))
+    with pytest.raises(LCError) as error:
+        Cascade.load(folder, backend="openvino")
+    assert str(error.value).startswith(f"{folder}/stages 1-3: OpenVINO cannot compile it (")
+    assert "NotAnOp" in str(error.value)
+
+
+def test_lc_run_and_lc_bench_peers(demo_fp32: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_cli(run.main, ["-o", str(tmp_path / "out"), "--backend", "openvino", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backend"] == "openvino"
+    assert run_cli(bench.main, [str(demo_fp32), "--backend", "openvino", "--peers", "--iters", "4", "--warmup", "1",
+                                "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    peers = result["peers"]
+    assert set(peers) == {"ort", "openvino", "torch"} and peers["ort"]["precision"] == "fp32"
+    assert peers["torch"]["runs"] == 4  # the demo checkpoint is found by the sha256 lc.json records
+    timed = {name: r["median_ms"] for name, r in peers.items() if "median_ms" in r}
+    assert result["best_peer"] == min(timed, key=timed.get)
+    assert result["speedup_vs_best_peer"] == pytest.approx(timed[result["best_peer"]] /
+                                                           result["cascade"]["median_ms"], rel=0.01)
+    assert run_cli(bench.main, [str(demo_fp32), "--peers", "--iters", "2", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "dense, openvino " in out and "speedup vs the fastest dense peer" in out
+
+
+def test_peer_report_names_the_fastest_and_the_missing() -> None:
+    samples = {"peer:ort": [4.0, 4.0, 4.0], "peer:openvino": [2.0, 3.0, 2.0]}
+    report = peer_report(samples, {"ort": "fp32", "openvino": "bf16"}, {"torch": "torch: not installed"},
+                         [1.0, 1.0, 1.0], batch=1)
+    assert report["best_peer"] == "openvino" and report["speedup_vs_best_peer"] == 2.0
+    assert report["peers"]["torch"] == {"missing": "torch: not installed"}
+    assert report["peers"]["openvino"]["precision"] == "bf16" and report["peers"]["openvino"]["median_ms"] == 2.0
+    assert peer_report({}, {}, {"ort": "x"}, [1.0], 1)["best_peer"] is None
