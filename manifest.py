@@ -77,14 +77,15 @@ def read_cascade_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
     return check_cascade_fields(manifest, Path(model_dir) / MANIFEST)
 
 
-def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike) -> dict[str, Any]:
+def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
+                         advice: str = "fix it or re-export the model") -> dict[str, Any]:
     """``manifest`` if the fields a cascade runs by hold values it can run with, else one line naming
     ``source`` (the file they came from) and the field: ``default_rho`` in (0, 1], ``input_size`` two
     positive integers, ``classes`` names (at most 255: 255 marks void pixels) and ``palette`` one RGB
     colour per class. The stage graphs themselves are checked against these by the backend that
     loads them (``export.graph.check_stage_graphs``)."""
     def wrong(field: str, what: str) -> NoReturn:
-        fail(f"{source}: {field} {json.dumps(manifest.get(field))[:80]} is not {what}; fix it or re-export the model")
+        fail(f"{source}: {field} {json.dumps(manifest.get(field))[:80]} is not {what}; {advice}")
 
     rho = manifest.get("default_rho")
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 < rho <= 1.0:
@@ -100,7 +101,7 @@ def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike) ->
                                               all(_int_in(v, 0, 255) for v in c) for c in palette)):
         wrong("palette", "a list of [r, g, b] colours (integers 0..255)")
     if len(palette) != len(classes):
-        fail(f"{source}: palette has {len(palette)} colours for {len(classes)} classes; fix it or re-export the model")
+        fail(f"{source}: palette has {len(palette)} colours for {len(classes)} classes; {advice}")
     return manifest
 
 

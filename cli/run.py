@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from layercascade.cli.args import add_backend_arguments, add_rho_argument, load_options, positive_int
-from layercascade.errors import run_cli
+from layercascade.errors import fail, run_cli
 from layercascade.model.data.images import MAX_PIXELS
 from layercascade.runtime.inputs import SAMPLES, expand_inputs
 from layercascade.runtime.segment import (
     PICTURE_MAX_PIXELS,
     ReadOptions,
+    earlier_outputs,
     make_output_dir,
     segment_all,
     summarize,
@@ -68,13 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     from layercascade.runtime.cascade import Cascade  # lazily: loads the backend's heavy libraries
 
     paths = expand_inputs(args.inputs or [str(SAMPLES)], output=args.output)
+    earlier = earlier_outputs(args.output)  # before the model loads: a foreign summary.json is refused
     out = make_output_dir(args.output)
     with Cascade.load(args.model, **load_options(args)) as cascade:
         run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict,
                           progress=not (args.quiet or args.json),
-                          read=ReadOptions(args.max_pixels, args.exif_transpose))
+                          read=ReadOptions(args.max_pixels, args.exif_transpose), earlier=earlier)
         summary = summarize(run, backend=cascade.backend, model=args.model or "demo", rho=cascade.rho(args.rho))
     write_summary(out, summary)
+    if run.stopped:
+        fail(f"{run.stopped} (stopped: {summary['images']} image(s) done, listed in {out / 'summary.json'})")
     if run.interrupted:
         print(f"interrupted: {summary['images']} of {len(paths)} image(s) done, listed in {out / 'summary.json'}",
               file=sys.stderr)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from layercascade.errors import fail
-from layercascade.manifest import sha256_file
+from layercascade.manifest import check_cascade_fields, sha256_file
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.config import ModelConfig
 from layercascade.model.flops import stage_costs
@@ -48,7 +48,7 @@ def model_keys(checkpoint: Checkpoint, input_size: tuple[int, int],
     """Backbone, classes, palette, normalisation, input/stage sizes, default ρ, per-stage GMACs,
     the source checkpoint (with its sha256) and tool versions; ``source`` is the checkpoint's file."""
     costs = stage_costs(checkpoint.config, input_size)
-    return {
+    keys = {
         "backbone": checkpoint.config.backbone,
         "classes": list(checkpoint.classes),
         "palette": checkpoint.palette,
@@ -63,3 +63,5 @@ def model_keys(checkpoint: Checkpoint, input_size: tuple[int, int],
                    "training": {k: checkpoint.training.get(k) for k in ("mode", "data", "epochs")}},
         "tools": {"layercascade": __version__, "torch": str(torch.__version__)},
     }
+    # What every runtime checks on load is checked before a model dir is written.
+    return check_cascade_fields(keys, source or "the checkpoint", "fix the checkpoint's classes and palette")

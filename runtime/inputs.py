@@ -32,24 +32,24 @@ def expand_inputs(items: Sequence[str], output: Path | None = None) -> list[Path
 
     ``output``: the folder the run writes to. Its files are never inputs, so no output can
     replace an input and no run reads an earlier run's outputs: a file or folder named
-    explicitly inside it is refused, and a pattern's matches inside it are skipped (one
-    warning line says how many).
+    explicitly inside it is refused, and a pattern's (or a folder's links') matches inside it
+    are skipped (one warning line says how many). Folders are compared by device and inode.
     """
-    out = None if output is None else output.resolve()
+    out = None if output is None else _identity(output)  # a folder not there yet holds nothing
     paths: list[Path] = []
     seen: set[Path] = set()
     skipped = 0
     for item in items:
         found = _expand(item)
         if out is not None:
-            kept = [path for path in found if not _inside_output(path, out)]
-            if len(kept) < len(found) and not _is_pattern(item):
-                if Path(item).is_dir():
-                    fail(f"{item}: is the output folder {output} or inside it; outputs written beside the inputs "
-                         "could replace them and be read back as inputs: pass another -o")
+            kept = [path for path in found if not _inside(path, out)]
+            if Path(item).is_dir() and _within(Path(item).resolve(), out):
+                fail(f"{item}: is the output folder {output} or inside it; outputs written beside the inputs "
+                     "could replace them and be read back as inputs: pass another -o")
+            if Path(item).is_file() and not kept:
                 fail(f"{item}: is inside the output folder {output}; an output could replace it: pass another -o")
             if not kept:
-                fail(f"{item}: pattern matches only files inside the output folder {output}")
+                fail(f"{item}: matches only files inside the output folder {output}")
             skipped += len(found) - len(kept)
             found = kept
         for path in found:
@@ -63,15 +63,25 @@ def expand_inputs(items: Sequence[str], output: Path | None = None) -> list[Path
     return paths
 
 
-def _is_pattern(item: str) -> bool:
-    """Whether ``item`` is expanded as a glob pattern (it names no existing file or folder)."""
-    return not Path(item).exists() and not _GLOB_CHARACTERS.isdisjoint(item)
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing path: the same folder however it is spelled (letter case on
+    case-insensitive file systems, links, bind mounts)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
-def _inside_output(path: Path, out: Path) -> bool:
-    """Whether ``path`` sits in the (resolved) folder ``out`` or below it, or is a link to a file there."""
-    location = path.parent.resolve() / path.name  # the link itself, where a link would be replaced
-    return any(candidate == out or out in candidate.parents for candidate in (location, path.resolve()))
+def _inside(path: Path, out: tuple[int, int]) -> bool:
+    """Whether ``path`` sits in the folder of identity ``out`` or below it, where the link itself would be
+    replaced or where it points."""
+    return _within(path.parent.resolve(), out) or _within(path.resolve().parent, out)
+
+
+def _within(folder: Path, out: tuple[int, int]) -> bool:
+    """Whether the (resolved) ``folder`` is the folder of identity ``out`` or below it."""
+    return any(_identity(ancestor) == out for ancestor in (folder, *folder.parents))
 
 
 def _expand(item: str) -> list[Path]:

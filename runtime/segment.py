@@ -40,6 +40,8 @@ SUMMARY = "summary.json"
 # The overlay and stage picture are drawn at most this size (the label map keeps the image's):
 # 16 MP keeps a 12 MP photo whole and bounds a huge image's pictures to ~0.2 GB of memory.
 PICTURE_MAX_PIXELS = 16_000_000
+# ... and at most this many pixels a side (JPEG takes 65535; a 1×10⁸ image's picture stays a picture).
+PICTURE_MAX_SIDE = 16_384
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Run:
     records: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     interrupted: bool = False
+    stopped: str | None = None  # why the run ended early (an output could not be written)
+    earlier: list[str] = field(default_factory=list)  # earlier runs' outputs found in the folder
 
 
 @dataclass(frozen=True)
@@ -71,16 +75,18 @@ def make_output_dir(path: Path) -> Path:
 
 
 def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: float | None, strict: bool,
-                progress: bool, read: ReadOptions = ReadOptions()) -> Run:
+                progress: bool, read: ReadOptions = ReadOptions(), earlier: list[str] | None = None) -> Run:
     """Segment every image and write its pictures (all of an image's files or none).
 
     An image that cannot be read or segmented (:class:`LCError`) is reported on stderr and
     skipped, or ends the loop with ``strict``; nothing is written for it. An interrupt
-    (Ctrl-C) ends the loop too: the run so far is returned, marked ``interrupted``.
+    (Ctrl-C) ends the loop too: the run so far is returned, marked ``interrupted``; so does an
+    output that cannot be written (``stopped``: why). ``earlier``: :func:`earlier_outputs`, the
+    files in ``out`` this run may replace; the others are never replaced.
     """
-    run = Run()
+    run = Run(earlier=earlier_outputs(out) if earlier is None else earlier)
     stems = output_stems(paths, [variant + extension for variant, (extension, _) in OUTPUTS.items()],
-                         in_use=foreign_files(out))
+                         in_use=files_in(out) - set(run.earlier) - {SUMMARY})
     with tqdm(list(zip(paths, stems, strict=True)), desc="lc-run", unit="image", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
         try:
@@ -96,27 +102,46 @@ def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: float | 
                     if strict:
                         break
                     continue
-                outputs = save_pictures(render(image, result, cascade.palette), out, stem)
-                run.records.append(image_record(path, image, result, ms, outputs))
+                try:
+                    staged = stage_pictures(render(image, result, cascade.palette), out, stem)
+                    # Renamed and recorded together: a Ctrl-C waits until the image is listed as done.
+                    with interrupts_deferred():
+                        outputs = commit(staged)
+                        run.records.append(image_record(path, image, result, ms, outputs))
+                except LCError as error:  # the disk (full, read-only): the next image would fail alike
+                    run.failed.append({"input": str(path), "error": str(error)})
+                    run.stopped = str(error)
+                    break
         except KeyboardInterrupt:
             run.interrupted = True
     return run
 
 
-def foreign_files(out: Path) -> set[str]:
-    """The names of the files in ``out`` that no earlier run wrote (as far as its ``summary.json`` lists):
-    a run never replaces them, its outputs take other names."""
+def files_in(out: Path) -> set[str]:
+    """The names in the folder ``out`` (none if it cannot be listed)."""
     try:
-        names = {path.name for path in out.iterdir()}
+        return {path.name for path in out.iterdir()}
     except OSError:
         return set()
-    written = {SUMMARY}
+
+
+def earlier_outputs(out: Path) -> list[str]:
+    """The files in ``out`` that earlier runs wrote, as its ``summary.json`` lists them (a run's own
+    outputs and those it found from runs before), that are still regular files: a run may replace these
+    and no others. A ``summary.json`` that is not an lc-run summary is one line: a run would replace it.
+    """
+    path = out / SUMMARY
+    if not path.exists():
+        return []
     try:
-        summary = json.loads((out / SUMMARY).read_text())
-        written |= {name for record in summary["results"] for name in record["outputs"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no earlier run here, or a summary.json that is not ours: it records nothing
-    return names - written
+        summary = json.loads(path.read_text())
+        recorded = [name for record in summary["results"] for name in record["outputs"]]
+        recorded += summary.get("earlier_outputs", [])
+        if not all(isinstance(name, str) and name == Path(name).name for name in recorded):
+            raise TypeError("output names must be plain file names")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        fail(f"{path}: exists and is not an lc-run summary, which this run would replace: move it or pass another -o")
+    return sorted(name for name in set(recorded) if (out / name).is_file() and not (out / name).is_symlink())
 
 
 def segment(cascade: Cascade, path: Path, rho: float | None,
@@ -149,39 +174,55 @@ def render(image: np.ndarray, result: CascadeResult, palette: np.ndarray,
 
 
 def picture_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
-    """(height, width) scaled down to at most ``max_pixels``, aspect ratio kept; unchanged if within."""
+    """(height, width) scaled down to at most ``max_pixels`` and ``PICTURE_MAX_SIDE`` a side, aspect ratio
+    kept as far as whole pixels allow; unchanged if within."""
     height, width = size
-    if height * width <= max_pixels:
+    scale = min(1.0, (max_pixels / (height * width)) ** 0.5, PICTURE_MAX_SIDE / height, PICTURE_MAX_SIDE / width)
+    if scale == 1.0:
         return height, width
-    scale = (max_pixels / (height * width)) ** 0.5
     return max(1, int(height * scale)), max(1, int(width * scale))
 
 
-def save_pictures(pictures: dict[str, Image.Image], out: Path, stem: str) -> list[str]:
-    """Write each picture as OUT/<stem><variant><ext>, all or none; returns the file names.
+@dataclass
+class Staged:
+    """Pictures written to temporary names in the output folder: (temporary, final) pairs."""
 
-    Each is written to a temporary name first; the set is renamed into place only when all are
-    written, with Ctrl-C held off for the renames. On any failure the temporary files (and
-    renamed ones, should a rename fail) are removed.
-    """
-    names = [f"{stem}{variant}{OUTPUTS[variant][0]}" for variant in pictures]
-    moves = [(temporary_path(out / name), out / name) for name in names]
-    renamed: list[Path] = []
+    moves: list[tuple[Path, Path]]
+
+
+def stage_pictures(pictures: dict[str, Image.Image], out: Path, stem: str) -> Staged:
+    """Write each picture as a temporary file beside its final name OUT/<stem><variant><ext>; on any
+    failure (or Ctrl-C) the temporary files written so far are removed."""
+    moves: list[tuple[Path, Path]] = []
     try:
-        for (temporary, final), (variant, picture) in zip(moves, pictures.items(), strict=True):
+        for variant, picture in pictures.items():
+            extension, options = OUTPUTS[variant]
+            final = out / f"{stem}{variant}{extension}"
+            moves.append((temporary_path(final), final))
             try:
-                picture.save(temporary, **OUTPUTS[variant][1])
+                picture.save(moves[-1][0], **options)
             except OSError as error:
                 fail(f"{final}: cannot write ({error.strerror or error})")
-        with interrupts_deferred():
-            for temporary, final in moves:
-                os.replace(temporary, final)
-                renamed.append(final)
     except BaseException:
-        for path in [temporary for temporary, _ in moves] + renamed:
-            path.unlink(missing_ok=True)
+        for temporary, _ in moves:
+            temporary.unlink(missing_ok=True)
         raise
-    return names
+    return Staged(moves)
+
+
+def commit(staged: Staged) -> list[str]:
+    """Rename the staged pictures into place, all or none (a failed rename removes the ones renamed
+    and the rest); returns the file names. Run with Ctrl-C held off (:func:`interrupts_deferred`)."""
+    renamed: list[Path] = []
+    try:
+        for temporary, final in staged.moves:
+            os.replace(temporary, final)
+            renamed.append(final)
+    except OSError as error:
+        for path in [temporary for temporary, _ in staged.moves] + renamed:
+            path.unlink(missing_ok=True)
+        fail(f"{staged.moves[len(renamed)][1]}: cannot write ({error.strerror or error})")
+    return [final.name for _, final in staged.moves]
 
 
 @contextlib.contextmanager
@@ -226,21 +267,26 @@ def summarize(run: Run, *, backend: str, model: str, rho: float) -> dict[str, An
 
     ``stage_fractions`` is weighted by image pixels: the share of all segmented pixels
     each stage decided. Means are null when no image was segmented. ``interrupted``: the run
-    was stopped (Ctrl-C) before every image was tried; the records are the images finished.
+    was stopped (Ctrl-C) before every image was tried; ``stopped``: why it ended early (an output
+    could not be written); the records are the images finished either way.
     """
     records = run.records
     pixels = [h * w for h, w in (r["size"] for r in records)]
     fractions = np.average([r["stage_fractions"] for r in records], axis=0, weights=pixels) if records else None
+    written = {name for record in records for name in record["outputs"]}
     return {
         "images": len(records),
         "failed": run.failed,
         "interrupted": run.interrupted,
+        "stopped": run.stopped,
         "mean_ms": round(float(np.mean([r["ms"] for r in records])), 3) if records else None,
         "stage_fractions": None if fractions is None else [round(float(f), 6) for f in fractions],
         "backend": backend,
         "model": str(model),
         "rho": rho,
         "results": records,
+        # Outputs of runs before found in the folder: the next run may replace them too.
+        "earlier_outputs": sorted(set(run.earlier) - written),
     }
 
 

@@ -5,6 +5,7 @@ and the API says what it takes. Each test reproduces a failure seen before these
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -29,8 +30,9 @@ from layercascade.cli import build, run
 from layercascade.errors import LCError, run_cli
 from layercascade.manifest import sha256_file
 from layercascade.model.data import VOC_PALETTE, images, read_rgb
+from layercascade.runtime import segment
 from layercascade.runtime.inputs import DEMO_MODEL, IMAGE_EXTENSIONS, SAMPLES
-from layercascade.runtime.segment import interrupts_deferred, render
+from layercascade.runtime.segment import interrupts_deferred, picture_size, render
 from layercascade.tests.fake_cascade import FakeCascade, fake_labels, leftovers, run_lc
 
 
@@ -98,6 +100,108 @@ def test_files_in_the_output_folder_that_no_run_wrote_are_kept(tmp_path: Path, f
                                                     "x.png"]
 
 
+def test_a_summary_json_that_is_not_ours_is_refused(tmp_path: Path, fake: type[FakeCascade],
+                                                     capsys: pytest.CaptureFixture) -> None:
+    Image.fromarray(gradient(10, 10)).save(tmp_path / "x.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text('{"my experiment": "notes"}')
+    assert run_lc([tmp_path / "x.jpg", "-o", out]) == 1
+    assert capsys.readouterr().err == (f"error: {out / 'summary.json'}: exists and is not an lc-run summary, which "
+                                       "this run would replace: move it or pass another -o\n")
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"] and fake.instances == []
+
+
+def test_every_earlier_runs_outputs_stay_replaceable(tmp_path: Path, fake: type[FakeCascade]) -> None:
+    """Runs of a, then b, then a again: a's outputs are replaced, not duplicated as a-2."""
+    for name in ("a.jpg", "b.bmp"):
+        Image.fromarray(gradient(10, 12)).save(tmp_path / name)
+    out = tmp_path / "out"
+    for name in ("a.jpg", "b.bmp", "a.jpg"):
+        assert run_lc([tmp_path / name, "-o", out, "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.jpg", "a_stages.png", "b.png",
+                                                    "b_overlay.jpg", "b_stages.png", "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["earlier_outputs"] == [
+        "b.png", "b_overlay.jpg", "b_stages.png"]
+
+
+def test_a_write_failure_stops_the_run_and_still_writes_the_summary(tmp_path: Path, fake: type[FakeCascade],
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    paths = write_inputs(tmp_path / "in", 3)
+    save = Image.Image.save
+    saved: list[str] = []
+
+    def disk_full_at_the_fourth_picture(self: Image.Image, fp, *args, **kwargs):
+        saved.append(str(fp))
+        if len(saved) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", disk_full_at_the_fourth_picture)
+    out = tmp_path / "out"
+    assert run_lc([*paths, "-o", out, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out / 'im1.png'}: cannot write (No space left on device) (stopped: 1 image(s)")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 1 and summary["stopped"].endswith("cannot write (No space left on device)")
+    assert complete_sets(out) == {"im0": 3} and leftovers(out) == []
+    monkeypatch.setattr(Image.Image, "save", save)
+    assert run_lc([*paths, "-o", out, "--quiet"]) == 0
+    assert complete_sets(out) == {"im0": 3, "im1": 3, "im2": 3}  # im0's outputs replaced, not duplicated
+
+
+def test_ctrl_c_during_the_renames_keeps_the_image(tmp_path: Path, fake: type[FakeCascade],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C between two renames of an image's files: held off until the image is whole and listed."""
+    paths = write_inputs(tmp_path / "in", 3)
+    replace = os.replace
+    calls: list[str] = []
+
+    def interrupted_after_the_first_rename(source, target):
+        replace(source, target)
+        calls.append(str(target))
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(segment.os, "replace", interrupted_after_the_first_rename)
+    out = tmp_path / "out"
+    assert run_lc([*paths, "-o", out, "--quiet"]) == 130
+    assert complete_sets(out) == {"im0": 3} and leftovers(out) == []
+    assert json.loads((out / "summary.json").read_text())["images"] == 1
+
+
+def test_a_failed_rename_is_one_line_and_leaves_no_part_of_the_image(tmp_path: Path, fake: type[FakeCascade],
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    paths = write_inputs(tmp_path / "in", 2)
+    replace = os.replace
+    calls: list[str] = []
+
+    def refused_second_rename(source, target):
+        calls.append(str(target))
+        if len(calls) == 2:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        replace(source, target)
+
+    monkeypatch.setattr(segment.os, "replace", refused_second_rename)
+    out = tmp_path / "out"
+    assert run_lc([*paths, "-o", out, "--quiet"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {out / 'im0_overlay.jpg'}: cannot write (Permission denied)")
+    assert complete_sets(out) == {} and leftovers(out) == []
+    assert json.loads((out / "summary.json").read_text())["images"] == 0
+
+
+def test_an_earlier_output_that_became_a_folder_is_left_alone(tmp_path: Path, fake: type[FakeCascade]) -> None:
+    Image.fromarray(gradient(10, 10)).save(tmp_path / "x.jpg")
+    out = tmp_path / "out"
+    assert run_lc([tmp_path / "x.jpg", "-o", out, "--quiet"]) == 0
+    (out / "x_stages.png").unlink()
+    (out / "x_stages.png").mkdir()
+    assert run_lc([tmp_path / "x.jpg", "-o", out, "--quiet"]) == 0
+    assert (out / "x_stages.png").is_dir() and (out / "x-2_stages.png").is_file()
+
+
 # -- bounded memory -----------------------------------------------------------------------------------
 
 def png_claiming(path: Path, width: int, height: int) -> Path:
@@ -120,7 +224,8 @@ def test_huge_images_are_refused_from_the_header(tmp_path: Path, width: int, hei
         with pytest.raises(LCError) as error:
             read_rgb(path)
     message = str(error.value)
-    assert message.startswith(f"{path}: image of ") and "over the limit of 100,000,000" in message
+    claimed = f"{width}×{height}" if width * height < 2 * 10**8 else f"{width * height:,}"  # Pillow's own refusal
+    assert message.startswith(f"{path}: image of {claimed} pixels is over the limit of 100,000,000")
     assert "--max-pixels N" in message and "\n" not in message
 
 
@@ -145,6 +250,7 @@ def test_pictures_are_drawn_at_a_bounded_size_and_the_label_map_at_the_image_siz
     assert pictures["_stages"].width == width and pictures["_stages"].height > height  # plus the legend
     small = render(image[:300, :400], FakeCascade(None, "fake", "cpu")(image[:300, :400]), VOC_PALETTE, 300_000)
     assert small["_overlay"].size == (400, 300)  # within the bound: drawn as it is
+    assert picture_size((1, 100_000_000), 16_000_000) == (1, 16_384)  # a side is bounded too
 
 
 # -- interrupts ---------------------------------------------------------------------------------------
@@ -308,6 +414,18 @@ def test_a_tampered_model_dir_is_one_line_naming_file_and_field(case: str, tmp_p
     assert len(lines) == 1 and lines[0].startswith(f"error: {folder}/") and expected in lines[0], lines
 
 
+def test_lc_export_refuses_what_loading_would(tiny_model: tuple, tmp_path: Path) -> None:
+    """A checkpoint whose palette is one colour short exported fine, and then every run refused it."""
+    import dataclasses
+
+    from layercascade.export.stages import export_model
+
+    checkpoint = dataclasses.replace(tiny_model[0], palette=tiny_model[0].palette[:20])
+    with pytest.raises(LCError, match="palette has 20 colours for 21 classes; fix the checkpoint's classes and palette"):
+        export_model(checkpoint, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
 def test_a_stage_from_another_export_is_caught_although_its_hash_was_recomputed(
         tiny_model: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """stage3.onnx of an export at another size, with its hash recomputed, gave 12 % wrong labels silently."""
@@ -363,7 +481,8 @@ def test_cascade_takes_arrays_and_pil_images_and_says_what_else() -> None:
                "or a PIL image, got list": image.tolist(),
                "or a PIL image, got NoneType": None,
                "expected an (H, W, 3) uint8 RGB image, got float32 (4, 4, 3)": np.zeros((4, 4, 3), np.float32),
-               "expected an (H, W, 3) uint8 RGB image, got uint8 (4, 4)": np.zeros((4, 4), np.uint8)}
+               "expected an (H, W, 3) uint8 RGB image, got uint8 (4, 4)": np.zeros((4, 4), np.uint8),
+               "cannot convert a PIL image of mode La to RGB": Image.new("La", (4, 4))}
         for message, value in bad.items():
             with pytest.raises(LCError) as error:
                 cascade(value)

@@ -8,6 +8,7 @@ a user error (:class:`~layercascade.errors.LCError` naming the file), not a trac
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -65,7 +66,9 @@ def _open(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> Image.I
     except IsADirectoryError:
         raise LCError(f"{os.fspath(path)}: is a folder, not an image file") from None
     except Image.DecompressionBombError as error:
-        raise _too_large(path, str(error).split(" pixels")[0].split()[-1], max_pixels) from None
+        # Pillow: "Image size (225000000 pixels) exceeds limit of ...": the header's size, not decoded.
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(path, f"{int(claimed[1]):,}" if claimed else "too many", max_pixels) from None
     except LCError:
         raise
     except Exception as error:
@@ -112,7 +115,10 @@ def as_rgb(image: object) -> np.ndarray:
     """An (H, W, 3) uint8 RGB array of a numpy array of that form or of a PIL image of any mode
     (:func:`to_rgb`); anything else, or an image without pixels, is one line saying what to pass."""
     if isinstance(image, Image.Image):
-        image = to_rgb(image)
+        try:
+            image = to_rgb(image)
+        except (ValueError, OSError) as error:  # modes Pillow cannot convert to RGB (e.g. "La")
+            fail(f"cannot convert a PIL image of mode {image.mode} to RGB ({error}); pass an RGB image")
     elif not isinstance(image, np.ndarray):
         fail(f"expected an (H, W, 3) uint8 RGB numpy array or a PIL image, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
