@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="then also the median ms of each stage (ONNX Runtime: each stage graph run as a "
                              "session of its own, one after another; TensorRT: CUDA events between the stages)")
     parser.add_argument("--profile", action="store_true",
-                        help="then also ONNX Runtime's profiler over --iters more cascade runs: kernel ms per run by "
-                             "op type, convolution & GEMM kernels against all other ops (with --compare: per "
-                             f"precision and ρ); {PROFILER_COST}")
+                        help="then also ONNX Runtime's profiler (OpenVINO: its per-op counters) over --iters more "
+                             "cascade runs: kernel ms per run by op type, convolution & GEMM kernels against all other "
+                             f"ops (with --compare: per precision and ρ); {PROFILER_COST}")
     parser.add_argument("--peers", action="store_true",
                         help="also time the dense export as a user would run it without us, in the same blocks: "
                              "ONNX Runtime (fp32), OpenVINO at its default precision (bf16 on CPUs with native "
@@ -138,7 +138,7 @@ def print_profile(profile: dict, shown: int = 12) -> None:
     from layercascade.model.evaluate import markdown_table
 
     total = profile["kernel_ms"]
-    print(f"ONNX Runtime profile of the cascade, kernel ms per run ({profile['runs']} runs; {PROFILER_COST}):")
+    print(f"profile of the cascade, kernel ms per run ({profile['runs']} runs; {PROFILER_COST}):")
     ops = profile["op_types"]
     rows = [[r["op"], f"{r['ms']:.3f}", f"{100 * r['ms'] / total:.1f}", str(r["kernels"])] for r in ops[:shown]]
     if len(ops) > shown:
@@ -194,7 +194,7 @@ def compare_main(args) -> int:
         rows.append(row)
     print(markdown_table(header, rows))
     if args.profile:
-        print(f"ONNX Runtime profile, kernel ms per run ({args.iters} runs; {PROFILER_COST}):")
+        print(f"profile, kernel ms per run ({args.iters} runs; {PROFILER_COST}):")
         print(markdown_table(["precision", "ρ", "convolution & GEMM", "all other ops", "total"],
                              [[r["precision"], f"{r['rho']:g}", f"{r['profile']['conv_gemm_ms']:.3f}",
                                f"{r['profile']['other_ms']:.3f}", f"{r['profile']['kernel_ms']:.3f}"]

@@ -89,3 +89,22 @@ def tolerance(precision: str, expected: np.ndarray) -> float:
     """Max abs error allowed against the float64 reference: fp32 accumulation order; fp16 one
     rounding of inputs and output on top (as the kernel check's tolerances)."""
     return {"fp32": 1e-4, "fp16": 4e-3}[precision] * max(1.0, float(np.abs(expected).max()))
+
+
+def run_plan(trt: object, logger: object, plan: object, example: Example) -> np.ndarray:
+    """Deserialize the TensorRT ``plan`` (``trt``: the tensorrt module), run it on ``example``'s feeds on
+    torch's current CUDA stream, and return its output Y as float64 (NaN where it wrote nothing)."""
+    import torch
+
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    context = engine.create_execution_context()
+    tensors = {name: torch.from_numpy(value).cuda() for name, value in example.feeds.items()}
+    tensors["Y"] = torch.full(example.expected.shape, float("nan"), dtype=tensors["X"].dtype, device="cuda")
+    for name, tensor in tensors.items():
+        context.set_tensor_address(name, tensor.data_ptr())
+    stream = torch.cuda.current_stream()
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise RuntimeError("execute_async_v3 failed")
+    stream.synchronize()
+    return tensors["Y"].cpu().double().numpy()
+

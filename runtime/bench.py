@@ -23,9 +23,11 @@ from layercascade.runtime.inputs import SAMPLES
 from layercascade.runtime.timing import LatencyStats, check_iterations, forced_masks, time_in_blocks
 
 STAGES = ("stage1", "stage2", "stage3")
-# ONNX Runtime kernels (after its fusions) that compute a convolution or a region conv's row GEMM.
+# Kernels (after the runtime's fusions) that compute a convolution or a region conv's row GEMM: ONNX
+# Runtime's, then OpenVINO's.
 CONV_KERNELS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Gemm", "FusedGemm", "QGemm",
-                          "MatMulInteger"})
+                          "MatMulInteger", "Convolution", "GroupConvolution", "FullyConnected"})
+PROFILED = {"ort": "ONNX Runtime's profiler", "openvino": "OpenVINO's per-op counters (PERF_COUNT)"}
 
 
 def sample_batch(cascade: Cascade, batch: int) -> np.ndarray:
@@ -52,15 +54,15 @@ def stage_medians(cascade: Cascade, images: np.ndarray, rho: float | None, masks
 
 
 def check_profilable(cascade: Cascade) -> None:
-    if cascade.backend != "ort":
-        fail(f"--profile reads ONNX Runtime's profiler (--backend ort); the {cascade.backend} backend has none "
-             "here (TensorRT: trtexec --dumpProfile on the engine's plan files)")
+    if cascade.backend not in PROFILED:
+        fail(f"--profile reads ONNX Runtime's profiler (--backend ort) or OpenVINO's counters (--backend openvino); "
+             f"the {cascade.backend} backend has none here (TensorRT: trtexec --dumpProfile on the engine's plan files)")
 
 
 def op_profile(cascade: Cascade, images: np.ndarray, rho: float | None, masks: Masks | None, iters: int,
                warmup: int) -> dict[str, Any]:
-    """ONNX Runtime's profile of ``iters`` cascade runs: kernel ms per run by op type (``op_types``,
-    most first) and in total, split into convolution & GEMM kernels and all other ops."""
+    """The backend's profile of ``iters`` cascade runs (:data:`PROFILED`): kernel ms per run by op type
+    (``op_types``, most first) and in total, split into convolution & GEMM kernels and all other ops."""
     check_profilable(cascade)
     ops = cascade.runner.kernel_profile(images, cascade.rho(rho), masks, iters, warmup)
     total = sum(us for us, _ in ops.values()) / 1e3

@@ -131,3 +131,15 @@ def test_peer_report_names_the_fastest_and_the_missing() -> None:
     assert report["peers"]["torch"] == {"missing": "torch: not installed"}
     assert report["peers"]["openvino"]["precision"] == "bf16" and report["peers"]["openvino"]["median_ms"] == 2.0
     assert peer_report({}, {}, {"ort": "x"}, [1.0], 1)["best_peer"] is None
+
+
+def test_lc_bench_profile_reads_openvinos_counters(demo_fp32: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_cli(bench.main, [str(demo_fp32), "--backend", "openvino", "--iters", "3", "--warmup", "1", "--profile",
+                                "--json"]) == 0
+    profile = json.loads(capsys.readouterr().out)["profile"]
+    ops = {r["op"]: r for r in profile["op_types"]}
+    # the standard convs run as Convolution, the region convs' row GEMMs as FullyConnected
+    assert ops["Convolution"]["kernels"] > 0 and ops["FullyConnected"]["kernels"] > 0
+    assert profile["conv_gemm_ms"] > 0 and profile["runs"] == 3
+    assert profile["conv_gemm_ms"] + profile["other_ms"] == pytest.approx(profile["kernel_ms"], abs=2e-3)
+

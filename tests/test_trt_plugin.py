@@ -31,7 +31,7 @@ pytest.importorskip("triton", reason="triton is not installed: the plugin's kern
 from layercascade.errors import LCError
 from layercascade.export import regionconv
 from layercascade.plugins import kernels, ptx, trt_plugin
-from layercascade.plugins.examples import Layer, region_conv_chain, tolerance
+from layercascade.plugins.examples import Layer, region_conv_chain, run_plan, tolerance
 from layercascade.plugins.nvidia import import_tensorrt
 from layercascade.plugins.trt_plugin import RegionConvLayer
 
@@ -612,15 +612,6 @@ def test_plugin_engine_matches_reference(precision: str, aot: bool, layers: list
     assert set(types) <= {trt.LayerType.PLUGIN_V3, trt.LayerType.CONSTANT}
     serialized = builder.build_serialized_network(network, builder.create_builder_config())
     assert serialized is not None
-    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
-    context = engine.create_execution_context()
-    tensors = {name: torch.from_numpy(value).cuda() for name, value in example.feeds.items()}
-    tensors["Y"] = torch.full(example.expected.shape, float("nan"), dtype=tensors["X"].dtype, device="cuda")
-    for name, tensor in tensors.items():
-        context.set_tensor_address(name, tensor.data_ptr())
-    stream = torch.cuda.current_stream()
-    assert context.execute_async_v3(stream.cuda_stream)
-    stream.synchronize()
-    out = tensors["Y"].cpu().double().numpy()
+    out = run_plan(trt, logger, serialized, example)
     assert np.abs(out - example.expected).max() <= tolerance(precision, example.expected)
     assert bool((out[np.broadcast_to(example.feeds["M"] == 0, out.shape)] == 0).all())

@@ -83,15 +83,21 @@ def ship_demo(cascade: Path) -> None:
 
 DEMO_REPEATS = 5
 BIG_REPEATS = 3  # the big backbones' runs take minutes each
+FORCED = ["--active-fraction", "0.3,0.15"]
+OPENVINO = ["--backend", "openvino"]
 BENCH_CASES = [
-    # (label, checkpoint or config, export size, extra lc-bench options)
+    # (label, checkpoint or config, export size, extra lc-bench options); every case also times the
+    # dense peers (--peers: ONNX Runtime, OpenVINO at its default precision, torch eager).
     ("demo, own size", "demo", None, []),
+    ("demo, own size, OpenVINO", "demo", None, OPENVINO),
     ("demo", "demo", "512x512", []),
+    ("demo, OpenVINO", "demo", "512x512", OPENVINO),
     ("demo, function bodies", "demo", "512x512", ["--no-lowering"]),
-    ("resnet50 (random weights)", "resnet50", "512x512", ["--active-fraction", "0.3,0.15", "--iters", "5",
-                                                           "--warmup", "1"]),
-    ("irnet (random weights)", "irnet", "512x512", ["--active-fraction", "0.3,0.15", "--iters", "3",
-                                                     "--warmup", "1"]),
+    ("resnet50 (random weights)", "resnet50", "512x512", [*FORCED, "--iters", "5", "--warmup", "1"]),
+    ("resnet50 (random weights), OpenVINO", "resnet50", "512x512", [*FORCED, *OPENVINO, "--iters", "5",
+                                                                     "--warmup", "1"]),
+    ("irnet (random weights)", "irnet", "512x512", [*FORCED, "--iters", "3", "--warmup", "1"]),
+    ("irnet (random weights), OpenVINO", "irnet", "512x512", [*FORCED, *OPENVINO, "--iters", "3", "--warmup", "1"]),
 ]
 
 
@@ -135,21 +141,24 @@ def benchmarks(work: Path) -> list[dict]:
     r-th repeat of each case): this VM's speed drifts over minutes by more than the effects
     measured, and interleaving spreads each case's runs over the whole measurement.
     """
-    folders = []
+    folders, exported = [], {}
     for _, source, size, _ in BENCH_CASES:
         folder = DEMO_MODEL_DIR
         if size is not None:
-            checkpoint = DEMO if source == "demo" else random_checkpoint(source, work / f"{source}_random.pt")
             folder = work / f"{source}_{size}"
-            # Exported afresh every time: the graphs change with the exporter, not only the weights.
-            run(["lc-export", str(checkpoint), "-o", str(folder), "--input-size", size], capture=False)
+            if folder not in exported.values():
+                # Exported afresh every time: the graphs change with the exporter, not only the weights. The
+                # checkpoint sits beside the model dir, where lc-bench --peers finds it for torch eager.
+                checkpoint = DEMO if source == "demo" else random_checkpoint(source, work / f"{source}_random.pt")
+                run(["lc-export", str(checkpoint), "-o", str(folder), "--input-size", size], capture=False)
+                exported[(source, size)] = folder
         folders.append(folder)
     repeats = [BIG_REPEATS if "--active-fraction" in options else DEMO_REPEATS for *_, options in BENCH_CASES]
     runs: list[list[dict]] = [[] for _ in BENCH_CASES]
     for round_ in range(max(repeats)):
         for case, (folder, (*_, options)) in enumerate(zip(folders, BENCH_CASES)):
             if round_ < repeats[case]:
-                runs[case].append(json.loads(run(["lc-bench", str(folder), "--json", *options])))
+                runs[case].append(json.loads(run(["lc-bench", str(folder), "--json", "--peers", *options])))
     results = []
     for (label, *_), case_runs in zip(BENCH_CASES, runs):
         case_runs.sort(key=lambda r: r["speedup"])
@@ -191,6 +200,7 @@ def plot_sweep(sweep: list[dict], path: Path) -> bool:
 
 def bench_section(bench: list[dict]) -> str:
     from layercascade.model.evaluate import markdown_table
+    from layercascade.runtime.bench import PEERS
 
     if not bench:
         return "Not measured in this run (`--skip-bench`)."
@@ -204,12 +214,20 @@ def bench_section(bench: list[dict]) -> str:
                      f"{r['speedup']:.2f}×",
                      "–".join(f"{x:.2f}×" for x in (min(r["speedups"]), max(r["speedups"]))) + f" ({len(r['speedups'])})",
                      f"{r['ideal_speedup']:.2f}×",
-                     f"{100 * r['speedup'] / r['ideal_speedup']:.0f}%"])
+                     f"{100 * r['speedup'] / r['ideal_speedup']:.0f}%",
+                     best_peer(r),
+                     f"{r['speedup_vs_best_peer']:.2f}×"])
     table = markdown_table(["model", "size", "ρ", "% at stage 1/2/3", "cascade ms median (p90 / p99)",
-                            "dense ms median (p90 / p99)", "speedup", "range (runs)", "FLOP-ideal", "of ideal"], rows)
-    return f"""Measured {time.strftime('%Y-%m-%d')} with ONNX Runtime on the CPU, batch 1: the three stage graphs
-joined into one session, RegionConv lowered unless noted; cascade and dense timed in alternating
-blocks of up to 10 runs in the same `lc-bench` run; each row is the run with the median speedup of
+                            "dense ms median (p90 / p99)", "speedup", "range (runs)", "FLOP-ideal", "of ideal",
+                            "fastest dense peer, ms", "vs fastest peer"], rows)
+    peers = markdown_table(["model", "cascade backend", "cascade ms", *(f"dense, {name} ms" for name in PEERS)],
+                           [[r["label"], r["backend"], f"{r['cascade']['median_ms']:.1f}",
+                             *(peer_cell(r["peers"][name]) for name in PEERS)] for r in bench])
+    return f"""Measured {time.strftime('%Y-%m-%d')} on the CPU, batch 1, with ONNX Runtime (rows without a
+backend named) or OpenVINO at its default precision: the three stage graphs joined into one graph,
+RegionConv lowered unless noted; the cascade, the dense network on the same backend ("dense") and
+the dense export on every peer runtime (`--peers`: ONNX Runtime fp32, OpenVINO at its default
+precision, torch eager fp32) timed in alternating blocks of up to 10 runs in the same `lc-bench` run; each row is the run with the median speedup of
 {DEMO_REPEATS} `lc-bench` runs ({BIG_REPEATS} for the big backbones), their range beside it; the cases' runs
 take turns, so each case's runs spread over the whole measurement (this VM's speed drifts over
 minutes by more than the effects measured).
@@ -219,8 +237,24 @@ upsampling, thresholds, the per-op overhead of the lowered graph's gathers and s
 the measured times, and the demo's stage 1 (16–32 channels at 256² and 128²) runs its FLOPs
 slower than the wider stages 2–3, so its 11 % of the FLOPs is a larger share of the time: the tiny
 demo model stays below its ideal while the big backbones, whose time is convolution, get close.
+"vs fastest peer" is the cascade's speedup against the fastest way to run the same network densely
+here, whichever runtime that is.
 
-{table}"""
+{table}
+
+Every dense peer of each row (median ms; precision as the runtime picked it):
+
+{peers}"""
+
+
+def best_peer(result: dict) -> str:
+    name = result["best_peer"]
+    peer = result["peers"][name]
+    return f"{name} {peer['precision']} {peer['median_ms']:.1f}"
+
+
+def peer_cell(peer: dict) -> str:
+    return f"{peer['median_ms']:.1f} ({peer['precision']})" if "median_ms" in peer else "not run"
 
 
 SPEED_HEADING = "## Speed: cascade vs dense (`lc-bench`, CPU)"

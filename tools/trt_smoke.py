@@ -251,7 +251,9 @@ class Smoke:
 
     def engine_of(self, example: Any, aot: bool) -> Any:
         """Build and run ``example`` with TensorRT; its output Y."""
-        trt, torch = self.tensorrt(), self.gpu()
+        trt = self.tensorrt()
+        self.gpu()  # CUDA through torch, or the step is skipped
+        from layercascade.plugins.examples import run_plan
         from layercascade.plugins.trt_plugin import register_plugins
 
         register_plugins()
@@ -266,17 +268,7 @@ class Smoke:
         plan = builder.build_serialized_network(network, builder.create_builder_config())
         if plan is None:
             raise RuntimeError("TensorRT could not build the engine (see its log)")
-        engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
-        context = engine.create_execution_context()
-        tensors = {name: torch.from_numpy(value).cuda() for name, value in example.feeds.items()}
-        tensors["Y"] = torch.full(example.expected.shape, float("nan"), dtype=tensors["X"].dtype, device="cuda")
-        for name, tensor in tensors.items():
-            context.set_tensor_address(name, tensor.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("execute_async_v3 failed")
-        stream.synchronize()
-        return tensors["Y"].cpu().double().numpy()
+        return run_plan(trt, logger, plan, example)
 
     def compare_engines(self, layers: list[Any]) -> dict:
         import numpy as np

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,30 @@ class OvBackend(StagedBackend):
         out = runner.infer(feeds)
         masks = forced_masks or (out[MASK2], out[MASK3])
         return StageOutputs(out[LABELS], masks[0], masks[1], out[STAGE_COUNTS], {"total": runner.last_ms})
+
+    def kernel_profile(self, images: np.ndarray, rho: float, forced_masks: Masks | None,
+                       runs: int, warmup: int) -> dict[str, tuple[float, int]]:
+        """op type → (µs, executed ops) per run: OpenVINO's per-op counters (``PERF_COUNT``) over ``runs``
+        runs of the cascade as ``run`` runs it (after ``warmup`` untimed ones), in a model compiled for it.
+
+        Op types are those of the graph OpenVINO runs after its fusions (FullyConnected, Subgraph,
+        Reorder…), not of the exported one.
+        """
+        runner = self.cascade_runner(forced_masks is not None, config={**self.config, "PERF_COUNT": True})
+        feeds = {IMAGE: images, RHO: np.array([rho], np.float32)}
+        if forced_masks is not None:
+            feeds[MASK2], feeds[MASK3] = forced_masks
+        for _ in range(warmup):
+            runner.infer(feeds)
+        totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        for _ in range(runs):
+            runner.infer(feeds)
+            for info in runner.perf_counts():
+                if info.status.name == "EXECUTED":
+                    total = totals[info.node_type]
+                    total[0] += info.real_time.total_seconds() * 1e6
+                    total[1] += 1
+        return {op: (us / runs, round(count / runs)) for op, (us, count) in totals.items()}
 
     def dense_runner(self, manifest: dict[str, Any]) -> OvRunner:
         path = self.model_dir / manifest["dense"]["file"]
