@@ -25,6 +25,8 @@ FEAT2, SCORES2, MASK3 = "feat2", "scores2", "mask3"
 LABELS = "labels"
 STAGE_COUNTS = "stage_counts"
 
+# The dtypes the contract fixes (the others follow the model's precision).
+DTYPES = {IMAGE: "uint8", RHO: "float32", LABELS: "uint8", STAGE_COUNTS: "int64"}
 MASKS = (MASK2, MASK3)
 STAGE_INPUTS = ((IMAGE, RHO), (FEAT1, MASK2, RHO), (FEAT2, MASK3, SCORES1, SCORES2, MASK2))
 STAGE_OUTPUTS = ((FEAT1, SCORES1, MASK2), (FEAT2, SCORES2, MASK3), (LABELS, STAGE_COUNTS))

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from layercascade.contract import IMAGE, LABELS, RHO, SCORES1, SCORES2, STAGE_COUNTS, STAGE_INPUTS, STAGE_OUTPUTS
+from layercascade.contract import DTYPES, IMAGE, LABELS, SCORES1, SCORES2, STAGE_INPUTS, STAGE_OUTPUTS
 from layercascade.errors import fail
 from layercascade.manifest import MANIFEST
 
@@ -95,10 +95,6 @@ def io_spec(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
 
 
-# The dtypes the stage contract fixes (the others follow the model's precision).
-CONTRACT_DTYPES = {IMAGE: "uint8", RHO: "float32", LABELS: "uint8", STAGE_COUNTS: "int64"}
-
-
 def check_stage_graphs(model_dir: Path, manifest: dict[str, Any], graphs: Sequence[onnx.ModelProto]) -> None:
     """Fail (one line naming the file and the field) unless the three stage ``graphs`` are the ones
     ``lc.json`` describes and form the stage contract: each graph's inputs and outputs are the
@@ -127,9 +123,9 @@ def check_stage_graphs(model_dir: Path, manifest: dict[str, Any], graphs: Sequen
                 if listed.get(name) != tensor:
                     fail(f"{file}: {side[:-1]} {name} is {_described(tensor)}, {lc_json} lists "
                          f"{_described(listed.get(name))}; the file does not belong to this model dir, re-export it")
-                if name in CONTRACT_DTYPES and tensor["dtype"] != CONTRACT_DTYPES[name]:
+                if name in DTYPES and tensor["dtype"] != DTYPES[name]:
                     fail(f"{file}: {side[:-1]} {name} is {tensor['dtype']}, the stage contract says "
-                         f"{CONTRACT_DTYPES[name]}; re-export the model")
+                         f"{DTYPES[name]}; re-export the model")
                 if side == "inputs" and name in written and written[name][1] != tensor:
                     fail(f"{file}: input {name} is {_described(tensor)}, but {written[name][0]} writes "
                          f"{_described(written[name][1])}; re-export the model")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -99,3 +100,65 @@ class StagedBackend:
 
     def close(self) -> None:
         """Release sessions, engines and device memory (the backend is unusable afterwards)."""
+
+
+class JoinedGraphBackend(StagedBackend):
+    """A backend that runs the three stage graphs of a model dir joined into one graph
+    (``export/cascade_graph.py``): ``joined``; with forced masks a second joined graph, built on first
+    use, takes the masks as inputs. ``stages`` (each stage graph alone, built on first use) serve
+    ``run_stages``; ``run`` does not use them.
+
+    Subclasses set ``model_dir`` and ``files``, implement ``cascade_runner(forced_masks, graphs=None)``
+    (the joined graph made runnable, through :meth:`joined_graph`) and ``stages``, and call
+    :meth:`load_joined` last in ``__init__``.
+    """
+
+    model_dir: Path
+    files: list[Path]
+    joined: Any = None
+    _forced_runner: Any = None
+    _stages: list[StageRunner] | None = None
+
+    def load_joined(self, manifest: dict[str, Any]) -> None:
+        """Load the stage graphs once, check them against ``lc.json`` and the stage contract, and build
+        ``joined`` from them."""
+        from layercascade.export.graph import check_stage_graphs, load_onnx
+
+        graphs = [load_onnx(path) for path in self.files]
+        check_stage_graphs(self.model_dir, manifest, graphs)
+        self.joined = self.cascade_runner(forced_masks=False, graphs=graphs)
+
+    def cascade_runner(self, forced_masks: bool, graphs: list[Any] | None = None) -> StageRunner:
+        raise NotImplementedError
+
+    def joined_graph(self, forced_masks: bool, graphs: list[Any] | None = None) -> Any:
+        """The stage graphs (``graphs``, if already loaded) joined into one ONNX model."""
+        from layercascade.export.cascade_graph import cascade_graph
+        from layercascade.export.graph import load_onnx
+
+        try:
+            return cascade_graph(graphs or [load_onnx(path) for path in self.files], forced_masks)
+        except ValueError as error:
+            fail(f"{self.model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
+
+    @staticmethod
+    def feeds(images: np.ndarray, rho: float, forced_masks: Masks | None) -> dict[str, np.ndarray]:
+        """The joined graph's inputs: the images and ρ, and the masks when forced."""
+        feeds = {IMAGE: images, RHO: np.array([rho], np.float32)}
+        if forced_masks is not None:
+            feeds[MASK2], feeds[MASK3] = forced_masks
+        return feeds
+
+    def run(self, images: np.ndarray, rho: float, forced_masks: Masks | None = None) -> StageOutputs:
+        runner = self.joined
+        if forced_masks is not None:
+            if self._forced_runner is None:
+                self._forced_runner = self.cascade_runner(forced_masks=True)
+            runner = self._forced_runner
+        out = runner.infer(self.feeds(images, rho, forced_masks))
+        masks = forced_masks or (out[MASK2], out[MASK3])
+        # One graph: the stages are not timed apart (``run_stages`` does, one graph each).
+        return StageOutputs(out[LABELS], masks[0], masks[1], out[STAGE_COUNTS], {"total": runner.last_ms})
+
+    def close(self) -> None:
+        self.joined = self._forced_runner = self._stages = None

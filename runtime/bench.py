@@ -55,8 +55,9 @@ def stage_medians(cascade: Cascade, images: np.ndarray, rho: float | None, masks
 
 def check_profilable(cascade: Cascade) -> None:
     if cascade.backend not in PROFILED:
-        fail(f"--profile reads ONNX Runtime's profiler (--backend ort) or OpenVINO's counters (--backend openvino); "
-             f"the {cascade.backend} backend has none here (TensorRT: trtexec --dumpProfile on the engine's plan files)")
+        fail(f"--profile reads ONNX Runtime's profiler (--backend ort) or OpenVINO's counters (--backend "
+             f"openvino); the {cascade.backend} backend has none here (TensorRT: trtexec --dumpProfile on the "
+             "engine's plan files)")
 
 
 def op_profile(cascade: Cascade, images: np.ndarray, rho: float | None, masks: Masks | None, iters: int,
@@ -109,7 +110,7 @@ def _peer_runner(peer: str, cascade: Cascade, dense: Path | None, threads: int) 
     from layercascade.runtime.openvino.loader import compile_config, compile_graph
 
     runner = compile_graph(dense, str(dense), compile_config(threads=threads))
-    return runner, runner.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    return runner, runner.inference_precision()
 
 
 def stage_fractions(out: Any, masks: Masks | None, batch: int) -> list[float]:

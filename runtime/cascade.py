@@ -19,8 +19,7 @@ import numpy as np
 from PIL import Image
 
 from layercascade.contract import rho_or_default
-from layercascade.errors import LCError, fail
-from layercascade.manifest import MANIFEST, check_cascade_fields
+from layercascade.errors import fail
 from layercascade.model.data.images import as_rgb, resize_image, resize_labels
 from layercascade.runtime.backend import BACKENDS, Masks, StagedBackend, StageOutputs, check_options
 from layercascade.runtime.inputs import DEMO_MODEL
@@ -37,16 +36,13 @@ class Cascade:
     """
 
     def __init__(self, model_dir: Path, manifest: dict[str, Any], runner: StagedBackend) -> None:
+        """``manifest``: checked by the backend's loader (``manifest.check_cascade_fields``), before it
+        loaded ``runner``."""
         self.model_dir = model_dir
         self.manifest = manifest
         self.runner = runner
         self.backend = runner.name
         self.closed = False
-        try:
-            check_cascade_fields(manifest, model_dir / MANIFEST if model_dir.is_dir() else model_dir)
-        except LCError:
-            runner.close()  # its sessions, engines and device memory, loaded before the manifest could be read
-            raise
         self.classes: list[str] = list(manifest["classes"])
         self.palette = np.asarray(manifest["palette"], dtype=np.uint8)
         self.input_size: tuple[int, int] = tuple(manifest["input_size"])

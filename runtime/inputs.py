@@ -3,6 +3,7 @@ globs, naming outputs."""
 
 from __future__ import annotations
 
+import functools
 import glob
 import sys
 from collections.abc import Iterable, Sequence
@@ -36,14 +37,17 @@ def expand_inputs(items: Sequence[str], output: Path | None = None) -> list[Path
     are skipped (one warning line says how many). Folders are compared by device and inode.
     """
     out = None if output is None else _identity(output)  # a folder not there yet holds nothing
+    # Each folder is looked up once (its ancestors' identities), however many files it holds.
+    within = functools.cache(lambda folder: any(_identity(f) == out for f in (folder, *folder.parents)))
     paths: list[Path] = []
     seen: set[Path] = set()
     skipped = 0
     for item in items:
         found = _expand(item)
         if out is not None:
-            kept = [path for path in found if not _inside(path, out)]
-            if Path(item).is_dir() and _within(Path(item).resolve(), out):
+            # Where the link itself would be replaced, or where it points.
+            kept = [path for path in found if not (within(path.parent.resolve()) or within(path.resolve().parent))]
+            if Path(item).is_dir() and within(Path(item).resolve()):
                 fail(f"{item}: is the output folder {output} or inside it; outputs written beside the inputs "
                      "could replace them and be read back as inputs: pass another -o")
             if Path(item).is_file() and not kept:
@@ -71,17 +75,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return status.st_dev, status.st_ino
-
-
-def _inside(path: Path, out: tuple[int, int]) -> bool:
-    """Whether ``path`` sits in the folder of identity ``out`` or below it, where the link itself would be
-    replaced or where it points."""
-    return _within(path.parent.resolve(), out) or _within(path.resolve().parent, out)
-
-
-def _within(folder: Path, out: tuple[int, int]) -> bool:
-    """Whether the (resolved) ``folder`` is the folder of identity ``out`` or below it."""
-    return any(_identity(ancestor) == out for ancestor in (folder, *folder.parents))
 
 
 def _expand(item: str) -> list[Path]:

@@ -9,21 +9,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from layercascade.contract import IMAGE, LABELS, MASK2, MASK3, RHO, STAGE_COUNTS
-from layercascade.errors import fail
-from layercascade.export.cascade_graph import cascade_graph
-from layercascade.export.graph import check_stage_graphs, load_onnx
-from layercascade.runtime.backend import Masks, StagedBackend, StageOutputs
+from layercascade.runtime.backend import JoinedGraphBackend, Masks
 from layercascade.runtime.machine import host
 from layercascade.runtime.openvino.loader import compile_graph, openvino_version
 from layercascade.runtime.openvino.runner import OvRunner
 
 
-class OvBackend(StagedBackend):
-    """A cascade model dir as one OpenVINO compiled model of its joined stage graphs: ``joined``.
-
-    ``stages`` are the stage graphs compiled one by one (on first use: ``run_stages``, per-stage
-    timing). ``config``: the CPU plugin's settings (``loader.compile_config``).
+class OvBackend(JoinedGraphBackend):
+    """A cascade model dir as one OpenVINO compiled model of its joined stage graphs (``joined``; see
+    :class:`~layercascade.runtime.backend.JoinedGraphBackend`); ``stages`` are compiled one by one.
+    ``config``: the CPU plugin's settings (``loader.compile_config``).
     """
 
     name = "openvino"
@@ -34,38 +29,19 @@ class OvBackend(StagedBackend):
         self.lower = lower
         self.quantized = "quantization" in manifest
         self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
-        self._forced_runner: OvRunner | None = None
-        self._stages: list[OvRunner] | None = None
-        graphs = [load_onnx(path) for path in self.files]
-        check_stage_graphs(model_dir, manifest, graphs)
-        self.joined = self.cascade_runner(forced_masks=False, graphs=graphs)
+        self.load_joined(manifest)
 
     def cascade_runner(self, forced_masks: bool, graphs: list[onnx.ModelProto] | None = None,
                        config: dict[str, Any] | None = None) -> OvRunner:
         """The joined graph compiled (``graphs``: the stage graphs, if already loaded)."""
-        try:
-            joined = cascade_graph(graphs or [load_onnx(path) for path in self.files], forced_masks)
-        except ValueError as error:
-            fail(f"{self.model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
-        return compile_graph(joined, f"{self.model_dir}/stages 1-3", config or self.config, self.lower)
+        return compile_graph(self.joined_graph(forced_masks, graphs), f"{self.model_dir}/stages 1-3",
+                             config or self.config, self.lower)
 
     @property
     def stages(self) -> list[OvRunner]:
         if self._stages is None:
             self._stages = [compile_graph(path, str(path), self.config, self.lower) for path in self.files]
         return self._stages
-
-    def run(self, images: np.ndarray, rho: float, forced_masks: Masks | None = None) -> StageOutputs:
-        runner = self.joined
-        feeds = {IMAGE: images, RHO: np.array([rho], np.float32)}
-        if forced_masks is not None:
-            if self._forced_runner is None:
-                self._forced_runner = self.cascade_runner(forced_masks=True)
-            runner = self._forced_runner
-            feeds[MASK2], feeds[MASK3] = forced_masks
-        out = runner.infer(feeds)
-        masks = forced_masks or (out[MASK2], out[MASK3])
-        return StageOutputs(out[LABELS], masks[0], masks[1], out[STAGE_COUNTS], {"total": runner.last_ms})
 
     def kernel_profile(self, images: np.ndarray, rho: float, forced_masks: Masks | None,
                        runs: int, warmup: int) -> dict[str, tuple[float, int]]:
@@ -76,9 +52,7 @@ class OvBackend(StagedBackend):
         Reorder…), not of the exported one.
         """
         runner = self.cascade_runner(forced_masks is not None, config={**self.config, "PERF_COUNT": True})
-        feeds = {IMAGE: images, RHO: np.array([rho], np.float32)}
-        if forced_masks is not None:
-            feeds[MASK2], feeds[MASK3] = forced_masks
+        feeds = self.feeds(images, rho, forced_masks)
         for _ in range(warmup):
             runner.infer(feeds)
         totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -97,11 +71,9 @@ class OvBackend(StagedBackend):
 
     def inference_precision(self) -> str:
         """The precision OpenVINO computes the float parts in (bf16 or f32), as compiled."""
-        return self.joined.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        return self.joined.inference_precision()
 
     def machine(self) -> str:
         precision = self.inference_precision() + (" + int8 (QDQ)" if self.quantized else "")
         return f"{host()}, openvino {openvino_version()} ({precision})"
 
-    def close(self) -> None:
-        self.joined = self._forced_runner = self._stages = None

@@ -43,6 +43,10 @@ class OvRunner:
         self.last_ms = (time.perf_counter() - started) * 1e3
         return {name: results[port] for name, port in self.outputs}
 
+    def inference_precision(self) -> str:
+        """The precision OpenVINO computes the float parts in (bf16 or f32), as compiled."""
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
     def perf_counts(self) -> list[Any]:
         """OpenVINO's per-op profile of this thread's last inference (compiled with PERF_COUNT)."""
         return list(self._request().profiling_info)

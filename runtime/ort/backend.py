@@ -11,22 +11,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from layercascade.contract import IMAGE, LABELS, MASK2, MASK3, RHO, STAGE_COUNTS
-from layercascade.errors import LCError, fail
-from layercascade.export.cascade_graph import cascade_graph
-from layercascade.export.graph import check_stage_graphs, load_onnx
+from layercascade.errors import LCError
 from layercascade.export.session import import_onnxruntime
-from layercascade.runtime.backend import Masks, StagedBackend, StageOutputs
+from layercascade.runtime.backend import JoinedGraphBackend, Masks
 from layercascade.runtime.machine import host
 from layercascade.runtime.ort.loader import load_runner
 from layercascade.runtime.ort.runner import OrtRunner
 
 
-class OrtBackend(StagedBackend):
-    """A cascade model dir as one session of its joined stage graphs (``export/cascade_graph.py``): ``joined``.
-
-    ``stages`` are the three stage graphs as sessions of their own, built on first use: to
-    look at one stage's outputs or time the stages apart (``run_stages``); ``run`` does not use them.
+class OrtBackend(JoinedGraphBackend):
+    """A cascade model dir as one ONNX Runtime session of its joined stage graphs (``joined``; see
+    :class:`~layercascade.runtime.backend.JoinedGraphBackend`); ``stages`` are sessions of their own.
     ``uint8_activations``: see :func:`layercascade.runtime.ort.loader.prepare`.
     """
 
@@ -38,19 +33,12 @@ class OrtBackend(StagedBackend):
         self.device = device
         self.settings = {"device": device, "lower": lower, "threads": threads, "uint8_activations": uint8_activations}
         self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
-        self._forced_runner: OrtRunner | None = None
-        self._stages: list[OrtRunner] | None = None
-        graphs = [load_onnx(path) for path in self.files]
-        check_stage_graphs(model_dir, manifest, graphs)
-        self.joined = self.cascade_runner(forced_masks=False, graphs=graphs)  # its errors may build ``stages``
+        self.load_joined(manifest)
 
-    def cascade_runner(self, forced_masks: bool, profile_prefix: Path | None = None,
-                       graphs: list[onnx.ModelProto] | None = None) -> OrtRunner:
+    def cascade_runner(self, forced_masks: bool, graphs: list[onnx.ModelProto] | None = None,
+                       profile_prefix: Path | None = None) -> OrtRunner:
         """The joined graph as one session (``graphs``: the stage graphs, if already loaded)."""
-        try:
-            joined = cascade_graph(graphs or [load_onnx(path) for path in self.files], forced_masks)
-        except ValueError as error:
-            fail(f"{self.model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
+        joined = self.joined_graph(forced_masks, graphs)
         try:
             return load_runner(joined, label=f"{self.model_dir}/stages 1-3", profile_prefix=profile_prefix,
                                **self.settings)
@@ -69,24 +57,6 @@ class OrtBackend(StagedBackend):
                 self._stages.append(load_runner(path, non_negative_inputs=rectified, **self.settings))
                 rectified |= self._stages[-1].rectified_outputs
         return self._stages
-
-    @staticmethod
-    def feeds(images: np.ndarray, rho: float, forced_masks: Masks | None) -> dict[str, np.ndarray]:
-        feeds = {IMAGE: images, RHO: np.array([rho], np.float32)}
-        if forced_masks is not None:
-            feeds[MASK2], feeds[MASK3] = forced_masks
-        return feeds
-
-    def run(self, images: np.ndarray, rho: float, forced_masks: Masks | None = None) -> StageOutputs:
-        runner = self.joined
-        if forced_masks is not None:
-            if self._forced_runner is None:
-                self._forced_runner = self.cascade_runner(forced_masks=True)
-            runner = self._forced_runner
-        out = runner.infer(self.feeds(images, rho, forced_masks))
-        masks = forced_masks or (out[MASK2], out[MASK3])
-        # One session: the stages are not timed apart (``run_stages`` does, one session each).
-        return StageOutputs(out[LABELS], masks[0], masks[1], out[STAGE_COUNTS], {"total": runner.last_ms})
 
     def kernel_profile(self, images: np.ndarray, rho: float, forced_masks: Masks | None,
                        runs: int, warmup: int) -> dict[str, tuple[float, int]]:
@@ -121,6 +91,4 @@ class OrtBackend(StagedBackend):
     def machine(self) -> str:
         return f"{host()}, onnxruntime {import_onnxruntime().__version__}"
 
-    def close(self) -> None:
-        self.joined = self._forced_runner = self._stages = None
 

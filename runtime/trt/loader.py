@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from layercascade.errors import fail
-from layercascade.manifest import read_manifest
+from layercascade.manifest import MANIFEST, check_cascade_fields, read_manifest
 from layercascade.plugins.nvidia import create_trt, gpu_info, import_cudart, import_tensorrt
 from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
 from layercascade.runtime.trt.engines import check_environment, check_sources, read_metadata, read_source_manifest
@@ -44,7 +44,8 @@ def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True
     if precision is not None and precision != metadata["precision"]:
         fail(f"{engine_dir}: the engines are {metadata['precision']} (TensorRT engines carry the precision they were "
              f"built with); build {precision} ones with lc-build --precision {precision}")
-    manifest = read_manifest(engine_dir, verify=False)  # read_metadata has hashed the engines
+    # read_metadata has hashed the engines; the fields are checked before any engine is loaded.
+    manifest = check_cascade_fields(read_manifest(engine_dir, verify=False), engine_dir / MANIFEST)
     trt = import_tensorrt(WHO)
     cudart = import_cudart(WHO)
     gpu = gpu_info(WHO)
