@@ -58,3 +58,16 @@ def test_runtime_does_not_import_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """pyproject.toml lists the packages explicitly: a new subpackage missing there works in an editable
+    install and is absent from the wheel."""
+    import tomllib
+
+    import layercascade
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"layercascade"} | {module.name for module in pkgutil.walk_packages(layercascade.__path__, "layercascade.")
+                                if module.ispkg and not module.name.startswith("layercascade.tests")}
+    assert found <= listed, sorted(found - listed)
