@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -120,22 +121,49 @@ class Cascade:
             fail(f"this model was exported for batch {self.batch_size}, got {images.shape[0]} images")
         return self.runner.run(images, self.rho(rho), forced_masks)
 
+    @property
+    def batch_capacity(self) -> int | None:
+        """The most images one run takes: the exported batch size, a dynamic batch's maximum, or None
+        (no limit)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return self.manifest["batch"].get("max")
+
     def __call__(self, image: np.ndarray | Image.Image, rho: float | None = None) -> CascadeResult:
         """Segment one image of any size: an (H, W, 3) uint8 RGB array or a PIL image of any mode."""
+        return self.segment_batch([image], rho)[0]
+
+    def segment_batch(self, images: Sequence[np.ndarray | Image.Image], rho: float | None = None) -> list[CascadeResult]:
+        """Segment images of any sizes (as :meth:`__call__` takes them) together, in runs of up to
+        :attr:`batch_capacity` images (a fixed batch is filled up with blank images). Each result is
+        the image's own; its ``timings`` are those of the run it was in, ``total`` included."""
+        results: list[CascadeResult] = []
+        step = self.batch_capacity or max(len(images), 1)
+        for first in range(0, len(images), step):
+            results += self._run_chunk(images[first:first + step], rho)
+        return results
+
+    def _run_chunk(self, images: Sequence[np.ndarray | Image.Image], rho: float | None) -> list[CascadeResult]:
         started = time.perf_counter()
-        image = as_rgb(image)
-        prepared = self.prepare(image)
-        batch = prepared[None]
-        if self.batch_size and self.batch_size > 1:
-            batch = np.concatenate([batch, np.zeros((self.batch_size - 1, *prepared.shape), np.uint8)])
+        originals = [as_rgb(image) for image in images]
+        batch = np.stack([self.prepare(image) for image in originals])
+        if self.batch_size is not None and len(batch) < self.batch_size:
+            blank = np.zeros((self.batch_size - len(batch), *batch.shape[1:]), np.uint8)
+            batch = np.concatenate([batch, blank])
         preprocess = (time.perf_counter() - started) * 1e3
         out = self.run_batch(batch, rho)
-        labels = resize_labels(out.labels[0], image.shape[:2])
-        stage_map = (1 + (out.mask2[0, 0] > 0) + (out.mask3[0, 0] > 0)).astype(np.uint8)
-        counts = out.stage_counts[0].astype(np.float64)
+        results = []
+        for index, image in enumerate(originals):
+            labels = resize_labels(out.labels[index], image.shape[:2])
+            stage_map = (1 + (out.mask2[index, 0] > 0) + (out.mask3[index, 0] > 0)).astype(np.uint8)
+            counts = out.stage_counts[index].astype(np.float64)
+            fractions = counts / max(counts.sum(), 1.0)
+            results.append(CascadeResult(labels, stage_map, (float(fractions[0]), float(fractions[1]),
+                                                             float(fractions[2])), {}))
         timings = {"preprocess": preprocess, **out.timings, "total": (time.perf_counter() - started) * 1e3}
-        fractions = counts / max(counts.sum(), 1.0)
-        return CascadeResult(labels, stage_map, (float(fractions[0]), float(fractions[1]), float(fractions[2])), timings)
+        for result in results:
+            result.timings = dict(timings)
+        return results
 
     def predict(self, image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
         """A predictor for ``model.evaluate``: labels, stage fractions and stage-resolution pixels of one image."""

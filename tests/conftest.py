@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,17 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeCascade]:
     monkeypatch.setitem(sys.modules, "layercascade.runtime.cascade", module)
     monkeypatch.setattr(FakeCascade, "instances", [])
     return FakeCascade
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """A local Ray for the whole test session (started once: a start costs seconds). Four logical CPUs
+    on any machine, so the serving tests' replicas and Ray Data's actors are never starved of them."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'layercascade[serve]')")
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'layercascade[serve]')")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()

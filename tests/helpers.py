@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
+from PIL import Image
 
 from layercascade.manifest import read_manifest, write_model_dir
 from layercascade.model.checkpoint import Checkpoint
@@ -61,3 +65,14 @@ def copy_demo_model(target: Path, convert=None, **extra) -> Path:
         return {**{k: v for k, v in manifest.items() if k not in ("format", "version", "files")}, **extra}
 
     return write_model_dir(target, write)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 4×4 grayscale PNG whose header claims ``width`` × ``height``: what a decompression bomb looks like
+    before its pixels are decoded (an all-zero 13000² PNG is a few hundred KB)."""
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)

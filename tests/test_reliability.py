@@ -10,12 +10,10 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
 import warnings
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from layercascade.runtime import segment
 from layercascade.runtime.inputs import DEMO_MODEL, IMAGE_EXTENSIONS, SAMPLES
 from layercascade.runtime.segment import interrupts_deferred, picture_size, render
 from layercascade.tests.fake_cascade import FakeCascade, fake_labels, leftovers, run_lc
+from layercascade.tests.helpers import png_claiming
 
 
 def gradient(height: int, width: int) -> np.ndarray:
@@ -204,21 +203,11 @@ def test_an_earlier_output_that_became_a_folder_is_left_alone(tmp_path: Path, fa
 
 # -- bounded memory -----------------------------------------------------------------------------------
 
-def png_claiming(path: Path, width: int, height: int) -> Path:
-    """A 4×4 grayscale PNG whose header claims ``width`` × ``height``: what a decompression bomb looks like
-    before its pixels are decoded (an all-zero 13000² PNG is a few hundred KB)."""
-    Image.new("L", (4, 4)).save(path)
-    data = bytearray(path.read_bytes())
-    data[16:24] = struct.pack(">II", width, height)  # IHDR width and height
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    path.write_bytes(bytes(data))
-    return path
-
-
 @pytest.mark.parametrize(("width", "height"), [(13000, 13000), (60000, 60000)])
 def test_huge_images_are_refused_from_the_header(tmp_path: Path, width: int, height: int) -> None:
     """A 13000² all-zero PNG (under Pillow's own bomb limit) peaked at 9.4 GB; Pillow's warning was printed raw."""
-    path = png_claiming(tmp_path / "bomb.png", width, height)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_claiming(width, height))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail the test
         with pytest.raises(LCError) as error:

@@ -7,6 +7,7 @@ a user error (:class:`~layercascade.errors.LCError` naming the file), not a trac
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import threading
@@ -44,17 +45,21 @@ def _pillow_limit(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = previous
 
 
+class ImageTooLarge(LCError):
+    """An image over the pixel limit, known from its header (a server answers it with 413, not 400)."""
+
+
 def _too_large(path: str | os.PathLike[str], pixels: int | str, max_pixels: int) -> LCError:
-    return LCError(f"{os.fspath(path)}: image of {pixels} pixels is over the limit of {max_pixels:,} "
-                   "(a decompression bomb, or just huge); raise it with --max-pixels N if you trust the file")
+    return ImageTooLarge(f"{os.fspath(path)}: image of {pixels} pixels is over the limit of {max_pixels:,} "
+                         "(a decompression bomb, or just huge); raise it with --max-pixels N if you trust the file")
 
 
-def _open(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open, check the size from the header, then fully decode the first frame of ``path``, or raise
-    LCError naming it."""
+def _open(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS, data: bytes | None = None) -> Image.Image:
+    """Open, check the size from the header, then fully decode the first frame of ``path`` (or of
+    ``data``, an encoded image that ``path`` only names), or raise LCError naming it."""
     try:
         # Our own file object: closing it after the decode leaves the image usable (no copy of it).
-        with open(path, "rb") as file:
+        with open(path, "rb") if data is None else io.BytesIO(data) as file:
             with _pillow_limit(max_pixels):
                 img = Image.open(file)
             if img.width * img.height > max_pixels:
@@ -79,6 +84,8 @@ def _unreadable(path: str | os.PathLike[str], error: Exception) -> LCError:
     # Pillow's decoders report bad data as OSError, SyntaxError, ValueError, EOFError, zlib.error,
     # struct.error, ...: all mean "not a usable image".
     message = " ".join(str(error).split()) or type(error).__name__
+    # Pillow names the file object it read ("<_io.BytesIO object at 0x...>"); the path is named already.
+    message = re.sub(r" <_io\.\w+[^>]*>", "", message)
     return LCError(f"{os.fspath(path)}: cannot read image ({message}); check that the file is a complete, valid image")
 
 
@@ -129,16 +136,18 @@ def as_rgb(image: object) -> np.ndarray:
 
 
 def read_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS,
-             exif_transpose: bool = True) -> np.ndarray:
+             exif_transpose: bool = True, data: bytes | None = None) -> np.ndarray:
     """Read any Pillow-readable image as an (H, W, 3) uint8 RGB array (:func:`to_rgb`).
 
     Args:
-        max_pixels: refuse (one line) an image with more pixels, checked before decoding.
+        max_pixels: refuse (one line, :class:`ImageTooLarge`) an image with more pixels, checked
+            before decoding.
         exif_transpose: turn the pixels as the file's EXIF orientation says, so the array (and a
             label map of it) is the photo as viewers show it; False keeps the stored pixel order
             (a data set's label files are aligned with that).
+        data: the encoded image itself (e.g. a request's body); ``path`` then only names it in errors.
     """
-    with _open(path, max_pixels) as img:
+    with _open(path, max_pixels, data) as img:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1) if exif_transpose else 1
         rgb = to_rgb(img)
     return oriented(rgb, orientation)

@@ -1,0 +1,80 @@
+"""lc-serve: an HTTP service of a Layer Cascade model on Ray Serve (local Ray, or a cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+from layercascade.cli.args import add_backend_arguments, load_options, positive_int
+from layercascade.errors import run_cli
+from layercascade.serve import import_serving
+from layercascade.serve.http import Limits
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lc-serve",
+        description="Serve a Layer Cascade model over HTTP on Ray Serve: POST an image file's bytes to "
+                    "/v1/segment (?rho=R) and get the palette label map as PNG at the image's size (headers "
+                    "X-LC-Stage-Fractions, X-LC-Milliseconds), or JSON with 'Accept: application/json'; "
+                    "GET /v1/health (200 once the model is loaded), GET /v1/model. Requests to a replica are "
+                    "batched up to the model's batch capacity. Runs until Ctrl-C.",
+    )
+    parser.add_argument("model", nargs="?", default=None, metavar="MODEL",
+                        help="model dir (lc-export, lc-calibrate), engine dir (lc-build) or, for the torch backend, "
+                             "a checkpoint .pt (default: the bundled demo model)")
+    add_backend_arguments(parser)
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="intra-op threads per replica (default: the backend's)")
+    network = parser.add_argument_group("service")
+    network.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: all)")
+    network.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
+    network.add_argument("--replicas", type=positive_int, default=1, metavar="N",
+                         help="replicas, each holding the model (default: 1)")
+    network.add_argument("--replica-cpus", type=float, default=1.0, metavar="C",
+                         help="CPUs Ray reserves per replica (default: 1)")
+    network.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
+                         help="most requests one replica runs together, at most the model's batch capacity "
+                              "(lc-export --dynamic-batch; a batch-1 model runs them one by one) (default: 8)")
+    network.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="T",
+                         help="how long a replica waits for a batch to fill (default: 5)")
+    network.add_argument("--max-body-bytes", type=positive_int, default=Limits.max_body_bytes, metavar="N",
+                         help=f"larger request bodies get 413 (default: {Limits.max_body_bytes:,})")
+    network.add_argument("--max-pixels", type=positive_int, default=Limits.max_pixels, metavar="N",
+                         help="images of more pixels get 413, read from the header before decoding "
+                              f"(default: {Limits.max_pixels:,})")
+    network.add_argument("--route-prefix", default="/", metavar="PATH",
+                         help="serve the model under PATH (/PATH/v1/segment): several models on one cluster "
+                              "(default: /)")
+    network.add_argument("--name", default=None,
+                         help="Serve application name (default: the model dir's name; 'demo' for the bundled one)")
+    network.add_argument("--address", default=None, metavar="RAY_ADDRESS",
+                         help="join this Ray cluster ('auto', 'ray://head:10001'); default: start a local Ray")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    app = import_serving("app")
+    service_module = import_serving("service")
+    settings = app.ServeSettings(args.model, load_options(args, args.threads),
+                                 Limits(args.max_body_bytes, args.max_pixels), args.max_batch, args.batch_wait_ms)
+    print(f"starting lc-serve ({args.replicas} replica(s)); loading the model ...", file=sys.stderr)
+    service = service_module.start(settings, host=args.host, port=args.port, replicas=args.replicas,
+                                   replica_cpus=args.replica_cpus, address=args.address,
+                                   route_prefix=args.route_prefix, name=args.name)
+    print(f"serving {service.name} at {service.url}/v1/segment  (try: curl --data-binary @photo.jpg "
+          f"{service.url}/v1/segment -o labels.png); Ctrl-C stops", file=sys.stderr)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("stopping lc-serve", file=sys.stderr)
+    finally:
+        service.stop()
+    return 0
+
+
+def cli() -> None:
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,172 @@
+"""lc-serve on Ray Serve: one deployment per model, each replica holding one :class:`Cascade`, the
+segment requests to a replica batched (``serve.batch``) up to the model's batch capacity.
+
+A replica loads its model in a thread, so it answers at once: 503 until the model is loaded
+(``GET /v1/health`` turns 200 then), and 503 with the load's error if it failed. A request the
+service refuses gets its 4xx and a JSON ``{"error": ...}``; an unexpected failure is a 500 of the same
+form; neither takes the replica down. The request rules are ``http.py``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from layercascade.errors import LCError
+from layercascade.serve.http import (
+    JSON,
+    HTTPProblem,
+    Limits,
+    body_too_large,
+    check_content_type,
+    check_declared_length,
+    decode_image,
+    error_body,
+    model_description,
+    parse_rho,
+    segment_answer,
+    wants_json,
+)
+
+DEPLOYMENT = "layercascade"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the service runs a model: ``load`` are ``Cascade.load``'s keyword arguments."""
+
+    model: str | None
+    load: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = Limits()
+    max_batch: int = 8
+    batch_wait_ms: float = 5.0
+
+
+def json_response(status: int, body: dict[str, Any] | bytes) -> Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Response(content, status_code=status, media_type=JSON)
+
+
+class CascadeServer:
+    """A replica: the model, loaded in a thread, and the routes of ``/v1``."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.cascade: Any = None
+        self.load_error: str | None = None
+        self.loaded = threading.Event()
+        threading.Thread(target=self._load, name="lc-serve-load", daemon=True).start()
+
+    def _load(self) -> None:
+        from layercascade.runtime.cascade import Cascade
+
+        try:
+            cascade = Cascade.load(self.settings.model, **self.settings.load)
+            # Batches never exceed what one run of the model takes.
+            capacity = cascade.batch_capacity or self.settings.max_batch
+            self.segment_many.set_max_batch_size(max(1, min(self.settings.max_batch, capacity)))
+            self.segment_many.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1e3)
+            self.cascade = cascade
+        except LCError as error:
+            self.load_error = str(error)
+        except Exception as error:  # a bug, but the service must say it rather than hang at 503
+            self.load_error = f"{type(error).__name__}: {error}"
+        finally:
+            self.loaded.set()
+
+    def ready(self) -> None:
+        """503 until the model is loaded, and for good if its load failed."""
+        if self.cascade is None:
+            message = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
+            raise HTTPProblem(503, message)
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            # Below its route prefix (Serve passes it as the ASGI root_path), the path is the endpoint.
+            path = request.url.path.removeprefix(request.scope.get("root_path", "")) or "/"
+            route = (request.method, "/" + path.strip("/"))
+            if route == ("POST", "/v1/segment"):
+                return await self.segment(request)
+            if route == ("GET", "/v1/health"):
+                self.ready()
+                return json_response(200, {"status": "ready"})
+            if route == ("GET", "/v1/model"):
+                self.ready()
+                return json_response(200, model_description(self.cascade, self.settings.load.get("precision")))
+            known = {"/v1/segment": "POST", "/v1/health": "GET", "/v1/model": "GET"}
+            if route[1] in known:
+                raise HTTPProblem(405, f"{route[1]} takes {known[route[1]]}, not {request.method}")
+            raise HTTPProblem(404, f"no such endpoint {route[1]!r}: POST /v1/segment, GET /v1/health, GET /v1/model")
+        except HTTPProblem as problem:
+            return json_response(problem.status, error_body(problem.message))
+        except Exception as error:  # the replica keeps serving; the client learns what broke
+            return json_response(500, error_body(f"internal error: {type(error).__name__}: {error}"))
+
+    async def segment(self, request: Request) -> Response:
+        """``POST /v1/segment``: checks first (cheap ones before the body is read), then the batch."""
+        self.ready()
+        limits = self.settings.limits
+        check_content_type(request.headers.get("content-type"))
+        check_declared_length(request.headers.get("content-length"), limits)
+        rho = parse_rho(request.query_params.get("rho"))
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_body_bytes:
+                raise HTTPProblem(413, body_too_large(limits))
+        started = time.perf_counter()
+        image = await asyncio.to_thread(decode_image, bytes(body), limits)
+        result, batch = await self.segment_many((image, rho))
+        if isinstance(result, Exception):
+            raise result
+        milliseconds = (time.perf_counter() - started) * 1e3
+        content, media_type, headers = await asyncio.to_thread(
+            segment_answer, result, self.cascade.palette, milliseconds, wants_json(request.headers.get("accept")))
+        headers["X-LC-Batch"] = str(batch)  # how many images ran together with this one (itself included)
+        return Response(content, media_type=media_type, headers=headers)
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.005)
+    async def segment_many(self, requests: list[tuple[np.ndarray, float | None]]) -> list[tuple[Any, int]]:
+        """The requests that arrived together, run as batches of one ρ each (the batch size and
+        wait are set from the settings once the model is loaded): (result, images run with it) each.
+        A failure is returned to each of the requests it concerns, as the exception, not raised: it
+        must not fail the others."""
+        results: list[tuple[Any, int]] = [(None, 0)] * len(requests)
+        by_rho: dict[float | None, list[int]] = {}
+        for index, (_, rho) in enumerate(requests):
+            by_rho.setdefault(rho, []).append(index)
+        for rho, indices in by_rho.items():
+            try:
+                answers = await asyncio.to_thread(self.cascade.segment_batch, [requests[i][0] for i in indices], rho)
+            except LCError as error:
+                answers = [HTTPProblem(400, str(error))] * len(indices)
+            except Exception as error:
+                answers = [error] * len(indices)
+            for index, answer in zip(indices, answers, strict=True):
+                results[index] = (answer, len(indices))
+        return results
+
+
+def application(settings: ServeSettings, replicas: int = 1, replica_cpus: float = 1.0) -> Any:
+    """The Ray Serve application of one model: ``replicas`` replicas reserving ``replica_cpus`` CPUs each."""
+    deployment = serve.deployment(
+        CascadeServer, name=DEPLOYMENT, num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus},
+        # Enough requests in flight per replica to fill a batch while the one before runs.
+        max_ongoing_requests=max(16, 2 * settings.max_batch),
+    )
+    return deployment.bind(settings)
+
+
+def app_name(model: str | None) -> str:
+    """The Serve application's name: the model dir's name (``demo`` for the bundled one)."""
+    return Path(model).name if model else "demo"

@@ -1,0 +1,307 @@
+"""lc-serve: the request rules (no server), then the service on a local Ray (loopback only):
+answers identical to a local Cascade under concurrent clients, dynamic batching, a corpus of bad
+requests, a replica killed under load, and a model that does not load."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layercascade.errors import LCError
+from layercascade.model.data.images import read_rgb
+from layercascade.runtime.cascade import Cascade
+from layercascade.runtime.inputs import DEMO_MODEL, SAMPLES
+from layercascade.serve.http import (
+    HTTPProblem,
+    Limits,
+    check_content_type,
+    check_declared_length,
+    decode_image,
+    parse_rho,
+    png_bytes,
+    segment_answer,
+    wants_json,
+)
+from layercascade.tests.helpers import png_claiming
+
+SAMPLE_FILES = sorted(SAMPLES.iterdir())
+JPEG = SAMPLES / "synthetic-240x320.jpg"
+
+
+# The bad requests of the issue, each with the status it must get: (name, body, content type, query, status).
+BAD_REQUESTS = [
+    ("empty body", b"", "image/jpeg", "", 400),
+    ("truncated JPEG", JPEG.read_bytes()[: len(JPEG.read_bytes()) // 2], "image/jpeg", "", 400),
+    ("text", b"hello, this is not an image", "application/octet-stream", "", 400),
+    ("PNG claiming 20000x20000", png_claiming(20_000, 20_000), "image/png", "", 413),
+    ("rho 0", JPEG.read_bytes(), "image/jpeg", "?rho=0", 400),
+    ("rho 2", JPEG.read_bytes(), "image/jpeg", "?rho=2", 400),
+    ("rho nan", JPEG.read_bytes(), "image/jpeg", "?rho=nan", 400),
+    ("text content type", JPEG.read_bytes(), "text/plain", "", 415),
+    ("JSON content type", b'{"image": 1}', "application/json", "", 415),
+]
+
+
+# -- the rules, without a server ----------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "body", "content_type", "query", "status"), BAD_REQUESTS,
+                         ids=[case[0] for case in BAD_REQUESTS])
+def test_each_bad_request_is_its_status_and_one_line(name, body, content_type, query, status) -> None:
+    limits = Limits()
+    with pytest.raises(HTTPProblem) as caught:
+        check_content_type(content_type)
+        parse_rho(query.removeprefix("?rho=") if query else None)
+        decode_image(body, limits)
+    assert caught.value.status == status
+    assert "\n" not in caught.value.message and "<_io" not in caught.value.message
+
+
+def test_what_is_accepted() -> None:
+    for kind in (None, "", "image/jpeg", "image/png; charset=binary", "application/octet-stream",
+                 "application/x-www-form-urlencoded"):  # the last: curl --data-binary's own
+        check_content_type(kind)
+    assert parse_rho(None) is None and parse_rho("0.9") == 0.9 and parse_rho("1") == 1.0
+    assert wants_json("application/json") and wants_json("text/html, application/json;q=0.9")
+    assert not wants_json(None) and not wants_json("image/png")
+    for path in SAMPLE_FILES:
+        np.testing.assert_array_equal(decode_image(path.read_bytes(), Limits()), read_rgb(path))
+
+
+def test_body_and_pixel_limits() -> None:
+    body = JPEG.read_bytes()
+    with pytest.raises(HTTPProblem) as caught:
+        decode_image(body, Limits(max_body_bytes=len(body) - 1))
+    assert caught.value.status == 413 and "--max-body-bytes" in caught.value.message
+    with pytest.raises(HTTPProblem) as caught:
+        check_declared_length(str(len(body)), Limits(max_body_bytes=len(body) - 1))
+    assert caught.value.status == 413
+    check_declared_length(str(len(body)), Limits(max_body_bytes=len(body)))
+    with pytest.raises(HTTPProblem) as caught:
+        decode_image(body, Limits(max_pixels=240 * 320 - 1))
+    assert caught.value.status == 413 and "lc-serve --max-pixels" in caught.value.message
+    assert decode_image(body, Limits(max_pixels=240 * 320)).shape == (240, 320, 3)
+
+
+def test_answers_carry_lc_runs_label_map(tmp_path) -> None:
+    from layercascade.runtime.segment import segment_all
+
+    with Cascade.load(None) as cascade:
+        result = cascade(read_rgb(JPEG), 0.9)
+        segment_all(cascade, [JPEG], tmp_path, rho=0.9, strict=True, progress=False)
+        png, media_type, headers = segment_answer(result, cascade.palette, 12.5, as_json=False)
+        assert media_type == "image/png" and png == (tmp_path / f"{JPEG.stem}.png").read_bytes()
+        assert [float(f) for f in headers["X-LC-Stage-Fractions"].split(",")] == pytest.approx(
+            result.stage_fractions, abs=1e-6)
+        assert headers["X-LC-Milliseconds"] == "12.500"
+        body, media_type, _ = segment_answer(result, cascade.palette, 12.5, as_json=True)
+        import json
+
+        answer = json.loads(body)
+        assert media_type == "application/json" and base64.b64decode(answer["labels_png"]) == png
+        assert answer["size"] == [240, 320] and answer["ms"] == 12.5
+
+
+# -- the service on a local Ray ------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def port(ray_session) -> int:
+    """Serve's HTTP proxy port, fixed by the first service this module starts."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def demo_service(ray_session, port):
+    """The bundled demo model (batch 1) with two replicas at /."""
+    from layercascade.serve.app import ServeSettings
+    from layercascade.serve.service import start
+
+    service = start(ServeSettings(None), port=port, replicas=2, replica_cpus=0.5, timeout_s=120)
+    yield service
+    service.stop()
+
+
+def expected_pngs(model: Path | None, rhos: list[float | None]) -> dict[tuple[str, float | None], bytes]:
+    """What a local Cascade answers: the label PNG of every sample image at every ρ."""
+    with Cascade.load(model) as cascade:
+        return {(path.name, rho): png_bytes(cascade(read_rgb(path), rho).labels, cascade.palette)
+                for path in SAMPLE_FILES for rho in rhos}
+
+
+def post(client, url: str, path: Path, rho: float | None, **headers: str):
+    query = "" if rho is None else f"?rho={rho}"
+    return client.post(f"{url}/v1/segment{query}", content=path.read_bytes(), headers=headers)
+
+
+def test_health_and_model(demo_service) -> None:
+    import httpx
+
+    with httpx.Client(timeout=30) as client:
+        assert client.get(f"{demo_service.url}/v1/health").json() == {"status": "ready"}
+        model = client.get(f"{demo_service.url}/v1/model").json()
+        assert model["classes"][0] == "background" and len(model["palette"]) == len(model["classes"])
+        assert model["input_size"] == [160, 160] and model["default_rho"] == 0.985 and model["backend"] == "ort"
+        assert model["batch_capacity"] == 1
+        missing = client.get(f"{demo_service.url}/v2/segment")
+        assert missing.status_code == 404 and "POST /v1/segment" in missing.json()["error"]
+        assert client.get(f"{demo_service.url}/v1/segment").status_code == 405
+
+
+@pytest.mark.slow
+def test_concurrent_clients_get_local_answers(demo_service) -> None:
+    """8 clients × 50 requests, images and ρ varied: every answer is the local Cascade's PNG."""
+    import httpx
+
+    rhos = [None, 0.9, 1.0]
+    expected = expected_pngs(None, rhos)
+
+    def client_run(client_index: int) -> list[str]:
+        problems = []
+        with httpx.Client(timeout=60) as client:
+            for request in range(50):
+                path = SAMPLE_FILES[(client_index + request) % len(SAMPLE_FILES)]
+                rho = rhos[(client_index * 7 + request) % len(rhos)]
+                response = post(client, demo_service.url, path, rho)
+                if response.status_code != 200 or response.content != expected[path.name, rho]:
+                    problems.append(f"{path.name} rho={rho}: {response.status_code} {response.text[:100]}")
+                fractions = [float(f) for f in response.headers["x-lc-stage-fractions"].split(",")]
+                assert sum(fractions) == pytest.approx(1.0, abs=1e-5)
+        return problems
+
+    with ThreadPoolExecutor(8) as pool:
+        problems = [problem for found in pool.map(client_run, range(8)) for problem in found]
+    assert problems == []
+
+
+def test_bad_requests_get_their_4xx_and_the_service_keeps_serving(demo_service) -> None:
+    import httpx
+
+    expected = expected_pngs(None, [None])
+    with httpx.Client(timeout=30) as client:
+        for name, body, content_type, query, status in BAD_REQUESTS:
+            response = client.post(f"{demo_service.url}/v1/segment{query}", content=body,
+                                   headers={"content-type": content_type})
+            assert response.status_code == status, (name, response.text)
+            assert set(response.json()) == {"error"} and response.json()["error"], name
+        oversized = client.post(f"{demo_service.url}/v1/segment", content=b"\0" * (Limits.max_body_bytes + 1))
+        assert oversized.status_code == 413
+        answer = post(client, demo_service.url, JPEG, None, accept="application/json")
+        assert answer.status_code == 200
+        assert base64.b64decode(answer.json()["labels_png"]) == expected[JPEG.name, None]
+
+
+def replica_actors(application: str) -> list[dict[str, str]]:
+    """The live Ray actors of an application's replicas (name and namespace)."""
+    import ray
+
+    return [actor for actor in ray.util.list_named_actors(all_namespaces=True)
+            if "SERVE_REPLICA" in actor["name"] and f"{application}#" in actor["name"]]
+
+
+@pytest.mark.slow
+def test_a_replica_killed_under_load_is_replaced(demo_service) -> None:
+    """Requests in flight while one of two replicas is killed each end within their timeout, with the
+    right answer or an error status (never a wrong answer); Serve starts a new replica, which answers."""
+    import httpx
+    import ray
+    from ray import serve
+
+    expected = expected_pngs(None, [None])
+    outcomes: list[tuple[int, bool]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=60) as client:
+            for request in range(200):  # bounded: stops by itself if the kill never comes
+                if stop.is_set():
+                    return
+                path = SAMPLE_FILES[request % len(SAMPLE_FILES)]
+                response = post(client, demo_service.url, path, None)
+                outcomes.append((response.status_code, response.content == expected[path.name, None]))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    while len(outcomes) < 20 and any(thread.is_alive() for thread in threads):
+        time.sleep(0.05)
+    replicas = replica_actors(demo_service.name)
+    assert len(replicas) == 2
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    time.sleep(2.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    print(f"statuses under the kill: {sorted(collections.Counter(s for s, _ in outcomes).items())}")
+    assert all(correct for status, correct in outcomes if status == 200)
+    assert sum(status == 200 for status, _ in outcomes) > 20
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        deployment = serve.status().applications[demo_service.name].deployments["layercascade"]
+        names = {actor["name"] for actor in replica_actors(demo_service.name)}
+        if deployment.status == "HEALTHY" and deployment.replica_states.get("RUNNING", 0) == 2 and \
+                len(names) == 2 and replicas[0]["name"] not in names:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the killed replica was not replaced: {deployment}")
+    with httpx.Client(timeout=60) as client:
+        for path in SAMPLE_FILES:
+            assert post(client, demo_service.url, path, None).content == expected[path.name, None]
+
+
+def test_dynamic_batching(dynamic_model, demo_service, port) -> None:
+    """A dynamic-batch model behind one replica: concurrent requests run together (never more than the
+    model takes), each answered as the model answers it alone."""
+    import httpx
+
+    from layercascade.serve.app import ServeSettings
+    from layercascade.serve.service import start
+
+    _, model = dynamic_model
+    service = start(ServeSettings(str(model), max_batch=8, batch_wait_ms=300), port=port, replicas=1,
+                    replica_cpus=0.5, route_prefix="/dynamic", timeout_s=120)
+    try:
+        expected = expected_pngs(model, [0.9])
+        assert httpx.get(f"{service.url}/v1/model", timeout=30).json()["batch_capacity"] == 3
+
+        def one(path: Path):
+            with httpx.Client(timeout=60) as client:
+                return path, post(client, service.url, path, 0.9)
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(one, SAMPLE_FILES + SAMPLE_FILES[:2]))
+        for path, response in answers:
+            assert response.status_code == 200 and response.content == expected[path.name, 0.9]
+        batches = [int(response.headers["x-lc-batch"]) for _, response in answers]
+        assert max(batches) > 1 and max(batches) <= 3
+    finally:
+        service.stop()
+
+
+def test_a_model_that_does_not_load_is_one_line(tmp_path, ray_session, port, demo_service) -> None:
+    from layercascade.serve.app import ServeSettings
+    from layercascade.serve.service import start
+
+    broken = tmp_path / "broken"
+    shutil.copytree(DEMO_MODEL, broken)
+    (broken / "lc.json").write_text("{ not json")
+    with pytest.raises(LCError, match="failed to load: .*lc.json"):
+        start(ServeSettings(str(broken)), port=port, replicas=1, replica_cpus=0.5, route_prefix="/broken",
+              timeout_s=120)
+    from ray import serve
+
+    assert "broken" not in serve.status().applications
