@@ -21,6 +21,9 @@ from layercascade.runtime.segment import (
     summarize,
     write_summary,
 )
+from layercascade.serve import import_serving
+
+LOCAL_RAY = "local"  # --ray without an address: start a Ray on this machine
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-exif-transpose", dest="exif_transpose", action="store_false",
                         help="keep the pixels in stored order; by default the EXIF orientation is applied, so "
                              "outputs line up with the photo as viewers show it")
+    scale = parser.add_argument_group("scale-out (pip install 'layercascade[serve]')")
+    scale.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
+                       help="segment with a Ray Data pipeline: a pool of workers, each holding the model, on a local "
+                            "Ray or the cluster at ADDRESS ('auto', 'ray://head:10001'); same outputs and summary. "
+                            "On a cluster the inputs and OUT must be on a filesystem every node sees")
+    scale.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="with --ray: most workers, each running the model on one thread (default: one per CPU "
+                            "of the cluster)")
     parser.add_argument("--json", action="store_true",
                         help="print the summary JSON to stdout (no progress bar)")
     parser.add_argument("--strict", action="store_true",
@@ -71,11 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     paths = expand_inputs(args.inputs or [str(SAMPLES)], output=args.output)
     earlier = earlier_outputs(args.output)  # before the model loads: a foreign summary.json is refused
     out = make_output_dir(args.output)
+    read, progress = ReadOptions(args.max_pixels, args.exif_transpose), not (args.quiet or args.json)
+    if args.workers is not None and args.ray is None:
+        fail("--workers sets the Ray workers: add --ray")
+    # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args)) as cascade:
-        run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict,
-                          progress=not (args.quiet or args.json),
-                          read=ReadOptions(args.max_pixels, args.exif_transpose), earlier=earlier)
-        summary = summarize(run, backend=cascade.backend, model=args.model or "demo", rho=cascade.rho(args.rho))
+        if args.ray is None:
+            run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict, progress=progress, read=read,
+                              earlier=earlier)
+        backend, rho = cascade.backend, cascade.rho(args.rho)
+    if args.ray is not None:
+        batch = import_serving("batch")
+        run = batch.segment_all_ray(args.model, load_options(args, threads=1), paths, out, rho=args.rho,
+                                    strict=args.strict, progress=progress, read=read, earlier=earlier,
+                                    address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers)
+    summary = summarize(run, backend=backend, model=args.model or "demo", rho=rho)
     write_summary(out, summary)
     if run.stopped:
         fail(f"{run.stopped} (stopped: {summary['images']} image(s) done, listed in {out / 'summary.json'})")

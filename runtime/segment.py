@@ -4,13 +4,14 @@ picture atomically, and a summary of the run (what lc-run does; the command only
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,27 +75,56 @@ def make_output_dir(path: Path) -> Path:
     return path
 
 
+@dataclass
+class Segmented:
+    """One image segmented, before its files are written: its summary entry (without ``outputs``) and
+    its pictures encoded, keyed by their OUTPUTS variant."""
+
+    record: dict[str, Any]
+    files: dict[str, bytes]
+
+
+# What a source of results yields for each image: its index in the run's paths, and the image done or
+# the reason it could not be.
+Outcome = tuple[int, "Segmented | LCError"]
+
+
 def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: float | None, strict: bool,
                 progress: bool, read: ReadOptions = ReadOptions(), earlier: list[str] | None = None) -> Run:
-    """Segment every image and write its pictures (all of an image's files or none).
+    """Segment every image and write its pictures (all of an image's files or none): :func:`write_all`
+    of the images segmented here, one after another."""
 
-    An image that cannot be read or segmented (:class:`LCError`) is reported on stderr and
-    skipped, or ends the loop with ``strict``; nothing is written for it. An interrupt
+    def outcomes() -> Iterator[Outcome]:
+        for index, path in enumerate(paths):
+            try:
+                yield index, segment_file(cascade, path, rho, read)
+            except LCError as error:
+                yield index, error
+
+    return write_all(outcomes(), paths, out, strict=strict, progress=progress, earlier=earlier)
+
+
+def write_all(outcomes: Iterable[Outcome], paths: list[Path], out: Path, *, strict: bool, progress: bool,
+              earlier: list[str] | None = None) -> Run:
+    """Write the images of ``outcomes`` (in input order) as they come, each with its summary entry.
+
+    An image that could not be read or segmented (an :class:`LCError` outcome) is reported on
+    stderr and skipped, or ends the loop with ``strict``; nothing is written for it. An interrupt
     (Ctrl-C) ends the loop too: the run so far is returned, marked ``interrupted``; so does an
-    output that cannot be written (``stopped``: why). ``earlier``: :func:`earlier_outputs`, the
-    files in ``out`` this run may replace; the others are never replaced.
+    output that cannot be written, or a source that fails (``stopped``: why). ``earlier``:
+    :func:`earlier_outputs`, the files in ``out`` this run may replace; the others are never replaced.
     """
     run = Run(earlier=earlier_outputs(out) if earlier is None else earlier)
     stems = output_stems(paths, [variant + extension for variant, (extension, _) in OUTPUTS.items()],
                          in_use=files_in(out) - set(run.earlier) - {SUMMARY})
-    with tqdm(list(zip(paths, stems, strict=True)), desc="lc-run", unit="image", file=sys.stderr, disable=not progress,
+    with tqdm(total=len(paths), desc="lc-run", unit="image", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
         try:
-            for path, stem in bar:
-                try:
-                    image, result, ms = segment(cascade, path, rho, read)
-                except LCError as error:
-                    reason = failure_reason(error, path)
+            for index, outcome in outcomes:
+                bar.update()
+                path = paths[index]
+                if isinstance(outcome, LCError):
+                    reason = failure_reason(outcome, path)
                     # tqdm.write keeps the progress bar intact below the message.
                     tqdm.write(f"warning: {path}: {reason}{' (stopping: --strict)' if strict else ''}",
                                file=sys.stderr)
@@ -103,18 +133,25 @@ def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: float | 
                         break
                     continue
                 try:
-                    staged = stage_pictures(render(image, result, cascade.palette), out, stem)
+                    staged = stage_files(outcome.files, out, stems[index])
                     # Renamed and recorded together: a Ctrl-C waits until the image is listed as done.
                     with interrupts_deferred():
-                        outputs = commit(staged)
-                        run.records.append(image_record(path, image, result, ms, outputs))
+                        run.records.append({**outcome.record, "outputs": commit(staged)})
                 except LCError as error:  # the disk (full, read-only): the next image would fail alike
                     run.failed.append({"input": str(path), "error": str(error)})
                     run.stopped = str(error)
                     break
         except KeyboardInterrupt:
             run.interrupted = True
+        except LCError as error:  # the source itself failed (e.g. a cluster lost)
+            run.stopped = str(error)
     return run
+
+
+def segment_file(cascade: Cascade, path: Path, rho: float | None, read: ReadOptions = ReadOptions()) -> Segmented:
+    """Read and segment one image and encode its pictures (:class:`LCError` if it cannot be)."""
+    image, result, ms = segment(cascade, path, rho, read)
+    return Segmented(image_record(path, image, result, ms), encode(render(image, result, cascade.palette)))
 
 
 def files_in(out: Path) -> set[str]:
@@ -190,17 +227,27 @@ class Staged:
     moves: list[tuple[Path, Path]]
 
 
-def stage_pictures(pictures: dict[str, Image.Image], out: Path, stem: str) -> Staged:
-    """Write each picture as a temporary file beside its final name OUT/<stem><variant><ext>; on any
-    failure (or Ctrl-C) the temporary files written so far are removed."""
+def encode(pictures: dict[str, Image.Image]) -> dict[str, bytes]:
+    """Each picture encoded as its OUTPUTS variant is saved (the bytes of the file)."""
+    files = {}
+    for variant, picture in pictures.items():
+        extension, options = OUTPUTS[variant]
+        buffer = io.BytesIO()
+        picture.save(buffer, format=Image.registered_extensions()[extension], **options)
+        files[variant] = buffer.getvalue()
+    return files
+
+
+def stage_files(files: dict[str, bytes], out: Path, stem: str) -> Staged:
+    """Write each encoded picture as a temporary file beside its final name OUT/<stem><variant><ext>; on
+    any failure (or Ctrl-C) the temporary files written so far are removed."""
     moves: list[tuple[Path, Path]] = []
     try:
-        for variant, picture in pictures.items():
-            extension, options = OUTPUTS[variant]
-            final = out / f"{stem}{variant}{extension}"
+        for variant, data in files.items():
+            final = out / f"{stem}{variant}{OUTPUTS[variant][0]}"
             moves.append((temporary_path(final), final))
             try:
-                picture.save(moves[-1][0], **options)
+                moves[-1][0].write_bytes(data)
             except OSError as error:
                 fail(f"{final}: cannot write ({error.strerror or error})")
     except BaseException:
@@ -250,15 +297,13 @@ def save(path: Path, write_fn: Callable[[Path], object]) -> None:
         fail(f"{path}: cannot write ({error.strerror or error})")
 
 
-def image_record(path: Path, image: np.ndarray, result: CascadeResult, ms: float,
-                 outputs: list[str]) -> dict[str, Any]:
-    """The summary entry of one image."""
+def image_record(path: Path, image: np.ndarray, result: CascadeResult, ms: float) -> dict[str, Any]:
+    """The summary entry of one image, but for its ``outputs``."""
     return {
         "input": str(path),
         "size": [int(image.shape[0]), int(image.shape[1])],
         "stage_fractions": [round(float(f), 6) for f in result.stage_fractions],
         "ms": round(ms, 3),
-        "outputs": outputs,
     }
 
 

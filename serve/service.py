@@ -3,6 +3,7 @@ on the chosen host and port, the model's application, and the wait until a repli
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +39,13 @@ def connect(address: str | None, quiet: bool = True) -> bool:
 
     if ray.is_initialized():
         return False
+    if quiet:
+        # Ray's C++ core logs internal notes at error level to this process's stderr (e.g. that Ray Data's
+        # actors keep their constructor arguments in the object store); failures still raise in Python.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
-                 logging_level="WARNING" if quiet else "INFO")
+                 logging_level="ERROR" if quiet else "INFO")
     except ConnectionError as error:
         fail(f"cannot reach the Ray cluster at {address!r} ({error}); start it (`ray start --head`) or leave "
              "--address out to run a local Ray")

@@ -128,16 +128,16 @@ def test_a_write_failure_stops_the_run_and_still_writes_the_summary(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture) -> None:
     paths = write_inputs(tmp_path / "in", 3)
-    save = Image.Image.save
-    saved: list[str] = []
+    write_bytes = Path.write_bytes
+    written: list[str] = []
 
-    def disk_full_at_the_fourth_picture(self: Image.Image, fp, *args, **kwargs):
-        saved.append(str(fp))
-        if len(saved) == 4:
+    def disk_full_at_the_fourth_picture(self: Path, data: bytes) -> int:
+        written.append(str(self))
+        if len(written) == 4:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return save(self, fp, *args, **kwargs)
+        return write_bytes(self, data)
 
-    monkeypatch.setattr(Image.Image, "save", disk_full_at_the_fourth_picture)
+    monkeypatch.setattr(Path, "write_bytes", disk_full_at_the_fourth_picture)
     out = tmp_path / "out"
     assert run_lc([*paths, "-o", out, "--quiet"]) == 1
     err = capsys.readouterr().err
@@ -145,7 +145,7 @@ def test_a_write_failure_stops_the_run_and_still_writes_the_summary(tmp_path: Pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 1 and summary["stopped"].endswith("cannot write (No space left on device)")
     assert complete_sets(out) == {"im0": 3} and leftovers(out) == []
-    monkeypatch.setattr(Image.Image, "save", save)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
     assert run_lc([*paths, "-o", out, "--quiet"]) == 0
     assert complete_sets(out) == {"im0": 3, "im1": 3, "im2": 3}  # im0's outputs replaced, not duplicated
 

@@ -1,0 +1,104 @@
+"""lc-run --ray: the images of a run segmented by a Ray Data pipeline — the paths → a pool of actors,
+each holding one :class:`Cascade`, reading, segmenting and encoding an image's pictures → this process,
+which writes them (``runtime.segment.write_all``: all of an image's files or none, the summary, Ctrl-C)
+exactly as lc-run does, so the outputs are the same bytes.
+
+Workers read the images at the paths this process passes them, so on a cluster the inputs must be
+on a filesystem every node sees at the same path; the outputs travel back through Ray's object
+store and only this process writes. An actor that dies is restarted by Ray and its images retried;
+nothing is written for an image until its pictures are here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from layercascade.errors import LCError
+from layercascade.runtime.segment import OUTPUTS, Outcome, ReadOptions, Run, Segmented, segment_file, write_all
+from layercascade.serve.service import connect
+
+# The columns holding an image's encoded pictures, one per OUTPUTS variant ("" is the label map).
+FILE_COLUMNS = {variant: f"file{variant}" for variant in OUTPUTS}
+
+
+class SegmentWorker:
+    """A Ray Data actor: one Cascade, a batch of (index, path) rows in, their outcomes out."""
+
+    def __init__(self, model: str | None, load: dict[str, Any], rho: float | None, read: ReadOptions) -> None:
+        from layercascade.runtime.cascade import Cascade
+
+        self.cascade = Cascade.load(model, **load)
+        self.rho = rho
+        self.read = read
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        columns: dict[str, list[Any]] = {"index": [], "error": [], "record": [], **{c: [] for c in FILE_COLUMNS.values()}}
+        for index, path in zip(batch["index"], batch["path"], strict=True):
+            try:
+                done = segment_file(self.cascade, Path(path), self.rho, self.read)
+                error, record, files = "", json.dumps(done.record), done.files
+            except LCError as failure:
+                error, record, files = str(failure), "", dict.fromkeys(OUTPUTS, b"")
+            columns["index"].append(int(index))
+            columns["error"].append(error)
+            columns["record"].append(record)
+            for variant, column in FILE_COLUMNS.items():
+                columns[column].append(files[variant])
+        return {name: np.array(values, dtype=object if name != "index" else np.int64)
+                for name, values in columns.items()}
+
+
+def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], out: Path, *, rho: float | None,
+                    strict: bool, progress: bool, read: ReadOptions = ReadOptions(),
+                    earlier: list[str] | None = None, address: str | None = None,
+                    workers: int | None = None) -> Run:
+    """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
+    actors (default: one per CPU of the cluster), each loading the model with ``load``
+    (``Cascade.load``'s keyword arguments). Joins the cluster at ``address`` or starts a local Ray."""
+    started_ray = connect(address)
+    try:
+        return write_all(outcomes(model, load, paths, rho, read, workers), paths, out, strict=strict,
+                         progress=progress, earlier=earlier)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: float | None, read: ReadOptions,
+             workers: int | None) -> Iterator[Outcome]:
+    """The pipeline's results in input order, as :func:`write_all` takes them."""
+    context = ray.data.DataContext.get_current()
+    # Ray Data's progress lines would break lc-run's bar (its logging is configured on import: set after).
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context.execution_options.preserve_order = True  # the summary and a --strict stop follow input order
+    context.enable_progress_bars = False  # write_all has its own
+    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    dataset = ray.data.from_items([{"index": index, "path": str(path)} for index, path in enumerate(paths)])
+    # Ray Data's actors are restarted when they die and their tasks retried, as often as it takes (its
+    # defaults: max_restarts = max_task_retries = -1).
+    dataset = dataset.map_batches(
+        SegmentWorker, fn_constructor_kwargs={"model": model, "load": load, "rho": rho, "read": read},
+        batch_size=1, concurrency=workers, num_cpus=1, batch_format="numpy")
+    try:
+        for row in dataset.iter_rows():
+            index = int(row["index"])
+            if row["error"]:
+                yield index, LCError(row["error"])
+            else:
+                yield index, Segmented(json.loads(row["record"]),
+                                       {variant: bytes(row[column]) for variant, column in FILE_COLUMNS.items()})
+    except ray.exceptions.RayError as error:
+        cause = error.cause if isinstance(getattr(error, "cause", None), LCError) else None
+        raise LCError(str(cause) if cause else f"the Ray pipeline failed: {first_line(error)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
