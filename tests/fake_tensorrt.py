@@ -11,8 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
+from layercascade.manifest import read_manifest
+from layercascade.runtime.inputs import DEMO_MODEL
+from layercascade.runtime.trt.engines import BatchRange, BuiltEngine, write_engine_dir
+
 TENSORRT_VERSION = "11.4.0.106"
 GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+# What the fake engines were "built" with.
+BUILT = {"tensorrt": TENSORRT_VERSION, "gpu": GPU, "plugin_sha256": "ab" * 32}
+
+
+def fake_engine_dir(target: Path, model_dir: Path = DEMO_MODEL, precision: str = "fp16") -> Path:
+    settings = {**BUILT, "precision": precision, "batch": BatchRange(1, 1, 1), "version_compatible": False}
+    return write_engine_dir(target, model_dir, read_manifest(model_dir),
+                            lambda graph: BuiltEngine(f"plan of {graph.name}".encode(), "00" * 32), settings)
 
 
 def install_fake_tensorrt(monkeypatch, tensorrt: types.ModuleType, cudart: types.ModuleType) -> None:

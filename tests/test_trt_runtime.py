@@ -28,15 +28,15 @@ from layercascade.runtime.trt.engines import (
     write_engine_dir,
 )
 from layercascade.tests.fake_tensorrt import (
+    BUILT,
     GPU,
     TENSORRT_VERSION,
     SimulatedCuda,
+    fake_engine_dir,
     install_fake_tensorrt,
     simulated_tensorrt,
 )
 from layercascade.tests.helpers import synthetic_images
-
-BUILT = {"tensorrt": TENSORRT_VERSION, "gpu": GPU, "plugin_sha256": "ab" * 32}
 
 
 def metadata(**changes) -> dict:
@@ -72,12 +72,6 @@ def test_stale_plugin_hash() -> None:
 
 
 # -- engine dirs (fake plans: everything before deserialization) --------------------------------
-def fake_engine_dir(target: Path, model_dir: Path = DEMO_MODEL, precision: str = "fp16") -> Path:
-    settings = {**BUILT, "precision": precision, "batch": BatchRange(1, 1, 1), "version_compatible": False}
-    return write_engine_dir(target, model_dir, read_manifest(model_dir),
-                            lambda graph: BuiltEngine(f"plan of {graph.name}".encode(), "00" * 32), settings)
-
-
 @pytest.fixture
 def engine_dir(tmp_path) -> Path:
     return fake_engine_dir(tmp_path / "engines")

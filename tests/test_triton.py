@@ -1,0 +1,166 @@
+"""lc-triton: each config.pbtxt parses with the model-config schema tritonclient ships, and the
+repository's models compute what Cascade computes when fed the inputs the config declares. (No
+Triton server runs here: the configs are checked against Triton's schema, the models on the
+runtimes Triton's backends wrap.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from layercascade.cli import triton as triton_cli
+from layercascade.errors import LCError, run_cli
+from layercascade.model.data.images import read_rgb
+from layercascade.runtime.cascade import Cascade
+from layercascade.runtime.inputs import DEMO_MODEL, SAMPLES
+from layercascade.serve.triton import MARKER, write_repository
+from layercascade.tests.fake_tensorrt import fake_engine_dir
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                       reason="tritonclient is not installed (pip install tritonclient)")
+
+
+def parse_config(folder: Path):
+    """``config.pbtxt`` parsed with Triton's ModelConfig schema (unknown fields or bad values raise)."""
+    from google.protobuf import text_format
+
+    return text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def declared_shape(tensor, max_batch_size: int, batch: int) -> list[int]:
+    """The shape a client sends for a config tensor (the batch dimension first when Triton batches)."""
+    dims = [batch if d == -1 else d for d in tensor.dims]
+    return [batch, *dims] if max_batch_size > 0 else dims
+
+
+def images_at(size: tuple[int, int], count: int) -> np.ndarray:
+    from layercascade.model.data.images import resize_image
+
+    samples = [read_rgb(path) for path in sorted(SAMPLES.iterdir())]
+    return np.stack([resize_image(samples[k % len(samples)], size) for k in range(count)])
+
+
+def test_demo_model_for_onnxruntime(tmp_path) -> None:
+    import onnxruntime
+
+    [folder] = write_repository(None, tmp_path / "repo")
+    config = parse_config(folder)
+    assert config.name == "demo" and config.backend == "onnxruntime" and config.max_batch_size == 0
+    assert [i.name for i in config.input] == ["image", "rho"]
+    assert [o.name for o in config.output] == ["labels", "stage_counts"]
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    session = onnxruntime.InferenceSession(str(folder / "1" / config.default_model_filename))
+    assert [i.name for i in session.get_inputs()] == ["image", "rho"]
+    assert all(node.domain in ("", "ai.onnx") for node in onnx.load(folder / "1" / "model.onnx").graph.node)
+    with Cascade.load(None) as cascade:
+        image = images_at(cascade.input_size, 1)
+        assert list(image.shape) == declared_shape(config.input[0], 0, 1)
+        for rho in (0.9, 0.985, 1.0):
+            labels, counts = session.run(None, {"image": image, "rho": np.array([rho], np.float32)})
+            expected = cascade.run_batch(image, rho)
+            np.testing.assert_array_equal(labels, expected.labels)
+            np.testing.assert_array_equal(counts, expected.stage_counts)
+    written = json.loads((folder / MARKER).read_text())
+    assert written["platform"] == "onnxruntime" and written["source"] == str(DEMO_MODEL.resolve())
+
+
+@pytest.mark.parametrize("platform", ["onnxruntime", "openvino"])
+def test_dynamic_batching_takes_a_threshold_per_image(dynamic_model, tmp_path, platform) -> None:
+    """Requests batched by Triton each keep their own ρ: a batch of three at three thresholds gives each
+    image what the cascade gives it alone at its threshold."""
+    _, model = dynamic_model
+    [folder] = write_repository(model, tmp_path / "repo", platform=platform, max_batch=3, instances=2)
+    config = parse_config(folder)
+    assert config.max_batch_size == 3 and config.dynamic_batching.max_queue_delay_microseconds == 5000
+    assert config.instance_group[0].count == 2
+    assert [list(t.dims) for t in config.input] == [[64, 64, 3], [1]]
+    rhos = np.array([[0.9], [0.985], [1.0]], np.float32)
+    with Cascade.load(model) as cascade:
+        images = images_at(cascade.input_size, 3)
+        assert list(images.shape) == declared_shape(config.input[0], 3, 3)
+        expected = [cascade.run_batch(images[k:k + 1], float(rhos[k, 0])) for k in range(3)]
+    if platform == "onnxruntime":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx"))
+        labels, counts = session.run(None, {"image": images, "rho": rhos})
+    else:
+        import openvino
+
+        assert config.backend == "openvino" and (folder / "1" / "model.bin").is_file()
+        compiled = openvino.Core().compile_model(str(folder / "1" / "model.xml"), "CPU",
+                                                 {"INFERENCE_PRECISION_HINT": "f32"})
+        answer = compiled({"image": images, "rho": rhos})
+        labels, counts = answer[compiled.output("labels")], answer[compiled.output("stage_counts")]
+    for k in range(3):
+        np.testing.assert_array_equal(labels[k], expected[k].labels[0])
+        np.testing.assert_array_equal(counts[k], expected[k].stage_counts[0])
+    assert len({tuple(c) for c in counts}) > 1  # the thresholds really differed per image
+
+
+def test_engine_dir_becomes_an_ensemble(tmp_path) -> None:
+    engines = fake_engine_dir(tmp_path / "engines")
+    folders = write_repository(engines, tmp_path / "repo", name="lc")
+    assert [f.name for f in folders] == ["lc_stage1", "lc_stage2", "lc_stage3", "lc"]
+    ensemble = parse_config(folders[-1])
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 0
+    available = {t.name for t in ensemble.input}
+    assert available == {"image", "rho"}
+    for step, folder in zip(ensemble.ensemble_scheduling.step, folders[:3], strict=True):
+        stage = parse_config(folder)
+        assert step.model_name == stage.name == folder.name and stage.platform == "tensorrt_plan"
+        assert stage.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        assert set(step.input_map) == {t.name for t in stage.input}
+        assert set(step.input_map.values()) <= available  # every input made by the ensemble or a step before
+        available |= set(step.output_map.values())
+        engine = json.loads((engines / "engines.json").read_text())["engines"][folder.name.removeprefix("lc_")]
+        assert (folder / "1" / "model.plan").read_bytes() == (engines / engine["file"]).read_bytes()
+    assert {t.name for t in ensemble.output} == {"labels", "stage_counts"} <= available
+
+
+def test_other_models_are_left_alone_and_ours_replaced(tmp_path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "someone_else" / "1").mkdir(parents=True)
+    write_repository(None, repo)
+    (repo / "demo" / "stale").write_text("from before")
+    write_repository(None, repo)
+    assert not (repo / "demo" / "stale").exists() and (repo / "someone_else" / "1").is_dir()
+    with pytest.raises(LCError, match="someone_else: exists and was not written by lc-triton"):
+        write_repository(None, repo, name="someone_else")
+    assert sorted(p.name for p in repo.iterdir()) == ["demo", "someone_else"]  # no staging folder left
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--platform", "tensorrt"], "a model dir runs on --platform onnxruntime or openvino"),
+    (["--max-batch", "4"], "exported for a fixed batch of 1; Triton's batching needs lc-export --dynamic-batch 4"),
+])
+def test_one_line_errors(tmp_path, capsys, arguments, message) -> None:
+    assert run_cli(triton_cli.main, ["-o", str(tmp_path / "repo"), *arguments]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_engine_dir_on_another_platform(tmp_path, capsys) -> None:
+    engines = fake_engine_dir(tmp_path / "engines")
+    assert run_cli(triton_cli.main, [str(engines), "-o", str(tmp_path / "repo"), "--platform", "openvino"]) == 1
+    assert "an engine dir (lc-build) runs on --platform tensorrt" in capsys.readouterr().err
+
+
+def test_a_dense_only_dir_is_refused(tmp_path, capsys) -> None:
+    from layercascade.manifest import read_manifest, write_model_dir
+
+    manifest = {k: v for k, v in read_manifest(DEMO_MODEL).items() if k not in ("format", "version", "files",
+                                                                                  "stages")}
+
+    def write(folder: Path) -> dict:
+        shutil.copy(DEMO_MODEL / "dense.onnx", folder / "dense.onnx")
+        return manifest
+
+    dense = write_model_dir(tmp_path / "dense", write)
+    assert run_cli(triton_cli.main, [str(dense), "-o", str(tmp_path / "repo")]) == 1
+    assert "holds only the dense network" in capsys.readouterr().err
