@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "/v1/segment (?rho=R) and get the palette label map as PNG at the image's size (headers "
                     "X-LC-Stage-Fractions, X-LC-Milliseconds), or JSON with 'Accept: application/json'; "
                     "GET /v1/health (200 once the model is loaded), GET /v1/model. Requests to a replica are "
-                    "batched up to the model's batch capacity. Runs until Ctrl-C.",
+                    "batched up to the model's batch capacity. Runs until Ctrl-C or SIGTERM.",
     )
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL",
                         help="model dir (lc-export, lc-calibrate), engine dir (lc-build) or, for the torch backend, "
@@ -67,11 +68,16 @@ def main(argv: list[str] | None = None) -> int:
                                    route_prefix=args.route_prefix, name=args.name)
     print(f"serving {service.name} at {service.url}/v1/segment  (try: curl --data-binary @photo.jpg "
           f"{service.url}/v1/segment -o labels.png); Ctrl-C stops", file=sys.stderr)
+    stop = threading.Event()
+    # `kill` (SIGTERM) stops it like Ctrl-C: the application removed, the Ray it started shut down.
+    signal.signal(signal.SIGTERM, lambda number, frame: stop.set())
     try:
-        threading.Event().wait()
+        while not stop.wait(1.0):
+            pass
     except KeyboardInterrupt:
-        print("stopping lc-serve", file=sys.stderr)
+        pass
     finally:
+        print("stopping lc-serve", file=sys.stderr)
         service.stop()
     return 0
 

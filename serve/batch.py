@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], 
     """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
     actors (default: one per CPU of the cluster), each loading the model with ``load``
     (``Cascade.load``'s keyword arguments). Joins the cluster at ``address`` or starts a local Ray."""
+    # Ray's C++ core tells this process's stderr, at error level, that Ray Data's actors keep their
+    # constructor arguments in the object store (a note, not a failure: failures raise in Python).
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     started_ray = connect(address)
     try:
         return write_all(outcomes(model, load, paths, rho, read, workers), paths, out, strict=strict,

@@ -3,7 +3,7 @@ on the chosen host and port, the model's application, and the wait until a repli
 
 from __future__ import annotations
 
-import os
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +39,6 @@ def connect(address: str | None, quiet: bool = True) -> bool:
 
     if ray.is_initialized():
         return False
-    if quiet:
-        # Ray's C++ core logs internal notes at error level to this process's stderr (e.g. that Ray Data's
-        # actors keep their constructor arguments in the object store); failures still raise in Python.
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "INFO")
@@ -65,6 +61,7 @@ def start(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
     from ray import serve
 
     started_ray = connect(address)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # lc-serve prints its own lines
     serve.start(http_options={"host": host, "port": port})
     name = name or app_name(settings.model)
     prefix = "/" + route_prefix.strip("/")

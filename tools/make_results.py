@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_block import markers  # tools/, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "model" / "demo" / "lc_tiny_synthetic.pt"
 DEMO_MODEL_DIR = ROOT / "runtime" / "demo_model"
@@ -280,7 +282,7 @@ def replace_speed_section(path: Path, section: str) -> None:
 
 
 # Sections other tools generate into results.md (e.g. tools/make_int8_results.py), kept as they are.
-KEPT_SECTIONS = ("int8",)
+KEPT_SECTIONS = ("int8", "serving")
 
 
 def kept_sections(path: Path) -> str:
@@ -288,7 +290,7 @@ def kept_sections(path: Path) -> str:
     text = path.read_text() if path.exists() else ""
     blocks = []
     for name in KEPT_SECTIONS:
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        begin, end = markers(name)
         if begin in text and end in text:
             blocks.append(text[text.index(begin):text.index(end) + len(end)])
     return "".join(f"\n{block}\n" for block in blocks)

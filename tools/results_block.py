@@ -1,0 +1,22 @@
+"""The generated blocks of docs/results.md: ``<!-- NAME:begin -->`` … ``<!-- NAME:end -->``, each written
+by one tool and kept as it is by the others (tools/make_results.py rewrites the rest of the file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def write_block(path: Path, name: str, body: str) -> None:
+    """Replace the block ``name`` of ``path`` with ``body`` (appended at the end if it has none yet)."""
+    begin, end = markers(name)
+    block = f"{begin}\n{body.strip()}\n{end}"
+    text = path.read_text()
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
