@@ -305,3 +305,45 @@ def test_a_model_that_does_not_load_is_one_line(tmp_path, ray_session, port, dem
     from ray import serve
 
     assert "broken" not in serve.status().applications
+
+
+def test_a_replica_answers_503_while_its_model_loads(monkeypatch) -> None:
+    """The replica class itself, in this process (no Ray Serve; its batching needs a replica): 503 until the
+    model is loaded, then 200; the batch size is capped by the model's capacity."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from layercascade.serve import app
+
+    release = threading.Event()
+    load = Cascade.load
+
+    def slow_load(*args, **kwargs):
+        release.wait(30)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(Cascade, "load", slow_load)
+
+    def request(method: str, path: str, body: bytes = b"") -> Request:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": b"",
+                 "headers": [(b"content-length", str(len(body)).encode())]}
+        return Request(scope, receive)
+
+    async def scenario() -> None:
+        server = app.CascadeServer(app.ServeSettings(None, max_batch=8))
+        loading = await server(request("GET", "/v1/health"))
+        assert loading.status_code == 503 and b"the model is loading" in loading.body
+        assert (await server(request("POST", "/v1/segment", JPEG.read_bytes()))).status_code == 503
+        release.set()
+        await asyncio.to_thread(server.loaded.wait, 60)
+        assert (await server(request("GET", "/v1/health"))).status_code == 200
+        assert server.segment_many._get_max_batch_size() == 1  # the demo model takes one image per run
+        assert (await server(request("GET", "/v1/model"))).status_code == 200
+        refused = await server(request("POST", "/v1/segment", b"not an image"))  # refused before the batch
+        assert refused.status_code == 400 and b"cannot read image" in refused.body
+
+    asyncio.run(scenario())
