@@ -72,6 +72,17 @@ def _distribution_version(name: str) -> str | None:
         return None
 
 
+def probe_ray() -> Report:
+    """Ray for lc-serve and lc-run --ray, read from the installed distributions (only ``serve/`` imports Ray)."""
+    version = _distribution_version("ray")
+    if version is None:
+        return {"ok": False, "detail": "not installed: pip install 'layercascade[serve]' (lc-serve, lc-run --ray)"}
+    parts = {"Ray Serve": "uvicorn", "Ray Data": "pyarrow", "httpx": "httpx"}  # a distribution each brings
+    missing = [part for part, distribution in parts.items() if _distribution_version(distribution) is None]
+    detail = f"missing {', '.join(missing)}: pip install 'layercascade[serve]'" if missing else ", ".join(parts)
+    return {"ok": not missing, "version": version, "detail": detail}
+
+
 def probe_tensorrt() -> Report:
     """Import (missing / bindings only / libraries not loading) and whether a builder starts (GPU)."""
     trt = import_tensorrt(WHO)
@@ -149,6 +160,7 @@ PROBES: dict[str, Callable[[], Report]] = {
     "cuda-python": probe_cuda_python,
     "gpu": probe_gpu,
     "lc plugins": probe_plugins,
+    "ray": probe_ray,
 }
 
 

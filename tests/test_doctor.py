@@ -122,3 +122,15 @@ def test_usable_backends() -> None:
     no_ort = doctor.usable_backends(_probes({"onnxruntime": {"ok": False, "detail": "not installed"}}))
     assert no_ort["ort"] == {"ok": False, "devices": [], "detail": "onnxruntime: not installed"}
     assert not doctor.usable_backends(_probes({"cuda-python": {"ok": False, "detail": "y"}}))["trt"]["ok"]
+
+
+def test_ray_probe_names_the_serve_extra(monkeypatch) -> None:
+    from layercascade.runtime import doctor
+
+    installed = {"ray": "2.60.0", "uvicorn": "0.30", "pyarrow": "17", "httpx": "0.28"}
+    monkeypatch.setattr(doctor, "_distribution_version", installed.get)
+    assert doctor.probe_ray() == {"ok": True, "version": "2.60.0", "detail": "Ray Serve, Ray Data, httpx"}
+    del installed["pyarrow"]
+    assert doctor.probe_ray()["detail"] == "missing Ray Data: pip install 'layercascade[serve]'"
+    del installed["ray"]
+    assert not doctor.probe_ray()["ok"] and "layercascade[serve]" in doctor.probe_ray()["detail"]
