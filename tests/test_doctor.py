@@ -125,8 +125,6 @@ def test_usable_backends() -> None:
 
 
 def test_ray_probe_names_the_serve_extra(monkeypatch) -> None:
-    from layercascade.runtime import doctor
-
     installed = {"ray": "2.60.0", "uvicorn": "0.30", "pyarrow": "17", "httpx": "0.28"}
     monkeypatch.setattr(doctor, "_distribution_version", installed.get)
     assert doctor.probe_ray() == {"ok": True, "version": "2.60.0", "detail": "Ray Serve, Ray Data, httpx"}
