@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--compare", type=precision_list, default=None, metavar="LIST",
                          help="time precisions against each other instead of cascade vs dense: fp32 and any of "
                               "fp16 (backends that have it, e.g. a checkpoint with --backend torch --device cuda), "
-                              "int8 (give the INT8 dir from lc-calibrate as DIR; its fp32 source is found from its "
-                              "lc.json), e.g. fp32,int8")
+                              "bf16 (--backend openvino), int8 (give the INT8 dir from lc-calibrate as DIR; its fp32 "
+                              "source is found from its lc.json), e.g. fp32,int8 or, with --backend openvino, "
+                              "fp32,bf16,int8")
     compare.add_argument("--rhos", type=rho_list, default=None, metavar="R1,R2,...",
                          help="with --compare: the thresholds to measure (default: --rho or the model's)")
     compare.add_argument("--data", default=None, metavar="SPEC",
@@ -163,7 +164,7 @@ def compare_main(args) -> int:
     if args.plot and not args.data:
         fail("--plot draws speed against mIoU: give --data too (e.g. --data synthetic)")
     cascades = {name: Cascade.load(model_dir, **load_options(args, args.threads), **options)
-                for name, (model_dir, options) in precision_sources(args.model, args.compare).items()}
+                for name, (model_dir, options) in precision_sources(args.model, args.compare, args.backend).items()}
     fp32 = cascades["fp32"]
     check_size(args.size, fp32.input_size)
     dataset = None

@@ -18,20 +18,24 @@ from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.runtime.timing import LatencyStats, check_iterations
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
-def precision_sources(model_dir: Path | None, precisions: list[str]) -> dict[str, tuple[Path, dict]]:
-    """The model dir and backend options of each precision: fp32 and fp16 from the fp32 dir, int8 from the INT8 one.
+def precision_sources(model_dir: Path | None, precisions: list[str], backend: str = "auto") -> dict[str, tuple[Path, dict]]:
+    """The model dir and backend options of each precision: fp32, fp16 and bf16 from the fp32 dir, int8
+    from the INT8 one.
 
     ``model_dir`` may be either: an INT8 dir names its fp32 source in its ``quantization``
     record (``lc-calibrate`` writes it), an fp32 dir cannot name an INT8 one. A ``.pt``
-    checkpoint (torch backend) gives fp32 and fp16.
+    checkpoint (torch backend) gives fp32 and fp16. On OpenVINO every precision is asked for by
+    name (its default is bf16 where the CPU has it, so fp32 must be); bf16 runs there only.
     """
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or "fp32" not in precisions or len(set(precisions)) != len(precisions):
         fail(f"--compare takes fp32 and any of {', '.join(PRECISIONS[1:])}, comma-separated (got "
              f"{','.join(precisions)})")
+    if "bf16" in precisions and backend != "openvino":
+        fail("--compare bf16 is OpenVINO's bf16 inference precision: add --backend openvino")
     model_dir = DEMO_MODEL if model_dir is None else Path(model_dir)
     if model_dir.suffix == ".pt":  # a checkpoint (torch backend): fp32 and fp16 of the same weights
         if "int8" in precisions:
@@ -48,8 +52,11 @@ def precision_sources(model_dir: Path | None, precisions: list[str]) -> dict[str
         if not (fp32_dir / "lc.json").is_file() or model_hash(read_cascade_manifest(fp32_dir)) != record[
                 "source_model_sha256"]:
             fail(f"{model_dir}: its fp32 source {fp32_dir} is gone or was re-exported; calibrate again")
-    sources = {"fp32": (fp32_dir, {}), "fp16": (fp32_dir, {"precision": "fp16"}), "int8": (model_dir, {})}
-    return {p: sources[p] for p in PRECISIONS if p in precisions}  # fp32 first: the reference
+    dirs = {"fp32": fp32_dir, "fp16": fp32_dir, "bf16": fp32_dir, "int8": model_dir}
+    named = backend == "openvino"
+    # fp32 first: the reference.
+    return {p: (dirs[p], {"precision": p} if named or p in ("fp16", "bf16") else {}) for p in PRECISIONS
+            if p in precisions}
 
 
 def agreement_predictor(cascade: Cascade, fp32_labels: dict[tuple[float, int], np.ndarray],

@@ -143,3 +143,30 @@ def test_lc_bench_profile_reads_openvinos_counters(demo_fp32: Path, capsys: pyte
     assert profile["conv_gemm_ms"] > 0 and profile["runs"] == 3
     assert profile["conv_gemm_ms"] + profile["other_ms"] == pytest.approx(profile["kernel_ms"], abs=2e-3)
 
+
+
+def test_lc_bench_compare_fp32_bf16_int8_on_openvino(demo_int8, capsys: pytest.CaptureFixture) -> None:
+    """--compare on OpenVINO asks every precision by name (its default would be bf16), bf16 runs there only,
+    and mIoU and label agreement with fp32 come with each row."""
+    from layercascade.runtime.compare import precision_sources
+
+    int8_dir, record, _ = demo_int8
+    fp32_dir = Path(record["source"])
+    assert precision_sources(int8_dir, ["fp32", "bf16", "int8"], "openvino") == {
+        "fp32": (fp32_dir, {"precision": "fp32"}), "bf16": (fp32_dir, {"precision": "bf16"}),
+        "int8": (int8_dir, {"precision": "int8"})}
+    with pytest.raises(LCError, match="--compare bf16 is OpenVINO's bf16 inference precision: add --backend openvino"):
+        precision_sources(int8_dir, ["fp32", "bf16"], "ort")
+    precisions = "fp32,bf16,int8" if bf16_native() else "fp32,int8"
+    assert run_cli(bench.main, [str(int8_dir), "--backend", "openvino", "--compare", precisions, "--iters", "2",
+                                "--warmup", "1", "--data", "synthetic", "--limit", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {row["precision"]: row for row in result["rows"]}
+    assert list(rows) == precisions.split(",") and rows["fp32"]["label_agreement"] == 100.0
+    assert all(0 <= row["miou"] <= 100 and row["label_agreement"] > 90 for row in rows.values())
+
+
+def bf16_native() -> bool:
+    from layercascade.runtime.openvino.loader import cpu_capabilities
+
+    return "BF16" in cpu_capabilities()
