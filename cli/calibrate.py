@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from layercascade.cli.args import add_data_arguments, add_rho_argument
+from layercascade.contract import format_rho
 from layercascade.errors import run_cli
 
 
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     reused = "reused" if record["statistics_reused"] else "collected"
     print(f"{args.output}: INT8 ({record['method']}, {record['images']} {record['data']} {record['split']} images, "
-          f"ρ = {record['rho']:g}, {'cascade-aware' if record['cascade_aware'] else 'all-pixel'} statistics "
+          f"ρ = {format_rho(record['rho'])}, "
+          f"{'cascade-aware' if record['cascade_aware'] else 'all-pixel'} statistics "
           f"{reused}: {record['statistics_cache']})")
     return 0
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from layercascade.contract import rho_or_default
+from layercascade.contract import Rho, RhoLike, check_rho, rho_or_default
 from layercascade.errors import fail
 from layercascade.model.data.images import as_rgb, resize_image, resize_labels
 from layercascade.runtime.backend import BACKENDS, Masks, StagedBackend, StageOutputs, check_options
@@ -46,7 +46,7 @@ class Cascade:
         self.classes: list[str] = list(manifest["classes"])
         self.palette = np.asarray(manifest["palette"], dtype=np.uint8)
         self.input_size: tuple[int, int] = tuple(manifest["input_size"])
-        self.default_rho: float = float(manifest["default_rho"])
+        self.default_rho: Rho = check_rho(manifest["default_rho"])
         batch = manifest["batch"]
         self.batch_size: int | None = None if batch["dynamic"] else int(batch["size"])
 
@@ -97,17 +97,18 @@ class Cascade:
         return self.runner
 
     # -- running -------------------------------------------------------------------------------
-    def rho(self, rho: float | None = None) -> float:
-        """The threshold a run uses: ``rho`` (checked to lie in (0, 1]) or the model's default."""
+    def rho(self, rho: RhoLike | None = None) -> Rho:
+        """The thresholds (ρ₂, ρ₃) a run uses: ``rho`` (one ρ for both stages, or a pair; checked to lie
+        in (0, 1]) or the model's default."""
         return rho_or_default(rho, self.default_rho)
 
     def prepare(self, image: np.ndarray | Image.Image) -> np.ndarray:
         """An (H, W, 3) uint8 image (or a PIL image) at the model's input size."""
         return resize_image(as_rgb(image), self.input_size)
 
-    def run_batch(self, images: np.ndarray, rho: float | None = None,
+    def run_batch(self, images: np.ndarray, rho: RhoLike | None = None,
                   forced_masks: Masks | None = None) -> StageOutputs:
-        """Run the cascade on (N, H, W, 3) uint8 images already at the input size.
+        """Run the cascade on (N, H, W, 3) uint8 images already at the input size, at ``rho`` (see :meth:`rho`).
 
         ``forced_masks`` replaces the thresholded M₂, M₃ (to benchmark chosen active fractions).
         """
@@ -120,8 +121,9 @@ class Cascade:
             fail(f"this model was exported for batch {self.batch_size}, got {images.shape[0]} images")
         return self.runner.run(images, self.rho(rho), forced_masks)
 
-    def __call__(self, image: np.ndarray | Image.Image, rho: float | None = None) -> CascadeResult:
-        """Segment one image of any size: an (H, W, 3) uint8 RGB array or a PIL image of any mode."""
+    def __call__(self, image: np.ndarray | Image.Image, rho: RhoLike | None = None) -> CascadeResult:
+        """Segment one image of any size: an (H, W, 3) uint8 RGB array or a PIL image of any mode; ``rho``:
+        one ρ for both stages or (ρ₂, ρ₃) (default: the model's)."""
         started = time.perf_counter()
         image = as_rgb(image)
         prepared = self.prepare(image)
@@ -137,7 +139,7 @@ class Cascade:
         fractions = counts / max(counts.sum(), 1.0)
         return CascadeResult(labels, stage_map, (float(fractions[0]), float(fractions[1]), float(fractions[2])), timings)
 
-    def predict(self, image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
+    def predict(self, image: np.ndarray, rho: RhoLike) -> tuple[np.ndarray, np.ndarray, int]:
         """A predictor for ``model.evaluate``: labels, stage fractions and stage-resolution pixels of one image."""
         result = self(image, rho)
         return result.labels, np.asarray(result.stage_fractions), result.stage_map.size
