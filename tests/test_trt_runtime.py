@@ -291,6 +291,20 @@ def test_dynamic_batch_on_simulated_gpu(dynamic_model, tmp_path, monkeypatch) ->
     assert set(engines.runner.graphs) == {(1, False), (2, False), (3, False)}
 
 
+def test_an_engine_dir_of_a_version_1_manifest_runs_its_one_rho(simulated_gpu) -> None:
+    """lc-build before per-stage thresholds wrote lc.json version 1, ``default_rho`` one number: it is
+    both stages' threshold, and a pair still reaches each stage's engine."""
+    engine_dir, _ = simulated_gpu
+    manifest = json.loads((engine_dir / "lc.json").read_text())
+    (engine_dir / "lc.json").write_text(json.dumps({**manifest, "version": 1, "default_rho": 0.9}))
+    engines, reference = Cascade.load(engine_dir), Cascade.load(None, backend="ort", lower=False)
+    assert engines.default_rho == (0.9, 0.9)
+    image = synthetic_images(1)
+    for rho in (None, (0.985, 0.9)):
+        ours, theirs = engines.run_batch(image, rho), reference.run_batch(image, 0.9 if rho is None else rho)
+        assert np.array_equal(ours.mask3, theirs.mask3) and np.array_equal(ours.labels, theirs.labels)
+
+
 # -- real TensorRT ------------------------------------------------------------------------------
 def _trt_skip_reason() -> str | None:
     try:
