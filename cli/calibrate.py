@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="activation ranges: exact min/max, the 99.999th percentile of |x|, or the "
                              "KL-optimal clipping threshold (default: percentile, the most accurate on the demo "
                              "model, docs/results.md)")
-    add_rho_argument(parser, "calibration ρ: which pixels reach stages 2 and 3 while statistics are collected "
-                             "(default: the model's ρ)", deprecated=("--per-stage-rho",))
+    add_rho_argument(parser, "calibration ρ (or ρ₂,ρ₃): which pixels reach stages 2 and 3 while statistics are "
+                             "collected (default: the model's)", deprecated=("--per-stage-rho",))
     parser.add_argument("--naive", action="store_true",
                         help="stage 2-3 statistics over all pixels instead of those that reach the stage "
                              "(for comparison only)")
