@@ -20,7 +20,8 @@ from typing import Any, NoReturn
 from layercascade.errors import fail
 
 FORMAT = "layercascade.model"
-VERSION = 1
+# 2: ``default_rho`` is [ρ₂, ρ₃] (1: one number for both stages; still read, see check_cascade_fields).
+VERSION = 2
 MANIFEST = "lc.json"
 
 
@@ -80,16 +81,19 @@ def read_cascade_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
 def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
                          advice: str = "fix it or re-export the model") -> dict[str, Any]:
     """``manifest`` if the fields a cascade runs by hold values it can run with, else one line naming
-    ``source`` (the file they came from) and the field: ``default_rho`` in (0, 1], ``input_size`` two
-    positive integers, ``classes`` names (at most 255: 255 marks void pixels) and ``palette`` one RGB
-    colour per class. The stage graphs themselves are checked against these by the backend that
-    loads them (``export.graph.check_stage_graphs``)."""
+    ``source`` (the file they came from) and the field: ``default_rho`` [ρ₂, ρ₃] in (0, 1] (a version-1
+    manifest's one number, meaning both, becomes that pair), ``input_size`` two positive integers,
+    ``classes`` names (at most 255: 255 marks void pixels) and ``palette`` one RGB colour per class.
+    The stage graphs themselves are checked against these by the backend that loads them
+    (``export.graph.check_stage_graphs``)."""
     def wrong(field: str, what: str) -> NoReturn:
         fail(f"{source}: {field} {json.dumps(manifest.get(field))[:80]} is not {what}; {advice}")
 
     rho = manifest.get("default_rho")
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 < rho <= 1.0:
-        wrong("default_rho", "a number in (0, 1]")
+    if _threshold(rho):
+        manifest["default_rho"] = [rho, rho]
+    elif not (isinstance(rho, list) and len(rho) == 2 and all(_threshold(r) for r in rho)):
+        wrong("default_rho", "[rho2, rho3] (two numbers in (0, 1])")
     size = manifest.get("input_size")
     if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(n) for n in size)):
         wrong("input_size", "[height, width] (two positive integers)")
@@ -103,6 +107,10 @@ def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
     if len(palette) != len(classes):
         fail(f"{source}: palette has {len(palette)} colours for {len(classes)} classes; {advice}")
     return manifest
+
+
+def _threshold(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value <= 1.0
 
 
 def _int_in(value: object, low: int, high: int) -> bool:

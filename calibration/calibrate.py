@@ -13,7 +13,7 @@ import numpy as np
 
 from layercascade.calibration.quantize import quantize_graph
 from layercascade.calibration.statistics import METHODS, Statistics, collect, float_convs, graph_files
-from layercascade.contract import rho_or_default
+from layercascade.contract import RhoLike, check_rho, rho_or_default, rho_value
 from layercascade.errors import fail
 from layercascade.export.graph import load_onnx
 from layercascade.export.session import import_onnxruntime
@@ -58,21 +58,22 @@ def load_statistics(model_dir: Path, manifest: dict[str, Any], dataset: Any, met
         return statistics, True
     batch = 1 if manifest["batch"]["dynamic"] else int(manifest["batch"]["size"])
     images = calibration_images(dataset, tuple(manifest["input_size"]), batch)
-    statistics = collect(model_dir, manifest, images, -(-len(dataset) // batch), meta["rho"], meta["cascade_aware"],
-                         meta, progress)
+    statistics = collect(model_dir, manifest, images, -(-len(dataset) // batch), check_rho(meta["rho"]),
+                         meta["cascade_aware"], meta, progress)
     statistics.save(cache)
     return statistics, False
 
 
 def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str = "train", seed: int = 0,
-              limit: int | None = None, method: str = "percentile", rho: float | None = None,
+              limit: int | None = None, method: str = "percentile", rho: RhoLike | None = None,
               cascade_aware: bool = True, cache: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Write the INT8 model dir ``output`` for the fp32 ``model_dir``; returns its ``quantization`` record.
 
     Args:
         data, split, seed, limit: the calibration images (``open_dataset`` spec).
         method: "minmax", "percentile" or "entropy" (activation ranges; weights are always min-max).
-        rho: calibration ρ deciding which pixels reach stages 2–3 (default: the model's).
+        rho: calibration ρ deciding which pixels reach stages 2–3: one for both, or (ρ₂, ρ₃) (default: the
+            model's). Recorded as reports write it (``contract.rho_value``), so one ρ keys caches as before.
         cascade_aware: stage 2–3 statistics from the pixels that reach them (False: all pixels).
         cache: statistics file (default: one per model, data and ρ under ``default_cache_dir()``).
     """
@@ -96,7 +97,7 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
         fail(f"calibration data {data!r} has {len(dataset.classes)} classes, the model {len(manifest['classes'])}: "
              "calibrate on images of the kind the model was trained on")
     meta = {"model": model_hash(manifest), "data": data, "split": split, "seed": seed, "limit": limit,
-            "images": len(dataset), "rho": rho_or_default(rho, manifest["default_rho"]),
+            "images": len(dataset), "rho": rho_value(rho_or_default(rho, manifest["default_rho"])),
             "cascade_aware": cascade_aware}
     if cache is None:
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]

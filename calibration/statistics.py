@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from layercascade.contract import IMAGE, MASK2, MASK3, RHO
+from layercascade.contract import IMAGE, MASK2, MASK3, RHO, Rho, format_rho
 from layercascade.errors import fail
 from layercascade.export.graph import consumers_of, load_onnx
 from layercascade.export.regionconv import DOMAIN as REGION_CONV_DOMAIN
@@ -237,9 +237,10 @@ class _Recorder:
         return dict(zip(self.outputs, self.session.run(self.outputs, {n: feeds[n] for n in self.inputs})))
 
 
-def collect(model_dir: Path, manifest: dict[str, Any], images: Iterable[np.ndarray], count: int, rho: float,
+def collect(model_dir: Path, manifest: dict[str, Any], images: Iterable[np.ndarray], count: int, rho: Rho,
             cascade_aware: bool, meta: dict[str, Any], progress: bool = True) -> Statistics:
-    """Run the fp32 stage graphs (and the dense graph) on ``count`` batches ``images`` ((N, H, W, 3) uint8) at ``rho``.
+    """Run the fp32 stage graphs (and the dense graph) on ``count`` batches ``images`` ((N, H, W, 3) uint8) at
+    ``rho`` = (ρ₂, ρ₃).
 
     Stage k's tensors are recorded at the pixels that reach stage k (all pixels with
     ``cascade_aware=False``); stage 1 and the dense graph always at all pixels.
@@ -247,14 +248,14 @@ def collect(model_dir: Path, manifest: dict[str, Any], images: Iterable[np.ndarr
     files = graph_files(manifest)
     recorders = [_Recorder(model_dir / name) for name in files]
     collectors = {name: histogram_collector("entropy") for name in files}
-    rho_array = np.array([rho], np.float32)
+    rho2, rho3 = (np.array([r], np.float32) for r in rho)
     reached = [0, 0]
     quiet = open(os.devnull, "w")  # noqa: SIM115 - HistogramCollector.collect prints a line per call
     with quiet, tqdm(total=count, desc="calibrating", unit="batch", disable=not progress, leave=False) as bar:
         for image in images:
             stage1, stage2, stage3, dense = recorders
-            out1 = stage1.run({IMAGE: image, RHO: rho_array})
-            out2 = stage2.run({**out1, RHO: rho_array})
+            out1 = stage1.run({IMAGE: image, RHO: rho2})
+            out2 = stage2.run({**out1, RHO: rho3})
             out3 = stage3.run({**out1, **out2})
             regions = (None, out1[MASK2], out2[MASK3], None)
             outputs = (out1, out2, out3, dense.run({IMAGE: image}))
@@ -269,7 +270,7 @@ def collect(model_dir: Path, manifest: dict[str, Any], images: Iterable[np.ndarr
             bar.update(1)
     for stage, pixels in zip((2, 3), reached):
         if pixels == 0:
-            fail(f"no calibration image sent a pixel to stage {stage} at ρ = {rho:g}; "
+            fail(f"no calibration image sent a pixel to stage {stage} at ρ = {format_rho(rho)}; "
                  "raise --rho or calibrate on more images")
     histograms = {f"{name}:{tensor}": histogram for name in files
                   for tensor, histogram in collectors[name].get_histogram_dict().items()}

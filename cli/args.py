@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from layercascade.contract import check_rho
+from layercascade.contract import Rho, check_threshold, rho_from_text
 from layercascade.errors import LCError
 
 
@@ -35,17 +35,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def rho(text: str) -> float:
-    """A threshold in (0, 1] (``contract.check_rho``)."""
+def threshold(text: str) -> float:
+    """One threshold in (0, 1] (``contract.check_threshold``)."""
     try:
-        return check_rho(float(text))
+        return check_threshold(float(text))
     except (ValueError, LCError):
         raise argparse.ArgumentTypeError(f"rho must be a number in (0, 1], got {text!r}") from None
 
 
+def rho(text: str) -> Rho:
+    """``R`` (both stages) or ``R2,R3`` (stage 1 → 2, stage 2 → 3) → (ρ₂, ρ₃), each in (0, 1]."""
+    try:
+        return rho_from_text(text)
+    except LCError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def rho_list(text: str) -> list[float]:
-    """``R1,R2,...`` → thresholds in (0, 1]."""
-    return [rho(p) for p in text.split(",")]
+    """``R1,R2,...`` → thresholds in (0, 1], each for both stages."""
+    return [threshold(p) for p in text.split(",")]
 
 
 def float_pair(text: str) -> tuple[float, float]:
@@ -59,11 +67,11 @@ def float_pair(text: str) -> tuple[float, float]:
 
 def add_rho_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str,
                      deprecated: tuple[str, ...] = ()) -> None:
-    """``--rho R`` (ρ in (0, 1], default None: the model's); ``deprecated`` spellings still work
-    and print a line naming ``--rho``."""
-    parser.add_argument("--rho", type=rho, default=None, metavar="R", help=help)
+    """``--rho R`` or ``--rho R2,R3`` (thresholds in (0, 1]: one for both stages, or stage 1 → 2 and stage
+    2 → 3; default None: the model's); ``deprecated`` spellings still work and print a line naming ``--rho``."""
+    parser.add_argument("--rho", type=rho, default=None, metavar="R|R2,R3", help=help)
     for spelling in deprecated:
-        parser.add_argument(spelling, type=rho, dest="rho", metavar="R", action=_Deprecated, help=argparse.SUPPRESS)
+        parser.add_argument(spelling, type=rho, dest="rho", metavar="R|R2,R3", action=_Deprecated, help=argparse.SUPPRESS)
 
 
 class _Deprecated(argparse.Action):

@@ -14,6 +14,7 @@ from layercascade.cli.args import (
     rho_list,
     size,
 )
+from layercascade.contract import format_rho
 from layercascade.errors import fail, run_cli
 
 PROFILER_COST = "the profiler adds a few µs to every kernel"
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", default=None, metavar="DIR",
                         help="model directory from lc-export, TensorRT engine directory from lc-build, or (torch "
                              "backend) a checkpoint .pt (default: the bundled demo model)")
-    add_rho_argument(parser, "threshold ρ in (0, 1] (default: the model's)")
+    add_rho_argument(parser, "threshold ρ in (0, 1] for both stages, or ρ₂,ρ₃ (stage 1 → 2, stage 2 → 3) "
+                             "(default: the model's)")
     parser.add_argument("--size", type=size, default=None, metavar="HxW",
                         help="check that the model takes this input size (sizes are fixed at export: "
                              "lc-export --input-size HxW)")
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "source is found from its lc.json), e.g. fp32,int8 or, with --backend openvino, "
                               "fp32,bf16,int8")
     compare.add_argument("--rhos", type=rho_list, default=None, metavar="R1,R2,...",
-                         help="with --compare: the thresholds to measure (default: --rho or the model's)")
+                         help="with --compare: the thresholds to measure, each for both stages (default: --rho or "
+                              "the model's)")
     compare.add_argument("--data", default=None, metavar="SPEC",
                          help="with --compare: also mIoU and label agreement with fp32 on this data set's val "
                               "split; " + DATA_HELP.replace(" (default: synthetic)", ""))
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['model']} ({result['backbone']}, {result['size'][0]}x{result['size'][1]}, batch {batch}, "
-          f"ρ = {result['rho']:g}, {result['backend']}{', no lowering' if args.no_lowering else ''})")
+          f"ρ = {format_rho(result['rho'])}, {result['backend']}"
+          f"{', no lowering' if args.no_lowering else ''})")
     print(f"machine: {result['machine']}")
     rows = [(name, result[name]) for name in ("cascade", "dense")]
     rows += [(f"dense, {name} {r['precision']}", r) for name, r in result.get("peers", {}).items() if "median_ms" in r]
@@ -188,8 +192,8 @@ def compare_main(args) -> int:
         header += ["mIoU", "label agreement %"]
     rows = []
     for r in result["rows"]:
-        row = [r["precision"], f"{r['rho']:g}", f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
-               f"{r['fps']:.1f}", f"{r['speedup_vs_fp32']:.2f}x"]
+        row = [r["precision"], format_rho(r["rho"]), f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}",
+               f"{r['p99_ms']:.2f}", f"{r['fps']:.1f}", f"{r['speedup_vs_fp32']:.2f}x"]
         if dataset is not None:
             row += [f"{r['miou']:.2f}", f"{r['label_agreement']:.2f}"]
         rows.append(row)
@@ -197,7 +201,7 @@ def compare_main(args) -> int:
     if args.profile:
         print(f"profile, kernel ms per run ({args.iters} runs; {PROFILER_COST}):")
         print(markdown_table(["precision", "ρ", "convolution & GEMM", "all other ops", "total"],
-                             [[r["precision"], f"{r['rho']:g}", f"{r['profile']['conv_gemm_ms']:.3f}",
+                             [[r["precision"], format_rho(r["rho"]), f"{r['profile']['conv_gemm_ms']:.3f}",
                                f"{r['profile']['other_ms']:.3f}", f"{r['profile']['kernel_ms']:.3f}"]
                               for r in result["rows"]]))
     return 0

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from layercascade.cli.args import add_data_arguments, add_rho_argument
+from layercascade.contract import format_rho
 from layercascade.errors import run_cli
 
 
@@ -28,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="activation ranges: exact min/max, the 99.999th percentile of |x|, or the "
                              "KL-optimal clipping threshold (default: percentile, the most accurate on the demo "
                              "model, docs/results.md)")
-    add_rho_argument(parser, "calibration ρ: which pixels reach stages 2 and 3 while statistics are collected "
-                             "(default: the model's ρ)", deprecated=("--per-stage-rho",))
+    add_rho_argument(parser, "calibration ρ (or ρ₂,ρ₃): which pixels reach stages 2 and 3 while statistics are "
+                             "collected (default: the model's)", deprecated=("--per-stage-rho",))
     parser.add_argument("--naive", action="store_true",
                         help="stage 2-3 statistics over all pixels instead of those that reach the stage "
                              "(for comparison only)")
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     reused = "reused" if record["statistics_reused"] else "collected"
     print(f"{args.output}: INT8 ({record['method']}, {record['images']} {record['data']} {record['split']} images, "
-          f"ρ = {record['rho']:g}, {'cascade-aware' if record['cascade_aware'] else 'all-pixel'} statistics "
+          f"ρ = {format_rho(record['rho'])}, "
+          f"{'cascade-aware' if record['cascade_aware'] else 'all-pixel'} statistics "
           f"{reused}: {record['statistics_cache']})")
     return 0
 

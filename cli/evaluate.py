@@ -23,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the bundled demo checkpoint)")
     add_data_arguments(parser, split="val")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--rho", type=rho, default=None,
-                       help="confidence threshold ρ in (0, 1]; 1 = dense network (default: the checkpoint's)")
+    which.add_argument("--rho", type=rho, default=None, metavar="R|R2,R3",
+                       help="confidence threshold ρ in (0, 1] for both stages, or ρ₂,ρ₃ (stage 1 → 2, stage 2 → 3); "
+                            "1 = dense network (default: the checkpoint's)")
     which.add_argument("--rho-sweep", action="store_true",
                        help="evaluate at the paper's ρ values 1, 0.995, 0.985, 0.970, 0.950, 0.930, 0.900, 0.800")
     parser.add_argument("--json", action="store_true",

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model folder written by lc-export, TensorRT engine folder written by lc-build, or "
                              "(torch backend) a checkpoint .pt (default: the bundled demo model)")
     add_rho_argument(parser, "confidence threshold ρ in (0, 1]: pixels more confident than ρ at a stage stop "
-                             "there; 1 runs every pixel through every stage (default: the model's)")
+                             "there; R2,R3 gives stage 1 → 2 and stage 2 → 3 a threshold each; 1 runs every "
+                             "pixel through every stage (default: the model's)")
     add_backend_arguments(parser)
     parser.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
                         help="refuse images of more pixels, read from the file's header before decoding "

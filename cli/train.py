@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from layercascade.cli.args import DATA_HELP, float_pair, rho, size
+from layercascade.cli.args import DATA_HELP, float_pair, size, threshold
 from layercascade.errors import run_cli
 
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr", type=float, default=0.02, help="base learning rate of the poly schedule (default: 0.02)")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay (default: 1e-4)")
-    optim.add_argument("--rho", type=rho, default=0.985,
+    optim.add_argument("--rho", type=threshold, default=0.985,
                        help="cascade threshold: used for the masks in 'cascade' mode, stored as the model's "
                             "default ρ (default: 0.985)")
     optim.add_argument("--freeze-bn", action="store_true",

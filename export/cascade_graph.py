@@ -6,7 +6,9 @@ numpy and back, and the lowering (``lowering.py``) sees across the boundaries, s
 rows feed stage 3's region convs without a round trip through dense NCHW.
 
 The stage contract names (``feat1``, ``mask2``, ``scores2``, ...) join the graphs; every
-other name gets its stage's prefix (``stage2/...``), so node names stay readable. With
+other name gets its stage's prefix (``stage2/...``), so node names stay readable. Each of stages
+1 and 2 has its own threshold input ``rho``; joined they are ``rho2`` (ρ₂, stage 1's) and ``rho3``
+(ρ₃, stage 2's), so the two thresholds stay separate run-time inputs. With
 ``forced_masks`` the masks are graph inputs instead of thresholds (benchmarks at chosen
 active fractions); the threshold nodes are then dropped.
 """
@@ -16,20 +18,29 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from layercascade.contract import IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS
+from layercascade.contract import IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS, STAGE_RHOS
 from layercascade.export.graph import live_nodes
 
 
 def cascade_graph(stages: list[onnx.ModelProto], forced_masks: bool = False) -> onnx.ModelProto:
-    """One graph: ``image``, ``rho`` (and with ``forced_masks`` ``mask2``, ``mask3``) →
+    """One graph: ``image``, ``rho2``, ``rho3`` (and with ``forced_masks`` ``mask2``, ``mask3``) →
     ``labels``, ``stage_counts`` (and otherwise ``mask2``, ``mask3``)."""
     contract = {v.name: v for stage in stages for v in [*stage.graph.input, *stage.graph.output]}
+    if RHO in contract:
+        for joined_name in STAGE_RHOS:
+            contract[joined_name] = onnx.ValueInfoProto()
+            contract[joined_name].CopyFrom(contract[RHO])
+            contract[joined_name].name = joined_name
     nodes: list[onnx.NodeProto] = []
     initializers: list[onnx.TensorProto] = []
     for index, stage in enumerate(stages):
         prefix = f"stage{index + 1}/"
+        # Stage k's own threshold: ρ₂ for stage 1, ρ₃ for stage 2 (stage 3 takes none).
+        stage_rho = STAGE_RHOS[index] if index < len(STAGE_RHOS) else prefix + RHO
 
         def rename(name: str) -> str:
+            if name == RHO:
+                return stage_rho
             return name if not name or name in contract else prefix + name
 
         for tensor in stage.graph.initializer:
@@ -46,7 +57,7 @@ def cascade_graph(stages: list[onnx.ModelProto], forced_masks: bool = False) -> 
             joined.input[:] = [rename(name) for name in node.input]
             joined.output[:] = [rename(name) for name in node.output]
             nodes.append(joined)
-    inputs = [IMAGE, RHO, *(MASKS if forced_masks else ())]
+    inputs = [IMAGE, *STAGE_RHOS, *(MASKS if forced_masks else ())]
     outputs = [LABELS, STAGE_COUNTS, *(() if forced_masks else MASKS)]
     missing = [name for name in [*inputs, *outputs] if name not in contract]
     if missing:

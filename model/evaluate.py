@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from layercascade.contract import RhoLike, format_rho, rho_value
 from layercascade.model.data import SegmentationDataset
 from layercascade.model.metrics import ConfusionMatrix
 
 if TYPE_CHECKING:
     from layercascade.model.network import LayerCascadeNet
 
-# (image (H, W, 3) uint8, rho) -> (labels (H, W), stage fractions (3,), stage-resolution pixels)
-Predictor = Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray, int]]
+# (image (H, W, 3) uint8, rho: one ρ or (ρ₂, ρ₃)) -> (labels (H, W), stage fractions (3,), stage-resolution pixels)
+Predictor = Callable[[np.ndarray, RhoLike], tuple[np.ndarray, np.ndarray, int]]
 
 # The paper's Table 1 thresholds.
 PAPER_RHOS = (1.0, 0.995, 0.985, 0.970, 0.950, 0.930, 0.900, 0.800)
@@ -29,12 +30,13 @@ PAPER_RHOS = (1.0, 0.995, 0.985, 0.970, 0.950, 0.930, 0.900, 0.800)
 
 @dataclass
 class EvalResult:
-    """Scores of one ρ over a data set (``miou`` and IoUs in percent, fractions in [0, 1])."""
+    """Scores of one ρ over a data set (``miou`` and IoUs in percent, fractions in [0, 1]; ``rho`` one number
+    when both stages share it, else [ρ₂, ρ₃])."""
 
     miou: float
     per_class_iou: dict[str, float | None]
     stage_fractions: list[float]
-    rho: float
+    rho: float | list[float]
     images: int
     pixel_accuracy: float
 
@@ -50,7 +52,7 @@ def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence
 
     model.eval()
 
-    def predict(image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
+    def predict(image: np.ndarray, rho: RhoLike) -> tuple[np.ndarray, np.ndarray, int]:
         x = normalize(torch.from_numpy(np.ascontiguousarray(image))[None], tuple(mean), tuple(std))
         with torch.no_grad():
             output = model(x, rho)
@@ -62,7 +64,7 @@ def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence
 def evaluate(
     predict: Predictor,
     dataset: SegmentationDataset,
-    rhos: Sequence[float],
+    rhos: Sequence[RhoLike],
     classes: Sequence[str],
     progress: bool = True,
 ) -> list[EvalResult]:
@@ -87,7 +89,7 @@ def evaluate(
             miou=round(matrices[k].miou(), 4),
             per_class_iou={name: (None if np.isnan(v) else round(float(v) * 100, 4)) for name, v in zip(classes, iou)},
             stage_fractions=[round(float(f), 6) for f in fraction_sums[k] / max(area, 1.0)],
-            rho=float(rho),
+            rho=rho_value(rho),
             images=len(dataset),
             pixel_accuracy=round(matrices[k].pixel_accuracy(), 4),
         ))
@@ -96,7 +98,7 @@ def evaluate(
 
 def format_table(results: Sequence[EvalResult]) -> str:
     """A table like the paper's Table 1: one column per ρ."""
-    header = ["ρ"] + [f"{r.rho:g}" for r in results]
+    header = ["ρ"] + [format_rho(r.rho) for r in results]
     rows = [
         ["% pixels stopping at stage 1"] + [f"{100 * r.stage_fractions[0]:.1f}" for r in results],
         ["% stopping at stage 2"] + [f"{100 * r.stage_fractions[1]:.1f}" for r in results],
@@ -110,7 +112,7 @@ def format_table(results: Sequence[EvalResult]) -> str:
 def format_per_class(result: EvalResult) -> str:
     """Per-class IoU of one result, one row per class."""
     rows = [[name, "—" if v is None else f"{v:.2f}"] for name, v in result.per_class_iou.items()]
-    return markdown_table(["class", f"IoU (ρ = {result.rho:g})"], rows)
+    return markdown_table(["class", f"IoU (ρ = {format_rho(result.rho)})"], rows)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

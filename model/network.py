@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from layercascade.contract import RhoLike, check_rho
 from layercascade.model.backbones import build_backbone
 from layercascade.model.config import ModelConfig
 from layercascade.model.layers import StageHead
@@ -54,27 +55,28 @@ class LayerCascadeNet(nn.Module):
         features = self.backbone.forward_stage(index, x, mask)
         return features, self.heads[index](features, mask)
 
-    def run_stages(self, image: Tensor, rho: float = 1.0) -> tuple[list[Tensor], list[Tensor]]:
-        """Per-stage scores and the regions ``[M₂, M₃]`` at threshold ``rho``.
+    def run_stages(self, image: Tensor, rho: RhoLike = 1.0) -> tuple[list[Tensor], list[Tensor]]:
+        """Per-stage scores and the regions ``[M₂, M₃]`` at ``rho``: one threshold for both stages, or
+        (ρ₂, ρ₃).
 
         Masks come from the current predictions without gradient. ρ = 1 sends every pixel
-        through every stage (the dense network): the regions are then all ones and the
-        masked multiplications are skipped.
+        through every stage (the dense network): a stage whose region is then all ones skips
+        the masked multiplications.
         """
-        if not 0.0 < rho <= 1.0:
-            raise ValueError(f"rho must be in (0, 1], got {rho}")
+        thresholds = check_rho(rho)
         features, scores, masks = image, [], []
         region: Tensor | None = None
         for index in range(NUM_STAGES):
-            features, stage_scores = self.forward_stage(index, features, None if rho >= 1.0 else region)
+            dense = all(r >= 1.0 for r in thresholds[:index])  # every pixel reaches this stage
+            features, stage_scores = self.forward_stage(index, features, None if dense else region)
             scores.append(stage_scores)
             if index + 1 < NUM_STAGES:
-                region = next_mask(stage_scores, rho, region)
+                region = next_mask(stage_scores, thresholds[index], region)
                 masks.append(region)
         return scores, masks
 
-    def forward(self, image: Tensor, rho: float = 1.0) -> CascadeOutput:
-        """Cascade inference on a normalised ``(N, 3, H, W)`` batch at threshold ``rho``."""
+    def forward(self, image: Tensor, rho: RhoLike = 1.0) -> CascadeOutput:
+        """Cascade inference on a normalised ``(N, 3, H, W)`` batch at ``rho`` (one ρ, or (ρ₂, ρ₃))."""
         scores, masks = self.run_stages(image, rho)
         fused = fuse_scores(scores, masks)
         upsampled = F.interpolate(fused, size=image.shape[-2:], mode="bilinear", align_corners=False)

@@ -58,9 +58,10 @@ def confidence(scores: Tensor) -> Tensor:
 
 
 def next_mask(scores: Tensor, rho: float, region: Tensor | None) -> Tensor:
-    """The region of the next stage: pixels of ``region`` whose confidence is ≤ ρ.
+    """The region of the next stage: pixels of ``region`` whose confidence is ≤ ``rho``, this
+    stage's threshold.
 
-    ``M₂ = [max softmax(L¹) ≤ ρ]``, ``M₃ = M₂ ∧ [max softmax(L²) ≤ ρ]``. No gradient
+    ``M₂ = [max softmax(L¹) ≤ ρ₂]``, ``M₃ = M₂ ∧ [max softmax(L²) ≤ ρ₃]``. No gradient
     flows through a mask.
     """
     with torch.no_grad():

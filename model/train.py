@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from layercascade.contract import check_rho
+from layercascade.contract import check_threshold
 from layercascade.errors import fail
 from layercascade.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from layercascade.model.config import ModelConfig
@@ -55,7 +55,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             fail(f"unknown training mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        check_rho(self.rho)
+        check_threshold(self.rho)
 
     @property
     def val_rho(self) -> float:

@@ -20,7 +20,21 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from layercascade.contract import FEAT1, FEAT2, IMAGE, LABELS, MASK2, MASK3, RHO, SCORES1, SCORES2, STAGE_COUNTS
+from layercascade.contract import (
+    FEAT1,
+    FEAT2,
+    IMAGE,
+    LABELS,
+    MASK2,
+    MASK3,
+    RHO,
+    RHO2,
+    RHO3,
+    SCORES1,
+    SCORES2,
+    STAGE_COUNTS,
+    Rho,
+)
 from layercascade.errors import fail
 
 Masks = tuple[np.ndarray, np.ndarray]
@@ -69,18 +83,19 @@ class StagedBackend:
     def to_host(self, array: Any) -> np.ndarray:
         return array
 
-    def run(self, images: np.ndarray, rho: float, forced_masks: Masks | None = None) -> StageOutputs:
-        """(N, H, W, 3) uint8 images at the input size → labels, masks and counts on the host."""
+    def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
+        """(N, H, W, 3) uint8 images at the input size and the thresholds (ρ₂, ρ₃) → labels, masks and
+        counts on the host."""
         return self.run_stages(images, rho, forced_masks)
 
-    def run_stages(self, images: np.ndarray, rho: float, forced_masks: Masks | None = None) -> StageOutputs:
+    def run_stages(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
         """:meth:`run` through the stage runners one after another, with each stage's time."""
-        rho_array = np.array([rho], np.float32)
+        rho2, rho3 = (np.array([r], np.float32) for r in rho)
         stage1, stage2, stage3 = self.stages
         started = time.perf_counter()
-        out1 = stage1.infer({IMAGE: images, RHO: rho_array})
+        out1 = stage1.infer({IMAGE: images, RHO: rho2})
         mask2 = out1[MASK2] if forced_masks is None else forced_masks[0]
-        out2 = stage2.infer({FEAT1: out1[FEAT1], MASK2: mask2, RHO: rho_array})
+        out2 = stage2.infer({FEAT1: out1[FEAT1], MASK2: mask2, RHO: rho3})
         mask3 = out2[MASK3] if forced_masks is None else forced_masks[1]
         out3 = stage3.infer({FEAT2: out2[FEAT2], MASK3: mask3, SCORES1: out1[SCORES1], SCORES2: out2[SCORES2],
                              MASK2: mask2})
@@ -142,14 +157,14 @@ class JoinedGraphBackend(StagedBackend):
             fail(f"{self.model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
 
     @staticmethod
-    def feeds(images: np.ndarray, rho: float, forced_masks: Masks | None) -> dict[str, np.ndarray]:
-        """The joined graph's inputs: the images and ρ, and the masks when forced."""
-        feeds = {IMAGE: images, RHO: np.array([rho], np.float32)}
+    def feeds(images: np.ndarray, rho: Rho, forced_masks: Masks | None) -> dict[str, np.ndarray]:
+        """The joined graph's inputs: the images, ρ₂ and ρ₃, and the masks when forced."""
+        feeds = {IMAGE: images, RHO2: np.array([rho[0]], np.float32), RHO3: np.array([rho[1]], np.float32)}
         if forced_masks is not None:
             feeds[MASK2], feeds[MASK3] = forced_masks
         return feeds
 
-    def run(self, images: np.ndarray, rho: float, forced_masks: Masks | None = None) -> StageOutputs:
+    def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
         runner = self.joined
         if forced_masks is not None:
             if self._forced_runner is None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from layercascade.contract import IMAGE
+from layercascade.contract import IMAGE, RhoLike, rho_value
 from layercascade.cost_model import ideal_speedup
 from layercascade.errors import LCError, fail
 from layercascade.model.data.images import read_rgb
@@ -42,7 +42,7 @@ def timed_blocks(steps: dict[Any, Any], iters: int, warmup: int, progress: bool)
         return time_in_blocks(steps, iters, warmup, on_block=bar.update)
 
 
-def stage_medians(cascade: Cascade, images: np.ndarray, rho: float | None, masks: Masks | None,
+def stage_medians(cascade: Cascade, images: np.ndarray, rho: RhoLike | None, masks: Masks | None,
                   iters: int) -> dict[str, float]:
     """Median ms of each stage, as the backend times them apart (``run_stages``: ONNX Runtime's stage
     graphs one by one, TensorRT's CUDA events, the torch reference's stages)."""
@@ -60,7 +60,7 @@ def check_profilable(cascade: Cascade) -> None:
              "engine's plan files)")
 
 
-def op_profile(cascade: Cascade, images: np.ndarray, rho: float | None, masks: Masks | None, iters: int,
+def op_profile(cascade: Cascade, images: np.ndarray, rho: RhoLike | None, masks: Masks | None, iters: int,
                warmup: int) -> dict[str, Any]:
     """The backend's profile of ``iters`` cascade runs (:data:`PROFILED`): kernel ms per run by op type
     (``op_types``, most first) and in total, split into convolution & GEMM kernels and all other ops."""
@@ -121,7 +121,7 @@ def stage_fractions(out: Any, masks: Masks | None, batch: int) -> list[float]:
     return [1.0 - reach2, reach2 - reach3, reach3]
 
 
-def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmup: int,
+def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, warmup: int,
               active: tuple[float, float] | None = None, progress: bool = True, per_stage: bool = False,
               profile: bool = False, peers: bool = False, threads: int = 0) -> dict[str, Any]:
     """Median / p90 / p99 latency and FPS of cascade and dense, timed in alternating blocks in one run
@@ -155,7 +155,7 @@ def benchmark(cascade: Cascade, rho: float | None, batch: int, iters: int, warmu
                                  cascade_ms, batch))
     return {
         "model": str(cascade.model_dir), "backbone": cascade.manifest.get("backbone"), "backend": cascade.backend,
-        "size": list(cascade.input_size), "batch": batch, "rho": rho,
+        "size": list(cascade.input_size), "batch": batch, "rho": rho_value(rho),
         "iters": iters, "warmup": warmup, "forced_active_fractions": list(active) if active else None,
         "cascade": LatencyStats.of(cascade_ms, batch).report(), "dense": LatencyStats.of(dense_ms, batch).report(),
         # Ratios of the unrounded medians (rounded ones are off by 1e-3 at sub-millisecond times).

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from layercascade.contract import rho_or_default
+from layercascade.contract import Rho, RhoLike, check_rho, rho_or_default
 from layercascade.errors import fail
 from layercascade.model.data.images import as_rgb, resize_image, resize_labels
 from layercascade.runtime.backend import BACKENDS, Masks, StagedBackend, StageOutputs, check_options
@@ -47,7 +47,7 @@ class Cascade:
         self.classes: list[str] = list(manifest["classes"])
         self.palette = np.asarray(manifest["palette"], dtype=np.uint8)
         self.input_size: tuple[int, int] = tuple(manifest["input_size"])
-        self.default_rho: float = float(manifest["default_rho"])
+        self.default_rho: Rho = check_rho(manifest["default_rho"])
         batch = manifest["batch"]
         self.batch_size: int | None = None if batch["dynamic"] else int(batch["size"])
 
@@ -98,17 +98,18 @@ class Cascade:
         return self.runner
 
     # -- running -------------------------------------------------------------------------------
-    def rho(self, rho: float | None = None) -> float:
-        """The threshold a run uses: ``rho`` (checked to lie in (0, 1]) or the model's default."""
+    def rho(self, rho: RhoLike | None = None) -> Rho:
+        """The thresholds (ρ₂, ρ₃) a run uses: ``rho`` (one ρ for both stages, or a pair; checked to lie
+        in (0, 1]) or the model's default."""
         return rho_or_default(rho, self.default_rho)
 
     def prepare(self, image: np.ndarray | Image.Image) -> np.ndarray:
         """An (H, W, 3) uint8 image (or a PIL image) at the model's input size."""
         return resize_image(as_rgb(image), self.input_size)
 
-    def run_batch(self, images: np.ndarray, rho: float | None = None,
+    def run_batch(self, images: np.ndarray, rho: RhoLike | None = None,
                   forced_masks: Masks | None = None) -> StageOutputs:
-        """Run the cascade on (N, H, W, 3) uint8 images already at the input size.
+        """Run the cascade on (N, H, W, 3) uint8 images already at the input size, at ``rho`` (see :meth:`rho`).
 
         ``forced_masks`` replaces the thresholded M₂, M₃ (to benchmark chosen active fractions).
         """
@@ -129,11 +130,12 @@ class Cascade:
             return self.batch_size
         return self.manifest["batch"].get("max")
 
-    def __call__(self, image: np.ndarray | Image.Image, rho: float | None = None) -> CascadeResult:
-        """Segment one image of any size: an (H, W, 3) uint8 RGB array or a PIL image of any mode."""
+    def __call__(self, image: np.ndarray | Image.Image, rho: RhoLike | None = None) -> CascadeResult:
+        """Segment one image of any size: an (H, W, 3) uint8 RGB array or a PIL image of any mode; ``rho``:
+        one ρ for both stages or (ρ₂, ρ₃) (default: the model's)."""
         return self.segment_batch([image], rho)[0]
 
-    def segment_batch(self, images: Sequence[np.ndarray | Image.Image], rho: float | None = None) -> list[CascadeResult]:
+    def segment_batch(self, images: Sequence[np.ndarray | Image.Image], rho: RhoLike | None = None) -> list[CascadeResult]:
         """Segment images of any sizes (as :meth:`__call__` takes them) together, in runs of up to
         :attr:`batch_capacity` images (a fixed batch is filled up with blank images). Each result is
         the image's own; its ``timings`` are those of the run it was in, ``total`` included."""
@@ -143,7 +145,7 @@ class Cascade:
             results += self._run_chunk(images[first:first + step], rho)
         return results
 
-    def _run_chunk(self, images: Sequence[np.ndarray | Image.Image], rho: float | None) -> list[CascadeResult]:
+    def _run_chunk(self, images: Sequence[np.ndarray | Image.Image], rho: RhoLike | None) -> list[CascadeResult]:
         started = time.perf_counter()
         originals = [as_rgb(image) for image in images]
         batch = np.stack([self.prepare(image) for image in originals])
@@ -165,7 +167,7 @@ class Cascade:
             result.timings = dict(timings)
         return results
 
-    def predict(self, image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
+    def predict(self, image: np.ndarray, rho: RhoLike) -> tuple[np.ndarray, np.ndarray, int]:
         """A predictor for ``model.evaluate``: labels, stage fractions and stage-resolution pixels of one image."""
         result = self(image, rho)
         return result.labels, np.asarray(result.stage_fractions), result.stage_map.size

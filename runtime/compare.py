@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from layercascade.contract import Rho, RhoLike, check_rho, format_rho, rho_value
 from layercascade.errors import fail
 from layercascade.manifest import model_hash, read_cascade_manifest
 from layercascade.model.data import SegmentationDataset
@@ -59,17 +60,17 @@ def precision_sources(model_dir: Path | None, precisions: list[str], backend: st
             if p in precisions}
 
 
-def agreement_predictor(cascade: Cascade, fp32_labels: dict[tuple[float, int], np.ndarray],
-                        is_reference: bool) -> tuple[Predictor, dict[float, list[int]]]:
+def agreement_predictor(cascade: Cascade, fp32_labels: dict[tuple[Rho, int], np.ndarray],
+                        is_reference: bool) -> tuple[Predictor, dict[Rho, list[int]]]:
     """A predictor for ``evaluate`` that keeps (``is_reference``) or checks the fp32 label maps.
 
     ``fp32_labels`` is keyed (ρ, image index). Returns the predictor and ``agreement``:
     ρ → [pixels labelled as fp32 labels them, pixels].
     """
-    agreement: dict[float, list[int]] = {}
-    seen: dict[float, int] = {}
+    agreement: dict[Rho, list[int]] = {}
+    seen: dict[Rho, int] = {}
 
-    def predict(image: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, int]:
+    def predict(image: np.ndarray, rho: Rho) -> tuple[np.ndarray, np.ndarray, int]:
         labels, fractions, pixels = cascade.predict(image, rho)
         key = (rho, seen.setdefault(rho, 0))
         seen[rho] += 1
@@ -83,13 +84,14 @@ def agreement_predictor(cascade: Cascade, fp32_labels: dict[tuple[float, int], n
     return predict, agreement
 
 
-def compare_precisions(cascades: dict[str, Cascade], rhos: list[float], batch: int, iters: int, warmup: int,
+def compare_precisions(cascades: dict[str, Cascade], rhos: list[RhoLike], batch: int, iters: int, warmup: int,
                        dataset: SegmentationDataset | None = None, progress: bool = True,
                        profile: bool = False) -> dict[str, Any]:
     """Latency of every precision at every ρ (timed in alternating blocks, one run) and, with ``dataset``,
     mIoU and label agreement with fp32 at the same ρ; with ``profile``, each row's ONNX Runtime
     profile (``profile``: :func:`op_profile`)."""
     check_iterations(iters, warmup)
+    rhos = [check_rho(rho) for rho in rhos]
     for cascade in cascades.values() if profile else ():
         check_profilable(cascade)
     images = sample_batch(cascades["fp32"], batch)
@@ -97,18 +99,18 @@ def compare_precisions(cascades: dict[str, Cascade], rhos: list[float], batch: i
              for name, cascade in cascades.items() for rho in rhos}
     samples = timed_blocks(steps, iters, warmup, progress)
     rows = []
-    fp32_labels: dict[tuple[float, int], np.ndarray] = {}
+    fp32_labels: dict[tuple[Rho, int], np.ndarray] = {}
     for name, cascade in cascades.items():
         accuracy = {}
         if dataset is not None:
             predict, agreement = agreement_predictor(cascade, fp32_labels, is_reference=name == "fp32")
             results = evaluate(predict, dataset, rhos, cascade.classes, progress=progress)
-            accuracy = {r.rho: (r.miou, 100 * agreement[r.rho][0] / agreement[r.rho][1]) for r in results}
+            accuracy = {rho: (r.miou, 100 * agreement[rho][0] / agreement[rho][1]) for rho, r in zip(rhos, results)}
         for rho in rhos:
             stats = LatencyStats.of(samples[(name, rho)], batch)
             # Ratios of the unrounded medians (rounded ones are off by 1e-3 at sub-millisecond times).
             fp32_median, median = (float(np.median(samples[(p, rho)])) for p in ("fp32", name))
-            row = {"precision": name, "model": str(cascade.model_dir), "rho": rho, **stats.report(),
+            row = {"precision": name, "model": str(cascade.model_dir), "rho": rho_value(rho), **stats.report(),
                    "speedup_vs_fp32": round(fp32_median / median, 3)}
             if rho in accuracy:
                 row["miou"], row["label_agreement"] = round(accuracy[rho][0], 2), round(accuracy[rho][1], 3)
@@ -136,8 +138,8 @@ def plot_comparison(result: dict[str, Any], path: Path) -> None:
         rows = [r for r in result["rows"] if r["precision"] == precision]
         axes.plot([r["fps"] for r in rows], [r["miou"] for r in rows], "o-", label=precision)
         for r in rows:
-            axes.annotate(f"ρ={r['rho']:g}", (r["fps"], r["miou"]), textcoords="offset points", xytext=(4, 3),
-                          fontsize=7)
+            axes.annotate(f"ρ={format_rho(r['rho'])}", (r["fps"], r["miou"]), textcoords="offset points",
+                          xytext=(4, 3), fontsize=7)
     axes.set_xlabel("frames per second")
     axes.set_ylabel("mIoU (%)")
     axes.set_title(f"speed vs accuracy, {result['size'][0]}×{result['size'][1]}, {result['backend']}")

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from layercascade.contract import Rho, RhoLike, rho_value
 from layercascade.errors import LCError, fail
 from layercascade.manifest import temporary_path, write_atomic
 from layercascade.model.data.images import MAX_PIXELS, read_rgb, resize_image, resize_labels
@@ -89,7 +90,7 @@ class Segmented:
 Outcome = tuple[int, "Segmented | LCError"]
 
 
-def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: float | None, strict: bool,
+def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: RhoLike | None, strict: bool,
                 progress: bool, read: ReadOptions = ReadOptions(), earlier: list[str] | None = None) -> Run:
     """Segment every image and write its pictures (all of an image's files or none): :func:`write_all`
     of the images segmented here, one after another."""
@@ -148,7 +149,7 @@ def write_all(outcomes: Iterable[Outcome], paths: list[Path], out: Path, *, stri
     return run
 
 
-def segment_file(cascade: Cascade, path: Path, rho: float | None, read: ReadOptions = ReadOptions()) -> Segmented:
+def segment_file(cascade: Cascade, path: Path, rho: RhoLike | None, read: ReadOptions = ReadOptions()) -> Segmented:
     """Read and segment one image and encode its pictures (:class:`LCError` if it cannot be)."""
     image, result, ms = segment(cascade, path, rho, read)
     return Segmented(image_record(path, image, result, ms), encode(render(image, result, cascade.palette)))
@@ -181,7 +182,7 @@ def earlier_outputs(out: Path) -> list[str]:
     return sorted(name for name in set(recorded) if (out / name).is_file() and not (out / name).is_symlink())
 
 
-def segment(cascade: Cascade, path: Path, rho: float | None,
+def segment(cascade: Cascade, path: Path, rho: RhoLike | None,
             read: ReadOptions = ReadOptions()) -> tuple[np.ndarray, CascadeResult, float]:
     """Read and segment one image: (image, result, milliseconds)."""
     image = read_rgb(path, read.max_pixels, read.exif_transpose)
@@ -307,13 +308,14 @@ def image_record(path: Path, image: np.ndarray, result: CascadeResult, ms: float
     }
 
 
-def summarize(run: Run, *, backend: str, model: str, rho: float) -> dict[str, Any]:
+def summarize(run: Run, *, backend: str, model: str, rho: Rho) -> dict[str, Any]:
     """Totals over the run, then the per-image records.
 
     ``stage_fractions`` is weighted by image pixels: the share of all segmented pixels
     each stage decided. Means are null when no image was segmented. ``interrupted``: the run
     was stopped (Ctrl-C) before every image was tried; ``stopped``: why it ended early (an output
-    could not be written); the records are the images finished either way.
+    could not be written); the records are the images finished either way. ``rho``: one number when
+    both stages shared it, else [ρ₂, ρ₃].
     """
     records = run.records
     pixels = [h * w for h, w in (r["size"] for r in records)]
@@ -328,7 +330,7 @@ def summarize(run: Run, *, backend: str, model: str, rho: float) -> dict[str, An
         "stage_fractions": None if fractions is None else [round(float(f), 6) for f in fractions],
         "backend": backend,
         "model": str(model),
-        "rho": rho,
+        "rho": rho_value(rho),
         "results": records,
         # Outputs of runs before found in the folder: the next run may replace them too.
         "earlier_outputs": sorted(set(run.earlier) - written),

@@ -22,6 +22,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+from layercascade.contract import Rho
 from layercascade.errors import LCError
 from layercascade.serve.http import (
     JSON,
@@ -136,13 +137,13 @@ class CascadeServer:
         return Response(content, media_type=media_type, headers=headers)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.005)
-    async def segment_many(self, requests: list[tuple[np.ndarray, float | None]]) -> list[tuple[Any, int]]:
+    async def segment_many(self, requests: list[tuple[np.ndarray, Rho | None]]) -> list[tuple[Any, int]]:
         """The requests that arrived together, run as batches of one ρ each (the batch size and
         wait are set from the settings once the model is loaded): (result, images run with it) each.
         A failure is returned to each of the requests it concerns, as the exception, not raised: it
         must not fail the others."""
         results: list[tuple[Any, int]] = [(None, 0)] * len(requests)
-        by_rho: dict[float | None, list[int]] = {}
+        by_rho: dict[Rho | None, list[int]] = {}
         for index, (_, rho) in enumerate(requests):
             by_rho.setdefault(rho, []).append(index)
         for rho, indices in by_rho.items():

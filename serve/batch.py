@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from layercascade.contract import RhoLike
 from layercascade.errors import LCError
 from layercascade.runtime.segment import OUTPUTS, Outcome, ReadOptions, Run, Segmented, segment_file, write_all
 from layercascade.serve.service import connect
@@ -32,7 +33,7 @@ FILE_COLUMNS = {variant: f"file{variant}" for variant in OUTPUTS}
 class SegmentWorker:
     """A Ray Data actor: one Cascade, a batch of (index, path) rows in, their outcomes out."""
 
-    def __init__(self, model: str | None, load: dict[str, Any], rho: float | None, read: ReadOptions) -> None:
+    def __init__(self, model: str | None, load: dict[str, Any], rho: RhoLike | None, read: ReadOptions) -> None:
         from layercascade.runtime.cascade import Cascade
 
         self.cascade = Cascade.load(model, **load)
@@ -56,7 +57,7 @@ class SegmentWorker:
                 for name, values in columns.items()}
 
 
-def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], out: Path, *, rho: float | None,
+def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], out: Path, *, rho: RhoLike | None,
                     strict: bool, progress: bool, read: ReadOptions = ReadOptions(),
                     earlier: list[str] | None = None, address: str | None = None,
                     workers: int | None = None) -> Run:
@@ -75,7 +76,7 @@ def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], 
             ray.shutdown()
 
 
-def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: float | None, read: ReadOptions,
+def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: RhoLike | None, read: ReadOptions,
              workers: int | None) -> Iterator[Outcome]:
     """The pipeline's results in input order, as :func:`write_all` takes them."""
     context = ray.data.DataContext.get_current()

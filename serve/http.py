@@ -8,13 +8,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from layercascade.contract import check_rho
+from layercascade.contract import Rho, rho_from_text, rho_value
 from layercascade.errors import LCError
 from layercascade.model.data.images import ImageTooLarge, read_rgb
 from layercascade.runtime.visualize import label_image
@@ -87,17 +86,15 @@ def decode_image(body: bytes, limits: Limits) -> np.ndarray:
         raise HTTPProblem(400, str(error)) from None
 
 
-def parse_rho(value: str | None) -> float | None:
-    """The query's ``rho`` (None: the model's default); 400 unless a number in (0, 1]."""
+def parse_rho(value: str | None) -> Rho | None:
+    """The query's ``rho``: ``R`` (both stages) or ``R2,R3`` (None: the model's default); 400 unless each is a
+    number in (0, 1]."""
     if value is None:
         return None
     try:
-        rho = float(value)
-        if not math.isfinite(rho):
-            raise ValueError
-        return check_rho(rho)
-    except (ValueError, LCError):
-        raise HTTPProblem(400, f"rho must be a number in (0, 1], got {value!r}") from None
+        return rho_from_text(value)
+    except LCError as error:
+        raise HTTPProblem(400, str(error)) from None
 
 
 def wants_json(accept: str | None) -> bool:
@@ -134,7 +131,7 @@ def model_description(cascade: Cascade, precision: str | None) -> dict[str, Any]
         "classes": cascade.classes,
         "palette": cascade.palette.tolist(),
         "input_size": list(cascade.input_size),
-        "default_rho": cascade.default_rho,
+        "default_rho": rho_value(cascade.default_rho),  # one number, or [ρ₂, ρ₃] when the stages differ
         "batch_capacity": cascade.batch_capacity,
         "backend": cascade.backend,
         # The --precision asked for (None: the backend's default); "machine" says what it became.

@@ -1,14 +1,15 @@
 """lc-triton: a Triton Inference Server model repository of a model dir or an engine dir.
 
 * An ONNX model dir becomes one model: the three stage graphs joined and lowered to standard ONNX
-  ops (what the ONNX Runtime / OpenVINO backends run), with inputs ``image`` and the thresholds and
-  outputs ``labels`` and ``stage_counts``. For Triton's ``onnxruntime`` backend it is ``model.onnx``;
-  for its ``openvino`` backend the OpenVINO IR (``model.xml`` + ``model.bin``). A dynamic-batch export
-  gets Triton's dynamic batching: every request then carries its own threshold (``rho`` of shape
-  [1] per image; the graph compares each image's pixels with its own), so requests with different
-  thresholds batch together.
+  ops (what the ONNX Runtime / OpenVINO backends run), with inputs ``image``, ``rho2`` and ``rho3``
+  and outputs ``labels`` and ``stage_counts``. For Triton's ``onnxruntime`` backend it is
+  ``model.onnx``; for its ``openvino`` backend the OpenVINO IR (``model.xml`` + ``model.bin``). A
+  dynamic-batch export gets Triton's dynamic batching: every request then carries its own thresholds
+  (shape [1] each per image; the graph compares each image's pixels with its own), so requests with
+  different thresholds batch together.
 * An engine dir (lc-build) becomes an ensemble of the three stage plans (``tensorrt_plan``), wired
-  by tensor name. Its stage graphs take one threshold for the whole batch, so the ensemble has no
+  by tensor name (stage 1's ``rho`` is the ensemble's ``rho2``, stage 2's ``rho3``). Its stage graphs
+  take one threshold each for the whole batch, so the ensemble has no
   Triton batching (``max_batch_size: 0``): a client sends a whole batch at once.
 
 Each model folder holds ``lc-triton.json`` (what it was made from); an existing folder is
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.contract import LABELS, STAGE_COUNTS
+from layercascade.contract import LABELS, RHO, STAGE_COUNTS, STAGE_RHOS
 from layercascade.errors import fail
 from layercascade.manifest import read_manifest, sha256_file
 from layercascade.runtime.trt.engines import METADATA, is_engine_dir, read_metadata
@@ -290,6 +291,11 @@ def save_openvino_ir(model: Any, path: Path) -> None:
 
 
 # -- an engine dir: an ensemble of the stage plans -----------------------------------------------------
+def ensemble_tensor(name: str, stage: int) -> str:
+    """The ensemble's tensor that stage ``stage``'s input ``name`` reads: its threshold is ρ₂ or ρ₃."""
+    return STAGE_RHOS[stage - 1] if name == RHO and stage <= len(STAGE_RHOS) else name
+
+
 def ensemble_models(source: Path, name: str, instances: int) -> list[tuple[str, Any]]:
     metadata = read_metadata(source)
     stages = [metadata["engines"][f"stage{k}"] for k in (1, 2, 3)]
@@ -304,7 +310,9 @@ def ensemble_models(source: Path, name: str, instances: int) -> list[tuple[str, 
         stage_name = f"{name}_stage{index}"
         config = ModelConfig(stage_name, tensors(stage["inputs"]), tensors(stage["outputs"]), platform="tensorrt_plan",
                              instances=(instances, "KIND_GPU"), default_model_filename="model.plan")
-        steps.append({"model": stage_name, "inputs": {t["name"]: t["name"] for t in stage["inputs"]},
+        # Each stage graph's own `rho` is the ensemble's rho2 (stage 1) or rho3 (stage 2), as in the joined graph.
+        steps.append({"model": stage_name,
+                      "inputs": {t["name"]: ensemble_tensor(t["name"], index) for t in stage["inputs"]},
                       "outputs": {t["name"]: t["name"] for t in stage["outputs"]}})
 
         def write(folder: Path, stage: dict[str, Any] = stage, config: ModelConfig = config) -> None:
@@ -314,7 +322,8 @@ def ensemble_models(source: Path, name: str, instances: int) -> list[tuple[str, 
             (folder / MARKER).write_text(marker(source, "tensorrt", engine=stage["file"]))
 
         models.append((stage_name, write))
-    inputs = {t.name: t for stage in stages for t in tensors(stage["inputs"])}
+    inputs = {ensemble_tensor(t.name, index): Tensor(ensemble_tensor(t.name, index), t.dtype, t.dims)
+              for index, stage in enumerate(stages, start=1) for t in tensors(stage["inputs"])}
     outputs = {t.name: t for stage in stages for t in tensors(stage["outputs"])}
     produced = set(outputs)
     ensemble = ModelConfig(name, [t for n, t in inputs.items() if n not in produced],

@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from layercascade.cli import run
+from layercascade.contract import Rho, RhoLike, rho_or_default
 from layercascade.errors import run_cli
 from layercascade.model.data import VOC_CLASSES, VOC_PALETTE
 from layercascade.runtime.result import CascadeResult
@@ -27,12 +28,12 @@ class FakeCascade:
     classes: ClassVar[list[str]] = list(VOC_CLASSES)
     palette = VOC_PALETTE
     input_size = (64, 64)
-    default_rho = 0.985
+    default_rho = (0.985, 0.985)
     backend = "fake"
 
     def __init__(self, model_dir: str | None, backend: str, device: str) -> None:
         self.load_args = (model_dir, backend, device)
-        self.rhos: list[float | None] = []
+        self.rhos: list[RhoLike | None] = []
         self.closed = False
 
     @classmethod
@@ -42,8 +43,8 @@ class FakeCascade:
         cls.instances.append(cascade)
         return cascade
 
-    def rho(self, rho: float | None = None) -> float:
-        return self.default_rho if rho is None else rho
+    def rho(self, rho: RhoLike | None = None) -> Rho:
+        return rho_or_default(rho, self.default_rho)
 
     def __enter__(self) -> FakeCascade:
         return self
@@ -51,7 +52,7 @@ class FakeCascade:
     def __exit__(self, *exception: object) -> None:
         self.closed = True
 
-    def __call__(self, image: np.ndarray, rho: float | None = None) -> CascadeResult:
+    def __call__(self, image: np.ndarray, rho: RhoLike | None = None) -> CascadeResult:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         self.rhos.append(rho)
         brightness = image.astype(np.int32).sum(axis=2) // 3

@@ -49,6 +49,20 @@ def test_stage_statistics_count_only_the_pixels_that_reach_the_stage(demo_fp32, 
     assert stage1_pixels == CALIBRATION_IMAGES * masks[0].mask2.size * 32
 
 
+def test_per_stage_calibration_thresholds(demo_fp32, tmp_path) -> None:
+    """``rho=(ρ₂, ρ₃)``: stage 2's statistics from M₂ at ρ₂, stage 3's from M₃ at ρ₃; recorded as the
+    pair, and a second run with the same pair reuses the statistics."""
+    cache, rho = tmp_path / "pair.npz", (0.9, 0.995)
+    record = calibrate(demo_fp32, tmp_path / "a", limit=1, method="minmax", rho=rho, cache=cache, progress=False)
+    assert record["rho"] == [0.9, 0.995] and not record["statistics_reused"]
+    cascade = Cascade.load(demo_fp32)
+    out = cascade.run_batch(cascade.prepare(open_dataset("synthetic", "train", limit=1)[0][0])[None], rho)
+    assert Statistics.load(cache).meta["pixels_reaching"] == [int(out.mask2.sum()), int(out.mask3.sum())]
+    again = calibrate(demo_fp32, tmp_path / "b", limit=1, method="minmax", rho=list(rho), cache=cache,
+                      progress=False)
+    assert again["statistics_reused"]
+
+
 def test_naive_statistics_count_every_pixel(demo_fp32, tmp_path) -> None:
     cache = tmp_path / "naive.npz"
     calibrate(demo_fp32, tmp_path / "naive", limit=1, method="minmax", cascade_aware=False, cache=cache,

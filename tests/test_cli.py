@@ -36,9 +36,9 @@ def test_help_explains_every_option(module, capsys) -> None:
 def test_deprecated_per_stage_rho_still_works(capsys) -> None:
     """lc-calibrate's ρ is --rho like every command's; the old --per-stage-rho still works, with a line."""
     parser = calibrate.build_parser()
-    assert parser.parse_args(["DIR", "-o", "OUT", "--rho", "0.9"]).rho == 0.9
+    assert parser.parse_args(["DIR", "-o", "OUT", "--rho", "0.9"]).rho == (0.9, 0.9)
     assert capsys.readouterr().err == ""
-    assert parser.parse_args(["DIR", "-o", "OUT", "--per-stage-rho", "0.95"]).rho == 0.95
+    assert parser.parse_args(["DIR", "-o", "OUT", "--per-stage-rho", "0.95"]).rho == (0.95, 0.95)
     assert capsys.readouterr().err == "warning: --per-stage-rho is deprecated; use --rho\n"
     with pytest.raises(SystemExit):
         parser.parse_args(["DIR", "-o", "OUT", "--per-stage-rho", "2"])

@@ -103,7 +103,7 @@ def test_cascade_regions_fusion_and_fractions() -> None:
     fractions = out.stage_fractions[0]
     assert fractions.sum().item() == pytest.approx(1.0)
     assert fractions[0].item() == pytest.approx(1 - m2.mean().item())
-    with pytest.raises(ValueError):
+    with pytest.raises(LCError, match=r"rho must be a number in \(0, 1\]"):
         model(x, 0.0)
 
 

@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from layercascade.cli import bench, run
+from layercascade.contract import RhoLike
 from layercascade.errors import LCError, run_cli
 from layercascade.manifest import sha256_file
 from layercascade.runtime.bench import peer_report
@@ -22,7 +23,7 @@ from layercascade.tests.helpers import DYNAMIC_MAX, random_images, synthetic_ima
 openvino = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'layercascade[openvino]')")
 
 
-def labels_of(cascade: Cascade, images: np.ndarray, rho: float | None = None) -> np.ndarray:
+def labels_of(cascade: Cascade, images: np.ndarray, rho: RhoLike | None = None) -> np.ndarray:
     return np.stack([cascade(image, rho).labels for image in images])
 
 
@@ -34,7 +35,7 @@ def test_fp32_labels_equal_onnx_runtime(fixture: str, request: pytest.FixtureReq
     with Cascade.load(folder, backend="ort") as ort, \
             Cascade.load(folder, backend="openvino", precision="fp32") as ov:
         images = synthetic_images(4, ort.input_size)
-        for rho in (None, 0.9, 1.0):
+        for rho in (None, 0.9, 1.0, (0.9, 0.985), (1.0, 0.9)):
             ours = [ov(image, rho) for image in images]
             theirs = [ort(image, rho) for image in images]
             agreement = np.mean([np.mean(a.labels == b.labels) for a, b in zip(ours, theirs)])
@@ -64,10 +65,12 @@ def test_dynamic_batch_and_the_stages_one_by_one(dynamic_model) -> None:
     with Cascade.load(dynamic_model[1], backend="openvino", precision="fp32") as ov, \
             Cascade.load(dynamic_model[1], backend="ort") as ort:
         images = random_images(DYNAMIC_MAX, ov.input_size, seed=3)
-        joined, stages = ov.run_batch(images), ov.runner.run_stages(images, ov.rho())
-        np.testing.assert_array_equal(joined.labels, stages.labels)
-        assert set(stages.timings) == {"stage1", "stage2", "stage3", "total"}
-        assert np.mean(joined.labels == ort.run_batch(images).labels) >= 0.9999
+        for rho in (None, (0.9, 0.985)):
+            joined, stages = ov.run_batch(images, rho), ov.runner.run_stages(images, ov.rho(rho))
+            np.testing.assert_array_equal(joined.labels, stages.labels)
+            np.testing.assert_array_equal(joined.mask3, stages.mask3)
+            assert set(stages.timings) == {"stage1", "stage2", "stage3", "total"}
+            assert np.mean(joined.labels == ort.run_batch(images, rho).labels) >= 0.9999
 
 
 def test_int8_dirs_run_their_quantized_graphs(demo_int8) -> None:

@@ -380,7 +380,13 @@ TAMPERED = {
     "classes and palette cut": (lambda f, m: m.update(classes=m["classes"][:3], palette=m["palette"][:3]),
                                 "lc.json: 3 classes (and palette colours), but stage1.onnx's scores1 has 21 channels"),
     "palette cut": (lambda f, m: m.update(palette=m["palette"][:3]), "lc.json: palette has 3 colours for 21 classes"),
-    "default_rho 7": (lambda f, m: m.update(default_rho=7), "lc.json: default_rho 7 is not a number in (0, 1]"),
+    "default_rho 7": (lambda f, m: m.update(default_rho=7), "lc.json: default_rho 7 is not [rho2, rho3] (two numbers "
+                      "in (0, 1])"),
+    "default_rho one of two": (lambda f, m: m.update(default_rho=[0.9]), "lc.json: default_rho [0.9] is not [rho2, "
+                               "rho3]"),
+    "default_rho [0.9, 2]": (lambda f, m: m.update(default_rho=[0.9, 2]), "lc.json: default_rho [0.9, 2] is not"),
+    "format version 3": (lambda f, m: m.update(version=3), "lc.json: manifest format version 3 is newer than this "
+                         "layercascade reads (2); upgrade layercascade"),
     "contract output missing": (without_output("mask3"), "stage2.onnx: its outputs are not the stage contract's "
                                 "['feat2', 'scores2', 'mask3'] (missing ['mask3'], extra [])"),
     "op ONNX Runtime lacks": (with_unknown_op, "stage1.onnx: ONNX Runtime cannot load it ("),

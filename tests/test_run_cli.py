@@ -185,7 +185,7 @@ def test_json_and_options_reach_the_cascade(tmp_path: Path, fake: type[FakeCasca
     summary = json.loads(captured.out)
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["rho"] == 0.9 and summary["model"] == "models/lc" and summary["images"] == 2
-    assert fake.instances[0].load_args == ("models/lc", "ort", "cuda") and fake.instances[0].rhos == [0.9, 0.9]
+    assert fake.instances[0].load_args == ("models/lc", "ort", "cuda") and fake.instances[0].rhos == [(0.9, 0.9), (0.9, 0.9)]
     assert fake.instances[0].closed  # lc-run releases the backend when done
 
 
@@ -212,7 +212,7 @@ def test_rho_is_validated(value: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
         run.main(["-o", "out", "--rho", value])
     assert exit_info.value.code == 2
-    assert run.build_parser().parse_args(["-o", "out", "--rho", "1"]).rho == 1.0
+    assert run.build_parser().parse_args(["-o", "out", "--rho", "1"]).rho == (1.0, 1.0)
 
 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture) -> None:

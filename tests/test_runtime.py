@@ -97,7 +97,7 @@ def test_wrong_inputs(model_dir) -> None:
     with pytest.raises(LCError, match="uint8 RGB image"):
         cascade(np.zeros((10, 10), np.float32))
     for rho in (0.0, 1.5, -1):
-        with pytest.raises(LCError, match="rho must be in"):
+        with pytest.raises(LCError, match=r"rho must be a number in \(0, 1\]"):
             cascade(np.zeros((30, 30, 3), np.uint8), rho)
     result = cascade(np.zeros((17, 23, 3), np.uint8), 0.9)  # any size: resized in and out
     assert result.labels.shape == (17, 23) and result.stage_map.shape == STAGE_SIZE
@@ -185,8 +185,8 @@ def test_joined_session_equals_the_stages_run_one_by_one(model_dir, lower: bool)
     cascade = Cascade.load(model_dir, lower=lower)
     assert cascade.runner.joined.lowered == lower
     images = random_images(1, TINY_SIZE)
-    runs = [(rho, None) for rho in (1.0, 0.985, 0.9)]
-    runs.append((0.985, forced_masks((1, 1, *STAGE_SIZE), (0.5, 0.2))))
+    runs = [(rho, None) for rho in ((1.0, 1.0), (0.985, 0.985), (0.9, 0.9), (0.9, 0.985), (1.0, 0.9))]
+    runs.append(((0.985, 0.985), forced_masks((1, 1, *STAGE_SIZE), (0.5, 0.2))))
     for rho, masks in runs:
         joined, one_by_one = cascade.run_batch(images, rho, masks), cascade.runner.run_stages(images, rho, masks)
         np.testing.assert_array_equal(joined.labels, one_by_one.labels)

@@ -67,7 +67,12 @@ def test_what_is_accepted() -> None:
     for kind in (None, "", "image/jpeg", "image/png; charset=binary", "application/octet-stream",
                  "application/x-www-form-urlencoded"):  # the last: curl --data-binary's own
         check_content_type(kind)
-    assert parse_rho(None) is None and parse_rho("0.9") == 0.9 and parse_rho("1") == 1.0
+    assert parse_rho(None) is None and parse_rho("0.9") == (0.9, 0.9) and parse_rho("1") == (1.0, 1.0)
+    assert parse_rho("0.9,0.97") == (0.9, 0.97)  # ρ₂ (stage 1 → 2), ρ₃ (stage 2 → 3)
+    for bad in ("0.9,0.97,0.99", "0.9,", "", "inf"):
+        with pytest.raises(HTTPProblem) as caught:
+            parse_rho(bad)
+        assert caught.value.status == 400
     assert wants_json("application/json") and wants_json("text/html, application/json;q=0.9")
     assert not wants_json(None) and not wants_json("image/png")
     for path in SAMPLE_FILES:
@@ -134,15 +139,15 @@ def demo_service(ray_session, port):
     service.stop()
 
 
-def expected_pngs(model: Path | None, rhos: list[float | None]) -> dict[tuple[str, float | None], bytes]:
+def expected_pngs(model: Path | None, rhos: list) -> dict[tuple, bytes]:
     """What a local Cascade answers: the label PNG of every sample image at every ρ."""
     with Cascade.load(model) as cascade:
         return {(path.name, rho): png_bytes(cascade(read_rgb(path), rho).labels, cascade.palette)
                 for path in SAMPLE_FILES for rho in rhos}
 
 
-def post(client, url: str, path: Path, rho: float | None, **headers: str):
-    query = "" if rho is None else f"?rho={rho}"
+def post(client, url: str, path: Path, rho: float | tuple[float, float] | None, **headers: str):
+    query = "" if rho is None else f"?rho={rho}" if isinstance(rho, float) else f"?rho={rho[0]},{rho[1]}"
     return client.post(f"{url}/v1/segment{query}", content=path.read_bytes(), headers=headers)
 
 
@@ -165,7 +170,7 @@ def test_concurrent_clients_get_local_answers(demo_service) -> None:
     """8 clients × 50 requests, images and ρ varied: every answer is the local Cascade's PNG."""
     import httpx
 
-    rhos = [None, 0.9, 1.0]
+    rhos = [None, 0.9, 1.0, (0.9, 0.97)]
     expected = expected_pngs(None, rhos)
 
     def client_run(client_index: int) -> list[str]:

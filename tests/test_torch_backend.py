@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from layercascade.cli import bench, run
+from layercascade.contract import RhoLike, check_rho
 from layercascade.errors import LCError, run_cli
 from layercascade.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
 from layercascade.model.network import normalize
@@ -31,7 +32,8 @@ from layercascade.runtime.torch.program import KernelPath
 from layercascade.runtime.torch.reference import ReferencePath
 from layercascade.tests.helpers import random_images, sharpened_checkpoint
 
-RHOS = (1.0, 0.985, 0.9)
+# One ρ for both stages, and per-stage pairs (ρ₂, ρ₃): ρ₂ = 1 sends every pixel to stage 2, ρ₃ < 1 thresholds M₃.
+RHOS = (1.0, 0.985, 0.9, (0.9, 0.985), (1.0, 0.9))
 LABEL_AGREEMENT = 0.9999
 MASK_MARGIN = 1e-5
 SCORE_TOLERANCE = 1e-4
@@ -65,7 +67,8 @@ def images(torch_cascade: Cascade) -> np.ndarray:
 
 def assert_masks_match(mask: np.ndarray, expected: np.ndarray, scores: torch.Tensor, rho: float,
                        excused: np.ndarray | None = None) -> np.ndarray:
-    """Masks equal except where the confidence of ``scores`` is within MASK_MARGIN of ρ (or ``excused``).
+    """Masks equal except where the confidence of ``scores`` is within MASK_MARGIN of ``rho``, the mask's own
+    threshold (or ``excused``).
     Returns the pixels that differ."""
     differ = mask != expected
     near = np.abs(confidence(scores).numpy() - rho) <= MASK_MARGIN
@@ -86,39 +89,40 @@ def assert_scores_match(scores: torch.Tensor | np.ndarray, expected: torch.Tenso
 
 
 @pytest.mark.parametrize("rho", RHOS)
-def test_matches_the_pytorch_reference_cascade(torch_cascade: Cascade, images: np.ndarray, rho: float) -> None:
+def test_matches_the_pytorch_reference_cascade(torch_cascade: Cascade, images: np.ndarray, rho: RhoLike) -> None:
+    rho2, rho3 = check_rho(rho)
     checkpoint = load_checkpoint()
     with torch.inference_mode():
         reference = checkpoint.build_model()(normalize(torch.from_numpy(images), checkpoint.mean, checkpoint.std), rho)
     out = torch_cascade.run_batch(images, rho)
     assert_labels_match(out.labels, reference.labels.numpy().astype(np.uint8))
-    differ2 = assert_masks_match(out.mask2, reference.masks[0].numpy(), reference.scores[0], rho)
-    assert_masks_match(out.mask3, reference.masks[1].numpy(), reference.scores[1], rho, excused=differ2)
+    differ2 = assert_masks_match(out.mask2, reference.masks[0].numpy(), reference.scores[0], rho2)
+    assert_masks_match(out.mask3, reference.masks[1].numpy(), reference.scores[1], rho3, excused=differ2)
     assert out.stage_counts.dtype == np.int64 and out.stage_counts.shape == (4, 3)
     assert (out.stage_counts.sum(1) == out.mask2[0].size).all()
     fractions = out.stage_counts / out.mask2[0].size
     np.testing.assert_allclose(fractions, reference.stage_fractions.numpy(), atol=1e-6)
-    outputs = torch_cascade.runner.path.stage_outputs(images, rho)
+    outputs = torch_cascade.runner.path.stage_outputs(images, (rho2, rho3))
     for scores, expected in zip(outputs["scores"], reference.scores):
         assert_scores_match(scores, expected)
 
 
 @pytest.mark.parametrize("rho", RHOS)
 def test_matches_the_onnx_runtime_backend(torch_cascade: Cascade, ort_cascade: Cascade, images: np.ndarray,
-                                          rho: float) -> None:
+                                          rho: RhoLike) -> None:
+    rho2, rho3 = check_rho(rho)
     ours = torch_cascade.run_batch(images, rho)
-    ours_scores = torch_cascade.runner.path.stage_outputs(images, rho)["scores"]
-    rho_array = np.array([rho], np.float32)
+    ours_scores = torch_cascade.runner.path.stage_outputs(images, (rho2, rho3))["scores"]
     stage1, stage2, _ = ort_cascade.runner.stages
     for k in range(len(images)):
         theirs = ort_cascade.run_batch(images[k:k + 1], rho)
         assert_labels_match(ours.labels[k:k + 1], theirs.labels)
-        differ2 = assert_masks_match(ours.mask2[k:k + 1], theirs.mask2, ours_scores[0][k:k + 1], rho)
-        assert_masks_match(ours.mask3[k:k + 1], theirs.mask3, ours_scores[1][k:k + 1], rho, excused=differ2)
-        out1 = stage1.infer({"image": images[k:k + 1], "rho": rho_array})
+        differ2 = assert_masks_match(ours.mask2[k:k + 1], theirs.mask2, ours_scores[0][k:k + 1], rho2)
+        assert_masks_match(ours.mask3[k:k + 1], theirs.mask3, ours_scores[1][k:k + 1], rho3, excused=differ2)
+        out1 = stage1.infer({"image": images[k:k + 1], "rho": np.array([rho2], np.float32)})
         assert_scores_match(ours_scores[0][k:k + 1], out1["scores1"])
         if not differ2.any():  # stage 2 then computed the same region
-            out2 = stage2.infer({"feat1": out1["feat1"], "mask2": out1["mask2"], "rho": rho_array})
+            out2 = stage2.infer({"feat1": out1["feat1"], "mask2": out1["mask2"], "rho": np.array([rho3], np.float32)})
             assert_scores_match(ours_scores[1][k:k + 1], out2["scores2"])
             if np.array_equal(ours.mask3[k:k + 1], theirs.mask3):
                 np.testing.assert_array_equal(ours.stage_counts[k:k + 1], theirs.stage_counts)
@@ -159,7 +163,7 @@ def test_forced_masks_and_any_batch(torch_cascade: Cascade, images: np.ndarray) 
 
 def test_stages_timed_apart(torch_cascade: Cascade, images: np.ndarray) -> None:
     """``run_stages`` (lc-bench --per-stage) works on the torch backend: the reference times its stages."""
-    staged = torch_cascade.runner.run_stages(images, 0.985)
+    staged = torch_cascade.runner.run_stages(images, (0.985, 0.985))
     assert {"stage1", "stage2", "stage3"} <= set(staged.timings)
     assert np.array_equal(staged.labels, torch_cascade.run_batch(images, 0.985).labels)
 
@@ -179,10 +183,12 @@ def kernel_plan_report() -> dict:
     kernels = TorchBackend(load_checkpoint(), input_size=cascade.input_size, kernels=True)
     images = sample_batch(cascade, 2)
     report = {}
-    for name, rho, masks in (("rho", 0.985, None), ("forced", 0.985, forced_masks((2, 1, 6, 6), (0.5, 0.25)))):
+    for name, rho, masks in (("rho", (0.95, 0.985), None),
+                             ("forced", (0.985, 0.985), forced_masks((2, 1, 6, 6), (0.5, 0.25)))):
         ref = reference.path.stage_outputs(images, rho, masks)
         program = kernels.path.program("cascade", len(images), masks is not None)
-        program.inputs["rho"].fill_(rho)
+        program.inputs["rho2"].fill_(rho[0])
+        program.inputs["rho3"].fill_(rho[1])
         if masks is not None:
             for key, mask in zip(("forced2", "forced3"), masks):
                 program.inputs[key].copy_(torch.from_numpy(mask).permute(0, 2, 3, 1))
@@ -204,7 +210,7 @@ def kernel_plan_report() -> dict:
     program.inputs["images"].copy_(torch.from_numpy(images))
     for key, mask in zip(("forced2", "forced3"), masks):
         program.inputs[key].copy_(torch.from_numpy(mask).permute(0, 2, 3, 1))
-    out, ref = program(), reference.path.stage_outputs(images, 0.985, masks)
+    out, ref = program(), reference.path.stage_outputs(images, (0.985, 0.985), masks)
     report["fp16"] = {
         "dtypes": sorted({str(out[f"scores{k}"].dtype) for k in (1, 2, 3)}),
         "score_errors": [float((out[f"scores{k + 1}"].permute(0, 3, 1, 2).float() - s).abs().max())
@@ -214,8 +220,8 @@ def kernel_plan_report() -> dict:
     }
     report["dense_agreement"] = float((kernels.dense_runner({}).infer({"image": images})["labels"]
                                        == reference.path.dense(images)).mean())
-    run_out = kernels.run(images, 0.985)
-    report["run_labels_equal"] = bool(np.array_equal(run_out.labels, reference.run(images, 0.985, None).labels))
+    run_out = kernels.run(images, (0.9, 0.985))
+    report["run_labels_equal"] = bool(np.array_equal(run_out.labels, reference.run(images, (0.9, 0.985), None).labels))
     return report
 
 
@@ -265,12 +271,12 @@ def test_kernel_plans_of_every_block_type(monkeypatch: pytest.MonkeyPatch, one_t
     plan = KernelPath(model, checkpoint, size, torch.float32, torch.device("cpu"))
     images = random_images(1, size, seed=3)
     masks = None
-    for rho in (0.9, 1.0):  # thresholded, then regions forced to 50 % / 25 % of the pixels
+    for rho in ((0.9, 0.95), (1.0, 1.0)):  # thresholded, then regions forced to 50 % / 25 % of the pixels
         expected = reference.stage_outputs(images, rho, masks)
         forced = {} if masks is None else {f"forced{k + 2}": torch.from_numpy(m).permute(0, 2, 3, 1)
                                            for k, m in enumerate(masks)}
         with torch.inference_mode():
-            out = plan.cascade(torch.from_numpy(images), torch.tensor([rho]), **forced)
+            out = plan.cascade(torch.from_numpy(images), torch.tensor([rho[0]]), torch.tensor([rho[1]]), **forced)
         for k, scores in enumerate(expected["scores"]):
             scale = max(1.0, float(scores.abs().max()))
             assert float((out[f"scores{k + 1}"].permute(0, 3, 1, 2) - scores).abs().max()) <= 1e-4 * scale

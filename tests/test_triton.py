@@ -51,18 +51,19 @@ def test_demo_model_for_onnxruntime(tmp_path) -> None:
     [folder] = write_repository(None, tmp_path / "repo")
     config = parse_config(folder)
     assert config.name == "demo" and config.backend == "onnxruntime" and config.max_batch_size == 0
-    assert [i.name for i in config.input] == ["image", "rho"]
+    assert [i.name for i in config.input] == ["image", "rho2", "rho3"]
     assert [o.name for o in config.output] == ["labels", "stage_counts"]
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     session = onnxruntime.InferenceSession(str(folder / "1" / config.default_model_filename))
-    assert [i.name for i in session.get_inputs()] == ["image", "rho"]
+    assert [i.name for i in session.get_inputs()] == ["image", "rho2", "rho3"]
     assert all(node.domain in ("", "ai.onnx") for node in onnx.load(folder / "1" / "model.onnx").graph.node)
     with Cascade.load(None) as cascade:
         image = images_at(cascade.input_size, 1)
         assert list(image.shape) == declared_shape(config.input[0], 0, 1)
-        for rho in (0.9, 0.985, 1.0):
-            labels, counts = session.run(None, {"image": image, "rho": np.array([rho], np.float32)})
-            expected = cascade.run_batch(image, rho)
+        for rho2, rho3 in ((0.9, 0.9), (0.985, 0.985), (1.0, 1.0), (0.9, 0.97)):
+            labels, counts = session.run(None, {"image": image, "rho2": np.array([rho2], np.float32),
+                                                "rho3": np.array([rho3], np.float32)})
+            expected = cascade.run_batch(image, (rho2, rho3))
             np.testing.assert_array_equal(labels, expected.labels)
             np.testing.assert_array_equal(counts, expected.stage_counts)
     written = json.loads((folder / MARKER).read_text())
@@ -71,31 +72,31 @@ def test_demo_model_for_onnxruntime(tmp_path) -> None:
 
 @pytest.mark.parametrize("platform", ["onnxruntime", "openvino"])
 def test_dynamic_batching_takes_a_threshold_per_image(dynamic_model, tmp_path, platform) -> None:
-    """Requests batched by Triton each keep their own ρ: a batch of three at three thresholds gives each
-    image what the cascade gives it alone at its threshold."""
+    """Requests batched by Triton each keep their own thresholds: a batch of three at three (ρ₂, ρ₃) gives
+    each image what the cascade gives it alone at its thresholds."""
     _, model = dynamic_model
     [folder] = write_repository(model, tmp_path / "repo", platform=platform, max_batch=3, instances=2)
     config = parse_config(folder)
     assert config.max_batch_size == 3 and config.dynamic_batching.max_queue_delay_microseconds == 5000
     assert config.instance_group[0].count == 2
-    assert [list(t.dims) for t in config.input] == [[64, 64, 3], [1]]
-    rhos = np.array([[0.9], [0.985], [1.0]], np.float32)
+    assert [list(t.dims) for t in config.input] == [[64, 64, 3], [1], [1]]
+    rho2, rho3 = np.array([[0.9], [0.985], [1.0]], np.float32), np.array([[0.97], [0.985], [1.0]], np.float32)
     with Cascade.load(model) as cascade:
         images = images_at(cascade.input_size, 3)
         assert list(images.shape) == declared_shape(config.input[0], 3, 3)
-        expected = [cascade.run_batch(images[k:k + 1], float(rhos[k, 0])) for k in range(3)]
+        expected = [cascade.run_batch(images[k:k + 1], (float(rho2[k, 0]), float(rho3[k, 0]))) for k in range(3)]
     if platform == "onnxruntime":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx"))
-        labels, counts = session.run(None, {"image": images, "rho": rhos})
+        labels, counts = session.run(None, {"image": images, "rho2": rho2, "rho3": rho3})
     else:
         import openvino
 
         assert config.backend == "openvino" and (folder / "1" / "model.bin").is_file()
         compiled = openvino.Core().compile_model(str(folder / "1" / "model.xml"), "CPU",
                                                  {"INFERENCE_PRECISION_HINT": "f32"})
-        answer = compiled({"image": images, "rho": rhos})
+        answer = compiled({"image": images, "rho2": rho2, "rho3": rho3})
         labels, counts = answer[compiled.output("labels")], answer[compiled.output("stage_counts")]
     for k in range(3):
         np.testing.assert_array_equal(labels[k], expected[k].labels[0])
@@ -110,12 +111,14 @@ def test_engine_dir_becomes_an_ensemble(tmp_path) -> None:
     ensemble = parse_config(folders[-1])
     assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 0
     available = {t.name for t in ensemble.input}
-    assert available == {"image", "rho"}
+    assert available == {"image", "rho2", "rho3"}  # stage 1's rho is ρ₂, stage 2's ρ₃
     for step, folder in zip(ensemble.ensemble_scheduling.step, folders[:3], strict=True):
         stage = parse_config(folder)
         assert step.model_name == stage.name == folder.name and stage.platform == "tensorrt_plan"
         assert stage.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
         assert set(step.input_map) == {t.name for t in stage.input}
+        if "rho" in step.input_map:
+            assert step.input_map["rho"] == {"lc_stage1": "rho2", "lc_stage2": "rho3"}[stage.name]
         assert set(step.input_map.values()) <= available  # every input made by the ensemble or a step before
         available |= set(step.output_map.values())
         engine = json.loads((engines / "engines.json").read_text())["engines"][folder.name.removeprefix("lc_")]

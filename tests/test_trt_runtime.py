@@ -119,12 +119,13 @@ def test_source_onnx_changed(tmp_path) -> None:
 def test_buffer_plan() -> None:
     stages = read_manifest(DEMO_MODEL)["stages"]
     plan = plan_buffers(stages, max_batch=4)
-    assert set(plan) == {"image", "rho", "feat1", "scores1", "mask2", "feat2", "scores2", "mask3", "labels",
-                         "stage_counts", "forced_mask2", "forced_mask3"}  # each shared tensor once
+    assert set(plan) == {"image", "rho2", "rho3", "feat1", "scores1", "mask2", "feat2", "scores2", "mask3", "labels",
+                         "stage_counts", "forced_mask2", "forced_mask3"}  # each shared tensor once, ρ once a stage
     assert plan["image"].shape == (4, 160, 160, 3) and plan["image"].nbytes == 4 * 160 * 160 * 3
     assert plan["feat1"].bytes_for(1) == 32 * 20 * 20 * 4 and plan["stage_counts"].dtype == np.int64
-    assert plan["rho"].shape == (1,) and plan["rho"].bytes_for(3) == 4  # ρ has no batch
+    assert plan["rho2"].shape == plan["rho3"].shape == (1,) and plan["rho3"].bytes_for(3) == 4  # ρ has no batch
     eager, forced = stage_bindings(stages, forced=False), stage_bindings(stages, forced=True)
+    assert eager[0]["rho"] == forced[0]["rho"] == "rho2" and eager[1]["rho"] == forced[1]["rho"] == "rho3"
     assert eager[1]["mask2"] == "mask2" and eager[2]["mask3"] == "mask3"
     assert forced[0]["mask2"] == "mask2"  # stage 1 still writes its own mask
     assert forced[1]["mask2"] == "forced_mask2" and forced[2]["mask3"] == "forced_mask3"
@@ -209,7 +210,8 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
     reference = Cascade.load(None, backend="ort", lower=False)
     assert engines.backend == "trt"
     images = synthetic_images(3)
-    for rho in (0.985, 0.985, 0.7, 1.0):
+    # Repeats and changes of ρ₂ and ρ₃ together and apart: each reaches its own stage's engine.
+    for rho in (0.985, 0.985, 0.7, (0.7, 0.985), (0.985, 0.7), (1.0, 0.7), 1.0):
         for image in images:
             ours, theirs = engines.run_batch(image[None], rho), reference.run_batch(image[None], rho)
             for field in ("labels", "mask2", "mask3", "stage_counts"):
@@ -221,17 +223,17 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
     backend = engines.runner
     if cuda_graph:
         # Stages 1–2 replay as graphs; stage 3 (NonZero: data-dependent shapes) runs eagerly.
-        assert backend.captured_stages == [True, True, False] and cuda.launches == 2 * (4 * 3 + 1)
+        assert backend.captured_stages == [True, True, False] and cuda.launches == 2 * (7 * 3 + 1)
     else:
         assert cuda.launches == 0
     dense = backend.dense_runner(engines.manifest).infer({"image": images[:1]})["labels"]
     expected = reference.runner.dense_runner(reference.manifest).infer({"image": images[:1]})["labels"]
     assert np.array_equal(dense, expected)
     with pytest.raises(LCError, match="at most 1 images per run, got 2; rebuild with lc-build --max-batch 2"):
-        backend.run(images[:2], 0.985)
-    staged = backend.run_stages(images[:1], 0.985)  # lc-bench --per-stage: the stages timed apart
+        backend.run(images[:2], (0.985, 0.985))
+    staged = backend.run_stages(images[:1], (0.9, 0.985))  # lc-bench --per-stage: the stages timed apart
     assert set(staged.timings) == {"stage1", "stage2", "stage3", "total"}
-    assert np.array_equal(staged.labels, reference.run_batch(images[:1], 0.985).labels)
+    assert np.array_equal(staged.labels, reference.run_batch(images[:1], (0.9, 0.985)).labels)
     machine = backend.machine()  # lc-bench's machine line names the GPU and TensorRT, not ONNX Runtime
     assert machine.startswith(f"{GPU['name']} (compute capability 9.0), host ")
     assert machine.endswith(f"TensorRT {TENSORRT_VERSION}")
@@ -281,6 +283,20 @@ def test_dynamic_batch_on_simulated_gpu(dynamic_model, tmp_path, monkeypatch) ->
         assert ours.labels.shape == (count, 64, 64)
         assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
     assert set(engines.runner.graphs) == {(1, False), (2, False), (3, False)}
+
+
+def test_an_engine_dir_of_a_version_1_manifest_runs_its_one_rho(simulated_gpu) -> None:
+    """lc-build before per-stage thresholds wrote lc.json version 1, ``default_rho`` one number: it is
+    both stages' threshold, and a pair still reaches each stage's engine."""
+    engine_dir, _ = simulated_gpu
+    manifest = json.loads((engine_dir / "lc.json").read_text())
+    (engine_dir / "lc.json").write_text(json.dumps({**manifest, "version": 1, "default_rho": 0.9}))
+    engines, reference = Cascade.load(engine_dir), Cascade.load(None, backend="ort", lower=False)
+    assert engines.default_rho == (0.9, 0.9)
+    image = synthetic_images(1)
+    for rho in (None, (0.985, 0.9)):
+        ours, theirs = engines.run_batch(image, rho), reference.run_batch(image, 0.9 if rho is None else rho)
+        assert np.array_equal(ours.mask3, theirs.mask3) and np.array_equal(ours.labels, theirs.labels)
 
 
 # -- real TensorRT ------------------------------------------------------------------------------

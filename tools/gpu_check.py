@@ -261,11 +261,12 @@ def time_alternating(calls: dict[str, Callable[[], object]], cuda: bool, warmup:
 
 
 def fill_cascade_inputs(program, images: torch.Tensor, masks: tuple[np.ndarray, np.ndarray] | None) -> None:
-    """Set a cascade device program's images, ρ and (when given) its forced NCHW masks."""
-    from layercascade.contract import RHO
+    """Set a cascade device program's images, ρ₂ = ρ₃ and (when given) its forced NCHW masks."""
+    from layercascade.contract import STAGE_RHOS
 
     program.inputs["images"].copy_(images)
-    program.inputs[RHO].fill_(DEMO_RHO)
+    for name in STAGE_RHOS:
+        program.inputs[name].fill_(DEMO_RHO)
     if masks is not None:
         for name, mask in zip(("forced2", "forced3"), masks):
             program.inputs[name].copy_(torch.from_numpy(mask).permute(0, 2, 3, 1))
@@ -294,7 +295,7 @@ def e2e_reference_check(checkpoint, backend, images, masks, precision: str) -> d
 
     reference = TorchBackend(checkpoint, "cpu", input_size=backend.input_size)
     first_masks = None if masks is None else tuple(m[:1] for m in masks)
-    expected = reference.path.stage_outputs(images[:1], DEMO_RHO, first_masks)
+    expected = reference.path.stage_outputs(images[:1], (DEMO_RHO, DEMO_RHO), first_masks)
     program = backend.device_program("cascade", 1, forced=masks is not None, graph=False)
     fill_cascade_inputs(program, torch.from_numpy(images[:1]), first_masks)
     out = program()

@@ -12,8 +12,12 @@ and its export ``runtime/demo_model/``. Finally ``lc-bench`` measures cascade vs
 this machine's CPU (demo model at its own size and at 512×512; irnet and resnet50 with
 random weights at forced active fractions 0.3/0.15).
 
+Then the shipped demo model runs at a grid of per-stage thresholds (ρ₂, ρ₃) and the two-threshold
+Pareto frontier (mIoU against FLOP cost) is drawn against the one-threshold curve.
+
     python tools/make_results.py [--epochs 16] [--work runs/demo] [--skip-train] [--skip-bench]
     python tools/make_results.py --bench-only    # speed section only, from the shipped demo checkpoint
+    python tools/make_results.py --rho-pairs     # the (ρ₂, ρ₃) section only, from the shipped demo model
 """
 
 from __future__ import annotations
@@ -201,6 +205,7 @@ def plot_sweep(sweep: list[dict], path: Path) -> bool:
 
 
 def bench_section(bench: list[dict]) -> str:
+    from layercascade.contract import format_rho
     from layercascade.model.evaluate import markdown_table
     from layercascade.runtime.bench import PEERS
 
@@ -209,7 +214,7 @@ def bench_section(bench: list[dict]) -> str:
     rows = []
     for r in bench:
         f = r["stage_fractions"]
-        rows.append([r["label"], f"{r['size'][0]}×{r['size'][1]}", f"{r['rho']:g}",
+        rows.append([r["label"], f"{r['size'][0]}×{r['size'][1]}", format_rho(r["rho"]),
                      f"{100 * f[0]:.0f}/{100 * f[1]:.0f}/{100 * f[2]:.0f}" + (" forced" if r["forced_active_fractions"] else ""),
                      f"{r['cascade']['median_ms']:.1f} ({r['cascade']['p90_ms']:.1f} / {r['cascade']['p99_ms']:.1f})",
                      f"{r['dense']['median_ms']:.1f} ({r['dense']['p90_ms']:.1f} / {r['dense']['p99_ms']:.1f})",
@@ -273,6 +278,152 @@ def speed_section(bench: list[dict], cold: float | None) -> str:
 """
 
 
+# Per-stage thresholds: every (ρ₂, ρ₃) of this grid; its diagonal is the one-threshold curve.
+RHO_GRID = (1.0, 0.999, 0.995, 0.99, 0.985, 0.97, 0.95, 0.93, 0.9, 0.8)
+PAIRS_BEGIN, PAIRS_END = "<!-- rho-pairs:begin -->", "<!-- rho-pairs:end -->"
+
+
+def rho_pair_sweep() -> tuple[list[dict], str]:
+    """mIoU, stage fractions and FLOP cost (share of the dense network's) of the shipped demo model on
+    ONNX Runtime at every (ρ₂, ρ₃) of ``RHO_GRID``², on the val images of the ρ sweep; and the machine."""
+    from layercascade.cost_model import ideal_speedup
+    from layercascade.model.data import open_dataset
+    from layercascade.model.evaluate import evaluate
+    from layercascade.runtime.cascade import Cascade
+
+    pairs = [(rho2, rho3) for rho2 in RHO_GRID for rho3 in RHO_GRID]
+    with Cascade.load(DEMO_MODEL_DIR, backend="ort") as cascade:
+        results = evaluate(cascade.predict, open_dataset("synthetic", "val", limit=VAL_LIMIT), pairs, cascade.classes)
+        gmacs = cascade.manifest["stage_gmacs"]
+        machine = cascade.runner.machine()
+    backbone, head = [g["backbone"] for g in gmacs], [g["head"] for g in gmacs]
+    rows = []
+    for pair, result in zip(pairs, results):
+        f = result.stage_fractions
+        cost = 1.0 / ideal_speedup(backbone, head, (f[1] + f[2], f[2]))
+        rows.append({"rho": list(pair), "miou": result.miou, "stage_fractions": f, "cost": cost})
+    return rows, machine
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """The rows no other row beats: none cheaper (or as cheap) with a higher mIoU; by cost."""
+    front: list[dict] = []
+    for row in sorted(rows, key=lambda r: (r["cost"], -r["miou"])):
+        if not front or row["miou"] > front[-1]["miou"]:
+            front.append(row)
+    return front
+
+
+def one_threshold(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["rho"][0] == r["rho"][1]]
+
+
+def plot_rho_pairs(rows: list[dict], path: Path) -> bool:
+    """mIoU against FLOP cost: every (ρ₂, ρ₃), the one-threshold curve and the two-threshold frontier,
+    cropped to the frontier's range."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from layercascade.contract import format_rho
+
+    shown = [r for r in rows if r["cost"] < 1.0]  # ρ₂ = 1 costs more than the dense network
+    front, diagonal = pareto_front(shown), one_threshold(shown)
+    fig, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    axes.scatter([100 * r["cost"] for r in shown], [r["miou"] for r in shown], s=10, color="0.7",
+                 label="every (ρ₂, ρ₃) of the grid")
+    axes.plot([100 * r["cost"] for r in diagonal], [r["miou"] for r in diagonal], "o-", color="tab:blue",
+              label="one threshold ρ = ρ₂ = ρ₃")
+    axes.step([100 * r["cost"] for r in front], [r["miou"] for r in front], "s--", where="post", markersize=3,
+              color="tab:orange", label="two thresholds (ρ₂, ρ₃): Pareto frontier")
+    for r in diagonal:
+        axes.annotate(f"ρ={format_rho(r['rho'])}", (100 * r["cost"], r["miou"]), textcoords="offset points",
+                      xytext=(3, -10), fontsize=7, color="tab:blue")
+    top = front[-1]
+    axes.annotate(format_rho(top["rho"]), (100 * top["cost"], top["miou"]), textcoords="offset points",
+                  xytext=(-10, 6), fontsize=7, color="tab:orange")
+    low = min(r["miou"] for r in front)
+    axes.set_ylim(low - 0.3, max(r["miou"] for r in shown) + 0.3)
+    axes.set_xlim(100 * front[0]["cost"] - 2, 100 * max(r["cost"] for r in diagonal) + 4)
+    axes.set_xlabel("FLOP cost, % of the dense network")
+    axes.set_ylabel("mIoU (%)")
+    axes.set_title("Demo model, synthetic val: one ρ vs (ρ₂, ρ₃)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def rho_pairs_section(rows: list[dict], machine: str) -> str:
+    """The (ρ₂, ρ₃) block of results.md: for each one-threshold point, the best pair at no more cost and
+    the cheapest pair at no less mIoU, and whether the two-threshold frontier dominates the curve."""
+    from layercascade.contract import format_rho
+    from layercascade.model.evaluate import markdown_table
+
+    table, dominated = [], []
+    for point in one_threshold(rows):
+        best = max((r for r in rows if r["cost"] <= point["cost"]), key=lambda r: (r["miou"], -r["cost"]))
+        cheapest = min((r for r in rows if r["miou"] >= point["miou"]), key=lambda r: (r["cost"], -r["miou"]))
+        if best["miou"] > point["miou"] or cheapest["cost"] < point["cost"]:
+            dominated.append(point)
+        table.append([format_rho(point["rho"]), f"{100 * point['cost']:.1f}", f"{point['miou']:.2f}",
+                      format_rho(best["rho"]), f"{100 * best['cost']:.1f}", f"{best['miou']:.2f}",
+                      f"{best['miou'] - point['miou']:+.2f}",
+                      format_rho(cheapest["rho"]), f"{100 * cheapest['cost']:.1f}", f"{cheapest['miou']:.2f}"])
+    points = one_threshold(rows)
+    on_front = [format_rho(p["rho"]) for p in points if p not in dominated]
+    verdict = (f"The two-threshold frontier dominates the one-threshold curve at {len(dominated)} of its "
+               f"{len(points)} points (a pair at no more cost with a higher mIoU, or at no less mIoU for less "
+               "cost); " + (f"one ρ ∈ {{{', '.join(on_front)}}} is itself on the frontier." if on_front
+                            else "no one-threshold point is on the frontier."))
+    plot = "\n![one ρ vs (ρ₂, ρ₃)](rho_pairs.png)\n" if (ROOT / "docs" / "rho_pairs.png").exists() else ""
+    grid = ", ".join(f"{r:g}" for r in RHO_GRID)
+    return f"""{PAIRS_BEGIN}
+## Two thresholds (ρ₂, ρ₃) against one ρ
+
+Generated by `python tools/make_results.py --rho-pairs` ({time.strftime('%Y-%m-%d')}; {machine}):
+the shipped demo model on ONNX Runtime at every (ρ₂, ρ₃) with ρ₂, ρ₃ ∈ {{{grid}}}
+({len(rows)} pairs), on the same {VAL_LIMIT} val images as the ρ sweep (`lc-eval runtime/demo_model --limit {VAL_LIMIT} --rho R2,R3
+--json` gives one pair). Cost: the FLOP cost of the stage fractions seen, as a share of the dense
+network's (convolutions only, as `lc-bench`'s FLOP-ideal speedup); ρ₂ = 1 sends every pixel through
+stage 2 and costs more than the dense network (off the chart, which is cropped to the frontier's
+range).
+{plot}
+{verdict} The thresholds are picked on the images they are scored on, so the margins are an upper
+bound of what a pair chosen on other images would give.
+
+{markdown_table(["one ρ", "cost %", "mIoU", "best pair at ≤ cost", "its cost %", "its mIoU", "Δ mIoU",
+                 "cheapest pair at ≥ mIoU", "its cost %", "its mIoU"], table)}
+
+The frontier (cost % → mIoU): {"; ".join(f"{format_rho(r['rho'])}: {100 * r['cost']:.1f} → {r['miou']:.2f}"
+                                          for r in pareto_front(rows))}.
+{PAIRS_END}"""
+
+
+def replace_pairs_section(path: Path, section: str) -> None:
+    """results.md with its (ρ₂, ρ₃) block replaced, or inserted before the speed section."""
+    text = path.read_text()
+    if PAIRS_BEGIN in text:
+        start, end = text.index(PAIRS_BEGIN), text.index(PAIRS_END) + len(PAIRS_END)
+        path.write_text(text[:start] + section + text[end:])
+    else:
+        start = text.index(SPEED_HEADING)
+        path.write_text(text[:start] + section + "\n\n" + text[start:])
+
+
+def write_rho_pairs(work: Path) -> str:
+    """Run the (ρ₂, ρ₃) grid, keep its rows in ``work``, draw docs/rho_pairs.png; the section."""
+    rows, machine = rho_pair_sweep()
+    (work / "rho_pairs.json").write_text(json.dumps(rows, indent=1))
+    plot_rho_pairs(rows, ROOT / "docs" / "rho_pairs.png")
+    return rho_pairs_section(rows, machine)
+
+
 def replace_speed_section(path: Path, section: str) -> None:
     """results.md with its speed section (up to the next ``## `` heading) replaced."""
     text = path.read_text()
@@ -297,12 +448,13 @@ def kept_sections(path: Path) -> str:
 
 
 def write_results(work: Path, commands: dict, results: dict, sweep: list[dict], minutes: dict,
-                  bench: list[dict], cold: float | None) -> None:
+                  bench: list[dict], cold: float | None, pairs: str) -> None:
+    from layercascade.contract import format_rho
     from layercascade.model.evaluate import EvalResult, format_table, markdown_table
 
     rows = []
     for mode, note in (("single", "final head only, ρ = 1"), ("dsn", "all heads, all pixels, ρ = 1"),
-                       ("cascade", f"Layer Cascade, ρ = {results['cascade']['rho']:g}")):
+                       ("cascade", f"Layer Cascade, ρ = {format_rho(results['cascade']['rho'])}")):
         r = results[mode]
         rows.append([mode, note, f"{r['miou']:.2f}", f"{r['pixel_accuracy']:.2f}",
                      f"{100 * r['stage_fractions'][0]:.1f}", f"{minutes[mode]:.1f}"])
@@ -333,6 +485,8 @@ cascade mode started from it.
 {plot}
 Paper (VOC12 val, IRNet): 23 % of pixels stop at stage 1 at ρ = 0.985, the best mIoU is at
 ρ = 0.985, and mIoU falls to 66.95 at ρ = 0.8.
+
+{pairs}
 
 {speed_section(bench, cold)}
 ## What the demo model does
@@ -371,6 +525,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "demo", help="folder for checkpoints")
     parser.add_argument("--skip-train", action="store_true", help="evaluate the checkpoints already in --work")
     parser.add_argument("--skip-bench", action="store_true", help="do not run the CPU benchmarks")
+    parser.add_argument("--rho-pairs", action="store_true",
+                        help="no training: run the shipped demo model at the (ρ₂, ρ₃) grid, redraw docs/rho_pairs.png "
+                             "and rewrite only that section of docs/results.md")
     parser.add_argument("--bench-only", action="store_true",
                         help="no training: re-export the shipped demo model, redraw the pictures, re-run the CPU "
                              "benchmarks and rewrite only the speed section of docs/results.md")
@@ -382,6 +539,9 @@ def main() -> None:
         bench, cold = benchmarks(args.work), cold_start(args.work)
         (args.work / "bench.json").write_text(json.dumps({"bench": bench, "cold_start_s": cold}, indent=1))
         replace_speed_section(ROOT / "docs" / "results.md", speed_section(bench, cold))
+        return
+    if args.rho_pairs:
+        replace_pairs_section(ROOT / "docs" / "results.md", write_rho_pairs(args.work))
         return
     commands = train_commands(args.work, args.epochs)
     minutes = json.loads((args.work / "minutes.json").read_text()) if args.skip_train else {}
@@ -403,7 +563,7 @@ def main() -> None:
     bench = [] if args.skip_bench else benchmarks(args.work)
     cold = None if args.skip_bench else cold_start(args.work)
     (args.work / "bench.json").write_text(json.dumps({"bench": bench, "cold_start_s": cold}, indent=1))
-    write_results(args.work, commands, results, sweep, minutes, bench, cold)
+    write_results(args.work, commands, results, sweep, minutes, bench, cold, write_rho_pairs(args.work))
 
 
 if __name__ == "__main__":

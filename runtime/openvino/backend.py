@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from layercascade.contract import Rho
 from layercascade.runtime.backend import JoinedGraphBackend, Masks
 from layercascade.runtime.machine import host
 from layercascade.runtime.openvino.loader import compile_graph, openvino_version
@@ -43,7 +44,7 @@ class OvBackend(JoinedGraphBackend):
             self._stages = [compile_graph(path, str(path), self.config, self.lower) for path in self.files]
         return self._stages
 
-    def kernel_profile(self, images: np.ndarray, rho: float, forced_masks: Masks | None,
+    def kernel_profile(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None,
                        runs: int, warmup: int) -> dict[str, tuple[float, int]]:
         """op type → (µs, executed ops) per run: OpenVINO's per-op counters (``PERF_COUNT``) over ``runs``
         runs of the cascade as ``run`` runs it (after ``warmup`` untimed ones), in a model compiled for it.

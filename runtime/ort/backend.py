@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from layercascade.contract import Rho
 from layercascade.errors import LCError
 from layercascade.export.session import import_onnxruntime
 from layercascade.runtime.backend import JoinedGraphBackend, Masks
@@ -58,7 +59,7 @@ class OrtBackend(JoinedGraphBackend):
                 rectified |= self._stages[-1].rectified_outputs
         return self._stages
 
-    def kernel_profile(self, images: np.ndarray, rho: float, forced_masks: Masks | None,
+    def kernel_profile(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None,
                        runs: int, warmup: int) -> dict[str, tuple[float, int]]:
         """op type → (µs, kernel calls) per run: ONNX Runtime's profiler over ``runs`` runs of the
         cascade as ``run`` runs it (after ``warmup`` untimed ones), in a profiled session of its own.

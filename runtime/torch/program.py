@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from layercascade.contract import LABELS, MASK2, MASK3, MASKS, RHO, SCORES1, SCORES2, STAGE_COUNTS
+from layercascade.contract import LABELS, MASK2, MASK3, MASKS, SCORES1, SCORES2, STAGE_COUNTS, STAGE_RHOS, Rho
 from layercascade.export.describe import stage_shapes
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet
@@ -71,17 +71,18 @@ class KernelPath:
         mask = (confidence <= rho).to(self.dtype)
         return mask if region is None else mask * region
 
-    def cascade(self, images: Tensor, rho: Tensor, forced2: Tensor | None = None,
+    def cascade(self, images: Tensor, rho2: Tensor, rho3: Tensor, forced2: Tensor | None = None,
                 forced3: Tensor | None = None) -> dict[str, Tensor]:
-        """Labels (N, H, W) uint8, masks (N, h, w, 1), counts (N, 3) and the NHWC stage scores."""
+        """Labels (N, H, W) uint8, masks (N, h, w, 1), counts (N, 3) and the NHWC stage scores, at the
+        thresholds ``rho2`` (M₂) and ``rho3`` (M₃)."""
         features = self.normalize(images)
         features = self.stages[0](features, None)
         scores1 = self.heads[0](features, None)
-        mask2 = self.threshold(scores1, rho, None) if forced2 is None else forced2
+        mask2 = self.threshold(scores1, rho2, None) if forced2 is None else forced2
         region2 = self.region(mask2)
         features = self.stages[1](features, region2)
         scores2 = self.heads[1](features, region2)
-        mask3 = self.threshold(scores2, rho, mask2) if forced3 is None else forced3
+        mask3 = self.threshold(scores2, rho3, mask2) if forced3 is None else forced3
         region3 = self.region(mask3)
         scores3 = self.heads[2](self.stages[2](features, region3), region3)
         fused = torch.where(mask3 > 0, scores3, torch.where(mask2 > 0, scores2, scores1))
@@ -112,7 +113,8 @@ class KernelPath:
             height, width = self.input_size
             inputs = {"images": torch.zeros(batch, height, width, 3, dtype=torch.uint8, device=self.device)}
             if kind == "cascade":
-                inputs[RHO] = torch.ones(1, dtype=torch.float32, device=self.device)
+                for name in STAGE_RHOS:
+                    inputs[name] = torch.ones(1, dtype=torch.float32, device=self.device)
                 if forced:
                     h, w = self.stage_size
                     for name in ("forced2", "forced3"):
@@ -121,10 +123,11 @@ class KernelPath:
             self.programs[key] = DeviceProgram(function, inputs, graph)
         return self.programs[key]
 
-    def run(self, images: np.ndarray, rho: float, forced_masks: Masks | None) -> StageOutputs:
+    def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None) -> StageOutputs:
         started = time.perf_counter()
         program = self.program("cascade", images.shape[0], forced_masks is not None)
-        program.inputs[RHO].fill_(rho)
+        for name, value in zip(STAGE_RHOS, rho):
+            program.inputs[name].fill_(value)
         if forced_masks is not None:
             for name, mask in zip(("forced2", "forced3"), forced_masks):
                 program.inputs[name].copy_(host_tensor(mask).permute(0, 2, 3, 1))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.contract import IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS
+from layercascade.contract import IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS, STAGE_RHOS
 from layercascade.errors import fail
 from layercascade.manifest import MANIFEST, read_manifest, sha256_file, write_model_dir
 from layercascade.version import __version__
@@ -29,7 +29,7 @@ FORMAT = "layercascade.engines"
 VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 # Tensors that cross to or from the host in a cascade run; everything else stays on the device.
-HOST_INPUTS = (IMAGE, RHO)
+HOST_INPUTS = (IMAGE, *STAGE_RHOS)
 HOST_OUTPUTS = (LABELS, STAGE_COUNTS, *MASKS)
 # Stage inputs replaced by a forced mask (lc-bench --active-fraction): stage input → buffer.
 FORCED = {mask: f"forced_{mask}" for mask in MASKS}
@@ -108,8 +108,8 @@ class BufferSpec:
 
 
 def plan_buffers(stages: Sequence[dict[str, Any]], max_batch: int) -> dict[str, BufferSpec]:
-    """One buffer per tensor name across the stages (stage k's output is stage k+1's input),
-    plus the forced-mask buffers; fails on a tensor whose stages disagree about it."""
+    """One buffer per tensor name across the stages (stage k's output is stage k+1's input), except
+    ``rho``: ``rho2`` and ``rho3``; plus the forced-mask buffers; fails on a tensor whose stages disagree about it."""
     plan: dict[str, BufferSpec] = {}
     for stage in stages:
         for spec in [*stage["inputs"], *stage["outputs"]]:
@@ -120,6 +120,9 @@ def plan_buffers(stages: Sequence[dict[str, Any]], max_batch: int) -> dict[str, 
             if plan.setdefault(spec["name"], buffer) != buffer:
                 fail(f"lc.json: tensor {spec['name']!r} differs between stages ({plan[spec['name']]} vs {buffer}); "
                      "re-export the model")
+    if RHO in plan:  # stages 1 and 2 each take their own threshold, both named rho: a buffer each
+        threshold = plan.pop(RHO)
+        plan.update({name: BufferSpec(name, threshold.dtype, threshold.shape, False) for name in STAGE_RHOS})
     for stage_input, forced in FORCED.items():
         if stage_input in plan:
             plan[forced] = BufferSpec(forced, plan[stage_input].dtype, plan[stage_input].shape, True)
@@ -127,10 +130,13 @@ def plan_buffers(stages: Sequence[dict[str, Any]], max_batch: int) -> dict[str, 
 
 
 def stage_bindings(stages: Sequence[dict[str, Any]], forced: bool) -> list[dict[str, str]]:
-    """For each stage, its I/O tensor names → buffer names; forced masks feed stages 2–3."""
+    """For each stage, its I/O tensor names → buffer names: stage 1's ``rho`` is ρ₂'s buffer, stage 2's
+    ρ₃'s; forced masks feed stages 2–3."""
     bindings = []
     for index, stage in enumerate(stages):
         names = {spec["name"]: spec["name"] for spec in [*stage["inputs"], *stage["outputs"]]}
+        if RHO in names:
+            names[RHO] = STAGE_RHOS[index]
         if forced and index > 0:
             names.update({name: FORCED[name] for name in FORCED if name in
                           {spec["name"] for spec in stage["inputs"]}})

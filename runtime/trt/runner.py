@@ -11,7 +11,8 @@ no GPU (see docs/build.md).
 
 Design: every tensor of the three stages has one device buffer, allocated once for the
 largest batch and bound by address, so stage k's outputs are stage k+1's inputs in place;
-ρ is copied to the device only when it changes; the host sees only the image (in) and the
+ρ₂ and ρ₃ (stage 1's and stage 2's ``rho``, a buffer each) are copied to the device only when
+they change; the host sees only the image (in) and the
 labels, stage counts and masks (out), through pinned buffers and async copies; the stream is
 synchronised once per run. Per-stage times come from CUDA events between the stages.
 """
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.contract import IMAGE, LABELS, MASK2, MASK3, MASKS, RHO, STAGE_COUNTS
+from layercascade.contract import IMAGE, LABELS, MASK2, MASK3, MASKS, STAGE_COUNTS, STAGE_RHOS, Rho
 from layercascade.errors import fail
 from layercascade.plugins.nvidia import cuda_call
 from layercascade.runtime.backend import Masks, StagedBackend, StageOutputs
@@ -138,15 +139,18 @@ class TrtBackend(StagedBackend):
         self.buffers = {name: self.memory.device_buffer(spec.nbytes) for name, spec in self.plan.items()}
         host = [*HOST_INPUTS, *HOST_OUTPUTS, *FORCED.values()]
         self.host = {name: self.memory.pinned_array(self.plan[name]) for name in host if name in self.plan}
-        self.engines = [EngineRunner(trt, engine, engine_dir / stage["file"], self.plan)
-                        for engine, stage in zip(engines, self.stage_specs)]
+        # Each engine checks its tensors against the buffers they bind to (its rho: ρ₂'s or ρ₃'s).
+        self.engines = [EngineRunner(trt, engine, engine_dir / stage["file"],
+                                     {tensor: self.plan[buffer] for tensor, buffer in names.items()})
+                        for engine, stage, names in zip(engines, self.stage_specs,
+                                                        stage_bindings(self.stage_specs, forced=False))]
         self.events = [cuda_call(cudart.cudaEventCreate()) for _ in range(len(self.engines) + 1)]
         self.cuda_graph = cuda_graph
         self.dense_runners: list[DenseRunner] = []
         self.graphs: dict[tuple[int, bool], list[Any]] = {}  # (batch, forced) → per stage: graph exec or None
         self.captured_stages: list[bool] = []
         self.batch: int | None = None
-        self.rho: float | None = None
+        self.rho: Rho | None = None
         self.forced: bool | None = None
 
     # -- one run ----------------------------------------------------------------------------------
@@ -218,8 +222,7 @@ class TrtBackend(StagedBackend):
         if not self._stage_work(index, batch, forced):
             fail(f"{self.engines[index].path}: TensorRT could not run the engine (see its log above)")
 
-    def run(self, images: np.ndarray, rho: float,
-            forced_masks: Masks | None = None) -> StageOutputs:
+    def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
         """Images in, labels / masks / counts out; one stream sync per call."""
         batch, forced = images.shape[0], forced_masks is not None
         if batch > self.max_batch:
@@ -231,9 +234,10 @@ class TrtBackend(StagedBackend):
         if forced:
             self.host[FORCED[MASK2]][:batch], self.host[FORCED[MASK3]][:batch] = forced_masks
         cudart = self.cudart
-        if rho != self.rho:  # ρ lives on the device; 4 bytes cross only when it changes
-            self.host[RHO][...] = rho
-            self._copy(RHO, batch, to_device=True)
+        if rho != self.rho:  # ρ₂, ρ₃ live on the device; 8 bytes cross only when they change
+            for name, value in zip(STAGE_RHOS, rho):
+                self.host[name][...] = value
+                self._copy(name, batch, to_device=True)
             self.rho = rho
         graphs = None
         if self.cuda_graph:
@@ -257,7 +261,7 @@ class TrtBackend(StagedBackend):
         return StageOutputs(self.host[LABELS][:batch].copy(), mask2, mask3,
                             self.host[STAGE_COUNTS][:batch].copy(), timings)
 
-    def run_stages(self, images: np.ndarray, rho: float, forced_masks: Masks | None = None) -> StageOutputs:
+    def run_stages(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
         """:meth:`run`, which times the stages apart already (CUDA events between them, one sync)."""
         return self.run(images, rho, forced_masks)
 
