@@ -6,9 +6,10 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from layercascade.cli.args import add_backend_arguments, load_options, positive_int
-from layercascade.errors import run_cli
+from layercascade.errors import fail, run_cli
 from layercascade.serve import import_serving
 from layercascade.serve.http import Limits
 
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.model is not None and not Path(args.model).exists():  # before Ray starts: that takes seconds
+        fail(f"{args.model}: no such model directory, engine directory or checkpoint")
     app = import_serving("app")
     service_module = import_serving("service")
     settings = app.ServeSettings(args.model, load_options(args, args.threads),

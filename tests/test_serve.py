@@ -352,3 +352,12 @@ def test_a_replica_answers_503_while_its_model_loads(monkeypatch) -> None:
         assert refused.status_code == 400 and b"cannot read image" in refused.body
 
     asyncio.run(scenario())
+
+
+def test_lc_serve_refuses_a_missing_model_before_starting_ray(capsys) -> None:
+    from layercascade.cli import serve as serve_cli
+    from layercascade.errors import run_cli
+
+    assert run_cli(serve_cli.main, ["/nonexistent/model"]) == 1
+    assert capsys.readouterr().err == ("error: /nonexistent/model: no such model directory, engine directory or "
+                                       "checkpoint\n")
