@@ -181,14 +181,20 @@ def write_model_dir(target: str | os.PathLike, write: Callable[[Path], dict[str,
                     "files": {name: sha256_file(staging / name) for name in files}}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         check_model_dir_target(target)  # again: something may have appeared there while writing
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
+        replace_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the complete folder ``staging`` at ``target`` (a sibling), replacing a folder there: the old one is
+    renamed aside first and removed only once the new one is in place."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)

@@ -31,7 +31,7 @@ import numpy as np
 
 from layercascade.contract import LABELS, RHO, STAGE_COUNTS, STAGE_RHOS
 from layercascade.errors import fail
-from layercascade.manifest import read_manifest, sha256_file
+from layercascade.manifest import read_manifest, replace_folder, sha256_file
 from layercascade.runtime.trt.engines import METADATA, is_engine_dir, read_metadata
 from layercascade.version import __version__
 
@@ -148,14 +148,7 @@ def install(repository: Path, folder: str, write: Any) -> Path:
     try:
         write(staging)
         check_replaceable(target)
-        if target.exists():
-            old = repository / f".{folder}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
+        replace_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
