@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from layercascade.errors import fail
+from layercascade.runtime.trt.engines import is_engine_dir
 
 
 def import_serving(module: str) -> ModuleType:
@@ -17,3 +19,11 @@ def import_serving(module: str) -> ModuleType:
         if error.name and error.name.split(".")[0] in ("ray", "starlette", "httpx", "pyarrow", "pandas"):
             fail(f"{error.name} is not installed; install the serving extra: pip install 'layercascade[serve]'")
         raise
+
+
+def gpus_per_model(model: str | None, load: dict[str, Any]) -> float:
+    """The GPUs Ray reserves for each copy of the model (a replica, a worker): one for a model that runs on
+    CUDA (``--device cuda``, the TensorRT backend, an engine dir), none otherwise."""
+    on_gpu = load.get("device") == "cuda" or load.get("backend") == "trt" or (
+        load.get("backend", "auto") == "auto" and is_engine_dir(model))
+    return 1.0 if on_gpu else 0.0

@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from layercascade.contract import Rho
 from layercascade.errors import LCError
+from layercascade.serve import gpus_per_model
 from layercascade.serve.http import (
     JSON,
     HTTPProblem,
@@ -159,9 +160,12 @@ class CascadeServer:
 
 
 def application(settings: ServeSettings, replicas: int = 1, replica_cpus: float = 1.0) -> Any:
-    """The Ray Serve application of one model: ``replicas`` replicas reserving ``replica_cpus`` CPUs each."""
+    """The Ray Serve application of one model: ``replicas`` replicas reserving ``replica_cpus`` CPUs each (and a
+    GPU each for a model that runs on one)."""
+    gpus = gpus_per_model(settings.model, settings.load)
     deployment = serve.deployment(
-        CascadeServer, name=DEPLOYMENT, num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus},
+        CascadeServer, name=DEPLOYMENT, num_replicas=replicas,
+        ray_actor_options={"num_cpus": replica_cpus, "num_gpus": gpus},
         # Enough requests in flight per replica to fill a batch while the one before runs.
         max_ongoing_requests=max(16, 2 * settings.max_batch),
     )

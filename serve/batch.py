@@ -24,6 +24,7 @@ import ray
 from layercascade.contract import RhoLike
 from layercascade.errors import LCError
 from layercascade.runtime.segment import OUTPUTS, Outcome, ReadOptions, Run, Segmented, segment_file, write_all
+from layercascade.serve import gpus_per_model
 from layercascade.serve.service import connect
 
 # The columns holding an image's encoded pictures, one per OUTPUTS variant ("" is the label map).
@@ -90,7 +91,7 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: Rh
     # defaults: max_restarts = max_task_retries = -1).
     dataset = dataset.map_batches(
         SegmentWorker, fn_constructor_kwargs={"model": model, "load": load, "rho": rho, "read": read},
-        batch_size=1, concurrency=workers, num_cpus=1, batch_format="numpy")
+        batch_size=1, concurrency=workers, num_cpus=1, num_gpus=gpus_per_model(model, load), batch_format="numpy")
     try:
         for row in dataset.iter_rows():
             index = int(row["index"])

@@ -361,3 +361,15 @@ def test_lc_serve_refuses_a_missing_model_before_starting_ray(capsys) -> None:
     assert run_cli(serve_cli.main, ["/nonexistent/model"]) == 1
     assert capsys.readouterr().err == ("error: /nonexistent/model: no such model directory, engine directory or "
                                        "checkpoint\n")
+
+
+def test_a_model_on_a_gpu_reserves_one_per_copy(tmp_path) -> None:
+    from layercascade.serve import gpus_per_model
+    from layercascade.tests.fake_tensorrt import fake_engine_dir
+
+    assert gpus_per_model(None, {"backend": "auto", "device": "cpu"}) == 0.0
+    assert gpus_per_model(None, {"backend": "openvino"}) == 0.0
+    assert gpus_per_model("ckpt.pt", {"backend": "torch", "device": "cuda"}) == 1.0
+    engines = str(fake_engine_dir(tmp_path / "engines"))
+    assert gpus_per_model(engines, {"backend": "auto", "device": "cpu"}) == 1.0  # auto runs engines on TensorRT
+    assert gpus_per_model(engines, {"backend": "trt"}) == 1.0
