@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "Ray or the cluster at ADDRESS ('auto', 'ray://head:10001'); same outputs and summary. "
                             "On a cluster the inputs and OUT must be on a filesystem every node sees")
     scale.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                       help="with --ray: most workers, each running the model on one thread (default: one per CPU "
-                            "of the cluster)")
+                       help="with --ray: the workers, each running the model on one thread (default: one per CPU "
+                            "of the cluster; for a model on a GPU, one per GPU)")
     parser.add_argument("--json", action="store_true",
                         help="print the summary JSON to stdout (no progress bar)")
     parser.add_argument("--strict", action="store_true",
@@ -80,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     from layercascade.runtime.cascade import Cascade  # lazily: loads the backend's heavy libraries
 
+    if args.workers is not None and args.ray is None:
+        fail("--workers sets the Ray workers: add --ray")
     paths = expand_inputs(args.inputs or [str(SAMPLES)], output=args.output)
     earlier = earlier_outputs(args.output)  # before the model loads: a foreign summary.json is refused
     out = make_output_dir(args.output)
     read, progress = ReadOptions(args.max_pixels, args.exif_transpose), not (args.quiet or args.json)
-    if args.workers is not None and args.ray is None:
-        fail("--workers sets the Ray workers: add --ray")
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args)) as cascade:
         if args.ray is None:

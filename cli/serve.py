@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"{args.model}: no such model directory, engine directory or checkpoint")
     app = import_serving("app")
     service_module = import_serving("service")
-    settings = app.ServeSettings(args.model, load_options(args, args.threads),
+    # Absolute: replicas on other nodes resolve a relative path against their own working directory.
+    model = str(Path(args.model).resolve()) if args.model is not None else None
+    settings = app.ServeSettings(model, load_options(args, args.threads),
                                  Limits(args.max_body_bytes, args.max_pixels), args.max_batch, args.batch_wait_ms)
     print(f"starting lc-serve ({args.replicas} replica(s)); loading the model ...", file=sys.stderr)
     service = service_module.start(settings, host=args.host, port=args.port, replicas=args.replicas,

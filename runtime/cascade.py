@@ -128,7 +128,9 @@ class Cascade:
         (no limit)."""
         if self.batch_size is not None:
             return self.batch_size
-        return self.manifest["batch"].get("max")
+        # A backend may take fewer than the export allows (lc-build --max-batch builds engines for fewer).
+        limits = [n for n in (self.manifest["batch"].get("max"), getattr(self.runner, "max_batch", None)) if n]
+        return min(limits) if limits else None
 
     def __call__(self, image: np.ndarray | Image.Image, rho: RhoLike | None = None) -> CascadeResult:
         """Segment one image of any size: an (H, W, 3) uint8 RGB array or a PIL image of any mode; ``rho``:

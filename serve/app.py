@@ -1,17 +1,18 @@
 """lc-serve on Ray Serve: one deployment per model, each replica holding one :class:`Cascade`, the
 segment requests to a replica batched (``serve.batch``) up to the model's batch capacity.
 
-A replica loads its model in a thread, so it answers at once: 503 until the model is loaded
-(``GET /v1/health`` turns 200 then), and 503 with the load's error if it failed. A request the
-service refuses gets its 4xx and a JSON ``{"error": ...}``; an unexpected failure is a 500 of the same
-form; neither takes the replica down. The request rules are ``http.py``'s.
+A replica loads its model in its constructor, so Serve routes requests to it only once the model is
+loaded (before any replica is, Serve's proxy answers 503 itself). A replica whose load failed stays
+up to say why: it answers 503 with the load's error, and its health check fails, so Serve replaces
+it (a transient failure, e.g. a GPU out of memory, then heals). A request the service refuses gets
+its 4xx and a JSON ``{"error": ...}``; an unexpected failure is a 500 of the same form; neither takes
+the replica down. The request rules are ``http.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,37 +61,44 @@ def json_response(status: int, body: dict[str, Any] | bytes) -> Response:
 
 
 class CascadeServer:
-    """A replica: the model, loaded in a thread, and the routes of ``/v1``."""
+    """A replica: the model and the routes of ``/v1``."""
 
     def __init__(self, settings: ServeSettings) -> None:
+        from layercascade.runtime.cascade import Cascade
+
         self.settings = settings
         self.cascade: Any = None
         self.load_error: str | None = None
-        self.loaded = threading.Event()
-        threading.Thread(target=self._load, name="lc-serve-load", daemon=True).start()
-
-    def _load(self) -> None:
-        from layercascade.runtime.cascade import Cascade
-
+        # Decoded images wait here for their batch: at most this many at once bounds a replica's memory
+        # (a 40 MP image is ~0.3 GB while it decodes).
+        self.decoding = asyncio.Semaphore(2 * settings.max_batch)
         try:
-            cascade = Cascade.load(self.settings.model, **self.settings.load)
-            # Batches never exceed what one run of the model takes.
-            capacity = cascade.batch_capacity or self.settings.max_batch
-            self.segment_many.set_max_batch_size(max(1, min(self.settings.max_batch, capacity)))
-            self.segment_many.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1e3)
-            self.cascade = cascade
+            cascade = Cascade.load(settings.model, **settings.load)
         except LCError as error:
             self.load_error = str(error)
-        except Exception as error:  # a bug, but the service must say it rather than hang at 503
+            return
+        except Exception as error:  # a bug, but the service must say it
             self.load_error = f"{type(error).__name__}: {error}"
-        finally:
-            self.loaded.set()
+            return
+        # Batches never exceed what one run of the model takes.
+        capacity = cascade.batch_capacity or settings.max_batch
+        self.segment_many.set_max_batch_size(max(1, min(settings.max_batch, capacity)))
+        self.segment_many.set_batch_wait_timeout_s(settings.batch_wait_ms / 1e3)
+        self.cascade = cascade
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica without its model is replaced."""
+        if self.load_error:
+            raise RuntimeError(f"the model failed to load: {self.load_error}")
+
+    def status(self) -> dict[str, Any]:
+        """For lc-serve's start (through a deployment handle, so it works on a remote cluster too)."""
+        return {"ready": self.cascade is not None, "error": self.load_error}
 
     def ready(self) -> None:
-        """503 until the model is loaded, and for good if its load failed."""
+        """503 when this replica has no model (its load failed)."""
         if self.cascade is None:
-            message = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
-            raise HTTPProblem(503, message)
+            raise HTTPProblem(503, f"the model failed to load: {self.load_error}")
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -127,8 +135,9 @@ class CascadeServer:
             if len(body) > limits.max_body_bytes:
                 raise HTTPProblem(413, body_too_large(limits))
         started = time.perf_counter()
-        image = await asyncio.to_thread(decode_image, bytes(body), limits)
-        result, batch = await self.segment_many((image, rho))
+        async with self.decoding:
+            image = await asyncio.to_thread(decode_image, bytes(body), limits)
+            result, batch = await self.segment_many((image, rho))
         if isinstance(result, Exception):
             raise result
         milliseconds = (time.perf_counter() - started) * 1e3
@@ -150,9 +159,7 @@ class CascadeServer:
         for rho, indices in by_rho.items():
             try:
                 answers = await asyncio.to_thread(self.cascade.segment_batch, [requests[i][0] for i in indices], rho)
-            except LCError as error:
-                answers = [HTTPProblem(400, str(error))] * len(indices)
-            except Exception as error:
+            except Exception as error:  # the images were checked already: a failure here is the server's (500)
                 answers = [error] * len(indices)
             for index, answer in zip(indices, answers, strict=True):
                 results[index] = (answer, len(indices))
@@ -174,4 +181,4 @@ def application(settings: ServeSettings, replicas: int = 1, replica_cpus: float 
 
 def app_name(model: str | None) -> str:
     """The Serve application's name: the model dir's name (``demo`` for the bundled one)."""
-    return Path(model).name if model else "demo"
+    return Path(model).resolve().name if model else "demo"

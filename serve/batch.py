@@ -22,7 +22,7 @@ import numpy as np
 import ray
 
 from layercascade.contract import RhoLike
-from layercascade.errors import LCError
+from layercascade.errors import LCError, fail
 from layercascade.runtime.segment import OUTPUTS, Outcome, ReadOptions, Run, Segmented, segment_file, write_all
 from layercascade.serve import gpus_per_model
 from layercascade.serve.service import connect
@@ -85,21 +85,31 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: Rh
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context.execution_options.preserve_order = True  # the summary and a --strict stop follow input order
     context.enable_progress_bars = False  # write_all has its own
-    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    dataset = ray.data.from_items([{"index": index, "path": str(path)} for index, path in enumerate(paths)])
+    gpus = gpus_per_model(model, load)
+    if gpus and not ray.cluster_resources().get("GPU"):
+        fail("the model runs on a GPU and this Ray cluster has none; run lc-run --ray on a cluster with GPUs")
+    workers = workers or max(1, int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1)))
+    # Absolute paths: workers on other nodes resolve relative ones against their own working directory.
+    dataset = ray.data.from_items([{"index": index, "path": str(path.resolve())} for index, path in enumerate(paths)])
     # Ray Data's actors are restarted when they die and their tasks retried, as often as it takes (its
     # defaults: max_restarts = max_task_retries = -1).
     dataset = dataset.map_batches(
-        SegmentWorker, fn_constructor_kwargs={"model": model, "load": load, "rho": rho, "read": read},
-        batch_size=1, concurrency=workers, num_cpus=1, num_gpus=gpus_per_model(model, load), batch_format="numpy")
+        SegmentWorker, fn_constructor_kwargs={"model": model and str(Path(model).resolve()), "load": load, "rho": rho,
+                                              "read": read},
+        batch_size=1, concurrency=workers, num_cpus=1, num_gpus=gpus, batch_format="numpy")
     try:
         for row in dataset.iter_rows():
             index = int(row["index"])
             if row["error"]:
-                yield index, LCError(row["error"])
+                # The worker named the absolute path; the summary names the input as the user did.
+                resolved = f"{paths[index].resolve()}: "
+                message = row["error"]
+                if message.startswith(resolved):
+                    message = f"{paths[index]}: {message.removeprefix(resolved)}"
+                yield index, LCError(message)
             else:
-                yield index, Segmented(json.loads(row["record"]),
-                                       {variant: bytes(row[column]) for variant, column in FILE_COLUMNS.items()})
+                record = {**json.loads(row["record"]), "input": str(paths[index])}  # as the user named it
+                yield index, Segmented(record, {variant: bytes(row[column]) for variant, column in FILE_COLUMNS.items()})
     except ray.exceptions.RayError as error:
         cause = error.cause if isinstance(getattr(error, "cause", None), LCError) else None
         raise LCError(str(cause) if cause else f"the Ray pipeline failed: {first_line(error)}") from None

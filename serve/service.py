@@ -1,10 +1,10 @@
-"""Starting and stopping lc-serve: Ray (a local instance, or a cluster's address), Serve's HTTP proxy
-on the chosen host and port, the model's application, and the wait until a replica has loaded it."""
+"""Starting and stopping lc-serve: Ray (a new local instance, or a cluster's address), Serve's HTTP
+proxy on the chosen host and port, and the model's application, up once its replicas have loaded it."""
 
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,21 +26,23 @@ class Service:
         import ray
         from ray import serve
 
-        serve.delete(self.name)
+        if serve.status().applications.get(self.name) is not None:
+            serve.delete(self.name)
         if self.started_ray:
             serve.shutdown()
             ray.shutdown()
 
 
 def connect(address: str | None, quiet: bool = True) -> bool:
-    """Join the Ray cluster at ``address`` (e.g. ``ray://head:10001`` or ``auto``), or start a local
-    instance; returns whether one was started. A Ray already initialised in this process is used as is."""
+    """Join the Ray cluster at ``address`` (e.g. ``ray://head:10001`` or ``auto``), or start a new local
+    instance (never a cluster that merely happens to run here: this process owns what it starts and shuts
+    it down); returns whether one was started. A Ray already initialised in this process is used as is."""
     import ray
 
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "INFO")
     except ConnectionError as error:
         fail(f"cannot reach the Ray cluster at {address!r} ({error}); start it (`ray start --head`) or leave "
@@ -52,46 +54,62 @@ def start(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
           replica_cpus: float = 1.0, address: str | None = None, route_prefix: str = "/", name: str | None = None,
           timeout_s: float = 600.0) -> Service:
     """Deploy the model as application ``name`` (default: the model dir's name) under ``route_prefix``
-    and return once a replica answers ``GET /v1/health`` with 200. Serve's HTTP proxy listens on
-    ``host:port`` if this call starts Serve; a Serve already running keeps its own.
+    and return once every replica has loaded it. Serve's HTTP proxy listens on ``host:port`` if this
+    call starts Serve; a Serve already running keeps its own.
 
-    Fails (one line, the application removed) if the model does not load or no replica is ready
+    Fails (one line, the application removed, the Ray this call started stopped) if the replicas do not
+    fit this Ray's CPUs, the deployment fails, the model does not load, or the replicas are not up
     within ``timeout_s``.
     """
+    import ray
     from ray import serve
 
     started_ray = connect(address)
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # lc-serve prints its own lines
-    serve.start(http_options={"host": host, "port": port})
     name = name or app_name(settings.model)
     prefix = "/" + route_prefix.strip("/")
-    serve.run(application(settings, replicas, replica_cpus), name=name, route_prefix=prefix, blocking=False)
     local_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     service = Service(name, f"http://{local_host}:{port}{prefix.rstrip('/')}", started_ray)
     try:
-        wait_ready(service.url, timeout_s)
+        available = ray.available_resources().get("CPU", 0.0)
+        if started_ray and replicas * replica_cpus > available:
+            fail(f"{replicas} replica(s) of {replica_cpus:g} CPU(s) do not fit the {available:g} CPUs Ray has "
+                 "here; lower --replicas or --replica-cpus")
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # lc-serve prints its own lines
+        serve.start(http_options={"host": host, "port": port})
+        deploy(application(settings, replicas, replica_cpus), name, prefix, timeout_s)
+        status = serve.get_app_handle(name).status.remote().result(timeout_s=timeout_s)
+        if not status["ready"]:
+            fail(f"the model failed to load: {status['error']}")
     except BaseException:
         service.stop()
         raise
     return service
 
 
-def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
-    """Poll ``GET /v1/health`` until it is 200; a load failure or the timeout is one line."""
-    import httpx
+def deploy(app: Any, name: str, prefix: str, timeout_s: float) -> None:
+    """``serve.run`` with a deadline: it waits for the application without one (replicas that cannot be
+    placed would hang the start); a deployment that fails is one line."""
+    from ray import serve
 
-    deadline = time.monotonic() + timeout_s
-    answer: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    failure: list[BaseException] = []
+
+    def run() -> None:
         try:
-            response = httpx.get(f"{url}/v1/health", timeout=10.0)
-            answer = response.json()
-            if response.status_code == 200:
-                return answer
-            if "failed to load" in answer.get("error", ""):
-                fail(answer["error"])
-        except (httpx.HTTPError, ValueError):
-            pass  # the proxy is still starting, or answered before the application was routed
-        time.sleep(0.2)
-    fail(f"no replica was ready within {timeout_s:.0f} s ({answer.get('error', 'no answer')}); is the "
-         "cluster short of CPUs for the replicas (--replica-cpus)?")
+            serve.run(app, name=name, route_prefix=prefix, blocking=False)
+        except BaseException as error:  # noqa: BLE001 - reported by the caller
+            failure.append(error)
+
+    runner = threading.Thread(target=run, name="lc-serve-deploy", daemon=True)
+    runner.start()
+    runner.join(timeout_s)
+    if failure:
+        # Why: a replica's failed health check (its model did not load) is in the deployment's status message.
+        status = serve.status().applications.get(name)
+        details = "\n".join(d.message for d in status.deployments.values()) if status else ""
+        causes = [line.strip() for line in details.splitlines() if "the model failed to load:" in line]
+        first = ([line for line in str(failure[0]).splitlines() if line.strip()] or [type(failure[0]).__name__])[0]
+        fail(causes[-1][causes[-1].index("the model failed to load:"):] if causes
+             else f"the deployment failed: {first}")
+    if runner.is_alive():
+        fail(f"the replicas were not up within {timeout_s:.0f} s; is the cluster short of CPUs or GPUs for "
+             "them (--replicas, --replica-cpus)?")

@@ -124,6 +124,8 @@ def write_repository(source: Path | None, repository: Path, platform: str | None
              f"{'' if engines else '; build engines with lc-build for tensorrt'}")
     if instances < 1:
         fail(f"--instances must be at least 1, got {instances}")
+    if batch_delay_us < 0:
+        fail(f"--batch-delay-us must be 0 or more, got {batch_delay_us}")
     name = model_name(name or ("demo" if source == DEMO_MODEL else source.resolve().name))
     if engines:
         models = ensemble_models(source, name, instances)
@@ -168,7 +170,7 @@ def triton_graph(source: Path, platform: str, batched: bool) -> Any:
 
     from layercascade.export.cascade_graph import cascade_graph
     from layercascade.export.graph import check_stage_graphs, load_onnx
-    from layercascade.export.lowering import lower_region_convs
+    from layercascade.export.lowering import LoweringUnsupported, lower_region_convs
     from layercascade.runtime.ort.loader import prepare
 
     manifest = read_manifest(source)
@@ -176,7 +178,14 @@ def triton_graph(source: Path, platform: str, batched: bool) -> Any:
     check_stage_graphs(source, manifest, graphs)
     joined = cascade_graph(graphs)
     # ONNX Runtime gets exactly what the ort backend runs (its INT8 rewrites included); OpenVINO the lowering.
-    model = prepare(joined, f"{source}/stages 1-3").model if platform == "onnxruntime" else lower_region_convs(joined)
+    if platform == "onnxruntime":
+        model = prepare(joined, f"{source}/stages 1-3").model
+    else:
+        try:
+            model = lower_region_convs(joined)
+        except LoweringUnsupported as reason:
+            fail(f"{source}: its RegionConv layers cannot be lowered to standard ops ({reason}), which Triton's "
+                 "openvino backend needs")
     if any(node.domain not in ("", "ai.onnx") for node in model.graph.node):
         fail(f"{source}: its RegionConv layers could not be lowered to standard ops, which Triton's "
              f"{platform} backend needs; re-export the model")

@@ -90,13 +90,16 @@ def test_a_worker_killed_mid_run_is_retried(tmp_path, ray_session) -> None:
     out.mkdir()
     finished: list = []
     worker = threading.Thread(target=lambda: finished.append(
-        segment_all_ray(None, {"threads": 1}, paths, out, rho=None, strict=False, progress=False, workers=2)))
+        segment_all_ray(None, {"threads": 1}, paths, out, rho=None, strict=False, progress=False, workers=1)))
     worker.start()
     deadline = time.monotonic() + 120
-    while len(list(out.glob("*.png"))) < 6 and worker.is_alive() and time.monotonic() < deadline:
+    # One worker, killed once it has written images: past its model load (Ray Data fails a run whose
+    # worker dies while starting), and mid-run.
+    while len(list(out.glob("*_stages.png"))) < 3 and worker.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     killed = worker_pids()
-    assert killed and worker.is_alive(), "the run ended before a worker could be killed"
+    done_at_kill = len(list(out.glob("*_stages.png")))
+    assert len(killed) == 1 and worker.is_alive() and done_at_kill < len(paths), "the run ended before the kill"
     os.kill(killed[0], signal.SIGKILL)
     worker.join(timeout=300)
     assert not worker.is_alive()

@@ -21,15 +21,18 @@ from layercascade.runtime.inputs import DEMO_MODEL, SAMPLES
 from layercascade.serve.triton import MARKER, write_repository
 from layercascade.tests.fake_tensorrt import fake_engine_dir
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                       reason="tritonclient is not installed (pip install tritonclient)")
+
+def triton_schema():
+    """tritonclient's model_config_pb2 (the tests that parse configs skip without it)."""
+    return pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                               reason="tritonclient is not installed (pip install tritonclient)")
 
 
 def parse_config(folder: Path):
     """``config.pbtxt`` parsed with Triton's ModelConfig schema (unknown fields or bad values raise)."""
     from google.protobuf import text_format
 
-    return text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    return text_format.Parse((folder / "config.pbtxt").read_text(), triton_schema().ModelConfig())
 
 
 def declared_shape(tensor, max_batch_size: int, batch: int) -> list[int]:
@@ -53,7 +56,7 @@ def test_demo_model_for_onnxruntime(tmp_path) -> None:
     assert config.name == "demo" and config.backend == "onnxruntime" and config.max_batch_size == 0
     assert [i.name for i in config.input] == ["image", "rho2", "rho3"]
     assert [o.name for o in config.output] == ["labels", "stage_counts"]
-    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert config.instance_group[0].kind == triton_schema().ModelInstanceGroup.KIND_CPU
     session = onnxruntime.InferenceSession(str(folder / "1" / config.default_model_filename))
     assert [i.name for i in session.get_inputs()] == ["image", "rho2", "rho3"]
     assert all(node.domain in ("", "ai.onnx") for node in onnx.load(folder / "1" / "model.onnx").graph.node)
@@ -112,18 +115,24 @@ def test_engine_dir_becomes_an_ensemble(tmp_path) -> None:
     assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 0
     available = {t.name for t in ensemble.input}
     assert available == {"image", "rho2", "rho3"}  # stage 1's rho is ρ₂, stage 2's ρ₃
+    # What each ensemble tensor is (type, dims): a step's input must be what feeds it, as Triton checks.
+    kinds = {t.name: (t.data_type, list(t.dims)) for t in ensemble.input}
     for step, folder in zip(ensemble.ensemble_scheduling.step, folders[:3], strict=True):
         stage = parse_config(folder)
         assert step.model_name == stage.name == folder.name and stage.platform == "tensorrt_plan"
-        assert stage.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        assert stage.instance_group[0].kind == triton_schema().ModelInstanceGroup.KIND_GPU
         assert set(step.input_map) == {t.name for t in stage.input}
         if "rho" in step.input_map:
             assert step.input_map["rho"] == {"lc_stage1": "rho2", "lc_stage2": "rho3"}[stage.name]
         assert set(step.input_map.values()) <= available  # every input made by the ensemble or a step before
+        for tensor in stage.input:
+            assert kinds[step.input_map[tensor.name]] == (tensor.data_type, list(tensor.dims)), tensor.name
+        kinds |= {step.output_map[t.name]: (t.data_type, list(t.dims)) for t in stage.output}
         available |= set(step.output_map.values())
         engine = json.loads((engines / "engines.json").read_text())["engines"][folder.name.removeprefix("lc_")]
         assert (folder / "1" / "model.plan").read_bytes() == (engines / engine["file"]).read_bytes()
     assert {t.name for t in ensemble.output} == {"labels", "stage_counts"} <= available
+    assert all(kinds[t.name] == (t.data_type, list(t.dims)) for t in ensemble.output)
 
 
 def test_other_models_are_left_alone_and_ours_replaced(tmp_path) -> None:
