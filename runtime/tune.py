@@ -207,7 +207,7 @@ def tuning_record(result: dict[str, Any], chosen: dict[str, Any], budget: Budget
         "grid": result["grid"], "settings": len(result["points"]),
         "data": data, "backend": result["backend"], "precision": precision, "batch": result["batch"],
         "iters": result["iters"], "timing_images": result["timing_images"], "machine": result["machine"],
-        "source": result["model"], "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": str(Path(result["model"]).resolve()), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "layercascade": __version__,
     }
 
@@ -234,10 +234,13 @@ def plot_frontier(result: dict[str, Any], chosen: dict[str, Any], budget: Budget
     """mIoU against median latency: every setting, the frontier, the default and the chosen point, the budget's
     line; cropped below at the fastest frontier point's mIoU (every point under it is beaten by that one)."""
     plt = pyplot("the frontier plot (skip it with --no-plot)")
-    points, front, reference = result["points"], result["frontier"], result["reference"]
+    front, reference = result["frontier"], result["reference"]
+    low, high = front[0]["miou"], max(p["miou"] for p in result["points"])
+    margin = max(0.2, 0.05 * (high - low))
+    points = [p for p in result["points"] if p["miou"] >= low - margin]
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     axes.scatter([p["median_ms"] for p in points], [p["miou"] for p in points], s=12, color="0.65",
-                 label="every (ρ₂, ρ₃) measured")
+                 label="(ρ₂, ρ₃) measured (those below the chart are beaten)")
     axes.step([p["median_ms"] for p in front], [p["miou"] for p in front], "s--", where="post", markersize=3,
               color="tab:orange", label="frontier")
     axes.plot([reference["median_ms"]], [reference["miou"]], "D", color="tab:blue", markersize=7,
@@ -253,8 +256,6 @@ def plot_frontier(result: dict[str, Any], chosen: dict[str, Any], budget: Budget
         # A budget far beyond every setting would squeeze them into a corner: the line then leaves the chart.
         slowest = max(p["median_ms"] for p in points)
         axes.set_xlim(0, 1.05 * max(slowest, min(limit, 1.5 * slowest)))
-    low, high = front[0]["miou"], max(p["miou"] for p in points)
-    margin = max(0.2, 0.05 * (high - low))
     axes.set_ylim(low - margin, high + margin)
     axes.set_xlabel(f"median ms per run (batch {result['batch']})")
     axes.set_ylabel("mIoU (%)")
