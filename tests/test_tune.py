@@ -240,3 +240,15 @@ def test_a_tuned_dir_loads_on_openvino(demo_fp32: Path, tmp_path: Path) -> None:
     output = tune.write_tuned_dir(demo_fp32, tmp_path / "tuned", (0.95, 0.99), {})
     with Cascade.load(output, backend="openvino") as cascade:
         assert cascade.default_rho == (0.95, 0.99)
+
+
+def test_a_tuned_engine_dir_keeps_its_engines(tmp_path: Path) -> None:
+    from layercascade.runtime.trt.engines import is_engine_dir, read_metadata
+    from layercascade.tests.fake_tensorrt import fake_engine_dir
+
+    engines = fake_engine_dir(tmp_path / "engines")
+    output = tune.write_tuned_dir(engines, tmp_path / "tuned", (0.95, 0.99), {})
+    manifest = read_cascade_manifest(output)
+    assert is_engine_dir(output) and read_metadata(output) == read_metadata(engines)
+    assert manifest["engines"] == read_cascade_manifest(engines)["engines"]
+    assert manifest["default_rho"] == [0.95, 0.99]
