@@ -6,10 +6,9 @@ What is measured (docs/tune.md):
 
 * **the grid**: every (ρ₂, ρ₃) with ρ₃ ≥ ρ₂ of the values :data:`GRID` (or the caller's), plus the model's own
   default pair. ρ₃ ≥ ρ₂ only: on the demo model 29 of the 30 points of the two-threshold frontier had ρ₃ ≥ ρ₂
-  (docs/results.md), a pixel that reached stage 2 having already been found hard, and it halves the settings to
-  measure;
+  (docs/results.md), and it halves the settings to measure;
 * **accuracy**: mIoU on the given images, every setting run on each image in one pass over the data
-  (``model.evaluate``), so the data is read and resized once;
+  (``model.evaluate``), so each image is read once;
 * **latency**: the median ms of a cascade run of the model's batch at each setting, timed as lc-bench times
   (``timed_blocks``: all settings take turns in blocks, so the machine's drift hits them alike), on batches of the
   data's own images (the pixels that reach stages 2–3, and so the time, depend on the images), every setting on
