@@ -125,10 +125,13 @@ DATA_HELP = ("data set: 'synthetic' (procedural, no download), 'voc:PATH' (VOCde
              "'cityscapes:PATH' (leftImg8bit + gtFine) (default: synthetic)")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, split: str) -> None:
-    """``--data``, ``--split``, ``--seed``, ``--limit``."""
+def add_data_arguments(parser: argparse.ArgumentParser, split: str, required: bool = False) -> None:
+    """``--data`` (``required``: no default), ``--split``, ``--seed``, ``--limit``."""
     group = parser.add_argument_group("data")
-    group.add_argument("--data", default="synthetic", metavar="SPEC", help=DATA_HELP)
+    if required:
+        group.add_argument("--data", required=True, metavar="SPEC", help=DATA_HELP.replace(" (default: synthetic)", ""))
+    else:
+        group.add_argument("--data", default="synthetic", metavar="SPEC", help=DATA_HELP)
     group.add_argument("--split", default=split, help=f"split to use (default: {split})")
     group.add_argument("--seed", type=int, default=0,
                        help="seed: picks the synthetic images, and the training order/augmentation (default: 0)")

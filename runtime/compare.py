@@ -123,16 +123,22 @@ def compare_precisions(cascades: dict[str, Cascade], rhos: list[RhoLike], batch:
             "rows": rows, "machine": fp32.runner.machine()}
 
 
-def plot_comparison(result: dict[str, Any], path: Path) -> None:
-    """Speed (FPS) against mIoU, one line per precision through its ρ values (the paper's Fig. 7a)."""
+def pyplot(what: str) -> Any:
+    """matplotlib's ``pyplot`` drawing to files (the Agg backend), or one line saying ``what`` needs it and how to
+    install it."""
     try:
         import matplotlib
     except ImportError:
-        fail("--plot needs matplotlib: pip install 'layercascade[docs]'")
-
+        fail(f"{what} needs matplotlib: pip install 'layercascade[docs]'")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_comparison(result: dict[str, Any], path: Path) -> None:
+    """Speed (FPS) against mIoU, one line per precision through its ρ values (the paper's Fig. 7a)."""
+    plt = pyplot("--plot")
     figure, axes = plt.subplots(figsize=(6, 4.2))
     for precision in dict.fromkeys(r["precision"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["precision"] == precision]

@@ -16,7 +16,7 @@ def import_serving(module: str) -> ModuleType:
     try:
         return importlib.import_module(f"layercascade.serve.{module}")
     except ImportError as error:
-        if error.name and error.name.split(".")[0] in ("ray", "starlette", "httpx", "pyarrow", "pandas"):
+        if error.name and error.name.split(".")[0] in ("ray", "starlette", "pyarrow", "pandas"):
             fail(f"{error.name} is not installed; install the serving extra: pip install 'layercascade[serve]'")
         raise
 

@@ -48,12 +48,12 @@ def test_no_private_names_cross_packages() -> None:
 
 def test_runtime_does_not_import_torch() -> None:
     """Everything a deployment install runs (ONNX Runtime backend, lc-run, lc-bench, lc-build's checks,
-    lc-calibrate, lc-doctor) loads without torch."""
+    lc-calibrate, lc-doctor, lc-tune) loads without torch."""
     modules = ["layercascade.runtime.cascade", "layercascade.runtime.ort.loader", "layercascade.runtime.trt.loader",
                "layercascade.runtime.bench", "layercascade.runtime.compare", "layercascade.runtime.segment",
                "layercascade.runtime.doctor", "layercascade.calibration.calibrate", "layercascade.cli.run",
                "layercascade.cli.bench", "layercascade.cli.build", "layercascade.cli.calibrate",
-               "layercascade.cli.doctor"]
+               "layercascade.cli.doctor", "layercascade.runtime.tune", "layercascade.cli.tune"]
     code = f"import sys, {', '.join(modules)}; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -54,7 +54,7 @@ def test_every_entry_point_names_an_existing_cli() -> None:
     scripts = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
         "scripts"]
     assert sorted(scripts) == ["lc-bench", "lc-build", "lc-calibrate", "lc-doctor", "lc-eval", "lc-export", "lc-info",
-                               "lc-run", "lc-serve", "lc-train", "lc-triton"]
+                               "lc-run", "lc-serve", "lc-train", "lc-triton", "lc-tune"]
     for target in scripts.values():
         module, function = target.split(":")
         assert module.startswith("layercascade.cli.") and callable(getattr(importlib.import_module(module), function))

@@ -305,15 +305,6 @@ def rho_pair_sweep() -> tuple[list[dict], str]:
     return rows, machine
 
 
-def pareto_front(rows: list[dict]) -> list[dict]:
-    """The rows no other row beats: none cheaper (or as cheap) with a higher mIoU; by cost."""
-    front: list[dict] = []
-    for row in sorted(rows, key=lambda r: (r["cost"], -r["miou"])):
-        if not front or row["miou"] > front[-1]["miou"]:
-            front.append(row)
-    return front
-
-
 def one_threshold(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["rho"][0] == r["rho"][1]]
 
@@ -329,9 +320,10 @@ def plot_rho_pairs(rows: list[dict], path: Path) -> bool:
     except ImportError:
         return False
     from layercascade.contract import format_rho
+    from layercascade.runtime.tune import pareto_front
 
     shown = [r for r in rows if r["cost"] < 1.0]  # ρ₂ = 1 costs more than the dense network
-    front, diagonal = pareto_front(shown), one_threshold(shown)
+    front, diagonal = pareto_front(shown, "cost", "miou"), one_threshold(shown)
     fig, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     axes.scatter([100 * r["cost"] for r in shown], [r["miou"] for r in shown], s=10, color="0.7",
                  label="every (ρ₂, ρ₃) of the grid")
@@ -364,6 +356,7 @@ def rho_pairs_section(rows: list[dict], machine: str) -> str:
     the cheapest pair at no less mIoU, and whether the two-threshold frontier dominates the curve."""
     from layercascade.contract import format_rho
     from layercascade.model.evaluate import markdown_table
+    from layercascade.runtime.tune import pareto_front
 
     table, dominated = [], []
     for point in one_threshold(rows):
@@ -401,7 +394,7 @@ bound of what a pair chosen on other images would give.
                  "cheapest pair at ≥ mIoU", "its cost %", "its mIoU"], table)}
 
 The frontier (cost % → mIoU): {"; ".join(f"{format_rho(r['rho'])}: {100 * r['cost']:.1f} → {r['miou']:.2f}"
-                                          for r in pareto_front(rows))}.
+                                          for r in pareto_front(rows, "cost", "miou"))}.
 {PAIRS_END}"""
 
 
