@@ -83,12 +83,13 @@ def test_dsn_cascade_section(tools: None, tmp_path: Path) -> None:
         return [{"rho": rho, "miou": m, "stage_fractions": [s, 0.0, 1.0 - s]}
                 for rho, m, s in zip((1.0, 0.985, 0.9), mious, stage1)]
 
-    pair = {"seed": 0, "cascade": "c.pt", "dsn": "d.pt", "dsn_sweep": sweep([82.0, 75.0, 70.0], [0.0, 0.7, 0.8]),
+    pair = {"seed": 0, "label": "seed 0, runs/x", "cascade": "c.pt", "dsn": "d.pt", "dsn_sweep": sweep([82.0, 75.0, 70.0], [0.0, 0.7, 0.8]),
             "cascade_sweep": sweep([60.0, 78.0, 77.0], [0.0, 0.7, 0.8])}
     section = results.dsn_cascade_section([pair])
     assert section.startswith(results.DSN_CASCADE_BEGIN) and section.endswith(results.DSN_CASCADE_END)
     assert "| 0.985 | 70.0" in section and "75.00" in section and "78.00" in section
-    assert "the best cascade-trained point is 78.00 at ρ = 0.985 (70.0 % stop at stage 1), -4.00 against it" in section
+    assert ("seed 0, runs/x: DSN-trained, dense 82.00, at ρ = 0.985 75.00 (70.0 % stop at stage 1); cascade-trained "
+            "at ρ = 0.985 78.00 (70.0 %), -4.00 against the DSN-trained dense, its best 78.00 at ρ = 0.985") in section
     page = tmp_path / "results.md"
     page.write_text(f"# Results\n\n{results.PAIRS_BEGIN}\npairs\n{results.PAIRS_END}\n")
     results.replace_dsn_cascade_section(page, section)
@@ -96,3 +97,17 @@ def test_dsn_cascade_section(tools: None, tmp_path: Path) -> None:
     text = page.read_text()
     assert text.count(results.DSN_CASCADE_BEGIN) == 1 and text.index(section) < text.index(results.PAIRS_BEGIN)
     assert results.plot_sweep(pair["cascade_sweep"], tmp_path / "sweep.png", pair["dsn_sweep"])
+
+
+def test_dsn_demo_ships_beside_the_cascade_demo() -> None:
+    """model/demo/dsn_tiny_synthetic.pt: the same network trained with deep supervision, without optimizer
+    state, matched by the package-data glob."""
+    import tomllib
+
+    dsn_path = DEMO_CHECKPOINT.parent / "dsn_tiny_synthetic.pt"
+    dsn, cascade = load_checkpoint(dsn_path), load_checkpoint(DEMO_CHECKPOINT)
+    assert dsn.resume is None and dsn.config == cascade.config and dsn.classes == cascade.classes
+    assert dsn.training["mode"] == "dsn" and dsn.training["seed"] == cascade.training["seed"] == 0
+    assert dsn.training["epochs"] == 2 * cascade.training["epochs"]  # equal budget: the cascade's dsn half + its own
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert dsn_path in {*dsn_path.parent.parent.glob(globs["layercascade.model"][0])}

@@ -208,7 +208,7 @@ def plot(summaries: list[dict], path: Path) -> None:
         left.plot([1 - row["confidence"] for row in rows], [1 - row["accuracy"] for row in rows], "o-", color=colour,
                   markersize=4, label=summary["name"])
     left.axvline(1 - summaries[0]["rho"], color="0.3", linewidth=0.8)
-    left.annotate(f"ρ = {summaries[0]['rho']:g}: kept to the right", (1 - summaries[0]["rho"], 0.3), fontsize=7,
+    left.annotate(f"ρ = {summaries[0]['rho']:g}: kept to the right", (1 - summaries[0]["rho"], 3e-5), fontsize=7,
                   xytext=(3, 0), textcoords="offset points")
     left.plot([1e-5, 1], [1e-5, 1], ":", color="0.5", label="calibrated (error = 1 − confidence)")
     left.set_xscale("log")
