@@ -6,9 +6,10 @@ Runs the exact ``lc-train`` / ``lc-eval`` commands listed in docs/training.md:
 * ``dsn``     — every head on every pixel, E epochs;
 * ``cascade`` — ``dsn`` for E/2 epochs, then ``cascade`` for E/2 epochs from it (equal budget);
 
-then evaluates all three on the synthetic val split and sweeps ρ for the cascade model. The
-cascade checkpoint, stripped of its optimizer state, becomes ``model/demo/lc_tiny_synthetic.pt``
-and its export ``runtime/demo_model/``. Finally ``lc-bench`` measures cascade vs dense on
+then evaluates all three on the synthetic val split and sweeps ρ for the cascade-trained model and for
+the DSN-trained one run as a cascade. The cascade checkpoint, stripped of its optimizer state, becomes
+``model/demo/lc_tiny_synthetic.pt`` and its export ``runtime/demo_model/``; the DSN checkpoint,
+stripped too, ``model/demo/dsn_tiny_synthetic.pt``. Finally ``lc-bench`` measures cascade vs dense on
 this machine's CPU (demo model at its own size and at 512×512; irnet and resnet50 with
 random weights at forced active fractions 0.3/0.15).
 
@@ -18,6 +19,8 @@ Pareto frontier (mIoU against FLOP cost) is drawn against the one-threshold curv
     python tools/make_results.py [--epochs 16] [--work runs/demo] [--skip-train] [--skip-bench]
     python tools/make_results.py --bench-only    # speed section only, from the shipped demo checkpoint
     python tools/make_results.py --rho-pairs     # the (ρ₂, ρ₃) section only, from the shipped demo model
+    python tools/make_results.py --dsn-cascade [--seed-dirs DIR ...]
+                                                 # DSN-trained as a cascade vs cascade-trained, shipped models
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ import sys
 import time
 from pathlib import Path
 
-from results_block import markers  # tools/, beside this script
+from results_block import markers, write_block  # tools/, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "model" / "demo" / "lc_tiny_synthetic.pt"
+DSN_DEMO = ROOT / "model" / "demo" / "dsn_tiny_synthetic.pt"  # the same network trained with deep supervision
 DEMO_MODEL_DIR = ROOT / "runtime" / "demo_model"
 VAL_LIMIT = 300
 
@@ -74,16 +78,23 @@ def same_checkpoint(a, b) -> bool:
             and all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict))
 
 
-def ship_demo(cascade: Path) -> None:
-    """Copy the cascade checkpoint without optimizer state into the package, and export it."""
+def ship_checkpoint(source: Path, destination: Path) -> None:
+    """Copy a checkpoint without its optimizer state into the package."""
     from layercascade.model.checkpoint import load_checkpoint, save_checkpoint
 
-    checkpoint = load_checkpoint(cascade)
+    checkpoint = load_checkpoint(source)
     checkpoint.resume = None
-    # torch.save is not byte-stable: an unchanged model keeps its file, and so its hash in lc.json.
-    if not (DEMO.exists() and same_checkpoint(checkpoint, load_checkpoint(DEMO))):
-        save_checkpoint(checkpoint, DEMO)
-    print(f"demo model: {DEMO} ({DEMO.stat().st_size / 1e6:.1f} MB)")
+    # torch.save is not byte-stable: an unchanged model keeps its file (and the cascade's hash in lc.json).
+    if not (destination.exists() and same_checkpoint(checkpoint, load_checkpoint(destination))):
+        save_checkpoint(checkpoint, destination)
+    print(f"shipped: {destination} ({destination.stat().st_size / 1e6:.1f} MB)")
+
+
+def ship_demo(cascade: Path, dsn: Path) -> None:
+    """Copy the cascade- and DSN-trained checkpoints without optimizer state into the package, and export
+    the cascade one (the demo model)."""
+    ship_checkpoint(cascade, DEMO)
+    ship_checkpoint(dsn, DSN_DEMO)
     run(["lc-export", str(DEMO), "-o", str(DEMO_MODEL_DIR)], capture=False)
 
 
@@ -175,8 +186,9 @@ def benchmarks(work: Path) -> list[dict]:
     return results
 
 
-def plot_sweep(sweep: list[dict], path: Path) -> bool:
-    """mIoU and stage-1 share against ρ (the paper's Table 1 as a picture), if matplotlib is there."""
+def plot_sweep(sweep: list[dict], path: Path, dsn_sweep: list[dict] | None = None) -> bool:
+    """mIoU and stage-1 share against ρ (the paper's Table 1 as a picture), with the DSN-trained model run
+    as a cascade beside the cascade-trained one when ``dsn_sweep`` is given; if matplotlib is there."""
     try:
         import matplotlib
 
@@ -185,20 +197,28 @@ def plot_sweep(sweep: list[dict], path: Path) -> bool:
     except ImportError:
         return False
     rhos = [r["rho"] for r in sweep]
-    fig, left = plt.subplots(figsize=(6, 3.6), dpi=120)
-    left.plot(rhos, [r["miou"] for r in sweep], "o-", color="tab:blue", label="mIoU")
+    fig, left = plt.subplots(figsize=(6.4, 4.6), dpi=120)
+    trained = "cascade-trained: " if dsn_sweep else ""
+    left.plot(rhos, [r["miou"] for r in sweep], "o-", color="tab:blue", label=f"{trained}mIoU")
+    if dsn_sweep:
+        left.plot([r["rho"] for r in dsn_sweep], [r["miou"] for r in dsn_sweep], "o-", color="tab:purple",
+                  label="DSN-trained: mIoU")
     left.set_xlabel("ρ")
-    left.set_ylabel("mIoU (%)", color="tab:blue")
+    left.set_ylabel("mIoU (%)")
     left.invert_xaxis()
     right = left.twinx()
     right.plot(rhos, [100 * r["stage_fractions"][0] for r in sweep], "s--", color="tab:orange",
-               label="% stopping at stage 1")
+               label=f"{trained}% stopping at stage 1")
+    if dsn_sweep:
+        right.plot([r["rho"] for r in dsn_sweep], [100 * r["stage_fractions"][0] for r in dsn_sweep], "s--",
+                   color="tab:brown", label="DSN-trained: % stopping at stage 1")
     right.plot(rhos, [100 * r["stage_fractions"][2] for r in sweep], "^:", color="tab:green",
-               label="% reaching stage 3")
+               label=f"{trained}% reaching stage 3")
     right.set_ylabel("% of pixels")
-    fig.legend(loc="lower left", bbox_to_anchor=(0.12, 0.15), fontsize=8)
-    left.set_title("Demo cascade model on synthetic val: ρ sweep")
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=2, fontsize=7)
+    left.set_title("Synthetic val: ρ sweep" + (" of the cascade- and the DSN-trained model" if dsn_sweep
+                                               else " of the demo cascade model"), fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return True
@@ -417,6 +437,86 @@ def write_rho_pairs(work: Path) -> str:
     return rho_pairs_section(rows, machine)
 
 
+DSN_CASCADE_BEGIN, DSN_CASCADE_END = markers("dsn-cascade")
+
+
+def sweep_pair(cascade: Path, dsn: Path) -> dict:
+    """ρ sweeps (``lc-eval --rho-sweep``) of a cascade-trained checkpoint and the DSN-trained one of the
+    same training seed."""
+    from layercascade.model.checkpoint import load_checkpoint
+
+    seeds = {load_checkpoint(path).training.get("seed") for path in (cascade, dsn)}
+    if len(seeds) != 1:
+        raise SystemExit(f"{cascade} and {dsn} were trained with different seeds ({sorted(map(str, seeds))})")
+    seed = seeds.pop()
+    return {"seed": seed, "label": f"seed {seed}, {shown(cascade.parent)}", "cascade": shown(cascade), "dsn": shown(dsn),
+            "cascade_sweep": evaluate(cascade, "--rho-sweep"), "dsn_sweep": evaluate(dsn, "--rho-sweep")}
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+DEFAULT_RHO = 0.985  # the demo models' default threshold, the paper's best
+
+
+def dsn_cascade_section(pairs: list[dict], command: str = "python tools/make_results.py") -> str:
+    """The block of results.md that runs the DSN-trained model as a cascade beside the cascade-trained one,
+    per ρ of the sweep and per training seed."""
+    from layercascade.contract import format_rho
+    from layercascade.model.evaluate import markdown_table
+
+    header = ["ρ"]
+    for pair in pairs:
+        header += [f"{pair['label']}: DSN-trained % stop at 1", "mIoU", "cascade-trained % stop at 1", "mIoU"]
+    rows = []
+    for k, point in enumerate(pairs[0]["dsn_sweep"]):
+        row = [format_rho(point["rho"])]
+        for pair in pairs:
+            for sweep in (pair["dsn_sweep"], pair["cascade_sweep"]):
+                row += [f"{100 * sweep[k]['stage_fractions'][0]:.1f}", f"{sweep[k]['miou']:.2f}"]
+        rows.append(row)
+    summary = []
+    for pair in pairs:
+        dense, dsn_default, default, best = (
+            next(r for r in pair["dsn_sweep"] if r["rho"] == 1.0),
+            next(r for r in pair["dsn_sweep"] if r["rho"] == DEFAULT_RHO),
+            next(r for r in pair["cascade_sweep"] if r["rho"] == DEFAULT_RHO),
+            max(pair["cascade_sweep"], key=lambda r: r["miou"]))
+        summary.append(f"{pair['label']}: DSN-trained, dense {dense['miou']:.2f}, at ρ = {DEFAULT_RHO:g} "
+                       f"{dsn_default['miou']:.2f} ({100 * dsn_default['stage_fractions'][0]:.1f} % stop at stage 1); "
+                       f"cascade-trained at ρ = {DEFAULT_RHO:g} {default['miou']:.2f} "
+                       f"({100 * default['stage_fractions'][0]:.1f} %), {default['miou'] - dense['miou']:+.2f} against "
+                       f"the DSN-trained dense, its best {best['miou']:.2f} at ρ = {format_rho(best['rho'])}")
+    files = "; ".join(f"{pair['label']}: `{pair['dsn']}` and `{pair['cascade']}`" for pair in pairs)
+    return f"""{DSN_CASCADE_BEGIN}
+## The DSN-trained model run as a cascade (paper's Table 2: LC 73.91 > DSN 72.70)
+
+Generated by `{command}` ({time.strftime('%Y-%m-%d')}): `lc-eval CHECKPOINT --limit
+{VAL_LIMIT} --rho-sweep --json` of the same network trained two ways at equal budget ({files}; the
+commands are in [training.md](training.md)); ρ = 1 is the dense network. The ρ-sweep picture above draws
+the first pair. Runs of the same training command differ by several mIoU points (see training.md), so
+compare the two models of one pair, and read each pair as one draw.
+
+{markdown_table(header, rows)}
+
+{". ".join(summary)}. Where the cascade loses accuracy: [training.md](training.md#where-the-cascade-loses-accuracy).
+{DSN_CASCADE_END}"""
+
+
+def replace_dsn_cascade_section(path: Path, section: str) -> None:
+    """results.md with its DSN-as-cascade block replaced, or inserted before the (ρ₂, ρ₃) block."""
+    text = path.read_text()
+    if DSN_CASCADE_BEGIN in text:
+        start, end = text.index(DSN_CASCADE_BEGIN), text.index(DSN_CASCADE_END) + len(DSN_CASCADE_END)
+        path.write_text(text[:start] + section + text[end:])
+    else:
+        start = text.index(PAIRS_BEGIN)
+        path.write_text(text[:start] + section + "\n\n" + text[start:])
+
+
 def replace_speed_section(path: Path, section: str) -> None:
     """results.md with its speed section (up to the next ``## `` heading) replaced."""
     text = path.read_text()
@@ -441,7 +541,7 @@ def kept_sections(path: Path) -> str:
 
 
 def write_results(work: Path, commands: dict, results: dict, sweep: list[dict], minutes: dict,
-                  bench: list[dict], cold: float | None, pairs: str) -> None:
+                  bench: list[dict], cold: float | None, dsn_cascade: str, pairs: str) -> None:
     from layercascade.contract import format_rho
     from layercascade.model.evaluate import EvalResult, format_table, markdown_table
 
@@ -479,6 +579,8 @@ cascade mode started from it.
 Paper (VOC12 val, IRNet): 23 % of pixels stop at stage 1 at ρ = 0.985, the best mIoU is at
 ρ = 0.985, and mIoU falls to 66.95 at ρ = 0.8.
 
+{dsn_cascade}
+
 {pairs}
 
 {speed_section(bench, cold)}
@@ -494,11 +596,10 @@ stage 1, orange: stage 2, magenta: stage 3), as in the paper's Fig. 4.
 Not measured on a GPU yet.
 {kept_sections(ROOT / "docs" / "results.md")}"""
     (ROOT / "docs" / "results.md").write_text(text)
-    training = f"""# Training the demo model
-
-The bundled `model/demo/lc_tiny_synthetic.pt` and the numbers in [results.md](results.md) come
-from these commands (run by `python tools/make_results.py --epochs {commands['single'][0][4]}`,
-which also evaluates and copies the cascade checkpoint into the package without its
+    commands_block = f"""The bundled `model/demo/lc_tiny_synthetic.pt` (cascade-trained, the demo model),
+`model/demo/dsn_tiny_synthetic.pt` (the same network trained with deep supervision, DSN) and the numbers in
+[results.md](results.md) come from these commands (run by `python tools/make_results.py --epochs
+{commands['single'][0][4]}`, which also evaluates both and copies them into the package without their
 optimizer state):
 
 ```sh
@@ -507,9 +608,8 @@ optimizer state):
 
 Evaluation: `lc-eval CHECKPOINT --limit {VAL_LIMIT} [--rho R | --rho-sweep] --json`.
 BatchNorm is trained (not frozen) because these models start from scratch; with ImageNet
-weights (`--backbone-weights`), add `--freeze-bn` as the paper does.
-"""
-    (ROOT / "docs" / "training.md").write_text(training)
+weights (`--backbone-weights`), add `--freeze-bn` as the paper does."""
+    write_block(ROOT / "docs" / "training.md", "demo-commands", commands_block)
 
 
 def main() -> None:
@@ -524,6 +624,13 @@ def main() -> None:
     parser.add_argument("--bench-only", action="store_true",
                         help="no training: re-export the shipped demo model, redraw the pictures, re-run the CPU "
                              "benchmarks and rewrite only the speed section of docs/results.md")
+    parser.add_argument("--dsn-cascade", action="store_true",
+                        help="no training: sweep ρ for the shipped cascade- and DSN-trained demo models (and the "
+                             "pairs of --seed-dirs), redraw docs/rho_sweep.png and rewrite only that section of "
+                             "docs/results.md")
+    parser.add_argument("--seed-dirs", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="with --dsn-cascade: also sweep DIR/cascade.pt and DIR/dsn.pt, a pair trained by the "
+                             "commands of docs/training.md with another --seed")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.bench_only:
@@ -535,6 +642,14 @@ def main() -> None:
         return
     if args.rho_pairs:
         replace_pairs_section(ROOT / "docs" / "results.md", write_rho_pairs(args.work))
+        return
+    if args.dsn_cascade:
+        pairs = [sweep_pair(DEMO, DSN_DEMO)] + [sweep_pair(d / "cascade.pt", d / "dsn.pt") for d in args.seed_dirs]
+        (args.work / "dsn_cascade.json").write_text(json.dumps(pairs, indent=1))
+        plot_sweep(pairs[0]["cascade_sweep"], ROOT / "docs" / "rho_sweep.png", pairs[0]["dsn_sweep"])
+        command = shlex.join(["python", "tools/make_results.py", "--dsn-cascade"]
+                             + (["--seed-dirs", *map(shown, args.seed_dirs)] if args.seed_dirs else []))
+        replace_dsn_cascade_section(ROOT / "docs" / "results.md", dsn_cascade_section(pairs, command))
         return
     commands = train_commands(args.work, args.epochs)
     minutes = json.loads((args.work / "minutes.json").read_text()) if args.skip_train else {}
@@ -548,15 +663,18 @@ def main() -> None:
     results = {mode: evaluate(args.work / f"{mode}.pt", "--rho", "1") for mode in ("single", "dsn")}
     results["cascade"] = evaluate(args.work / "cascade.pt")
     results["cascade_dense"] = evaluate(args.work / "cascade.pt", "--rho", "1")
-    sweep = evaluate(args.work / "cascade.pt", "--rho-sweep")
-    (args.work / "results.json").write_text(json.dumps({"results": results, "sweep": sweep}, indent=1))
-    plot_sweep(sweep, ROOT / "docs" / "rho_sweep.png")
-    ship_demo(args.work / "cascade.pt")
+    ship_demo(args.work / "cascade.pt", args.work / "dsn.pt")
+    pair = sweep_pair(DEMO, DSN_DEMO)
+    sweep = pair["cascade_sweep"]
+    (args.work / "results.json").write_text(json.dumps({"results": results, "sweep": sweep, "dsn_sweep":
+                                                        pair["dsn_sweep"]}, indent=1))
+    plot_sweep(sweep, ROOT / "docs" / "rho_sweep.png", pair["dsn_sweep"])
     pictures(args.work)
     bench = [] if args.skip_bench else benchmarks(args.work)
     cold = None if args.skip_bench else cold_start(args.work)
     (args.work / "bench.json").write_text(json.dumps({"bench": bench, "cold_start_s": cold}, indent=1))
-    write_results(args.work, commands, results, sweep, minutes, bench, cold, write_rho_pairs(args.work))
+    write_results(args.work, commands, results, sweep, minutes, bench, cold, dsn_cascade_section([pair]),
+                  write_rho_pairs(args.work))
 
 
 if __name__ == "__main__":
