@@ -92,8 +92,8 @@ def test_dsn_cascade_section(tools: None, tmp_path: Path) -> None:
             "at ρ = 0.985 78.00 (70.0 %), -4.00 against the DSN-trained dense, its best 78.00 at ρ = 0.985") in section
     page = tmp_path / "results.md"
     page.write_text(f"# Results\n\n{results.PAIRS_BEGIN}\npairs\n{results.PAIRS_END}\n")
-    results.replace_dsn_cascade_section(page, section)
-    results.replace_dsn_cascade_section(page, section)  # replaced, not inserted twice
+    for _ in range(2):  # inserted before the (ρ₂, ρ₃) block, then replaced, not inserted twice
+        results.replace_block(page, "dsn-cascade", section, before=results.PAIRS_BEGIN)
     text = page.read_text()
     assert text.count(results.DSN_CASCADE_BEGIN) == 1 and text.index(section) < text.index(results.PAIRS_BEGIN)
     assert results.plot_sweep(pair["cascade_sweep"], tmp_path / "sweep.png", pair["dsn_sweep"])

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from results_block import markers, write_block  # tools/, beside this script
+from results_block import markers, replace_block, write_block  # tools/, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "model" / "demo" / "lc_tiny_synthetic.pt"
@@ -300,7 +300,7 @@ def speed_section(bench: list[dict], cold: float | None) -> str:
 
 # Per-stage thresholds: every (ρ₂, ρ₃) of this grid; its diagonal is the one-threshold curve.
 RHO_GRID = (1.0, 0.999, 0.995, 0.99, 0.985, 0.97, 0.95, 0.93, 0.9, 0.8)
-PAIRS_BEGIN, PAIRS_END = "<!-- rho-pairs:begin -->", "<!-- rho-pairs:end -->"
+PAIRS_BEGIN, PAIRS_END = markers("rho-pairs")
 
 
 def rho_pair_sweep() -> tuple[list[dict], str]:
@@ -418,17 +418,6 @@ The frontier (cost % → mIoU): {"; ".join(f"{format_rho(r['rho'])}: {100 * r['c
 {PAIRS_END}"""
 
 
-def replace_pairs_section(path: Path, section: str) -> None:
-    """results.md with its (ρ₂, ρ₃) block replaced, or inserted before the speed section."""
-    text = path.read_text()
-    if PAIRS_BEGIN in text:
-        start, end = text.index(PAIRS_BEGIN), text.index(PAIRS_END) + len(PAIRS_END)
-        path.write_text(text[:start] + section + text[end:])
-    else:
-        start = text.index(SPEED_HEADING)
-        path.write_text(text[:start] + section + "\n\n" + text[start:])
-
-
 def write_rho_pairs(work: Path) -> str:
     """Run the (ρ₂, ρ₃) grid, keep its rows in ``work``, draw docs/rho_pairs.png; the section."""
     rows, machine = rho_pair_sweep()
@@ -504,17 +493,6 @@ compare the two models of one pair, and read each pair as one draw.
 
 {". ".join(summary)}. Where the cascade loses accuracy: [training.md](training.md#where-the-cascade-loses-accuracy).
 {DSN_CASCADE_END}"""
-
-
-def replace_dsn_cascade_section(path: Path, section: str) -> None:
-    """results.md with its DSN-as-cascade block replaced, or inserted before the (ρ₂, ρ₃) block."""
-    text = path.read_text()
-    if DSN_CASCADE_BEGIN in text:
-        start, end = text.index(DSN_CASCADE_BEGIN), text.index(DSN_CASCADE_END) + len(DSN_CASCADE_END)
-        path.write_text(text[:start] + section + text[end:])
-    else:
-        start = text.index(PAIRS_BEGIN)
-        path.write_text(text[:start] + section + "\n\n" + text[start:])
 
 
 def replace_speed_section(path: Path, section: str) -> None:
@@ -641,7 +619,8 @@ def main() -> None:
         replace_speed_section(ROOT / "docs" / "results.md", speed_section(bench, cold))
         return
     if args.rho_pairs:
-        replace_pairs_section(ROOT / "docs" / "results.md", write_rho_pairs(args.work))
+        # Inserted before the speed section the first time.
+        replace_block(ROOT / "docs" / "results.md", "rho-pairs", write_rho_pairs(args.work), before=SPEED_HEADING)
         return
     if args.dsn_cascade:
         pairs = [sweep_pair(DEMO, DSN_DEMO)] + [sweep_pair(d / "cascade.pt", d / "dsn.pt") for d in args.seed_dirs]
@@ -649,7 +628,9 @@ def main() -> None:
         plot_sweep(pairs[0]["cascade_sweep"], ROOT / "docs" / "rho_sweep.png", pairs[0]["dsn_sweep"])
         command = shlex.join(["python", "tools/make_results.py", "--dsn-cascade"]
                              + (["--seed-dirs", *map(shown, args.seed_dirs)] if args.seed_dirs else []))
-        replace_dsn_cascade_section(ROOT / "docs" / "results.md", dsn_cascade_section(pairs, command))
+        # Inserted before the (ρ₂, ρ₃) block the first time.
+        replace_block(ROOT / "docs" / "results.md", "dsn-cascade", dsn_cascade_section(pairs, command),
+                      before=PAIRS_BEGIN)
         return
     commands = train_commands(args.work, args.epochs)
     minutes = json.loads((args.work / "minutes.json").read_text()) if args.skip_train else {}

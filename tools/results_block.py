@@ -13,10 +13,19 @@ def markers(name: str) -> tuple[str, str]:
 def write_block(path: Path, name: str, body: str) -> None:
     """Replace the block ``name`` of ``path`` with ``body`` (appended at the end if it has none yet)."""
     begin, end = markers(name)
-    block = f"{begin}\n{body.strip()}\n{end}"
+    replace_block(path, name, f"{begin}\n{body.strip()}\n{end}")
+
+
+def replace_block(path: Path, name: str, block: str, before: str | None = None) -> None:
+    """Replace the block ``name`` of ``path`` with ``block`` (its markers included); if it has none yet, insert
+    it before the text ``before`` (None: at the end)."""
+    begin, end = markers(name)
     text = path.read_text()
     if begin in text and end in text:
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
+    elif before is None:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
+    else:
+        start = text.index(before)
+        text = text[:start] + block + "\n\n" + text[start:]
     path.write_text(text)
