@@ -29,6 +29,15 @@ from layercascade.runtime.result import CascadeResult
 __all__ = ["DEMO_MODEL", "Cascade"]
 
 
+def auto_backend(model_dir: str | Path | None) -> str:
+    """What ``--backend auto`` runs ``model_dir`` with: engines → trt, a ``.pt`` checkpoint → torch, else ort."""
+    from layercascade.runtime.trt.engines import is_engine_dir
+
+    if is_engine_dir(model_dir):
+        return "trt"
+    return "torch" if model_dir is not None and Path(model_dir).suffix == ".pt" else "ort"
+
+
 class Cascade:
     """A loaded cascade model; call it on an (H, W, 3) uint8 RGB image.
 
@@ -73,8 +82,7 @@ class Cascade:
         from layercascade.runtime.trt.engines import is_engine_dir
 
         if backend == "auto":
-            checkpoint = model_dir is not None and Path(model_dir).suffix == ".pt"
-            backend = "trt" if is_engine_dir(model_dir) else "torch" if checkpoint else "ort"
+            backend = auto_backend(model_dir)
         elif backend in ("ort", "openvino", "torch") and is_engine_dir(model_dir):
             fail(f"{model_dir}: holds TensorRT engines (lc-build); run it with --backend trt (or auto), "
                  f"or pass the model dir lc-export wrote to use --backend {backend}")

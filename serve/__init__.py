@@ -8,7 +8,7 @@ from types import ModuleType
 from typing import Any
 
 from layercascade.errors import fail
-from layercascade.runtime.trt.engines import is_engine_dir
+from layercascade.runtime.cascade import auto_backend
 
 
 def import_serving(module: str) -> ModuleType:
@@ -24,6 +24,6 @@ def import_serving(module: str) -> ModuleType:
 def gpus_per_model(model: str | None, load: dict[str, Any]) -> float:
     """The GPUs Ray reserves for each copy of the model (a replica, a worker): one for a model that runs on
     CUDA (``--device cuda``, the TensorRT backend, an engine dir), none otherwise."""
-    on_gpu = load.get("device") == "cuda" or load.get("backend") == "trt" or (
-        load.get("backend", "auto") == "auto" and is_engine_dir(model))
+    backend = load.get("backend", "auto")
+    on_gpu = load.get("device") == "cuda" or (auto_backend(model) if backend == "auto" else backend) == "trt"
     return 1.0 if on_gpu else 0.0

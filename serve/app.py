@@ -85,6 +85,7 @@ class CascadeServer:
         self.segment_many.set_max_batch_size(max(1, min(settings.max_batch, capacity)))
         self.segment_many.set_batch_wait_timeout_s(settings.batch_wait_ms / 1e3)
         self.cascade = cascade
+        self.description = model_description(cascade, settings.load.get("precision"))  # GET /v1/model, fixed
 
     def check_health(self) -> None:
         """Serve's health check: a replica without its model is replaced."""
@@ -112,7 +113,7 @@ class CascadeServer:
                 return json_response(200, {"status": "ready"})
             if route == ("GET", "/v1/model"):
                 self.ready()
-                return json_response(200, model_description(self.cascade, self.settings.load.get("precision")))
+                return json_response(200, self.description)
             known = {"/v1/segment": "POST", "/v1/health": "GET", "/v1/model": "GET"}
             if route[1] in known:
                 raise HTTPProblem(405, f"{route[1]} takes {known[route[1]]}, not {request.method}")

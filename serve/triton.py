@@ -202,20 +202,14 @@ def triton_graph(source: Path, platform: str, batched: bool) -> Any:
     return model
 
 
-def threshold_inputs(model: Any) -> list[Any]:
-    """The graph's threshold inputs: float inputs of shape [1]."""
-    return [i for i in model.graph.input if i.type.tensor_type.elem_type == 1
-            and [d.dim_value for d in i.type.tensor_type.shape.dim] == [1]]
-
-
 def per_image_thresholds(model: Any) -> None:
-    """Each threshold input becomes one value per image, (N, 1), reshaped to (N, 1, 1, 1) where the
-    graph reads it, so it broadcasts over that image's pixels only."""
+    """The thresholds (``rho2``, ``rho3``) become one value per image, (N, 1), reshaped to (N, 1, 1, 1) where the
+    graph reads them, so each broadcasts over its image's pixels only."""
     import onnx
     from onnx import helper
 
     batch = model.graph.input[0].type.tensor_type.shape.dim[0]
-    for graph_input in threshold_inputs(model):
+    for graph_input in (i for i in model.graph.input if i.name in STAGE_RHOS):
         name = graph_input.name
         per_image = f"{name}/per_image"
         for node in model.graph.node:
