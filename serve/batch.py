@@ -23,7 +23,16 @@ import ray
 
 from layercascade.contract import RhoLike
 from layercascade.errors import LCError, fail
-from layercascade.runtime.segment import OUTPUTS, Outcome, ReadOptions, Run, Segmented, segment_file, write_all
+from layercascade.runtime.segment import (
+    OUTPUTS,
+    Outcome,
+    ReadOptions,
+    Run,
+    Segmented,
+    failure_reason,
+    segment_file,
+    write_all,
+)
 from layercascade.serve import gpus_per_model
 from layercascade.serve.service import connect
 
@@ -47,8 +56,8 @@ class SegmentWorker:
             try:
                 done = segment_file(self.cascade, Path(path), self.rho, self.read)
                 error, record, files = "", json.dumps(done.record), done.files
-            except LCError as failure:
-                error, record, files = str(failure), "", dict.fromkeys(OUTPUTS, b"")
+            except LCError as failure:  # the reason only: the driver names the input as the user did
+                error, record, files = failure_reason(failure, Path(path)), "", dict.fromkeys(OUTPUTS, b"")
             columns["index"].append(int(index))
             columns["error"].append(error)
             columns["record"].append(record)
@@ -63,7 +72,7 @@ def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], 
                     earlier: list[str] | None = None, address: str | None = None,
                     workers: int | None = None) -> Run:
     """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
-    actors (default: one per CPU of the cluster), each loading the model with ``load``
+    actors (default: one per CPU of the cluster, or per GPU for a model on a GPU), each loading the model with ``load``
     (``Cascade.load``'s keyword arguments). Joins the cluster at ``address`` or starts a local Ray."""
     # Ray's C++ core tells this process's stderr, at error level, that Ray Data's actors keep their
     # constructor arguments in the object store (a note, not a failure: failures raise in Python).
@@ -85,10 +94,10 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: Rh
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context.execution_options.preserve_order = True  # the summary and a --strict stop follow input order
     context.enable_progress_bars = False  # write_all has its own
-    gpus = gpus_per_model(model, load)
-    if gpus and not ray.cluster_resources().get("GPU"):
+    gpus, resources = gpus_per_model(model, load), ray.cluster_resources()
+    if gpus and not resources.get("GPU"):
         fail("the model runs on a GPU and this Ray cluster has none; run lc-run --ray on a cluster with GPUs")
-    workers = workers or max(1, int(ray.cluster_resources().get("GPU" if gpus else "CPU", 1)))
+    workers = workers or max(1, int(resources.get("GPU" if gpus else "CPU", 1)))
     # Absolute paths: workers on other nodes resolve relative ones against their own working directory.
     dataset = ray.data.from_items([{"index": index, "path": str(path.resolve())} for index, path in enumerate(paths)])
     # Ray Data's actors are restarted when they die and their tasks retried, as often as it takes (its
@@ -101,20 +110,16 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: Rh
         for row in dataset.iter_rows():
             index = int(row["index"])
             if row["error"]:
-                # The worker named the absolute path; the summary names the input as the user did.
-                resolved = f"{paths[index].resolve()}: "
-                message = row["error"]
-                if message.startswith(resolved):
-                    message = f"{paths[index]}: {message.removeprefix(resolved)}"
-                yield index, LCError(message)
+                yield index, LCError(f"{paths[index]}: {row['error']}")
             else:
                 record = {**json.loads(row["record"]), "input": str(paths[index])}  # as the user named it
                 yield index, Segmented(record, {variant: bytes(row[column]) for variant, column in FILE_COLUMNS.items()})
     except ray.exceptions.RayError as error:
         cause = error.cause if isinstance(getattr(error, "cause", None), LCError) else None
-        raise LCError(str(cause) if cause else f"the Ray pipeline failed: {first_line(error)}") from None
+        raise LCError(str(cause) if cause else f"the Ray pipeline failed: {last_line(error)}") from None
 
 
-def first_line(error: BaseException) -> str:
+def last_line(error: BaseException) -> str:
+    """The last line of a Ray error (its cause; the lines before are the traceback)."""
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
