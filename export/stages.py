@@ -136,14 +136,21 @@ class _Exporter:
         low-resolution pixels and blends them with non-negative weights that depend only
         on its place in the cell. Where the four corners share their argmax class, that
         class is the argmax of every blend in the cell; only the other cells (near label
-        boundaries) are blended in full, as one batched (64 × 4) · (4 × C) product. The label
-        grid is built in uint8 (class ids < 256), an eighth of the bytes of int64 ids.
+        boundaries) are blended in full, as one batched (C × 4) · (4 × 64) product. The label
+        grid is built in uint8 (class ids < 256), an eighth of the bytes of int64 ids, and in
+        the image's own row order, so no transpose of the full-size map is needed.
+
+        Both ArgMax run over an axis that is not the last one: OpenVINO's ArgMax over the last
+        axis is a stable TopK several times slower than over a middle one (ONNX Runtime's runs
+        as fast either way).
         """
         one = np.array([1], np.int64)
-        padded = g.node("Pad", [nhwc, g.constant("labels.pads", np.array([1, 1, 1, 1], np.int64)), "",
-                                g.constant("labels.pad_axes", np.array([1, 2], np.int64))], "labels/edge_pad",
-                        mode="edge")
-        corners_argmax = g.node("ArgMax", [padded], "labels/low_res", axis=3, keepdims=0)
+        # All eight pads, no axes input: ONNX Runtime's transpose optimizer, moving the Transpose below
+        # up through this Pad, permutes a pads input as if it had all of them.
+        padded = g.node("Pad", [nhwc, g.constant("labels.pads", np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64))],
+                        "labels/edge_pad", mode="edge")
+        classes_first = g.node("Transpose", [padded], "labels/classes_first", perm=[0, 3, 1, 2])
+        corners_argmax = g.node("ArgMax", [classes_first], "labels/low_res", axis=1, keepdims=0)
 
         def corner(dy: int, dx: int) -> str:
             starts = g.constant(f"labels.start{dy}{dx}", np.array([dy, dx], np.int64))
@@ -156,10 +163,13 @@ class _Exporter:
                                g.node("And", [g.node("Equal", [c00, c10], "labels/eq10"),
                                               g.node("Equal", [c00, c11], "labels/eq11")], "labels/eq_lower")],
                        "labels/agree")
-        # Every pixel of a cell gets its top-left corner's class: rows of a (classes, 64) table,
-        # gathered as whole rows rather than expanded element by element along the last axis.
-        cell_table = np.repeat(np.arange(self.classes, dtype=np.uint8)[:, None], SCALE * SCALE, axis=1)
-        grid = g.node("Gather", [g.constant("labels.cell_table", cell_table), c00], "labels/grid", axis=0)
+        # Every pixel of a cell gets its top-left corner's class: rows of 8 from a (classes, 8) table, each
+        # row of cells then gathered 8 times as whole rows (broadcasts run element by element on OpenVINO).
+        cell_row_table = np.repeat(np.arange(self.classes, dtype=np.uint8)[:, None], SCALE, axis=1)
+        cell_rows = g.node("Gather", [g.constant("labels.cell_row_table", cell_row_table), c00], "labels/cell_rows",
+                           axis=0)  # (N, h+1, w+1, 8)
+        grid = g.node("Gather", [cell_rows, g.constant("labels.pixel_row_cells", np.repeat(np.arange(h + 1), SCALE))],
+                      "labels/grid", axis=1)  # (N, 8(h+1), w+1, 8)
         # NonZero of a float map: TensorRT's parser takes NonZero on float types only.
         disagree = g.node("Cast", [g.node("Not", [agree], "labels/disagree")], "labels/disagree_f", to=FLOAT)
         mixed = g.node("Transpose", [g.node("NonZero", [disagree], "labels/mixed")], "labels/mixed_cells", perm=[1, 0])
@@ -171,18 +181,27 @@ class _Exporter:
                           keepdims=0)
         table = g.node("Reshape", [padded, g.constant("labels.table", np.array([-1, self.classes], np.int64))],
                        "labels/score_rows")
+        axis2 = g.constant("labels.axis2", np.array([2], np.int64))
         gathered = [g.node("Unsqueeze", [g.node("Gather", [table, g.node("Add", [top_left, g.constant(
-            f"labels.offset{k}", np.int64(offset))], f"labels/row{k}")], f"labels/scores{k}", axis=0),
-            g.constant("labels.axis1", one)], f"labels/scores{k}_3d") for k, offset in enumerate((0, 1, w + 2, w + 3))]
-        corners = g.node("Concat", gathered, "labels/corners", axis=1)
-        blended = g.node("MatMul", [g.constant("labels.cell_weights", cell_weights()), corners], "labels/blend")
-        exact = g.node("Cast", [g.node("ArgMax", [blended], "labels/mixed_argmax", axis=2, keepdims=0)],
+            f"labels.offset{k}", np.int64(offset))], f"labels/row{k}")], f"labels/scores{k}", axis=0), axis2],
+            f"labels/scores{k}_3d") for k, offset in enumerate((0, 1, w + 2, w + 3))]
+        corners = g.node("Concat", gathered, "labels/corners", axis=2)  # (M, C, 4)
+        blended = g.node("MatMul", [corners, g.constant("labels.cell_weights", cell_weights())],
+                         "labels/blend")  # (M, C, 64)
+        exact = g.node("Cast", [g.node("ArgMax", [blended], "labels/mixed_argmax", axis=1, keepdims=0)],
                        "labels/mixed_u8", to=UINT8)
-        full = g.node("ScatterND", [grid, mixed, exact], "labels/cells")
-        cells = g.node("Reshape", [full, g.constant("labels.cells_5d", np.array([0, h + 1, w + 1, SCALE, SCALE],
-                                                                                np.int64))], "labels/cells_5d")
-        image = g.node("Reshape", [g.node("Transpose", [cells], "labels/rows_first", perm=[0, 1, 3, 2, 4]),
-                                   g.constant("labels.image", np.array([0, SCALE * (h + 1), SCALE * (w + 1)]))],
+        # Each mixed cell's 8 pixel rows as (n, pixel row, cell column) indices into the grid:
+        # (n, y, x) · (1, 8, 1) + (0, r, 0).
+        spread = g.node("Mul", [mixed, g.constant("labels.row_stride", np.array([1, SCALE, 1], np.int64))],
+                        "labels/n8yx")
+        pixel_rows = np.zeros((1, SCALE, 3), np.int64)
+        pixel_rows[0, :, 1] = np.arange(SCALE)
+        row_indices = g.node("Add", [g.node("Unsqueeze", [spread, g.constant("labels.axis1", one)], "labels/n8yx_3d"),
+                                     g.constant("labels.pixel_rows", pixel_rows)], "labels/row_indices")
+        mixed_rows = g.node("Reshape", [exact, g.constant("labels.mixed_rows", np.array([-1, SCALE, SCALE], np.int64))],
+                            "labels/mixed_rows")
+        full = g.node("ScatterND", [grid, row_indices, mixed_rows], "labels/cells")
+        image = g.node("Reshape", [full, g.constant("labels.image", np.array([0, SCALE * (h + 1), SCALE * (w + 1)]))],
                        "labels/padded_image")
         half = SCALE // 2
         return g.node("Slice", [image, g.constant("labels.crop_start", np.array([half, half])),
@@ -271,14 +290,14 @@ class _Exporter:
 
 
 def cell_weights() -> np.ndarray:
-    """(64, 4) bilinear weights of the pixels of one 8×8 cell on its corners (00, 01, 10, 11).
+    """(4, 64) bilinear weights of the corners (00, 01, 10, 11) of one 8×8 cell on its pixels (row-major).
 
     Pixel r of a cell sits at fraction (r + 0.5) / 8 between its corners (half-pixel
     centres); the weights are multiples of 1/256, exact in float32.
     """
     fraction = (np.arange(SCALE) + 0.5) / SCALE
     rows = np.stack([1 - fraction, fraction], axis=1)
-    weights = np.einsum("ra,cb->rcab", rows, rows).reshape(SCALE * SCALE, 4)
+    weights = np.einsum("ra,cb->abrc", rows, rows).reshape(4, SCALE * SCALE)
     return weights.astype(np.float32)
 
 
