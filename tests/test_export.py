@@ -60,7 +60,7 @@ def test_big_backbones_parity(tmp_path, name: str, size: tuple[int, int]) -> Non
     # 1/std moved into the stem's weights; the mean stays (the stem pads).
     preprocess = [n.op_type for n in onnx.load(tmp_path / name / "stage1.onnx").graph.node
                   if n.name.startswith("preprocess/")]
-    assert preprocess == ["Transpose", "Cast", "Sub"]
+    assert preprocess == ["Cast", "Transpose", "Sub"]
     images = random_images(1, size, seed=3)
     for lower in (True, False):
         cascade = Cascade.load(tmp_path / name, lower=lower)

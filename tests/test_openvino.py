@@ -173,3 +173,27 @@ def bf16_native() -> bool:
     from layercascade.runtime.openvino.loader import cpu_capabilities
 
     return "BF16" in cpu_capabilities()
+
+
+def test_image_normalised_channels_last_gives_the_same_numbers(demo_fp32: Path) -> None:
+    """layout.py moves stage 1's Sub(mean) above its Transpose to NCHW; both graphs give equal outputs."""
+    from layercascade.export.graph import load_onnx
+    from layercascade.runtime.openvino.layout import normalise_channels_last
+    from layercascade.runtime.openvino.loader import compile_config, compile_graph
+
+    graph = load_onnx(demo_fp32 / "stage1.onnx")
+    rewritten = normalise_channels_last(load_onnx(demo_fp32 / "stage1.onnx"))
+    order = [n.op_type for n in rewritten.graph.node[:3]]
+    assert order == ["Cast", "Sub", "Transpose"] and [n.op_type for n in graph.graph.node[:3]] == ["Cast", "Transpose",
+                                                                                                  "Sub"]
+    onnx.checker.check_model(rewritten, full_check=True)
+    feeds = {"image": synthetic_images(1)[0][None], "rho": np.array([0.985], np.float32)}
+    config = compile_config("fp32")
+    before = compile_graph(graph, "plain", config).infer(feeds)
+    after = compile_graph(rewritten, "rewritten", config).infer(feeds)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+    # Nothing else matches: the dense export's other nodes stay where they are.
+    dense = load_onnx(demo_fp32 / "dense.onnx")
+    assert [n.op_type for n in normalise_channels_last(load_onnx(demo_fp32 / "dense.onnx")).graph.node][3:] == [
+        n.op_type for n in dense.graph.node][3:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime
+import pytest
 from onnx import TensorProto
 
 from layercascade.export.graph import GraphBuilder
@@ -16,13 +17,16 @@ IMAGE = (2, 8, 10, 3)  # N, H, W, C: uint8 NHWC
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # ImageNet's, not whole numbers
 
 
-def stem_graph(quantized: bool) -> onnx.ModelProto:
-    """image → NCHW → float → − mean → 3×3 stride-2 conv (zero padding), its output and (``quantized``)
-    its Q → DQ."""
+def stem_graph(quantized: bool, cast_first: bool = True) -> onnx.ModelProto:
+    """image → float → NCHW (``cast_first``, as the export does; else NCHW → float) → − mean → 3×3
+    stride-2 conv (zero padding), its output and (``quantized``) its Q → DQ."""
     rng = np.random.default_rng(0)
     g = GraphBuilder("stem_test", 18)
     image = g.add_input("image", TensorProto.UINT8, list(IMAGE))
-    x = g.node("Cast", [g.node("Transpose", [image], "nchw", perm=[0, 3, 1, 2])], "cast", to=TensorProto.FLOAT)
+    if cast_first:
+        x = g.node("Transpose", [g.node("Cast", [image], "cast", to=TensorProto.FLOAT)], "nchw", perm=[0, 3, 1, 2])
+    else:
+        x = g.node("Cast", [g.node("Transpose", [image], "nchw", perm=[0, 3, 1, 2])], "cast", to=TensorProto.FLOAT)
     x = g.node("Sub", [x, g.constant("mean", MEAN.reshape(1, 3, 1, 1))], "sub_mean")
     weight = g.constant("w", rng.normal(0, 0.02, (4, 3, 3, 3)).astype(np.float32))
     conv = g.node("Conv", [x, weight, g.constant("b", rng.normal(0, 0.1, 4).astype(np.float32))], "stem",
@@ -41,11 +45,13 @@ def run(model: onnx.ModelProto, image: np.ndarray) -> list[np.ndarray]:
     return session.run(None, {"image": image})
 
 
-def test_mean_as_zero_point_is_exact_inside_the_image() -> None:
-    model = stem_graph(quantized=True)
+@pytest.mark.parametrize("cast_first", [True, False], ids=["cast-transpose-sub", "transpose-cast-sub"])
+def test_mean_as_zero_point_is_exact_inside_the_image(cast_first: bool) -> None:
+    model = stem_graph(quantized=True, cast_first=cast_first)
     rewritten = mean_as_zero_point(model)
     ops = [n.op_type for n in rewritten.graph.node]
-    assert "Cast" not in ops and "Sub" not in ops and ops.count("DequantizeLinear") == 2
+    assert ops[:2] == ["Transpose", "DequantizeLinear"] and "Cast" not in ops and "Sub" not in ops
+    assert ops.count("DequantizeLinear") == 2
     image = np.random.default_rng(1).integers(0, 256, IMAGE, dtype=np.uint8)
     before, after = run(model, image)[0], run(rewritten, image)[0]
     # Stride 2, padding 1: output row 0 and column 0 read the padding, no other output does.

@@ -36,12 +36,13 @@ class OvBackend(JoinedGraphBackend):
                        config: dict[str, Any] | None = None) -> OvRunner:
         """The joined graph compiled (``graphs``: the stage graphs, if already loaded)."""
         return compile_graph(self.joined_graph(forced_masks, graphs), f"{self.model_dir}/stages 1-3",
-                             config or self.config, self.lower)
+                             config or self.config, self.lower, channels_last=True)
 
     @property
     def stages(self) -> list[OvRunner]:
         if self._stages is None:
-            self._stages = [compile_graph(path, str(path), self.config, self.lower) for path in self.files]
+            self._stages = [compile_graph(path, str(path), self.config, self.lower, channels_last=True)
+                            for path in self.files]
         return self._stages
 
     def kernel_profile(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None,
@@ -68,7 +69,7 @@ class OvBackend(JoinedGraphBackend):
 
     def dense_runner(self, manifest: dict[str, Any]) -> OvRunner:
         path = self.model_dir / manifest["dense"]["file"]
-        return compile_graph(path, str(path), self.config)
+        return compile_graph(path, str(path), self.config, channels_last=True)
 
     def inference_precision(self) -> str:
         """The precision OpenVINO computes the float parts in (bf16 or f32), as compiled."""

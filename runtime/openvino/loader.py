@@ -19,6 +19,7 @@ from layercascade.export.graph import load_onnx
 from layercascade.export.lowering import LoweringUnsupported, lower_region_convs
 from layercascade.manifest import read_cascade_manifest
 from layercascade.runtime.inputs import DEMO_MODEL
+from layercascade.runtime.openvino.layout import normalise_channels_last
 from layercascade.runtime.openvino.runner import OvRunner
 
 if TYPE_CHECKING:
@@ -82,11 +83,15 @@ def compile_config(precision: str | None = None, threads: int = 0, performance_h
     return config
 
 
-def compile_graph(model: onnx.ModelProto | Path, label: str, config: dict[str, Any], lower: bool = False) -> OvRunner:
-    """An :class:`OvRunner` of ``model`` (an ONNX model or file; ``lower``: RegionConv in row form first);
-    OpenVINO's errors become one line naming ``label`` with its first line whole."""
+def compile_graph(model: onnx.ModelProto | Path, label: str, config: dict[str, Any], lower: bool = False,
+                  channels_last: bool = False) -> OvRunner:
+    """An :class:`OvRunner` of ``model`` (an ONNX model or file; ``lower``: RegionConv in row form first;
+    ``channels_last``: the image normalised channels-last, ``layout.py``); OpenVINO's errors become one
+    line naming ``label`` with its first line whole."""
     if isinstance(model, Path):
         model = load_onnx(model)
+    if channels_last:
+        model = normalise_channels_last(model)
     if lower:
         try:
             model = lower_region_convs(model)

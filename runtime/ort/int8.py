@@ -156,12 +156,17 @@ def mean_as_zero_point(model: onnx.ModelProto) -> onnx.ModelProto:
 
     rewritten = False
     for cast in list(graph.node):
-        subs = consumers.get(cast.output[0], [])
-        if (cast.op_type != "Cast" or attributes(cast).get("to") != onnx.TensorProto.FLOAT or not is_uint8(cast.input[0])
-                or len(subs) != 1 or subs[0].op_type != "Sub" or subs[0].input[0] != cast.output[0]
-                or subs[0].input[1] not in initializers):
+        if cast.op_type != "Cast" or attributes(cast).get("to") != onnx.TensorProto.FLOAT or not is_uint8(cast.input[0]):
             continue
-        sub = subs[0]
+        # The export casts, then transposes to NCHW, then subtracts; a Transpose may also come first.
+        transpose, readers = None, consumers.get(cast.output[0], [])
+        if len(readers) == 1 and readers[0].op_type == "Transpose":
+            transpose = readers[0]
+            readers = consumers.get(transpose.output[0], [])
+        if (len(readers) != 1 or readers[0].op_type != "Sub" or readers[0].input[0] != (transpose or cast).output[0]
+                or readers[0].input[1] not in initializers):
+            continue
+        sub = readers[0]
         mean = numpy_helper.to_array(initializers[sub.input[1]]).astype(np.float64)
         convs = float_convs(sub.output[0])
         if convs is None or mean.ndim not in (3, 4) or mean.size != mean.shape[-3] or not (0 <= mean).all() \
@@ -180,9 +185,13 @@ def mean_as_zero_point(model: onnx.ModelProto) -> onnx.ModelProto:
         scale, zero = f"{sub.name}/unit_scale", f"{sub.name}/rounded_mean"
         graph.initializer.extend([numpy_helper.from_array(np.ones(len(mean), np.float32), scale),
                                   numpy_helper.from_array(zero_point, zero)])
-        cast.CopyFrom(helper.make_node("DequantizeLinear", [cast.input[0], scale, zero], [sub.output[0]],
-                                       name=f"{sub.name}/as_dequantize", axis=1))
-        graph.node.remove(sub)
+        source = cast.input[0]
+        if transpose is not None:  # transposed while uint8: the DequantizeLinear's channel axis is 1
+            transpose.input[0] = source
+            source = transpose.output[0]
+        sub.CopyFrom(helper.make_node("DequantizeLinear", [source, scale, zero], [sub.output[0]],
+                                      name=f"{sub.name}/as_dequantize", axis=1))
+        graph.node.remove(cast)
         rewritten = True
     if not rewritten:
         return original

@@ -72,9 +72,9 @@ def uint8_only_at_io(model: Any) -> Any:
 
     TensorRT's ``DataType.UINT8`` (Python API reference): uint8 network inputs must be cast to
     float32/float16 before other layers use them, uint8 outputs produced by a cast from
-    float32/float16, and uint8 converts only to and from those. Our graphs transpose the uint8
-    image before casting it (cheaper on ONNX Runtime) and build the label map in uint8; here the
-    image is cast first, label casts and uint8 constants become float (class ids are exact), and
+    float32/float16, and uint8 converts only to and from those. Our graphs build the label map in
+    uint8 (cheaper on ONNX Runtime); here each uint8 input gets a Cast to float of its own, label
+    casts and uint8 constants become float (class ids are exact), and
     one cast to uint8 writes each uint8 output. Values are unchanged.
     """
     import numpy as np
