@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, numpy_helper
 
 from layercascade.contract import (
@@ -146,7 +145,7 @@ class _Exporter:
         axis is a stable TopK several times slower than over a middle one (ONNX Runtime's runs
         as fast either way).
         """
-        one = np.array([1], np.int64)
+        axis1 = g.constant("labels.axis1", np.array([1], np.int64))
         # All eight pads, no axes input: ONNX Runtime's transpose optimizer, moving the Transpose below
         # up through this Pad, permutes a pads input as if it had all of them.
         padded = g.node("Pad", [nhwc, g.constant("labels.pads", np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64))],
@@ -178,16 +177,15 @@ class _Exporter:
         # Row of each mixed cell's top-left corner in the padded (N·(h+2)·(w+2), C) score table: the
         # (n, y, x) indices dotted with the strides, as a product and a sum (TensorRT has no integer MatMul).
         strides = g.constant("labels.strides", np.array([[(h + 2) * (w + 2), w + 2, 1]], np.int64))
-        top_left = g.node("ReduceSum", [g.node("Mul", [mixed, strides], "labels/top_left_terms"),
-                                        g.constant("labels.index_axis", np.array([1], np.int64))], "labels/top_left",
-                          keepdims=0)
+        top_left = g.node("ReduceSum", [g.node("Mul", [mixed, strides], "labels/top_left_terms"), axis1],
+                          "labels/top_left", keepdims=1)  # (M, 1)
         table = g.node("Reshape", [padded, g.constant("labels.table", np.array([-1, self.classes], np.int64))],
                        "labels/score_rows")
-        axis2 = g.constant("labels.axis2", np.array([2], np.int64))
-        gathered = [g.node("Unsqueeze", [g.node("Gather", [table, g.node("Add", [top_left, g.constant(
-            f"labels.offset{k}", np.int64(offset))], f"labels/row{k}")], f"labels/scores{k}", axis=0), axis2],
-            f"labels/scores{k}_3d") for k, offset in enumerate((0, 1, w + 2, w + 3))]
-        corners = g.node("Concat", gathered, "labels/corners", axis=2)  # (M, C, 4)
+        # The four corners' rows (00, 01, 10, 11) in one gather, then classes first.
+        corner_rows = g.node("Add", [top_left, g.constant("labels.corner_offsets", np.array([[0, 1, w + 2, w + 3]]))],
+                             "labels/corner_rows")  # (M, 4)
+        corners = g.node("Transpose", [g.node("Gather", [table, corner_rows], "labels/corner_scores", axis=0)],
+                         "labels/corners", perm=[0, 2, 1])  # (M, C, 4)
         blended = g.node("MatMul", [corners, g.constant("labels.cell_weights", cell_weights())],
                          "labels/blend")  # (M, C, 64)
         exact = g.node("Cast", [g.node("ArgMax", [blended], "labels/mixed_argmax", axis=1, keepdims=0)],
@@ -198,7 +196,7 @@ class _Exporter:
                         "labels/n8yx")
         pixel_rows = np.zeros((1, SCALE, 3), np.int64)
         pixel_rows[0, :, 1] = np.arange(SCALE)
-        row_indices = g.node("Add", [g.node("Unsqueeze", [spread, g.constant("labels.axis1", one)], "labels/n8yx_3d"),
+        row_indices = g.node("Add", [g.node("Unsqueeze", [spread, axis1], "labels/n8yx_3d"),
                                      g.constant("labels.pixel_rows", pixel_rows)], "labels/row_indices")
         mixed_rows = g.node("Reshape", [exact, g.constant("labels.mixed_rows", np.array([-1, SCALE, SCALE], np.int64))],
                             "labels/mixed_rows")
@@ -269,7 +267,7 @@ class _Exporter:
         axes = g.constant("counts.axes", [1, 2, 3])
         reach2 = g.node("ReduceSum", [mask2, axes], "counts/reach2", keepdims=0)
         reach3 = g.node("ReduceSum", [mask3, axes], "counts/reach3", keepdims=0)
-        total = g.constant("counts.pixels", torch.tensor([float(self.shapes[0][1] * self.shapes[0][2])]).numpy())
+        total = g.constant("counts.pixels", np.array([self.shapes[0][1] * self.shapes[0][2]], np.float32))
         stop1 = g.node("Sub", [total, reach2], "counts/stop1")
         stop2 = g.node("Sub", [reach2, reach3], "counts/stop2")
         last = g.constant("counts.unsqueeze_axes", [1])
