@@ -275,14 +275,14 @@ def graph_model(source: Path, name: str, platform: str, max_batch: int | None, i
 
 
 def save_openvino_ir(model: Any, path: Path) -> None:
-    """The ONNX graph as OpenVINO IR (``model.xml`` + ``model.bin``), weights kept in fp32, with the image
-    normalised channels-last as the OpenVINO backend runs it."""
-    from layercascade.runtime.openvino.layout import normalise_channels_last
+    """The ONNX graph as OpenVINO IR (``model.xml`` + ``model.bin``), weights kept in fp32, with the layout
+    rewrites the OpenVINO backend makes."""
+    from layercascade.runtime.openvino.layout import openvino_layouts
     from layercascade.runtime.openvino.loader import import_openvino
 
     openvino = import_openvino()
     try:
-        converted = openvino.Core().read_model(normalise_channels_last(model).SerializeToString())
+        converted = openvino.Core().read_model(openvino_layouts(model).SerializeToString())
     except Exception as error:  # noqa: BLE001 - OpenVINO reports every failure as its own types
         fail(f"OpenVINO cannot read the cascade graph ({' '.join(str(error).split())[:300]})")
     openvino.save_model(converted, str(path), compress_to_fp16=False)

@@ -175,25 +175,32 @@ def bf16_native() -> bool:
     return "BF16" in cpu_capabilities()
 
 
-def test_image_normalised_channels_last_gives_the_same_numbers(demo_fp32: Path) -> None:
-    """layout.py moves stage 1's Sub(mean) above its Transpose to NCHW; both graphs give equal outputs."""
-    from layercascade.export.graph import load_onnx
-    from layercascade.runtime.openvino.layout import normalise_channels_last
+def test_layout_rewrites_give_the_same_numbers(demo_fp32: Path) -> None:
+    """layout.py moves stage 1's Sub(mean) above its Transpose to NCHW and the lowering's zero-border Pads
+    above their Transposes to rows; the joined, lowered cascade gives the same outputs either way."""
+    from layercascade.export.lowering import lower_region_convs
+    from layercascade.runtime.openvino.layout import openvino_layouts
     from layercascade.runtime.openvino.loader import compile_config, compile_graph
 
-    graph = load_onnx(demo_fp32 / "stage1.onnx")
-    rewritten = normalise_channels_last(load_onnx(demo_fp32 / "stage1.onnx"))
-    order = [n.op_type for n in rewritten.graph.node[:3]]
-    assert order == ["Cast", "Sub", "Transpose"] and [n.op_type for n in graph.graph.node[:3]] == ["Cast", "Transpose",
-                                                                                                  "Sub"]
+    with Cascade.load(demo_fp32, backend="openvino", precision="fp32") as cascade:
+        graph = lower_region_convs(cascade.runner.joined_graph(False))
+    rewritten = openvino_layouts(onnx.ModelProto.FromString(graph.SerializeToString()))
     onnx.checker.check_model(rewritten, full_check=True)
-    feeds = {"image": synthetic_images(1)[0][None], "rho": np.array([0.985], np.float32)}
+
+    def preprocess(model: onnx.ModelProto) -> list[str]:
+        return [n.op_type for n in model.graph.node if n.name.startswith("stage1/preprocess/")]
+
+    def padded_before_transpose(model: onnx.ModelProto) -> int:
+        producers = {output: node for node in model.graph.node for output in node.output}
+        return sum(n.op_type == "Transpose" and getattr(producers.get(n.input[0]), "op_type", None) == "Pad"
+                   for n in model.graph.node)
+
+    assert preprocess(graph) == ["Cast", "Transpose", "Sub"] and preprocess(rewritten) == ["Cast", "Sub", "Transpose"]
+    assert padded_before_transpose(rewritten) == padded_before_transpose(graph) + 1  # stage 1's features to rows
     config = compile_config("fp32")
-    before = compile_graph(graph, "plain", config).infer(feeds)
-    after = compile_graph(rewritten, "rewritten", config).infer(feeds)
-    for name, value in before.items():
-        np.testing.assert_array_equal(after[name], value, err_msg=name)
-    # Nothing else matches: the dense export's other nodes stay where they are.
-    dense = load_onnx(demo_fp32 / "dense.onnx")
-    assert [n.op_type for n in normalise_channels_last(load_onnx(demo_fp32 / "dense.onnx")).graph.node][3:] == [
-        n.op_type for n in dense.graph.node][3:]
+    plain, ours = compile_graph(graph, "plain", config), compile_graph(rewritten, "rewritten", config)
+    for image in synthetic_images(3):
+        feeds = {"image": image[None], "rho2": np.array([0.985], np.float32), "rho3": np.array([0.9], np.float32)}
+        before, after = plain.infer(feeds), ours.infer(feeds)
+        for name, value in before.items():
+            np.testing.assert_array_equal(after[name], value, err_msg=name)

@@ -36,12 +36,12 @@ class OvBackend(JoinedGraphBackend):
                        config: dict[str, Any] | None = None) -> OvRunner:
         """The joined graph compiled (``graphs``: the stage graphs, if already loaded)."""
         return compile_graph(self.joined_graph(forced_masks, graphs), f"{self.model_dir}/stages 1-3",
-                             config or self.config, self.lower, channels_last=True)
+                             config or self.config, self.lower, layouts=True)
 
     @property
     def stages(self) -> list[OvRunner]:
         if self._stages is None:
-            self._stages = [compile_graph(path, str(path), self.config, self.lower, channels_last=True)
+            self._stages = [compile_graph(path, str(path), self.config, self.lower, layouts=True)
                             for path in self.files]
         return self._stages
 
@@ -69,7 +69,7 @@ class OvBackend(JoinedGraphBackend):
 
     def dense_runner(self, manifest: dict[str, Any]) -> OvRunner:
         path = self.model_dir / manifest["dense"]["file"]
-        return compile_graph(path, str(path), self.config, channels_last=True)
+        return compile_graph(path, str(path), self.config, layouts=True)
 
     def inference_precision(self) -> str:
         """The precision OpenVINO computes the float parts in (bf16 or f32), as compiled."""

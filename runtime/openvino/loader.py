@@ -19,7 +19,7 @@ from layercascade.export.graph import load_onnx
 from layercascade.export.lowering import LoweringUnsupported, lower_region_convs
 from layercascade.manifest import read_cascade_manifest
 from layercascade.runtime.inputs import DEMO_MODEL
-from layercascade.runtime.openvino.layout import normalise_channels_last
+from layercascade.runtime.openvino.layout import openvino_layouts
 from layercascade.runtime.openvino.runner import OvRunner
 
 if TYPE_CHECKING:
@@ -84,19 +84,19 @@ def compile_config(precision: str | None = None, threads: int = 0, performance_h
 
 
 def compile_graph(model: onnx.ModelProto | Path, label: str, config: dict[str, Any], lower: bool = False,
-                  channels_last: bool = False) -> OvRunner:
+                  layouts: bool = False) -> OvRunner:
     """An :class:`OvRunner` of ``model`` (an ONNX model or file; ``lower``: RegionConv in row form first;
-    ``channels_last``: the image normalised channels-last, ``layout.py``); OpenVINO's errors become one
-    line naming ``label`` with its first line whole."""
+    ``layouts``: then the layout rewrites of ``layout.py``); OpenVINO's errors become one line naming
+    ``label`` with its first line whole."""
     if isinstance(model, Path):
         model = load_onnx(model)
-    if channels_last:
-        model = normalise_channels_last(model)
     if lower:
         try:
             model = lower_region_convs(model)
         except LoweringUnsupported as reason:
             print(f"warning: {label}: running RegionConv function bodies ({reason})", file=sys.stderr)
+    if layouts:
+        model = openvino_layouts(model)
     try:
         compiled = core().compile_model(core().read_model(model.SerializeToString()), "CPU", config)
     except Exception as error:  # noqa: BLE001 - OpenVINO reports every failure as RuntimeError or its own types
