@@ -204,3 +204,31 @@ def test_layout_rewrites_give_the_same_numbers(demo_fp32: Path) -> None:
         before, after = plain.infer(feeds), ours.infer(feeds)
         for name, value in before.items():
             np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def test_pad_before_transpose_rewrites_every_match() -> None:
+    """Two Transpose → Pad chains (a big backbone's lowering has several): both swapped, same values."""
+    from onnx import TensorProto, helper
+
+    from layercascade.runtime.openvino.layout import pad_before_transpose
+
+    pads = onnx.numpy_helper.from_array(np.array([0, 1, 2, 0, 0, 1, 2, 0], np.int64), "pads")
+    nodes = [helper.make_node("Transpose", ["x"], ["t1"], name="t1", perm=[0, 2, 3, 1]),
+             helper.make_node("Pad", ["t1", "pads"], ["y1"], name="p1"),
+             helper.make_node("Relu", ["x"], ["r"], name="r"),
+             helper.make_node("Transpose", ["r"], ["t2"], name="t2", perm=[0, 2, 3, 1]),
+             helper.make_node("Pad", ["t2", "pads"], ["y2"], name="p2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 5, 8, 2]) for y in ("y1", "y2")],
+                              [pads])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    rewritten = pad_before_transpose(onnx.ModelProto.FromString(model.SerializeToString()))
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert [n.op_type for n in rewritten.graph.node] == ["Pad", "Transpose", "Relu", "Pad", "Transpose"]
+    import onnxruntime
+
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 4)).astype(np.float32)
+    before, after = (onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                     .run(None, {"x": x}) for m in (model, rewritten))
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)

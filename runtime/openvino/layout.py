@@ -53,17 +53,25 @@ def normalise_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
         channels_last = numpy_helper.from_array(numpy_helper.to_array(mean).reshape(-1).astype(np.float32),
                                                 f"{mean.name}/channels_last")
         graph.initializer.append(channels_last)
-        # Sub reads the Cast and writes a new tensor; the Transpose reads that and writes the Sub's old output.
-        normalised_nhwc = f"{subtract.output[0]}/nhwc"
-        subtract.input[:] = [transpose.input[0], channels_last.name]
-        transpose.input[0], transpose.output[0], subtract.output[0] = (normalised_nhwc, subtract.output[0],
-                                                                       normalised_nhwc)
-        nodes = list(graph.node)
-        nodes.remove(subtract)
-        nodes.insert(nodes.index(transpose), subtract)
-        del graph.node[:]
-        graph.node.extend(nodes)
+        swap(transpose, subtract, [transpose.input[0], channels_last.name])
     return model
+
+
+def swap(first: onnx.NodeProto, second: onnx.NodeProto, second_inputs: list[str]) -> None:
+    """``first → second`` (``second`` ``first``'s only reader) as ``second → first``, in place: ``second``'s
+    operation, on ``second_inputs`` (the first of them ``first``'s old input), moves to ``first``'s place in
+    the node list and writes a new tensor, which ``first``'s operation reads, writing ``second``'s output."""
+    between = f"{second.output[0]}/before_{first.op_type.lower()}"
+    moved_up = onnx.NodeProto()
+    moved_up.CopyFrom(second)
+    moved_up.input[:] = second_inputs
+    moved_up.output[:] = [between]
+    moved_down = onnx.NodeProto()
+    moved_down.CopyFrom(first)
+    moved_down.input[0] = between
+    moved_down.output[:] = list(second.output)
+    first.CopyFrom(moved_up)
+    second.CopyFrom(moved_down)
 
 
 def pad_before_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -86,14 +94,7 @@ def pad_before_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
         pads = numpy_helper.to_array(initializers[pad.input[1]]).reshape(2, len(perm))
         before_transpose = np.empty_like(pads)
         before_transpose[:, perm] = pads  # output axis i is input axis perm[i]
-        permuted = numpy_helper.from_array(before_transpose.reshape(-1), f"{pad.input[1]}/before_transpose")
+        permuted = numpy_helper.from_array(before_transpose.reshape(-1), f"{pad.input[1]}/{transpose.output[0]}")
         graph.initializer.append(permuted)
-        padded_input = f"{pad.output[0]}/before_transpose"
-        pad.input[0], pad.input[1], pad.output[0], transpose.input[0], transpose.output[0] = (
-            transpose.input[0], permuted.name, padded_input, padded_input, pad.output[0])
-        nodes = list(graph.node)
-        nodes.remove(pad)
-        nodes.insert(nodes.index(transpose), pad)
-        del graph.node[:]
-        graph.node.extend(nodes)
+        swap(transpose, pad, [transpose.input[0], permuted.name, *pad.input[2:]])
     return model
