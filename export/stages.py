@@ -66,9 +66,10 @@ class _Exporter:
         """``(image − mean) / std`` as float NCHW; :meth:`fold_normalisation` later moves the
         division into the convs that read it."""
         image = g.add_input(IMAGE, UINT8, [self.batch, *self.input_size, 3])
-        # Converted, then transposed: ONNX Runtime transposes 3-channel uint8 slower than float (at
-        # 512² the three ops take 0.55 ms this way, 0.85 ms transposing first). OpenVINO's loader moves
-        # the transpose below the Sub (runtime/openvino/layout.py).
+        # Converted, then transposed: ONNX Runtime transposes 3-channel uint8 slower than float (a
+        # stem-only graph at 512²: 0.55 ms this way, 0.85 ms transposing first; in the whole cascade the
+        # two orders time alike). OpenVINO's loader moves the Sub above the transpose, where its
+        # convolutions read the image channels-last (runtime/openvino/layout.py).
         x = g.node("Cast", [image], "preprocess/cast", to=FLOAT)
         x = g.node("Transpose", [x], "preprocess/nchw", perm=[0, 3, 1, 2])
         mean = g.constant("preprocess.mean", np.asarray(self.checkpoint.mean, np.float32).reshape(1, 3, 1, 1))
