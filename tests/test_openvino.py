@@ -232,3 +232,34 @@ def test_pad_before_transpose_rewrites_every_match() -> None:
                      .run(None, {"x": x}) for m in (model, rewritten))
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)
+
+
+def test_argmax_off_the_last_axis_gives_the_same_indices() -> None:
+    """The Resize path's ArgMax over channels-last scores becomes Transpose → ArgMax(axis 1): same
+    indices, ties to the first class included; other ArgMax stay."""
+    from onnx import TensorProto, helper
+
+    from layercascade.runtime.openvino.layout import argmax_off_last_axis
+
+    nodes = [helper.make_node("ArgMax", ["x"], ["last"], name="last", axis=3, keepdims=0),
+             helper.make_node("ArgMax", ["x"], ["negative"], name="negative", axis=-1, keepdims=0),
+             helper.make_node("ArgMax", ["x"], ["middle"], name="middle", axis=1, keepdims=0),
+             helper.make_node("ArgMax", ["x"], ["kept"], name="kept", axis=3, keepdims=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 6, 7])],
+                              [helper.make_tensor_value_info(n.output[0], TensorProto.INT64, None) for n in nodes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    rewritten = argmax_off_last_axis(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert [(n.op_type, attributes_of(n).get("axis")) for n in rewritten.graph.node] == [
+        ("Transpose", None), ("ArgMax", 1), ("ArgMax", 1), ("ArgMax", 1), ("ArgMax", 3)]
+    import onnxruntime
+
+    x = np.random.default_rng(0).integers(0, 3, (2, 5, 6, 7)).astype(np.float32)  # many ties
+    before, after = (onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                     .run(None, {"x": x}) for m in (model, rewritten))
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(after[0], x.argmax(axis=3))
+
+
+def attributes_of(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
