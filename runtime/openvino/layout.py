@@ -1,12 +1,12 @@
 """Layout rewrites for OpenVINO's CPU plugin (:func:`openvino_layouts`), each exact: the same operations
 on the same numbers.
 
-**The image normalised channels-last.** Our graphs take the uint8 image NHWC and normalise it as ``Cast → Transpose(NCHW) → Sub(mean)``,
-the order ONNX Runtime runs fastest (export/stages.py). OpenVINO runs its convolutions channels-last, so it
-transposes the image to NCHW and then reorders it back for the stem conv: two passes over the
-full-size image. With the Sub moved above the Transpose (``Cast → Sub(mean) → Transpose``) it
-fuses Cast and Sub into one kernel and folds the Transpose into the stem conv's input layout
-(at 512², bf16: 0.26 ms instead of 0.37 ms; fp32: 0.30 instead of 0.71).
+**The image normalised channels-last.** Our graphs take the uint8 image NHWC and normalise it as
+``Cast → Transpose(NCHW) → Sub(mean)`` (export/stages.py). OpenVINO runs its convolutions
+channels-last, so it transposes the image to NCHW and then reorders it back for the stem conv: two
+passes over the full-size image. With the Sub moved above the Transpose (``Cast → Sub(mean) →
+Transpose``) it fuses Cast and Sub into one kernel and folds the Transpose into the stem conv's
+input layout (a stem-only graph at 512², bf16: 0.26 ms instead of 0.37 ms; fp32: 0.30 instead of 0.71).
 
 **Zero borders padded before the transpose to rows.** The lowering (``export/lowering.py``) turns a
 dense feature map into rows as ``Transpose(NHWC) → Pad → Reshape``, the order ONNX Runtime folds into
@@ -92,7 +92,8 @@ def pad_before_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         pad = readers[0]
         extra_inputs = [name for name in pad.input[2:] if name]
-        if (attributes(pad).get("mode", b"constant") not in (b"constant", "constant") or pad.input[1] not in initializers
+        if (attributes(pad).get("mode", b"constant") not in (b"constant", "constant")
+                or pad.input[1] not in initializers
                 or any(name not in initializers or np.any(numpy_helper.to_array(initializers[name]))
                        for name in extra_inputs[:1]) or len(pad.input) > 3):
             continue  # not a zero pad of all axes with constant pads

@@ -156,7 +156,8 @@ def mean_as_zero_point(model: onnx.ModelProto) -> onnx.ModelProto:
 
     rewritten = False
     for cast in list(graph.node):
-        if cast.op_type != "Cast" or attributes(cast).get("to") != onnx.TensorProto.FLOAT or not is_uint8(cast.input[0]):
+        if (cast.op_type != "Cast" or attributes(cast).get("to") != onnx.TensorProto.FLOAT
+                or not is_uint8(cast.input[0])):
             continue
         # The export casts, then transposes to NCHW, then subtracts; a Transpose may also come first.
         transpose, readers = None, consumers.get(cast.output[0], [])
