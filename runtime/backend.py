@@ -148,13 +148,9 @@ class JoinedGraphBackend(StagedBackend):
 
     def joined_graph(self, forced_masks: bool, graphs: list[Any] | None = None) -> Any:
         """The stage graphs (``graphs``, if already loaded) joined into one ONNX model."""
-        from layercascade.export.cascade_graph import cascade_graph
         from layercascade.export.graph import load_onnx
 
-        try:
-            return cascade_graph(graphs or [load_onnx(path) for path in self.files], forced_masks)
-        except ValueError as error:
-            fail(f"{self.model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
+        return join_stage_graphs(self.model_dir, graphs or [load_onnx(path) for path in self.files], forced_masks)
 
     @staticmethod
     def feeds(images: np.ndarray, rho: Rho, forced_masks: Masks | None) -> dict[str, np.ndarray]:
@@ -177,3 +173,14 @@ class JoinedGraphBackend(StagedBackend):
 
     def close(self) -> None:
         self.joined = self._forced_runner = self._stages = None
+
+
+def join_stage_graphs(model_dir: Path, graphs: list[Any], forced_masks: bool = False) -> Any:
+    """``graphs``, the stage graphs of ``model_dir``, joined into one ONNX model (``export/cascade_graph.py``);
+    stage graphs that do not join are one line."""
+    from layercascade.export.cascade_graph import cascade_graph
+
+    try:
+        return cascade_graph(graphs, forced_masks)
+    except ValueError as error:
+        fail(f"{model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")

@@ -27,3 +27,19 @@ def gpus_per_model(model: str | None, load: dict[str, Any]) -> float:
     backend = load.get("backend", "auto")
     on_gpu = load.get("device") == "cuda" or (auto_backend(model) if backend == "auto" else backend) == "trt"
     return 1.0 if on_gpu else 0.0
+
+
+def connect(address: str | None) -> bool:
+    """Join the Ray cluster at ``address`` (e.g. ``ray://head:10001`` or ``auto``), or start a new local
+    instance (never a cluster that merely happens to run here: this process owns what it starts and shuts
+    it down); returns whether one was started. A Ray already initialised in this process is used as is."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except ConnectionError as error:
+        fail(f"cannot reach the Ray cluster at {address!r} ({error}); start it (`ray start --head`) or leave "
+             "--address out to run a local Ray")
+    return address is None

@@ -33,8 +33,7 @@ from layercascade.runtime.segment import (
     segment_file,
     write_all,
 )
-from layercascade.serve import gpus_per_model
-from layercascade.serve.service import connect
+from layercascade.serve import connect, gpus_per_model
 
 # The columns holding an image's encoded pictures, one per OUTPUTS variant ("" is the label map).
 FILE_COLUMNS = {variant: f"file{variant}" for variant in OUTPUTS}

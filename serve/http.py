@@ -6,7 +6,6 @@ functions tested without a server. Every refusal is an :class:`HTTPProblem` (sta
 from __future__ import annotations
 
 import base64
-import io
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ import numpy as np
 from layercascade.contract import Rho, rho_from_text, rho_value
 from layercascade.errors import LCError
 from layercascade.model.data.images import ImageTooLarge, read_rgb
+from layercascade.runtime.segment import encode
 from layercascade.runtime.visualize import label_image
 
 if TYPE_CHECKING:
@@ -103,10 +103,8 @@ def wants_json(accept: str | None) -> bool:
 
 
 def png_bytes(labels: np.ndarray, palette: np.ndarray) -> bytes:
-    """The palette PNG of a label map (the bytes lc-run writes as ``<stem>.png``)."""
-    buffer = io.BytesIO()
-    label_image(labels, palette).save(buffer, format="PNG")
-    return buffer.getvalue()
+    """The palette PNG of a label map (the bytes lc-run writes as ``<stem>.png``: its encoder)."""
+    return encode({"": label_image(labels, palette)})[""]
 
 
 def segment_answer(result: CascadeResult, palette: np.ndarray, milliseconds: float,

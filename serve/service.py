@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from layercascade.errors import fail
+from layercascade.serve import connect
 from layercascade.serve.app import ServeSettings, app_name, application
 
 
@@ -31,23 +32,6 @@ class Service:
         if self.started_ray:
             serve.shutdown()
             ray.shutdown()
-
-
-def connect(address: str | None, quiet: bool = True) -> bool:
-    """Join the Ray cluster at ``address`` (e.g. ``ray://head:10001`` or ``auto``), or start a new local
-    instance (never a cluster that merely happens to run here: this process owns what it starts and shuts
-    it down); returns whether one was started. A Ray already initialised in this process is used as is."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=not quiet,
-                 logging_level="ERROR" if quiet else "INFO")
-    except ConnectionError as error:
-        fail(f"cannot reach the Ray cluster at {address!r} ({error}); start it (`ray start --head`) or leave "
-             "--address out to run a local Ray")
-    return address is None
 
 
 def start(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,

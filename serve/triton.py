@@ -163,20 +163,19 @@ def marker(source: Path, platform: str, **details: Any) -> str:
 
 
 # -- a model dir: one model of the joined, lowered graph --------------------------------------------
-def triton_graph(source: Path, platform: str, batched: bool) -> Any:
+def triton_graph(source: Path, manifest: dict[str, Any], platform: str, batched: bool) -> Any:
     """The joined, lowered cascade graph as Triton gets it: only ``labels`` and ``stage_counts`` out, no
     custom-op functions left, and (``batched``) each threshold input taken per image."""
     import onnx
 
-    from layercascade.export.cascade_graph import cascade_graph
     from layercascade.export.graph import check_stage_graphs, load_onnx
     from layercascade.export.lowering import LoweringUnsupported, lower_region_convs
+    from layercascade.runtime.backend import join_stage_graphs
     from layercascade.runtime.ort.loader import prepare
 
-    manifest = read_manifest(source)
     graphs = [load_onnx(source / stage["file"]) for stage in manifest["stages"]]
     check_stage_graphs(source, manifest, graphs)
-    joined = cascade_graph(graphs)
+    joined = join_stage_graphs(source, graphs)
     # ONNX Runtime gets exactly what the ort backend runs (its INT8 rewrites included); OpenVINO the lowering.
     if platform == "onnxruntime":
         model = prepare(joined, f"{source}/stages 1-3").model
@@ -251,7 +250,7 @@ def graph_model(source: Path, name: str, platform: str, max_batch: int | None, i
             fail(f"{source}: exported for a fixed batch of {batch['size']}; Triton's batching needs "
                  f"lc-export --dynamic-batch {max_batch}")
         batch_size = 0  # the graph's own batch, whole: no Triton batching
-    model = triton_graph(source, platform, batched=batch_size > 0)
+    model = triton_graph(source, manifest, platform, batched=batch_size > 0)
     config = ModelConfig(
         name, tensors_of(model.graph.input, batch_size > 0), tensors_of(model.graph.output, batch_size > 0),
         backend=platform, max_batch_size=batch_size, instances=(instances, "KIND_CPU"),
@@ -278,13 +277,13 @@ def save_openvino_ir(model: Any, path: Path) -> None:
     """The ONNX graph as OpenVINO IR (``model.xml`` + ``model.bin``), weights kept in fp32, with the layout
     rewrites the OpenVINO backend makes."""
     from layercascade.runtime.openvino.layout import openvino_layouts
-    from layercascade.runtime.openvino.loader import import_openvino
+    from layercascade.runtime.openvino.loader import core, import_openvino, openvino_reason
 
     openvino = import_openvino()
     try:
-        converted = openvino.Core().read_model(openvino_layouts(model).SerializeToString())
+        converted = core().read_model(openvino_layouts(model).SerializeToString())
     except Exception as error:  # noqa: BLE001 - OpenVINO reports every failure as its own types
-        fail(f"OpenVINO cannot read the cascade graph ({' '.join(str(error).split())[:300]})")
+        fail(f"OpenVINO cannot read the cascade graph ({openvino_reason(error)})")
     openvino.save_model(converted, str(path), compress_to_fp16=False)
 
 
