@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from layercascade.export.graph import attributes, consumers_of
+from layercascade.export.graph import attributes, consumers_of, only_consumer
 
 TO_NCHW = [0, 3, 1, 2]
 
@@ -43,16 +43,16 @@ def normalise_channels_last(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     consumers = consumers_of(graph.node)
+    outputs = {v.name for v in graph.output}
     inputs = {v.name for v in graph.input}
     casts = {n.output[0] for n in graph.node if n.op_type == "Cast" and n.input[0] in inputs}
     for transpose in list(graph.node):
         if (transpose.op_type != "Transpose" or transpose.input[0] not in casts
                 or attributes(transpose).get("perm") != TO_NCHW):
             continue
-        readers = consumers.get(transpose.output[0], [])
-        if len(readers) != 1 or readers[0].op_type != "Sub" or list(readers[0].input[:1]) != [transpose.output[0]]:
+        subtract = only_consumer(consumers, outputs, transpose.output[0], "Sub")
+        if subtract is None or subtract.input[0] != transpose.output[0]:
             continue
-        subtract = readers[0]
         mean = initializers.get(subtract.input[1])
         if mean is None or len(mean.dims) != 4 or list(mean.dims[:1]) + list(mean.dims[2:]) != [1, 1, 1]:
             continue
@@ -86,16 +86,15 @@ def pad_before_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     consumers = consumers_of(graph.node)
+    outputs = {v.name for v in graph.output}
     for transpose in list(graph.node):
-        readers = consumers.get(transpose.output[0], [])
-        if transpose.op_type != "Transpose" or len(readers) != 1 or readers[0].op_type != "Pad":
+        pad = only_consumer(consumers, outputs, transpose.output[0], "Pad")
+        if transpose.op_type != "Transpose" or pad is None:
             continue
-        pad = readers[0]
-        extra_inputs = [name for name in pad.input[2:] if name]
-        if (attributes(pad).get("mode", b"constant") not in (b"constant", "constant")
+        value = pad.input[2] if len(pad.input) > 2 else ""
+        if (attributes(pad).get("mode", b"constant") != b"constant" or len(pad.input) > 3
                 or pad.input[1] not in initializers
-                or any(name not in initializers or np.any(numpy_helper.to_array(initializers[name]))
-                       for name in extra_inputs[:1]) or len(pad.input) > 3):
+                or value and (value not in initializers or np.any(numpy_helper.to_array(initializers[value])))):
             continue  # not a zero pad of all axes with constant pads
         perm = attributes(transpose)["perm"]
         pads = numpy_helper.to_array(initializers[pad.input[1]]).reshape(2, len(perm))
@@ -111,6 +110,8 @@ def argmax_off_last_axis(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every ``ArgMax(axis = last, keepdims = 0)`` of a tensor of known rank ≥ 3 turned into
     ``Transpose(last axis to 1) → ArgMax(axis = 1)``, the same indices (in place; returned for chaining)."""
     graph = model.graph
+    if not any(n.op_type == "ArgMax" and attributes(n).get("axis", 0) not in (0, 1) for n in graph.node):
+        return model  # nothing to move (the 8× label path): no shape inference of the whole graph at load
     inferred = onnx.shape_inference.infer_shapes(model).graph
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.input, *inferred.value_info]
              if v.type.tensor_type.HasField("shape")}

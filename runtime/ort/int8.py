@@ -154,20 +154,17 @@ def mean_as_zero_point(model: onnx.ModelProto) -> onnx.ModelProto:
                            and len(initializers[c.input[1]].dims) == 4 for c in convs)
         return convs if ok else None
 
+    outputs = {o.name for o in graph.output}
     rewritten = False
     for cast in list(graph.node):
         if (cast.op_type != "Cast" or attributes(cast).get("to") != onnx.TensorProto.FLOAT
                 or not is_uint8(cast.input[0])):
             continue
         # The export casts, then transposes to NCHW, then subtracts; a Transpose may also come first.
-        transpose, readers = None, consumers.get(cast.output[0], [])
-        if len(readers) == 1 and readers[0].op_type == "Transpose":
-            transpose = readers[0]
-            readers = consumers.get(transpose.output[0], [])
-        if (len(readers) != 1 or readers[0].op_type != "Sub" or readers[0].input[0] != (transpose or cast).output[0]
-                or readers[0].input[1] not in initializers):
+        transpose = only_consumer(consumers, outputs, cast.output[0], "Transpose")
+        sub = only_consumer(consumers, outputs, (transpose or cast).output[0], "Sub")
+        if sub is None or sub.input[0] != (transpose or cast).output[0] or sub.input[1] not in initializers:
             continue
-        sub = readers[0]
         mean = numpy_helper.to_array(initializers[sub.input[1]]).astype(np.float64)
         convs = float_convs(sub.output[0])
         if convs is None or mean.ndim not in (3, 4) or mean.size != mean.shape[-3] or not (0 <= mean).all() \
