@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from results_block import markers, replace_block, write_block  # tools/, beside this script
+from results_block import markers, replace_block, shown, write_block  # tools/, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "model" / "demo" / "lc_tiny_synthetic.pt"
@@ -442,12 +442,6 @@ def sweep_pair(cascade: Path, dsn: Path) -> dict:
             "cascade_sweep": evaluate(cascade, "--rho-sweep"), "dsn_sweep": evaluate(dsn, "--rho-sweep")}
 
 
-def shown(path: Path) -> str:
-    """``path`` relative to the repository when it is inside it."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 DEFAULT_RHO = 0.985  # the demo models' default threshold, the paper's best
 
 
@@ -518,7 +512,7 @@ def kept_sections(path: Path) -> str:
     return "".join(f"\n{block}\n" for block in blocks)
 
 
-def write_results(work: Path, commands: dict, results: dict, sweep: list[dict], minutes: dict,
+def write_results(commands: dict, results: dict, sweep: list[dict], minutes: dict,
                   bench: list[dict], cold: float | None, dsn_cascade: str, pairs: str) -> None:
     from layercascade.contract import format_rho
     from layercascade.model.evaluate import EvalResult, format_table, markdown_table
@@ -654,7 +648,7 @@ def main() -> None:
     bench = [] if args.skip_bench else benchmarks(args.work)
     cold = None if args.skip_bench else cold_start(args.work)
     (args.work / "bench.json").write_text(json.dumps({"bench": bench, "cold_start_s": cold}, indent=1))
-    write_results(args.work, commands, results, sweep, minutes, bench, cold, dsn_cascade_section([pair]),
+    write_results(commands, results, sweep, minutes, bench, cold, dsn_cascade_section([pair]),
                   write_rho_pairs(args.work))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def markers(name: str) -> tuple[str, str]:
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
@@ -29,3 +31,9 @@ def replace_block(path: Path, name: str, block: str, before: str | None = None) 
         start = text.index(before)
         text = text[:start] + block + "\n\n" + text[start:]
     path.write_text(text)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (for commands quoted in the docs)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from results_block import write_block  # tools/, beside this script
+from results_block import shown, write_block  # tools/, beside this script
 
 from layercascade.model.checkpoint import Checkpoint, load_checkpoint
 from layercascade.model.data import open_dataset
@@ -311,12 +311,6 @@ cascade's loss each set of pixels explains):
 {counterfactual}"""
 
 
-def shown_path(path: Path) -> str:
-    """``path`` relative to the repository when it is inside it."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*", type=Path,
@@ -344,10 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(summaries, indent=1, default=float))
     plot(summaries, args.figure)
     figure = args.figure.relative_to(args.markdown.parent) if args.figure.is_relative_to(args.markdown.parent) else None
-    command = shlex.join(["python", "tools/stage1_calibration.py", *map(shown_path, checkpoints), "--reference",
-                          shown_path(args.reference), "--limit", str(args.limit)]
+    command = shlex.join(["python", "tools/stage1_calibration.py", *map(shown, checkpoints), "--reference",
+                          shown(args.reference), "--limit", str(args.limit)]
                          + ([] if args.rho is None else ["--rho", f"{args.rho:g}"]))
-    block = markdown(summaries, command, shown_path(args.reference), args.limit,
+    block = markdown(summaries, command, shown(args.reference), args.limit,
                      None if figure is None else str(figure))
     write_block(args.markdown, BLOCK, block)
     print(block)
