@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if model_dir.suffix == ".pt":
         fail(f"{model_dir}: lc-tune writes the thresholds into a copy of a model dir; export the checkpoint first "
              "(lc-export CHECKPOINT -o DIR) and tune DIR")
-    budget = next(tune.Budget(kind, getattr(args, kind)) for kind in ("target_ms", "target_fps", "max_miou_drop")
+    budget = next(tune.Budget(kind, getattr(args, kind)) for kind in tune.BUDGETS
                   if getattr(args, kind) is not None)
     output = (args.output or tune.default_output(model_dir)).resolve()
     tune.check_tuned_target(model_dir, output)

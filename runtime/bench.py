@@ -55,9 +55,9 @@ def stage_medians(cascade: Cascade, images: np.ndarray, rho: RhoLike | None, mas
 
 def check_profilable(cascade: Cascade) -> None:
     if cascade.backend not in PROFILED:
-        fail(f"--profile reads ONNX Runtime's profiler (--backend ort) or OpenVINO's counters (--backend "
-             f"openvino); the {cascade.backend} backend has none here (TensorRT: trtexec --dumpProfile on the "
-             "engine's plan files)")
+        readers = " or ".join(f"{reader} (--backend {backend})" for backend, reader in PROFILED.items())
+        fail(f"--profile reads {readers}; the {cascade.backend} backend has none here (TensorRT: trtexec "
+             "--dumpProfile on the engine's plan files)")
 
 
 def op_profile(cascade: Cascade, images: np.ndarray, rho: RhoLike | None, masks: Masks | None, iters: int,
