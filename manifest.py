@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from layercascade.errors import fail
+from layercascade.errors import LCError, fail
 
 FORMAT = "layercascade.model"
 # 2: ``default_rho`` is [ρ₂, ρ₃] (1: one number for both stages; still read, see check_cascade_fields).
@@ -34,33 +35,48 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def read_manifest(model_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
-    """Load ``model_dir/lc.json``, check its version and (with ``verify``) every file's sha256."""
+    """Load ``model_dir/lc.json``, check its version, its file names (:func:`check_file_name`) and (with
+    ``verify``) every file's sha256.
+
+    The manifest is untrusted input: it is read within :data:`MAX_MANIFEST_BYTES` and
+    :data:`MAX_JSON_DEPTH`, and every file name it gives (``files``, each stage's ``file``, ``dense``'s)
+    must be a plain file name listed in ``files`` and lying inside ``model_dir``, so nothing read from it
+    can make a command read or write outside the dir."""
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST
     if not model_dir.is_dir():
         fail(f"{model_dir}: no such model directory (create one with lc-export CHECKPOINT -o DIR)")
     if not path.is_file():
         fail(f"{path}: missing; {model_dir} is not an exported layercascade model (run lc-export)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        fail(f"{path}: not valid JSON ({error}); re-export the model")
+    manifest = read_json(path, "re-export the model")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         fail(f"{path}: not a layercascade model manifest")
-    version = manifest.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        fail(f"{path}: manifest format version {version!r} is newer than this layercascade reads ({VERSION}); "
-             "upgrade layercascade")
+    check_version(manifest.get("version"), VERSION, path, "manifest format")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         fail(f"{path}: has no 'files' (the sha256 of each file), as written by layercascade before 0.1; "
              "re-export the model (lc-export) so its files can be verified")
     for name, digest in files.items():
-        file = model_dir / name
+        file = model_dir / check_file_name(name, path, "files")
+        if not (isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)):
+            fail(f"{path}: files[{name!r}] is not a sha256 (64 hex digits); re-export the model")
         if not file.is_file():
             fail(f"{file}: missing from the model directory (listed in {MANIFEST}); re-export the model")
+        if file.is_symlink() and file.resolve().parent != model_dir.resolve():
+            fail(f"{file}: is a link to {file.resolve()}, outside the model directory; copy the file into it "
+                 "or re-export the model")
         if verify and sha256_file(file) != digest:
             fail(f"{file}: sha256 does not match {MANIFEST}; the file was changed or damaged, re-export the model")
+    stages = manifest.get("stages", [])
+    if not isinstance(stages, list):
+        fail(f"{path}: stages is not a list of stage graphs; re-export the model")
+    entries = {f"stages[{k}]": stage for k, stage in enumerate(stages)}
+    if "dense" in manifest:
+        entries["dense"] = manifest["dense"]
+    for field, entry in entries.items():
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if check_file_name(name, path, f"{field}.file") not in files:
+            fail(f"{path}: {field}.file {name!r} is not one of the model's files; re-export the model")
     return manifest
 
 
@@ -68,24 +84,89 @@ def read_cascade_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
     """The verified ``lc.json`` of a cascade model dir (not a dense export), its fields checked
     (:func:`check_cascade_fields`)."""
     manifest = read_manifest(model_dir)
+    source = Path(model_dir) / MANIFEST
     if manifest.get("kind") != "cascade":
-        fail(f"{model_dir}: holds a {manifest.get('kind')!r} model, not a cascade; export without --dense")
-    stages = manifest.get("stages")
-    if not (isinstance(stages, list) and len(stages) == 3 and
-            all(isinstance(s, dict) and s.get("file") in manifest["files"] for s in stages)):
-        fail(f"{Path(model_dir) / MANIFEST}: stages must list three stage graphs, each a file in 'files'; "
+        fail(f"{model_dir}: holds a {json.dumps(manifest.get('kind'))[:40]} model, not a cascade; export without "
+             "--dense")
+    if len(manifest.get("stages", [])) != 3 or "dense" not in manifest:
+        fail(f"{source}: a cascade lists three stage graphs under 'stages' and the dense one under 'dense'; "
              "re-export the model")
-    return check_cascade_fields(manifest, Path(model_dir) / MANIFEST)
+    return check_cascade_fields(manifest, source)
 
 
-def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
-                         advice: str = "fix it or re-export the model") -> dict[str, Any]:
-    """``manifest`` if the fields a cascade runs by hold values it can run with, else one line naming
-    ``source`` (the file they came from) and the field: ``default_rho`` [ρ₂, ρ₃] in (0, 1] (a version-1
-    manifest's one number, meaning both, becomes that pair), ``input_size`` two positive integers,
-    ``classes`` names (at most 255: 255 marks void pixels) and ``palette`` one RGB colour per class.
-    The stage graphs themselves are checked against these by the backend that loads them
-    (``export.graph.check_stage_graphs``)."""
+def check_file_name(name: object, source: str | os.PathLike, field: str) -> str:
+    """``name`` if it is a plain file name (no folder part, not ``.``/``..``, not absolute, printable,
+    at most 255 bytes), else one line naming ``source`` and ``field``: the one rule for the names a model
+    dir's metadata gives, so that no name read from it leads out of the dir."""
+    if not (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and name.isprintable() and len(os.fsencode(name)) <= 255):
+        fail(f"{source}: {field} {json.dumps(name)[:80]} is not a plain file name inside the model directory; "
+             "re-export the model")
+    return name
+
+
+# Bounds on the JSON files a command reads from a model dir or an output folder (lc.json, engines.json,
+# summary.json): ours are kilobytes; a crafted one must not cost memory or a RecursionError.
+MAX_MANIFEST_BYTES = 16 * 2**20
+MAX_JSON_DEPTH = 32
+
+
+def read_json(path: Path, advice: str, max_bytes: int = MAX_MANIFEST_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value in ``path``, or one line naming the file and ``advice``: not readable, over ``max_bytes``,
+    not JSON, or nested deeper than ``max_depth``."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as error:
+        fail(f"{path}: cannot be read ({error.strerror or error}); {advice}")
+    if len(data) > max_bytes:
+        fail(f"{path}: over {max_bytes // 2**20} MiB, far larger than layercascade writes; {advice}")
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        value = None
+        depth = max_depth + 1
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        fail(f"{path}: not valid JSON ({error}); {advice}")
+    else:
+        depth = json_depth(value, max_depth)
+    if depth > max_depth:
+        fail(f"{path}: nested deeper than {max_depth} levels, not a file layercascade writes; {advice}")
+    return value
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """How deep ``value``'s lists and dicts nest (a scalar is 0, ``[1]`` is 1), counted up to ``limit`` + 1."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        containers = [v for v in level if isinstance(v, (list, dict))]
+        if not containers:
+            break
+        depth += 1
+        level = [item for v in containers for item in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
+def check_version(version: object, supported: int, source: str | os.PathLike, what: str) -> int:
+    """``version`` if it is a format version this layercascade reads (an integer from 1 to ``supported``),
+    else one line: newer (upgrade layercascade) or not a version at all (the file is damaged)."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        fail(f"{source}: {what} version {json.dumps(version)[:40]} is not a version number (an integer from 1); "
+             "the file is damaged or not layercascade's")
+    if version > supported:
+        fail(f"{source}: {what} version {version} is newer than this layercascade reads ({supported}); "
+             "upgrade layercascade")
+    return version
+
+
+def check_model_fields(manifest: dict[str, Any], source: str | os.PathLike,
+                       advice: str = "fix it or re-export the model") -> dict[str, Any]:
+    """``manifest`` if the fields a model takes from its checkpoint hold values it can run with, else one line
+    naming ``source`` (the file they came from), the field and ``advice``: ``default_rho`` [ρ₂, ρ₃] in (0, 1]
+    (a version-1 manifest's one number, meaning both, becomes that pair), ``input_size`` two positive integers
+    of at most :data:`MAX_PIXELS` pixels, ``classes`` names (at most 255: 255 marks void pixels), ``palette``
+    one RGB colour per class, ``mean`` and ``std`` three finite numbers each (``std`` positive). Checked at
+    export (of the checkpoint's values) and at load (of ``lc.json``'s)."""
     def wrong(field: str, what: str) -> NoReturn:
         fail(f"{source}: {field} {json.dumps(manifest.get(field))[:80]} is not {what}; {advice}")
 
@@ -95,8 +176,10 @@ def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
     elif not (isinstance(rho, list) and len(rho) == 2 and all(_threshold(r) for r in rho)):
         wrong("default_rho", "[rho2, rho3] (two numbers in (0, 1])")
     size = manifest.get("input_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(n) for n in size)):
+    if not (isinstance(size, list) and len(size) == 2 and all(_int_in(n, 1, MAX_PIXELS) for n in size)):
         wrong("input_size", "[height, width] (two positive integers)")
+    if size[0] * size[1] > MAX_PIXELS:
+        wrong("input_size", f"an input of at most {MAX_PIXELS:,} pixels")
     classes = manifest.get("classes")
     if not (isinstance(classes, list) and 0 < len(classes) < 256 and all(isinstance(c, str) for c in classes)):
         wrong("classes", "a list of 1 to 255 class names")
@@ -106,19 +189,62 @@ def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
         wrong("palette", "a list of [r, g, b] colours (integers 0..255)")
     if len(palette) != len(classes):
         fail(f"{source}: palette has {len(palette)} colours for {len(classes)} classes; {advice}")
+    for field, low in (("mean", -math.inf), ("std", 0.0)):
+        values = manifest.get(field)
+        if not (isinstance(values, list) and len(values) == 3 and all(_number(v) and v > low for v in values)):
+            wrong(field, "three finite numbers, one per RGB channel" + (", each above 0" if low == 0 else ""))
     return manifest
+
+
+def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
+                         advice: str = "fix it or re-export the model") -> dict[str, Any]:
+    """``manifest`` if every field a cascade runs by holds a value it can run with (:func:`check_model_fields`,
+    and what the export adds: ``batch``, ``stage_size``, ``stage_gmacs``), else one line naming ``source``
+    and the field. The stage graphs themselves are checked against these by the backend that loads them
+    (``export.graph.check_stage_graphs``)."""
+    def wrong(field: str, what: str) -> NoReturn:
+        fail(f"{source}: {field} {json.dumps(manifest.get(field))[:80]} is not {what}; {advice}")
+
+    check_model_fields(manifest, source, advice)
+    batch = manifest.get("batch")
+    dynamic = isinstance(batch, dict) and batch.get("dynamic") is True
+    if not (isinstance(batch, dict) and isinstance(batch.get("dynamic"), bool)
+            and (batch.get("max") is None or _int_in(batch.get("max"), 1, MAX_BATCH) if dynamic
+                 else _int_in(batch.get("size"), 1, MAX_BATCH))):
+        wrong("batch", f'{{"dynamic": false, "size": N}} or {{"dynamic": true, "max": N or null}} (N from 1 to '
+                       f"{MAX_BATCH})")
+    size = manifest.get("stage_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_int_in(n, 1, MAX_PIXELS) for n in size)):
+        wrong("stage_size", "[height, width] (two positive integers)")
+    gmacs = manifest.get("stage_gmacs")
+    if not (isinstance(gmacs, list) and len(gmacs) == 3 and all(
+            isinstance(g, dict) and all(_number(g.get(part)) and g[part] >= 0 for part in ("backbone", "head"))
+            for g in gmacs)):
+        wrong("stage_gmacs", 'three {"backbone": GMACs, "head": GMACs} (finite numbers, 0 or more)')
+    for record in ("source", "quantization", "tuning", "engines"):  # what other commands add: read by some
+        if record in manifest and not isinstance(manifest[record], dict):
+            wrong(record, "a record (a JSON object)")
+    return manifest
+
+
+# The largest model input a model dir may declare, and the largest image read by default (lc-run's
+# --max-pixels, model.data.images.MAX_PIXELS): 100 MP.
+MAX_PIXELS = 100_000_000
+# The largest batch a model dir may declare: far above any batch that fits a machine's memory at
+# the smallest input, small enough that a crafted lc.json cannot make a run allocate without bound.
+MAX_BATCH = 4096
 
 
 def _threshold(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value <= 1.0
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _int_in(value: object, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def _positive_int(value: object) -> bool:
-    return _int_in(value, 1, 1 << 30)
 
 
 def model_hash(manifest: dict[str, Any]) -> str:
@@ -153,46 +279,96 @@ def write_atomic(path: str | os.PathLike[str], write_fn: Callable[[Path], object
         raise
 
 
-def check_model_dir_target(target: Path) -> None:
-    """Fail (one line, nothing touched) unless ``target`` can become a model directory: missing, an
-    empty folder or an earlier model directory, under parents that are folders."""
+# The commands that write model dirs. Each replaces only a model dir it wrote itself (lc.json's ``writer``),
+# never another command's: lc-tune -o onto an export, or lc-export -o onto an INT8 dir, is refused.
+WRITERS = ("lc-export", "lc-calibrate", "lc-tune", "lc-build")
+
+
+def writer_of(manifest: dict[str, Any]) -> str:
+    """The command that wrote a model dir: its ``writer``, or for a dir from before that field, what its
+    records say (a ``tuning`` record: lc-tune; ``quantization``: lc-calibrate; ``engines``: lc-build)."""
+    if manifest.get("writer") in WRITERS:
+        return manifest["writer"]
+    for key, writer in (("tuning", "lc-tune"), ("quantization", "lc-calibrate"), ("engines", "lc-build")):
+        if key in manifest:
+            return writer
+    return "lc-export"
+
+
+def check_folder_target(target: Path, advice: str = "choose another -o") -> None:
+    """Fail (one line) when ``target`` or one of its parents exists and is not a folder."""
     blocking = next((p for p in [target, *target.parents] if p.exists() and not p.is_dir()), None)
     if blocking is not None:
-        fail(f"{blocking}: exists and is not a folder; choose another -o (nothing was written)")
-    if target.is_dir() and not (target / MANIFEST).is_file() and any(target.iterdir()):
+        fail(f"{blocking}: exists and is not a folder; {advice} (nothing was written)")
+
+
+def check_model_dir_target(target: Path, writer: str) -> None:
+    """Fail (one line, nothing touched) unless ``target`` can become a model directory written by ``writer``
+    (one of :data:`WRITERS`): missing, an empty folder or a model directory ``writer`` wrote before, under
+    parents that are folders."""
+    check_folder_target(target)
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not (target / MANIFEST).is_file():
         fail(f"{target}: exists and is not a layercascade model directory; choose another -o")
+    try:
+        earlier = read_json(target / MANIFEST, "")
+    except LCError:
+        earlier = None
+    if not isinstance(earlier, dict) or earlier.get("format") != FORMAT:
+        fail(f"{target}: holds an lc.json that is not a layercascade manifest; choose another -o")
+    if writer_of(earlier) != writer:
+        fail(f"{target}: holds a model dir written by {writer_of(earlier)}, which {writer} does not replace; "
+             "choose another -o (or remove that folder first)")
 
 
-def write_model_dir(target: str | os.PathLike, write: Callable[[Path], dict[str, Any]]) -> Path:
-    """Build a model directory atomically.
+def write_model_dir(target: str | os.PathLike, write: Callable[[Path], dict[str, Any]], writer: str) -> Path:
+    """Build a model directory atomically, as the command ``writer`` (one of :data:`WRITERS`).
 
     ``write(tmp_dir)`` writes the files and returns the manifest (without ``files``); the
     sha256 of every file is added, and the folder replaces ``target`` only when complete. A
-    ``target`` that cannot become a model directory fails before anything is written.
+    ``target`` that cannot become a model directory of ``writer`` fails before anything is written.
     """
+    if writer not in WRITERS:
+        raise ValueError(f"unknown model dir writer {writer!r}")
     target = Path(target).resolve()
-    check_model_dir_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    check_model_dir_target(target, writer)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail(f"{target.parent}: cannot create the folder ({error.strerror or error}); choose another -o")
+    staging = staging_folder(target)
     try:
         manifest = write(staging)
         files = sorted(p.name for p in staging.iterdir() if p.is_file())
-        manifest = {"format": FORMAT, "version": VERSION, **manifest,
+        manifest = {"format": FORMAT, "version": VERSION, **manifest, "writer": writer,
                     "files": {name: sha256_file(staging / name) for name in files}}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        check_model_dir_target(target)  # again: something may have appeared there while writing
+        check_model_dir_target(target, writer)  # again: something may have appeared there while writing
         replace_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
+def staging_folder(target: Path) -> Path:
+    """A new empty hidden folder beside ``target`` to build it in. Made with ``mkdir`` (not ``mkdtemp``, whose
+    folders are 0700) so that the folder renamed into place has the usual permissions: a model dir is read by
+    other users too (a service account)."""
+    while True:
+        staging = temporary_path(target)
+        try:
+            staging.mkdir()
+            return staging
+        except FileExistsError:  # a name drawn twice: draw again
+            continue
+
+
 def replace_folder(staging: Path, target: Path) -> None:
     """Put the complete folder ``staging`` at ``target`` (a sibling), replacing a folder there: the old one is
     renamed aside first and removed only once the new one is in place."""
     if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = temporary_path(target)  # a fresh name: nothing of the user's beside target is touched
         target.rename(old)
         staging.rename(target)
         shutil.rmtree(old, ignore_errors=True)

@@ -17,7 +17,7 @@ from layercascade.contract import RhoLike, check_rho, rho_or_default, rho_value
 from layercascade.errors import fail
 from layercascade.export.graph import load_onnx
 from layercascade.export.session import import_onnxruntime
-from layercascade.manifest import model_hash, read_cascade_manifest, write_model_dir
+from layercascade.manifest import check_model_dir_target, model_hash, read_cascade_manifest, write_model_dir
 from layercascade.model.data.images import resize_image
 
 # The fields of the statistics' ``meta`` that must match for a cached file to be reused.
@@ -90,6 +90,7 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
              "calibrate the fp32 model dir it came from")
     if output.resolve() == model_dir.resolve():
         fail(f"-o {output}: is the model dir itself; write the INT8 model to another directory")
+    check_model_dir_target(output.resolve(), "lc-calibrate")  # before minutes of statistics, not after
     dataset = open_dataset(data, split, seed=seed, limit=limit)
     if len(dataset) == 0:
         fail(f"no calibration images in {data!r} split {split!r}; point --data at a data set with images")
@@ -125,5 +126,5 @@ def calibrate(model_dir: Path, output: Path, data: str = "synthetic", split: str
         kept = {k: v for k, v in manifest.items() if k not in ("format", "version", "files")}
         return {**kept, "quantization": record}
 
-    write_model_dir(output, write)
+    write_model_dir(output, write, "lc-calibrate")
     return {**record, "statistics_cache": str(cache), "statistics_reused": reused}

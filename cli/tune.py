@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     output = (args.output or tune.default_output(model_dir)).resolve()
     tune.check_tuned_target(model_dir, output)
     plot = None if args.no_plot else args.plot or output.with_name(f"{output.name}_frontier.png")
-    if plot is not None:
-        pyplot("the frontier plot (skip it with --no-plot)")  # before minutes of measuring, not after
+    if plot is not None:  # before minutes of measuring, not after
+        pyplot("the frontier plot (skip it with --no-plot)")
+        tune.check_plot_target(plot.resolve())
     dataset = open_dataset(args.data, args.split, seed=args.seed, limit=args.limit)
     with Cascade.load(model_dir, **load_options(args, args.threads)) as cascade:
         result = tune.measure_grid(cascade, dataset, args.grid or tune.GRID, args.iters, args.warmup,

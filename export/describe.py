@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from layercascade.errors import fail
-from layercascade.manifest import check_cascade_fields, sha256_file
+from layercascade.manifest import check_model_fields, sha256_file
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.config import ModelConfig
 from layercascade.model.flops import stage_costs
@@ -64,4 +64,4 @@ def model_keys(checkpoint: Checkpoint, input_size: tuple[int, int],
         "tools": {"layercascade": __version__, "torch": str(torch.__version__)},
     }
     # What every runtime checks on load is checked before a model dir is written.
-    return check_cascade_fields(keys, source or "the checkpoint", "fix the checkpoint's classes and palette")
+    return check_model_fields(keys, source or "the checkpoint", "fix it in the checkpoint (lc-train writes it)")

@@ -6,13 +6,13 @@ ONNX Runtime's INT8 rewrites and layout fold, lc-build's graph loading).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from layercascade.contract import DTYPES, IMAGE, LABELS, SCORES1, SCORES2, STAGE_INPUTS, STAGE_OUTPUTS
 from layercascade.errors import fail
@@ -77,11 +77,51 @@ class GraphBuilder:
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """The ONNX model at ``path``, or one line naming the damaged file."""
+    """The ONNX model at ``path``, or one line naming the damaged file.
+
+    Tensors stored as external data are read only from plain files beside ``path`` (the model dir's
+    rule for names: ``manifest.check_file_name``); any other location is refused, naming it."""
+    path = Path(path)
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # noqa: BLE001 - protobuf raises several types on damaged files
-        fail(f"{path}: corrupt or truncated ONNX file ({str(error).splitlines()[0][:120]}); re-export the model")
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        fail(f"{path}: corrupt or truncated ONNX file ({first[:300]}); re-export the model")
+    external = [t for t in all_tensors(model) if external_data_helper.uses_external_data(t)]
+    for tensor in external:
+        location = external_data_helper.ExternalDataInfo(tensor).location
+        file = path.parent / location
+        if (Path(location).name != location or location in ("", ".", "..") or not file.is_file()
+                or file.resolve().parent != path.parent.resolve()):
+            fail(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, which is not a file beside it "
+                 "(external data is read only from files in the model's own folder); re-export the model")
+    if external:
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as error:  # noqa: BLE001 - a short or unreadable data file
+            fail(f"{path}: its external data cannot be read ({str(error)[:200]}); re-export the model")
+    return model
+
+
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a model holds: the initializers and the attribute tensors of every node, in subgraphs
+    and model-local functions too."""
+    def of_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                    yield from of_graph(graph)
+
+    def of_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        yield from of_nodes(graph.node)
+
+    yield from of_graph(model.graph)
+    for function in model.functions:
+        yield from of_nodes(function.node)
 
 
 def io_spec(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:

@@ -356,4 +356,4 @@ def export_model(
             "tools": {**keys["tools"], "onnx": onnx.__version__},
         }
 
-    return write_model_dir(output_dir, write)
+    return write_model_dir(output_dir, write, "lc-export")

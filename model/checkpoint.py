@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from layercascade.errors import fail
+from layercascade.manifest import check_model_fields, check_version
 from layercascade.model.config import ModelConfig
 from layercascade.model.network import LayerCascadeNet
 
@@ -116,10 +117,7 @@ def load_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         hint = " (it looks like a plain state dict: use it with --backbone-weights)" if isinstance(data, dict) else ""
         fail(f"{path}: not a layercascade checkpoint{hint}")
-    version = data.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        fail(f"{path}: checkpoint format version {version!r} is newer than this layercascade "
-             f"understands ({VERSION}); upgrade layercascade")
+    check_version(data.get("version"), VERSION, path, "checkpoint format")
     missing = [k for k in ("config", "state_dict", "classes", "palette") if k not in data]
     if missing:
         fail(f"{path}: checkpoint lacks {', '.join(missing)}; the file is incomplete")
@@ -128,18 +126,33 @@ def load_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
     ):
         fail(f"{path}: checkpoint state_dict is not a mapping of tensors")
     config = ModelConfig.from_dict(data["config"])
-    if len(data["classes"]) != config.num_classes:
-        fail(f"{path}: {len(data['classes'])} class names for a {config.num_classes}-class model")
     defaults = Checkpoint(config, {}, [], [])
+    fields = {name: _as_lists(data[name] if name in data else getattr(defaults, name))
+              for name in ("classes", "palette", "mean", "std", "input_size", "default_rho")}
+    # What an export and every run of the model check, checked once here: a bad value is one line naming
+    # the file, not a traceback or a silently wrong model (a std of 0, a NaN mean).
+    check_model_fields(fields, path, "the checkpoint is damaged; fix the field or retrain")
+    if isinstance(data.get("default_rho"), (list, tuple)):
+        fail(f"{path}: default_rho is a pair; a checkpoint holds one threshold (set per-stage ones with lc-tune)")
+    if len(fields["classes"]) != config.num_classes:
+        fail(f"{path}: {len(fields['classes'])} class names for a {config.num_classes}-class model")
+    training = data.get("training", {})
+    if not isinstance(training, dict):
+        fail(f"{path}: training is not a mapping of plain metadata; the checkpoint is damaged")
     return Checkpoint(
         config=config,
         state_dict=data["state_dict"],
-        classes=[str(c) for c in data["classes"]],
-        palette=[list(map(int, c)) for c in data["palette"]],
-        mean=[float(v) for v in data.get("mean", defaults.mean)],
-        std=[float(v) for v in data.get("std", defaults.std)],
-        input_size=[int(v) for v in data.get("input_size", defaults.input_size)],
-        default_rho=float(data.get("default_rho", defaults.default_rho)),
-        training=dict(data.get("training", {})),
+        classes=list(fields["classes"]),
+        palette=[list(c) for c in fields["palette"]],
+        mean=[float(v) for v in fields["mean"]],
+        std=[float(v) for v in fields["std"]],
+        input_size=list(fields["input_size"]),
+        default_rho=fields["default_rho"][0],
+        training=dict(training),
         resume=data.get("resume"),
     )
+
+
+def _as_lists(value: Any) -> Any:
+    """``value`` with its tuples as lists, at every level (the form the checks and ``lc.json`` take)."""
+    return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value

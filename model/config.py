@@ -32,9 +32,18 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        if not isinstance(data, dict):
+            fail("model config is not a mapping; the checkpoint is damaged or not layercascade's")
+        unknown = sorted(map(str, set(data) - known))
         if unknown or "backbone" not in data:
             fail(f"model config has unknown keys {unknown} or no backbone; it was written by another version")
+        if data["backbone"] not in _CONFIGS:
+            fail(f"model config names backbone {str(data['backbone'])[:40]!r}, not one of {', '.join(_CONFIGS)}")
+        # Bounded, since a network of the config is built before its weights are compared with the checkpoint's.
+        for name, high in (("num_classes", 255), ("head_channels", 8192)):
+            value = data.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                fail(f"model config {name} {str(value)[:40]} is not an integer from 1 to {high}")
         return cls(**data)
 
 

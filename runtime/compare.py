@@ -49,6 +49,8 @@ def precision_sources(model_dir: Path | None, precisions: list[str], backend: st
                  f"{model_dir} -o DIR_INT8), then: lc-bench DIR_INT8 --compare {','.join(precisions)}")
         fp32_dir = model_dir
     else:
+        if not isinstance(record.get("source"), str):
+            fail(f"{model_dir}: its quantization record names no fp32 source dir; calibrate again")
         fp32_dir = Path(record["source"])
         if not (fp32_dir / "lc.json").is_file() or model_hash(read_cascade_manifest(fp32_dir)) != record[
                 "source_model_sha256"]:

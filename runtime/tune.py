@@ -25,6 +25,7 @@ meets every accuracy budget; a latency budget no setting meets is an error namin
 from __future__ import annotations
 
 import itertools
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -65,8 +66,11 @@ class Budget:
     def __post_init__(self) -> None:
         if self.kind not in BUDGETS:
             fail(f"unknown budget {self.kind!r}; choose one of {', '.join(BUDGETS)}")
-        if not (self.value > 0 or (self.kind == "max_miou_drop" and self.value == 0)):
-            fail(f"--{self.kind.replace('_', '-')} must be a positive number, got {self.value}")
+        # An mIoU drop of 0 is a budget (as accurate as the default, as fast as possible); 0 ms or 0 FPS is not.
+        low_ok = self.kind == "max_miou_drop"
+        if not (math.isfinite(self.value) and (self.value >= 0 if low_ok else self.value > 0)):
+            fail(f"--{self.kind.replace('_', '-')} must be a finite number {'of 0 or more' if low_ok else 'above 0'}, "
+                 f"got {self.value}")
 
     def met_by(self, point: dict[str, Any]) -> bool:
         """Whether a measured ``point`` (:func:`measure_grid`'s) meets the budget."""
@@ -190,7 +194,7 @@ def check_tuned_target(model_dir: Path, output: Path) -> None:
     model_dir, output = Path(model_dir).resolve(), Path(output).resolve()
     if output == model_dir or model_dir in output.parents or output in model_dir.parents:
         fail(f"-o {output}: would overwrite the model dir {model_dir}; write the tuned copy to another folder")
-    check_model_dir_target(output)
+    check_model_dir_target(output, "lc-tune")
 
 
 def tuning_record(result: dict[str, Any], chosen: dict[str, Any], budget: Budget, data: dict[str, Any],
@@ -226,7 +230,32 @@ def write_tuned_dir(model_dir: Path, output: Path, rho: Rho, tuning: dict[str, A
         kept = {key: value for key, value in manifest.items() if key not in ("format", "version", "files")}
         return {**kept, "default_rho": list(rho), "tuning": tuning}
 
-    return write_model_dir(output, write)
+    return write_model_dir(output, write, "lc-tune")
+
+
+# The PNG text chunk that marks a frontier plot as lc-tune's: an existing file at --plot is replaced only if
+# it carries it (an earlier lc-tune's plot), never a user's picture or any other file.
+PLOT_SOFTWARE = "layercascade lc-tune frontier plot"
+
+
+def check_plot_target(path: Path) -> None:
+    """Fail (one line, before any measuring) unless the frontier plot can be written at ``path``: its folder
+    exists, and nothing is there but an earlier lc-tune plot (which is replaced)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.parent.is_dir():
+        fail(f"--plot {path}: the folder {path.parent} does not exist; create it or choose another --plot")
+    if not path.exists() and not path.is_symlink():
+        return
+    software = None
+    if path.is_file() and not path.is_symlink():
+        try:
+            with Image.open(path) as picture:
+                software = picture.format == "PNG" and picture.info.get("Software")
+        except (OSError, UnidentifiedImageError, ValueError):
+            software = None
+    if software != PLOT_SOFTWARE:
+        fail(f"--plot {path}: exists and is not a frontier plot lc-tune wrote; choose another --plot (or --no-plot)")
 
 
 def plot_frontier(result: dict[str, Any], chosen: dict[str, Any], budget: Budget, path: Path) -> None:
@@ -263,5 +292,5 @@ def plot_frontier(result: dict[str, Any], chosen: dict[str, Any], budget: Budget
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    write_atomic(path, figure.savefig)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, metadata={"Software": PLOT_SOFTWARE}))
     plt.close(figure)

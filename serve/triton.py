@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import numpy as np
 
 from layercascade.contract import LABELS, RHO, STAGE_COUNTS, STAGE_RHOS
 from layercascade.errors import fail
-from layercascade.manifest import read_manifest, replace_folder, sha256_file
+from layercascade.manifest import check_folder_target, read_manifest, replace_folder, sha256_file, staging_folder
 from layercascade.runtime.trt.engines import METADATA, is_engine_dir, read_metadata
 from layercascade.version import __version__
 
@@ -131,9 +130,13 @@ def write_repository(source: Path | None, repository: Path, platform: str | None
         models = ensemble_models(source, name, instances)
     else:
         models = [graph_model(source, name, platform, max_batch, instances, batch_delay_us)]
+    check_folder_target(repository, "choose another -o for the repository")
     for folder, _ in models:
         check_replaceable(repository / folder)
-    repository.mkdir(parents=True, exist_ok=True)
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail(f"{repository}: cannot create the repository folder ({error.strerror or error}); choose another -o")
     return [install(repository, folder, write) for folder, write in models]
 
 
@@ -146,7 +149,7 @@ def install(repository: Path, folder: str, write: Any) -> Path:
     """Write one model folder in a staging folder beside it, then put it in place (replacing an earlier
     lc-triton folder of the name)."""
     target = repository / folder
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=repository))
+    staging = staging_folder(target)
     try:
         write(staging)
         check_replaceable(target)

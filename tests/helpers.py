@@ -64,7 +64,7 @@ def copy_demo_model(target: Path, convert=None, **extra) -> Path:
             onnx.save(convert(model) if convert else model, folder / name)
         return {**{k: v for k, v in manifest.items() if k not in ("format", "version", "files")}, **extra}
 
-    return write_model_dir(target, write)
+    return write_model_dir(target, write, "lc-export")
 
 
 def png_claiming(width: int, height: int) -> bytes:

@@ -173,6 +173,6 @@ def test_a_dense_only_dir_is_refused(tmp_path, capsys) -> None:
         shutil.copy(DEMO_MODEL / "dense.onnx", folder / "dense.onnx")
         return manifest
 
-    dense = write_model_dir(tmp_path / "dense", write)
+    dense = write_model_dir(tmp_path / "dense", write, "lc-export")
     assert run_cli(triton_cli.main, [str(dense), "-o", str(tmp_path / "repo")]) == 1
     assert "holds only the dense network" in capsys.readouterr().err

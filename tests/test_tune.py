@@ -100,12 +100,15 @@ def test_a_budget_none_meets_names_the_closest_setting() -> None:
 
 
 def test_budgets_are_checked() -> None:
-    with pytest.raises(LCError, match="--target-ms must be a positive number"):
+    with pytest.raises(LCError, match="--target-ms must be a finite number above 0, got 0"):
         Budget("target_ms", 0.0)
-    with pytest.raises(LCError, match="--max-miou-drop must be a positive number"):
+    with pytest.raises(LCError, match="--max-miou-drop must be a finite number of 0 or more, got -1"):
         Budget("max_miou_drop", -1.0)
-    with pytest.raises(LCError, match="--target-fps must be a positive number"):
+    with pytest.raises(LCError, match="--target-fps must be a finite number above 0, got nan"):
         Budget("target_fps", float("nan"))
+    with pytest.raises(LCError, match="--target-ms must be a finite number above 0, got inf"):
+        Budget("target_ms", float("inf"))
+    assert Budget("max_miou_drop", 0.0).value == 0.0  # as accurate as the default: a budget its message allows
 
 
 # -- the command ------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import ExifTags, Image
 
+from layercascade import manifest
 from layercascade.errors import LCError, fail
 
 # Pillow's integer modes: 16-bit unsigned in various byte orders, and 32-bit signed 'I'
@@ -25,8 +26,9 @@ from layercascade.errors import LCError, fail
 _WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # The largest image read by default (100 megapixels, beyond every common camera): checked from the
 # header, before a pixel is decoded, so a small file claiming a huge image (a decompression bomb,
-# or an all-zero 13000² PNG of 0.5 MB) is refused before it takes gigabytes.
-MAX_PIXELS = 100_000_000
+# or an all-zero 13000² PNG of 0.5 MB) is refused before it takes gigabytes. Also the largest model
+# input a model dir may declare (``manifest.check_model_fields``).
+MAX_PIXELS = manifest.MAX_PIXELS
 # Pillow's own bomb limit is process-wide state; our reads set it to theirs one at a time.
 _PILLOW_LIMIT = threading.Lock()
 # Images are converted to RGB a band of about this many pixels at a time.

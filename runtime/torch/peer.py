@@ -14,9 +14,9 @@ from layercascade.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
 def source_checkpoint(manifest: dict[str, Any], model_dir: Path) -> Path:
     """The checkpoint ``manifest`` was exported from: its recorded path (as given, or beside the model
     dir) or the bundled demo checkpoint, whichever has the recorded sha256; else one line."""
-    source = manifest.get("source") or {}
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
     name, digest = source.get("checkpoint"), source.get("sha256")
-    candidates = [Path(name), model_dir.parent / Path(name).name] if name else []
+    candidates = [Path(name), model_dir.parent / Path(name).name] if isinstance(name, str) and name else []
     for path in [*candidates, DEMO_CHECKPOINT]:
         if path.is_file() and digest and sha256_file(path) == digest:
             return path

@@ -309,7 +309,7 @@ def write_engine_dir(output_dir: Path, model_dir: Path, manifest: dict[str, Any]
         runtime_manifest["engines"] = {"metadata": METADATA, "precision": settings["precision"]}
         return runtime_manifest
 
-    return write_model_dir(output_dir, write)
+    return write_model_dir(output_dir, write, "lc-build")
 
 
 def read_source_manifest(metadata: dict[str, Any]) -> dict[str, Any] | None:
