@@ -42,6 +42,12 @@ STAGE_OUTPUTS = ((FEAT1, SCORES1, MASK2), (FEAT2, SCORES2, MASK3), (LABELS, STAG
 DENSE_INPUTS, DENSE_OUTPUTS = (IMAGE,), (LABELS,)
 
 
+# The symbolic dimensions of a dynamic-size export (lc-export --dynamic-size): the image's height and width
+# (multiples of 8), and the stage resolution's (an eighth of them).
+DYNAMIC_DIMS = ("height", "width")
+DYNAMIC_STAGE_DIMS = ("stage_height", "stage_width")
+
+
 # (ρ₂, ρ₃): the thresholds of M₂ (stage 1 → 2) and M₃ (stage 2 → 3).
 Rho = tuple[float, float]
 # What the API takes for them: one ρ for both stages, or (ρ₂, ρ₃).

@@ -221,6 +221,15 @@ def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
             isinstance(g, dict) and all(_number(g.get(part)) and g[part] >= 0 for part in ("backbone", "head"))
             for g in gmacs)):
         wrong("stage_gmacs", 'three {"backbone": GMACs, "head": GMACs} (finite numbers, 0 or more)')
+    if "dynamic_size" in manifest:  # lc-export --dynamic-size: the image sizes the graphs take
+        sizes = manifest["dynamic_size"]
+        if not (isinstance(sizes, dict) and sizes.get("multiple") == 8
+                and all(isinstance(sizes.get(k), list) and len(sizes[k]) == 2
+                        and all(_int_in(n, 8, MAX_PIXELS) and n % 8 == 0 for n in sizes[k]) for k in ("min", "max"))
+                and all(low <= high for low, high in zip(sizes["min"], sizes["max"]))
+                and sizes["max"][0] * sizes["max"][1] <= MAX_PIXELS):
+            wrong("dynamic_size", '{"min": [H, W], "max": [H, W], "multiple": 8} (multiples of 8, min <= max, '
+                                  f"at most {MAX_PIXELS:,} pixels)")
     for record in ("source", "quantization", "tuning", "engines"):  # what other commands add: read by some
         if record in manifest and not isinstance(manifest[record], dict):
             wrong(record, "a record (a JSON object)")

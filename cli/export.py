@@ -27,11 +27,35 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--batch", type=int, default=1, metavar="N", help="static batch size (default: 1)")
     batch.add_argument("--dynamic-batch", type=int, default=None, metavar="MAX",
                        help="symbolic batch dimension; MAX is recorded for TensorRT optimisation profiles")
+    parser.add_argument("--dynamic-size", type=size_range, nargs="?", const=DEFAULT_DYNAMIC_SIZE, default=None,
+                        metavar="MINxMIN:MAXxMAX",
+                        help="symbolic image height and width: the graphs take any size within these bounds that "
+                             "is a multiple of 8 (the runtime pads an image up to one and crops the labels back), "
+                             "so images run at their own resolution and aspect ratio; --input-size is then the "
+                             "nominal size lc-bench and lc-calibrate use (default bounds: "
+                             f"{format_range(DEFAULT_DYNAMIC_SIZE)})")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18–21 (default: 18)")
     parser.add_argument("--dense", action="store_true",
                         help="write only dense.onnx: the plain network (every pixel through every stage, final "
                              "head only), as a baseline model directory")
     return parser
+
+
+# lc-export --dynamic-size without bounds: from small crops to 2K frames (1080×1920 and 2048×1024 included).
+DEFAULT_DYNAMIC_SIZE = ((32, 32), (2048, 2048))
+
+
+def size_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``MINxMIN:MAXxMAX`` → ((min H, min W), (max H, max W))."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected MINxMIN:MAXxMAX such as 64x64:2048x2048, got {text!r}")
+    low, high = (size(part) for part in parts)
+    return low, high
+
+
+def format_range(bounds: tuple[tuple[int, int], tuple[int, int]]) -> str:
+    return ":".join(f"{h}x{w}" for h, w in bounds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"exporting {source.name} ({checkpoint.config.backbone}) to {output} ...", flush=True)
     written = export_model(checkpoint, output, input_size=args.input_size, batch=args.batch,
                            dynamic_batch=args.dynamic_batch, opset=args.opset, dense_only=args.dense,
-                           source=source)
+                           source=source, dynamic_size=args.dynamic_size)
     for path in sorted(written.iterdir()):
         print(f"  {path.name:12s} {path.stat().st_size / 1e6:8.2f} MB")
     print(f"wrote {written}")

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from layercascade.contract import DTYPES, IMAGE, LABELS, SCORES1, SCORES2, STAGE_INPUTS, STAGE_OUTPUTS
+from layercascade.contract import DTYPES, DYNAMIC_DIMS, IMAGE, LABELS, SCORES1, SCORES2, STAGE_INPUTS, STAGE_OUTPUTS
 from layercascade.errors import fail
 from layercascade.manifest import MANIFEST
 
@@ -145,7 +145,8 @@ def check_stage_graphs(model_dir: Path, manifest: dict[str, Any], graphs: Sequen
     wrong labels or a runtime's error per image.
     """
     lc_json = model_dir / MANIFEST
-    height, width = manifest["input_size"]
+    # A dynamic-size export's image and label maps have the symbolic height and width of the contract.
+    height, width = DYNAMIC_DIMS if "dynamic_size" in manifest else manifest["input_size"]
     classes = len(manifest["classes"])
     written: dict[str, tuple[str, dict[str, Any]]] = {}
     for graph, entry, *contract in zip(graphs, manifest["stages"], STAGE_INPUTS, STAGE_OUTPUTS, strict=True):
@@ -175,7 +176,7 @@ def check_stage_graphs(model_dir: Path, manifest: dict[str, Any], graphs: Sequen
             name, shape = tensor["name"], tensor["shape"]
             if name in (IMAGE, LABELS) and shape[1:3] != [height, width]:
                 fail(f"{lc_json}: input_size {[height, width]} does not match {file.name}'s {name} "
-                     f"{_described(tensor)}; fix input_size or re-export the model")
+                     f"{_described(tensor)}; fix input_size (and dynamic_size) or re-export the model")
             if name in (SCORES1, SCORES2) and shape[1] != classes:
                 fail(f"{lc_json}: {classes} classes (and palette colours), but {file.name}'s {name} has {shape[1]} "
                      "channels; fix classes and palette or re-export the model")

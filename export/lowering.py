@@ -145,13 +145,31 @@ class _Lowering:
     def prepare(self, region_nodes: list[onnx.NodeProto]) -> None:
         grids = {tuple(self.shapes.get(n.input[3]) or ()) for n in region_nodes}
         shape = next(iter(grids))
-        if len(grids) != 1 or len(shape) != 4 or None in shape[2:]:
-            raise LoweringUnsupported(f"region masks of shapes {sorted(grids, key=str)}: need one static H, W")
+        if len(grids) != 1 or len(shape) != 4:
+            raise LoweringUnsupported(f"region masks of shapes {sorted(grids, key=str)}: need one grid of N, 1, H, W")
+        # A dynamic-size export's H and W are symbolic: the sizes that follow from them are then computed
+        # from a mask's shape at run time (a constant for a fixed-size graph).
         self.batch, self.height, self.width = shape[0], shape[2], shape[3]
+        self.grid_mask = region_nodes[0].input[3]
         pads = [tuple(attributes(n)["pads"]) for n in region_nodes]
         self.border = (max(p[0] for p in pads), max(p[1] for p in pads))
-        self.padded_width = self.width + 2 * self.border[1]
         self.flat = self.const("flat", np.array([-1], np.int64))
+
+    def static_grid(self) -> bool:
+        return self.height is not None and self.width is not None
+
+    def grid_size(self) -> str:
+        """(2,) int64: the grid's H, W, from a mask's shape (for a dynamic-size graph)."""
+        return self.once(("grid_size",), lambda: self.add("Shape", [self.dense_of(self.grid_mask)], "grid_hw",
+                                                          start=2, end=4))
+
+    def padded_width(self) -> int | str:
+        """The padded grid's width: a number, or a (1,) int64 tensor for a dynamic-size graph."""
+        if self.static_grid():
+            return self.width + 2 * self.border[1]
+        return self.once(("padded_width",), lambda: self.add(
+            "Add", [self.add("Shape", [self.dense_of(self.grid_mask)], "grid_w", start=3, end=4),
+                    self.const("border_w", np.array([2 * self.border[1]], np.int64))], "padded_w"))
 
     def region(self, mask: str) -> _Region:
         """The region of ``mask``, its active lists built where it is first needed."""
@@ -192,11 +210,15 @@ class _Lowering:
             return region.padded_idx
 
         def build() -> str:
-            dy = np.repeat(np.arange(kernel[0]) * dilation[0] - pads[0], kernel[1])
-            dx = np.tile(np.arange(kernel[1]) * dilation[1] - pads[1], kernel[0])
-            offsets = (dy * self.padded_width + dx).astype(np.int64)[None]
-            return self.add("Add", [self.column(region.padded_idx), self.const("offsets", offsets)],
-                            f"{region.key}/taps_at")
+            dy = np.repeat(np.arange(kernel[0]) * dilation[0] - pads[0], kernel[1]).astype(np.int64)[None]
+            dx = np.tile(np.arange(kernel[1]) * dilation[1] - pads[1], kernel[0]).astype(np.int64)[None]
+            width = self.padded_width()
+            if isinstance(width, int):
+                offsets = self.const("offsets", dy * width + dx)
+            else:
+                offsets = self.add("Add", [self.add("Mul", [self.const("offset_rows", dy), width], "offset_rows"),
+                                           self.const("offset_columns", dx)], "offsets")
+            return self.add("Add", [self.column(region.padded_idx), offsets], f"{region.key}/taps_at")
         return self.once(("taps_at", region.key, kernel, dilation, pads), build)
 
     def row_table(self, rows_region: _Region, positions: str) -> str:
@@ -253,12 +275,16 @@ class _Lowering:
             "rows_shape", np.array([-1, channels], np.int64)))
 
     def nhwc_shape(self, channels: int) -> str:
-        return self.once(("nhwc_shape", channels), lambda: self.const(
-            "nhwc_shape", np.array([-1, self.height, self.width, channels], np.int64)))
+        if self.static_grid():
+            return self.once(("nhwc_shape", channels), lambda: self.const(
+                "nhwc_shape", np.array([-1, self.height, self.width, channels], np.int64)))
+        return self.once(("nhwc_shape", channels), lambda: self.add(
+            "Concat", [self.const("batch_dim", np.array([-1], np.int64)), self.grid_size(),
+                       self.const("channels", np.array([channels], np.int64))], "nhwc_shape", axis=0))
 
     def zeros_shape(self, channels: int, region: _Region) -> str:
-        """(N·H·W, channels): a constant when the batch is static."""
-        if self.batch is not None:
+        """(N·H·W, channels): a constant when the batch and the grid are static."""
+        if self.batch is not None and self.static_grid():
             return self.const("zeros_shape", np.array([self.batch * self.height * self.width, channels], np.int64))
         return self.add("Concat", [self.add("Shape", [region.mask_flat], "pixels"),
                                    self.const("channels", np.array([channels], np.int64))], "zeros_shape", axis=0)

@@ -15,9 +15,14 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from layercascade.contract import (
+    DENSE_INPUTS,
+    DENSE_OUTPUTS,
+    DTYPES,
+    DYNAMIC_DIMS,
+    DYNAMIC_STAGE_DIMS,
     FEAT1,
     FEAT2,
     IMAGE,
@@ -28,44 +33,75 @@ from layercascade.contract import (
     SCORES1,
     SCORES2,
     STAGE_COUNTS,
+    STAGE_INPUTS,
     STAGE_OUTPUTS,
 )
 from layercascade.errors import fail
 from layercascade.export import regionconv
-from layercascade.export.describe import check_input_size, model_keys, stage_shapes
+from layercascade.export.describe import MIN_INPUT_SIZE, check_input_size, model_keys, stage_shapes
 from layercascade.export.emit import StageEmitter
 from layercascade.export.graph import GraphBuilder, io_spec
-from layercascade.manifest import write_model_dir
+from layercascade.export.labels import SCALE, label_map
+from layercascade.manifest import MAX_PIXELS, write_model_dir
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet
 from layercascade.model.ops import backbone_ops, head_ops
 
 SUPPORTED_OPSETS = range(18, 22)
-SCALE = 8  # stage resolution → input resolution
-FLOAT, UINT8, INT64 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT64
+FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
+# The ONNX element type of each contract tensor whose dtype the contract fixes (the others are float).
+ELEMENT_TYPES = {name: helper.np_dtype_to_tensor_dtype(np.dtype(dtype)) for name, dtype in DTYPES.items()}
 
 
 class _Exporter:
-    def __init__(self, model: LayerCascadeNet, checkpoint: Checkpoint, input_size: tuple[int, int],
-                 batch: int | str, opset: int) -> None:
+    """The parts the graphs share: the contract's tensors at this export's sizes, the normalised image, a
+    stage's blocks and head, the threshold, the score fusion, the counts. One method per graph
+    (:meth:`stage1` … :meth:`stage3`, :meth:`dense`) puts them together.
+
+    ``input_size`` is None for a dynamic-size export: the image's height and width are then symbolic, and so is
+    every size that follows from them (``nominal_size`` gives the stage channels)."""
+
+    def __init__(self, model: LayerCascadeNet, checkpoint: Checkpoint, nominal_size: tuple[int, int],
+                 batch: int | str, opset: int, dynamic_size: bool = False) -> None:
         self.model = model
         self.checkpoint = checkpoint
-        self.input_size = input_size
         self.batch = batch
         self.opset = opset
-        self.shapes = stage_shapes(model.config, input_size)
+        shapes = stage_shapes(model.config, nominal_size)
+        self.channels = [c for c, _, _ in shapes]
+        self.input_size = None if dynamic_size else tuple(nominal_size)
+        self.stage_size = None if dynamic_size else tuple(shapes[0][1:])
         self.classes = model.config.num_classes
 
-    def feature_shape(self, index: int) -> list:
-        return [self.batch, *self.shapes[index]]
+    def shape(self, name: str) -> list:
+        """The shape of the contract tensor ``name`` in this export."""
+        image = list(DYNAMIC_DIMS) if self.input_size is None else list(self.input_size)
+        stage = list(DYNAMIC_STAGE_DIMS) if self.stage_size is None else list(self.stage_size)
+        channels = {FEAT1: self.channels[0], FEAT2: self.channels[1], SCORES1: self.classes, SCORES2: self.classes,
+                    MASK2: 1, MASK3: 1}
+        if name == IMAGE:
+            return [self.batch, *image, 3]
+        if name == LABELS:
+            return [self.batch, *image]
+        if name == RHO:
+            return [1]
+        if name == STAGE_COUNTS:
+            return [self.batch, 3]
+        return [self.batch, channels[name], *stage]
 
-    def map_shape(self, channels: int) -> list:
-        return [self.batch, channels, *self.shapes[0][1:]]
+    def inputs(self, g: GraphBuilder, names: tuple[str, ...]) -> list[str]:
+        return [g.add_input(name, ELEMENT_TYPES.get(name, FLOAT), self.shape(name)) for name in names]
 
-    def normalized_image(self, g: GraphBuilder) -> str:
+    def outputs(self, g: GraphBuilder, tensors: dict[str, str]) -> None:
+        """Name the tensors the contract's outputs (an Identity each, unless the node is already named so)."""
+        for name, tensor in tensors.items():
+            if tensor != name:
+                g.rename_output(tensor, name)
+            g.add_output(name, ELEMENT_TYPES.get(name, FLOAT), self.shape(name))
+
+    def normalized_image(self, g: GraphBuilder, image: str) -> str:
         """``(image − mean) / std`` as float NCHW; :meth:`fold_normalisation` later moves the
         division into the convs that read it."""
-        image = g.add_input(IMAGE, UINT8, [self.batch, *self.input_size, 3])
         # Converted, then transposed: ONNX Runtime transposes 3-channel uint8 slower than float (a
         # stem-only graph at 512²: 0.55 ms this way, 0.85 ms transposing first; in the whole cascade the
         # two orders time alike). OpenVINO's loader moves the Sub above the transpose, where its
@@ -98,6 +134,7 @@ class _Exporter:
         g.initializers.remove(values[divide.input[1]])
 
     def stage_body(self, g: GraphBuilder, index: int, x: str, mask: str | None) -> tuple[str, str]:
+        """Stage ``index``'s blocks and head on ``x`` (RegionConvs of ``mask`` in stages 2–3): (features, scores)."""
         emitter, regional = StageEmitter(g, mask), mask is not None
         features = emitter.emit(backbone_ops(self.model, index, regional), x)
         return features, emitter.emit(head_ops(self.model, index, regional), features)
@@ -120,138 +157,57 @@ class _Exporter:
         return mask if region is None else g.node("Mul", [mask, region], f"{name}/nest")
 
     def labels(self, g: GraphBuilder, nhwc: str) -> str:
-        """argmax of the channels-last scores ``nhwc`` upsampled bilinearly to the input size
-        (half-pixel centres, as PyTorch's ``interpolate(..., align_corners=False)``), uint8."""
-        (height, width), (h, w) = self.input_size, self.shapes[0][1:]
-        if (height, width) == (SCALE * h, SCALE * w):
-            return self.cell_labels(g, nhwc, h, w)
-        # Channels-last: ONNX Runtime's Resize and ArgMax run faster on NHWC than over axis 1.
-        sizes = g.constant("upsample.sizes", list(self.input_size))
-        upsampled = g.node("Resize", [nhwc, "", "", sizes], "upsample", mode="linear",
-                           coordinate_transformation_mode="half_pixel", axes=[1, 2])
-        return g.node("Cast", [g.node("ArgMax", [upsampled], "argmax", axis=3, keepdims=0)], LABELS, to=UINT8)
+        """The label map of the channels-last scores ``nhwc`` (``export/labels.py``)."""
+        return label_map(g, nhwc, self.classes, self.input_size, self.stage_size)
 
-    def cell_labels(self, g: GraphBuilder, nhwc: str, h: int, w: int) -> str:
-        """The exact labels of an 8× bilinear upsampling, interpolating only where it matters.
+    def graph(self, index: int | None) -> onnx.ModelProto:
+        """Stage graph ``index`` (0, 1, 2), or the dense one for None."""
+        return [self.stage1, self.stage2, self.stage3][index]() if index is not None else self.dense()
 
-        With edge padding, every output pixel lies in a cell of 8×8 pixels between four
-        low-resolution pixels and blends them with non-negative weights that depend only
-        on its place in the cell. Where the four corners share their argmax class, that
-        class is the argmax of every blend in the cell; only the other cells (near label
-        boundaries) are blended in full, as one batched (C × 4) · (4 × 64) product. The label
-        grid is built in uint8 (class ids < 256), an eighth of the bytes of int64 ids, and in
-        the image's own row order, so no transpose of the full-size map is needed.
-
-        Both ArgMax run over an axis that is not the last one: OpenVINO's ArgMax over the last
-        axis is a stable TopK several times slower than over a middle one (ONNX Runtime's runs
-        as fast either way).
-        """
-        axis1 = g.constant("labels.axis1", np.array([1], np.int64))
-        # All eight pads, no axes input: ONNX Runtime's transpose optimizer, moving the Transpose below
-        # up through this Pad, permutes a pads input as if it had all of them.
-        padded = g.node("Pad", [nhwc, g.constant("labels.pads", np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64))],
-                        "labels/edge_pad", mode="edge")
-        classes_first = g.node("Transpose", [padded], "labels/classes_first", perm=[0, 3, 1, 2])
-        corners_argmax = g.node("ArgMax", [classes_first], "labels/low_res", axis=1, keepdims=0)
-
-        def corner(dy: int, dx: int) -> str:
-            starts = g.constant(f"labels.start{dy}{dx}", np.array([dy, dx], np.int64))
-            ends = g.constant(f"labels.end{dy}{dx}", np.array([h + 1 + dy, w + 1 + dx], np.int64))
-            return g.node("Slice", [corners_argmax, starts, ends, g.constant("labels.hw_axes", np.array([1, 2]))],
-                          f"labels/corner{dy}{dx}")
-
-        c00, c01, c10, c11 = corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1)
-        agree = g.node("And", [g.node("Equal", [c00, c01], "labels/eq01"),
-                               g.node("And", [g.node("Equal", [c00, c10], "labels/eq10"),
-                                              g.node("Equal", [c00, c11], "labels/eq11")], "labels/eq_lower")],
-                       "labels/agree")
-        # Every pixel of a cell gets its top-left corner's class: rows of 8 from a (classes, 8) table, each
-        # row of cells then gathered 8 times as whole rows (broadcasts run element by element on OpenVINO).
-        cell_row_table = np.repeat(np.arange(self.classes, dtype=np.uint8)[:, None], SCALE, axis=1)
-        cell_rows = g.node("Gather", [g.constant("labels.cell_row_table", cell_row_table), c00], "labels/cell_rows",
-                           axis=0)  # (N, h+1, w+1, 8)
-        grid = g.node("Gather", [cell_rows, g.constant("labels.pixel_row_cells", np.repeat(np.arange(h + 1), SCALE))],
-                      "labels/grid", axis=1)  # (N, 8(h+1), w+1, 8)
-        # NonZero of a float map: TensorRT's parser takes NonZero on float types only.
-        disagree = g.node("Cast", [g.node("Not", [agree], "labels/disagree")], "labels/disagree_f", to=FLOAT)
-        mixed = g.node("Transpose", [g.node("NonZero", [disagree], "labels/mixed")], "labels/mixed_cells", perm=[1, 0])
-        # Row of each mixed cell's top-left corner in the padded (N·(h+2)·(w+2), C) score table: the
-        # (n, y, x) indices dotted with the strides, as a product and a sum (TensorRT has no integer MatMul).
-        strides = g.constant("labels.strides", np.array([[(h + 2) * (w + 2), w + 2, 1]], np.int64))
-        top_left = g.node("ReduceSum", [g.node("Mul", [mixed, strides], "labels/top_left_terms"), axis1],
-                          "labels/top_left", keepdims=1)  # (M, 1)
-        table = g.node("Reshape", [padded, g.constant("labels.table", np.array([-1, self.classes], np.int64))],
-                       "labels/score_rows")
-        # The four corners' rows (00, 01, 10, 11) in one gather, then classes first.
-        corner_rows = g.node("Add", [top_left, g.constant("labels.corner_offsets", np.array([[0, 1, w + 2, w + 3]]))],
-                             "labels/corner_rows")  # (M, 4)
-        corners = g.node("Transpose", [g.node("Gather", [table, corner_rows], "labels/corner_scores", axis=0)],
-                         "labels/corners", perm=[0, 2, 1])  # (M, C, 4)
-        blended = g.node("MatMul", [corners, g.constant("labels.cell_weights", cell_weights())],
-                         "labels/blend")  # (M, C, 64)
-        exact = g.node("Cast", [g.node("ArgMax", [blended], "labels/mixed_argmax", axis=1, keepdims=0)],
-                       "labels/mixed_u8", to=UINT8)
-        # Each mixed cell's 8 pixel rows as (n, pixel row, cell column) indices into the grid:
-        # (n, y, x) · (1, 8, 1) + (0, r, 0).
-        spread = g.node("Mul", [mixed, g.constant("labels.row_stride", np.array([1, SCALE, 1], np.int64))],
-                        "labels/n8yx")
-        pixel_rows = np.zeros((1, SCALE, 3), np.int64)
-        pixel_rows[0, :, 1] = np.arange(SCALE)
-        row_indices = g.node("Add", [g.node("Unsqueeze", [spread, axis1], "labels/n8yx_3d"),
-                                     g.constant("labels.pixel_rows", pixel_rows)], "labels/row_indices")
-        mixed_rows = g.node("Reshape", [exact, g.constant("labels.mixed_rows", np.array([-1, SCALE, SCALE], np.int64))],
-                            "labels/mixed_rows")
-        full = g.node("ScatterND", [grid, row_indices, mixed_rows], "labels/cells")
-        image = g.node("Reshape", [full, g.constant("labels.image", np.array([0, SCALE * (h + 1), SCALE * (w + 1)]))],
-                       "labels/padded_image")
-        half = SCALE // 2
-        return g.node("Slice", [image, g.constant("labels.crop_start", np.array([half, half])),
-                                g.constant("labels.crop_end", np.array([half + SCALE * h, half + SCALE * w])),
-                                g.constant("labels.crop_axes", np.array([1, 2]))], LABELS)
-
-    def stage(self, index: int) -> onnx.ModelProto:
-        g = GraphBuilder(f"lc_stage{index + 1}", self.opset)
-        k = self.classes
-        if index == 0:
-            x, mask = self.normalized_image(g), None
-            rho = g.add_input(RHO, FLOAT, [1])
-        elif index == 1:
-            x = g.add_input(FEAT1, FLOAT, self.feature_shape(0))
-            mask = g.add_input(MASK2, FLOAT, self.map_shape(1))
-            rho = g.add_input(RHO, FLOAT, [1])
-        else:
-            x = g.add_input(FEAT2, FLOAT, self.feature_shape(1))
-            mask = g.add_input(MASK3, FLOAT, self.map_shape(1))
-            scores1 = g.add_input(SCORES1, FLOAT, self.map_shape(k))
-            scores2 = g.add_input(SCORES2, FLOAT, self.map_shape(k))
-            mask2 = g.add_input(MASK2, FLOAT, self.map_shape(1))
-        features, scores = self.stage_body(g, index, x, mask)
-        if index == 0:
-            self.fold_normalisation(g, x)
-        if index < 2:
-            feat, stage_scores, next_mask = STAGE_OUTPUTS[index]
-            g.rename_output(features, feat)
-            g.rename_output(scores, stage_scores)
-            g.rename_output(self.threshold(g, scores, rho, mask, f"threshold{index + 2}"), next_mask)
-            g.add_output(feat, FLOAT, self.feature_shape(index))
-            g.add_output(stage_scores, FLOAT, self.map_shape(k))
-            g.add_output(next_mask, FLOAT, self.map_shape(1))
-        else:
-            # The fusion runs channels-last, as the label upsampling reads the scores. ONNX Runtime
-            # transposes a (C, H·W) map to (H·W, C) slowly for C = 21 but cancels these transposes of
-            # stage 2's and 3's scores against the lowering's (which builds them channels-last),
-            # and folds stage 1's into its classifier's NCHWc reorder.
-            def nhwc(name: str) -> str:
-                return g.node("Transpose", [name], f"{name}/nhwc", perm=[0, 2, 3, 1])
-
-            fused = self.fuse(g, nhwc(scores1), nhwc(scores2), nhwc(mask2))
-            fused = self.fuse(g, fused, nhwc(scores), nhwc(mask), "fuse/stage123")
-            self.labels(g, fused)
-            self.stage_counts(g, mask2, mask)
-            g.add_output(LABELS, UINT8, [self.batch, *self.input_size])
-            g.add_output(STAGE_COUNTS, INT64, [self.batch, 3])
+    def build(self, g: GraphBuilder, doc: str) -> onnx.ModelProto:
         functions = [regionconv.function_proto(self.opset)] if regionconv.DOMAIN in g.domains else []
-        return g.build(functions, doc=f"Layer Cascade stage {index + 1} ({self.model.config.backbone})")
+        return g.build(functions, doc=f"{doc} ({self.model.config.backbone})")
+
+    def stage1(self) -> onnx.ModelProto:
+        """image, ρ₂ → stage 1's features, scores and M₂ (``[max softmax(scores1) ≤ ρ₂]``)."""
+        g = GraphBuilder("lc_stage1", self.opset)
+        image, rho = self.inputs(g, STAGE_INPUTS[0])
+        x = self.normalized_image(g, image)
+        features, scores = self.stage_body(g, 0, x, None)
+        self.fold_normalisation(g, x)
+        mask = self.threshold(g, scores, rho, None, "threshold2")
+        self.outputs(g, dict(zip(STAGE_OUTPUTS[0], (features, scores, mask), strict=True)))
+        return self.build(g, "Layer Cascade stage 1")
+
+    def stage2(self) -> onnx.ModelProto:
+        """Stage 1's features and M₂, ρ₃ → stage 2's features and scores (region convolutions of M₂) and
+        M₃ = M₂ ∧ ``[max softmax(scores2) ≤ ρ₃]``."""
+        g = GraphBuilder("lc_stage2", self.opset)
+        feat1, mask2, rho = self.inputs(g, STAGE_INPUTS[1])
+        features, scores = self.stage_body(g, 1, feat1, mask2)
+        mask = self.threshold(g, scores, rho, mask2, "threshold3")
+        self.outputs(g, dict(zip(STAGE_OUTPUTS[1], (features, scores, mask), strict=True)))
+        return self.build(g, "Layer Cascade stage 2")
+
+    def stage3(self) -> onnx.ModelProto:
+        """Stage 2's features and M₃, the earlier scores and M₂ → the fused scores' label map and the pixels
+        decided at each stage."""
+        g = GraphBuilder("lc_stage3", self.opset)
+        feat2, mask3, scores1, scores2, mask2 = self.inputs(g, STAGE_INPUTS[2])
+        _, scores3 = self.stage_body(g, 2, feat2, mask3)
+
+        # The fusion runs channels-last, as the label upsampling reads the scores. ONNX Runtime
+        # transposes a (C, H·W) map to (H·W, C) slowly for C = 21 but cancels these transposes of
+        # stage 2's and 3's scores against the lowering's (which builds them channels-last),
+        # and folds stage 1's into its classifier's NCHWc reorder.
+        def nhwc(name: str) -> str:
+            return g.node("Transpose", [name], f"{name}/nhwc", perm=[0, 2, 3, 1])
+
+        fused = self.fuse(g, nhwc(scores1), nhwc(scores2), nhwc(mask2))
+        fused = self.fuse(g, fused, nhwc(scores3), nhwc(mask3), "fuse/stage123")
+        labels = self.labels(g, fused)
+        self.outputs(g, dict(zip(STAGE_OUTPUTS[2], (labels, self.stage_counts(g, mask2, mask3)), strict=True)))
+        return self.build(g, "Layer Cascade stage 3")
 
     def fuse(self, g: GraphBuilder, earlier: str, region_scores: str, region: str,
              name: str = "fuse/stage12") -> str:
@@ -264,42 +220,34 @@ class _Exporter:
         kept = g.node("Mul", [earlier, outside], f"{name}/kept")
         return g.node("Add", [kept, region_scores], name)
 
-    def stage_counts(self, g: GraphBuilder, mask2: str, mask3: str) -> None:
+    def stage_counts(self, g: GraphBuilder, mask2: str, mask3: str) -> str:
+        """(N, 3) int64: the stage pixels decided at stages 1, 2 and 3 (all of them, those of M₂, those of M₃)."""
         axes = g.constant("counts.axes", [1, 2, 3])
         reach2 = g.node("ReduceSum", [mask2, axes], "counts/reach2", keepdims=0)
         reach3 = g.node("ReduceSum", [mask3, axes], "counts/reach3", keepdims=0)
-        total = g.constant("counts.pixels", np.array([self.shapes[0][1] * self.shapes[0][2]], np.float32))
+        # Every pixel of the map: h·w from M₂'s shape (a constant for a fixed-size export, once folded).
+        plane = g.node("ReduceProd", [g.node("Shape", [mask2], "counts/hw", start=2)], "counts/plane", keepdims=0)
+        total = g.node("Cast", [plane], "counts/pixels", to=FLOAT)
         stop1 = g.node("Sub", [total, reach2], "counts/stop1")
         stop2 = g.node("Sub", [reach2, reach3], "counts/stop2")
         last = g.constant("counts.unsqueeze_axes", [1])
         columns = [g.node("Unsqueeze", [c, last], f"counts/col{i + 1}") for i, c in enumerate((stop1, stop2, reach3))]
         counts = g.node("Concat", columns, "counts/concat", axis=1)
-        g.node("Cast", [counts], STAGE_COUNTS, to=INT64)
+        return g.node("Cast", [counts], STAGE_COUNTS, to=INT64)
 
     def dense(self) -> onnx.ModelProto:
+        """image → labels through every stage's blocks and the last head: the plain network of the same weights."""
         g = GraphBuilder("lc_dense", self.opset)
-        x = self.normalized_image(g)
+        (image,) = self.inputs(g, DENSE_INPUTS)
+        x = normalized = self.normalized_image(g, image)
         emitter = StageEmitter(g, None)
-        image = x
         for index in range(NUM_STAGES):
             x = emitter.emit(backbone_ops(self.model, index, regional=False), x)
         scores = emitter.emit(head_ops(self.model, NUM_STAGES - 1, regional=False), x)
-        self.fold_normalisation(g, image)
-        self.labels(g, g.node("Transpose", [scores], "labels/nhwc", perm=[0, 2, 3, 1]))
-        g.add_output(LABELS, UINT8, [self.batch, *self.input_size])
-        return g.build(doc=f"Dense baseline: {self.model.config.backbone}, final head only")
-
-
-def cell_weights() -> np.ndarray:
-    """(4, 64) bilinear weights of the corners (00, 01, 10, 11) of one 8×8 cell on its pixels (row-major).
-
-    Pixel r of a cell sits at fraction (r + 0.5) / 8 between its corners (half-pixel
-    centres); the weights are multiples of 1/256, exact in float32.
-    """
-    fraction = (np.arange(SCALE) + 0.5) / SCALE
-    rows = np.stack([1 - fraction, fraction], axis=1)
-    weights = np.einsum("ra,cb->abrc", rows, rows).reshape(4, SCALE * SCALE)
-    return weights.astype(np.float32)
+        self.fold_normalisation(g, normalized)
+        labels = self.labels(g, g.node("Transpose", [scores], "labels/nhwc", perm=[0, 2, 3, 1]))
+        self.outputs(g, dict(zip(DENSE_OUTPUTS, (labels,), strict=True)))
+        return self.build(g, "Dense baseline, final head only")
 
 
 def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -317,38 +265,48 @@ def export_model(
     opset: int = 18,
     dense_only: bool = False,
     source: str | os.PathLike | None = None,
+    dynamic_size: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> Path:
     """Export ``checkpoint`` to a model directory (stage graphs, dense graph, ``lc.json``).
 
     Args:
-        input_size: (H, W) of the graphs (default: the checkpoint's).
+        input_size: (H, W) of the graphs (default: the checkpoint's); with ``dynamic_size``, the nominal size
+            (what lc-bench and lc-calibrate run at unless told otherwise, and TensorRT's optimal profile).
         batch: static batch size; ignored with ``dynamic_batch``.
         dynamic_batch: a symbolic batch dimension, with this maximum recorded for engine builders.
         dense_only: write only ``dense.onnx`` (a plain network model dir).
         source: checkpoint path, recorded with its sha256.
+        dynamic_size: ((min H, min W), (max H, max W)): symbolic image height and width, each a multiple of 8
+            within these bounds (the runtime pads an image up to the next multiple and crops the labels back).
     """
     if opset not in SUPPORTED_OPSETS:
         fail(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}–{SUPPORTED_OPSETS.stop - 1}")
     input_size = check_input_size(input_size or checkpoint.input_size)
+    if dynamic_size is not None:
+        check_dynamic_size(dynamic_size, input_size)
     if batch < 1 or (dynamic_batch is not None and dynamic_batch < 1):
         fail("batch sizes must be at least 1")
     model = checkpoint.build_model()
-    exporter = _Exporter(model, checkpoint, input_size, "batch" if dynamic_batch else batch, opset)
+    exporter = _Exporter(model, checkpoint, input_size, "batch" if dynamic_batch else batch, opset,
+                         dynamic_size is not None)
 
     def write(folder: Path) -> dict[str, Any]:
         graphs = {"dense.onnx": exporter.dense()}
         if not dense_only:
-            graphs.update({f"stage{k + 1}.onnx": exporter.stage(k) for k in range(NUM_STAGES)})
+            graphs.update({f"stage{k + 1}.onnx": exporter.graph(k) for k in range(NUM_STAGES)})
         specs = {}
         for name, graph in graphs.items():
             graph = check_graph(graph)
             onnx.save(graph, folder / name)
             specs[name] = {"file": name, **io_spec(graph)}
         keys = model_keys(checkpoint, input_size, source)
+        spatial = {} if dynamic_size is None else {"dynamic_size": {
+            "min": list(dynamic_size[0]), "max": list(dynamic_size[1]), "multiple": SCALE}}
         return {
             "kind": "dense" if dense_only else "cascade",
             **keys,
             "batch": {"dynamic": True, "max": dynamic_batch} if dynamic_batch else {"dynamic": False, "size": batch},
+            **spatial,
             "opset": opset,
             "stages": [] if dense_only else [specs[f"stage{k + 1}.onnx"] for k in range(NUM_STAGES)],
             "dense": specs["dense.onnx"],
@@ -357,3 +315,20 @@ def export_model(
         }
 
     return write_model_dir(output_dir, write, "lc-export")
+
+
+def check_dynamic_size(bounds: tuple[tuple[int, int], tuple[int, int]], nominal: tuple[int, int]) -> None:
+    """Fail (one line) unless the (min, max) sizes of a dynamic-size export are multiples of 8, ordered, at least
+    the smallest input, at most :data:`~layercascade.manifest.MAX_PIXELS`, and hold the nominal ``nominal``."""
+    low, high = (tuple(map(int, size)) for size in bounds)
+    text = f"{low[0]}x{low[1]}:{high[0]}x{high[1]}"
+    if any(n % SCALE for n in (*low, *high)):
+        fail(f"--dynamic-size {text}: each height and width must be a multiple of {SCALE} (the stage resolution is "
+             f"an {SCALE}th of the image's)")
+    if min(low) < MIN_INPUT_SIZE or low[0] > high[0] or low[1] > high[1]:
+        fail(f"--dynamic-size {text}: need MIN <= MAX, each side at least {MIN_INPUT_SIZE}")
+    if high[0] * high[1] > MAX_PIXELS:
+        fail(f"--dynamic-size {text}: the largest size is over {MAX_PIXELS:,} pixels")
+    if not (low[0] <= nominal[0] <= high[0] and low[1] <= nominal[1] <= high[1]) or any(n % SCALE for n in nominal):
+        fail(f"--dynamic-size {text}: the nominal input size {nominal[0]}x{nominal[1]} (--input-size, default the "
+             f"checkpoint's) must be a multiple of {SCALE} within it")
