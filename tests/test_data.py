@@ -120,6 +120,13 @@ def test_open_dataset_synthetic() -> None:
     assert len(open_dataset("synthetic", "val", limit=10_000)) == 300
 
 
+def test_open_dataset_synthetic_of_another_size() -> None:
+    data = open_dataset("synthetic:120x200", "val", limit=2)
+    image, label = data[1]
+    assert image.shape == (120, 200, 3) and label.shape == (120, 200)
+    assert np.array_equal(image, SyntheticSegmentation("val", size=(120, 200))[1][0])
+
+
 @pytest.mark.parametrize("spec", ["imagenet", "synthetic:x", "voc:", "cityscapes", ""])
 def test_open_dataset_rejects_bad_spec(spec: str) -> None:
     with pytest.raises(LCError):

@@ -28,19 +28,30 @@ __all__ = [
     "read_rgb",
 ]
 
-_SPEC_HELP = "use synthetic, voc:PATH or cityscapes:PATH"
+_SPEC_HELP = "use synthetic (160x160 images), synthetic:HxW (e.g. synthetic:160x240), voc:PATH or cityscapes:PATH"
+
+
+def synthetic_size(text: str) -> tuple[int, int]:
+    """The image size of a ``synthetic:HxW`` spec: non-square images for the resize modes' tests and studies."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        fail(f"data set spec synthetic:{text}: expected synthetic:HxW such as synthetic:160x240")
+    return int(parts[0]), int(parts[1])
 
 
 def open_dataset(spec: str, split: str = "train", *, seed: int = 0, limit: int | None = None) -> SegmentationDataset:
     """Open the data set named by ``spec`` at ``split``; ``limit`` keeps the first N samples.
 
+    ``synthetic`` is the procedural set at 160×160; ``synthetic:HxW`` at another size (e.g. 160x240).
+
     ``seed`` picks the synthetic image set (file-backed data sets ignore it).
     """
     check_limit(limit)
     kind, _, path = spec.partition(":")
-    if kind == "synthetic" and not path:
-        default = len(SyntheticSegmentation(split, seed))
-        return SyntheticSegmentation(split, seed, length=default if limit is None else min(limit, default))
+    if kind == "synthetic":
+        size = synthetic_size(path) if path else (160, 160)
+        default = len(SyntheticSegmentation(split, seed, size))
+        return SyntheticSegmentation(split, seed, size, length=default if limit is None else min(limit, default))
     if kind in ("voc", "cityscapes"):
         if not path:
             fail(f"data set spec {spec!r} has no path; write {kind}:PATH")
