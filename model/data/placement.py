@@ -1,0 +1,177 @@
+"""How an image of any size meets a model's input, and how the model's maps go back to the image: the resize
+modes (``fit``, ``stretch``, ``none``) and the tiles of a large image.
+
+One policy for every caller (the cascade at run time, the calibration, the evaluation), numpy + Pillow only:
+
+* ``stretch`` resizes the image to the input size (the aspect ratio is lost: what layercascade did before 0.2);
+* ``fit`` scales it to fit inside the input size keeping its aspect ratio, and pads the rest;
+* ``none`` keeps the image's own pixels: padded up to the input size (a fixed-size export) or to the next size a
+  dynamic-size export takes (a multiple of 8 within its bounds); an image larger than that runs in tiles.
+
+Padding goes below and to the right, with the model's mean colour: normalised, that is 0, what the network's own
+zero padding shows it at every image border, so the padded pixels change the real pixels' labels as little as an
+image edge does. The labels and the stage map are cropped back to the real pixels (the padding is never counted in
+the stage fractions) and the labels resized back to the image's size (nearest).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from layercascade.errors import fail
+from layercascade.model.data.images import resize_image, resize_labels
+
+RESIZE_MODES = ("fit", "stretch", "none")
+SCALE = 8  # the stage resolution is an eighth of the input's
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The input sizes a model takes: one fixed size, or (dynamic) every multiple of ``multiple`` from ``low`` to
+    ``high``, with ``nominal`` the size ``fit`` and ``stretch`` aim at."""
+
+    nominal: tuple[int, int]
+    low: tuple[int, int] | None = None
+    high: tuple[int, int] | None = None
+    multiple: int = SCALE
+
+    @property
+    def dynamic(self) -> bool:
+        return self.low is not None
+
+    def fits(self, size: tuple[int, int]) -> bool:
+        """Whether an image of ``size`` runs whole (padded), not in tiles."""
+        top = self.high if self.dynamic else self.nominal
+        return size[0] <= top[0] and size[1] <= top[1]
+
+    def input_for(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The input an image of ``size`` (that :meth:`fits`) runs at: the fixed size, or the size rounded up to
+        the multiple (and at least the smallest)."""
+        if not self.dynamic:
+            return self.nominal
+        return tuple(max(low, -(-n // self.multiple) * self.multiple) for n, low in zip(size, self.low))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """An image of ``image_size`` scaled to ``scaled_size`` at the top left of an input of ``input_size``."""
+
+    image_size: tuple[int, int]
+    scaled_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def stage_crop(self) -> tuple[int, int]:
+        """The stage-resolution pixels (h, w) that cover the real pixels: a stage pixel counts if any of its 8×8
+        input pixels is real."""
+        return -(-self.scaled_size[0] // SCALE), -(-self.scaled_size[1] // SCALE)
+
+
+def check_resize(mode: str) -> str:
+    if mode not in RESIZE_MODES:
+        fail(f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    return mode
+
+
+def default_resize(sizes: Sizes) -> str:
+    """``none`` for a dynamic-size export (its images run at their own size), else ``fit``."""
+    return "none" if sizes.dynamic else "fit"
+
+
+def place(image_size: tuple[int, int], sizes: Sizes, mode: str) -> Placement:
+    """Where an image of ``image_size`` goes in the model's input under ``mode`` (for ``none``: an image that
+    :meth:`Sizes.fits`; larger ones run in :func:`tiles`)."""
+    height, width = image_size
+    if check_resize(mode) == "stretch":
+        return Placement(image_size, sizes.nominal, sizes.nominal)
+    if mode == "fit":
+        scale = min(sizes.nominal[0] / height, sizes.nominal[1] / width)
+        scaled = (min(sizes.nominal[0], max(1, round(height * scale))), min(sizes.nominal[1], max(1, round(width * scale))))
+        return Placement(image_size, scaled, sizes.nominal)
+    if not sizes.fits(image_size):
+        raise ValueError(f"an image of {height}×{width} does not fit the input whole: run it in tiles")
+    return Placement(image_size, image_size, sizes.input_for(image_size))
+
+
+def to_input(image: np.ndarray, placement: Placement, pad_colour: np.ndarray) -> np.ndarray:
+    """The model input (H, W, 3) uint8 of ``image`` at ``placement``, padded with ``pad_colour``."""
+    scaled = resize_image(image, placement.scaled_size)
+    if placement.scaled_size == placement.input_size:
+        return scaled
+    canvas = np.empty((*placement.input_size, 3), np.uint8)
+    canvas[...] = pad_colour
+    canvas[:scaled.shape[0], :scaled.shape[1]] = scaled
+    return canvas
+
+
+def pad_colour(mean: list[float]) -> np.ndarray:
+    """The RGB colour that normalises to 0: the model's mean, rounded to uint8."""
+    return np.clip(np.round(np.asarray(mean, np.float64)), 0, 255).astype(np.uint8)
+
+
+def labels_back(labels: np.ndarray, placement: Placement) -> np.ndarray:
+    """The input-size label map cropped to the real pixels and resized (nearest) to the image's size."""
+    height, width = placement.scaled_size
+    return resize_labels(np.ascontiguousarray(labels[:height, :width]), placement.image_size)
+
+
+def stage_map_back(stage_map: np.ndarray, placement: Placement) -> np.ndarray:
+    """The stage map (stage resolution) cropped to the stage pixels that cover real ones."""
+    height, width = placement.stage_crop
+    return np.ascontiguousarray(stage_map[:height, :width])
+
+
+def stage_fractions(stage_map: np.ndarray) -> tuple[float, float, float]:
+    """The share of the stage map's pixels decided at stages 1, 2, 3."""
+    counts = np.bincount(stage_map.ravel(), minlength=4)[1:4].astype(np.float64)
+    total = max(counts.sum(), 1.0)
+    return float(counts[0] / total), float(counts[1] / total), float(counts[2] / total)
+
+
+# -- tiles ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tile:
+    """One window of a large image: ``window`` (top, left, height, width) is run; ``core`` (top, left, bottom,
+    right, in image coordinates) is the part of it whose labels are kept: the pixels nearer to this window's
+    centre than to any other window's, so every kept pixel lies at least half the overlap from a window border
+    (except at the image's own border)."""
+
+    window: tuple[int, int, int, int]
+    core: tuple[int, int, int, int]
+
+
+def tile_grid(image_size: tuple[int, int], tile: tuple[int, int], overlap: int) -> list[Tile]:
+    """The windows of ``tile`` pixels covering an image of ``image_size``, overlapping by at least ``overlap``
+    pixels (a multiple of 8 keeps the windows on the stage grid); the last row and column of windows are moved
+    back inside the image, so every window is whole (an image smaller than a tile is one window of its size)."""
+    if overlap < 0 or any(overlap >= t for t in tile):
+        fail(f"--overlap {overlap}: must be 0 or more and smaller than the tile ({tile[0]}x{tile[1]})")
+    starts = [_starts(n, t, overlap) for n, t in zip(image_size, tile)]
+    tiles = []
+    for top, bottom in _cores(starts[0], image_size[0], tile[0]):
+        for left, right in _cores(starts[1], image_size[1], tile[1]):
+            row, column = top[0], left[0]
+            height, width = min(tile[0], image_size[0]), min(tile[1], image_size[1])
+            tiles.append(Tile((row, column, height, width), (top[1], left[1], bottom, right)))
+    return tiles
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Window starts along one axis: a stride of ``tile - overlap``, the last window ending at the image's end."""
+    if length <= tile:
+        return [0]
+    count = 1 + math.ceil((length - tile) / (tile - overlap))
+    return [round(k * (length - tile) / (count - 1)) for k in range(count)]
+
+
+def _cores(starts: list[int], length: int, tile: int) -> Iterator[tuple[tuple[int, int], int]]:
+    """((window start, core start), core end) along one axis: cores split the overlaps at their middles."""
+    ends = [min(start + tile, length) for start in starts]
+    for k, start in enumerate(starts):
+        core_start = 0 if k == 0 else (ends[k - 1] + start) // 2
+        core_end = length if k == len(starts) - 1 else (ends[k] + starts[k + 1]) // 2
+        yield (start, core_start), core_end
