@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from layercascade.cli.args import add_backend_arguments, add_rho_argument, load_options, positive_int
-from layercascade.errors import fail, run_cli
+from layercascade.errors import LCError, fail, run_cli
 from layercascade.model.data.images import MAX_PIXELS
 from layercascade.runtime.inputs import SAMPLES, expand_inputs
 from layercascade.runtime.segment import (
     PICTURE_MAX_PIXELS,
+    SUMMARY_MAX_BYTES,
     ReadOptions,
     earlier_outputs,
     make_output_dir,
@@ -32,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment images with a Layer Cascade model. For each image write OUT/<stem>.png (palette "
                     "label map of class ids), OUT/<stem>_overlay.jpg (classes over the image) and "
                     "OUT/<stem>_stages.png (which stage decided each pixel), then OUT/summary.json. "
-                    "Unreadable images are reported and skipped; the exit code is then 1. Inputs are never "
-                    "overwritten: files inside OUT are never inputs. Each image's files appear together or not "
+                    "Unreadable images, and images whose output the file system refuses (a name too long, a "
+                    "folder in the way), are reported and skipped; the exit code is then 1; a disk that fails "
+                    "(full, read-only) stops the run. Inputs are never overwritten: files inside OUT are never "
+                    "inputs. Each image's files appear together or not "
                     "at all; Ctrl-C stops after the image in flight is dropped, and summary.json records the "
                     "images finished (exit code 130).",
     )
@@ -41,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image files, folders (their image files, not recursive) or quoted glob patterns "
                              "('photos/**/*.jpg' recurses) (default: the bundled sample images)")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
-                        help="folder for the outputs (created if missing): not an input folder, nor holding an input "
-                             "file. An earlier run's outputs (listed in its summary.json) are replaced; other files "
-                             "there never are: an output takes a -2 name instead")
+                        help="folder for the outputs (created if missing, must take new files): not an input folder, "
+                             "nor holding an input file. An earlier run's outputs (listed in its summary.json with "
+                             "their sha256, content unchanged) are replaced; other files there never are: an output "
+                             "takes a -2 name instead")
     parser.add_argument("--model", "--engine", dest="model", default=None, metavar="DIR",
                         help="model folder written by lc-export, TensorRT engine folder written by lc-build, or "
                              "(torch backend) a checkpoint .pt (default: the bundled demo model)")
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and args.ray is None:
         fail("--workers sets the Ray workers: add --ray")
     paths = expand_inputs(args.inputs or [str(SAMPLES)], output=args.output)
-    earlier = earlier_outputs(args.output)  # before the model loads: a foreign summary.json is refused
+    # Before the model loads: a foreign summary.json and a folder that cannot take files are one line.
+    earlier = earlier_outputs(args.output)
     out = make_output_dir(args.output)
     read, progress = ReadOptions(args.max_pixels, args.exif_transpose), not (args.quiet or args.json)
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
@@ -98,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
                                     strict=args.strict, progress=progress, read=read, earlier=earlier,
                                     address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers)
     summary = summarize(run, backend=backend, model=args.model or "demo", rho=rho)
-    write_summary(out, summary)
+    try:
+        size = write_summary(out, summary)
+    except LCError as error:
+        stopped = f"; the run had stopped: {run.stopped}" if run.stopped else ""
+        fail(f"{error}: the {summary['images']} image(s) done are not listed in a summary{stopped}")
+    if size > SUMMARY_MAX_BYTES:
+        print(f"warning: {out / 'summary.json'} is over the {SUMMARY_MAX_BYTES >> 20} MiB lc-run reads back: a "
+              "later run into this folder is refused; give each ~100,000 images their own -o", file=sys.stderr)
     if run.stopped:
         fail(f"{run.stopped} (stopped: {summary['images']} image(s) done, listed in {out / 'summary.json'})")
     if run.interrupted:

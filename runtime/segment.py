@@ -4,17 +4,21 @@ picture atomically, and a summary of the run (what lc-run does; the command only
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import json
 import os
+import secrets
 import signal
+import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -22,7 +26,6 @@ from tqdm import tqdm
 
 from layercascade.contract import Rho, RhoLike, rho_value
 from layercascade.errors import LCError, fail
-from layercascade.manifest import temporary_path, write_atomic
 from layercascade.model.data.images import MAX_PIXELS, read_rgb, resize_image, resize_labels
 from layercascade.runtime.inputs import output_stems
 from layercascade.runtime.visualize import label_image, overlay, stage_picture
@@ -44,6 +47,18 @@ SUMMARY = "summary.json"
 PICTURE_MAX_PIXELS = 16_000_000
 # ... and at most this many pixels a side (JPEG takes 65535; a 1×10⁸ image's picture stays a picture).
 PICTURE_MAX_SIDE = 16_384
+# A summary.json over this size is refused, not read: a real one holds ~110,000 images' records (~600 bytes
+# each), and parsing the worst JSON of this size (`[{},{},…]`) peaks at ~1.7 GB.
+SUMMARY_MAX_BYTES = 64 << 20
+# Write errors that concern one output file: its name (too long, not valid on this file system), its
+# permissions (EACCES/EPERM: a file the user may not replace), what sits at its name (a folder, a busy
+# file), its size. That image fails and the run goes on, unless the folder itself no longer takes a new
+# file (probed again: a folder made read-only mid-run gives EACCES too). Every other error (ENOSPC, EDQUOT,
+# EROFS, EIO, the folder gone, and any errno not listed) would fail the next image alike: the run stops.
+IMAGE_ONLY_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ, errno.EACCES, errno.EPERM,
+                               errno.EISDIR, errno.EBUSY, errno.ETXTBSY, errno.EFBIG})
+# Opening a file found in the output folder never follows a link, nor blocks on a FIFO (where the OS has these).
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
 @dataclass
@@ -54,7 +69,7 @@ class Run:
     failed: list[dict[str, str]] = field(default_factory=list)
     interrupted: bool = False
     stopped: str | None = None  # why the run ended early (an output could not be written)
-    earlier: list[str] = field(default_factory=list)  # earlier runs' outputs found in the folder
+    earlier: dict[str, str] = field(default_factory=dict)  # earlier runs' outputs in the folder: name → sha256
 
 
 @dataclass(frozen=True)
@@ -65,15 +80,57 @@ class ReadOptions:
     exif_transpose: bool = True
 
 
+class OutputError(LCError):
+    """An output file could not be written (``errno``: why, as the OS said)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"{path}: cannot write ({os_reason(error, path)})")
+        self.errno = error.errno
+
+
+def os_reason(error: OSError, path: Path) -> str:
+    """What the OS said; for a name too long, its length against the file system's limit and what to do."""
+    if error.errno != errno.ENAMETOOLONG:
+        return error.strerror or str(error)
+    size = len(os.fsencode(path.name))
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # AttributeError: no pathconf (Windows)
+        limit = None
+    if limit is not None and size <= limit:
+        return f"path too long: {len(os.fsencode(str(path)))} bytes; pass a shorter -o"
+    over = f", over the {limit} this file system takes" if limit else ""
+    return f"file name too long: {size} bytes{over}; shorten the input's name"
+
+
 def make_output_dir(path: Path) -> Path:
-    """Create the output folder (and its parents) or fail with a one-line error."""
+    """Create the output folder (and its parents) and check that files can be created, removed and listed
+    there, or fail with a one-line error (before a model is loaded or an image read)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         fail(f"{path}: exists and is not a folder; pass another -o")
     except OSError as error:
         fail(f"{path}: cannot create the output folder ({error.strerror})")
+    problem = unwritable(path)
+    if problem is not None:
+        fail(f"{path}: cannot write in the output folder ({problem.strerror or problem}); pass another -o")
+    files_in(path)  # listed: the names there must be known to be kept
     return path
+
+
+def unwritable(folder: Path) -> OSError | None:
+    """Why a new file cannot be created and removed in ``folder`` (tried), or None if it can."""
+    probe = staging_path(folder / "probe")
+    try:
+        with open(probe, "xb"):
+            pass
+        os.unlink(probe)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+        return error
+    return None
 
 
 @dataclass
@@ -106,14 +163,15 @@ def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: RhoLike 
 
 
 def write_all(outcomes: Iterable[Outcome], paths: list[Path], out: Path, *, strict: bool, progress: bool,
-              earlier: list[str] | None = None) -> Run:
+              earlier: dict[str, str] | None = None) -> Run:
     """Write the images of ``outcomes`` (in input order) as they come, each with its summary entry.
 
-    An image that could not be read or segmented (an :class:`LCError` outcome) is reported on
-    stderr and skipped, or ends the loop with ``strict``; nothing is written for it. An interrupt
-    (Ctrl-C) ends the loop too: the run so far is returned, marked ``interrupted``; so does an
-    output that cannot be written, or a source that fails (``stopped``: why). ``earlier``:
-    :func:`earlier_outputs`, the files in ``out`` this run may replace; the others are never replaced.
+    An image that could not be read or segmented (an :class:`LCError` outcome), or whose own output file
+    cannot be written (:data:`IMAGE_ONLY_ERRNOS`), is reported on stderr and listed in ``failed``, or ends
+    the loop with ``strict``; nothing of it is written. An interrupt (Ctrl-C) ends the loop too: the run so
+    far is returned, marked ``interrupted``; so does an output folder that fails (disk full, read-only), or
+    a source that fails (``stopped``: why). ``earlier``: :func:`earlier_outputs`, the files in ``out`` this
+    run may replace; the others are never replaced.
     """
     run = Run(earlier=earlier_outputs(out) if earlier is None else earlier)
     stems = output_stems(paths, [variant + extension for variant, (extension, _) in OUTPUTS.items()],
@@ -126,21 +184,26 @@ def write_all(outcomes: Iterable[Outcome], paths: list[Path], out: Path, *, stri
                 path = paths[index]
                 if isinstance(outcome, LCError):
                     reason = failure_reason(outcome, path)
-                    # tqdm.write keeps the progress bar intact below the message.
-                    tqdm.write(f"warning: {path}: {reason}{' (stopping: --strict)' if strict else ''}",
-                               file=sys.stderr)
-                    run.failed.append({"input": str(path), "error": reason})
-                    if strict:
-                        break
-                    continue
-                try:
-                    staged = stage_files(outcome.files, out, stems[index])
-                    # Renamed and recorded together: a Ctrl-C waits until the image is listed as done.
-                    with interrupts_deferred():
-                        run.records.append({**outcome.record, "outputs": commit(staged)})
-                except LCError as error:  # the disk (full, read-only): the next image would fail alike
-                    run.failed.append({"input": str(path), "error": str(error)})
-                    run.stopped = str(error)
+                else:
+                    try:
+                        staged = stage({out / f"{stems[index]}{variant}{OUTPUTS[variant][0]}": data
+                                        for variant, data in outcome.files.items()})
+                        # Renamed and recorded together: a Ctrl-C waits until the image is listed as done.
+                        with interrupts_deferred():
+                            commit(staged)
+                            run.records.append({**outcome.record, "outputs": [final.name for _, final in staged.moves],
+                                                "sha256": staged.sha256})
+                        continue
+                    except OutputError as error:
+                        reason = str(error)
+                        if error.errno not in IMAGE_ONLY_ERRNOS or unwritable(out) is not None:
+                            run.stopped = reason  # the folder: the next image would fail alike
+                run.failed.append({"input": str(path), "error": reason})
+                if run.stopped:
+                    break
+                # tqdm.write keeps the progress bar intact below the message.
+                tqdm.write(f"warning: {path}: {reason}{' (stopping: --strict)' if strict else ''}", file=sys.stderr)
+                if strict:
                     break
         except KeyboardInterrupt:
             run.interrupted = True
@@ -156,30 +219,112 @@ def segment_file(cascade: Cascade, path: Path, rho: RhoLike | None, read: ReadOp
 
 
 def files_in(out: Path) -> set[str]:
-    """The names in the folder ``out`` (none if it cannot be listed)."""
+    """The names in the folder ``out``; one line if it cannot be listed (its files could not be kept)."""
     try:
-        return {path.name for path in out.iterdir()}
-    except OSError:
+        return {entry.name for entry in os.scandir(out)}
+    except FileNotFoundError:
         return set()
+    except OSError as error:
+        fail(f"{out}: cannot list the output folder ({error.strerror}), so its files could not be kept; "
+             "pass another -o")
 
 
-def earlier_outputs(out: Path) -> list[str]:
-    """The files in ``out`` that earlier runs wrote, as its ``summary.json`` lists them (a run's own
-    outputs and those it found from runs before), that are still regular files: a run may replace these
-    and no others. A ``summary.json`` that is not an lc-run summary is one line: a run would replace it.
+def earlier_outputs(out: Path) -> dict[str, str]:
+    """The files in ``out`` that earlier runs wrote, {name: sha256}: those its ``summary.json`` lists (a
+    run's own outputs and those it found from runs before) that are still regular files (not links) with
+    the sha256 it recorded. A run may replace these and no others: a summary.json copied from elsewhere
+    claims only files byte for byte as lc-run wrote them, and one without hashes (older lc-run) claims none.
+    A ``summary.json`` that is not an lc-run summary (or a link, over :data:`SUMMARY_MAX_BYTES`, nested too
+    deep) is one line: a run would replace it. Only the files it names are read.
     """
     path = out / SUMMARY
-    if not path.exists():
-        return []
+    refused = f"{path}: exists and is not an lc-run summary, which this run would replace"
     try:
-        summary = json.loads(path.read_text())
-        recorded = [name for record in summary["results"] for name in record["outputs"]]
-        recorded += summary.get("earlier_outputs", [])
-        if not all(isinstance(name, str) and name == Path(name).name for name in recorded):
-            raise TypeError("output names must be plain file names")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        fail(f"{path}: exists and is not an lc-run summary, which this run would replace: move it or pass another -o")
-    return sorted(name for name in set(recorded) if (out / name).is_file() and not (out / name).is_symlink())
+        data = read_regular(path, SUMMARY_MAX_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as error:
+        fail(f"{path}: cannot read ({error.strerror or error}); move it or pass another -o")
+    except LCError as error:
+        fail(f"{refused} ({error}): move it or pass another -o")
+    try:
+        recorded = recorded_outputs(json.loads(data))
+    except RecursionError:
+        fail(f"{refused} (nested too deep): move it or pass another -o")
+    except (ValueError, TypeError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        fail(f"{refused} ({str(error).splitlines()[0][:200]}): move it or pass another -o")
+    claimed: dict[str, str] = {}
+    for name, digests in recorded.items():
+        digest = file_sha256(out / name)
+        if digest in digests:
+            claimed[name] = digest
+    return dict(sorted(claimed.items()))
+
+
+def recorded_outputs(summary: object) -> dict[str, set[str]]:
+    """The output names a summary records with their sha256 (a name may have several: runs rewrote it);
+    ValueError if ``summary`` is not an lc-run summary. Records and ``earlier_outputs`` without hashes
+    (written by lc-run before it recorded them) claim nothing."""
+    if not (isinstance(summary, dict) and isinstance(summary.get("results"), list)):
+        raise ValueError("no 'results' list")
+    hashes = []
+    for record in summary["results"]:
+        if not (isinstance(record, dict) and isinstance(record.get("outputs"), list)
+                and all(map(is_plain_name, record["outputs"]))):
+            raise ValueError("a result without a list of output file names")
+        hashes.append(record.get("sha256", {}))
+    earlier = summary.get("earlier_outputs", {})
+    if isinstance(earlier, list) and all(map(is_plain_name, earlier)):
+        earlier = {}  # names only: an older lc-run's
+    recorded: dict[str, set[str]] = {}
+    for digests in [*hashes, earlier]:
+        if not (isinstance(digests, dict) and all(is_plain_name(n) and is_sha256(d) for n, d in digests.items())):
+            raise ValueError("output hashes are not {file name: sha256}")
+        for name, digest in digests.items():
+            recorded.setdefault(name, set()).add(digest)
+    return recorded
+
+
+def is_plain_name(name: object) -> bool:
+    """A file name in the folder itself: not empty, ".", "..", no separator, no NUL."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+            and name == Path(name).name)
+
+
+def is_sha256(digest: object) -> bool:
+    return isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, refused (:class:`LCError`) unless it is a regular file: a link is not
+    followed, a FIFO not waited on. OSError if it cannot be opened (missing, a link where the OS refuses to
+    follow it)."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        fail("a link or not a file")
+    handle = os.fdopen(os.open(path, _READ_FLAGS), "rb")
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped since the lstat
+        handle.close()
+        fail("a link or not a file")
+    return handle
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`), refused over ``limit`` bytes."""
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(limit + 1) if size <= limit else b""
+    if max(size, len(data)) > limit:  # the data too: the file may grow while it is read
+        fail(f"{max(size, len(data)):,} bytes, over the {limit >> 20} MiB lc-run reads")
+    return data
+
+
+def file_sha256(path: Path) -> str | None:
+    """The sha256 of the regular file ``path``; None if it is not one (a link, a folder) or cannot be read."""
+    try:
+        with open_regular(path) as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except (OSError, ValueError, LCError):  # ValueError: a name the OS cannot encode
+        return None
 
 
 def segment(cascade: Cascade, path: Path, rho: RhoLike | None,
@@ -223,9 +368,11 @@ def picture_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
 
 @dataclass
 class Staged:
-    """Pictures written to temporary names in the output folder: (temporary, final) pairs."""
+    """Files written to temporary names beside their final ones: (temporary, final) pairs, and the
+    sha256 of each file by its final name."""
 
     moves: list[tuple[Path, Path]]
+    sha256: dict[str, str]
 
 
 def encode(pictures: dict[str, Image.Image]) -> dict[str, bytes]:
@@ -239,38 +386,53 @@ def encode(pictures: dict[str, Image.Image]) -> dict[str, bytes]:
     return files
 
 
-def stage_files(files: dict[str, bytes], out: Path, stem: str) -> Staged:
-    """Write each encoded picture as a temporary file beside its final name OUT/<stem><variant><ext>; on
-    any failure (or Ctrl-C) the temporary files written so far are removed."""
+def staging_path(final: Path) -> Path:
+    """A fresh hidden name beside ``final``, short whatever its length: a final name that fits the file
+    system is never refused for its temporary one (``manifest.temporary_path`` adds ~20 bytes to it)."""
+    return final.with_name(f".lc-run-{secrets.token_hex(6)}.tmp{final.suffix[:16]}")
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data``; never opens an existing file (nor the target of a link)."""
+    with open(path, "xb") as handle:
+        handle.write(data)
+
+
+def stage(files: dict[Path, bytes]) -> Staged:
+    """Write each file's bytes to a temporary name beside its final path; on any failure (:class:`OutputError`
+    naming the final path) or Ctrl-C the temporary files written so far are removed."""
     moves: list[tuple[Path, Path]] = []
     try:
-        for variant, data in files.items():
-            final = out / f"{stem}{variant}{OUTPUTS[variant][0]}"
-            moves.append((temporary_path(final), final))
+        for final, data in files.items():
+            moves.append((staging_path(final), final))
             try:
-                moves[-1][0].write_bytes(data)
+                write_new(moves[-1][0], data)
             except OSError as error:
-                fail(f"{final}: cannot write ({error.strerror or error})")
+                raise OutputError(final, error) from None
     except BaseException:
-        for temporary, _ in moves:
-            temporary.unlink(missing_ok=True)
+        remove([temporary for temporary, _ in moves])
         raise
-    return Staged(moves)
+    return Staged(moves, {final.name: hashlib.sha256(data).hexdigest() for final, data in files.items()})
 
 
-def commit(staged: Staged) -> list[str]:
-    """Rename the staged pictures into place, all or none (a failed rename removes the ones renamed
-    and the rest); returns the file names. Run with Ctrl-C held off (:func:`interrupts_deferred`)."""
+def commit(staged: Staged) -> None:
+    """Rename the staged files into place, all or none (a failed rename removes the ones renamed and the
+    rest: :class:`OutputError`). Run with Ctrl-C held off (:func:`interrupts_deferred`)."""
     renamed: list[Path] = []
     try:
         for temporary, final in staged.moves:
             os.replace(temporary, final)
             renamed.append(final)
     except OSError as error:
-        for path in [temporary for temporary, _ in staged.moves] + renamed:
-            path.unlink(missing_ok=True)
-        fail(f"{staged.moves[len(renamed)][1]}: cannot write ({error.strerror or error})")
-    return [final.name for _, final in staged.moves]
+        remove([temporary for temporary, _ in staged.moves[len(renamed):]] + renamed)
+        raise OutputError(staged.moves[len(renamed)][1], error) from None
+
+
+def remove(paths: list[Path]) -> None:
+    """Remove files while an error is being reported: a failure here (a read-only disk) is not a second error."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 @contextlib.contextmanager
@@ -288,14 +450,6 @@ def interrupts_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if received:
             signal.raise_signal(signal.SIGINT)
-
-
-def save(path: Path, write_fn: Callable[[Path], object]) -> None:
-    """:func:`~layercascade.manifest.write_atomic`, with a failing disk (full, read-only) as a one-line error."""
-    try:
-        write_atomic(path, write_fn)
-    except OSError as error:
-        fail(f"{path}: cannot write ({error.strerror or error})")
 
 
 def image_record(path: Path, image: np.ndarray, result: CascadeResult, ms: float) -> dict[str, Any]:
@@ -332,11 +486,14 @@ def summarize(run: Run, *, backend: str, model: str, rho: Rho) -> dict[str, Any]
         "model": str(model),
         "rho": rho_value(rho),
         "results": records,
-        # Outputs of runs before found in the folder: the next run may replace them too.
-        "earlier_outputs": sorted(set(run.earlier) - written),
+        # Outputs of runs before found in the folder (with their content's sha256, as each record has its
+        # own): the next run may replace them too, while their content is still this.
+        "earlier_outputs": {name: digest for name, digest in run.earlier.items() if name not in written},
     }
 
 
-def write_summary(out: Path, summary: dict[str, Any]) -> None:
-    """``OUT/summary.json``, atomically."""
-    save(out / SUMMARY, lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
+def write_summary(out: Path, summary: dict[str, Any]) -> int:
+    """``OUT/summary.json``, atomically (:class:`OutputError` if it cannot be written); returns its size."""
+    data = (json.dumps(summary, indent=2) + "\n").encode()
+    commit(stage({out / SUMMARY: data}))
+    return len(data)

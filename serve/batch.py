@@ -68,7 +68,7 @@ class SegmentWorker:
 
 def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], out: Path, *, rho: RhoLike | None,
                     strict: bool, progress: bool, read: ReadOptions = ReadOptions(),
-                    earlier: list[str] | None = None, address: str | None = None,
+                    earlier: dict[str, str] | None = None, address: str | None = None,
                     workers: int | None = None) -> Run:
     """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
     actors (default: one per CPU of the cluster, or per GPU for a model on a GPU), each loading the model with ``load``

@@ -107,7 +107,7 @@ def test_a_summary_json_that_is_not_ours_is_refused(tmp_path: Path, fake: type[F
     (out / "summary.json").write_text('{"my experiment": "notes"}')
     assert run_lc([tmp_path / "x.jpg", "-o", out]) == 1
     assert capsys.readouterr().err == (f"error: {out / 'summary.json'}: exists and is not an lc-run summary, which "
-                                       "this run would replace: move it or pass another -o\n")
+                                       "this run would replace (no 'results' list): move it or pass another -o\n")
     assert sorted(p.name for p in out.iterdir()) == ["summary.json"] and fake.instances == []
 
 
@@ -120,24 +120,24 @@ def test_every_earlier_runs_outputs_stay_replaceable(tmp_path: Path, fake: type[
         assert run_lc([tmp_path / name, "-o", out, "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.jpg", "a_stages.png", "b.png",
                                                     "b_overlay.jpg", "b_stages.png", "summary.json"]
-    assert json.loads((out / "summary.json").read_text())["earlier_outputs"] == [
-        "b.png", "b_overlay.jpg", "b_stages.png"]
+    assert json.loads((out / "summary.json").read_text())["earlier_outputs"] == {
+        name: sha256_file(out / name) for name in ("b.png", "b_overlay.jpg", "b_stages.png")}
 
 
 def test_a_write_failure_stops_the_run_and_still_writes_the_summary(tmp_path: Path, fake: type[FakeCascade],
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture) -> None:
     paths = write_inputs(tmp_path / "in", 3)
-    write_bytes = Path.write_bytes
+    write_new = segment.write_new
     written: list[str] = []
 
-    def disk_full_at_the_fourth_picture(self: Path, data: bytes) -> int:
-        written.append(str(self))
+    def disk_full_at_the_fourth_picture(path: Path, data: bytes) -> None:
+        written.append(str(path))
         if len(written) == 4:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return write_bytes(self, data)
+        write_new(path, data)
 
-    monkeypatch.setattr(Path, "write_bytes", disk_full_at_the_fourth_picture)
+    monkeypatch.setattr(segment, "write_new", disk_full_at_the_fourth_picture)
     out = tmp_path / "out"
     assert run_lc([*paths, "-o", out, "--quiet"]) == 1
     err = capsys.readouterr().err
@@ -145,7 +145,7 @@ def test_a_write_failure_stops_the_run_and_still_writes_the_summary(tmp_path: Pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 1 and summary["stopped"].endswith("cannot write (No space left on device)")
     assert complete_sets(out) == {"im0": 3} and leftovers(out) == []
-    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(segment, "write_new", write_new)
     assert run_lc([*paths, "-o", out, "--quiet"]) == 0
     assert complete_sets(out) == {"im0": 3, "im1": 3, "im2": 3}  # im0's outputs replaced, not duplicated
 
@@ -170,9 +170,12 @@ def test_ctrl_c_during_the_renames_keeps_the_image(tmp_path: Path, fake: type[Fa
     assert json.loads((out / "summary.json").read_text())["images"] == 1
 
 
-def test_a_failed_rename_is_one_line_and_leaves_no_part_of_the_image(tmp_path: Path, fake: type[FakeCascade],
-                                                                     monkeypatch: pytest.MonkeyPatch,
-                                                                     capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EIO])
+def test_a_failed_rename_leaves_no_part_of_the_image(tmp_path: Path, fake: type[FakeCascade],
+                                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                                     code: int) -> None:
+    """The first image's second rename is refused: that file's (EACCES) fails the image and the run goes on; a
+    disk's (EIO) stops the run. Either way no part of the image stays."""
     paths = write_inputs(tmp_path / "in", 2)
     replace = os.replace
     calls: list[str] = []
@@ -180,15 +183,21 @@ def test_a_failed_rename_is_one_line_and_leaves_no_part_of_the_image(tmp_path: P
     def refused_second_rename(source, target):
         calls.append(str(target))
         if len(calls) == 2:
-            raise PermissionError(errno.EACCES, "Permission denied")
+            raise OSError(code, os.strerror(code))
         replace(source, target)
 
     monkeypatch.setattr(segment.os, "replace", refused_second_rename)
     out = tmp_path / "out"
     assert run_lc([*paths, "-o", out, "--quiet"]) == 1
-    assert capsys.readouterr().err.startswith(f"error: {out / 'im0_overlay.jpg'}: cannot write (Permission denied)")
-    assert complete_sets(out) == {} and leftovers(out) == []
-    assert json.loads((out / "summary.json").read_text())["images"] == 0
+    reason = f"{out / 'im0_overlay.jpg'}: cannot write ({os.strerror(code)})"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == [{"input": str(paths[0]), "error": reason}] and leftovers(out) == []
+    if code == errno.EACCES:
+        assert capsys.readouterr().err == f"warning: {paths[0]}: {reason}\n"
+        assert complete_sets(out) == {"im1": 3} and summary["images"] == 1 and summary["stopped"] is None
+    else:
+        assert capsys.readouterr().err.startswith(f"error: {reason} (stopped: 0 image(s) done")
+        assert complete_sets(out) == {} and summary["images"] == 0 and summary["stopped"] == reason
 
 
 def test_an_earlier_output_that_became_a_folder_is_left_alone(tmp_path: Path, fake: type[FakeCascade]) -> None:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from layercascade.cli import run
-from layercascade.manifest import write_atomic
+from layercascade.manifest import sha256_file, write_atomic
 from layercascade.model.data import VOC_PALETTE, read_rgb
 from layercascade.runtime.inputs import SAMPLES, expand_inputs, output_stems
 from layercascade.runtime.visualize import STAGE_COLOURS, label_image, overlay, stage_picture
@@ -70,13 +70,14 @@ def test_summary_content(tmp_path: Path, fake: type[FakeCascade]) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"images", "failed", "interrupted", "stopped", "mean_ms", "stage_fractions", "backend",
                             "model", "rho", "results", "earlier_outputs"}
-    assert summary["interrupted"] is False and summary["stopped"] is None and summary["earlier_outputs"] == []
+    assert summary["interrupted"] is False and summary["stopped"] is None and summary["earlier_outputs"] == {}
     assert summary["backend"] == "fake" and summary["model"] == "demo" and summary["rho"] == 0.985
     assert summary["mean_ms"] == 2.5 and fake.instances[0].rhos == [None, None]
     small, bright = summary["results"]
+    names = ["small.png", "small_overlay.jpg", "small_stages.png"]
     assert small == {"input": str(tmp_path / "small.png"), "size": [16, 16],
-                     "stage_fractions": small["stage_fractions"], "ms": 2.5,
-                     "outputs": ["small.png", "small_overlay.jpg", "small_stages.png"]}
+                     "stage_fractions": small["stage_fractions"], "ms": 2.5, "outputs": names,
+                     "sha256": {name: sha256_file(out / name) for name in names}}
     assert sum(small["stage_fractions"]) == pytest.approx(1.0) and bright["stage_fractions"] == [0, 0, 1]
     # Weighted by image pixels: 256 of the small image's, 960 of the bright one's.
     expected = (np.array(small["stage_fractions"]) * 256 + np.array([0, 0, 1]) * 960) / 1216
