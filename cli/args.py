@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from layercascade.contract import Rho, check_threshold, rho_from_text
@@ -33,6 +35,36 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argument type: an integer in [low, high] (underscores allowed)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {text!r}")
+        return value
+
+    return parse
+
+
+def finite_float(low: float, high: float = math.inf) -> Callable[[str], float]:
+    """An argument type: a finite number in [low, high] (nan and inf refused)."""
+    bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f"≥ {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"expected a finite number {bounds}, got {text!r}")
+        return value
+
+    return parse
 
 
 def threshold(text: str) -> float:

@@ -7,15 +7,23 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
-from layercascade.cli.args import add_backend_arguments, load_options, positive_int
+from layercascade.cli.args import add_backend_arguments, finite_float, int_in, load_options, positive_int
 from layercascade.errors import fail, run_cli
 from layercascade.serve import import_serving
 from layercascade.serve.http import Limits
 
 
+class Parser(argparse.ArgumentParser):
+    """lc-serve's arguments: a bad one is one line (``error: ...``, exit 1), as every refusal of lc-serve's is."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (lc-serve --help lists the options)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lc-serve",
         description="Serve a Layer Cascade model over HTTP on Ray Serve: POST an image file's bytes to "
                     "/v1/segment (?rho=R or ?rho=R2,R3) and get the palette label map as PNG at the image's size (headers "
@@ -27,21 +35,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model dir (lc-export, lc-calibrate), engine dir (lc-build) or, for the torch backend, "
                              "a checkpoint .pt (default: the bundled demo model)")
     add_backend_arguments(parser)
-    parser.add_argument("--threads", type=int, default=0, metavar="N",
+    parser.add_argument("--threads", type=int_in(0, 1024), default=0, metavar="N",
                         help="intra-op threads per replica (default: the backend's)")
     network = parser.add_argument_group("service")
     network.add_argument("--host", default="127.0.0.1",
                          help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: all)")
-    network.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
+    network.add_argument("--port", type=int_in(1, 65535), default=8000,
+                         help="port; without --address it must be free now (default: 8000)")
     network.add_argument("--replicas", type=positive_int, default=1, metavar="N",
                          help="replicas, each holding the model (default: 1)")
-    network.add_argument("--replica-cpus", type=float, default=1.0, metavar="C",
-                         help="CPUs Ray reserves per replica (default: 1)")
-    network.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
+    network.add_argument("--replica-cpus", type=finite_float(0.0001), default=1.0, metavar="C",
+                         help="CPUs Ray reserves per replica, > 0 (fractions down to 0.0001) (default: 1)")
+    network.add_argument("--max-batch", type=int_in(1, 1024), default=8, metavar="N",
                          help="most requests one replica runs together, at most the model's batch capacity "
                               "(lc-export --dynamic-batch; a batch-1 model runs them one by one) (default: 8)")
-    network.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="T",
-                         help="how long a replica waits for a batch to fill (default: 5)")
+    network.add_argument("--batch-wait-ms", type=finite_float(0, 10_000), default=5.0, metavar="T",
+                         help="how long a replica waits for a batch to fill, 0 to 10000 (default: 5)")
+    network.add_argument("--max-uploads", type=int_in(1, 100_000), default=None, metavar="N",
+                         help="segment requests one replica holds at once, from the body's first byte to the answer; "
+                              "one more is answered 503 with Retry-After at once (default: 2 × --max-batch, at least "
+                              "16)")
+    network.add_argument("--body-timeout-s", type=finite_float(0.1, 3600), default=Limits.body_timeout_s,
+                         metavar="S", help="a request body not complete within S seconds gets 408 "
+                                           f"(default: {Limits.body_timeout_s:g})")
+    network.add_argument("--body-idle-timeout-s", type=finite_float(0.1, 3600), default=Limits.body_idle_timeout_s,
+                         metavar="S", help="a request body that stalls for S seconds (its first bytes included) gets "
+                                           f"408 (default: {Limits.body_idle_timeout_s:g})")
     network.add_argument("--max-body-bytes", type=positive_int, default=Limits.max_body_bytes, metavar="N",
                          help=f"larger request bodies get 413 (default: {Limits.max_body_bytes:,})")
     network.add_argument("--max-pixels", type=positive_int, default=Limits.max_pixels, metavar="N",
@@ -65,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     service_module = import_serving("service")
     # Absolute: replicas on other nodes resolve a relative path against their own working directory.
     model = str(Path(args.model).resolve()) if args.model is not None else None
-    settings = app.ServeSettings(model, load_options(args, args.threads),
-                                 Limits(args.max_body_bytes, args.max_pixels), args.max_batch, args.batch_wait_ms)
+    if args.address is None:  # a local Ray and Serve start here: the port must be free (found before Ray starts)
+        service_module.check_port(args.host, args.port)
+    limits = Limits(args.max_body_bytes, args.max_pixels, args.body_timeout_s, args.body_idle_timeout_s)
+    settings = app.ServeSettings(model, load_options(args, args.threads), limits, args.max_batch, args.batch_wait_ms,
+                                 args.max_uploads)
     print(f"starting lc-serve ({args.replicas} replica(s)); loading the model ...", file=sys.stderr)
     service = service_module.start(settings, host=args.host, port=args.port, replicas=args.replicas,
                                    replica_cpus=args.replica_cpus, address=args.address,

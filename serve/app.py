@@ -7,13 +7,21 @@ up to say why: it answers 503 with the load's error, and its health check fails,
 it (a transient failure, e.g. a GPU out of memory, then heals). A request the service refuses gets
 its 4xx and a JSON ``{"error": ...}``; an unexpected failure is a 500 of the same form; neither takes
 the replica down. The request rules are ``http.py``'s.
+
+Slow and hostile clients: a replica holds at most ``max_uploads`` segment requests (from the first byte
+of the body to the answer); one more is answered 503 with ``Retry-After`` at once, and a body that does
+not arrive within its deadlines is answered 408, which frees its slot. Serve lets a replica take more
+requests than that (``max_ongoing_requests``), so health and model requests are answered while uploads
+stall.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,23 +33,24 @@ from starlette.responses import Response
 
 from layercascade.contract import Rho
 from layercascade.errors import LCError
+from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.serve import gpus_per_model
 from layercascade.serve.http import (
     JSON,
     HTTPProblem,
     Limits,
-    body_too_large,
-    check_content_type,
-    check_declared_length,
+    check_segment_request,
     decode_image,
     error_body,
     model_description,
-    parse_rho,
+    read_body,
     segment_answer,
     wants_json,
 )
 
 DEPLOYMENT = "layercascade"
+# Requests a replica takes beyond its uploads: health, model and refusals, which are answered at once.
+FREE_SLOTS = 16
 
 
 @dataclass(frozen=True)
@@ -53,11 +62,17 @@ class ServeSettings:
     limits: Limits = Limits()
     max_batch: int = 8
     batch_wait_ms: float = 5.0
+    max_uploads: int | None = None  # segment requests a replica holds at once; None: max(16, 2 × max_batch)
+
+    @property
+    def upload_slots(self) -> int:
+        """The replica's bound on segment requests: by default enough to fill a batch while the one before runs."""
+        return self.max_uploads or max(16, 2 * self.max_batch)
 
 
-def json_response(status: int, body: dict[str, Any] | bytes) -> Response:
+def json_response(status: int, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None) -> Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return Response(content, status_code=status, media_type=JSON)
+    return Response(content, status_code=status, media_type=JSON, headers=headers)
 
 
 class CascadeServer:
@@ -67,8 +82,10 @@ class CascadeServer:
         from layercascade.runtime.cascade import Cascade
 
         self.settings = settings
+        self.name = app_name(settings.model)
         self.cascade: Any = None
         self.load_error: str | None = None
+        self.uploads = 0  # segment requests in this replica, from their body's first byte to their answer
         # Decoded images wait here for their batch: at most this many at once bounds a replica's memory
         # (a 40 MP image is ~0.3 GB while it decodes).
         self.decoding = asyncio.Semaphore(2 * settings.max_batch)
@@ -85,7 +102,7 @@ class CascadeServer:
         self.segment_many.set_max_batch_size(max(1, min(settings.max_batch, capacity)))
         self.segment_many.set_batch_wait_timeout_s(settings.batch_wait_ms / 1e3)
         self.cascade = cascade
-        self.description = model_description(cascade, settings.load.get("precision"))  # GET /v1/model, fixed
+        self.description = model_description(cascade, self.name, settings.load.get("precision"))  # GET /v1/model
 
     def check_health(self) -> None:
         """Serve's health check: a replica without its model is replaced."""
@@ -119,31 +136,60 @@ class CascadeServer:
                 raise HTTPProblem(405, f"{route[1]} takes {known[route[1]]}, not {request.method}")
             raise HTTPProblem(404, f"no such endpoint {route[1]!r}: POST /v1/segment, GET /v1/health, GET /v1/model")
         except HTTPProblem as problem:
-            return json_response(problem.status, error_body(problem.message))
+            return json_response(problem.status, error_body(self.without_paths(problem.message)), problem.headers)
         except Exception as error:  # the replica keeps serving; the client learns what broke
-            return json_response(500, error_body(f"internal error: {type(error).__name__}: {error}"))
+            message = self.without_paths(f"internal error: {type(error).__name__}: {error}")
+            return json_response(500, error_body(message))
+
+    def without_paths(self, message: str) -> str:
+        """``message`` with the model's path on this machine replaced by the model's name (a load error names
+        files of the model dir): clients learn what went wrong, not where the model lives."""
+        model = Path(self.settings.model) if self.settings.model else DEMO_MODEL
+        for path in sorted({str(model.resolve()), str(model)}, key=len, reverse=True):
+            message = message.replace(path, self.name)
+        return message
+
+    @contextlib.contextmanager
+    def upload_slot(self) -> Iterator[None]:
+        """One of the replica's slots for segment requests, or 503 with Retry-After at once: a client never
+        waits for a slot, and the replica's other slots stay free for health and model requests."""
+        if self.uploads >= self.settings.upload_slots:
+            raise HTTPProblem(503, f"this replica is at its limit of {self.settings.upload_slots} segment requests "
+                                   "in flight (lc-serve --max-uploads); retry shortly", {"Retry-After": "1"})
+        self.uploads += 1
+        try:
+            yield
+        finally:
+            self.uploads -= 1
 
     async def segment(self, request: Request) -> Response:
-        """``POST /v1/segment``: checks first (cheap ones before the body is read), then the batch."""
+        """``POST /v1/segment``: the checks that need no body, a slot, the body (within its deadlines), then
+        the batch."""
         self.ready()
         limits = self.settings.limits
-        check_content_type(request.headers.get("content-type"))
-        check_declared_length(request.headers.get("content-length"), limits)
-        rho = parse_rho(request.query_params.get("rho"))
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limits.max_body_bytes:
-                raise HTTPProblem(413, body_too_large(limits))
+        body: bytes | None = None
+        try:
+            rho = check_segment_request(request.headers, request.url.query, limits)
+            with self.upload_slot():
+                body = await read_body(request.stream(), limits)
+                return await self.segment_body(body, rho, wants_json(request.headers.get("accept")))
+        except HTTPProblem as problem:
+            if body is None:  # refused before its body was read: close rather than wait for the rest of it
+                problem.headers["Connection"] = "close"
+            raise
+
+    async def segment_body(self, body: bytes, rho: Rho | None, as_json: bool) -> Response:
+        """The answer to an image file's bytes: decoded (at most 2 × max_batch at once), run in a batch, encoded."""
+        limits = self.settings.limits
         started = time.perf_counter()
         async with self.decoding:
-            image = await asyncio.to_thread(decode_image, bytes(body), limits)
+            image = await asyncio.to_thread(decode_image, body, limits)
             result, batch = await self.segment_many((image, rho))
         if isinstance(result, Exception):
             raise result
         milliseconds = (time.perf_counter() - started) * 1e3
         content, media_type, headers = await asyncio.to_thread(
-            segment_answer, result, self.cascade.palette, milliseconds, wants_json(request.headers.get("accept")))
+            segment_answer, result, self.cascade.palette, milliseconds, as_json)
         headers["X-LC-Batch"] = str(batch)  # how many images ran together with this one (itself included)
         return Response(content, media_type=media_type, headers=headers)
 
@@ -174,8 +220,8 @@ def application(settings: ServeSettings, replicas: int = 1, replica_cpus: float 
     deployment = serve.deployment(
         CascadeServer, name=DEPLOYMENT, num_replicas=replicas,
         ray_actor_options={"num_cpus": replica_cpus, "num_gpus": gpus},
-        # Enough requests in flight per replica to fill a batch while the one before runs.
-        max_ongoing_requests=max(16, 2 * settings.max_batch),
+        # The uploads, and slots beside them that stalled uploads cannot take (health, model, refusals).
+        max_ongoing_requests=settings.upload_slots + FREE_SLOTS,
     )
     return deployment.bind(settings)
 

@@ -1,12 +1,16 @@
-"""What lc-serve answers, apart from Ray: the checks on a request (content type, body size, the
-image and its pixel count, ρ) and the answers (a palette PNG or JSON), so the rules are plain
-functions tested without a server. Every refusal is an :class:`HTTPProblem` (status and one line).
+"""What lc-serve answers, apart from Ray: the checks on a request (content type, body size and the
+time to send it, the image and its pixel count, ρ) and the answers (a palette PNG or JSON), so the
+rules are plain functions tested without a server. Every refusal is an :class:`HTTPProblem` (status
+and one line). :class:`JSONErrors` gives Serve's proxy the same JSON error body for its own answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import urllib.parse
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +18,7 @@ import numpy as np
 
 from layercascade.contract import Rho, rho_from_text, rho_value
 from layercascade.errors import LCError
+from layercascade.manifest import model_hash
 from layercascade.model.data.images import ImageTooLarge, read_rgb
 from layercascade.runtime.segment import encode
 from layercascade.runtime.visualize import label_image
@@ -33,38 +38,166 @@ PNG = "image/png"
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask of a replica. ``max_pixels`` is checked from the image's header,
-    before a pixel is decoded, so a small file claiming a huge image (a decompression bomb) costs nothing."""
+    before a pixel is decoded, so a small file claiming a huge image (a decompression bomb) costs nothing.
+    A body must arrive within ``body_timeout_s`` in all, with no pause longer than ``body_idle_timeout_s``
+    (the wait for its first bytes included), so a client that stalls frees the replica's slot."""
 
     max_body_bytes: int = 32 * 2**20
     max_pixels: int = 40_000_000
+    body_timeout_s: float = 60.0  # 32 MiB at 4.5 Mbit/s; a 5 MB photo at 0.7 Mbit/s
+    body_idle_timeout_s: float = 10.0
 
 
 class HTTPProblem(Exception):
-    """A request the service refuses: ``status`` (4xx/5xx) and a one-line ``message``."""
+    """A request the service refuses: ``status`` (4xx/5xx), a one-line ``message`` and the answer's
+    extra ``headers`` (e.g. ``Retry-After``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def error_body(message: str) -> bytes:
-    """The JSON body of every error answer: ``{"error": "..."}``."""
-    return json.dumps({"error": message}).encode()
+    """The JSON body of every error answer: ``{"error": "..."}``, the message made one line of at most 500
+    characters (an internal error's text may be long)."""
+    return json.dumps({"error": " ".join(message.split())[:500]}).encode()
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class JSONErrors:
+    """ASGI middleware for Serve's HTTP proxy (installed by :func:`proxy_middlewares`): the proxy's own
+    error answers — text such as its 404 for a path no application serves, its 503 while no replica is
+    up, its 408 and 503 on timeouts and back-pressure — become ``{"error": ...}`` like the replicas'
+    answers, and a request the proxy drops without an answer (it does so when a replica dies under the
+    request) gets a JSON 500 instead of its server's text one. JSON answers and successes pass unchanged."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answered = False  # an answer went out (or is going out) to the client
+        held: Message | None = None  # the start of a text error answer, sent as JSON once its body is here
+        text = bytearray()
+
+        async def relay(message: Message) -> None:
+            nonlocal answered, held
+            if message["type"] == "http.response.start":
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                if message["status"] >= 400 and not content_type.startswith(JSON.encode()):
+                    held = message
+                    return
+                answered = True
+            elif message["type"] == "http.response.body" and held is not None:
+                text.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    answered = True
+                    await send_json_error(send, held["status"], text.decode("utf-8", "replace"), held["headers"])
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, relay)
+        except Exception as error:  # the proxy's server would answer a text 500
+            if answered:
+                raise
+            await send_json_error(send, 500, f"internal error in Serve's proxy: {type(error).__name__}: {error}")
+            return
+        if held is not None and not answered:  # a text error whose body never ended
+            await send_json_error(send, held["status"], text.decode("utf-8", "replace"), held["headers"])
+        elif not answered:
+            await send_json_error(send, 500, "the request ended without an answer (e.g. its replica died); retry it")
+
+
+async def send_json_error(send: Send, status: int, message: str,
+                          headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """An error answer of ``message`` (made one line) as ``{"error": ...}``, keeping ``headers`` other than
+    the content's type and length (e.g. ``Retry-After``, ``X-Request-ID``)."""
+    body = error_body(message.strip() or f"HTTP {status}")
+    kept = [(name, value) for name, value in headers if name.lower() not in (b"content-type", b"content-length")]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*kept, (b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def proxy_middlewares() -> list[Any]:
+    """What Serve's proxy wraps its ASGI app in: :class:`JSONErrors` (Serve calls this in the proxy's
+    process when ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names it: :data:`PROXY_CALLBACK`)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(JSONErrors)]
+
+
+PROXY_CALLBACK = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": f"{__name__}.proxy_middlewares"}
 
 
 def check_content_type(value: str | None) -> None:
     """415 unless the body is declared an image, raw bytes, or not declared at all."""
     kind = (value or "").split(";")[0].strip().lower()
     if kind and kind not in (OCTET_STREAM, CURL_DEFAULT) and not kind.startswith("image/"):
-        raise HTTPProblem(415, f"content type {kind!r} is not an image: send the image file's bytes as the body "
+        raise HTTPProblem(415, f"content type {kind[:60]!r} is not an image: send the image file's bytes as the body "
                                f"(curl --data-binary @photo.jpg; image/* or {OCTET_STREAM}), not a form or text")
 
 
 def check_declared_length(value: str | None, limits: Limits) -> None:
-    """413 when the Content-Length header alone is over the limit (the body is then not read)."""
-    if value is not None and value.isdigit() and int(value) > limits.max_body_bytes:
+    """413 when the Content-Length header alone is over the limit (the body is then not read); 400 when
+    it is not a number (Serve's HTTP server refuses those first; the rule stands alone all the same)."""
+    if value is None:
+        return
+    if not (value.isascii() and value.strip().isdigit()):
+        raise HTTPProblem(400, f"Content-Length {value[:40]!r} is not a number of bytes")
+    if int(value) > limits.max_body_bytes:
         raise HTTPProblem(413, body_too_large(limits))
+
+
+def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits) -> Rho | None:
+    """The checks of ``POST /v1/segment`` that need no body: the content type (415), the declared
+    length (413; 400 when not a number) and the query (400: only ``rho``, given at most once); returns
+    the query's ρ."""
+    check_content_type(headers.get("content-type"))
+    check_declared_length(headers.get("content-length"), limits)
+    fields = urllib.parse.parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(fields) - {"rho"})
+    if unknown:
+        raise HTTPProblem(400, f"unknown query parameter {unknown[0][:40]!r}: /v1/segment takes only ?rho=R or "
+                               "?rho=R2,R3")
+    if len(fields.get("rho", [])) > 1:
+        raise HTTPProblem(400, "rho is given more than once: give ?rho=R or ?rho=R2,R3 once")
+    return parse_rho(fields["rho"][0] if "rho" in fields else None)
+
+
+async def read_body(chunks: AsyncIterable[bytes], limits: Limits) -> bytes:
+    """The request's body from its ``chunks`` (Starlette's ``request.stream()``): 413 once it is over the
+    size limit, 408 when it is not complete within the body timeout or a chunk does not come within the
+    idle timeout (a stalled client then frees its slot instead of holding it for as long as it likes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.body_timeout_s
+    stream = aiter(chunks)
+    body = bytearray()
+    while True:
+        left = deadline - loop.time()
+        try:
+            chunk = await asyncio.wait_for(anext(stream), min(limits.body_idle_timeout_s, max(left, 0.0)))
+        except StopAsyncIteration:
+            return bytes(body)
+        except TimeoutError:
+            if left <= limits.body_idle_timeout_s:
+                why = f"was not complete within {limits.body_timeout_s:g} s (lc-serve --body-timeout-s)"
+            else:
+                why = f"stalled: nothing came for {limits.body_idle_timeout_s:g} s (lc-serve --body-idle-timeout-s)"
+            raise HTTPProblem(408, f"the request body {why}; {len(body):,} bytes came") from None
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise HTTPProblem(413, body_too_large(limits))
 
 
 def body_too_large(limits: Limits) -> str:
@@ -91,6 +224,8 @@ def parse_rho(value: str | None) -> Rho | None:
     number in (0, 1]."""
     if value is None:
         return None
+    if len(value) > 60:  # no number in (0, 1] needs more; the answer does not echo a long value
+        raise HTTPProblem(400, f"rho must be R or R2,R3 with numbers in (0, 1], got {len(value):,} characters")
     try:
         return rho_from_text(value)
     except LCError as error:
@@ -122,10 +257,13 @@ def segment_answer(result: CascadeResult, palette: np.ndarray, milliseconds: flo
     return json.dumps(body).encode(), JSON, headers
 
 
-def model_description(cascade: Cascade, precision: str | None) -> dict[str, Any]:
-    """``GET /v1/model``: what the served model segments and how it runs."""
+def model_description(cascade: Cascade, name: str, precision: str | None) -> dict[str, Any]:
+    """``GET /v1/model``: what the served model segments and how it runs. The model is named, never
+    located: ``name`` (the model dir's) and the hash of its files (None where the model has no
+    file list: a checkpoint, an engine dir); no path of the serving machine reaches a client."""
     return {
-        "model": str(cascade.model_dir),
+        "model": name,
+        "model_hash": model_hash(cascade.manifest) if "files" in cascade.manifest else None,
         "classes": cascade.classes,
         "palette": cascade.palette.tolist(),
         "input_size": list(cascade.input_size),

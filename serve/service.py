@@ -3,7 +3,9 @@ proxy on the chosen host and port, and the model's application, up once its repl
 
 from __future__ import annotations
 
+import inspect
 import logging
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +13,8 @@ from typing import Any
 from layercascade.errors import fail
 from layercascade.serve import connect
 from layercascade.serve.app import ServeSettings, app_name, application
+from layercascade.serve.batch import last_line
+from layercascade.serve.http import PROXY_CALLBACK
 
 
 @dataclass
@@ -41,9 +45,9 @@ def start(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
     and return once every replica has loaded it. Serve's HTTP proxy listens on ``host:port`` if this
     call starts Serve; a Serve already running keeps its own.
 
-    Fails (one line, the application removed, the Ray this call started stopped) if the replicas do not
-    fit this Ray's CPUs, the deployment fails, the model does not load, or the replicas are not up
-    within ``timeout_s``.
+    Fails (one line, the application removed, the Ray this call started stopped) if Serve's proxy cannot
+    listen on ``host:port``, the replicas do not fit this Ray's CPUs, the deployment fails, the model does
+    not load, or the replicas are not up within ``timeout_s``.
     """
     import ray
     from ray import serve
@@ -59,7 +63,7 @@ def start(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
             fail(f"{replicas} replica(s) of {replica_cpus:g} CPU(s) do not fit the {available:g} CPUs Ray has "
                  "here; lower --replicas or --replica-cpus")
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # lc-serve prints its own lines
-        serve.start(http_options={"host": host, "port": port})
+        start_serve(host, port)
         deploy(application(settings, replicas, replica_cpus), name, prefix, timeout_s)
         status = serve.get_app_handle(name).status.remote().result(timeout_s=timeout_s)
         if not status["ready"]:
@@ -68,6 +72,33 @@ def start(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
         service.stop()
         raise
     return service
+
+
+def check_port(host: str, port: int) -> None:
+    """One line unless ``host:port`` can be listened on now: lc-serve checks before it starts a local Ray
+    (seconds), where Serve's proxy will listen."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            fail(f"cannot listen on {host}:{port} ({error.strerror or error}); is another server using the "
+                 "port? choose another --port (or --host)")
+
+
+def start_serve(host: str, port: int) -> None:
+    """Start Serve with its HTTP proxy on ``host:port`` (a Serve already running keeps its own), the proxy
+    answering its own errors as JSON (``http.JSONErrors``, through the environment of Serve's controller,
+    which its proxies inherit; Rays older than 2.60 take no such option and their proxies answer text)."""
+    from ray import serve
+
+    options: dict[str, Any] = {"http_options": {"host": host, "port": port}}
+    if "controller_options" in inspect.signature(serve.start).parameters:
+        options["controller_options"] = {"runtime_env": {"env_vars": PROXY_CALLBACK}}
+    try:
+        serve.start(**options)
+    except Exception as error:  # Ray's own error types; the last line is the cause ("Failed to bind to ...")
+        fail(f"Serve's HTTP proxy did not start on {host}:{port}: {last_line(error)}; is another server using "
+             "the port? choose another --port (or --host)")
 
 
 def deploy(app: Any, name: str, prefix: str, timeout_s: float) -> None:

@@ -1,15 +1,18 @@
 """lc-serve: the request rules (no server), then the service on a local Ray (loopback only):
 answers identical to a local Cascade under concurrent clients, dynamic batching, a corpus of bad
-requests, a replica killed under load, and a model that does not load."""
+requests, clients that stall, a replica killed under load, and a model that does not load.
+test_serve_hostile.py holds the rules under mutated requests and lc-serve's options."""
 
 from __future__ import annotations
 
 import base64
 import collections
+import json
 import shutil
+import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +159,12 @@ def test_health_and_model(demo_service) -> None:
 
     with httpx.Client(timeout=30) as client:
         assert client.get(f"{demo_service.url}/v1/health").json() == {"status": "ready"}
-        model = client.get(f"{demo_service.url}/v1/model").json()
+        answer = client.get(f"{demo_service.url}/v1/model")
+        model = answer.json()
         assert model["classes"][0] == "background" and len(model["palette"]) == len(model["classes"])
+        # The model is named (the application's name, its files' hash), never located on the serving machine.
+        assert model["model"] == "demo" and len(model["model_hash"]) == 64
+        assert str(DEMO_MODEL) not in answer.text and str(DEMO_MODEL.parent) not in answer.text
         assert model["input_size"] == [160, 160] and model["default_rho"] == 0.985 and model["backend"] == "ort"
         assert model["batch_capacity"] == 1
         missing = client.get(f"{demo_service.url}/v2/segment")
@@ -209,6 +216,70 @@ def test_bad_requests_get_their_4xx_and_the_service_keeps_serving(demo_service) 
         assert base64.b64decode(answer.json()["labels_png"]) == expected[JPEG.name, None]
 
 
+def stalled_upload(port: int, path: str, headers: str = "") -> socket.socket:
+    """A client that sends a segment request's headers and the first 10 bytes of its 100 kB body, then stalls."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=60)
+    client.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
+                   f"Content-Length: 100000\r\n{headers}\r\n".encode() + b"0123456789")
+    return client
+
+
+def answer_of(client: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of the answer on ``client`` (which is then closed)."""
+    data = b""
+    with client:
+        while b"\r\n\r\n" not in data and (chunk := client.recv(65536)):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in lines)}
+        while len(body) < int(headers.get("content-length", len(body))) and (chunk := client.recv(65536)):
+            body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+def test_stalled_uploads_hold_their_slots_only_until_their_deadline(port, demo_service) -> None:
+    """Clients that send headers and a few body bytes, then stall: a replica holds at most --max-uploads of
+    them and answers the others 503 with Retry-After at once, answers health and model meanwhile, and
+    answers the held ones 408 once their body is overdue, which frees their slots."""
+    import httpx
+
+    from layercascade.serve.app import ServeSettings
+    from layercascade.serve.service import start
+
+    settings = ServeSettings(None, limits=Limits(body_timeout_s=5, body_idle_timeout_s=5), max_uploads=2)
+    service = start(settings, port=port, replicas=1, replica_cpus=0.5, route_prefix="/stalled", name="stalled",
+                    timeout_s=120)
+    try:
+        clients = [stalled_upload(port, "/stalled/v1/segment") for _ in range(6)]
+        with ThreadPoolExecutor(len(clients)) as pool, httpx.Client(timeout=10) as client:
+            answers = as_completed([pool.submit(answer_of, c) for c in clients], timeout=60)
+            assert client.get(f"{service.url}/v1/health").json() == {"status": "ready"}
+            assert client.get(f"{service.url}/v1/model").status_code == 200
+            for _ in range(4):  # beyond the two slots: refused at once, the connection closed
+                status, headers, body = next(answers).result()
+                assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
+                assert "--max-uploads" in json.loads(body)["error"]
+            refused = post(client, service.url, JPEG, None)  # a whole upload, while both slots are held
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert set(refused.json()) == {"error"}
+            for _ in range(2):  # the held ones: 408 once their body is overdue, the connection closed
+                status, headers, body = next(answers).result()
+                assert (status, headers["connection"]) == (408, "close")
+                assert "10 bytes came" in json.loads(body)["error"]
+            assert post(client, service.url, JPEG, None).status_code == 200  # the slots are free again
+    finally:
+        service.stop()
+
+
+def test_the_proxys_own_answers_are_json(port, demo_service) -> None:
+    """An answer Serve's proxy gives itself (here its 408 for a request over the deadline a client set
+    with Serve's X-Request-Timeout-Seconds) is JSON like the replicas' answers."""
+    status, headers, body = answer_of(stalled_upload(port, "/v1/segment", "X-Request-Timeout-Seconds: 0.5\r\n"))
+    assert status == 408 and headers["content-type"] == "application/json"
+    assert "timed out" in json.loads(body)["error"]
+
+
 def replica_actors(application: str) -> list[dict[str, str]]:
     """The live Ray actors of an application's replicas (name and namespace)."""
     import ray
@@ -228,6 +299,7 @@ def test_a_replica_killed_under_load_is_replaced(demo_service) -> None:
     expected = expected_pngs(None, [None])
     outcomes: list[tuple[int, bool]] = []
     failures: list[str] = []
+    media_types: set[str] = set()  # of the answers other than 200
     stop = threading.Event()
 
     def load() -> None:
@@ -242,6 +314,8 @@ def test_a_replica_killed_under_load_is_replaced(demo_service) -> None:
                     failures.append(repr(error))
                     continue
                 outcomes.append((response.status_code, response.content == expected[path.name, None]))
+                if response.status_code != 200:
+                    media_types.add(response.headers["content-type"])
 
     threads = [threading.Thread(target=load) for _ in range(4)]
     for thread in threads:
@@ -258,6 +332,7 @@ def test_a_replica_killed_under_load_is_replaced(demo_service) -> None:
         assert not thread.is_alive()
     print(f"statuses under the kill: {sorted(collections.Counter(s for s, _ in outcomes).items())}")
     assert failures == []
+    assert media_types <= {"application/json"}  # Serve's proxy's answers too (a 500 for a request on the dead one)
     assert all(correct for status, correct in outcomes if status == 200)
     assert sum(status == 200 for status, _ in outcomes) > 20
     deadline = time.monotonic() + 120
@@ -350,7 +425,8 @@ def test_a_replica_without_its_model_says_why_and_fails_its_health_check(tmp_pat
             failed.check_health()
         for method, path in (("GET", "/v1/health"), ("GET", "/v1/model"), ("POST", "/v1/segment")):
             answer = await failed(request(method, path, JPEG.read_bytes() if method == "POST" else b""))
-            assert answer.status_code == 503 and b"the model failed to load" in answer.body
+            assert answer.status_code == 503 and b"the model failed to load: broken" in answer.body
+            assert str(tmp_path).encode() not in answer.body  # the model is named, never located
         server = app.CascadeServer(app.ServeSettings(None, max_batch=8))
         server.check_health()
         assert server.status() == {"ready": True, "error": None}
