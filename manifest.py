@@ -14,9 +14,10 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from layercascade.errors import LCError, fail
 
@@ -58,7 +59,7 @@ def read_manifest(model_dir: str | os.PathLike, verify: bool = True) -> dict[str
              "re-export the model (lc-export) so its files can be verified")
     for name, digest in files.items():
         file = model_dir / check_file_name(name, path, "files")
-        if not (isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)):
+        if not is_sha256(digest):
             fail(f"{path}: files[{name!r}] is not a sha256 (64 hex digits); re-export the model")
         if not file.is_file():
             fail(f"{file}: missing from the model directory (listed in {MANIFEST}); re-export the model")
@@ -94,12 +95,22 @@ def read_cascade_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
     return check_cascade_fields(manifest, source)
 
 
+def is_plain_file_name(name: object) -> bool:
+    """Whether ``name`` names a file in a folder itself: a string with no folder part (no ``/`` or ``\\``),
+    not ``.``/``..``, printable (no NUL), at most 255 bytes. The one rule for the names read from files a
+    command did not write (a model dir's lc.json, an output folder's summary.json)."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and name.isprintable() and len(os.fsencode(name)) <= 255)
+
+
+def is_sha256(digest: object) -> bool:
+    return isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest) is not None
+
+
 def check_file_name(name: object, source: str | os.PathLike, field: str) -> str:
-    """``name`` if it is a plain file name (no folder part, not ``.``/``..``, not absolute, printable,
-    at most 255 bytes), else one line naming ``source`` and ``field``: the one rule for the names a model
-    dir's metadata gives, so that no name read from it leads out of the dir."""
-    if not (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and name.isprintable() and len(os.fsencode(name)) <= 255):
+    """``name`` if it is a plain file name (:func:`is_plain_file_name`), else one line naming ``source`` and
+    ``field``: no name read from a model dir's metadata leads out of the dir."""
+    if not is_plain_file_name(name):
         fail(f"{source}: {field} {json.dumps(name)[:80]} is not a plain file name inside the model directory; "
              "re-export the model")
     return name
@@ -112,27 +123,51 @@ MAX_JSON_DEPTH = 32
 
 
 def read_json(path: Path, advice: str, max_bytes: int = MAX_MANIFEST_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """The JSON value in ``path``, or one line naming the file and ``advice``: not readable, over ``max_bytes``,
-    not JSON, or nested deeper than ``max_depth``."""
+    """The JSON value in the regular file ``path``, or one line naming the file and ``advice``: not readable, a
+    link or not a regular file (:func:`open_regular`), over ``max_bytes``, not JSON, or nested deeper than
+    ``max_depth``."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(max_bytes + 1)
+        data = read_regular(path, max_bytes)
     except OSError as error:
         fail(f"{path}: cannot be read ({error.strerror or error}); {advice}")
-    if len(data) > max_bytes:
-        fail(f"{path}: over {max_bytes // 2**20} MiB, far larger than layercascade writes; {advice}")
+    except LCError as error:
+        fail(f"{path}: {error}; {advice}")
     try:
         value = json.loads(data)
     except RecursionError:
-        value = None
-        depth = max_depth + 1
+        fail(f"{path}: nested deeper than {max_depth} levels, not a file layercascade writes; {advice}")
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         fail(f"{path}: not valid JSON ({error}); {advice}")
-    else:
-        depth = json_depth(value, max_depth)
-    if depth > max_depth:
+    if json_depth(value, max_depth) > max_depth:
         fail(f"{path}: nested deeper than {max_depth} levels, not a file layercascade writes; {advice}")
     return value
+
+
+# Opening a file a command did not write never follows a link, nor blocks on a FIFO (where the OS has these).
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, refused (:class:`LCError`) unless it is a regular file: a link is not
+    followed, a FIFO not waited on. OSError if it cannot be opened (missing, a link where the OS refuses to
+    follow it)."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        fail("a link or not a regular file")
+    handle = os.fdopen(os.open(path, _READ_FLAGS), "rb")
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped since the lstat
+        handle.close()
+        fail("a link or not a regular file")
+    return handle
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`), refused over ``limit`` bytes."""
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(limit + 1) if size <= limit else b""
+    if max(size, len(data)) > limit:  # the data too: the file may grow while it is read
+        fail(f"{max(size, len(data)):,} bytes, over the {limit >> 20} MiB layercascade reads")
+    return data
 
 
 def json_depth(value: Any, limit: int) -> int:

@@ -16,6 +16,7 @@ from layercascade.runtime.segment import (
     PICTURE_MAX_PIXELS,
     SUMMARY_MAX_BYTES,
     ReadOptions,
+    check_model_pixels,
     earlier_outputs,
     make_output_dir,
     segment_all,
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     read, progress = ReadOptions(args.max_pixels, args.exif_transpose), not (args.quiet or args.json)
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args)) as cascade:
+        check_model_pixels(cascade, args.max_pixels)
         if args.ray is None:
             run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict, progress=progress, read=read,
                               earlier=earlier)

@@ -176,7 +176,7 @@ def check_stage_graphs(model_dir: Path, manifest: dict[str, Any], graphs: Sequen
             name, shape = tensor["name"], tensor["shape"]
             if name in (IMAGE, LABELS) and shape[1:3] != [height, width]:
                 fail(f"{lc_json}: input_size {[height, width]} does not match {file.name}'s {name} "
-                     f"{_described(tensor)}; fix input_size (and dynamic_size) or re-export the model")
+                     f"{_described(tensor)}; fix input_size or re-export the model")
             if name in (SCORES1, SCORES2) and shape[1] != classes:
                 fail(f"{lc_json}: {classes} classes (and palette colours), but {file.name}'s {name} has {shape[1]} "
                      "channels; fix classes and palette or re-export the model")

@@ -11,14 +11,13 @@ import json
 import os
 import secrets
 import signal
-import stat
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from layercascade.contract import Rho, RhoLike, rho_value
 from layercascade.errors import LCError, fail
+from layercascade.manifest import is_plain_file_name, is_sha256, open_regular, read_regular
 from layercascade.model.data.images import MAX_PIXELS, read_rgb, resize_image, resize_labels
 from layercascade.runtime.inputs import output_stems
 from layercascade.runtime.visualize import label_image, overlay, stage_picture
@@ -57,8 +57,6 @@ SUMMARY_MAX_BYTES = 64 << 20
 # EROFS, EIO, the folder gone, and any errno not listed) would fail the next image alike: the run stops.
 IMAGE_ONLY_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ, errno.EACCES, errno.EPERM,
                                errno.EISDIR, errno.EBUSY, errno.ETXTBSY, errno.EFBIG})
-# Opening a file found in the output folder never follows a link, nor blocks on a FIFO (where the OS has these).
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 
 @dataclass
@@ -101,6 +99,15 @@ def os_reason(error: OSError, path: Path) -> str:
         return f"path too long: {len(os.fsencode(str(path)))} bytes; pass a shorter -o"
     over = f", over the {limit} this file system takes" if limit else ""
     return f"file name too long: {size} bytes{over}; shorten the input's name"
+
+
+def check_model_pixels(cascade: Cascade, max_pixels: int) -> None:
+    """Fail (one line) when the model's input is over ``max_pixels`` (lc-run's and lc-serve's --max-pixels): every
+    image is resized to it, so a model dir declaring a huge input must not make each run allocate without bound."""
+    height, width = cascade.input_size
+    if height * width > max_pixels:
+        fail(f"{cascade.model_dir}: the model's input size {height}x{width} is over --max-pixels {max_pixels:,}; "
+             "raise --max-pixels if this model is meant to run here")
 
 
 def make_output_dir(path: Path) -> Path:
@@ -270,52 +277,19 @@ def recorded_outputs(summary: object) -> dict[str, set[str]]:
     hashes = []
     for record in summary["results"]:
         if not (isinstance(record, dict) and isinstance(record.get("outputs"), list)
-                and all(map(is_plain_name, record["outputs"]))):
+                and all(map(is_plain_file_name, record["outputs"]))):
             raise ValueError("a result without a list of output file names")
         hashes.append(record.get("sha256", {}))
     earlier = summary.get("earlier_outputs", {})
-    if isinstance(earlier, list) and all(map(is_plain_name, earlier)):
+    if isinstance(earlier, list) and all(map(is_plain_file_name, earlier)):
         earlier = {}  # names only: an older lc-run's
     recorded: dict[str, set[str]] = {}
     for digests in [*hashes, earlier]:
-        if not (isinstance(digests, dict) and all(is_plain_name(n) and is_sha256(d) for n, d in digests.items())):
+        if not (isinstance(digests, dict) and all(is_plain_file_name(n) and is_sha256(d) for n, d in digests.items())):
             raise ValueError("output hashes are not {file name: sha256}")
         for name, digest in digests.items():
             recorded.setdefault(name, set()).add(digest)
     return recorded
-
-
-def is_plain_name(name: object) -> bool:
-    """A file name in the folder itself: not empty, ".", "..", no separator, no NUL."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
-            and name == Path(name).name)
-
-
-def is_sha256(digest: object) -> bool:
-    return isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
-
-
-def open_regular(path: Path) -> BinaryIO:
-    """``path`` opened for reading, refused (:class:`LCError`) unless it is a regular file: a link is not
-    followed, a FIFO not waited on. OSError if it cannot be opened (missing, a link where the OS refuses to
-    follow it)."""
-    if not stat.S_ISREG(os.lstat(path).st_mode):
-        fail("a link or not a file")
-    handle = os.fdopen(os.open(path, _READ_FLAGS), "rb")
-    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped since the lstat
-        handle.close()
-        fail("a link or not a file")
-    return handle
-
-
-def read_regular(path: Path, limit: int) -> bytes:
-    """The bytes of the regular file ``path`` (:func:`open_regular`), refused over ``limit`` bytes."""
-    with open_regular(path) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        data = handle.read(limit + 1) if size <= limit else b""
-    if max(size, len(data)) > limit:  # the data too: the file may grow while it is read
-        fail(f"{max(size, len(data)):,} bytes, over the {limit >> 20} MiB lc-run reads")
-    return data
 
 
 def file_sha256(path: Path) -> str | None:

@@ -34,6 +34,7 @@ from starlette.responses import Response
 from layercascade.contract import Rho
 from layercascade.errors import LCError
 from layercascade.runtime.inputs import DEMO_MODEL
+from layercascade.runtime.segment import check_model_pixels
 from layercascade.serve import gpus_per_model
 from layercascade.serve.http import (
     JSON,
@@ -91,6 +92,10 @@ class CascadeServer:
         self.decoding = asyncio.Semaphore(2 * settings.max_batch)
         try:
             cascade = Cascade.load(settings.model, **settings.load)
+            with contextlib.ExitStack() as unless_checked:  # a model this service refuses is closed again
+                unless_checked.callback(cascade.close)
+                check_model_pixels(cascade, settings.limits.max_pixels)
+                unless_checked.pop_all()
         except LCError as error:
             self.load_error = str(error)
             return

@@ -257,11 +257,11 @@ def test_earlier_outputs_are_replaced_while_their_content_is_what_was_written(tm
 
 BAD_SUMMARIES = {
     "too big": (lambda path: path.write_bytes(b"") or os.truncate(path, SUMMARY_MAX_BYTES + 1),  # sparse
-                f"({SUMMARY_MAX_BYTES + 1:,} bytes, over the 64 MiB lc-run reads)"),
+                f"({SUMMARY_MAX_BYTES + 1:,} bytes, over the 64 MiB layercascade reads)"),
     "too deep": (lambda path: path.write_text("[" * 100_000 + "]" * 100_000), "(nested too deep)"),
     "a link": (lambda path: path.symlink_to(path.parent.parent / "elsewhere" / "summary.json"),
-               "(a link or not a file)"),
-    "a FIFO": (lambda path: os.mkfifo(path), "(a link or not a file)"),
+               "(a link or not a regular file)"),
+    "a FIFO": (lambda path: os.mkfifo(path), "(a link or not a regular file)"),
 }
 
 

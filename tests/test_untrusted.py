@@ -228,8 +228,11 @@ def test_json_is_read_within_bounds(tmp_path: Path) -> None:
     with pytest.raises(LCError, match="nested deeper than 3 levels"):
         read_json(path, "", max_depth=3)
     path.write_text(" " * 2_000 + "{}")
-    with pytest.raises(LCError, match="over 0 MiB, far larger than layercascade writes"):
+    with pytest.raises(LCError, match="2,002 bytes, over the 0 MiB layercascade reads"):
         read_json(path, "", max_bytes=1_000)
+    os.mkfifo(tmp_path / "fifo.json")  # refused, not waited on
+    with pytest.raises(LCError, match="fifo.json: a link or not a regular file"):
+        read_json(tmp_path / "fifo.json", "")
     path.write_bytes(b"\xff\xfe{")
     with pytest.raises(LCError, match="not valid JSON"):
         read_json(path, "")
@@ -420,3 +423,13 @@ def test_model_dirs_are_readable_by_other_users(tmp_path: Path) -> None:
         os.umask(umask)
     assert written.stat().st_mode & 0o777 == 0o755
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in written.iterdir())
+
+
+def test_a_model_over_the_pixel_limit_is_one_line(tmp_path: Path, capsys) -> None:
+    """A model dir whose input is over --max-pixels (an attacker's 40000² would be refused at load anyway) is
+    refused before any image is read, rather than resizing every image to it."""
+    from layercascade.cli import run
+
+    assert run_cli(run.main, ["--max-pixels", "20000", "-o", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "the model's input size 160x160 is over --max-pixels 20,000" in err[0], err
