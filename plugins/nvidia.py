@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from typing import Any
 
 from layercascade.errors import fail
 
-INSTALL = "pip install 'layercascade[gpu]' (TensorRT ≥ 10.9 and cuda-python, on a machine with an NVIDIA GPU)"
+# The oldest TensorRT lc-build and the trt backend take. Engines hold the lc::RegionConv Python plugin
+# (ahead-of-time since 10.9), which reaches TensorRT through its ONNX parser; before 10.10 that parser passed
+# the ONNX node's *name* to the Python plugin creator, which looks plugins up as "namespace::name" (so
+# "lc::<node name>", a KeyError), and only from 10.10 on its op type. onnx-tensorrt importerUtils.cpp
+# createPlugin(): at 0137504e (the 10.6 GA release) addPluginWithCreator passes getNodeName(node); at ff761afc
+# (TensorRT v10.12.0's parsers/onnx) the V3Quick branch passes node.op_type() ("QDP framework relies on the name
+# passed to createPlugin() being exactly equal to the registered plugin name"). NVIDIA/TensorRT 665cfbe8 (the
+# 10.10 release) renamed the node of samples/python/quickly_deployable_plugins/qdp_runner.py from its op type
+# "circ_pad_plugin" to "circ_pad_plugin 0", the first release whose sample parses a node named otherwise;
+# docs/tensorrt.md has the evidence and what is not verified.
+TENSORRT_FLOOR = (10, 10)
+INSTALL = ("pip install 'layercascade[gpu]' (TensorRT ≥ 10.10 and cuda-python, on a machine with an NVIDIA "
+           "GPU)")
 
 
 def _first_line(error: BaseException) -> str:
@@ -21,7 +34,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def import_tensorrt(who: str) -> Any:
-    """``tensorrt``, or one line naming what is wrong with its install."""
+    """``tensorrt``, or one line naming what is wrong with its install (missing, bindings only, libraries
+    that do not load, older than :data:`TENSORRT_FLOOR`)."""
     try:
         import tensorrt
     except ModuleNotFoundError as error:
@@ -34,20 +48,27 @@ def import_tensorrt(who: str) -> Any:
     except (ImportError, OSError) as error:  # OSError: the bindings without libnvinfer
         fail(f"{who} needs TensorRT, whose libraries do not load ({_first_line(error)}): install the libnvinfer "
              "that matches the bindings (tensorrt-cu13-libs)")
+    check_tensorrt_version(tensorrt.__version__, who)
     return tensorrt
 
 
+def check_tensorrt_version(version: str, who: str) -> None:
+    """One line unless TensorRT ``version`` (``"10.9.0.34"``) is at least :data:`TENSORRT_FLOOR`."""
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if found < TENSORRT_FLOOR:
+        floor = ".".join(map(str, TENSORRT_FLOOR))
+        fail(f"{who} needs TensorRT ≥ {floor}, found TensorRT {version}: older ONNX parsers look Python plugins up by "
+             f"node name, not op type, and cannot create lc::RegionConv; {INSTALL}")
+
+
 def import_tensorrt_plugin(who: str) -> Any:
-    """``tensorrt.plugin`` with ahead-of-time plugins (TensorRT ≥ 10.9)."""
+    """``tensorrt.plugin`` (ahead-of-time plugins since 10.9, below :data:`TENSORRT_FLOOR`)."""
     trt = import_tensorrt(who)
     try:
         import tensorrt.plugin as trtp
     except ImportError as error:
-        fail(f"{who} needs tensorrt.plugin, which TensorRT {trt.__version__} lacks ({_first_line(error)}): "
-             "install TensorRT 10.9 or newer")
-    if not hasattr(trtp, "aot_impl"):
-        fail(f"{who} needs AOT Python plugins (tensorrt.plugin.aot_impl), which TensorRT {trt.__version__} lacks: "
-             "install 10.9 or newer")
+        fail(f"{who} needs tensorrt.plugin, which does not import in TensorRT {trt.__version__} "
+             f"({_first_line(error)}); {INSTALL}")
     return trtp
 
 

@@ -86,19 +86,29 @@ def _aligned(signature: dict[str, str]) -> dict[tuple[int], list]:
     return {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(signature.values()) if kind.startswith("*")}
 
 
-def ptx_isa(arch: str, driver_cuda: str | None = None) -> int:
-    """The PTX ISA version (``84`` = ``.version 8.4``) to emit for ``arch``: Triton's own, from its
-    bundled ptxas, lowered to the newest a driver of CUDA ``driver_cuda`` (e.g. ``"12.4"``) loads.
+def ptx_cuda(arch: str, driver_cuda: str | None = None) -> str:
+    """The CUDA version (``"12.4"``) whose PTX ISA the kernels for ``arch`` are emitted in: the one of
+    Triton's bundled ptxas, or that of a driver of CUDA ``driver_cuda`` when it is older.
 
     A driver rejects newer PTX when it loads the module (``CUDA_ERROR_UNSUPPORTED_PTX_VERSION``);
     for a TensorRT AOT plugin that happens at engine run time, on the machine that runs the engine
     (Torch-TensorRT caps the ISA for the same reason: ``py/torch_tensorrt/kernels/_triton.py``).
-    The mapping of CUDA versions to ISAs is Triton's own (``ptx_get_version``).
+    lc-build records this version in ``engines.json``; the TensorRT backend refuses a driver older than it.
     """
-    from triton.backends.nvidia.compiler import get_ptxas, ptx_get_version
+    from triton.backends.nvidia.compiler import get_ptxas
 
-    own = ptx_get_version(get_ptxas(int(arch.removeprefix("sm_"))).version)
-    return own if driver_cuda is None else min(own, ptx_get_version(driver_cuda))
+    own = get_ptxas(int(arch.removeprefix("sm_"))).version
+    if driver_cuda is None:
+        return own
+    return min(own, driver_cuda, key=lambda version: tuple(int(part) for part in version.split(".")[:2]))
+
+
+def ptx_isa(arch: str, driver_cuda: str | None = None) -> int:
+    """The PTX ISA version (``84`` = ``.version 8.4``) of :func:`ptx_cuda`; the mapping of CUDA versions
+    to ISAs is Triton's own (``ptx_get_version``)."""
+    from triton.backends.nvidia.compiler import ptx_get_version
+
+    return ptx_get_version(ptx_cuda(arch, driver_cuda))
 
 
 def compile_kernel(kernel: str, dtype: str, arch: str, layer: Layer = DEFAULT_LAYER, num_stages: int | None = None,

@@ -20,7 +20,8 @@ are not fields. Everything except :func:`register_plugins` runs without TensorRT
 arithmetic, the attribute contract and the PTX are tested on machines without a GPU.
 
 API sources (TensorRT 11.4, read from the ``tensorrt-cu13-bindings`` wheel,
-``tensorrt_bindings/plugin/``): ``_lib.py`` (``register``/``impl``/``aot_impl``/``autotune``
+``tensorrt_bindings/plugin/``; the attribute conversion of the creator in every release from 10.6,
+:func:`plugin_fields`): ``_lib.py`` (``register``/``impl``/``aot_impl``/``autotune``
 docstrings), ``_validate.py`` (signature schemas: inputs, attributes in registration order,
 then ``outputs``, ``stream``, ``tactic``), ``_plugin_class.py`` (how TensorRT calls them:
 ``aot_impl`` positionally with *every* attribute in field order plus the tactic; ``impl``
@@ -93,17 +94,43 @@ def plugin_fields() -> dict[str, Any]:
     writes node attributes sorted by name; the register signature's order is the plugin
     creator's field order; and TensorRT calls ``aot_impl`` with the attribute *values* in
     field-collection order, positionally (``_plugin_class.py``, ``get_launch_params``).
-    INTS become int32 arrays (as in NVIDIA's circ_pad sample; the plugin creator casts the
-    parsed values to the annotated dtype), INT ``int``, FLOAT ``float``, STRING ``str``.
+
+    INT and INTS both become int32 arrays (take the values with :func:`attribute_values`); FLOAT
+    ``float``, STRING ``str``. The ONNX parser hands every INT attribute over as a one-element
+    kINT32 field (onnx-tensorrt ``loadFields``), which the Python creator converts by annotation
+    (``tensorrt_bindings/plugin/_lib.py``, ``_TemplatePluginCreator.create_plugin``): an array
+    annotation is ``f.data.astype(dtype)`` in every release; an ``int`` annotation is ``int(f.data)``
+    up to 11.1 and ``int(f.data[0])`` from 11.2.1 (read in the bindings wheels 10.6.0 … 11.1.0.106 and
+    11.2.1.2 … 11.4.0.106), and ``int()`` of a one-element array raises TypeError from NumPy 2.4 on
+    (deprecated since 1.25). An ``int`` field would fail every RegionConv on TensorRT 10.x with
+    current NumPy; the arrays work with every release and NumPy.
     """
     from onnx import AttributeProto
 
     from layercascade.export import regionconv
 
-    annotations = {AttributeProto.INT: int, AttributeProto.INTS: npt.NDArray[np.int32],
+    annotations = {AttributeProto.INT: npt.NDArray[np.int32], AttributeProto.INTS: npt.NDArray[np.int32],
                    AttributeProto.FLOAT: float, AttributeProto.STRING: str}
     return {name: annotations[kind] for name, kind in sorted(regionconv.ATTRIBUTES.items())
             if name not in PARSER_ATTRIBUTES}
+
+
+def attribute_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """The node's attribute values from the plugin fields TensorRT passes: an INT attribute is the one
+    element of its int32 array (:func:`plugin_fields`), the others as they come."""
+    from onnx import AttributeProto
+
+    from layercascade.export import regionconv
+
+    values = dict(fields)
+    for name, value in fields.items():
+        if regionconv.ATTRIBUTES.get(name) == AttributeProto.INT:
+            array = np.asarray(value).reshape(-1)
+            if array.size != 1:
+                fail(f"lc::RegionConv attribute {name} must be one integer, got {array.tolist()}: re-export the "
+                     "model with lc-export")
+            values[name] = int(array[0])
+    return values
 
 
 def check_attributes(pads: Sequence[int], dilations: Sequence[int], group: int, activation: int) -> None:
@@ -259,6 +286,14 @@ def device_arch() -> str:
     return f"sm_{major}{minor}"
 
 
+def kernel_ptx_cuda() -> str:
+    """The CUDA version whose PTX ISA ``aot_impl`` emits on this machine (:func:`ptx.ptx_cuda` of this GPU
+    and this driver): lc-build records it, the TensorRT backend checks the driver against it."""
+    from layercascade.plugins import ptx
+
+    return ptx.ptx_cuda(device_arch(), driver_cuda_version(WHO))
+
+
 def run_region_conv(x: Any, weight: Any, bias: Any, mask: Any, out: Any, *, pads: Sequence[int],
                     dilations: Sequence[int], group: int, activation: int, tactic: int = 1) -> None:
     """``out = act(conv2d(x, W, B)) ⊙ M`` on NCHW torch tensors: the JIT plugin's body.
@@ -339,8 +374,8 @@ def define_plugin(trt: Any, trtp: Any) -> None:
             fail(f"lc::RegionConv runs in fp32 or fp16, not {desc.dtype}")
         return precisions[desc.dtype]
 
-    def describe(*inputs: Any, **attributes: Any) -> Any:
-        check_attributes(**attributes)
+    def describe(*inputs: Any, **given: Any) -> Any:
+        check_attributes(**attribute_values(given))
         x, w = inputs[0], inputs[1]
         out = x.like()
         for axis, dim in enumerate(output_dims(x.shape_expr, w.shape_expr)):
@@ -353,7 +388,7 @@ def define_plugin(trt: Any, trtp: Any) -> None:
     def aot(*args: Any) -> tuple[str, str, Any, Any]:
         # TensorRT calls (inputs..., every attribute in field order..., outputs, tactic).
         x, w = args[0], args[1]
-        attributes = dict(zip(fields, args[len(INPUTS):-2]))
+        attributes = attribute_values(dict(zip(fields, args[len(INPUTS):-2])))
         tactic = args[-1]
         precision = precision_of(x)
         layer = layer_from_node(x.shape[1], tuple(w.shape), **attributes)
@@ -371,7 +406,7 @@ def define_plugin(trt: Any, trtp: Any) -> None:
         # TensorRT calls (inputs..., attributes..., outputs, stream, tactic).
         import torch
 
-        attributes = dict(zip(fields, args[len(INPUTS):-3]))
+        attributes = attribute_values(dict(zip(fields, args[len(INPUTS):-3])))
         outputs, stream, tactic = args[-3:]
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             x, w, b, m = (torch.as_tensor(t, device="cuda") for t in args[:len(INPUTS)])

@@ -7,9 +7,12 @@ from __future__ import annotations
 import ctypes
 import sys
 import types
+import typing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 
 from layercascade.manifest import read_manifest
 from layercascade.runtime.inputs import DEMO_MODEL
@@ -17,14 +20,15 @@ from layercascade.runtime.trt.engines import BatchRange, BuiltEngine, write_engi
 
 TENSORRT_VERSION = "11.4.0.106"
 GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-# What the fake engines were "built" with.
-BUILT = {"tensorrt": TENSORRT_VERSION, "gpu": GPU, "plugin_sha256": "ab" * 32}
+# What the fake engines were "built" with; the simulated driver (cudaDriverGetVersion) is CUDA 13.0.
+BUILT = {"tensorrt": TENSORRT_VERSION, "gpu": GPU, "plugin_sha256": "ab" * 32, "ptx_cuda": "12.8"}
+DRIVER_VERSION = 13000
 
 
 def fake_engine_dir(target: Path, model_dir: Path = DEMO_MODEL, precision: str = "fp16") -> Path:
     settings = {**BUILT, "precision": precision, "batch": BatchRange(1, 1, 1), "version_compatible": False}
     return write_engine_dir(target, model_dir, read_manifest(model_dir),
-                            lambda graph: BuiltEngine(f"plan of {graph.name}".encode(), "00" * 32), settings)
+                            lambda graph: BuiltEngine(f"plan of {graph.name}".encode(), "00" * 32, False), settings)
 
 
 def install_fake_tensorrt(monkeypatch, tensorrt: types.ModuleType, cudart: types.ModuleType) -> None:
@@ -54,6 +58,8 @@ class SimulatedCuda:
         # or enqueue and invalidate the capture, after which every call on the stream fails (True).
         self.invalidate_captures = False
         self.invalidated = False
+        self.captured: list[str] = []  # the engines enqueued inside a capture, in order
+        self.driver_version = DRIVER_VERSION  # cudaDriverGetVersion: 1000 · major + 10 · minor
 
     def submit(self, work) -> tuple:
         if self.capture is None:
@@ -90,6 +96,9 @@ class SimulatedCuda:
             work()
         return (0,)
 
+    def cudaDriverGetVersion(self) -> tuple:
+        return 0, self.driver_version
+
     cudaGetDeviceCount = staticmethod(lambda: (0, 1))
     cudaGetDevice = staticmethod(lambda: (0, 0))
     cudaGetDeviceProperties = staticmethod(
@@ -104,7 +113,12 @@ class SimulatedCuda:
 
 def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
     """``tensorrt`` whose "plans" name an ONNX file that ONNX Runtime runs on the simulated device
-    memory. Like TensorRT with data-dependent shapes, graphs with NonZero refuse stream capture."""
+    memory. Like TensorRT with data-dependent shapes, graphs with NonZero refuse stream capture.
+
+    TensorRT documents nothing about an execution context whose enqueue went into a capture the driver
+    then invalidated; this stand-in takes the worst case, a context that refuses all later work (the
+    backend must replace it). A context whose enqueue TensorRT refused stays usable, as trtexec
+    assumes (``samples/common/sampleInference.cpp``)."""
     import onnxruntime
 
     trt = types.ModuleType("tensorrt")
@@ -121,6 +135,7 @@ def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
     class Context:
         def __init__(self, engine) -> None:
             self.engine, self.shapes, self.addresses = engine, {}, {}
+            self.broken = False
 
         def set_input_shape(self, name: str, shape) -> bool:
             self.shapes[name] = tuple(shape)
@@ -130,9 +145,13 @@ def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
             self.addresses[name] = address
 
         def execute_async_v3(self, stream) -> bool:
-            if cuda.capture is not None and self.engine.data_dependent:
-                cuda.invalidated = cuda.invalidate_captures
-                return cuda.invalidate_captures
+            if self.broken:
+                return False
+            if cuda.capture is not None:
+                cuda.captured.append(self.engine.name)
+                if self.engine.data_dependent:
+                    cuda.invalidated = self.broken = cuda.invalidate_captures
+                    return cuda.invalidate_captures
             return cuda.submit(self.execute) == (0,)
 
         def execute(self) -> None:
@@ -148,6 +167,7 @@ def simulated_tensorrt(cuda: SimulatedCuda) -> types.ModuleType:
 
     class Engine:
         def __init__(self, path: str) -> None:
+            self.name = Path(path).stem
             self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
             values = [*self.session.get_inputs(), *self.session.get_outputs()]
             self.names = [v.name for v in values]
@@ -205,3 +225,38 @@ def install_gpu_without_builder(monkeypatch, gpus: int, builder_error: Exception
     properties = types.SimpleNamespace(name=GPU["name"].encode(), major=9, minor=0)
     cudart.cudaGetDeviceProperties = lambda device: (0, properties)
     install_fake_tensorrt(monkeypatch, trt, cudart)
+
+
+# -- the plugin creator's attribute conversion, per release ------------------------------------------
+# Two releases that convert differently (tensorrt_bindings/plugin/_lib.py,
+# _TemplatePluginCreator.create_plugin; the same code in every wheel of its side: 10.6.0 … 11.1.0.106, and
+# 11.2.1.2 … 11.4.0.106).
+CREATOR_RELEASES = ("10.16.1.11", "11.4.0.106")
+
+
+def parser_fields(node: onnx.NodeProto, names: typing.Iterable[str]) -> dict[str, np.ndarray]:
+    """The plugin fields TensorRT's ONNX parser makes of ``node``'s attributes ``names`` (onnx-tensorrt
+    ``loadFields``: INT → one kINT32 value, INTS → kINT32 values, FLOAT → one kFLOAT32), as numpy arrays,
+    which is how the Python creator sees ``PluginField.data``."""
+    attributes = {a.name: a for a in node.attribute}
+    kinds = {onnx.AttributeProto.INT: np.int32, onnx.AttributeProto.INTS: np.int32,
+             onnx.AttributeProto.FLOAT: np.float32}
+    return {name: np.atleast_1d(np.array(onnx.helper.get_attribute_value(attributes[name]),
+                                         kinds[attributes[name].type]))
+            for name in names}
+
+
+def creator_attribute(annotation: Any, data: np.ndarray, release: str) -> Any:
+    """The value the creator of TensorRT ``release`` makes of field ``data`` for a register-function
+    parameter annotated ``annotation``: ``NDArray[dtype]`` → ``data.astype(dtype)`` in every release;
+    ``str`` → the decoded bytes; another builtin (``int``, ``float``, ``bool``) → ``annotation(data)`` up
+    to 11.1, and ``annotation(data[0])`` for a one-element array from 11.2."""
+    if typing.get_origin(annotation) is np.ndarray:
+        dtype = typing.get_args(typing.get_args(annotation)[1])[0]
+        return np.frombuffer(data.tobytes(), np.float16) if dtype is np.float16 else data.astype(dtype)
+    if annotation is str:
+        return data.tobytes().decode("utf-8")
+    major, minor = (int(part) for part in release.split(".")[:2])
+    if (major, minor) >= (11, 2) and data.size == 1:
+        return annotation(data[0])
+    return annotation(data)

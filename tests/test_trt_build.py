@@ -130,7 +130,7 @@ def test_batch_range_and_profiles() -> None:
 
 # -- the engine-dir writer (TensorRT stood in by a fake builder) --------------------------------
 SETTINGS = {"precision": "fp16", "tensorrt": "11.4.0.106", "gpu": {"name": "NVIDIA H100", "compute_capability": "9.0"},
-            "plugin_sha256": "ab" * 32, "batch": BatchRange(1, 1, 1), "version_compatible": False}
+            "plugin_sha256": "ab" * 32, "ptx_cuda": "12.8", "batch": BatchRange(1, 1, 1), "version_compatible": False}
 
 
 def test_write_engine_dir(tmp_path) -> None:
@@ -138,7 +138,7 @@ def test_write_engine_dir(tmp_path) -> None:
 
     def fake_build(graph) -> BuiltEngine:
         built.append(graph.name)
-        return BuiltEngine(f"plan of {graph.name}".encode(), "cd" * 32)
+        return BuiltEngine(f"plan of {graph.name}".encode(), "cd" * 32, graph.name == "stage3")
 
     manifest = read_manifest(DEMO_MODEL)
     target = write_engine_dir(tmp_path / "engines", DEMO_MODEL, manifest, fake_build, SETTINGS)
@@ -146,6 +146,8 @@ def test_write_engine_dir(tmp_path) -> None:
     metadata = json.loads((target / METADATA).read_text())
     assert metadata["tensorrt"] == "11.4.0.106" and metadata["precision"] == "fp16"
     assert metadata["gpu"]["compute_capability"] == "9.0" and metadata["plugin_sha256"] == "ab" * 32
+    assert metadata["ptx_cuda"] == "12.8"
+    assert [r["data_dependent_shapes"] for r in metadata["engines"].values()] == [False, False, True, False]
     record = metadata["engines"]["stage2"]
     assert record["onnx_sha256"] == sha256_file(DEMO_MODEL / "stage2.onnx")
     assert record["sha256"] == sha256_file(target / "stage2.engine")
@@ -160,7 +162,7 @@ def test_failed_build_leaves_nothing(tmp_path) -> None:
     def failing(graph) -> BuiltEngine:
         if graph.name == "stage3":
             raise LCError("parser rejected it")
-        return BuiltEngine(b"plan", "00")
+        return BuiltEngine(b"plan", "00", False)
 
     with pytest.raises(LCError, match="parser"):
         write_engine_dir(tmp_path / "engines", DEMO_MODEL, read_manifest(DEMO_MODEL), failing, SETTINGS)
@@ -186,6 +188,17 @@ def test_lc_build_without_gpu(gpus, builder_error, tmp_path, monkeypatch, capsys
     install_gpu_without_builder(monkeypatch, gpus, builder_error)
     code, err = lc_build([str(DEMO_MODEL), "--precision", "fp32", "-o", str(tmp_path / "engines")], capsys)
     assert code == 1 and "no CUDA GPU" in err and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lc_build_below_the_tensorrt_floor(tmp_path, monkeypatch, capsys) -> None:
+    """A TensorRT whose ONNX parser cannot create the Python plugin (before 10.10): one line naming the
+    version found and the one needed, before the GPU is even asked."""
+    install_gpu_without_builder(monkeypatch, 1, None)
+    monkeypatch.setattr(sys.modules["tensorrt"], "__version__", "10.3.0.30")  # JetPack 6.2's
+    code, err = lc_build([str(DEMO_MODEL), "--precision", "fp32", "-o", str(tmp_path / "engines")], capsys)
+    assert code == 1 and "\n" not in err
+    assert err.startswith("error: lc-build needs TensorRT ≥ 10.10, found TensorRT 10.3.0.30: older ONNX parsers")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -247,6 +260,27 @@ def test_check_passes_every_kind_of_export(tiny_model, dynamic_model, demo_int8,
         assert checked == graphs and _errors(findings) == [], folder
         warnings = [f for f in findings if f.level == "warning"]
         assert warnings and all(f.op == "NonZero" and "CUDA graph" in f.reason for f in warnings)
+
+
+def test_data_dependent_shapes_are_found_in_the_graphs_tensorrt_parses(tmp_path) -> None:
+    """What lc-build records per engine (and --cuda-graph never captures): stage 3 and the dense graph
+    hold NonZero, stages 1–2 none; an op in a model-local function counts too."""
+    from layercascade.runtime.trt.build import tensorrt_graph
+    from layercascade.runtime.trt.check import data_dependent_shapes
+    from layercascade.runtime.trt.engines import graphs_of
+
+    found = {graph.name: data_dependent_shapes(tensorrt_graph(graph, DEMO_MODEL, precision))
+             for graph in graphs_of(read_manifest(DEMO_MODEL)) for precision in ("fp32", "fp16")}
+    assert found == {"stage1": False, "stage2": False, "stage3": True, "dense": True}
+    inner = onnx.helper.make_function("local", "F", ["x"], ["y"], [onnx.helper.make_node("NonZero", ["x"], ["y"])],
+                                      [onnx.helper.make_opsetid("", 18)])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("F", ["x"], ["y"], domain="local")], "g",
+                                   [onnx.helper.make_tensor_value_info("x", FLOAT, [4])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [1, None])])
+    model = onnx.helper.make_model(graph, functions=[inner], opset_imports=[onnx.helper.make_opsetid("", 18)])
+    assert data_dependent_shapes(model)
+    del model.functions[:]
+    assert not data_dependent_shapes(model)
 
 
 def test_tensorrt_int8_graphs_hold_no_constant_dequantize_but_the_convs_own(demo_int8) -> None:

@@ -12,6 +12,7 @@ missing.
 from __future__ import annotations
 
 import enum
+import importlib.util
 import inspect
 import json
 import os
@@ -19,10 +20,12 @@ import re
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import pytest
 
@@ -34,13 +37,16 @@ from layercascade.plugins import kernels, ptx, trt_plugin
 from layercascade.plugins.examples import Layer, region_conv_chain, run_plan, tolerance
 from layercascade.plugins.nvidia import import_tensorrt
 from layercascade.plugins.trt_plugin import RegionConvLayer
+from layercascade.tests.fake_tensorrt import CREATOR_RELEASES, creator_attribute, parser_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL = ROOT / "runtime" / "demo_model"
-ONNX_TO_FIELD = {onnx.AttributeProto.INT: int, onnx.AttributeProto.INTS: trt_plugin.plugin_fields()["pads"]}
+# INT attributes are int32 arrays too: TensorRT 10.x's creator int()s a one-element array (plugin_fields).
+ONNX_TO_FIELD = {onnx.AttributeProto.INT: npt.NDArray[np.int32], onnx.AttributeProto.INTS: npt.NDArray[np.int32]}
 LAYER = RegionConvLayer(c_in=24, c_out=20, kernel=(3, 3), dilation=(2, 2), group=1, relu=True)
-ATTRIBUTES = {"activation": 1, "dilations": np.array([2, 2], np.int32), "group": 1,
-              "pads": np.array([2, 2, 2, 2], np.int32)}
+# The fields as TensorRT passes them to the plugin's functions: every attribute an int32 array.
+ATTRIBUTES = {"activation": np.array([1], np.int32), "dilations": np.array([2, 2], np.int32),
+              "group": np.array([1], np.int32), "pads": np.array([2, 2, 2, 2], np.int32)}
 
 
 # -- the attribute contract ------------------------------------------------------------------
@@ -67,6 +73,15 @@ def test_exported_node_attributes_are_the_plugin_fields() -> None:
         assert carried == list(fields), node.name
         assert all(ONNX_TO_FIELD[attributes[name].type] == fields[name] for name in carried), node.name
         assert len(node.input) == len(trt_plugin.INPUTS)
+
+
+def test_attribute_values_take_the_element_of_int_fields() -> None:
+    values = trt_plugin.attribute_values(ATTRIBUTES)
+    assert values["group"] == 1 and type(values["group"]) is int and type(values["activation"]) is int
+    assert values["pads"] is ATTRIBUTES["pads"]  # INTS stay arrays
+    assert trt_plugin.attribute_values({"group": 2, "activation": np.int32(0)}) == {"group": 2, "activation": 0}
+    with pytest.raises(LCError, match=r"attribute group must be one integer, got \[1, 2\]"):
+        trt_plugin.attribute_values({"group": np.array([1, 2], np.int32)})
 
 
 def test_inputs_are_the_function_body_inputs() -> None:
@@ -386,13 +401,65 @@ def test_plugin_definitions_follow_tensorrt_schemas(monkeypatch: pytest.MonkeyPa
         defined[("aot_impl", pid)](_Desc("INT8", x.shape), w, b, m, *ATTRIBUTES.values(), (out,), 1)
 
 
+@pytest.mark.parametrize("release", CREATOR_RELEASES)
+def test_parsed_attributes_reach_the_plugin_in_every_release(release: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exported node's attributes as TensorRT's ONNX parser hands them over (INT: one-element int32
+    arrays), converted by the creator of a 10.x and an 11.x release by the plugin's annotations, reach
+    register and aot_impl as the layer the node describes. (With an ``int`` annotation the 10.x creator
+    raises from NumPy 2.4 on: what the int32 arrays avoid.)"""
+    node = next(n for n in _region_nodes() if onnx.helper.get_attribute_value(
+        next(a for a in n.attribute if a.name == "dilations")) == [2, 2])
+    fields = trt_plugin.plugin_fields()
+    given = {name: creator_attribute(fields[name], data, release) for name, data in parser_fields(node, fields).items()}
+    values = trt_plugin.attribute_values(given)
+    assert values["group"] == 1 and values["activation"] in (0, 1) and list(values["dilations"]) == [2, 2]
+    if tuple(map(int, release.split(".")[:2])) < (11, 2) and np.lib.NumpyVersion(np.__version__) >= "2.4.0":
+        with pytest.raises(TypeError, match="0-dimensional"):
+            creator_attribute(int, parser_fields(node, ["group"])["group"], release)
+
+    trt, trtp, defined = _stand_in()
+    trt_plugin.define_plugin(trt, trtp)
+    pid = trt_plugin.plugin_id()
+    x, w, b, m = (_Desc("FLOAT", s) for s in ((2, 24, 7, 9), (20, 24, 3, 3), (20,), (2, 1, 7, 9)))
+    out = defined[("register", pid)](x, w, b, m, **given)
+    assert out.shape_expr == [2, 20, 7, 9]
+    monkeypatch.setattr(trt_plugin, "device_arch", lambda: "sm_90")
+    monkeypatch.setattr(trt_plugin, "driver_cuda_version", lambda who: "12.8")
+    name = defined[("aot_impl", pid)](x, w, b, m, *given.values(), (out,), 1)[0]
+    layer = LAYER._replace(relu=values["activation"] == 1)
+    assert name == trt_plugin.aot_kernel(layer, "fp32", "sm_90", 1, "12.8").name
+
+
 # -- tensorrt.plugin's own Python code, C++ bindings stubbed ---------------------------------------
-BINDINGS_WHEEL = os.environ.get("LC_TRT_BINDINGS_WHEEL", "")
+def _plugin_sources() -> list:
+    """(release, {file: bytes}) of ``tensorrt.plugin``'s Python files: those of the installed TensorRT
+    bindings (the ``test`` extra installs tensorrt-cu13-bindings on Linux x86_64), found without importing
+    them (their ``__init__`` loads libnvinfer), then those of every wheel in LC_TRT_BINDINGS_WHEEL
+    (os.pathsep-separated; ``pip download --no-deps tensorrt-cu13-bindings==VERSION`` or
+    ``tensorrt-cu12-bindings`` for older 10.x)."""
+    sources = []
+    spec = importlib.util.find_spec("tensorrt_bindings")
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations))) / "plugin"
+        distributions = metadata.packages_distributions().get("tensorrt_bindings", [])
+        release = metadata.version(distributions[0]) if distributions else "installed"
+        sources.append((release, {path.name: path.read_bytes() for path in folder.glob("*.py")}))
+    for wheel in filter(None, os.environ.get("LC_TRT_BINDINGS_WHEEL", "").split(os.pathsep)):
+        with zipfile.ZipFile(wheel) as archive:
+            sources.append((Path(wheel).name.split("-")[1],
+                            {Path(name).name: archive.read(name) for name in archive.namelist()
+                             if name.startswith("tensorrt_bindings/plugin/") and name.endswith(".py")}))
+    return sources
+
+
+PLUGIN_SOURCES = [pytest.param(*source, id=source[0]) for source in _plugin_sources()] or [pytest.param(
+    None, None, marks=pytest.mark.skip(reason="no tensorrt.plugin sources: install tensorrt-cu13-bindings (the test extra "
+                                             "does on Linux x86_64) or set LC_TRT_BINDINGS_WHEEL to its wheel"))]
 
 # Just enough of TensorRT's C++ module for tensorrt/plugin/*.py to import and run: enums as
 # strings, dims as lists, every other name a permissive class.
 STUB_TENSORRT = """
-__version__ = "stub"
+__version__ = "{release}"
 class _Anything:
     def __init__(self, *args, **kwargs): pass
     def __call__(self, *args, **kwargs): return _Anything()
@@ -425,12 +492,13 @@ GLUE_SCRIPT = """
 import json, sys
 import numpy as np
 import tensorrt as trt
+import tensorrt.plugin as trtp
 from tensorrt.plugin import _tensor
 from layercascade.plugins import trt_plugin
 
 trt_plugin.device_arch = lambda: "sm_90"
 trt_plugin.driver_cuda_version = lambda who: "12.8"
-trt_plugin.register_plugins()
+trt_plugin.define_plugin(trt, trtp)
 
 class Expr(trt.IDimensionExpr):
     def __init__(self, v): self.v = v
@@ -487,20 +555,17 @@ print(json.dumps(results))
 """
 
 
-@pytest.mark.skipif(not BINDINGS_WHEEL, reason="set LC_TRT_BINDINGS_WHEEL to a tensorrt-cu13-bindings wheel "
-                    "(pip download --no-deps tensorrt-cu13-bindings) to drive the plugin through "
-                    "tensorrt.plugin's own Python code")
-def test_plugin_through_tensorrt_plugin_code(tmp_path: Path) -> None:
-    """The real tensorrt.plugin (from the bindings wheel; its C++ module stubbed) registers the
-    plugin, validates its four functions and takes it through a build's calls."""
+@pytest.mark.parametrize("release, files", PLUGIN_SOURCES)
+def test_plugin_through_tensorrt_plugin_code(release: str, files: dict[str, bytes], tmp_path: Path) -> None:
+    """The real tensorrt.plugin of a release (its C++ module stubbed) registers the plugin, validates its
+    four functions and takes it through a build's calls, from the fields the ONNX parser makes of an
+    exported node (INT attributes: one-element int32 arrays) to the AOT kernel and its launch."""
     package = tmp_path / "tensorrt"
     (package / "plugin").mkdir(parents=True)
-    with zipfile.ZipFile(BINDINGS_WHEEL) as wheel:
-        for name in wheel.namelist():
-            if name.startswith("tensorrt_bindings/plugin/") and name.endswith(".py"):
-                (package / "plugin" / Path(name).name).write_bytes(wheel.read(name))
-    (package / "__init__.py").write_text(STUB_TENSORRT)
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    for name, text in files.items():
+        (package / "plugin" / name).write_bytes(text)
+    (package / "__init__.py").write_text(STUB_TENSORRT.replace("{release}", release))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-c", GLUE_SCRIPT], capture_output=True, text=True, env=env,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -536,7 +601,10 @@ def test_register_plugins_says_what_is_missing(installed: dict[str, str], messag
         (tmp_path / relative).write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
     for module in ("tensorrt", "tensorrt_bindings"):
-        monkeypatch.delitem(sys.modules, module, raising=False)
+        if any(relative.startswith(f"{module}/") for relative in installed):
+            monkeypatch.delitem(sys.modules, module, raising=False)
+        else:  # not even the real bindings the test extra installs: find_spec gives None
+            monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.setattr(trt_plugin, "_registered", False)
     with pytest.raises(LCError, match=message) as error:
         trt_plugin.register_plugins()

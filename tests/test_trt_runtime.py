@@ -18,6 +18,7 @@ from layercascade.runtime.cascade import DEMO_MODEL, Cascade
 from layercascade.runtime.timing import forced_masks
 from layercascade.runtime.trt.engines import (
     METADATA,
+    VERSION,
     BatchRange,
     BuiltEngine,
     check_environment,
@@ -29,6 +30,7 @@ from layercascade.runtime.trt.engines import (
 )
 from layercascade.tests.fake_tensorrt import (
     BUILT,
+    DRIVER_VERSION,
     GPU,
     TENSORRT_VERSION,
     SimulatedCuda,
@@ -39,36 +41,51 @@ from layercascade.tests.fake_tensorrt import (
 from layercascade.tests.helpers import synthetic_images
 
 
+# This machine as the loader describes it to check_environment: what the engines were built with, and a driver.
+HERE = {**BUILT, "driver_cuda": "13.0"}
+
+
 def metadata(**changes) -> dict:
     return {"version_compatible": False, "engines": {}, **BUILT, **changes}
 
 
 # -- metadata against this machine --------------------------------------------------------------
 def test_matching_environment_passes() -> None:
-    assert check_environment(metadata(), BUILT) == []
+    assert check_environment(metadata(), HERE) == []
 
 
 def test_other_tensorrt_version() -> None:
     with pytest.raises(LCError, match=r"built with TensorRT 11\.4\.0\.106, this is TensorRT 11\.5\.0\.1; rebuild"):
-        check_environment(metadata(), {**BUILT, "tensorrt": "11.5.0.1"})
+        check_environment(metadata(), {**HERE, "tensorrt": "11.5.0.1"})
     compatible = metadata(version_compatible=True)
-    assert check_environment(compatible, {**BUILT, "tensorrt": "11.5.0.1"}) == []  # later release, same major
+    assert check_environment(compatible, {**HERE, "tensorrt": "11.5.0.1"}) == []  # later release, same major
     for other in ("11.3.0.1", "12.0.0.1"):
         with pytest.raises(LCError, match="version-compatible"):
-            check_environment(compatible, {**BUILT, "tensorrt": other})
+            check_environment(compatible, {**HERE, "tensorrt": other})
 
 
 def test_other_gpu() -> None:
     with pytest.raises(LCError, match=r"compute capability 9\.0.*NVIDIA A100.*8\.0"):
-        check_environment(metadata(), {**BUILT, "gpu": {"name": "NVIDIA A100", "compute_capability": "8.0"}})
+        check_environment(metadata(), {**HERE, "gpu": {"name": "NVIDIA A100", "compute_capability": "8.0"}})
     # Same architecture, another model: TensorRT runs it; we say the tactics were timed elsewhere.
-    warnings = check_environment(metadata(), {**BUILT, "gpu": {"name": "NVIDIA H100 PCIe", "compute_capability": "9.0"}})
+    warnings = check_environment(metadata(), {**HERE, "gpu": {"name": "NVIDIA H100 PCIe", "compute_capability": "9.0"}})
     assert len(warnings) == 1 and "NVIDIA H100 PCIe" in warnings[0]
 
 
 def test_stale_plugin_hash() -> None:
     with pytest.raises(LCError, match="another region-conv plugin"):
-        check_environment(metadata(), {**BUILT, "plugin_sha256": "cd" * 32})
+        check_environment(metadata(), {**HERE, "plugin_sha256": "cd" * 32})
+
+
+def test_driver_older_than_the_plugin_ptx() -> None:
+    """The plugin's PTX needs a driver of at least the CUDA version lc-build recorded (12.8 here);
+    engines without the plugin need none."""
+    for driver in ("12.8", "12.10", "13.0"):
+        assert check_environment(metadata(), {**HERE, "driver_cuda": driver}) == []
+    with pytest.raises(LCError, match=r"PTX for CUDA 12\.8 drivers, this driver supports CUDA 12\.4: update the NVIDIA "
+                                      r"driver, or rebuild them here with lc-build"):
+        check_environment(metadata(), {**HERE, "driver_cuda": "12.4"})
+    assert check_environment(metadata(plugin_sha256=None, ptx_cuda=None), {**HERE, "driver_cuda": "11.8"}) == []
 
 
 # -- engine dirs (fake plans: everything before deserialization) --------------------------------
@@ -88,12 +105,21 @@ def test_missing_metadata(engine_dir) -> None:
 
 
 @pytest.mark.parametrize("text", ["{ not json", '{"format": "something else"}', "[]",
-                                  '{"format": "layercascade.engines", "version": 1}'])
+                                  f'{{"format": "layercascade.engines", "version": {VERSION}}}'])
 def test_corrupt_metadata(engine_dir, text) -> None:
     (engine_dir / METADATA).write_text(text)
     with pytest.raises(LCError, match="corrupt engine metadata") as error:
         read_metadata(engine_dir)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("version, message", [(VERSION - 1, "from an older lc-build .* rebuild the engines"),
+                                              (VERSION + 1, "newer than this layercascade reads")])
+def test_metadata_of_another_version(engine_dir, version, message) -> None:
+    record = json.loads((engine_dir / METADATA).read_text())
+    (engine_dir / METADATA).write_text(json.dumps({**record, "version": version}))
+    with pytest.raises(LCError, match=message):
+        read_metadata(engine_dir)
 
 
 def test_damaged_engine(engine_dir) -> None:
@@ -181,16 +207,17 @@ def simulate_gpu(monkeypatch) -> SimulatedCuda:
 def simulated_engine_dir(target: Path, model_dir: Path, batch: BatchRange) -> Path:
     """An engine dir whose "plans" name the graphs lc-build would hand TensorRT's parser."""
     from layercascade.plugins.trt_plugin import plugin_source_sha256
-    from layercascade.runtime.trt.build import onnx_for
+    from layercascade.runtime.trt.build import tensorrt_graph
+    from layercascade.runtime.trt.check import data_dependent_shapes
 
     target.mkdir()
     settings = {**BUILT, "plugin_sha256": plugin_source_sha256(), "precision": "fp32", "batch": batch,
                 "version_compatible": False}
 
     def build(graph) -> BuiltEngine:
-        parsed = target / graph.onnx
-        parsed.write_bytes(onnx_for(graph, model_dir, "fp32"))
-        return BuiltEngine(str(parsed).encode(), "00" * 32)
+        parsed, model = target / graph.onnx, tensorrt_graph(graph, model_dir, "fp32")
+        parsed.write_bytes(model.SerializeToString())
+        return BuiltEngine(str(parsed).encode(), "00" * 32, data_dependent_shapes(model))
 
     return write_engine_dir(target / "engines", model_dir, read_manifest(model_dir), build, settings)
 
@@ -243,27 +270,59 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
         engines.run_batch(images[:1])
 
 
-def test_a_capture_invalidated_inside_a_stage_ends_and_leaves_the_stage_eager(simulated_gpu) -> None:
-    """TensorRT may enqueue a data-dependent stage and invalidate the capture: the copies after it then
-    fail. The capture still ends (the stream is usable), that stage runs eagerly, results stay right."""
+def test_stages_with_data_dependent_shapes_are_never_captured(simulated_gpu) -> None:
+    """lc-build records stage 3 (NonZero) as data-dependent: --cuda-graph captures stages 1–2 once per
+    batch and never tries stage 3, which runs eagerly between the replays."""
     engine_dir, cuda = simulated_gpu
-    cuda.invalidate_captures = True
+    assert [record["data_dependent_shapes"] for record in read_metadata(engine_dir)["engines"].values()] == \
+        [False, False, True, True]  # stage1–3, dense
+    engines = Cascade.load(engine_dir, cuda_graph=True)
+    reference = Cascade.load(None, backend="ort", lower=False)
+    for image in synthetic_images(2):
+        ours, theirs = engines.run_batch(image[None], 0.985), reference.run_batch(image[None], 0.985)
+        assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
+    assert cuda.captured == ["stage1", "stage2"] and engines.runner.captured_stages == [True, True, False]
+
+
+@pytest.mark.parametrize("invalidate", [False, True], ids=["enqueue-refused", "capture-invalidated"])
+def test_a_stage_that_fails_to_capture_runs_eagerly_on_a_fresh_context(simulated_gpu, invalidate) -> None:
+    """A stage not recorded as data-dependent that TensorRT still cannot capture (here stage 3 with its
+    record cleared): TensorRT refuses the enqueue, or enqueues and the driver invalidates the capture so
+    the copies after it fail. The capture ends (the stream stays usable), the stage gets a fresh
+    execution context (the stand-in breaks one whose capture was invalidated), results stay right."""
+    engine_dir, cuda = simulated_gpu
+    record = json.loads((engine_dir / METADATA).read_text())
+    record["engines"]["stage3"]["data_dependent_shapes"] = False
+    (engine_dir / METADATA).write_text(json.dumps(record))
+    cuda.invalidate_captures = invalidate
     engines = Cascade.load(engine_dir, cuda_graph=True)
     reference = Cascade.load(None, backend="ort", lower=False)
     image = synthetic_images(1)
     for _ in range(2):
         ours, theirs = engines.run_batch(image, 0.985), reference.run_batch(image, 0.985)
         assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
-    assert engines.runner.captured_stages == [True, True, False]
+    assert cuda.captured == ["stage1", "stage2", "stage3"] and engines.runner.captured_stages == [True, True, False]
     assert cuda.capture is None and not cuda.invalidated
 
 
 def test_environment_checked_before_deserializing(simulated_gpu, monkeypatch) -> None:
-    engine_dir, _ = simulated_gpu
-    monkeypatch.setattr(sys.modules["tensorrt"], "__version__", "10.9.0.1")
-    with pytest.raises(LCError, match="built with TensorRT 11.4.0.106, this is TensorRT 10.9.0.1"):
+    """Another TensorRT, one below the floor, a driver older than the plugin's PTX: one line each, before
+    the plugin is registered or an engine deserialized."""
+    engine_dir, cuda = simulated_gpu
+    tensorrt = sys.modules["tensorrt"]
+    monkeypatch.setattr(tensorrt, "__version__", "11.5.0.1")
+    with pytest.raises(LCError, match="built with TensorRT 11.4.0.106, this is TensorRT 11.5.0.1"):
         Cascade.load(engine_dir)
-    assert sys.modules["tensorrt"].registered == []
+    monkeypatch.setattr(tensorrt, "__version__", "10.9.0.34")
+    with pytest.raises(LCError, match=r"needs TensorRT ≥ 10\.10, found TensorRT 10\.9\.0\.34: older ONNX parsers"):
+        Cascade.load(engine_dir)
+    monkeypatch.setattr(tensorrt, "__version__", TENSORRT_VERSION)
+    cuda.driver_version = 12040
+    with pytest.raises(LCError, match=r"PTX for CUDA 12\.8 drivers, this driver supports CUDA 12\.4") as error:
+        Cascade.load(engine_dir)
+    assert "\n" not in str(error.value) and tensorrt.registered == []
+    cuda.driver_version = DRIVER_VERSION
+    assert Cascade.load(engine_dir).backend == "trt" and tensorrt.registered == [True]
 
 
 def test_dynamic_batch_on_simulated_gpu(dynamic_model, tmp_path, monkeypatch) -> None:

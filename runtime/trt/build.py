@@ -26,8 +26,8 @@ from layercascade.errors import fail
 from layercascade.export.graph import check_stage_graphs, drop_unused_initializers, load_onnx
 from layercascade.manifest import MANIFEST, check_cascade_fields, read_manifest, write_atomic
 from layercascade.plugins.nvidia import create_trt, gpu_info, import_tensorrt
-from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
-from layercascade.runtime.trt.check import Finding, check_graph
+from layercascade.plugins.trt_plugin import kernel_ptx_cuda, plugin_source_sha256, register_plugins
+from layercascade.runtime.trt.check import Finding, check_graph, data_dependent_shapes
 from layercascade.runtime.trt.engines import (
     PRECISIONS,
     BatchRange,
@@ -213,7 +213,8 @@ class _Builder:
 
     def build(self, graph: Graph) -> BuiltEngine:
         trt = self.trt
-        model = onnx_for(graph, self.model_dir, self.options.precision)
+        parsed = tensorrt_graph(graph, self.model_dir, self.options.precision)
+        model = parsed.SerializeToString()
         uses_plugin = graph.name != "dense"
         network = self.builder.create_network(network_flags(self.trt, uses_plugin))
         parser = trt.OnnxParser(network, self.logger)
@@ -224,7 +225,7 @@ class _Builder:
         if plan is None:
             fail(f"{graph.onnx}: TensorRT could not build an engine (see its log above; a larger --workspace "
                  "may help)")
-        return BuiltEngine(plan, hashlib.sha256(model).hexdigest())
+        return BuiltEngine(plan, hashlib.sha256(model).hexdigest(), data_dependent_shapes(parsed))
 
     def save_timing_cache(self) -> None:
         if self.options.timing_cache is not None:
@@ -291,7 +292,7 @@ def build_engines(model_dir: str | os.PathLike, output_dir: str | os.PathLike, o
     builder = _Builder(trt, options, batch, model_dir)
     register_plugins()  # before parsing: the parser maps RegionConv nodes to the registered plugin
     settings = {"precision": options.precision, "tensorrt": trt.__version__, "gpu": gpu,
-                "plugin_sha256": plugin_source_sha256(), "batch": batch,
+                "plugin_sha256": plugin_source_sha256(), "ptx_cuda": kernel_ptx_cuda(), "batch": batch,
                 "version_compatible": options.version_compatible, "workspace_gib": options.workspace_gib}
     with tqdm(total=len(manifest["stages"]) + 1, desc=WHO, unit="engine", disable=not progress) as bar:
         def built(graph: Graph, size: int) -> None:

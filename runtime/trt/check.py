@@ -13,7 +13,8 @@ at the I/O) and reports, one line per problem, what the parser or TensorRT would
 * ``lc::RegionConv`` nodes whose attributes are not the plugin's fields, or types it does not take;
 * any other custom op (no plugin for it);
 
-and, as warnings, the data-dependent shapes (NonZero) that keep a stage out of a CUDA graph.
+and, as warnings, the data-dependent shapes (NonZero) that keep a stage out of a CUDA graph
+(:func:`data_dependent_shapes`, which lc-build records per engine).
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ RESIZE = {"mode": {"nearest", "linear"},
           "coordinate_transformation_mode": {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn",
                                              "asymmetric", "align_corners"}}
 PLUGIN_TYPES = {"FP32", "FP16"}  # the plugin's autotune combinations
-NONZERO_COST = ("data-dependent output shape: TensorRT sizes it at run time (it may synchronise the stream "
-                "there), and may refuse to capture the stage in a CUDA graph (the TensorRT backend then runs that "
-                "stage eagerly)")
+# Ops whose output shape depends on tensor values (TensorRT's INonZeroLayer and INMSLayer): TensorRT
+# sizes them at run time, on the host, so a stage holding one is never captured in a CUDA graph.
+DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression"})
+DATA_DEPENDENT_COST = ("data-dependent output shape: TensorRT sizes it at run time (it may synchronise the stream "
+                "there), so the TensorRT backend never captures this stage in a CUDA graph (it runs eagerly "
+                "under --cuda-graph)")
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,8 @@ def check_graph(model: onnx.ModelProto, graph: str) -> list[Finding]:
                 report(node, f"{kind} {'output' if node.op_type in OUTPUT_TYPED else 'input'} {name!r}: TensorRT's "
                              f"{node.op_type} takes {', '.join(row['types'])}")
         _check_restrictions(node, constants, report)
-        if node.op_type == "NonZero":
-            report(node, NONZERO_COST, "warning")
+        if node.op_type in DATA_DEPENDENT_OPS:
+            report(node, DATA_DEPENDENT_COST, "warning")
     for name, kind in types.items():
         if kind == TensorProto.UINT8 and not _uint8_at_io(name, inputs, outputs, consumers, producers):
             findings.append(Finding(graph, producers[name].name if name in producers else name,
@@ -135,6 +139,12 @@ def check_graph(model: onnx.ModelProto, graph: str) -> list[Finding]:
             findings.append(Finding(graph, name, "tensor", "error", f"int8 tensor {name!r} read by another op than "
                                     "DequantizeLinear: TensorRT's int8 comes only from Q/DQ"))
     return findings
+
+
+def data_dependent_shapes(model: onnx.ModelProto) -> bool:
+    """True when the graph (or a model-local function TensorRT inlines) has an op of :data:`DATA_DEPENDENT_OPS`."""
+    nodes = [*model.graph.node, *(node for function in model.functions for node in function.node)]
+    return any(node.op_type in DATA_DEPENDENT_OPS and node.domain in ("", "ai.onnx") for node in nodes)
 
 
 def _typed_tensors(node: onnx.NodeProto) -> list[str]:

@@ -26,7 +26,8 @@ from layercascade.version import __version__
 
 METADATA = "engines.json"
 FORMAT = "layercascade.engines"
-VERSION = 1
+# 2: ptx_cuda (the CUDA version the plugin's PTX needs) and each engine's data_dependent_shapes.
+VERSION = 2
 PRECISIONS = ("fp32", "fp16", "int8")
 # Tensors that cross to or from the host in a cascade run; everything else stays on the device.
 HOST_INPUTS = (IMAGE, *STAGE_RHOS)
@@ -155,16 +156,21 @@ def read_metadata(engine_dir: Path) -> dict[str, Any]:
         metadata = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         fail(f"{path}: corrupt engine metadata ({error}); {rebuild}")
-    required = ("precision", "tensorrt", "version_compatible", "gpu", "plugin_sha256", "engines", "model")
-    if (not isinstance(metadata, dict) or metadata.get("format") != FORMAT
-            or any(key not in metadata for key in required)
+    required = ("precision", "tensorrt", "version_compatible", "gpu", "plugin_sha256", "ptx_cuda", "engines", "model")
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or not isinstance(metadata.get("version"), int):
+        fail(f"{path}: corrupt engine metadata (not an lc-build record); {rebuild}")
+    if metadata["version"] > VERSION:
+        fail(f"{path}: engine metadata version {metadata['version']} is newer than this layercascade reads "
+             f"({VERSION}); upgrade layercascade")
+    if metadata["version"] < VERSION:
+        fail(f"{path}: engine metadata version {metadata['version']} is from an older lc-build (it lacks the driver "
+             f"the plugin kernels need); {rebuild}")
+    if (any(key not in metadata for key in required)
             or not isinstance(metadata["engines"], dict) or not isinstance(metadata["gpu"], dict)
-            or not all(isinstance(record, dict) and {"file", "sha256", "onnx", "onnx_sha256"} <= record.keys()
+            or not all(isinstance(record, dict) and {"file", "sha256", "onnx", "onnx_sha256",
+                                                     "data_dependent_shapes"} <= record.keys()
                        for record in metadata["engines"].values())):
         fail(f"{path}: corrupt engine metadata (not an lc-build record); {rebuild}")
-    if not isinstance(metadata.get("version"), int) or metadata["version"] > VERSION:
-        fail(f"{path}: engine metadata version {metadata.get('version')!r} is newer than this layercascade reads "
-             f"({VERSION}); upgrade layercascade")
     for record in metadata["engines"].values():
         file = engine_dir / record["file"]
         if not file.is_file():
@@ -181,8 +187,9 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def check_environment(metadata: dict[str, Any], environment: dict[str, Any]) -> list[str]:
     """Fail if the engines cannot run here; return warnings for what runs but was not tuned here.
 
-    ``environment``: ``tensorrt`` (version), ``gpu`` (``name``, ``compute_capability``) and
-    ``plugin_sha256`` (the installed region-conv plugin's kernel source hash).
+    ``environment``: ``tensorrt`` (version), ``gpu`` (``name``, ``compute_capability``),
+    ``plugin_sha256`` (the installed region-conv plugin's kernel source hash) and ``driver_cuda`` (the
+    CUDA version of the driver, as cuda-python reports it).
     """
     built, here = metadata["tensorrt"], environment["tensorrt"]
     rebuild = "rebuild them here with lc-build"
@@ -195,6 +202,12 @@ def check_environment(metadata: dict[str, Any], environment: dict[str, Any]) -> 
     elif built != here:
         fail(f"the engines were built with TensorRT {built}, this is TensorRT {here}; {rebuild} "
              "(or build with --version-compatible)")
+    # The plugin kernels are PTX that the driver compiles when TensorRT loads them; a driver older
+    # than the PTX's ISA refuses it (CUDA_ERROR_UNSUPPORTED_PTX_VERSION) inside the first run.
+    if metadata["ptx_cuda"] is not None and _version_tuple(environment["driver_cuda"]) < _version_tuple(
+            metadata["ptx_cuda"]):
+        fail(f"the engines' region-conv kernels are PTX for CUDA {metadata['ptx_cuda']} drivers, this driver "
+             f"supports CUDA {environment['driver_cuda']}: update the NVIDIA driver, or {rebuild}")
     gpu, ours = metadata["gpu"], environment["gpu"]
     if gpu.get("compute_capability") != ours["compute_capability"]:
         fail(f"the engines were built for {gpu.get('name')} (compute capability {gpu.get('compute_capability')}), "
@@ -251,6 +264,7 @@ class BuiltEngine:
 
     plan: Any  # bytes or a buffer (TensorRT's IHostMemory)
     built_onnx_sha256: str  # of the graph TensorRT parsed (after fp16 conversion)
+    data_dependent_shapes: bool  # the graph has ops whose output shape depends on values (never CUDA-graph captured)
 
 
 def check_output_dir(output_dir: str | os.PathLike, model_dir: str | os.PathLike) -> Path:
@@ -271,8 +285,9 @@ def write_engine_dir(output_dir: Path, model_dir: Path, manifest: dict[str, Any]
     """Build every graph with ``build`` straight into a staging folder that replaces ``output_dir``
     only when complete (nothing is left behind when a build fails).
 
-    ``settings``: ``precision``, ``tensorrt``, ``gpu``, ``plugin_sha256``, ``batch``
-    (:class:`BatchRange`), ``version_compatible``, ``workspace_gib``.
+    ``settings``: ``precision``, ``tensorrt``, ``gpu``, ``plugin_sha256``, ``ptx_cuda`` (the CUDA version
+    the plugin's PTX needs, None without the plugin), ``batch`` (:class:`BatchRange`),
+    ``version_compatible``, ``workspace_gib``.
     """
     output_dir, model_dir = check_output_dir(output_dir, model_dir), Path(model_dir).resolve()
     batch: BatchRange = settings["batch"]
@@ -289,7 +304,7 @@ def write_engine_dir(output_dir: Path, model_dir: Path, manifest: dict[str, Any]
             records[graph.name] = {
                 "file": graph.engine, "sha256": sha256_file(staging / graph.engine), "bytes": size,
                 "onnx": graph.onnx, "onnx_sha256": manifest["files"][graph.onnx],
-                "built_onnx_sha256": built.built_onnx_sha256,
+                "built_onnx_sha256": built.built_onnx_sha256, "data_dependent_shapes": built.data_dependent_shapes,
                 "inputs": [{**spec, "profile": dict(zip(("min", "opt", "max"), shapes[spec["name"]]))}
                            for spec in graph.spec["inputs"]],
                 "outputs": graph.spec["outputs"],
@@ -298,6 +313,7 @@ def write_engine_dir(output_dir: Path, model_dir: Path, manifest: dict[str, Any]
             "format": FORMAT, "version": VERSION,
             "precision": settings["precision"], "tensorrt": settings["tensorrt"], "gpu": settings["gpu"],
             "version_compatible": settings["version_compatible"], "plugin_sha256": settings["plugin_sha256"],
+            "ptx_cuda": settings["ptx_cuda"],
             "batch": vars(batch), "workspace_gib": settings.get("workspace_gib"),
             "model": {"dir": str(model_dir), "manifest_sha256": sha256_file(model_dir / MANIFEST)},
             "engines": records, "tools": {"layercascade": __version__},

@@ -13,7 +13,7 @@ from typing import Any
 
 from layercascade.errors import fail
 from layercascade.manifest import MANIFEST, check_cascade_fields, read_manifest
-from layercascade.plugins.nvidia import create_trt, gpu_info, import_cudart, import_tensorrt
+from layercascade.plugins.nvidia import create_trt, driver_cuda_version, gpu_info, import_cudart, import_tensorrt
 from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
 from layercascade.runtime.trt.engines import check_environment, check_sources, read_metadata, read_source_manifest
 from layercascade.runtime.trt.runner import TrtBackend, deserialize
@@ -27,8 +27,9 @@ def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True
          precision: str | None = None, cuda_graph: bool = False) -> tuple[Path, dict[str, Any], TrtBackend]:
     """``Cascade.load(..., backend="trt")``: (engine dir, its manifest, the backend).
 
-    Order: engine metadata (missing / corrupt / damaged engines) → TensorRT and cuda-python
-    present → a GPU → TensorRT version, GPU and plugin hash as built → source ONNX unchanged
+    Order: engine metadata (missing / corrupt / damaged engines) → TensorRT (≥ the floor) and
+    cuda-python present → a GPU → TensorRT version, GPU, a driver that loads the plugin's PTX and
+    the plugin hash as built → source ONNX unchanged
     → register the plugin → deserialize. Each failure is one line. TensorRT engines run on the
     current CUDA device with the precision they were built with; ``lower`` and ``threads`` do
     not apply to them.
@@ -51,7 +52,8 @@ def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True
     gpu = gpu_info(WHO)
     with_plugin = metadata["plugin_sha256"] is not None
     for warning in check_environment(metadata, {"tensorrt": trt.__version__, "gpu": gpu,
-                                                "plugin_sha256": plugin_source_sha256() if with_plugin else None}):
+                                                "plugin_sha256": plugin_source_sha256() if with_plugin else None,
+                                                "driver_cuda": driver_cuda_version(WHO)}):
         print(f"warning: {warning}", file=sys.stderr)
     check_sources(metadata, read_source_manifest(metadata))
     if with_plugin:

@@ -83,10 +83,15 @@ def deserialize(runtime: Any, path: Path) -> Any:
 
 
 class EngineRunner:
-    """One engine and its execution context, bound by tensor name to device addresses."""
+    """One engine and its execution context, bound by tensor name to device addresses.
 
-    def __init__(self, trt: Any, engine: Any, path: Path, specs: dict[str, BufferSpec]) -> None:
-        self.trt, self.engine, self.path = trt, engine, path
+    ``capturable``: False for an engine with data-dependent shapes (lc-build records it), which the
+    backend never captures in a CUDA graph (see :meth:`TrtBackend._capture`).
+    """
+
+    def __init__(self, trt: Any, engine: Any, path: Path, specs: dict[str, BufferSpec],
+                 capturable: bool = True) -> None:
+        self.trt, self.engine, self.path, self.capturable = trt, engine, path, capturable
         self.context = engine.create_execution_context()
         self.names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in self.names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -98,16 +103,33 @@ class EngineRunner:
                 fail(f"{path}: engine tensor {name!r} is {engine_dtype}, lc.json says {specs[name].dtype}; "
                      "rebuild with lc-build")
         self.specs = specs
+        self.batch: int | None = None
+        self.addresses: dict[str, int] = {}
+        self.retired: list[Any] = []  # contexts replaced by renew()
 
     def set_batch(self, batch: int) -> None:
         for name in self.inputs:
             if not self.context.set_input_shape(name, self.specs[name].shape_for(batch)):
                 fail(f"{self.path}: batch {batch} is outside the engine's optimization profile; "
                      "rebuild with lc-build --max-batch")
+        self.batch = batch
 
     def bind(self, addresses: dict[str, int]) -> None:
         for name in self.names:
             self.context.set_tensor_address(name, addresses[name])
+        self.addresses = addresses
+
+    def renew(self) -> None:
+        """A fresh execution context with the same input shapes and addresses. TensorRT documents
+        nothing about a context whose enqueue went into a capture that failed; trtexec keeps using
+        it after a refused enqueue (``samples/common/sampleInference.cpp``), but not after TensorRT
+        enqueued into a capture the driver then invalidated. A new context is cheap and certain. The
+        old one is kept: graphs captured from it for other batches still use its memory."""
+        self.retired.append(self.context)
+        self.context = self.engine.create_execution_context()
+        if self.batch is not None:
+            self.set_batch(self.batch)
+        self.bind(self.addresses)
 
     def enqueue(self, stream: Any) -> bool:
         return bool(self.context.execute_async_v3(int(stream)))
@@ -140,8 +162,10 @@ class TrtBackend(StagedBackend):
         host = [*HOST_INPUTS, *HOST_OUTPUTS, *FORCED.values()]
         self.host = {name: self.memory.pinned_array(self.plan[name]) for name in host if name in self.plan}
         # Each engine checks its tensors against the buffers they bind to (its rho: ρ₂'s or ρ₃'s).
+        records = {record["file"]: record for record in metadata["engines"].values()}
         self.engines = [EngineRunner(trt, engine, engine_dir / stage["file"],
-                                     {tensor: self.plan[buffer] for tensor, buffer in names.items()})
+                                     {tensor: self.plan[buffer] for tensor, buffer in names.items()},
+                                     capturable=not records[stage["file"]]["data_dependent_shapes"])
                         for engine, stage, names in zip(engines, self.stage_specs,
                                                         stage_bindings(self.stage_specs, forced=False))]
         self.events = [cuda_call(cudart.cudaEventCreate()) for _ in range(len(self.engines) + 1)]
@@ -181,13 +205,26 @@ class TrtBackend(StagedBackend):
         return True
 
     def _capture(self, batch: int, forced: bool) -> list[Any]:
-        """A CUDA graph per stage; a stage TensorRT cannot capture (e.g. data-dependent shapes)
-        stays eager, on the same stream, so there is still no host sync between stages."""
+        """A CUDA graph per stage, where one can be had; the other stages run eagerly on the same
+        stream, so there is still no host sync between stages.
+
+        Stages with data-dependent shapes (lc-build records them: stage 3, whose label upsampling
+        takes NonZero) are never captured. Their sizes are known only once the GPU has computed them,
+        and the kernels after them (or an ``IOutputAllocator``) need them on the host, inside
+        ``execute_async_v3``; a stream capture records work without running it and forbids host
+        syncs. NVIDIA excludes them too: TensorRT-RTX 1.2 release notes ("stream capture is not
+        possible for all models, especially when using data-dependent dynamic shapes"),
+        Torch-TensorRT's CUDA graphs ("not compatible with models that have data-dependent shapes
+        (DDS ops such as nonzero)"; its output allocator, for DDS, is "incompatible with CUDA
+        graphs"). Trying would at best be refused, at worst leave the stage's context in a failed
+        capture; any other stage that fails to capture is handled by :meth:`_capture_stage`.
+        """
         cudart = self.cudart
         for index in range(len(self.engines)):  # the developer guide's enqueue before capture
             self._enqueue_or_fail(index, batch, forced)
         cuda_call(cudart.cudaStreamSynchronize(self.stream))
-        graphs = [self._capture_stage(index, batch, forced) for index in range(len(self.engines))]
+        graphs = [self._capture_stage(index, batch, forced) if engine.capturable else None
+                  for index, engine in enumerate(self.engines)]
         self.captured_stages = [g is not None for g in graphs]
         if not any(self.captured_stages):
             print("warning: TensorRT could not capture any stage in a CUDA graph; running eagerly", file=sys.stderr)
@@ -196,9 +233,11 @@ class TrtBackend(StagedBackend):
     def _capture_stage(self, index: int, batch: int, forced: bool) -> Any:
         """Stage ``index``'s work as an instantiated CUDA graph, or None (it then runs eagerly).
 
-        The capture always ends, whatever happens inside it: TensorRT may refuse to enqueue, or
-        invalidate the capture (a data-dependent shape makes it synchronise), and then the copies
-        after it fail too; a stream left capturing would break every later call.
+        As trtexec does (``samples/common/sampleInference.cpp``, ``sampleDevice.h``
+        ``endCaptureOnError``): TensorRT returns False from an enqueue it cannot capture; the capture
+        is ended whatever happened inside it (a stream left capturing would break every later call),
+        its graph dropped and the CUDA error cleared. A capture the driver invalidated after TensorRT
+        enqueued (the copies after it fail too) ends the same way, and the stage gets a fresh context.
         """
         cudart = self.cudart
         cuda_call(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
@@ -216,6 +255,7 @@ class TrtBackend(StagedBackend):
             cudart.cudaGraphDestroy(graph)  # the instance keeps what it needs
         if instance is None:
             cudart.cudaGetLastError()  # clear the capture's error: this stage runs eagerly
+            self.engines[index].renew()
         return instance
 
     def _enqueue_or_fail(self, index: int, batch: int, forced: bool) -> None:
