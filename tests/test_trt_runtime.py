@@ -105,12 +105,22 @@ def test_missing_metadata(engine_dir) -> None:
 
 
 @pytest.mark.parametrize("text", ["{ not json", '{"format": "something else"}', "[]",
-                                  f'{{"format": "layercascade.engines", "version": {VERSION}}}'])
+                                  f'{{"format": "layercascade.engines", "version": {VERSION}}}',
+                                  "[" * 100 + "]" * 100])
 def test_corrupt_metadata(engine_dir, text) -> None:
     (engine_dir / METADATA).write_text(text)
-    with pytest.raises(LCError, match="corrupt engine metadata") as error:
+    with pytest.raises(LCError, match="corrupt engine metadata|not valid JSON|nested deeper") as error:
         read_metadata(engine_dir)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["../stage1.engine", "/tmp/stage1.engine", "sub/stage1.engine"])
+def test_an_engine_file_named_outside_the_dir_is_refused(engine_dir, name) -> None:
+    record = json.loads((engine_dir / METADATA).read_text())
+    record["engines"]["stage1"]["file"] = name
+    (engine_dir / METADATA).write_text(json.dumps(record))
+    with pytest.raises(LCError, match="an engine's file .* is not a plain file name"):
+        read_metadata(engine_dir)
 
 
 @pytest.mark.parametrize("version, message", [(VERSION - 1, "from an older lc-build .* rebuild the engines"),

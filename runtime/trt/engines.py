@@ -21,7 +21,7 @@ import numpy as np
 
 from layercascade.contract import IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS, STAGE_RHOS
 from layercascade.errors import fail
-from layercascade.manifest import MANIFEST, read_manifest, sha256_file, write_model_dir
+from layercascade.manifest import MANIFEST, check_file_name, read_json, read_manifest, sha256_file, write_model_dir
 from layercascade.version import __version__
 
 METADATA = "engines.json"
@@ -152,10 +152,7 @@ def read_metadata(engine_dir: Path) -> dict[str, Any]:
     rebuild = f"rebuild the engines with lc-build MODEL_DIR -o {engine_dir}"
     if not path.is_file():
         fail(f"{path}: missing; {engine_dir} holds no lc-build engines ({rebuild})")
-    try:
-        metadata = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        fail(f"{path}: corrupt engine metadata ({error}); {rebuild}")
+    metadata = read_json(path, rebuild)
     required = ("precision", "tensorrt", "version_compatible", "gpu", "plugin_sha256", "ptx_cuda", "engines", "model")
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or not isinstance(metadata.get("version"), int):
         fail(f"{path}: corrupt engine metadata (not an lc-build record); {rebuild}")
@@ -172,8 +169,8 @@ def read_metadata(engine_dir: Path) -> dict[str, Any]:
                        for record in metadata["engines"].values())):
         fail(f"{path}: corrupt engine metadata (not an lc-build record); {rebuild}")
     for record in metadata["engines"].values():
-        file = engine_dir / record["file"]
-        if not file.is_file():
+        file = engine_dir / check_file_name(record["file"], path, "an engine's file")
+        if not file.is_file() or file.is_symlink():
             fail(f"{file}: missing (listed in {METADATA}); {rebuild}")
         if sha256_file(file) != record["sha256"]:
             fail(f"{file}: sha256 does not match {METADATA}; the engine was changed or damaged, {rebuild}")
