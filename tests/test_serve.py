@@ -19,6 +19,7 @@ from layercascade.errors import LCError
 from layercascade.model.data.images import read_rgb
 from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.inputs import DEMO_MODEL, SAMPLES
+from layercascade.runtime.registry import auto_backend
 from layercascade.serve.http import (
     HTTPProblem,
     Limits,
@@ -158,7 +159,8 @@ def test_health_and_model(demo_service) -> None:
         assert client.get(f"{demo_service.url}/v1/health").json() == {"status": "ready"}
         model = client.get(f"{demo_service.url}/v1/model").json()
         assert model["classes"][0] == "background" and len(model["palette"]) == len(model["classes"])
-        assert model["input_size"] == [160, 160] and model["default_rho"] == 0.985 and model["backend"] == "ort"
+        assert model["input_size"] == [160, 160] and model["default_rho"] == 0.985
+        assert model["backend"] == auto_backend(None)  # lc-serve loads as lc-run does
         assert model["batch_capacity"] == 1
         missing = client.get(f"{demo_service.url}/v2/segment")
         assert missing.status_code == 404 and "POST /v1/segment" in missing.json()["error"]
