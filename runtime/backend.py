@@ -56,7 +56,7 @@ def model_precision(manifest: dict[str, Any]) -> str:
 
 
 def precision_class(precision: str) -> str:
-    """"int8" for int8, "float" for fp32, fp16 and bf16: what lc-bench's peers are compared within."""
+    """The precision class lc-bench compares peers within: int8, or float for fp32, fp16 and bf16."""
     return "int8" if precision == "int8" else "float"
 
 
