@@ -2,15 +2,17 @@
 
 A user error (bad file, wrong shape, missing dependency, version mismatch) is raised as
 :class:`LCError` with a one-line message that says what is wrong and what to do. Bugs
-raise ordinary exceptions and keep their tracebacks.
+raise ordinary exceptions and keep their tracebacks. The library warns through ``warnings`` (a
+library user silences or captures them); the CLIs print each as one line, ``warning: ...``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 
 class LCError(Exception):
@@ -22,8 +24,22 @@ def fail(message: str) -> NoReturn:
     raise LCError(message)
 
 
+def warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for the CLIs: ``warning: <the message's first line>`` on stderr."""
+    text = str(message).strip().splitlines() or [category.__name__]
+    print(f"warning: {text[0]}", file=file or sys.stderr)
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a CLI ``main``; an :class:`LCError` becomes one line on stderr and exit code 1."""
+    """Run a CLI ``main``; an :class:`LCError` becomes one line on stderr and exit code 1, a warning one line
+    ``warning: ...`` (each shown once per place that warns, as Python's default)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = warning_line
+        return _run(main, argv)
+
+
+def _run(main: Callable[[list[str] | None], int | None], argv: list[str] | None) -> int:
     try:
         return int(main(argv) or 0)
     except LCError as error:

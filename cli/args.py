@@ -118,25 +118,32 @@ class _Deprecated(argparse.Action):
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend``, ``--device``, ``--no-lowering``, ``--precision``, ``--performance-hint`` and ``--cuda-graph``
     (lc-run, lc-bench)."""
-    from layercascade.runtime.backend import BACKENDS
+    from layercascade.runtime.registry import AUTO, BACKENDS, CHOICES, PRECISION_CHOICES
 
     group = parser.add_argument_group("backend")
-    group.add_argument("--backend", choices=BACKENDS, default="auto",
-                       help="inference backend: ONNX Runtime, OpenVINO, TensorRT or PyTorch; auto: TensorRT for an "
-                            "engine dir, torch for a checkpoint .pt, else ONNX Runtime (default: auto)")
+    group.add_argument("--backend", choices=CHOICES, default=AUTO,
+                       help=f"inference backend: {', '.join(f'{s.name} ({s.label})' for s in BACKENDS)}; auto: "
+                            "TensorRT for an engine dir, torch for a checkpoint .pt; for a model dir OpenVINO (at its "
+                            "default precision, or int8 for an INT8 dir) where it is installed and compiles the model, "
+                            "else ONNX Runtime, which also runs --precision fp32 (the exact reference) and --device "
+                            "cuda (default: auto)")
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the model runs (default: cpu)")
     group.add_argument("--no-lowering", action="store_true",
-                       help="ONNX Runtime: run the RegionConv function bodies (dense conv ⊙ M) instead of the "
+                       help="ONNX Runtime, OpenVINO: run the RegionConv function bodies (dense conv ⊙ M) instead of the "
                             "compact form whose cost follows the pixels that reach stages 2–3")
-    group.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default=None,
-                       help="torch backend: fp32 or fp16 (default: fp32); openvino: fp32, bf16 (default where the CPU "
-                            "has native bf16) or int8 (an INT8 dir from lc-calibrate); TensorRT engines carry the "
-                            "precision they were built with")
+    group.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
+                       help="; ".join(f"{spec.name} {'|'.join(spec.precisions)} ({spec.precision_note})"
+                                      for spec in BACKENDS if spec.precisions))
     group.add_argument("--performance-hint", choices=("latency", "throughput"), default=None,
                        help="openvino: OpenVINO's performance hint (default: latency)")
     group.add_argument("--cuda-graph", action="store_true",
                        help="torch / TensorRT on CUDA: capture the whole cascade in one CUDA graph and replay it")
+
+
+def engine(backend: str, precision: str | None) -> str:
+    """What ran, for the commands' closing lines: the backend and its precision, e.g. "openvino bf16"."""
+    return f"{backend} {precision}" if precision else backend
 
 
 def load_options(args: argparse.Namespace, threads: int = 0) -> dict[str, Any]:

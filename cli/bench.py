@@ -9,6 +9,7 @@ from layercascade.cli.args import (
     DATA_HELP,
     add_backend_arguments,
     add_rho_argument,
+    engine,
     float_pair,
     load_options,
     rho_list,
@@ -16,6 +17,7 @@ from layercascade.cli.args import (
 )
 from layercascade.contract import format_rho
 from layercascade.errors import fail, run_cli
+from layercascade.runtime.registry import profilers
 
 PROFILER_COST = "the profiler adds a few µs to every kernel"
 
@@ -47,14 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="then also the median ms of each stage (ONNX Runtime: each stage graph run as a "
                              "session of its own, one after another; TensorRT: CUDA events between the stages)")
     parser.add_argument("--profile", action="store_true",
-                        help="then also ONNX Runtime's profiler (OpenVINO: its per-op counters) over --iters more "
-                             "cascade runs: kernel ms per run by op type, convolution & GEMM kernels against all other "
-                             f"ops (with --compare: per precision and ρ); {PROFILER_COST}")
+                        help="then also the backend's profiler ("
+                             + "; ".join(f"{name}: {reader}" for name, reader in profilers().items())
+                             + ") over --iters more cascade runs: kernel ms per run by op type, convolution & GEMM "
+                             f"kernels against all other ops (with --compare: per precision and ρ); {PROFILER_COST}")
     parser.add_argument("--peers", action="store_true",
                         help="also time the dense export as a user would run it without us, in the same blocks: "
                              "ONNX Runtime (fp32), OpenVINO at its default precision (bf16 on CPUs with native "
-                             "bf16), torch eager (when torch and the source checkpoint are found); the speedup is "
-                             "then also given against the fastest of them")
+                             "bf16), torch eager (when torch and the source checkpoint are found); for an INT8 dir "
+                             "also its int8 dense.onnx on ONNX Runtime and OpenVINO (the float peers then run its "
+                             "fp32 source). The speedup is then also given against the fastest of them, and the "
+                             "fastest of the cascade's precision class (fp32/fp16/bf16, or int8)")
     add_backend_arguments(parser)
     compare = parser.add_argument_group("precision comparison")
     compare.add_argument("--compare", type=precision_list, default=None, metavar="LIST",
@@ -74,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--plot", default=None, metavar="FILE.png",
                          help="with --compare and --data: draw FPS against mIoU per precision and ρ")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object: cascade, dense (median_ms, p90_ms, p99_ms, fps, runs), speedup, "
-                             "ideal_speedup, stage_fractions, machine (and with --per-stage stages_ms, with "
-                             "--profile profile, with --peers peers, best_peer, speedup_vs_best_peer)")
+                        help="print one JSON object: backend, precision, cascade, dense (median_ms, p90_ms, p99_ms, "
+                             "fps, runs), speedup, ideal_speedup, stage_fractions, machine (and with --per-stage "
+                             "stages_ms, with --profile profile, with --peers peers, best_peer, speedup_vs_best_peer, "
+                             "precision_class, best_peer_same_class, speedup_vs_best_peer_same_class)")
     return parser
 
 
@@ -110,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['model']} ({result['backbone']}, {result['size'][0]}x{result['size'][1]}, batch {batch}, "
-          f"ρ = {format_rho(result['rho'])}, {result['backend']}"
+          f"ρ = {format_rho(result['rho'])}, {engine(result['backend'], result['precision'])}"
           f"{', no lowering' if args.no_lowering else ''})")
     print(f"machine: {result['machine']}")
     rows = [(name, result[name]) for name in ("cascade", "dense")]
-    rows += [(f"dense, {name} {r['precision']}", r) for name, r in result.get("peers", {}).items() if "median_ms" in r]
+    rows += [(f"dense, {engine(r['backend'], r['precision'])}", r) for r in result.get("peers", {}).values()
+             if "median_ms" in r]
     width = max(len(name) for name, _ in rows)
     print(f"{'':{width}s} {'median ms':>10s} {'p90 ms':>9s} {'p99 ms':>9s} {'FPS':>8s}")
     for name, r in rows:
@@ -129,13 +136,22 @@ def main(argv: list[str] | None = None) -> int:
             if "missing" in r:
                 print(f"peer {name}: not timed ({r['missing']})")
         if result["best_peer"]:
-            print(f"speedup vs the fastest dense peer ({result['best_peer']}): {result['speedup_vs_best_peer']:.2f}x")
+            print(f"speedup vs the fastest dense peer ({peer_name(result, result['best_peer'])}): "
+                  f"{result['speedup_vs_best_peer']:.2f}x")
+        if result["best_peer_same_class"]:
+            print(f"speedup vs the fastest {result['precision_class']} dense peer "
+                  f"({peer_name(result, result['best_peer_same_class'])}): "
+                  f"{result['speedup_vs_best_peer_same_class']:.2f}x")
     if args.per_stage:
         print("per stage, median ms: " + ", ".join(f"stage {k + 1} {ms:.2f}"
                                                    for k, ms in enumerate(result["stages_ms"].values())))
     if args.profile:
         print_profile(result["profile"])
     return 0
+
+
+def peer_name(result: dict, name: str) -> str:
+    return engine(result["peers"][name]["backend"], result["peers"][name]["precision"])
 
 
 def print_profile(profile: dict, shown: int = 12) -> None:
@@ -167,7 +183,7 @@ def compare_main(args) -> int:
              "--per-stage")
     if args.plot and not args.data:
         fail("--plot draws speed against mIoU: give --data too (e.g. --data synthetic)")
-    cascades = {name: Cascade.load(model_dir, **load_options(args, args.threads), **options)
+    cascades = {name: Cascade.load(model_dir, **{**load_options(args, args.threads), **options})
                 for name, (model_dir, options) in precision_sources(args.model, args.compare, args.backend).items()}
     fp32 = cascades["fp32"]
     check_size(args.size, fp32.input_size)

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def report_lines(probes: dict[str, Report], backends: dict[str, Report]) -> list[str]:
+def report_lines(probes: dict[str, Report], backends: dict[str, Report], auto: Report | None) -> list[str]:
     width = max(map(len, probes)) + 2
     lines = [f"layercascade {__version__} on {platform.platform()}"]
     for name, probe in probes.items():
@@ -32,14 +32,21 @@ def report_lines(probes: dict[str, Report], backends: dict[str, Report]) -> list
     for name, backend in backends.items():
         text = ", ".join(backend["devices"]) if backend["ok"] else f"no ({backend['detail']})"
         lines.append(f"  {'ok' if backend['ok'] else '--'}  {name:<{width}}{text}")
+    if auto is None:
+        lines.append("--backend auto: no backend here runs a model dir")
+    else:
+        lines.append(f"--backend auto runs a model dir on {auto['backend']} at {auto['precision']} "
+                     "(an INT8 dir at int8)")
     return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    probes, backends = diagnose()
+    probes, backends, auto = diagnose()
     if args.json:
-        print(json.dumps({"version": __version__, "probes": probes, "backends": backends}, indent=2))
+        print(json.dumps({"version": __version__, "probes": probes, "backends": backends, "auto": auto}, indent=2))
     else:
-        print("\n".join(report_lines(probes, backends)))
+        print("\n".join(report_lines(probes, backends, auto)))
     return 0
 
 

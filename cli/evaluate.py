@@ -64,7 +64,7 @@ def load_predictor(source: str | None):
     if source is not None and Path(source).is_dir():
         from layercascade.runtime.cascade import Cascade
 
-        cascade = Cascade.load(source)
+        cascade = Cascade.load(source, backend="ort")  # the exact fp32 reference (auto may run bf16)
         return cascade.predict, cascade.classes, cascade.default_rho
     from layercascade.model.checkpoint import load_checkpoint
     from layercascade.model.evaluate import torch_predictor

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from layercascade.cli.args import add_backend_arguments, add_rho_argument, load_options, positive_int
+from layercascade.cli.args import add_backend_arguments, add_rho_argument, engine, load_options, positive_int
 from layercascade.errors import LCError, fail, run_cli
 from layercascade.model.data.images import MAX_PIXELS
 from layercascade.runtime.inputs import SAMPLES, expand_inputs
@@ -16,7 +16,6 @@ from layercascade.runtime.segment import (
     PICTURE_MAX_PIXELS,
     SUMMARY_MAX_BYTES,
     ReadOptions,
-    check_model_pixels,
     earlier_outputs,
     make_output_dir,
     segment_all,
@@ -94,17 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     read, progress = ReadOptions(args.max_pixels, args.exif_transpose), not (args.quiet or args.json)
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args)) as cascade:
-        check_model_pixels(cascade, args.max_pixels)
         if args.ray is None:
             run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict, progress=progress, read=read,
                               earlier=earlier)
-        backend, rho = cascade.backend, cascade.rho(args.rho)
+        backend, precision, rho = cascade.backend, cascade.precision, cascade.rho(args.rho)
     if args.ray is not None:
         batch = import_serving("batch")
         run = batch.segment_all_ray(args.model, load_options(args, threads=1), paths, out, rho=args.rho,
                                     strict=args.strict, progress=progress, read=read, earlier=earlier,
                                     address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers)
-    summary = summarize(run, backend=backend, model=args.model or "demo", rho=rho)
+    summary = {**summarize(run, backend=backend, model=args.model or "demo", rho=rho), "precision": precision}
     try:
         size = write_summary(out, summary)
     except LCError as error:
@@ -131,7 +129,8 @@ def closing_line(summary: dict[str, Any], out: Path) -> str:
     line = f"{summary['images']} image(s) -> {out}"
     if summary["images"]:
         shares = " / ".join(f"{100 * f:.0f}%" for f in summary["stage_fractions"])
-        line += f"  mean {summary['mean_ms']:.1f} ms  stages 1/2/3: {shares}"
+        ran = engine(summary["backend"], summary["precision"])
+        line += f"  mean {summary['mean_ms']:.1f} ms  stages 1/2/3: {shares}  ({ran})"
     if summary["failed"]:
         line += f"  ({len(summary['failed'])} failed)"
     return line

@@ -1,5 +1,6 @@
-"""What every backend gives the cascade: a ``run`` over the three stages, a dense runner, a
-description of the machine it runs on, and ``close``.
+"""What a backend is (:class:`BackendSpec`, one per backend, declared in its subpackage's ``__init__`` and
+listed in ``runtime/registry.py``) and what every backend gives the cascade (:class:`StagedBackend`): a ``run``
+over the three stages, a dense runner, a description of the machine it runs on, and ``close``.
 
 A backend is a loader (``runtime/<backend>/loader.py``: prepares graphs, sessions or engines)
 and a runner (runs them), the way Polygraphy splits its backends. Runners take and return arrays
@@ -12,10 +13,15 @@ device-resident pipelines) override ``run`` and keep ``StageOutputs`` as its ret
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 import time
-from collections.abc import Collection
+import warnings
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,11 +41,122 @@ from layercascade.contract import (
     STAGE_COUNTS,
     Rho,
 )
-from layercascade.errors import fail
+from layercascade.errors import LCError, fail
 
 Masks = tuple[np.ndarray, np.ndarray]
-# The backends Cascade.load and every command's --backend know ("auto" picks by the model's form).
-BACKENDS = ("auto", "ort", "openvino", "trt", "torch")
+# lc-doctor's probe results by probe name (runtime/doctor.py PROBES): {"ok": bool, "detail": str, ...}.
+Probes = Mapping[str, Mapping[str, Any]]
+# The precisions, in the order help texts and reports list them; fp32, fp16 and bf16 are the float class.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def model_precision(manifest: dict[str, Any]) -> str:
+    """What a model dir's graphs compute in: int8 for an INT8 dir from lc-calibrate, else fp32."""
+    return "int8" if "quantization" in manifest else "fp32"
+
+
+def precision_class(precision: str) -> str:
+    """The precision class lc-bench compares peers within: int8, or float for fp32, fp16 and bf16."""
+    return "int8" if precision == "int8" else "float"
+
+
+class BackendCannotRun(LCError):
+    """The backend is not installed here, or cannot compile this model: ``--backend auto`` passes to the next."""
+
+
+class BackendFallbackWarning(UserWarning):
+    """``--backend auto`` passed over a faster backend (not installed, or unable to compile the model)."""
+
+
+def cpu_only(probes: Probes) -> list[str]:
+    return ["cpu"]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What one backend is and can do. Each backend declares one in its subpackage's ``__init__`` (cheap: no
+    heavy import) and ``runtime/registry.py`` lists them; ``Cascade.load``, ``lc-doctor``, ``lc-bench`` and the
+    commands' ``--backend`` and ``--precision`` choices read them, nothing else lists backends.
+
+    Attributes:
+        name: the ``--backend`` choice and ``Cascade.backend``.
+        label: its name in messages.
+        loader: the module with ``load(source, device, lower, threads, **options) -> (path, manifest, backend)``,
+            imported only when the backend is chosen.
+        modules: the Python packages it needs (a loader import that misses one is one line with ``install``).
+        install: how to install them.
+        probes: lc-doctor's probes (``runtime/doctor.py`` PROBES) it needs, in order; the first that fails is
+            why it cannot run here.
+        usable_devices: the devices it runs on here, from lc-doctor's probe results (all of ``probes`` ok).
+        devices: the ``--device`` values ``--backend auto`` may pick it for (its loader checks its own).
+        options: the ``Cascade.load`` settings it takes beyond device, lowering and threads.
+        options_hint: said after the refusal of a setting it does not have.
+        precisions: the ``--precision`` values it takes; ``precision_note`` says how (``--precision`` help).
+        auto: the precisions asked for (None: none) at which ``--backend auto`` may pick it for a model dir;
+            () for a backend auto picks only for the sources it ``claims``.
+        claims: the sources only it runs (TensorRT engine dirs, torch checkpoints); ``claimed`` says what
+            such a source is, in messages. None: it runs model dirs.
+        profiler: what its ``kernel_profile`` reads (lc-bench ``--profile``); None: it has none.
+        peer: ``"module:function"``, ``function(source, manifest, threads) -> (runner, precision)``: the dense
+            network of a model dir as a user would run it with this runtime alone (lc-bench ``--peers``).
+        peer_int8: its peer runs an INT8 dir's quantized ``dense.onnx`` too.
+        environment: variables set (unless set already) before its modules load.
+    """
+
+    name: str
+    label: str
+    loader: str
+    modules: tuple[str, ...]
+    install: str
+    probes: tuple[str, ...]
+    usable_devices: Callable[[Probes], list[str]] = cpu_only
+    devices: tuple[str, ...] = ("cpu",)
+    options: tuple[str, ...] = ()
+    options_hint: str = ""
+    precisions: tuple[str, ...] = ()
+    precision_note: str = ""
+    auto: tuple[str | None, ...] = ()
+    claims: Callable[[Path], bool] | None = None
+    claimed: str = ""
+    profiler: str | None = None
+    peer: str | None = None
+    peer_int8: bool = False
+    environment: tuple[tuple[str, str], ...] = ()
+
+    def installed(self) -> bool:
+        """Whether the packages it needs are installed (found, not imported)."""
+        return all(importlib.util.find_spec(module) is not None for module in self.modules)
+
+    def import_module(self, name: str) -> ModuleType:
+        """``name``, one of this backend's modules, imported with its ``environment``; a package it needs that
+        is missing is one line (:class:`BackendCannotRun`)."""
+        for variable, value in self.environment:
+            os.environ.setdefault(variable, value)
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name is None or error.name.split(".")[0] not in self.modules:
+                raise
+            raise BackendCannotRun(f"the {self.name} backend needs {error.name}, which is not installed: "
+                                   f"{self.install}") from None
+
+    def load(self, source: str | Path | None, device: str, lower: bool, threads: int,
+             options: dict[str, Any]) -> tuple[Path, dict[str, Any], StagedBackend]:
+        """Its loader's ``load``, after checking ``options`` against :attr:`options`."""
+        check_options(self.label, options, self.options, self.options_hint)
+        return self.import_module(self.loader).load(source, device, lower, threads, **options)
+
+    def fits(self, device: str, options: Mapping[str, Any]) -> bool:
+        """Whether ``--backend auto`` may pick it for a model dir on ``device`` with ``options``."""
+        return (self.claims is None and device in self.devices and set(options) <= set(self.options)
+                and options.get("precision") in self.auto)
+
+    def dense_peer(self, source: Path, manifest: dict[str, Any], threads: int) -> tuple[StageRunner, str]:
+        """The dense network of ``source`` on this runtime alone, and the precision it computes in (:attr:`peer`)."""
+        module, function = (self.peer or "").partition(":")[::2]
+        if not function:
+            fail(f"the {self.name} backend has no dense peer")
+        return getattr(self.import_module(module), function)(source, manifest, threads)
 
 
 @dataclass
@@ -78,6 +195,11 @@ class StagedBackend:
 
     name = "base"
     device = "cpu"
+    # What it computes in: fp32, fp16, bf16 or int8 (an INT8 dir: int8, whatever its float parts run in);
+    # None where the backend does not say.
+    precision: str | None = None
+    # The most images one run takes where the backend takes fewer than the export allows (None: the export's).
+    max_batch: int | None = None
     stages: list[StageRunner]
 
     def to_host(self, array: Any) -> np.ndarray:
@@ -104,6 +226,12 @@ class StagedBackend:
         timings = {f"stage{k + 1}": runner.last_ms for k, runner in enumerate(self.stages)}
         timings["total"] = total
         return StageOutputs(labels, self.to_host(mask2), self.to_host(mask3), counts, timings)
+
+    def kernel_profile(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None,
+                       runs: int, warmup: int) -> dict[str, tuple[float, int]]:
+        """op type → (µs, kernels) per run: the backend's own profiler (its spec's ``profiler``) over ``runs``
+        runs of the cascade as ``run`` runs it, after ``warmup`` untimed ones. Backends without one keep this."""
+        fail(f"the {self.name} backend has no kernel profiler")
 
     def dense_runner(self, manifest: dict[str, Any]) -> StageRunner:
         """A runner of the dense network of the same weights (input ``image`` → ``labels``)."""
@@ -184,3 +312,24 @@ def join_stage_graphs(model_dir: Path, graphs: list[Any], forced_masks: bool = F
         return cascade_graph(graphs, forced_masks)
     except ValueError as error:
         fail(f"{model_dir}: its stage graphs do not form a cascade ({error}); re-export the model")
+
+
+def lowered_graph(model: Any, name: str) -> tuple[Any, bool]:
+    """``model`` with its RegionConvs in compact row form (``export/lowering.py``) and whether any were lowered;
+    where the lowering cannot cover it, ``model`` as it is (its function bodies run) and a warning naming ``name``."""
+    from layercascade.export.lowering import LoweringUnsupported, lower_region_convs
+
+    try:
+        lowered = lower_region_convs(model)
+    except LoweringUnsupported as reason:
+        # Attributed here, not to the caller: a model auto passes from one backend to the next warns once.
+        warnings.warn(f"{name}: running RegionConv function bodies ({reason})", stacklevel=1)
+        return model, False
+    return lowered, lowered is not model
+
+
+def dense_file(source: Path, manifest: dict[str, Any], who: str) -> Path:
+    """The dense graph of the model dir ``source`` (one line when ``source`` is not a model dir)."""
+    if not source.is_dir():
+        fail(f"{who}: the dense export runs from a model dir (lc-export), not from {source}")
+    return source / manifest["dense"]["file"]

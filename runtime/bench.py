@@ -16,10 +16,12 @@ from tqdm import tqdm
 from layercascade.contract import IMAGE, RhoLike, rho_value
 from layercascade.cost_model import ideal_speedup
 from layercascade.errors import LCError, fail
+from layercascade.manifest import model_hash, read_cascade_manifest
 from layercascade.model.data.images import read_rgb
-from layercascade.runtime.backend import Masks
+from layercascade.runtime.backend import Masks, precision_class
 from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.inputs import SAMPLES
+from layercascade.runtime.registry import BACKENDS, profilers
 from layercascade.runtime.timing import LatencyStats, check_iterations, forced_masks, time_in_blocks
 
 STAGES = ("stage1", "stage2", "stage3")
@@ -27,7 +29,6 @@ STAGES = ("stage1", "stage2", "stage3")
 # Runtime's, then OpenVINO's.
 CONV_KERNELS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Gemm", "FusedGemm", "QGemm",
                           "MatMulInteger", "Convolution", "GroupConvolution", "FullyConnected"})
-PROFILED = {"ort": "ONNX Runtime's profiler", "openvino": "OpenVINO's per-op counters (PERF_COUNT)"}
 
 
 def sample_batch(cascade: Cascade, batch: int) -> np.ndarray:
@@ -54,15 +55,15 @@ def stage_medians(cascade: Cascade, images: np.ndarray, rho: RhoLike | None, mas
 
 
 def check_profilable(cascade: Cascade) -> None:
-    if cascade.backend not in PROFILED:
-        readers = " or ".join(f"{reader} (--backend {backend})" for backend, reader in PROFILED.items())
-        fail(f"--profile reads {readers}; the {cascade.backend} backend has none here (TensorRT: trtexec "
-             "--dumpProfile on the engine's plan files)")
+    readers = profilers()
+    if cascade.backend not in readers:
+        listed = " or ".join(f"{reader} (--backend {backend})" for backend, reader in readers.items())
+        fail(f"--profile reads {listed}; the {cascade.backend} backend has none")
 
 
 def op_profile(cascade: Cascade, images: np.ndarray, rho: RhoLike | None, masks: Masks | None, iters: int,
                warmup: int) -> dict[str, Any]:
-    """The backend's profile of ``iters`` cascade runs (:data:`PROFILED`): kernel ms per run by op type
+    """The backend's profile of ``iters`` cascade runs (its spec's ``profiler``): kernel ms per run by op type
     (``op_types``, most first) and in total, split into convolution & GEMM kernels and all other ops."""
     check_profilable(cascade)
     ops = cascade.runner.kernel_profile(images, cascade.rho(rho), masks, iters, warmup)
@@ -74,43 +75,63 @@ def op_profile(cascade: Cascade, images: np.ndarray, rho: RhoLike | None, masks:
             "other_ms": round(total - conv, 3), "op_types": op_types}
 
 
-# The runtimes a user could run the dense export on instead, each at its default precision.
-PEERS = ("ort", "openvino", "torch")
+# The runtimes a user could run the dense export on instead, each at its default precision: the float peers'
+# names (an int8 peer is named "<backend>-int8").
+PEERS = tuple(spec.name for spec in BACKENDS if spec.peer)
+
+
+def fp32_source(model_dir: Path, manifest: dict[str, Any]) -> Path:
+    """The fp32 model dir an INT8 dir was calibrated from (its ``quantization`` record names it); one line when it is
+    gone or was re-exported since."""
+    record = manifest["quantization"]
+    if not isinstance(record.get("source"), str):
+        fail(f"{model_dir}: its quantization record names no fp32 source dir; calibrate again")
+    source = Path(record["source"])
+    if not (source / "lc.json").is_file() or model_hash(read_cascade_manifest(source)) != record.get(
+            "source_model_sha256"):
+        fail(f"{model_dir}: its fp32 source {source} is gone or was re-exported; calibrate again")
+    return source
+
+
+def peer_sources(cascade: Cascade) -> dict[str, tuple[Path, dict[str, Any]] | str]:
+    """Precision class → the model dir (or checkpoint) whose dense network that class's peers run, and its manifest;
+    or why there is none. An fp32 dir: itself for the float class; an INT8 dir: itself for int8 (its
+    ``dense.onnx``, quantized by lc-calibrate with the statistics of the stages), its fp32 source for float."""
+    own = (cascade.model_dir, cascade.manifest)
+    if "quantization" not in cascade.manifest:
+        return {"float": own, "int8": f"{cascade.model_dir} is not an INT8 dir; the int8 peers run an INT8 dir's "
+                                      f"dense.onnx: lc-calibrate DIR -o DIR_INT8, then lc-bench DIR_INT8 --peers"}
+    try:
+        source = fp32_source(cascade.model_dir, cascade.manifest)
+        float_peers: tuple[Path, dict[str, Any]] | str = (source, read_cascade_manifest(source))
+    except LCError as error:
+        float_peers = str(error)
+    return {"float": float_peers, "int8": own}
 
 
 def peer_runners(cascade: Cascade, threads: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
-    """The model's dense network on each peer runtime installed here, as a user would run it without us:
-    ONNX Runtime (fp32), OpenVINO at its default precision (bf16 on CPUs with native bf16), torch eager
-    (fp32, when torch is installed and the checkpoint the model was exported from is found).
+    """The model's dense network on each peer runtime installed here (each backend's ``peer``), as a user would run
+    it without us: ONNX Runtime (fp32), OpenVINO at its default precision (bf16 on CPUs with native bf16), torch
+    eager (fp32, when torch is installed and the checkpoint the model was exported from is found); and at int8
+    (:func:`peer_sources`), ONNX Runtime and OpenVINO.
 
-    Returns (peer → (runner, precision), peer → why it is missing).
+    Returns (peer → (runner, backend, precision), peer → why it is missing).
     """
-    dense = cascade.model_dir / cascade.manifest["dense"]["file"] if cascade.model_dir.is_dir() else None
     runners: dict[str, Any] = {}
     missing: dict[str, str] = {}
-    for peer in PEERS:
-        try:
-            runners[peer] = _peer_runner(peer, cascade, dense, threads)
-        except LCError as error:
-            missing[peer] = str(error)
+    for kind, source in peer_sources(cascade).items():
+        for spec in BACKENDS:
+            if spec.peer is None or (kind == "int8" and not spec.peer_int8):
+                continue
+            name = spec.name if kind == "float" else f"{spec.name}-int8"
+            try:
+                if isinstance(source, str):
+                    fail(source)
+                runner, precision = spec.dense_peer(*source, threads)
+                runners[name] = (runner, spec.name, precision)
+            except LCError as error:
+                missing[name] = str(error)
     return runners, missing
-
-
-def _peer_runner(peer: str, cascade: Cascade, dense: Path | None, threads: int) -> tuple[Any, str]:
-    if peer == "torch":
-        from layercascade.runtime.torch.peer import dense_peer
-
-        return dense_peer(cascade.manifest, cascade.model_dir, threads), "fp32"
-    if dense is None:
-        fail(f"{peer}: the dense export runs from a model dir (lc-export), not from {cascade.model_dir}")
-    if peer == "ort":
-        from layercascade.runtime.ort.loader import load_runner
-
-        return load_runner(dense, lower=False, threads=threads), "fp32"
-    from layercascade.runtime.openvino.loader import compile_config, compile_graph
-
-    runner = compile_graph(dense, str(dense), compile_config(threads=threads))
-    return runner, runner.inference_precision()
 
 
 def stage_fractions(out: Any, masks: Masks | None, batch: int) -> list[float]:
@@ -124,11 +145,11 @@ def stage_fractions(out: Any, masks: Masks | None, batch: int) -> list[float]:
 def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, warmup: int,
               active: tuple[float, float] | None = None, progress: bool = True, per_stage: bool = False,
               profile: bool = False, peers: bool = False, threads: int = 0) -> dict[str, Any]:
-    """Median / p90 / p99 latency and FPS of cascade and dense, timed in alternating blocks in one run
-    (with ``per_stage``, then the median ms of each stage, ``stages_ms``; with ``profile``, then
-    ONNX Runtime's profile of the cascade, ``profile``: :func:`op_profile`; with ``peers``, the dense
-    network on every peer runtime in the same blocks, ``peers``, and the cascade's speedup against the
-    fastest, ``speedup_vs_best_peer``)."""
+    """Median / p90 / p99 latency and FPS of cascade and dense, timed in alternating blocks in one run, and the
+    backend and precision that ran (with ``per_stage``, then the median ms of each stage, ``stages_ms``; with
+    ``profile``, then the backend's profile of the cascade, ``profile``: :func:`op_profile`; with ``peers``, the
+    dense network on every peer runtime at every precision in the same blocks, and the cascade's speedup against
+    the fastest and the fastest of its precision class: :func:`peer_report`)."""
     check_iterations(iters, warmup)
     if profile:
         check_profilable(cascade)
@@ -139,7 +160,7 @@ def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, war
     masks = forced_masks(first.mask2.shape, active) if active is not None else None
     steps = {"cascade": lambda: cascade.run_batch(images, rho, masks), "dense": lambda: dense.infer({IMAGE: images})}
     peer_list, missing = peer_runners(cascade, threads) if peers else ({}, {})
-    for name, (runner, _) in peer_list.items():
+    for name, (runner, *_) in peer_list.items():
         steps[f"peer:{name}"] = functools.partial(runner.infer, {IMAGE: images})
     samples = timed_blocks(steps, iters, warmup, progress)
     cascade_ms, dense_ms = samples["cascade"], samples["dense"]
@@ -151,10 +172,11 @@ def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, war
     if profile:
         extra["profile"] = op_profile(cascade, images, rho, masks, iters, warmup)
     if peers:
-        extra.update(peer_report(samples, {name: precision for name, (_, precision) in peer_list.items()}, missing,
-                                 cascade_ms, batch))
+        extra.update(peer_report(samples, {name: tuple(peer[1:]) for name, peer in peer_list.items()}, missing,
+                                 cascade_ms, cascade.precision, batch))
     return {
         "model": str(cascade.model_dir), "backbone": cascade.manifest.get("backbone"), "backend": cascade.backend,
+        "precision": cascade.precision,
         "size": list(cascade.input_size), "batch": batch, "rho": rho_value(rho),
         "iters": iters, "warmup": warmup, "forced_active_fractions": list(active) if active else None,
         "cascade": LatencyStats.of(cascade_ms, batch).report(), "dense": LatencyStats.of(dense_ms, batch).report(),
@@ -167,15 +189,23 @@ def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, war
     }
 
 
-def peer_report(samples: dict[str, list[float]], precisions: dict[str, str], missing: dict[str, str],
-                cascade_ms: list[float], batch: int) -> dict[str, Any]:
-    """``peers`` (each peer's latency and precision, or why it is missing), the fastest, and the cascade's
-    speedup against it (ratio of unrounded medians)."""
-    report: dict[str, Any] = {name: {**LatencyStats.of(samples[f"peer:{name}"], batch).report(),
-                                     "precision": precision} for name, precision in precisions.items()}
+def peer_report(samples: dict[str, list[float]], peers: dict[str, tuple[str, str]], missing: dict[str, str],
+                cascade_ms: list[float], precision: str | None, batch: int) -> dict[str, Any]:
+    """``peers`` (each timed peer's latency, backend, precision and precision class, or why it is missing), the
+    fastest of them (``best_peer``) and the cascade's speedup against it; ``precision_class``, the cascade's
+    (float: fp32, fp16, bf16; int8), and the fastest peer of that class and the speedup against it
+    (``best_peer_same_class``, ``speedup_vs_best_peer_same_class``). ``peers``: name → (backend, precision);
+    ``precision``: the cascade's (None: unknown, no same-class comparison). Speedups are ratios of unrounded
+    medians."""
+    report: dict[str, Any] = {
+        name: {**LatencyStats.of(samples[f"peer:{name}"], batch).report(), "backend": backend, "precision": peer,
+               "precision_class": precision_class(peer)} for name, (backend, peer) in peers.items()}
     report.update({name: {"missing": reason} for name, reason in missing.items()})
-    if not precisions:
-        return {"peers": report, "best_peer": None, "speedup_vs_best_peer": None}
-    best = min(precisions, key=lambda name: np.median(samples[f"peer:{name}"]))
-    speedup = float(np.median(samples[f"peer:{best}"]) / np.median(cascade_ms))
-    return {"peers": report, "best_peer": best, "speedup_vs_best_peer": round(speedup, 3)}
+    cascade_class = precision_class(precision) if precision else None
+    result: dict[str, Any] = {"peers": report, "precision_class": cascade_class}
+    for suffix, names in (("", list(peers)),
+                          ("_same_class", [n for n in peers if report[n]["precision_class"] == cascade_class])):
+        best = min(names, key=lambda name: np.median(samples[f"peer:{name}"])) if names else None
+        speedup = None if best is None else round(float(np.median(samples[f"peer:{best}"]) / np.median(cascade_ms)), 3)
+        result.update({f"best_peer{suffix}": best, f"speedup_vs_best_peer{suffix}": speedup})
+    return result

@@ -22,27 +22,26 @@ from PIL import Image
 from layercascade.contract import Rho, RhoLike, check_rho, rho_or_default
 from layercascade.errors import fail
 from layercascade.model.data.images import as_rgb, resize_image, resize_labels
-from layercascade.runtime.backend import BACKENDS, Masks, StagedBackend, StageOutputs, check_options
+from layercascade.runtime.backend import (
+    BackendCannotRun,
+    BackendFallbackWarning,
+    Masks,
+    StagedBackend,
+    StageOutputs,
+)
 from layercascade.runtime.inputs import DEMO_MODEL
+from layercascade.runtime.registry import AUTO, auto_candidates, backend_spec, claimed_by
 from layercascade.runtime.result import CascadeResult
 
 __all__ = ["DEMO_MODEL", "Cascade"]
 
 
-def auto_backend(model_dir: str | Path | None) -> str:
-    """What ``--backend auto`` runs ``model_dir`` with: engines → trt, a ``.pt`` checkpoint → torch, else ort."""
-    from layercascade.runtime.trt.engines import is_engine_dir
-
-    if is_engine_dir(model_dir):
-        return "trt"
-    return "torch" if model_dir is not None and Path(model_dir).suffix == ".pt" else "ort"
-
-
 class Cascade:
     """A loaded cascade model; call it on an (H, W, 3) uint8 RGB image.
 
-    ``runner`` is the backend that runs the stages (a :class:`StagedBackend`), ``backend`` its
-    name. ``close()`` (or leaving a ``with`` block) releases its sessions, engines and device memory.
+    ``runner`` is the backend that runs the stages (a :class:`StagedBackend`), ``backend`` its name,
+    ``precision`` what it computes in. ``close()`` (or leaving a ``with`` block) releases its sessions,
+    engines and device memory.
     """
 
     def __init__(self, model_dir: Path, manifest: dict[str, Any], runner: StagedBackend) -> None:
@@ -68,36 +67,55 @@ class Cascade:
         ``None`` is the bundled demo model (its checkpoint for the torch backend).
 
         Args:
-            backend: "ort" (ONNX Runtime), "openvino", "trt", "torch" or "auto" (engines → trt, a
-                ``.pt`` checkpoint → torch, otherwise ort).
+            backend: a name of ``runtime/registry.py`` ("openvino", "ort" (ONNX Runtime), "trt", "torch") or
+                "auto": TensorRT for an engine dir, torch for a ``.pt`` checkpoint; for a model dir OpenVINO
+                at its default precision (bf16 where the CPU has it natively, else fp32) or int8, where it is
+                installed and compiles the model, else ONNX Runtime (then a :class:`BackendFallbackWarning`
+                says why); ONNX Runtime too for ``precision="fp32"`` (the exact reference), ``device="cuda"``
+                and settings only it has.
             device: "cpu" or "cuda".
             lower: run RegionConv in compact row form (False: the graphs' function bodies).
             threads: intra-op threads (0 = the backend's default).
-            options: backend-specific settings: ``precision`` (torch, trt, openvino), ``cuda_graph``
-                (torch, trt), ``input_size`` and ``kernels`` (torch), ``uint8_activations`` (ort),
-                ``performance_hint`` (openvino).
+            options: backend-specific settings (each backend's spec lists its own): ``precision``,
+                ``cuda_graph`` (torch, trt), ``input_size`` and ``kernels`` (torch), ``uint8_activations``
+                (ort), ``performance_hint`` (openvino).
         """
-        if backend not in BACKENDS:
-            fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        from layercascade.runtime.trt.engines import is_engine_dir
+        if backend == AUTO:
+            return cls._load_auto(model_dir, device, lower, threads, options)
+        spec = backend_spec(backend)
+        owner = claimed_by(model_dir)
+        if owner not in (None, spec):
+            fail(f"{model_dir}: {owner.claimed}; run it with --backend {owner.name} (or auto), not --backend {backend}")
+        return cls(*spec.load(model_dir, device, lower, threads, options))
 
-        if backend == "auto":
-            backend = auto_backend(model_dir)
-        elif backend in ("ort", "openvino", "torch") and is_engine_dir(model_dir):
-            fail(f"{model_dir}: holds TensorRT engines (lc-build); run it with --backend trt (or auto), "
-                 f"or pass the model dir lc-export wrote to use --backend {backend}")
-        # Each backend's loader (imported only when chosen): OPTIONS, its settings, and load.
-        if backend == "torch":
-            from layercascade.runtime.torch import loader
-        elif backend == "trt":
-            from layercascade.runtime.trt import loader
-        elif backend == "openvino":
-            from layercascade.runtime.openvino import loader
+    @classmethod
+    def _load_auto(cls, model_dir: str | Path | None, device: str, lower: bool, threads: int,
+                   options: dict[str, Any]) -> Cascade:
+        """``--backend auto``: the first of :func:`~layercascade.runtime.registry.auto_candidates` that is
+        installed and compiles the model; the last one's own errors stand."""
+        *faster, last = auto_candidates(model_dir, device, options)
+        passed_over: list[str] = []
+        for spec in faster:
+            if not spec.installed():
+                passed_over.append(f"{spec.label} is not installed ({spec.install})")
+                continue
+            try:
+                loaded = spec.load(model_dir, device, lower, threads, options)
+                break
+            except BackendCannotRun as reason:
+                passed_over.append(str(reason))
         else:
-            from layercascade.runtime.ort import loader
-        label = {"ort": "ONNX Runtime", "openvino": "OpenVINO", "trt": "TensorRT", "torch": "torch"}[backend]
-        check_options(label, options, loader.OPTIONS, getattr(loader, "OPTIONS_HINT", ""))
-        return cls(*loader.load(model_dir, device, lower, threads, **options))
+            spec, loaded = last, last.load(model_dir, device, lower, threads, options)
+        if passed_over:
+            warnings.warn(f"--backend auto: {'; '.join(passed_over)}; running {spec.label}", BackendFallbackWarning,
+                          stacklevel=3)
+        return cls(*loaded)
+
+    @property
+    def precision(self) -> str | None:
+        """What the backend computes in: fp32, fp16, bf16 or int8 (an INT8 dir; None where the backend does not
+        say)."""
+        return self.runner.precision
 
     @property
     def engine(self) -> StagedBackend:
@@ -137,7 +155,7 @@ class Cascade:
         if self.batch_size is not None:
             return self.batch_size
         # A backend may take fewer than the export allows (lc-build --max-batch builds engines for fewer).
-        limits = [n for n in (self.manifest["batch"].get("max"), getattr(self.runner, "max_batch", None)) if n]
+        limits = [n for n in (self.manifest["batch"].get("max"), self.runner.max_batch) if n]
         return min(limits) if limits else None
 
     def __call__(self, image: np.ndarray | Image.Image, rho: RhoLike | None = None) -> CascadeResult:

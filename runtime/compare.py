@@ -11,54 +11,52 @@ import numpy as np
 
 from layercascade.contract import Rho, RhoLike, check_rho, format_rho, rho_value
 from layercascade.errors import fail
-from layercascade.manifest import model_hash, read_cascade_manifest
+from layercascade.manifest import read_cascade_manifest
 from layercascade.model.data import SegmentationDataset
 from layercascade.model.evaluate import Predictor, evaluate
-from layercascade.runtime.bench import check_profilable, op_profile, sample_batch, timed_blocks
+from layercascade.runtime.backend import PRECISIONS
+from layercascade.runtime.bench import check_profilable, fp32_source, op_profile, sample_batch, timed_blocks
 from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.inputs import DEMO_MODEL
+from layercascade.runtime.registry import AUTO, BACKENDS, auto_backend, backend_spec
 from layercascade.runtime.timing import LatencyStats, check_iterations
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
-
-def precision_sources(model_dir: Path | None, precisions: list[str], backend: str = "auto") -> dict[str, tuple[Path, dict]]:
-    """The model dir and backend options of each precision: fp32, fp16 and bf16 from the fp32 dir, int8
-    from the INT8 one.
+def precision_sources(model_dir: Path | None, precisions: list[str],
+                      backend: str = AUTO) -> dict[str, tuple[Path, dict]]:
+    """The model dir and ``Cascade.load`` settings of each precision (the backend, and the precision asked for by
+    name): fp32, fp16 and bf16 from the fp32 dir, int8 from the INT8 one.
 
     ``model_dir`` may be either: an INT8 dir names its fp32 source in its ``quantization``
     record (``lc-calibrate`` writes it), an fp32 dir cannot name an INT8 one. A ``.pt``
-    checkpoint (torch backend) gives fp32 and fp16. On OpenVINO every precision is asked for by
-    name (its default is bf16 where the CPU has it, so fp32 must be); bf16 runs there only.
+    checkpoint (torch backend) gives fp32 and fp16. Every precision runs on one backend: ``backend``, or the
+    one ``--backend auto`` tries first for the dir (all precisions are asked of it by name: OpenVINO's default
+    is bf16 where the CPU has it, so fp32 must be); a precision it does not have is one line.
     """
-    unknown = [p for p in precisions if p not in PRECISIONS]
-    if unknown or "fp32" not in precisions or len(set(precisions)) != len(precisions):
+    if set(precisions) - set(PRECISIONS) or "fp32" not in precisions or len(set(precisions)) != len(precisions):
         fail(f"--compare takes fp32 and any of {', '.join(PRECISIONS[1:])}, comma-separated (got "
              f"{','.join(precisions)})")
-    if "bf16" in precisions and backend != "openvino":
-        fail("--compare bf16 is OpenVINO's bf16 inference precision: add --backend openvino")
     model_dir = DEMO_MODEL if model_dir is None else Path(model_dir)
+    spec = backend_spec(auto_backend(model_dir) if backend == AUTO else backend)
+    if model_dir.suffix == ".pt" and "int8" in precisions:
+        fail("--compare int8 needs the INT8 model dir from lc-calibrate, not a checkpoint")
+    for precision in precisions:
+        if precision not in spec.precisions:
+            having = ", ".join(s.name for s in BACKENDS if precision in s.precisions)
+            fail(f"--compare {precision}: the {spec.name} backend has no {precision} (backends that have it: {having})")
     if model_dir.suffix == ".pt":  # a checkpoint (torch backend): fp32 and fp16 of the same weights
-        if "int8" in precisions:
-            fail("--compare int8 needs the INT8 model dir from lc-calibrate, not a checkpoint")
-        return {p: (model_dir, {} if p == "fp32" else {"precision": p}) for p in PRECISIONS if p in precisions}
-    record = read_cascade_manifest(model_dir).get("quantization")
-    if record is None:
-        if "int8" in precisions:
-            fail(f"{model_dir} is an fp32 model; --compare int8 needs its INT8 model dir (lc-calibrate "
-                 f"{model_dir} -o DIR_INT8), then: lc-bench DIR_INT8 --compare {','.join(precisions)}")
         fp32_dir = model_dir
     else:
-        if not isinstance(record.get("source"), str):
-            fail(f"{model_dir}: its quantization record names no fp32 source dir; calibrate again")
-        fp32_dir = Path(record["source"])
-        if not (fp32_dir / "lc.json").is_file() or model_hash(read_cascade_manifest(fp32_dir)) != record[
-                "source_model_sha256"]:
-            fail(f"{model_dir}: its fp32 source {fp32_dir} is gone or was re-exported; calibrate again")
-    dirs = {"fp32": fp32_dir, "fp16": fp32_dir, "bf16": fp32_dir, "int8": model_dir}
-    named = backend == "openvino"
+        manifest = read_cascade_manifest(model_dir)
+        if "quantization" not in manifest:
+            if "int8" in precisions:
+                fail(f"{model_dir} is an fp32 model; --compare int8 needs its INT8 model dir (lc-calibrate "
+                     f"{model_dir} -o DIR_INT8), then: lc-bench DIR_INT8 --compare {','.join(precisions)}")
+            fp32_dir = model_dir
+        else:
+            fp32_dir = fp32_source(model_dir, manifest)
     # fp32 first: the reference.
-    return {p: (dirs[p], {"precision": p} if named or p in ("fp16", "bf16") else {}) for p in PRECISIONS
+    return {p: (model_dir if p == "int8" else fp32_dir, {"backend": spec.name, "precision": p}) for p in PRECISIONS
             if p in precisions}
 
 
@@ -90,8 +88,8 @@ def compare_precisions(cascades: dict[str, Cascade], rhos: list[RhoLike], batch:
                        dataset: SegmentationDataset | None = None, progress: bool = True,
                        profile: bool = False) -> dict[str, Any]:
     """Latency of every precision at every ρ (timed in alternating blocks, one run) and, with ``dataset``,
-    mIoU and label agreement with fp32 at the same ρ; with ``profile``, each row's ONNX Runtime
-    profile (``profile``: :func:`op_profile`)."""
+    mIoU and label agreement with fp32 at the same ρ; with ``profile``, each row's profile by the backend's
+    profiler (``profile``: :func:`op_profile`)."""
     check_iterations(iters, warmup)
     rhos = [check_rho(rho) for rho in rhos]
     for cascade in cascades.values() if profile else ():

@@ -1,4 +1,5 @@
-"""What this machine can run: libraries, GPU, TensorRT, the lc plugins, the backends lc-run can use.
+"""What this machine can run: libraries, GPU, TensorRT, the lc plugins, the backends lc-run can use (those of
+``runtime/registry.py``) and what ``--backend auto`` picks among them.
 
 Each probe runs in its own Python process (``python -m layercascade.runtime.doctor NAME``), several at
 once, with a timeout: a package that fails to import, hangs, or crashes in native code (CUDA and
@@ -22,6 +23,7 @@ from typing import Any
 from layercascade.errors import LCError
 from layercascade.export.session import import_onnxruntime
 from layercascade.plugins.nvidia import cuda_python_version, driver_gpus, import_tensorrt
+from layercascade.runtime.registry import BACKENDS
 
 WHO = "the TensorRT backend"
 Report = dict[str, Any]
@@ -54,12 +56,15 @@ def probe_onnxruntime() -> Report:
 
 
 def probe_openvino() -> Report:
-    """OpenVINO's version, devices, and what its CPU plugin computes natively (bf16, int8) by default."""
+    """OpenVINO's version, devices, what its CPU plugin computes natively, and the precision it computes in by default
+    (bf16 where the CPU has it natively, else fp32)."""
     from layercascade.runtime.openvino.loader import core, cpu_capabilities, openvino_version
+    from layercascade.runtime.openvino.runner import OPENVINO_PRECISIONS
 
     devices = list(core().available_devices)
     capabilities = cpu_capabilities()
     default = core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    default = OPENVINO_PRECISIONS.get(default, default)
     return {"ok": True, "version": openvino_version(), "devices": devices, "capabilities": capabilities,
             "default_precision": default,
             "detail": f"devices: {', '.join(devices)}; CPU: {', '.join(capabilities)}; default precision {default}"}
@@ -195,35 +200,34 @@ def run_probe(name: str) -> Report:
 
 
 def usable_backends(probes: dict[str, Report]) -> dict[str, Report]:
-    """Which ``lc-run --backend`` choices work here, on which devices, or why not."""
-    def reason(*names: str) -> str | None:
-        for name in names:
-            if not probes[name]["ok"]:
-                return f"{name}: {probes[name]['detail']}"
-        return None
-
+    """Which ``lc-run --backend`` choices work here, on which devices, or why not: each backend's probes
+    (the first failed one is the reason) and devices, as its spec declares them."""
     backends: dict[str, Report] = {}
-    missing = reason("onnxruntime")
-    providers = probes["onnxruntime"].get("providers", [])
-    devices = ["cpu"] + [device for device, provider in (("cuda", "CUDAExecutionProvider"),
-                                                         ("tensorrt-ep", "TensorrtExecutionProvider"))
-                         if provider in providers]
-    backends["ort"] = {"ok": missing is None, "devices": devices if missing is None else [], "detail": missing or ""}
-    missing = reason("openvino", "onnx")
-    backends["openvino"] = {"ok": missing is None, "devices": [] if missing else ["cpu"], "detail": missing or ""}
-    missing = reason("torch")
-    devices = [] if missing else ["cpu"] + (["cuda"] if probes["torch"].get("cuda") and probes["triton"]["ok"] else [])
-    backends["torch"] = {"ok": missing is None, "devices": devices, "detail": missing or ""}
-    missing = reason("tensorrt", "cuda-python", "lc plugins")
-    backends["trt"] = {"ok": missing is None, "devices": ["cuda"] if missing is None else [], "detail": missing or ""}
+    for spec in BACKENDS:
+        failed = next((name for name in spec.probes if not probes[name]["ok"]), None)
+        if failed is None:
+            backends[spec.name] = {"ok": True, "devices": spec.usable_devices(probes), "detail": ""}
+        else:
+            backends[spec.name] = {"ok": False, "devices": [], "detail": f"{failed}: {probes[failed]['detail']}"}
     return backends
 
 
-def diagnose() -> tuple[dict[str, Report], dict[str, Report]]:
-    """Every probe, each in its own process (four at a time), and the backends they allow."""
+def auto_pick(probes: dict[str, Report], backends: dict[str, Report]) -> Report | None:
+    """What ``--backend auto`` runs an fp32 model dir with here, on the CPU: ``backend`` and ``precision`` (the
+    default precision its first probe reports, e.g. OpenVINO's; else fp32); None when no backend can. An INT8 dir
+    runs on the same backend at int8."""
+    spec = next((spec for spec in BACKENDS if spec.fits("cpu", {}) and backends[spec.name]["ok"]), None)
+    if spec is None:
+        return None
+    return {"backend": spec.name, "precision": probes[spec.probes[0]].get("default_precision", "fp32")}
+
+
+def diagnose() -> tuple[dict[str, Report], dict[str, Report], Report | None]:
+    """Every probe, each in its own process (four at a time), the backends they allow and :func:`auto_pick`."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         probes = dict(zip(PROBES, pool.map(run_probe, PROBES)))
-    return probes, usable_backends(probes)
+    backends = usable_backends(probes)
+    return probes, backends, auto_pick(probes, backends)
 
 
 if __name__ == "__main__":

@@ -101,15 +101,6 @@ def os_reason(error: OSError, path: Path) -> str:
     return f"file name too long: {size} bytes{over}; shorten the input's name"
 
 
-def check_model_pixels(cascade: Cascade, max_pixels: int) -> None:
-    """Fail (one line) when the model's input is over ``max_pixels`` (lc-run's and lc-serve's --max-pixels): every
-    image is resized to it, so a model dir declaring a huge input must not make each run allocate without bound."""
-    height, width = cascade.input_size
-    if height * width > max_pixels:
-        fail(f"{cascade.model_dir}: the model's input size {height}x{width} is over --max-pixels {max_pixels:,}; "
-             "raise --max-pixels if this model is meant to run here")
-
-
 def make_output_dir(path: Path) -> Path:
     """Create the output folder (and its parents) and check that files can be created, removed and listed
     there, or fail with a one-line error (before a model is loaded or an image read)."""

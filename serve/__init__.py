@@ -8,7 +8,7 @@ from types import ModuleType
 from typing import Any
 
 from layercascade.errors import fail
-from layercascade.runtime.cascade import auto_backend
+from layercascade.runtime.registry import auto_backend
 
 
 def import_serving(module: str) -> ModuleType:

@@ -34,7 +34,6 @@ from starlette.responses import Response
 from layercascade.contract import Rho
 from layercascade.errors import LCError
 from layercascade.runtime.inputs import DEMO_MODEL
-from layercascade.runtime.segment import check_model_pixels
 from layercascade.serve import gpus_per_model
 from layercascade.serve.http import (
     JSON,
@@ -92,10 +91,6 @@ class CascadeServer:
         self.decoding = asyncio.Semaphore(2 * settings.max_batch)
         try:
             cascade = Cascade.load(settings.model, **settings.load)
-            with contextlib.ExitStack() as unless_checked:  # a model this service refuses is closed again
-                unless_checked.callback(cascade.close)
-                check_model_pixels(cascade, settings.limits.max_pixels)
-                unless_checked.pop_all()
         except LCError as error:
             self.load_error = str(error)
             return
@@ -107,7 +102,7 @@ class CascadeServer:
         self.segment_many.set_max_batch_size(max(1, min(settings.max_batch, capacity)))
         self.segment_many.set_batch_wait_timeout_s(settings.batch_wait_ms / 1e3)
         self.cascade = cascade
-        self.description = model_description(cascade, self.name, settings.load.get("precision"))  # GET /v1/model
+        self.description = model_description(cascade, self.name)  # GET /v1/model
 
     def check_health(self) -> None:
         """Serve's health check: a replica without its model is replaced."""

@@ -257,7 +257,7 @@ def segment_answer(result: CascadeResult, palette: np.ndarray, milliseconds: flo
     return json.dumps(body).encode(), JSON, headers
 
 
-def model_description(cascade: Cascade, name: str, precision: str | None) -> dict[str, Any]:
+def model_description(cascade: Cascade, name: str) -> dict[str, Any]:
     """``GET /v1/model``: what the served model segments and how it runs. The model is named, never
     located: ``name`` (the model dir's) and the hash of its files (None where the model has no
     file list: a checkpoint, an engine dir); no path of the serving machine reaches a client."""
@@ -270,8 +270,7 @@ def model_description(cascade: Cascade, name: str, precision: str | None) -> dic
         "default_rho": rho_value(cascade.default_rho),  # one number, or [ρ₂, ρ₃] when the stages differ
         "batch_capacity": cascade.batch_capacity,
         "backend": cascade.backend,
-        # The --precision asked for (None: the backend's default); "machine" says what it became.
-        "precision": precision,
+        "precision": cascade.precision,  # what the backend computes in (auto's bf16 on such a CPU)
         "quantization": cascade.manifest.get("quantization", {}).get("precision"),
         "machine": cascade.runner.machine(),
     }

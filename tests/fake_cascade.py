@@ -30,6 +30,7 @@ class FakeCascade:
     input_size = (64, 64)
     default_rho = (0.985, 0.985)
     backend = "fake"
+    precision = "fp32"
 
     def __init__(self, model_dir: str | None, backend: str, device: str) -> None:
         self.load_args = (model_dir, backend, device)

@@ -36,7 +36,7 @@ def test_stage_statistics_count_only_the_pixels_that_reach_the_stage(demo_fp32, 
     _, _, cache = demo_int8
     statistics = Statistics.load(cache)
     reach2, reach3 = statistics.meta["pixels_reaching"]
-    cascade = Cascade.load(demo_fp32)
+    cascade = Cascade.load(demo_fp32, backend="ort")  # the runtime the statistics were collected on
     dataset = open_dataset("synthetic", "train", limit=CALIBRATION_IMAGES)
     masks = [cascade.run_batch(cascade.prepare(dataset[k][0])[None], statistics.meta["rho"])
              for k in range(CALIBRATION_IMAGES)]
@@ -55,7 +55,7 @@ def test_per_stage_calibration_thresholds(demo_fp32, tmp_path) -> None:
     cache, rho = tmp_path / "pair.npz", (0.9, 0.995)
     record = calibrate(demo_fp32, tmp_path / "a", limit=1, method="minmax", rho=rho, cache=cache, progress=False)
     assert record["rho"] == [0.9, 0.995] and not record["statistics_reused"]
-    cascade = Cascade.load(demo_fp32)
+    cascade = Cascade.load(demo_fp32, backend="ort")
     out = cascade.run_batch(cascade.prepare(open_dataset("synthetic", "train", limit=1)[0][0])[None], rho)
     assert Statistics.load(cache).meta["pixels_reaching"] == [int(out.mask2.sum()), int(out.mask3.sum())]
     again = calibrate(demo_fp32, tmp_path / "b", limit=1, method="minmax", rho=list(rho), cache=cache,
@@ -111,7 +111,7 @@ def test_int8_graphs_have_symmetric_per_channel_weights_and_per_tensor_activatio
 @pytest.mark.parametrize("lower", [True, False])
 def test_int8_labels_agree_with_fp32(demo_fp32, demo_int8, lower) -> None:
     output, _, _ = demo_int8
-    fp32, quantized = Cascade.load(demo_fp32), Cascade.load(output, lower=lower)
+    fp32, quantized = Cascade.load(demo_fp32, backend="ort"), Cascade.load(output, backend="ort", lower=lower)
     dataset = open_dataset("synthetic", "val", limit=4)
     agree = [np.mean(fp32(image).labels == quantized(image).labels) for image, _ in dataset]
     assert np.mean(agree) >= 0.97
@@ -315,8 +315,8 @@ def test_output_is_the_model_dir(demo_fp32, capsys) -> None:
 # -- lc-bench --compare ---------------------------------------------------------------------------------------
 def test_compare_fp32_int8_with_accuracy_and_plot(demo_int8, tmp_path) -> None:
     output, _, _ = demo_int8
-    sources = precision_sources(output, ["int8", "fp32"])
-    assert list(sources) == ["fp32", "int8"] and sources["int8"][0] == output
+    sources = precision_sources(output, ["int8", "fp32"], "ort")
+    assert list(sources) == ["fp32", "int8"] and sources["int8"] == (output, {"backend": "ort", "precision": "int8"})
     cascades = {name: Cascade.load(folder, **options) for name, (folder, options) in sources.items()}
     dataset = open_dataset("synthetic", "val", limit=3)
     result = compare_precisions(cascades, [1.0, 0.9], batch=1, iters=2, warmup=0, dataset=dataset, progress=False,
@@ -352,8 +352,9 @@ def test_plot_without_matplotlib(tmp_path, monkeypatch) -> None:
 
 def test_compare_sources_of_a_checkpoint() -> None:
     checkpoint = Path("lc_tiny_synthetic.pt")
-    assert precision_sources(checkpoint, ["fp16", "fp32"]) == {"fp32": (checkpoint, {}),
-                                                               "fp16": (checkpoint, {"precision": "fp16"})}
+    assert precision_sources(checkpoint, ["fp16", "fp32"]) == {
+        "fp32": (checkpoint, {"backend": "torch", "precision": "fp32"}),
+        "fp16": (checkpoint, {"backend": "torch", "precision": "fp16"})}
     with pytest.raises(LCError, match="needs the INT8 model dir"):
         precision_sources(checkpoint, ["fp32", "int8"])
 
@@ -361,7 +362,7 @@ def test_compare_sources_of_a_checkpoint() -> None:
 def test_compare_errors(demo_fp32, capsys) -> None:
     for argv, match in (([str(demo_fp32), "--compare", "fp32,int8"], "is an fp32 model"),
                         ([str(demo_fp32), "--compare", "int8"], "--compare takes fp32"),
-                        ([str(demo_fp32), "--compare", "fp32,fp16"], "--precision"),
+                        ([str(demo_fp32), "--compare", "fp32,fp16"], "backend has no fp16 (backends that have it: trt, torch)"),
                         ([str(demo_fp32), "--compare", "fp32", "--plot", "x.png"], "give --data too"),
                         ([str(demo_fp32), "--data", "synthetic"], "go with --compare")):
         assert run_cli(bench.main, argv) == 1

@@ -11,6 +11,7 @@ import pytest
 
 from layercascade.cli import doctor as doctor_cli
 from layercascade.runtime import doctor
+from layercascade.runtime.registry import BACKENDS
 
 FAKE_TENSORRT = {
     # Bindings whose builder cannot start: what `import tensorrt` gives on a machine without a GPU.
@@ -45,11 +46,12 @@ def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(report["probes"]) == list(doctor.PROBES)
     assert report["probes"]["numpy"] == {"ok": True, "version": np.__version__, "detail": ""}
     assert all(isinstance(p["ok"], bool) and isinstance(p["detail"], str) for p in report["probes"].values())
-    assert set(report["backends"]) == {"ort", "openvino", "torch", "trt"}
+    assert list(report["backends"]) == [spec.name for spec in BACKENDS]
     openvino = report["probes"]["openvino"]
     if openvino["ok"]:
         assert "CPU" in openvino["devices"] and "FP32" in openvino["capabilities"]
-        assert openvino["default_precision"] in ("f32", "bf16") and report["backends"]["openvino"]["devices"] == ["cpu"]
+        assert openvino["default_precision"] in ("fp32", "bf16") and report["backends"]["openvino"]["devices"] == ["cpu"]
+        assert report["auto"] == {"backend": "openvino", "precision": openvino["default_precision"]}
     onnxruntime = pytest.importorskip("onnxruntime")
     assert report["backends"]["ort"]["ok"] and report["backends"]["ort"]["devices"][0] == "cpu"
     assert report["probes"]["onnxruntime"]["providers"] == onnxruntime.get_available_providers()
@@ -60,8 +62,9 @@ def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
 def test_screen_has_one_line_per_probe_and_backend(capsys: pytest.CaptureFixture[str]) -> None:
     assert doctor_cli.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 + len(doctor.PROBES) + 1 + 4
-    assert lines[1].split()[1] == "python" and lines[-1].split()[1] == "trt"
+    assert len(lines) == 1 + len(doctor.PROBES) + 1 + len(BACKENDS) + 1
+    assert lines[1].split()[1] == "python" and lines[-2].split()[1] == BACKENDS[-1].name
+    assert lines[-1].startswith("--backend auto runs a model dir on ")
 
 
 def test_broken_and_crashing_packages_stay_in_their_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -122,6 +125,21 @@ def test_usable_backends() -> None:
     no_ort = doctor.usable_backends(_probes({"onnxruntime": {"ok": False, "detail": "not installed"}}))
     assert no_ort["ort"] == {"ok": False, "devices": [], "detail": "onnxruntime: not installed"}
     assert not doctor.usable_backends(_probes({"cuda-python": {"ok": False, "detail": "y"}}))["trt"]["ok"]
+
+
+def test_auto_pick_follows_the_registry() -> None:
+    """What lc-doctor says auto runs a model dir with: OpenVINO at its default precision where it works, else ONNX
+    Runtime (fp32), else nothing."""
+    def pick(changes: dict) -> dict | None:
+        probes = _probes(changes)
+        return doctor.auto_pick(probes, doctor.usable_backends(probes))
+
+    bf16 = {"ok": True, "detail": "", "default_precision": "bf16"}
+    assert pick({"openvino": bf16}) == {"backend": "openvino", "precision": "bf16"}
+    assert pick({}) == {"backend": "openvino", "precision": "fp32"}
+    assert pick({"onnx": {"ok": False, "detail": "broken"}}) is None  # both CPU backends read ONNX
+    no_openvino = {"openvino": {"ok": False, "detail": "not installed"}}
+    assert pick(no_openvino) == {"backend": "ort", "precision": "fp32"}
 
 
 def test_ray_probe_names_the_serve_extra(monkeypatch) -> None:

@@ -42,7 +42,7 @@ def assert_parity(checkpoint: Checkpoint, cascade: Cascade, images: np.ndarray, 
 @pytest.mark.parametrize("lower", [True, False], ids=["lowered", "function-body"])
 def test_tiny_parity_at_paper_rhos(tiny_model, lower: bool) -> None:
     checkpoint, folder = tiny_model
-    cascade = Cascade.load(folder, lower=lower)
+    cascade = Cascade.load(folder, backend="ort", lower=lower)  # the exact fp32 reference
     assert all(stage.lowered == (lower and k > 0) for k, stage in enumerate(cascade.runner.stages))
     images = random_images(1, TINY_SIZE)
     fractions = []
@@ -63,14 +63,14 @@ def test_big_backbones_parity(tmp_path, name: str, size: tuple[int, int]) -> Non
     assert preprocess == ["Cast", "Transpose", "Sub"]
     images = random_images(1, size, seed=3)
     for lower in (True, False):
-        cascade = Cascade.load(tmp_path / name, lower=lower)
+        cascade = Cascade.load(tmp_path / name, backend="ort", lower=lower)
         for rho in (1.0, 0.9):
             assert_parity(checkpoint, cascade, images, rho)
 
 
 def test_lowering_with_no_and_all_pixels_active(tiny_model) -> None:
     checkpoint, folder = tiny_model
-    lowered, bodies = Cascade.load(folder), Cascade.load(folder, lower=False)
+    lowered, bodies = Cascade.load(folder, backend="ort"), Cascade.load(folder, backend="ort", lower=False)
     images = random_images(1, TINY_SIZE, seed=5)
     first = bodies.run_batch(images, 1.0)
     for fill in (0.0, 1.0):
@@ -121,12 +121,12 @@ def test_dense_graph_matches_rho_one(tiny_model) -> None:
     images = random_images(1, TINY_SIZE, seed=9)
     dense = ort.InferenceSession(str(folder / "dense.onnx"), providers=["CPUExecutionProvider"])
     labels = dense.run(None, {"image": images})[0]
-    assert np.array_equal(labels, Cascade.load(folder).run_batch(images, 1.0).labels)
+    assert np.array_equal(labels, Cascade.load(folder, backend="ort").run_batch(images, 1.0).labels)
 
 
 def test_dynamic_batch_export(dynamic_model) -> None:
     checkpoint, folder = dynamic_model
-    cascade = Cascade.load(folder)
+    cascade = Cascade.load(folder, backend="ort")
     assert cascade.batch_size is None
     images = random_images(3, DYNAMIC_SIZE)
     for rho in (1.0, 0.9):
@@ -171,7 +171,7 @@ def test_demo_model_parity_on_synthetic_images(lower: bool) -> None:
     from layercascade.model.data import open_dataset
 
     checkpoint = load_checkpoint()
-    cascade = Cascade.load(None, lower=lower)
+    cascade = Cascade.load(None, backend="ort", lower=lower)
     dataset = open_dataset("synthetic", "val", limit=4)
     for index in range(len(dataset)):
         images = dataset[index][0][None]
@@ -186,7 +186,7 @@ def test_labels_when_input_is_not_eight_times_the_stage_size(tmp_path) -> None:
     export_model(checkpoint, tmp_path / "odd")
     graph = onnx.load(tmp_path / "odd" / "stage3.onnx").graph
     assert any(n.op_type == "Resize" for n in graph.node)
-    cascade = Cascade.load(tmp_path / "odd")
+    cascade = Cascade.load(tmp_path / "odd", backend="ort")
     for rho in RHOS:
         assert_parity(checkpoint, cascade, random_images(1, (44, 60), seed=11), rho)
 

@@ -15,7 +15,6 @@ from layercascade.cli import bench, run
 from layercascade.contract import RhoLike
 from layercascade.errors import LCError, run_cli
 from layercascade.manifest import sha256_file
-from layercascade.runtime.bench import peer_report
 from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.timing import forced_masks
 from layercascade.tests.helpers import DYNAMIC_MAX, random_images, synthetic_images
@@ -102,7 +101,8 @@ def test_graphs_are_checked_and_openvinos_errors_name_the_file(demo_fp32: Path, 
     manifest = json.loads((folder / "lc.json").read_text())
     manifest["files"]["stage1.onnx"] = sha256_file(folder / "stage1.onnx")
     (folder / "lc.json").write_text(json.dumps(manifest))
-    with pytest.raises(LCError) as error:
+    with pytest.warns(UserWarning, match="stages 1-3: running RegionConv function bodies"), \
+            pytest.raises(LCError) as error:
         Cascade.load(folder, backend="openvino")
     assert str(error.value).startswith(f"{folder}/stages 1-3: OpenVINO cannot compile it (")
     assert "NotAnOp" in str(error.value)
@@ -115,7 +115,8 @@ def test_lc_run_and_lc_bench_peers(demo_fp32: Path, tmp_path: Path, capsys: pyte
                                 "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     peers = result["peers"]
-    assert set(peers) == {"ort", "openvino", "torch"} and peers["ort"]["precision"] == "fp32"
+    assert set(peers) == {"ort", "openvino", "torch", "ort-int8", "openvino-int8"} and peers["ort"]["precision"] == "fp32"
+    assert "is not an INT8 dir; the int8 peers run an INT8 dir's dense.onnx" in peers["ort-int8"]["missing"]
     assert peers["torch"]["runs"] == 4  # the demo checkpoint is found by the sha256 lc.json records
     timed = {name: r["median_ms"] for name, r in peers.items() if "median_ms" in r}
     assert result["best_peer"] == min(timed, key=timed.get)
@@ -124,16 +125,6 @@ def test_lc_run_and_lc_bench_peers(demo_fp32: Path, tmp_path: Path, capsys: pyte
     assert run_cli(bench.main, [str(demo_fp32), "--peers", "--iters", "2", "--warmup", "1"]) == 0
     out = capsys.readouterr().out
     assert "dense, openvino " in out and "speedup vs the fastest dense peer" in out
-
-
-def test_peer_report_names_the_fastest_and_the_missing() -> None:
-    samples = {"peer:ort": [4.0, 4.0, 4.0], "peer:openvino": [2.0, 3.0, 2.0]}
-    report = peer_report(samples, {"ort": "fp32", "openvino": "bf16"}, {"torch": "torch: not installed"},
-                         [1.0, 1.0, 1.0], batch=1)
-    assert report["best_peer"] == "openvino" and report["speedup_vs_best_peer"] == 2.0
-    assert report["peers"]["torch"] == {"missing": "torch: not installed"}
-    assert report["peers"]["openvino"]["precision"] == "bf16" and report["peers"]["openvino"]["median_ms"] == 2.0
-    assert peer_report({}, {}, {"ort": "x"}, [1.0], 1)["best_peer"] is None
 
 
 def test_lc_bench_profile_reads_openvinos_counters(demo_fp32: Path, capsys: pytest.CaptureFixture) -> None:
@@ -155,17 +146,18 @@ def test_lc_bench_compare_fp32_bf16_int8_on_openvino(demo_int8, capsys: pytest.C
 
     int8_dir, record, _ = demo_int8
     fp32_dir = Path(record["source"])
-    assert precision_sources(int8_dir, ["fp32", "bf16", "int8"], "openvino") == {
-        "fp32": (fp32_dir, {"precision": "fp32"}), "bf16": (fp32_dir, {"precision": "bf16"}),
-        "int8": (int8_dir, {"precision": "int8"})}
-    with pytest.raises(LCError, match="--compare bf16 is OpenVINO's bf16 inference precision: add --backend openvino"):
+    assert precision_sources(int8_dir, ["fp32", "bf16", "int8"]) == {  # auto: OpenVINO, where installed
+        "fp32": (fp32_dir, {"backend": "openvino", "precision": "fp32"}),
+        "bf16": (fp32_dir, {"backend": "openvino", "precision": "bf16"}),
+        "int8": (int8_dir, {"backend": "openvino", "precision": "int8"})}
+    with pytest.raises(LCError, match=r"--compare bf16: the ort backend has no bf16 \(backends that have it: openvino\)"):
         precision_sources(int8_dir, ["fp32", "bf16"], "ort")
     precisions = "fp32,bf16,int8" if bf16_native() else "fp32,int8"
-    assert run_cli(bench.main, [str(int8_dir), "--backend", "openvino", "--compare", precisions, "--iters", "2",
+    assert run_cli(bench.main, [str(int8_dir), "--compare", precisions, "--iters", "2",
                                 "--warmup", "1", "--data", "synthetic", "--limit", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     rows = {row["precision"]: row for row in result["rows"]}
-    assert list(rows) == precisions.split(",") and rows["fp32"]["label_agreement"] == 100.0
+    assert result["backend"] == "openvino" and list(rows) == precisions.split(",") and rows["fp32"]["label_agreement"] == 100.0
     assert all(0 <= row["miou"] <= 100 and row["label_agreement"] > 90 for row in rows.values())
 
 

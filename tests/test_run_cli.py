@@ -69,9 +69,10 @@ def test_summary_content(tmp_path: Path, fake: type[FakeCascade]) -> None:
     assert run_lc([tmp_path / "small.png", tmp_path / "bright.png", "-o", out, "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"images", "failed", "interrupted", "stopped", "mean_ms", "stage_fractions", "backend",
-                            "model", "rho", "results", "earlier_outputs"}
+                            "precision", "model", "rho", "results", "earlier_outputs"}
     assert summary["interrupted"] is False and summary["stopped"] is None and summary["earlier_outputs"] == {}
-    assert summary["backend"] == "fake" and summary["model"] == "demo" and summary["rho"] == 0.985
+    assert summary["backend"] == "fake" and summary["precision"] == "fp32"
+    assert summary["model"] == "demo" and summary["rho"] == 0.985
     assert summary["mean_ms"] == 2.5 and fake.instances[0].rhos == [None, None]
     small, bright = summary["results"]
     names = ["small.png", "small_overlay.jpg", "small_stages.png"]

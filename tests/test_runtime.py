@@ -13,6 +13,7 @@ import pytest
 from layercascade.cli import bench, run
 from layercascade.errors import LCError, run_cli
 from layercascade.runtime.cascade import Cascade
+from layercascade.runtime.registry import auto_backend
 from layercascade.tests.helpers import TINY_SIZE, random_images
 
 STAGE_SIZE = (TINY_SIZE[0] // 8, TINY_SIZE[1] // 8)
@@ -121,7 +122,8 @@ def test_lc_run_end_to_end(model_dir, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     assert run_cli(run.main, ["--engine", str(model_dir), "-o", str(out), "--json", "--rho", "0.9"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["images"] == 4 and summary["backend"] == "ort" and not summary["failed"]
+    assert summary["images"] == 4 and not summary["failed"]
+    assert summary["backend"] == auto_backend(model_dir) and summary["precision"] in ("fp32", "bf16")
     files = sorted(p.name for p in out.iterdir())
     assert "summary.json" in files and len(files) == 4 * 3 + 1
     from PIL import Image
@@ -155,7 +157,8 @@ def test_lc_bench_profile_counts_each_conv_once_per_run(model_dir, lower: bool, 
 
     from layercascade.runtime.bench import CONV_KERNELS
 
-    argv = [str(model_dir), "--iters", "3", "--warmup", "2", "--json", "--profile"] + ([] if lower else ["--no-lowering"])
+    argv = [str(model_dir), "--backend", "ort", "--iters", "3", "--warmup", "2", "--json", "--profile"]
+    argv += [] if lower else ["--no-lowering"]
     assert run_cli(bench.main, argv) == 0
     profile = json.loads(capsys.readouterr().out)["profile"]
     convs = sum(node.op_type in ("Conv", "RegionConv")
@@ -173,7 +176,9 @@ def test_lc_bench_profile_table_and_backends(model_dir, capsys) -> None:
     out = capsys.readouterr().out
     assert "| op type" in out and "convolution & GEMM kernels" in out
     assert run_cli(bench.main, ["--backend", "torch", "--iters", "1", "--profile"]) == 1  # the demo checkpoint
-    assert "--profile reads ONNX Runtime's profiler" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--profile reads " in err and "ONNX Runtime's profiler (--backend ort)" in err
+    assert "OpenVINO's per-op counters (PERF_COUNT) (--backend openvino)" in err and "the torch backend has none" in err
 
 
 @pytest.mark.parametrize("lower", [True, False], ids=["lowered", "function-body"])
@@ -182,7 +187,7 @@ def test_joined_session_equals_the_stages_run_one_by_one(model_dir, lower: bool)
     what the stage graphs give run one after another, thresholded and with forced masks."""
     from layercascade.runtime.timing import forced_masks
 
-    cascade = Cascade.load(model_dir, lower=lower)
+    cascade = Cascade.load(model_dir, backend="ort", lower=lower)
     assert cascade.runner.joined.lowered == lower
     images = random_images(1, TINY_SIZE)
     runs = [(rho, None) for rho in ((1.0, 1.0), (0.985, 0.985), (0.9, 0.9), (0.9, 0.985), (1.0, 0.9))]
@@ -226,9 +231,12 @@ def test_a_cascade_is_a_context_manager_that_releases_its_backend(model_dir) -> 
 
 
 def test_backend_settings_are_checked_in_one_place(model_dir) -> None:
-    with pytest.raises(LCError, match=r"^--precision: not a setting of the ONNX Runtime backend \(it runs the model "
-                                      r"dir's own precision\); use --backend torch or trt$"):
+    with pytest.raises(LCError, match=r"^--precision fp16: the ort backend runs a model dir at its own precision, "
+                                      r"fp32 for .*; lc-doctor and lc-run --help list the backends that have it$"):
         Cascade.load(model_dir, backend="ort", precision="fp16")
+    with pytest.raises(LCError, match=r"^--precision int8: .*; make an INT8 dir with lc-calibrate "):
+        Cascade.load(model_dir, backend="ort", precision="int8")
+    assert Cascade.load(model_dir, backend="ort", precision="fp32").precision == "fp32"
     with pytest.raises(LCError, match=r"^--uint8-activations: not a setting of the torch backend$"):
         Cascade.load(None, backend="torch", uint8_activations=False)
     written = Cascade.load(model_dir, uint8_activations=False)  # the ORT backend's own setting

@@ -22,6 +22,7 @@ from layercascade.errors import LCError
 from layercascade.model.data.images import read_rgb
 from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.inputs import DEMO_MODEL, SAMPLES
+from layercascade.runtime.registry import auto_backend
 from layercascade.serve.http import (
     HTTPProblem,
     Limits,
@@ -165,7 +166,8 @@ def test_health_and_model(demo_service) -> None:
         # The model is named (the application's name, its files' hash), never located on the serving machine.
         assert model["model"] == "demo" and len(model["model_hash"]) == 64
         assert str(DEMO_MODEL) not in answer.text and str(DEMO_MODEL.parent) not in answer.text
-        assert model["input_size"] == [160, 160] and model["default_rho"] == 0.985 and model["backend"] == "ort"
+        assert model["input_size"] == [160, 160] and model["default_rho"] == 0.985
+        assert model["backend"] == auto_backend(None)  # lc-serve loads as lc-run does
         assert model["batch_capacity"] == 1
         missing = client.get(f"{demo_service.url}/v2/segment")
         assert missing.status_code == 404 and "POST /v1/segment" in missing.json()["error"]

@@ -60,7 +60,7 @@ def test_demo_model_for_onnxruntime(tmp_path) -> None:
     session = onnxruntime.InferenceSession(str(folder / "1" / config.default_model_filename))
     assert [i.name for i in session.get_inputs()] == ["image", "rho2", "rho3"]
     assert all(node.domain in ("", "ai.onnx") for node in onnx.load(folder / "1" / "model.onnx").graph.node)
-    with Cascade.load(None) as cascade:
+    with Cascade.load(None, backend="ort") as cascade:  # the exact fp32 reference
         image = images_at(cascade.input_size, 1)
         assert list(image.shape) == declared_shape(config.input[0], 0, 1)
         for rho2, rho3 in ((0.9, 0.9), (0.985, 0.985), (1.0, 1.0), (0.9, 0.97)):
@@ -84,7 +84,7 @@ def test_dynamic_batching_takes_a_threshold_per_image(dynamic_model, tmp_path, p
     assert config.instance_group[0].count == 2
     assert [list(t.dims) for t in config.input] == [[64, 64, 3], [1], [1]]
     rho2, rho3 = np.array([[0.9], [0.985], [1.0]], np.float32), np.array([[0.97], [0.985], [1.0]], np.float32)
-    with Cascade.load(model) as cascade:
+    with Cascade.load(model, backend="ort") as cascade:
         images = images_at(cascade.input_size, 3)
         assert list(images.shape) == declared_shape(config.input[0], 3, 3)
         expected = [cascade.run_batch(images[k:k + 1], (float(rho2[k, 0]), float(rho3[k, 0]))) for k in range(3)]

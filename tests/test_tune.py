@@ -18,6 +18,7 @@ from layercascade.contract import check_rho
 from layercascade.errors import LCError, run_cli
 from layercascade.manifest import model_hash, read_cascade_manifest, sha256_file
 from layercascade.runtime import tune
+from layercascade.runtime.registry import auto_backend
 from layercascade.runtime.tune import Budget, choose_setting, grid_pairs, pareto_front
 
 # A small grid: (0.95, 0.95), (0.9, 0.95), (0.9, 0.9), and the demo model's default (0.985, 0.985).
@@ -143,7 +144,7 @@ def test_tune_for_a_latency_budget(demo_fp32: Path, tmp_path: Path, capsys, fixe
     assert model_hash(manifest) == model_hash(read_cascade_manifest(demo_fp32))  # the graphs are the same
     record = manifest["tuning"]
     assert record["budget"] == {"target_ms": 186.0} and record["chosen"]["rho"] == result["chosen"]["rho"]
-    assert record["previous_default"]["rho"] == 0.985 and record["backend"] == "ort"
+    assert record["previous_default"]["rho"] == 0.985 and record["backend"] == auto_backend(demo_fp32)
     assert record["data"] == {"spec": "synthetic", "split": "val", "seed": 0, "images": 3}
     assert {"machine", "date", "grid", "batch", "iters", "source"} <= set(record)
     with Cascade.load(output) as tuned:

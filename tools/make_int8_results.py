@@ -33,6 +33,7 @@ PLOT = ROOT / "docs" / "int8_speed_accuracy.png"
 RHOS = [1.0, 0.995, 0.985, 0.95, 0.9, 0.8]
 WRITTEN = "int8 as written"  # the INT8 dir's activations as int8, without the runtime's uint8 rewrite
 AS_WRITTEN = {"backend": "ort", "uint8_activations": False}  # Cascade.load's options for it
+ORT = "ort"  # named: --backend auto runs model dirs on OpenVINO where it is installed
 
 
 def accuracy(model_dir: Path, dataset, fp32_labels: dict, rho: float, **options) -> tuple[float, float]:
@@ -42,7 +43,7 @@ def accuracy(model_dir: Path, dataset, fp32_labels: dict, rho: float, **options)
     from layercascade.runtime.cascade import Cascade
     from layercascade.runtime.compare import agreement_predictor
 
-    cascade = Cascade.load(model_dir, **options)
+    cascade = Cascade.load(model_dir, **{"backend": ORT, **options})
     predict, agreement = agreement_predictor(cascade, fp32_labels, is_reference=not fp32_labels)
     result = evaluate(predict, dataset, [rho], cascade.classes, progress=False)[0]
     equal, total = agreement[rho]
@@ -55,7 +56,7 @@ def stage_times(model_dir: Path, rho: float, runs: int) -> dict[str, float]:
     from layercascade.runtime.bench import sample_batch, stage_medians
     from layercascade.runtime.cascade import Cascade
 
-    cascade = Cascade.load(model_dir)
+    cascade = Cascade.load(model_dir, backend=ORT)
     images = sample_batch(cascade, 1)
     for _ in range(3):
         cascade.runner.run_stages(images, cascade.rho(rho))
@@ -149,7 +150,7 @@ def profile_section(cascades: dict, rhos: list[float], iters: int, rho: float) -
         bound = (f"{lead}, INT8 is {TARGET}× fp32 only if its convolution & GEMM kernels take at most "
                  f"{needed:.2f} ms: {wanted:.1f}× faster than fp32's, where they are {measured:.2f}×; "
                  f"that is {reach}")
-    return f"""ONNX Runtime's profiler over {iters} runs of each (`lc-bench DIR_INT8 --compare fp32,int8
+    return f"""ONNX Runtime's profiler over {iters} runs of each (`lc-bench DIR_INT8 --backend ort --compare fp32,int8
 --rhos {",".join(f"{r:g}" for r in rhos)} --profile`), kernel ms per run. The profiler adds a few µs
 to every kernel, so its totals exceed the latencies above and small ops weigh more here.
 
@@ -236,7 +237,7 @@ def main() -> None:
     calibrate(large, default_large, limit=args.images, method=default_method, cache=work / "statistics-512.npz")
     compares, stages = {}, {}
     for size, int8_dir in ((160, default_small), (512, default_large)):
-        sources = precision_sources(int8_dir, ["fp32", "int8"])
+        sources = precision_sources(int8_dir, ["fp32", "int8"], ORT)
         cascades = {name: Cascade.load(folder, **options) for name, (folder, options) in sources.items()}
         cascades[WRITTEN] = Cascade.load(int8_dir, **AS_WRITTEN)
         compares[size] = timed_runs(cascades, RHOS, args.iters, dataset, rho)
@@ -262,7 +263,7 @@ Machine: {compares[512]['machine']}. Commands (DIR_160 / DIR_512 = the fp32 expo
 
 ```
 {chr(10).join(commands)}
-lc-bench DIR_INT8 --compare fp32,int8 --rhos {rho_list} --data synthetic --limit {len(dataset)} --iters {args.iters}
+lc-bench DIR_INT8 --backend ort --compare fp32,int8 --rhos {rho_list} --data synthetic --limit {len(dataset)} --iters {args.iters}
 ```
 
 INT8 = `lc-calibrate`'s default method ({default_method}), cascade-aware, as the ONNX Runtime backend

@@ -32,6 +32,7 @@ class OvBackend(JoinedGraphBackend):
         self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
         self._profiled: dict[bool, OvRunner] = {}  # compiled with PERF_COUNT, by forced masks
         self.load_joined(manifest)
+        self.precision = "int8" if self.quantized else self.joined.precision()
 
     def cascade_runner(self, forced_masks: bool, graphs: list[onnx.ModelProto] | None = None,
                        config: dict[str, Any] | None = None) -> OvRunner:

@@ -7,7 +7,6 @@ dirs in their QDQ form (OpenVINO fuses Q/DQ into its int8 kernels itself).
 
 from __future__ import annotations
 
-import sys
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +15,8 @@ import onnx
 
 from layercascade.errors import fail
 from layercascade.export.graph import load_onnx
-from layercascade.export.lowering import LoweringUnsupported, lower_region_convs
 from layercascade.manifest import read_cascade_manifest
+from layercascade.runtime.backend import BackendCannotRun, dense_file, lowered_graph, model_precision
 from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.runtime.openvino.layout import openvino_layouts
 from layercascade.runtime.openvino.runner import OvRunner
@@ -25,14 +24,12 @@ from layercascade.runtime.openvino.runner import OvRunner
 if TYPE_CHECKING:
     from layercascade.runtime.openvino.backend import OvBackend
 
-OPTIONS = ("precision", "performance_hint")
-OPTIONS_HINT = " (it runs fp32, bf16 or an INT8 dir from lc-calibrate)"
 # --precision → OpenVINO's inference precision for the float parts of the graph (None: its default,
 # bf16 on CPUs with native bf16, fp32 elsewhere). "int8" takes an INT8 dir and leaves the rest at
 # the default.
 INFERENCE_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": None, None: None}
 PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
-INSTALL = "pip install 'layercascade[openvino]' (or pip install openvino)"
+INSTALL = "pip install 'layercascade[cpu]' (or pip install openvino)"
 
 
 def import_openvino() -> Any:
@@ -40,7 +37,8 @@ def import_openvino() -> Any:
     try:
         import openvino
     except ImportError as error:
-        fail(f"the openvino backend needs OpenVINO, which is not installed ({error}): {INSTALL}")
+        raise BackendCannotRun(f"the openvino backend needs OpenVINO, which is not installed ({error}): "
+                               f"{INSTALL}") from None
     return openvino
 
 
@@ -91,16 +89,13 @@ def compile_graph(model: onnx.ModelProto | Path, label: str, config: dict[str, A
     if isinstance(model, Path):
         model = load_onnx(model)
     if lower:
-        try:
-            model = lower_region_convs(model)
-        except LoweringUnsupported as reason:
-            print(f"warning: {label}: running RegionConv function bodies ({reason})", file=sys.stderr)
+        model, _ = lowered_graph(model, Path(label).name)
     if layouts:
         model = openvino_layouts(model)
     try:
         compiled = core().compile_model(core().read_model(model.SerializeToString()), "CPU", config)
     except Exception as error:  # noqa: BLE001 - OpenVINO reports every failure as RuntimeError or its own types
-        fail(f"{label}: OpenVINO cannot compile it ({openvino_reason(error)})")
+        raise BackendCannotRun(f"{label}: OpenVINO cannot compile it ({openvino_reason(error)})") from None
     # OpenVINO drops inputs nothing reads (ρ, with forced masks); a port may carry other names as well.
     taken = {name for port in compiled.inputs for name in port.get_names()}
     return OvRunner(compiled, label, [i.name for i in model.graph.input if i.name in taken],
@@ -133,3 +128,11 @@ def load(model_dir: str | Path | None, device: str = "cpu", lower: bool = True, 
         fail(f"{model_dir}: --precision int8 runs an INT8 dir; make one with lc-calibrate {model_dir} -o DIR_INT8")
     config = compile_config(precision, threads, performance_hint)
     return model_dir, manifest, OvBackend(model_dir, manifest, config, lower)
+
+
+def dense_peer(source: Path, manifest: dict[str, Any], threads: int) -> tuple[OvRunner, str]:
+    """lc-bench's OpenVINO peer: the model dir's ``dense.onnx`` compiled as it is, at OpenVINO's default precision
+    (an INT8 dir's: its int8 kernels, the float parts at the default)."""
+    path = dense_file(source, manifest, "openvino")
+    runner = compile_graph(path, str(path), compile_config(threads=threads))
+    return runner, "int8" if model_precision(manifest) == "int8" else runner.precision()

@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+# OpenVINO's names of the float precisions → layercascade's.
+OPENVINO_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
 
 @dataclass(eq=False)
 class OvRunner:
@@ -46,6 +49,10 @@ class OvRunner:
     def inference_precision(self) -> str:
         """The precision OpenVINO computes the float parts in (bf16 or f32), as compiled."""
         return self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+    def precision(self) -> str:
+        """:meth:`inference_precision` as layercascade names precisions (bf16, fp32)."""
+        return OPENVINO_PRECISIONS.get(self.inference_precision(), self.inference_precision())
 
     def perf_counts(self) -> list[Any]:
         """OpenVINO's per-op profile of this thread's last inference (compiled with PERF_COUNT)."""

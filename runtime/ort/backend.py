@@ -14,7 +14,7 @@ import onnx
 from layercascade.contract import Rho
 from layercascade.errors import LCError
 from layercascade.export.session import import_onnxruntime
-from layercascade.runtime.backend import JoinedGraphBackend, Masks
+from layercascade.runtime.backend import JoinedGraphBackend, Masks, model_precision
 from layercascade.runtime.machine import host
 from layercascade.runtime.ort.loader import load_runner
 from layercascade.runtime.ort.runner import OrtRunner
@@ -32,6 +32,7 @@ class OrtBackend(JoinedGraphBackend):
                  threads: int = 0, uint8_activations: bool = True) -> None:
         self.model_dir = model_dir
         self.device = device
+        self.precision = model_precision(manifest)
         self.settings = {"device": device, "lower": lower, "threads": threads, "uint8_activations": uint8_activations}
         self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
         self.load_joined(manifest)

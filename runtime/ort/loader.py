@@ -7,7 +7,6 @@ kernels' settings, folds the INT8 stem's reorders (``layout.py``) and opens the 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,9 +15,9 @@ import onnx
 
 from layercascade.errors import fail
 from layercascade.export.graph import load_onnx
-from layercascade.export.lowering import LoweringUnsupported, lower_region_convs
 from layercascade.export.session import CPU, inference_session, providers_for, session_options
 from layercascade.manifest import read_cascade_manifest
+from layercascade.runtime.backend import dense_file, lowered_graph, model_precision
 from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.runtime.ort.int8 import int8_conv_inputs, mean_as_zero_point, rectified_outputs, relu_as_uint8
 from layercascade.runtime.ort.runner import OrtRunner
@@ -26,20 +25,29 @@ from layercascade.runtime.ort.runner import OrtRunner
 if TYPE_CHECKING:
     from layercascade.runtime.ort.backend import OrtBackend
 
-# The settings of Cascade.load this backend has beyond device, lowering and threads.
-OPTIONS = ("uint8_activations",)
-OPTIONS_HINT = " (it runs the model dir's own precision); use --backend torch or trt"
-
 
 def load(model_dir: str | Path | None, device: str = "cpu", lower: bool = True, threads: int = 0,
-         uint8_activations: bool = True) -> tuple[Path, dict[str, Any], OrtBackend]:
+         precision: str | None = None, uint8_activations: bool = True) -> tuple[Path, dict[str, Any], OrtBackend]:
     """``Cascade.load(..., backend="ort")``: (model dir, its verified manifest, the backend);
-    ``None`` is the bundled demo model."""
+    ``None`` is the bundled demo model. ``precision``, if given, must be the dir's own: fp32, or int8 for
+    an INT8 dir from lc-calibrate."""
     from layercascade.runtime.ort.backend import OrtBackend  # it opens its sessions through this module
 
     model_dir = Path(model_dir) if model_dir is not None else DEMO_MODEL
     manifest = read_cascade_manifest(model_dir)
+    own = model_precision(manifest)
+    if precision not in (None, own):
+        elsewhere = {"fp32": f"its fp32 source is {manifest.get('quantization', {}).get('source')}",
+                     "int8": f"make an INT8 dir with lc-calibrate {model_dir} -o DIR_INT8"}
+        fail(f"--precision {precision}: the ort backend runs a model dir at its own precision, {own} for {model_dir}; "
+             + elsewhere.get(precision, "lc-doctor and lc-run --help list the backends that have it"))
     return model_dir, manifest, OrtBackend(model_dir, manifest, device, lower, threads, uint8_activations)
+
+
+def dense_peer(source: Path, manifest: dict[str, Any], threads: int) -> tuple[OrtRunner, str]:
+    """lc-bench's ONNX Runtime peer: the model dir's ``dense.onnx`` in one session at the dir's precision, as fast
+    as ONNX Runtime runs it (an INT8 dir's with the INT8 rewrites the cascade gets; an fp32 graph as it is)."""
+    return load_runner(dense_file(source, manifest, "ort"), lower=False, threads=threads), model_precision(manifest)
 
 
 @dataclass
@@ -66,11 +74,7 @@ def prepare(model: onnx.ModelProto, name: str, lower: bool = True, non_negative_
     rectified = rectified_outputs(model)
     lowered = False
     if lower:
-        try:
-            lowered_model = lower_region_convs(model)
-            lowered, model = lowered_model is not model, lowered_model
-        except LoweringUnsupported as reason:
-            print(f"warning: {name}: running RegionConv function bodies ({reason})", file=sys.stderr)
+        model, lowered = lowered_graph(model, name)
     if uint8_activations:
         model = relu_as_uint8(model, non_negative_inputs)
     return PreparedGraph(mean_as_zero_point(model), lowered, rectified)

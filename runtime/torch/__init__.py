@@ -4,20 +4,26 @@
 ``planner`` turns the network's folded ops (``model/ops.py``) into kernel calls on NHWC tensors,
 ``program`` runs the cascade and the dense network as such plans on a device (Triton region convs,
 CUDA graphs), ``backend`` is the backend object and ``loader`` loads a checkpoint into it. The only
-part of ``runtime/`` that imports torch.
+part of ``runtime/`` that imports torch; this file does not (the registry reads :data:`SPEC`).
 """
 
-import os
+from layercascade.runtime.backend import BackendSpec, Probes
 
-# OpenMP threads that spin while idle steal the cores the next layer needs as soon as anything
-# else runs on the machine; like the ONNX Runtime backend, wait passively. OpenMP reads this when
-# torch loads it, so it applies when this package is what imports torch (the CLIs); a user's
-# setting stays.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from layercascade.errors import fail  # noqa: E402 - after the OpenMP setting, before torch loads
+def usable_devices(probes: Probes) -> list[str]:
+    return ["cpu"] + (["cuda"] if probes["torch"].get("cuda") and probes["triton"]["ok"] else [])
 
-try:
-    import torch  # noqa: F401, E402 - only to give a clear error before the modules here import it
-except ImportError:
-    fail("the torch backend needs PyTorch: pip install 'layercascade[torch]', or use --backend ort")
+
+SPEC = BackendSpec(
+    name="torch", label="torch", loader="layercascade.runtime.torch.loader",
+    modules=("torch",), install="pip install 'layercascade[torch]', or use --backend ort",
+    probes=("torch",), usable_devices=usable_devices, devices=("cpu", "cuda"),
+    options=("precision", "cuda_graph", "input_size", "kernels"), precisions=("fp32", "fp16"),
+    precision_note="default fp32; fp16 on CUDA",
+    claims=lambda source: source.suffix == ".pt", claimed="is a checkpoint (lc-train)",
+    peer="layercascade.runtime.torch.peer:dense_peer",
+    # OpenMP threads that spin while idle steal the cores the next layer needs as soon as anything else runs on
+    # the machine; like the ONNX Runtime backend, wait passively. OpenMP reads this when torch loads it, so it is
+    # set before the backend's modules load (a user's setting stays).
+    environment=(("OMP_WAIT_POLICY", "PASSIVE"),),
+)

@@ -12,15 +12,12 @@ from layercascade.manifest import MANIFEST
 from layercascade.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
 from layercascade.runtime.torch.backend import TorchBackend
 
-# The settings of Cascade.load this backend has beyond device, lowering and threads.
-OPTIONS = ("precision", "cuda_graph", "input_size", "kernels")
-
 
 def load(path: str | os.PathLike | None, device: str = "cpu", lower: bool = True, threads: int = 0,
          **options: Any) -> tuple[Path, dict[str, Any], TorchBackend]:
     """(checkpoint path, manifest, backend) for ``Cascade``; ``None`` is the bundled demo checkpoint.
 
-    ``options``: :data:`OPTIONS`, as :class:`TorchBackend` takes them; ``lower`` does not apply
+    ``options``: its spec's (``runtime/torch/__init__.py``), as :class:`TorchBackend` takes them; ``lower`` does not apply
     (the torch backend runs the checkpoint, not the graphs). Input size: the checkpoint's
     recorded training/export size unless ``input_size=(H, W)`` is given.
 

@@ -24,8 +24,8 @@ def source_checkpoint(manifest: dict[str, Any], model_dir: Path) -> Path:
          "torch eager needs it")
 
 
-def dense_peer(manifest: dict[str, Any], model_dir: Path, threads: int = 0) -> Any:
-    """A runner of the dense network in torch eager mode (fp32, CPU) at the model dir's input size."""
+def dense_peer(model_dir: Path, manifest: dict[str, Any], threads: int = 0) -> tuple[Any, str]:
+    """A runner of the dense network in torch eager mode (fp32, CPU) at the model dir's input size, and "fp32"."""
     from layercascade.runtime.torch.backend import TorchBackend
 
     if model_dir.suffix == ".pt":  # the cascade itself runs from a checkpoint
@@ -34,4 +34,4 @@ def dense_peer(manifest: dict[str, Any], model_dir: Path, threads: int = 0) -> A
         path = source_checkpoint(manifest, model_dir)
     backend = TorchBackend(load_checkpoint(path), "cpu", threads=threads, source=path,
                            input_size=tuple(manifest["input_size"]))
-    return backend.dense_runner(backend.manifest)
+    return backend.dense_runner(backend.manifest), "fp32"

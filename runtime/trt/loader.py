@@ -7,7 +7,7 @@ on a real TensorRT yet (docs/build.md).
 
 from __future__ import annotations
 
-import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from layercascade.runtime.trt.runner import TrtBackend, deserialize
 
 WHO = "the TensorRT backend"
 # The settings of Cascade.load this backend has beyond device, lowering and threads.
-OPTIONS = ("precision", "cuda_graph")
 
 
 def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True, threads: int = 0,
@@ -54,7 +53,7 @@ def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True
     for warning in check_environment(metadata, {"tensorrt": trt.__version__, "gpu": gpu,
                                                 "plugin_sha256": plugin_source_sha256() if with_plugin else None,
                                                 "driver_cuda": driver_cuda_version(WHO)}):
-        print(f"warning: {warning}", file=sys.stderr)
+        warnings.warn(warning, stacklevel=1)
     check_sources(metadata, read_source_manifest(metadata))
     if with_plugin:
         register_plugins()  # before deserializing: the stage 2–3 engines hold lc::RegionConv

@@ -20,8 +20,8 @@ synchronised once per run. Per-stage times come from CUDA events between the sta
 from __future__ import annotations
 
 import ctypes
-import sys
 import time
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,7 @@ class TrtBackend(StagedBackend):
                  cuda_graph: bool = False) -> None:
         """``runtime``: the ``trt.Runtime`` that deserialized ``engines`` (the stage engines, in order)
         and its logger, which must live as long as it (``loader.load`` prepares all three)."""
+        self.precision = metadata["precision"]
         self.engine_dir, self.trt, self.cudart = engine_dir, trt, cudart
         self.runtime, self.logger = runtime
         self.metadata = metadata
@@ -227,7 +228,7 @@ class TrtBackend(StagedBackend):
                   for index, engine in enumerate(self.engines)]
         self.captured_stages = [g is not None for g in graphs]
         if not any(self.captured_stages):
-            print("warning: TensorRT could not capture any stage in a CUDA graph; running eagerly", file=sys.stderr)
+            warnings.warn("TensorRT could not capture any stage in a CUDA graph; running eagerly", stacklevel=1)
         return graphs
 
     def _capture_stage(self, index: int, batch: int, forced: bool) -> Any:
