@@ -3,8 +3,10 @@
 The backend runs the three stages (ONNX Runtime: joined into one session; TensorRT and torch:
 on one device stream); masks, features and scores pass from one to the next inside the
 backend and only labels, masks and per-stage counts are returned.
-Image policy: an image of another size is resized (bilinear) to the model's input size,
-and the labels are resized back (nearest) to the image's own size.
+Image policy (``model/data/placement.py``): ``fit`` (the default of a fixed-size export) scales an image to fit
+inside the input keeping its aspect ratio and pads the rest with the mean colour, ``stretch`` resizes it to the
+input, ``none`` (the default of a dynamic-size export) runs it at its own size, padded to the next size the
+graphs take, and in overlapping tiles where it is larger; the labels come back at the image's own size.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image
 from layercascade.contract import Rho, RhoLike, check_rho, rho_or_default
 from layercascade.errors import fail
 from layercascade.model.data.images import as_rgb, resize_image, resize_labels
+from layercascade.model.data.placement import Sizes, pad_colour
 from layercascade.runtime.backend import (
     BackendCannotRun,
     BackendFallbackWarning,
@@ -55,6 +58,11 @@ class Cascade:
         self.classes: list[str] = list(manifest["classes"])
         self.palette = np.asarray(manifest["palette"], dtype=np.uint8)
         self.input_size: tuple[int, int] = tuple(manifest["input_size"])
+        dynamic = manifest.get("dynamic_size")
+        # What the graphs take: the input size, or (lc-export --dynamic-size) any multiple of 8 within bounds.
+        self.sizes = Sizes(self.input_size, *((tuple(dynamic["min"]), tuple(dynamic["max"]), dynamic["multiple"])
+                                              if dynamic else ()))
+        self.pad_colour = pad_colour(manifest["mean"])
         self.default_rho: Rho = check_rho(manifest["default_rho"])
         batch = manifest["batch"]
         self.batch_size: int | None = None if batch["dynamic"] else int(batch["size"])
@@ -141,12 +149,25 @@ class Cascade:
         """
         if self.closed:
             fail("this cascade was closed; load the model again (Cascade.load)")
-        expected = (*self.input_size, 3)
-        if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
-            fail(f"expected (N, {expected[0]}, {expected[1]}, 3) uint8 images, got {images.dtype} {images.shape}")
+        if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8 or not self.takes(images.shape[1:3]):
+            fail(f"expected (N, {self.size_text()}, 3) uint8 images, got {images.dtype} {images.shape}")
         if self.batch_size is not None and images.shape[0] != self.batch_size:
             fail(f"this model was exported for batch {self.batch_size}, got {images.shape[0]} images")
         return self.runner.run(images, self.rho(rho), forced_masks)
+
+    def takes(self, size: tuple[int, int]) -> bool:
+        """Whether the graphs take images of ``size`` = (H, W) as they are."""
+        if not self.sizes.dynamic:
+            return tuple(size) == self.input_size
+        return all(low <= n <= high and n % self.sizes.multiple == 0
+                   for n, low, high in zip(size, self.sizes.low, self.sizes.high))
+
+    def size_text(self) -> str:
+        """The sizes the graphs take, for messages: ``160, 160``, or ``H, W`` with their bounds."""
+        if not self.sizes.dynamic:
+            return f"{self.input_size[0]}, {self.input_size[1]}"
+        (low_h, low_w), (high_h, high_w) = self.sizes.low, self.sizes.high
+        return (f"H, W (multiples of {self.sizes.multiple}, {low_h} <= H <= {high_h}, {low_w} <= W <= {high_w})")
 
     @property
     def batch_capacity(self) -> int | None:
