@@ -18,7 +18,7 @@ from layercascade.errors import fail
 from layercascade.export.graph import load_onnx
 from layercascade.export.session import import_onnxruntime
 from layercascade.manifest import check_model_dir_target, model_hash, read_cascade_manifest, write_model_dir
-from layercascade.model.data.images import resize_image
+from layercascade.model.data.placement import Sizes, pad_colour, place, to_input
 
 # The fields of the statistics' ``meta`` that must match for a cached file to be reused.
 CACHE_KEY_FIELDS = ("model", "data", "split", "seed", "limit", "images", "rho", "cascade_aware")
@@ -28,16 +28,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "layercascade" / "calibration"
 
 
-def calibration_images(dataset: Any, size: tuple[int, int], batch: int) -> Iterator[np.ndarray]:
-    """The images of ``dataset`` as (batch, H, W, 3) uint8 arrays at the model's input size.
+def calibration_images(dataset: Any, size: tuple[int, int], batch: int, mean: list[float]) -> Iterator[np.ndarray]:
+    """The images of ``dataset`` as (batch, H, W, 3) uint8 arrays at the model's (nominal) input size, placed as a
+    fixed-size export runs them by default (``fit``: aspect ratio kept, padded with the ``mean`` colour).
 
     A static batch above 1 is filled up at the end with the first images again.
     """
     count = -(-len(dataset) // batch) * batch
     images = []
+    sizes, colour = Sizes(size), pad_colour(mean)
     for index in range(count):
         image, _ = dataset[index % len(dataset)]
-        images.append(resize_image(image, size))  # as Cascade.prepare resizes at run time
+        images.append(to_input(image, place(image.shape[:2], sizes, "fit"), colour))
         if len(images) == batch:
             yield np.stack(images)
             images = []
@@ -57,7 +59,7 @@ def load_statistics(model_dir: Path, manifest: dict[str, Any], dataset: Any, met
                  "delete the file or choose another --cache")
         return statistics, True
     batch = 1 if manifest["batch"]["dynamic"] else int(manifest["batch"]["size"])
-    images = calibration_images(dataset, tuple(manifest["input_size"]), batch)
+    images = calibration_images(dataset, tuple(manifest["input_size"]), batch, manifest["mean"])
     statistics = collect(model_dir, manifest, images, -(-len(dataset) // batch), check_rho(meta["rho"]),
                          meta["cascade_aware"], meta, progress)
     statistics.save(cache)

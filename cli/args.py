@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from layercascade.contract import Rho, check_threshold, rho_from_text
-from layercascade.errors import LCError
+from layercascade.errors import LCError, fail
 
 
 def size(text: str) -> tuple[int, int]:
@@ -158,6 +158,35 @@ def load_options(args: argparse.Namespace, threads: int = 0) -> dict[str, Any]:
     if args.performance_hint is not None:
         options["performance_hint"] = args.performance_hint
     return options
+
+
+RESIZE_HELP = ("how an image meets the model's input: fit (scale to fit inside it keeping the aspect ratio, pad "
+               "with the mean colour; the default of a fixed-size export), stretch (resize to it: the aspect ratio "
+               "is lost), none (the image's own pixels, padded: the default of a dynamic-size export; images larger "
+               "than the input run in tiles); labels come back at the image's size either way")
+
+
+def add_image_arguments(parser: argparse.ArgumentParser, tiles: bool = True) -> None:
+    """``--resize`` (and with ``tiles``: ``--tile [HxW]``, ``--overlap PX``), read by :func:`image_options`."""
+    group = parser.add_argument_group("resolution")
+    group.add_argument("--resize", choices=("fit", "stretch", "none"), default=None, help=RESIZE_HELP)
+    if tiles:
+        group.add_argument("--tile", type=size, nargs="?", const=(0, 0), default=None, metavar="HxW",
+                           help="run images at their own resolution, those larger than the tile in overlapping "
+                                "windows of HxW (implies --resize none; default HxW: the input size, or a "
+                                "dynamic-size export's largest); memory is bounded by the windows, not the image")
+        group.add_argument("--overlap", type=int_in(0, 4096), default=None, metavar="PX",
+                           help="pixels the windows overlap by at least (default: a quarter of the tile's smaller "
+                                "side); each pixel's label comes from the window whose centre it is nearest")
+
+
+def image_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``resize``, ``tile`` and ``overlap`` for ``Cascade``'s calls, from :func:`add_image_arguments`' flags."""
+    tile = getattr(args, "tile", None)
+    if tile is not None and args.resize not in (None, "none"):
+        fail(f"--tile runs images at their own resolution: it goes with --resize none, not {args.resize}")
+    return {"resize": "none" if tile is not None else args.resize, "tile": None if tile in (None, (0, 0)) else tile,
+            "overlap": getattr(args, "overlap", None)}
 
 
 DATA_HELP = ("data set: 'synthetic' (procedural, no download), 'voc:PATH' (VOCdevkit/VOC2012) or "

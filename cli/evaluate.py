@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
-from layercascade.cli.args import add_data_arguments, rho
+from layercascade.cli.args import add_data_arguments, add_image_arguments, rho
 from layercascade.contract import rho_or_default
 from layercascade.errors import fail, run_cli
 
@@ -18,10 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(label 255 ignored), per-class IoU and the share of pixels decided at each stage.",
     )
     parser.add_argument("checkpoint", nargs="?", default=None,
-                        help="checkpoint .pt written by lc-train (runs the PyTorch reference) or model directory "
-                             "written by lc-export (runs ONNX Runtime; images are resized to its input size) "
-                             "(default: the bundled demo checkpoint)")
+                        help="checkpoint .pt written by lc-train (runs the PyTorch reference at each image's own "
+                             "size) or model directory written by lc-export (runs ONNX Runtime, images placed by "
+                             "--resize) (default: the bundled demo checkpoint)")
     add_data_arguments(parser, split="val")
+    add_image_arguments(parser, tiles=False)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--rho", type=rho, default=None, metavar="R|R2,R3",
                        help="confidence threshold ρ in (0, 1] for both stages, or ρ₂,ρ₃ (stage 1 → 2, stage 2 → 3); "
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from layercascade.model.data import open_dataset
     from layercascade.model.evaluate import PAPER_RHOS, evaluate, format_per_class, format_table
 
-    predict, classes, default_rho = load_predictor(args.checkpoint)
+    predict, classes, default_rho = load_predictor(args.checkpoint, args.resize)
     dataset = open_dataset(args.data, args.split, seed=args.seed, limit=args.limit)
     if len(dataset.classes) != len(classes):
         fail(f"data set {args.data!r} has {len(dataset.classes)} classes, the model {len(classes)}")
@@ -59,13 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_predictor(source: str | None):
-    """(predictor, class names, default ρ) for a checkpoint file or an exported model directory."""
+def load_predictor(source: str | None, resize: str | None = None):
+    """(predictor, class names, default ρ) for a checkpoint file or an exported model directory (its images placed
+    by ``resize``; None: the model's default)."""
     if source is not None and Path(source).is_dir():
         from layercascade.runtime.cascade import Cascade
 
         cascade = Cascade.load(source, backend="ort")  # the exact fp32 reference (auto may run bf16)
-        return cascade.predict, cascade.classes, cascade.default_rho
+        return functools.partial(cascade.predict, resize=resize), cascade.classes, cascade.default_rho
+    if resize not in (None, "none"):
+        fail(f"--resize {resize}: the PyTorch reference runs each image at its own size; evaluate a model dir "
+             "(lc-export) to compare the resize modes")
     from layercascade.model.checkpoint import load_checkpoint
     from layercascade.model.evaluate import torch_predictor
 

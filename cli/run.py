@@ -8,14 +8,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from layercascade.cli.args import add_backend_arguments, add_rho_argument, engine, load_options, positive_int
+from layercascade.cli.args import (
+    add_backend_arguments,
+    add_image_arguments,
+    add_rho_argument,
+    engine,
+    image_options,
+    load_options,
+    positive_int,
+)
 from layercascade.errors import LCError, fail, run_cli
 from layercascade.model.data.images import MAX_PIXELS
 from layercascade.runtime.inputs import SAMPLES, expand_inputs
 from layercascade.runtime.segment import (
     PICTURE_MAX_PIXELS,
     SUMMARY_MAX_BYTES,
-    ReadOptions,
+    ImageOptions,
     earlier_outputs,
     make_output_dir,
     segment_all,
@@ -62,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-exif-transpose", dest="exif_transpose", action="store_false",
                         help="keep the pixels in stored order; by default the EXIF orientation is applied, so "
                              "outputs line up with the photo as viewers show it")
+    add_image_arguments(parser)
     scale = parser.add_argument_group("scale-out (pip install 'layercascade[serve]')")
     scale.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
                        help="segment with a Ray Data pipeline: a pool of workers, each holding the model, on a local "
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     # Before the model loads: a foreign summary.json and a folder that cannot take files are one line.
     earlier = earlier_outputs(args.output)
     out = make_output_dir(args.output)
-    read, progress = ReadOptions(args.max_pixels, args.exif_transpose), not (args.quiet or args.json)
+    read = ImageOptions(args.max_pixels, args.exif_transpose, **image_options(args))
+    progress = not (args.quiet or args.json)
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args)) as cascade:
         if args.ray is None:

@@ -23,8 +23,23 @@ from PIL import Image
 
 from layercascade.contract import Rho, RhoLike, check_rho, rho_or_default
 from layercascade.errors import fail
-from layercascade.model.data.images import as_rgb, resize_image, resize_labels
-from layercascade.model.data.placement import Sizes, pad_colour
+from layercascade.model.data.images import as_rgb
+from layercascade.model.data.placement import (
+    SCALE,
+    Placement,
+    Sizes,
+    Tile,
+    check_resize,
+    default_overlap,
+    default_resize,
+    labels_back,
+    pad_colour,
+    place,
+    stage_fractions,
+    stage_map_back,
+    tile_grid,
+    to_input,
+)
 from layercascade.runtime.backend import (
     BackendCannotRun,
     BackendFallbackWarning,
@@ -137,9 +152,13 @@ class Cascade:
         in (0, 1]) or the model's default."""
         return rho_or_default(rho, self.default_rho)
 
-    def prepare(self, image: np.ndarray | Image.Image) -> np.ndarray:
-        """An (H, W, 3) uint8 image (or a PIL image) at the model's input size."""
-        return resize_image(as_rgb(image), self.input_size)
+    def prepare(self, image: np.ndarray | Image.Image, resize: str = "fit") -> np.ndarray:
+        """The model input (H, W, 3) uint8 at the model's (nominal) input size of an image (or a PIL image), placed
+        by ``resize`` (``fit`` or ``stretch``): what benchmarks and the calibration feed, images of one size."""
+        image = as_rgb(image)
+        if resize not in ("fit", "stretch"):
+            fail(f"prepare places an image at the input size by fit or stretch, not {resize!r}")
+        return to_input(image, place(image.shape[:2], self.sizes, resize), self.pad_colour)
 
     def run_batch(self, images: np.ndarray, rho: RhoLike | None = None,
                   forced_masks: Masks | None = None) -> StageOutputs:
@@ -179,46 +198,111 @@ class Cascade:
         limits = [n for n in (self.manifest["batch"].get("max"), self.runner.max_batch) if n]
         return min(limits) if limits else None
 
-    def __call__(self, image: np.ndarray | Image.Image, rho: RhoLike | None = None) -> CascadeResult:
-        """Segment one image of any size: an (H, W, 3) uint8 RGB array or a PIL image of any mode; ``rho``:
-        one ρ for both stages or (ρ₂, ρ₃) (default: the model's)."""
-        return self.segment_batch([image], rho)[0]
+    def __call__(self, image: np.ndarray | Image.Image, rho: RhoLike | None = None, resize: str | None = None,
+                 tile: tuple[int, int] | None = None, overlap: int | None = None) -> CascadeResult:
+        """Segment one image of any size: an (H, W, 3) uint8 RGB array or a PIL image of any mode.
 
-    def segment_batch(self, images: Sequence[np.ndarray | Image.Image], rho: RhoLike | None = None) -> list[CascadeResult]:
-        """Segment images of any sizes (as :meth:`__call__` takes them) together, in runs of up to
-        :attr:`batch_capacity` images (a fixed batch is filled up with blank images). Each result is
-        the image's own; its ``timings`` are those of the run it was in, ``total`` included."""
-        results: list[CascadeResult] = []
-        step = self.batch_capacity or max(len(images), 1)
-        for first in range(0, len(images), step):
-            results += self._run_chunk(images[first:first + step], rho)
+        Args:
+            rho: one ρ for both stages or (ρ₂, ρ₃) (default: the model's).
+            resize: how the image meets the input (``model/data/placement.py``): ``fit`` (keep the aspect ratio,
+                pad with the mean colour; the default of a fixed-size export), ``stretch`` (resize to the input)
+                or ``none`` (the image's own pixels, padded; the default of a dynamic-size export); the labels
+                come back at the image's own size either way.
+            tile: (height, width) of the windows an image runs in at its own resolution when it is larger (implies
+                ``resize="none"``; default: the input size, or a dynamic export's largest size, and only for images
+                ``none`` cannot run whole).
+            overlap: pixels the windows overlap by at least (default: a quarter of the tile's smaller side, in
+                multiples of 8); each pixel's label comes from the window whose centre it is nearest.
+        """
+        return self.segment_batch([image], rho, resize, tile, overlap)[0]
+
+    def segment_batch(self, images: Sequence[np.ndarray | Image.Image], rho: RhoLike | None = None,
+                      resize: str | None = None, tile: tuple[int, int] | None = None,
+                      overlap: int | None = None) -> list[CascadeResult]:
+        """Segment images of any sizes (as :meth:`__call__` takes them) together: the images that meet the input
+        at one size run in batches of up to :attr:`batch_capacity` (a fixed batch is filled up with blank
+        images), an image larger than the input runs in tiles (each image's tiles batched). Each result is the
+        image's own; its ``timings`` are those of the runs it was in, ``total`` included."""
+        mode, tile, overlap = self.image_policy(resize, tile, overlap)
+        originals = [as_rgb(image) for image in images]
+        results: list[CascadeResult | None] = [None] * len(originals)
+        whole: dict[tuple[int, int], list[tuple[int, Placement]]] = {}
+        for index, image in enumerate(originals):
+            size = image.shape[:2]
+            if mode == "none" and not (size[0] <= tile[0] and size[1] <= tile[1] and self.sizes.fits(size)):
+                results[index] = self._run_tiled(image, rho, tile, overlap)
+            else:
+                placement = place(size, self.sizes, mode)
+                whole.setdefault(placement.input_size, []).append((index, placement))
+        step = self.batch_capacity or max(len(originals), 1)
+        for group in whole.values():
+            for first in range(0, len(group), step):
+                chunk = group[first:first + step]
+                done = self._run_placed([originals[i] for i, _ in chunk], [p for _, p in chunk], rho)
+                for (index, _), result in zip(chunk, done, strict=True):
+                    results[index] = result
         return results
 
-    def _run_chunk(self, images: Sequence[np.ndarray | Image.Image], rho: RhoLike | None) -> list[CascadeResult]:
+    def image_policy(self, resize: str | None, tile: tuple[int, int] | None,
+                     overlap: int | None) -> tuple[str, tuple[int, int], int]:
+        """(resize mode, tile, overlap) of a run, the defaults filled in and checked (one line each)."""
+        mode = default_resize(self.sizes) if resize is None else check_resize(resize)
+        if tile is not None and mode != "none":
+            fail(f"tiles run the image at its own resolution: --tile goes with --resize none, not {mode}")
+        top = self.sizes.high if self.sizes.dynamic else self.input_size
+        if tile is None:
+            tile = top
+        tile = (int(tile[0]), int(tile[1]))
+        if not (0 < tile[0] <= top[0] and 0 < tile[1] <= top[1]):
+            fail(f"--tile {tile[0]}x{tile[1]}: a tile must fit the model's input ({top[0]}x{top[1]} at most)")
+        return mode, tile, default_overlap(tile) if overlap is None else int(overlap)
+
+    def _run_placed(self, images: list[np.ndarray], placements: list[Placement],
+                    rho: RhoLike | None) -> list[CascadeResult]:
+        """One run of images placed at one input size: their labels and stage maps back at their own sizes."""
         started = time.perf_counter()
-        originals = [as_rgb(image) for image in images]
-        batch = np.stack([self.prepare(image) for image in originals])
+        batch = np.stack([to_input(image, placement, self.pad_colour) for image, placement in zip(images, placements)])
         if self.batch_size is not None and len(batch) < self.batch_size:
-            blank = np.zeros((self.batch_size - len(batch), *batch.shape[1:]), np.uint8)
+            blank = np.empty((self.batch_size - len(batch), *batch.shape[1:]), np.uint8)
+            blank[...] = self.pad_colour
             batch = np.concatenate([batch, blank])
         preprocess = (time.perf_counter() - started) * 1e3
         out = self.run_batch(batch, rho)
         results = []
-        for index, image in enumerate(originals):
-            labels = resize_labels(out.labels[index], image.shape[:2])
-            stage_map = (1 + (out.mask2[index, 0] > 0) + (out.mask3[index, 0] > 0)).astype(np.uint8)
-            counts = out.stage_counts[index].astype(np.float64)
-            fractions = counts / max(counts.sum(), 1.0)
-            results.append(CascadeResult(labels, stage_map, (float(fractions[0]), float(fractions[1]),
-                                                             float(fractions[2])), {}))
+        for index, placement in enumerate(placements):
+            stage_map = stage_map_back(stage_map_of(out, index), placement)
+            results.append(CascadeResult(labels_back(out.labels[index], placement), stage_map,
+                                         stage_fractions(stage_map), {}))
         timings = {"preprocess": preprocess, **out.timings, "total": (time.perf_counter() - started) * 1e3}
         for result in results:
             result.timings = dict(timings)
         return results
 
-    def predict(self, image: np.ndarray, rho: RhoLike) -> tuple[np.ndarray, np.ndarray, int]:
+    def _run_tiled(self, image: np.ndarray, rho: RhoLike | None, tile: tuple[int, int],
+                   overlap: int) -> CascadeResult:
+        """An image larger than the input at its own resolution: overlapping windows (batched), each pixel's
+        label from the window whose centre it is nearest; memory bounded by the windows in flight."""
+        started = time.perf_counter()
+        tiles = tile_grid(image.shape[:2], tile, overlap)
+        labels = np.empty(image.shape[:2], np.uint8)
+        stage_map = np.empty((-(-image.shape[0] // SCALE), -(-image.shape[1] // SCALE)), np.uint8)
+        step = self.batch_capacity or len(tiles)
+        timings: dict[str, float] = {}
+        for first in range(0, len(tiles), step):
+            chunk = tiles[first:first + step]
+            windows = [image[top:top + height, left:left + width] for top, left, height, width in
+                       (t.window for t in chunk)]
+            done = self._run_placed(windows, [place(w.shape[:2], self.sizes, "none") for w in windows], rho)
+            for t, result in zip(chunk, done, strict=True):
+                stitch(labels, stage_map, t, result)
+            for name, ms in done[0].timings.items():
+                timings[name] = timings.get(name, 0.0) + ms
+        timings["total"] = (time.perf_counter() - started) * 1e3
+        return CascadeResult(labels, stage_map, stage_fractions(stage_map), timings)
+
+    def predict(self, image: np.ndarray, rho: RhoLike, resize: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """A predictor for ``model.evaluate``: labels, stage fractions and stage-resolution pixels of one image."""
-        result = self(image, rho)
+        result = self(image, rho, resize)
         return result.labels, np.asarray(result.stage_fractions), result.stage_map.size
 
     # -- resources ------------------------------------------------------------------------------
@@ -234,3 +318,27 @@ class Cascade:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.close()
+
+
+def stage_map_of(out: StageOutputs, index: int) -> np.ndarray:
+    """The stage that decided each stage-resolution pixel of image ``index`` of a run: 1, 2 or 3."""
+    return (1 + (out.mask2[index, 0] > 0) + (out.mask3[index, 0] > 0)).astype(np.uint8)
+
+
+def stitch(labels: np.ndarray, stage_map: np.ndarray, tile: Tile, result: CascadeResult) -> None:
+    """Copy a window's labels inside its core into the image's, and the stage pixels whose centres lie in its core
+    into the image's stage map (a window need not start on the stage grid: its nearest stage pixel is taken)."""
+    top, left, _, _ = tile.window
+    core_top, core_left, core_bottom, core_right = tile.core
+    labels[core_top:core_bottom, core_left:core_right] = result.labels[core_top - top:core_bottom - top,
+                                                                       core_left - left:core_right - left]
+    height, width = labels.shape
+
+    def covered(start: int, end: int, length: int, offset: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+        centres = np.minimum(np.arange(-(-length // SCALE)) * SCALE + SCALE // 2, length - 1)
+        inside = np.nonzero((centres >= start) & (centres < end))[0]
+        return inside, np.minimum((centres[inside] - offset) // SCALE, cells - 1)
+
+    rows, window_rows = covered(core_top, core_bottom, height, top, result.stage_map.shape[0])
+    columns, window_columns = covered(core_left, core_right, width, left, result.stage_map.shape[1])
+    stage_map[np.ix_(rows, columns)] = result.stage_map[np.ix_(window_rows, window_columns)]

@@ -71,11 +71,15 @@ class Run:
 
 
 @dataclass(frozen=True)
-class ReadOptions:
-    """How lc-run reads images (``read_rgb``'s settings)."""
+class ImageOptions:
+    """How lc-run reads images (``read_rgb``'s settings) and how they meet the model's input (``Cascade``'s
+    ``resize``, ``tile`` and ``overlap``: None is the model's default)."""
 
     max_pixels: int = MAX_PIXELS
     exif_transpose: bool = True
+    resize: str | None = None
+    tile: tuple[int, int] | None = None
+    overlap: int | None = None
 
 
 class OutputError(LCError):
@@ -146,7 +150,7 @@ Outcome = tuple[int, "Segmented | LCError"]
 
 
 def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: RhoLike | None, strict: bool,
-                progress: bool, read: ReadOptions = ReadOptions(), earlier: list[str] | None = None) -> Run:
+                progress: bool, read: ImageOptions = ImageOptions(), earlier: list[str] | None = None) -> Run:
     """Segment every image and write its pictures (all of an image's files or none): :func:`write_all`
     of the images segmented here, one after another."""
 
@@ -210,7 +214,7 @@ def write_all(outcomes: Iterable[Outcome], paths: list[Path], out: Path, *, stri
     return run
 
 
-def segment_file(cascade: Cascade, path: Path, rho: RhoLike | None, read: ReadOptions = ReadOptions()) -> Segmented:
+def segment_file(cascade: Cascade, path: Path, rho: RhoLike | None, read: ImageOptions = ImageOptions()) -> Segmented:
     """Read and segment one image and encode its pictures (:class:`LCError` if it cannot be)."""
     image, result, ms = segment(cascade, path, rho, read)
     return Segmented(image_record(path, image, result, ms), encode(render(image, result, cascade.palette)))
@@ -293,11 +297,11 @@ def file_sha256(path: Path) -> str | None:
 
 
 def segment(cascade: Cascade, path: Path, rho: RhoLike | None,
-            read: ReadOptions = ReadOptions()) -> tuple[np.ndarray, CascadeResult, float]:
+            read: ImageOptions = ImageOptions()) -> tuple[np.ndarray, CascadeResult, float]:
     """Read and segment one image: (image, result, milliseconds)."""
     image = read_rgb(path, read.max_pixels, read.exif_transpose)
     start = time.perf_counter()
-    result = cascade(image, rho=rho)
+    result = cascade(image, rho=rho, resize=read.resize, tile=read.tile, overlap=read.overlap)
     wall_ms = (time.perf_counter() - start) * 1e3
     # The backend's own "total" leaves out the Python around the call; wall time stands in without it.
     return image, result, float(result.timings.get("total", wall_ms))

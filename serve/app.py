@@ -31,7 +31,6 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from layercascade.contract import Rho
 from layercascade.errors import LCError
 from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.serve import gpus_per_model
@@ -39,6 +38,7 @@ from layercascade.serve.http import (
     JSON,
     HTTPProblem,
     Limits,
+    SegmentQuery,
     check_segment_request,
     decode_image,
     error_body,
@@ -169,22 +169,22 @@ class CascadeServer:
         limits = self.settings.limits
         body: bytes | None = None
         try:
-            rho = check_segment_request(request.headers, request.url.query, limits)
+            query = check_segment_request(request.headers, request.url.query, limits)
             with self.upload_slot():
                 body = await read_body(request.stream(), limits)
-                return await self.segment_body(body, rho, wants_json(request.headers.get("accept")))
+                return await self.segment_body(body, query, wants_json(request.headers.get("accept")))
         except HTTPProblem as problem:
             if body is None:  # refused before its body was read: close rather than wait for the rest of it
                 problem.headers["Connection"] = "close"
             raise
 
-    async def segment_body(self, body: bytes, rho: Rho | None, as_json: bool) -> Response:
+    async def segment_body(self, body: bytes, query: SegmentQuery, as_json: bool) -> Response:
         """The answer to an image file's bytes: decoded (at most 2 × max_batch at once), run in a batch, encoded."""
         limits = self.settings.limits
         started = time.perf_counter()
         async with self.decoding:
             image = await asyncio.to_thread(decode_image, body, limits)
-            result, batch = await self.segment_many((image, rho))
+            result, batch = await self.segment_many((image, query))
         if isinstance(result, Exception):
             raise result
         milliseconds = (time.perf_counter() - started) * 1e3
@@ -194,18 +194,19 @@ class CascadeServer:
         return Response(content, media_type=media_type, headers=headers)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.005)
-    async def segment_many(self, requests: list[tuple[np.ndarray, Rho | None]]) -> list[tuple[Any, int]]:
-        """The requests that arrived together, run as batches of one ρ each (the batch size and
-        wait are set from the settings once the model is loaded): (result, images run with it) each.
+    async def segment_many(self, requests: list[tuple[np.ndarray, SegmentQuery]]) -> list[tuple[Any, int]]:
+        """The requests that arrived together, run as batches of one query (ρ and resize mode) each (the batch
+        size and wait are set from the settings once the model is loaded): (result, images run with it) each.
         A failure is returned to each of the requests it concerns, as the exception, not raised: it
         must not fail the others."""
         results: list[tuple[Any, int]] = [(None, 0)] * len(requests)
-        by_rho: dict[Rho | None, list[int]] = {}
-        for index, (_, rho) in enumerate(requests):
-            by_rho.setdefault(rho, []).append(index)
-        for rho, indices in by_rho.items():
+        by_query: dict[SegmentQuery, list[int]] = {}
+        for index, (_, query) in enumerate(requests):
+            by_query.setdefault(query, []).append(index)
+        for query, indices in by_query.items():
             try:
-                answers = await asyncio.to_thread(self.cascade.segment_batch, [requests[i][0] for i in indices], rho)
+                answers = await asyncio.to_thread(self.cascade.segment_batch, [requests[i][0] for i in indices],
+                                                  query.rho, query.resize)
             except Exception as error:  # the images were checked already: a failure here is the server's (500)
                 answers = [error] * len(indices)
             for index, answer in zip(indices, answers, strict=True):

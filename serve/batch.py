@@ -26,7 +26,7 @@ from layercascade.errors import LCError, fail
 from layercascade.runtime.segment import (
     OUTPUTS,
     Outcome,
-    ReadOptions,
+    ImageOptions,
     Run,
     Segmented,
     failure_reason,
@@ -42,7 +42,7 @@ FILE_COLUMNS = {variant: f"file{variant}" for variant in OUTPUTS}
 class SegmentWorker:
     """A Ray Data actor: one Cascade, a batch of (index, path) rows in, their outcomes out."""
 
-    def __init__(self, model: str | None, load: dict[str, Any], rho: RhoLike | None, read: ReadOptions) -> None:
+    def __init__(self, model: str | None, load: dict[str, Any], rho: RhoLike | None, read: ImageOptions) -> None:
         from layercascade.runtime.cascade import Cascade
 
         self.cascade = Cascade.load(model, **load)
@@ -67,7 +67,7 @@ class SegmentWorker:
 
 
 def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], out: Path, *, rho: RhoLike | None,
-                    strict: bool, progress: bool, read: ReadOptions = ReadOptions(),
+                    strict: bool, progress: bool, read: ImageOptions = ImageOptions(),
                     earlier: dict[str, str] | None = None, address: str | None = None,
                     workers: int | None = None) -> Run:
     """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
@@ -85,7 +85,7 @@ def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], 
             ray.shutdown()
 
 
-def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: RhoLike | None, read: ReadOptions,
+def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: RhoLike | None, read: ImageOptions,
              workers: int | None) -> Iterator[Outcome]:
     """The pipeline's results in input order, as :func:`write_all` takes them."""
     context = ray.data.DataContext.get_current()

@@ -20,6 +20,7 @@ from layercascade.contract import Rho, rho_from_text, rho_value
 from layercascade.errors import LCError
 from layercascade.manifest import model_hash
 from layercascade.model.data.images import ImageTooLarge, read_rgb
+from layercascade.model.data.placement import RESIZE_MODES
 from layercascade.runtime.segment import encode
 from layercascade.runtime.visualize import label_image
 
@@ -159,20 +160,35 @@ def check_declared_length(value: str | None, limits: Limits) -> None:
         raise HTTPProblem(413, body_too_large(limits))
 
 
-def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits) -> Rho | None:
+@dataclass(frozen=True)
+class SegmentQuery:
+    """What a segment request asks for in its query: ``rho`` (None: the model's default) and ``resize`` (None: the
+    model's default; ``model/data/placement.py``). Requests with equal queries run in one batch."""
+
+    rho: Rho | None = None
+    resize: str | None = None
+
+
+QUERY_HELP = "/v1/segment takes ?rho=R or ?rho=R2,R3 and ?resize=fit|stretch|none"
+
+
+def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits) -> SegmentQuery:
     """The checks of ``POST /v1/segment`` that need no body: the content type (415), the declared
-    length (413; 400 when not a number) and the query (400: only ``rho``, given at most once); returns
-    the query's ρ."""
+    length (413; 400 when not a number) and the query (400: only ``rho`` and ``resize``, each given at most
+    once); returns what the query asks for."""
     check_content_type(headers.get("content-type"))
     check_declared_length(headers.get("content-length"), limits)
     fields = urllib.parse.parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(fields) - {"rho"})
+    unknown = sorted(set(fields) - {"rho", "resize"})
     if unknown:
-        raise HTTPProblem(400, f"unknown query parameter {unknown[0][:40]!r}: /v1/segment takes only ?rho=R or "
-                               "?rho=R2,R3")
-    if len(fields.get("rho", [])) > 1:
-        raise HTTPProblem(400, "rho is given more than once: give ?rho=R or ?rho=R2,R3 once")
-    return parse_rho(fields["rho"][0] if "rho" in fields else None)
+        raise HTTPProblem(400, f"unknown query parameter {unknown[0][:40]!r}: {QUERY_HELP}")
+    repeated = [name for name, values in fields.items() if len(values) > 1]
+    if repeated:
+        raise HTTPProblem(400, f"{repeated[0]} is given more than once: {QUERY_HELP}, each once")
+    resize = fields["resize"][0] if "resize" in fields else None
+    if resize is not None and resize not in RESIZE_MODES:
+        raise HTTPProblem(400, f"resize {resize[:40]!r} is not one of {', '.join(RESIZE_MODES)}")
+    return SegmentQuery(parse_rho(fields["rho"][0] if "rho" in fields else None), resize)
 
 
 async def read_body(chunks: AsyncIterable[bytes], limits: Limits) -> bytes:

@@ -35,6 +35,7 @@ class FakeCascade:
     def __init__(self, model_dir: str | None, backend: str, device: str) -> None:
         self.load_args = (model_dir, backend, device)
         self.rhos: list[RhoLike | None] = []
+        self.policies: list[tuple] = []  # (resize, tile, overlap) of each call
         self.closed = False
 
     @classmethod
@@ -53,9 +54,11 @@ class FakeCascade:
     def __exit__(self, *exception: object) -> None:
         self.closed = True
 
-    def __call__(self, image: np.ndarray, rho: RhoLike | None = None) -> CascadeResult:
+    def __call__(self, image: np.ndarray, rho: RhoLike | None = None, resize: str | None = None,
+                 tile: tuple[int, int] | None = None, overlap: int | None = None) -> CascadeResult:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         self.rhos.append(rho)
+        self.policies.append((resize, tile, overlap))
         brightness = image.astype(np.int32).sum(axis=2) // 3
         stage_map = (1 + brightness[::8, ::8] * 3 // 256).astype(np.uint8)  # ceil(H/8) x ceil(W/8)
         fractions = tuple(float(np.mean(stage_map == k)) for k in (1, 2, 3))

@@ -73,11 +73,11 @@ def test_a_partly_real_stage_pixel_counts() -> None:
     assert placement.stage_crop == (13, 19)  # 100 / 8 = 12.5, 150 / 8 = 18.75: rounded up
 
 
-@settings(max_examples=50, deadline=None)
-@given(height=st.integers(1, 700), width=st.integers(1, 700), tile=st.integers(16, 200).map(lambda t: t // 8 * 8),
-       overlap=st.integers(0, 64).map(lambda o: o // 8 * 8))
-def test_tiles_cover_the_image_once_with_cores_inside_their_windows(height, width, tile, overlap) -> None:
-    if overlap >= tile:
+@settings(max_examples=80, deadline=None)
+@given(height=st.integers(1, 700), width=st.integers(1, 700), tile=st.integers(2, 25).map(lambda t: 8 * t),
+       overlap=st.integers(0, 64))
+def test_tiles_cover_the_image_once_on_the_stage_grid(height, width, tile, overlap) -> None:
+    if tile - overlap < 8:
         with pytest.raises(LCError, match="--overlap"):
             tile_grid((height, width), (tile, tile), overlap)
         return
@@ -85,8 +85,9 @@ def test_tiles_cover_the_image_once_with_cores_inside_their_windows(height, widt
     covered = np.zeros((height, width), np.int32)
     for t in tiles:
         top, left, h, w = t.window
-        assert 0 <= top and 0 <= left and top + h <= height and left + w <= width
-        assert h == min(tile, height) and w == min(tile, width)  # every window whole
+        assert top % 8 == 0 and left % 8 == 0  # on the stage grid, as in a run of the whole image
+        assert 0 < h <= tile and 0 < w <= tile and top + h <= height and left + w <= width
+        assert h == min(tile, height) or top + h == height  # whole, or the last one, ending at the image's end
         core_top, core_left, core_bottom, core_right = t.core
         assert top <= core_top < core_bottom <= top + h and left <= core_left < core_right <= left + w
         covered[core_top:core_bottom, core_left:core_right] += 1
@@ -94,4 +95,6 @@ def test_tiles_cover_the_image_once_with_cores_inside_their_windows(height, widt
         margin = overlap // 2
         assert core_top == 0 or core_top - top >= margin
         assert core_bottom == height or top + h - core_bottom >= margin
+        assert core_left == 0 or core_left - left >= margin
+        assert core_right == width or left + w - core_right >= margin
     assert (covered == 1).all()

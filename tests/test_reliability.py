@@ -278,10 +278,10 @@ def test_an_interrupt_between_images_writes_the_summary(tmp_path: Path, fake: ty
     paths = write_inputs(tmp_path / "in", 4)
     call = FakeCascade.__call__
 
-    def third_call_interrupted(self: FakeCascade, image: np.ndarray, rho: float | None = None):
+    def third_call_interrupted(self: FakeCascade, image: np.ndarray, rho: float | None = None, **policy):
         if len(self.rhos) == 2:
             raise KeyboardInterrupt
-        return call(self, image, rho)
+        return call(self, image, rho, **policy)
 
     monkeypatch.setattr(FakeCascade, "__call__", third_call_interrupted)
     out = tmp_path / "out"

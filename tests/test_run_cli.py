@@ -289,3 +289,16 @@ def test_stage_picture_colours_each_stage(height: int, width: int) -> None:
     legend = pixels[height:]
     for colour in STAGE_COLOURS:  # every stage's swatch is in the legend
         assert (legend == colour).all(axis=2).any()
+
+
+def test_the_image_policy_reaches_the_cascade(tmp_path: Path, fake: type[FakeCascade], capsys) -> None:
+    """--resize, --tile and --overlap are Cascade's resize, tile and overlap; --tile alone means native resolution
+    with the model's own tile, and --tile with --resize fit is one line before anything runs."""
+    Image.fromarray(noise((40, 50, 3), 4)).save(tmp_path / "a.png")
+    cases = {(): (None, None, None), ("--resize", "stretch"): ("stretch", None, None),
+             ("--tile",): ("none", None, None), ("--tile", "96x128", "--overlap", "16"): ("none", (96, 128), 16)}
+    for flags, policy in cases.items():
+        assert run_lc([tmp_path / "a.png", "-o", tmp_path / "out", "--quiet", *flags]) == 0
+        assert fake.instances[-1].policies == [policy], flags
+    assert run_lc([tmp_path / "a.png", "-o", tmp_path / "out2", "--resize", "fit", "--tile", "96x96"]) == 1
+    assert "--tile runs images at their own resolution: it goes with --resize none, not fit" in capsys.readouterr().err

@@ -108,11 +108,11 @@ def test_a_folder_at_an_output_name_fails_that_image_only(tmp_path: Path, fake: 
     out = tmp_path / "out"
     call = FakeCascade.__call__
 
-    def a_folder_appears(self: FakeCascade, image: np.ndarray, rho: float | None = None):
+    def a_folder_appears(self: FakeCascade, image: np.ndarray, rho: float | None = None, **policy):
         if len(self.rhos) == 1:  # while b is segmented
             (out / "b_stages.png").mkdir()
             (out / "b_stages.png" / "notes.txt").write_text("the user's")
-        return call(self, image, rho)
+        return call(self, image, rho, **policy)
 
     monkeypatch.setattr(FakeCascade, "__call__", a_folder_appears)
     assert run_lc([*inputs, "-o", out, "--quiet"]) == 1
@@ -167,9 +167,9 @@ def test_a_folder_that_stops_taking_files_mid_run_stops_it_in_one_line(tmp_path:
     folder.on = False
     call = FakeCascade.__call__
 
-    def made_read_only(self: FakeCascade, image: np.ndarray, rho: float | None = None):
+    def made_read_only(self: FakeCascade, image: np.ndarray, rho: float | None = None, **policy):
         folder.on = len(self.rhos) == 1  # from b on
-        return call(self, image, rho)
+        return call(self, image, rho, **policy)
 
     monkeypatch.setattr(FakeCascade, "__call__", made_read_only)
     assert run_lc([*inputs, "-o", out, "--quiet"]) == 1

@@ -201,6 +201,20 @@ def test_concurrent_clients_get_local_answers(demo_service) -> None:
     assert problems == []
 
 
+def test_the_resize_mode_is_a_query_parameter(demo_service) -> None:
+    """?resize= as Cascade's resize: a non-square sample under each mode answers the local Cascade's labels."""
+    import httpx
+
+    path = next(p for p in SAMPLE_FILES if p.name.startswith("synthetic-240x320"))
+    with Cascade.load(None) as cascade, httpx.Client(timeout=60) as client:
+        for mode in ("fit", "stretch", "none"):
+            response = client.post(f"{demo_service.url}/v1/segment?resize={mode}&rho=0.9", content=path.read_bytes())
+            labels = cascade(read_rgb(path), 0.9, resize=mode).labels
+            assert response.status_code == 200 and response.content == png_bytes(labels, cascade.palette), mode
+        refused = client.post(f"{demo_service.url}/v1/segment?resize=squash", content=path.read_bytes())
+        assert refused.status_code == 400 and "resize 'squash' is not one of fit, stretch, none" in refused.json()["error"]
+
+
 def test_bad_requests_get_their_4xx_and_the_service_keeps_serving(demo_service) -> None:
     import httpx
 

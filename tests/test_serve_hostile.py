@@ -59,7 +59,7 @@ rho_values = st.one_of(st.sampled_from(["0.9", "1", "0.9,0.97", "0", "2", "nan",
                        st.text(max_size=12), st.text(string.digits + ".,", min_size=61, max_size=80))
 queries = st.one_of(
     st.text(max_size=40),
-    st.lists(st.tuples(st.sampled_from(["rho", "Rho", "rho ", "x", "", "rho[]"]), rho_values), max_size=3).map(
+    st.lists(st.tuples(st.sampled_from(["rho", "Rho", "rho ", "x", "", "rho[]", "resize"]), rho_values), max_size=3).map(
         lambda pairs: "&".join(f"{key}={value}" for key, value in pairs)),
 )
 bodies = st.one_of(st.binary(max_size=600), mutated(JPEG), mutated(png_claiming(20_000, 20_000)), st.just(JPEG))
@@ -87,9 +87,11 @@ def test_every_mutated_request_is_answered_or_refused_with_a_4xx_line(content_ty
     for name, value in (("content-type", content_type), ("content-length", content_length)):
         if value is not None:
             raw.insert(0, (name.encode(), value.encode("latin-1")))
-    rho = refused_in_one_line(check_segment_request, Headers(raw=raw), query, LIMITS)
-    if rho is not None:
-        assert len(rho) == 2 and all(0 < r <= 1 for r in rho)
+    asked = refused_in_one_line(check_segment_request, Headers(raw=raw), query, LIMITS)
+    if asked is not None and asked.rho is not None:
+        assert len(asked.rho) == 2 and all(0 < r <= 1 for r in asked.rho)
+    if asked is not None:
+        assert asked.resize in (None, "fit", "stretch", "none")
     image = refused_in_one_line(decode_image, body, LIMITS)
     if image is not None:
         event("decoded")

@@ -16,7 +16,6 @@ the stage fractions) and the labels resized back to the image's size (nearest).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -144,28 +143,36 @@ class Tile:
     core: tuple[int, int, int, int]
 
 
+def default_overlap(tile: tuple[int, int]) -> int:
+    """The windows' default overlap: a quarter of the tile's smaller side, in multiples of 8 (0 for tiles too small
+    to overlap)."""
+    return max(0, min(min(tile) // 4 // SCALE * SCALE, min(tile) - 2 * SCALE))
+
+
 def tile_grid(image_size: tuple[int, int], tile: tuple[int, int], overlap: int) -> list[Tile]:
-    """The windows of ``tile`` pixels covering an image of ``image_size``, overlapping by at least ``overlap``
-    pixels (a multiple of 8 keeps the windows on the stage grid); the last row and column of windows are moved
-    back inside the image, so every window is whole (an image smaller than a tile is one window of its size)."""
-    if overlap < 0 or any(overlap >= t for t in tile):
-        fail(f"--overlap {overlap}: must be 0 or more and smaller than the tile ({tile[0]}x{tile[1]})")
-    starts = [_starts(n, t, overlap) for n, t in zip(image_size, tile)]
+    """The windows of at most ``tile`` pixels covering an image of ``image_size``, overlapping by at least
+    ``overlap`` pixels. Every window starts on the stage grid (a multiple of 8), so its stage pixels are the
+    image's own, as in a run of the whole image; all are ``tile`` pixels but the last row and column, which end
+    at the image's edge (an image smaller than a tile is one window of its size)."""
+    strides = [(side - overlap) // SCALE * SCALE for side in tile]
+    if overlap < 0 or min(strides) < SCALE:
+        fail(f"--overlap {overlap}: must be 0 or more and at least 8 less than the tile ({tile[0]}x{tile[1]})")
     tiles = []
-    for top, bottom in _cores(starts[0], image_size[0], tile[0]):
-        for left, right in _cores(starts[1], image_size[1], tile[1]):
-            row, column = top[0], left[0]
-            height, width = min(tile[0], image_size[0]), min(tile[1], image_size[1])
-            tiles.append(Tile((row, column, height, width), (top[1], left[1], bottom, right)))
+    for top, bottom in _cores(_starts(image_size[0], tile[0], strides[0]), image_size[0], tile[0]):
+        for left, right in _cores(_starts(image_size[1], tile[1], strides[1]), image_size[1], tile[1]):
+            window = (top[0], left[0], min(tile[0], image_size[0] - top[0]), min(tile[1], image_size[1] - left[0]))
+            tiles.append(Tile(window, (top[1], left[1], bottom, right)))
     return tiles
 
 
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Window starts along one axis: a stride of ``tile - overlap``, the last window ending at the image's end."""
-    if length <= tile:
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    """Window starts along one axis, multiples of 8 no more than ``stride`` apart, the last window ending at the
+    image's end: evenly spread from 0 to the last start, rounded down to the stage grid."""
+    last = max(0, -(-(length - tile) // SCALE) * SCALE)
+    if last == 0:
         return [0]
-    count = 1 + math.ceil((length - tile) / (tile - overlap))
-    return [round(k * (length - tile) / (count - 1)) for k in range(count)]
+    count = 1 + -(-last // stride)
+    return [k * last // (count - 1) // SCALE * SCALE for k in range(count - 1)] + [last]
 
 
 def _cores(starts: list[int], length: int, tile: int) -> Iterator[tuple[tuple[int, int], int]]:
