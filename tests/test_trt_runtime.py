@@ -18,6 +18,7 @@ from layercascade.runtime.cascade import DEMO_MODEL, Cascade
 from layercascade.runtime.timing import forced_masks
 from layercascade.runtime.trt.engines import (
     METADATA,
+    OLDEST,
     VERSION,
     BatchRange,
     BuiltEngine,
@@ -123,7 +124,7 @@ def test_an_engine_file_named_outside_the_dir_is_refused(engine_dir, name) -> No
         read_metadata(engine_dir)
 
 
-@pytest.mark.parametrize("version, message", [(VERSION - 1, "from an older lc-build .* rebuild the engines"),
+@pytest.mark.parametrize("version, message", [(OLDEST - 1, "from an older lc-build .* rebuild the engines"),
                                               (VERSION + 1, "newer than this layercascade reads")])
 def test_metadata_of_another_version(engine_dir, version, message) -> None:
     record = json.loads((engine_dir / METADATA).read_text())
@@ -154,12 +155,12 @@ def test_source_onnx_changed(tmp_path) -> None:
 # -- buffer plan --------------------------------------------------------------------------------
 def test_buffer_plan() -> None:
     stages = read_manifest(DEMO_MODEL)["stages"]
-    plan = plan_buffers(stages, max_batch=4)
+    plan = plan_buffers(stages, max_batch=1)
     assert set(plan) == {"image", "rho2", "rho3", "feat1", "scores1", "mask2", "feat2", "scores2", "mask3", "labels",
                          "stage_counts", "forced_mask2", "forced_mask3"}  # each shared tensor once, ρ once a stage
-    assert plan["image"].shape == (4, 160, 160, 3) and plan["image"].nbytes == 4 * 160 * 160 * 3
+    assert plan["image"].shape == (1, 160, 160, 3) and plan["image"].nbytes == 160 * 160 * 3
     assert plan["feat1"].bytes_for(1) == 32 * 20 * 20 * 4 and plan["stage_counts"].dtype == np.int64
-    assert plan["rho2"].shape == plan["rho3"].shape == (1,) and plan["rho3"].bytes_for(3) == 4  # ρ has no batch
+    assert plan["rho2"].shape == plan["rho3"].shape == (1,) and plan["rho3"].bytes_for(1) == 4
     eager, forced = stage_bindings(stages, forced=False), stage_bindings(stages, forced=True)
     assert eager[0]["rho"] == forced[0]["rho"] == "rho2" and eager[1]["rho"] == forced[1]["rho"] == "rho3"
     assert eager[1]["mask2"] == "mask2" and eager[2]["mask3"] == "mask3"
@@ -351,7 +352,7 @@ def test_dynamic_batch_on_simulated_gpu(dynamic_model, tmp_path, monkeypatch) ->
         ours, theirs = engines.run_batch(images), reference.run_batch(images)
         assert ours.labels.shape == (count, 64, 64)
         assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
-    assert set(engines.runner.graphs) == {(1, False), (2, False), (3, False)}
+    assert set(engines.runner.graphs) == {(1, None, False), (2, None, False), (3, None, False)}
 
 
 def test_an_engine_dir_of_a_version_1_manifest_runs_its_one_rho(simulated_gpu) -> None:
