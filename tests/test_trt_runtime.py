@@ -25,7 +25,10 @@ from layercascade.runtime.trt.engines import (
     check_environment,
     check_sources,
     plan_buffers,
+    SizeRange,
+    engine_sizes,
     read_metadata,
+    size_range,
     stage_bindings,
     write_engine_dir,
 )
@@ -215,15 +218,16 @@ def simulate_gpu(monkeypatch) -> SimulatedCuda:
     return cuda
 
 
-def simulated_engine_dir(target: Path, model_dir: Path, batch: BatchRange) -> Path:
-    """An engine dir whose "plans" name the graphs lc-build would hand TensorRT's parser."""
+def simulated_engine_dir(target: Path, model_dir: Path, batch: BatchRange, shapes=None) -> Path:
+    """An engine dir whose "plans" name the graphs lc-build would hand TensorRT's parser, built for ``batch`` and
+    (a dynamic-size export) the image sizes ``shapes`` (lc-build --shapes; None: its default)."""
     from layercascade.plugins.trt_plugin import plugin_source_sha256
     from layercascade.runtime.trt.build import tensorrt_graph
     from layercascade.runtime.trt.check import data_dependent_shapes
 
     target.mkdir()
     settings = {**BUILT, "plugin_sha256": plugin_source_sha256(), "precision": "fp32", "batch": batch,
-                "version_compatible": False}
+                "size": size_range(read_manifest(model_dir), shapes), "version_compatible": False}
 
     def build(graph) -> BuiltEngine:
         parsed, model = target / graph.onnx, tensorrt_graph(graph, model_dir, "fp32")
@@ -353,6 +357,98 @@ def test_dynamic_batch_on_simulated_gpu(dynamic_model, tmp_path, monkeypatch) ->
         assert ours.labels.shape == (count, 64, 64)
         assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
     assert set(engines.runner.graphs) == {(1, None, False), (2, None, False), (3, None, False)}
+
+
+@pytest.fixture(scope="module")
+def dynamic_size_model(tmp_path_factory) -> Path:
+    """A small model exported with --dynamic-size 16x16:96x128 and --dynamic-batch 3 (nominal size 64x64)."""
+    from layercascade.export.stages import export_model
+    from layercascade.tests.helpers import sharpened_checkpoint
+
+    return export_model(sharpened_checkpoint("tiny", (64, 64)), tmp_path_factory.mktemp("dynamic-size") / "model",
+                        dynamic_batch=3, dynamic_size=((16, 16), (96, 128)))
+
+
+def test_dynamic_size_buffer_plan_and_profiles(dynamic_size_model) -> None:
+    """Buffers hold the largest batch at the largest size of the profile; a run's tensors are their leading part,
+    the stage tensors at an eighth of the image; the engines' sizes are checked against lc.json."""
+    manifest = read_manifest(dynamic_size_model)
+    sizes = size_range(manifest, None)
+    assert sizes == SizeRange((16, 16), (64, 64), (96, 128))  # the export's bounds, its nominal size as opt
+    plan = plan_buffers(manifest["stages"], 3, sizes.max)
+    assert plan["image"].shape == (3, 96, 128, 3) and plan["feat1"].shape == (3, 32, 12, 16)
+    assert plan["labels"].shape_for(2, (40, 24)) == (2, 40, 24) and plan["mask2"].shape_for(1, (40, 24)) == (1, 1, 5, 3)
+    assert plan["forced_mask3"].bytes_for(2, (16, 96)) == 2 * 2 * 12 * 4 and plan["rho2"].bytes_for(3, (16, 96)) == 4
+    metadata = {"size": sizes.record()}
+    assert engine_sizes(metadata, manifest, Path("e")) == sizes
+    for record in (None, {**sizes.record(), "max": [96, 96]}, {**sizes.record(), "opt": [8, 8]}):
+        with pytest.raises(LCError, match="engines.json and lc.json disagree about the image sizes; rebuild"):
+            engine_sizes({"size": record}, manifest, Path("e"))
+    assert engine_sizes({"size": None}, read_manifest(DEMO_MODEL), Path("e")) is None
+
+
+def test_dynamic_size_on_simulated_gpu(dynamic_size_model, tmp_path, monkeypatch) -> None:
+    """A --dynamic-size export's engines run images of every size of their profile, at batches 1–3, in buffers
+    sized once for the largest: labels, masks and counts equal ONNX Runtime's on the same graphs, eager and with
+    a CUDA graph per (batch, size); the dense engine too. Sizes outside the profile: one line."""
+    from layercascade.runtime.trt import runner as trt_runner
+    from layercascade.tests.helpers import random_images
+
+    simulate_gpu(monkeypatch)
+    monkeypatch.setattr(trt_runner, "MAX_CAPTURED", 3)
+    engine_dir = simulated_engine_dir(tmp_path / "sim", dynamic_size_model, BatchRange(1, 3, 3))
+    engines = Cascade.load(engine_dir, cuda_graph=True)
+    reference = Cascade.load(dynamic_size_model, backend="ort", lower=False)
+    backend = engines.runner
+    assert backend.plan["image"].shape == (3, 96, 128, 3) and backend.sizes.max == (96, 128)
+    runs = [(1, (64, 64)), (2, (16, 96)), (3, (96, 40)), (1, (72, 128)), (2, (16, 96)), (1, (64, 64))]
+    for count, size in runs:
+        images = random_images(count, size, seed=count + size[1])
+        for rho in (0.9, 0.985):
+            ours, theirs = engines.run_batch(images, rho), reference.run_batch(images, rho)
+            assert ours.labels.shape == (count, *size)
+            for field in ("labels", "mask2", "mask3", "stage_counts"):
+                assert np.array_equal(getattr(ours, field), getattr(theirs, field)), (field, count, size)
+    # One capture per (batch, size), the three most recently used kept (MAX_CAPTURED here).
+    assert list(backend.graphs) == [(1, (72, 128), False), (2, (16, 96), False), (1, (64, 64), False)]
+    images = random_images(2, (40, 24))
+    masks = forced_masks((2, 1, 5, 3), (0.5, 0.2))
+    ours, theirs = engines.run_batch(images, None, masks), reference.run_batch(images, None, masks)
+    assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
+    dense = backend.dense_runner(engines.manifest)
+    expected = reference.runner.dense_runner(reference.manifest)
+    for size in ((24, 88), (96, 128)):
+        images = random_images(1, size)
+        assert np.array_equal(dense.infer({"image": images})["labels"], expected.infer({"image": images})["labels"])
+    for size in ((104, 64), (60, 64), (8, 64)):
+        with pytest.raises(LCError, match=r"the engines take images from 16x16 to 96x128 \(multiples of 8\), got "
+                                          rf"{size[0]}x{size[1]}; rebuild them with lc-build --shapes") as error:
+            backend.run(random_images(1, size), (0.985, 0.985))
+        assert "\n" not in str(error.value)
+
+
+def test_engines_built_for_fewer_sizes_narrow_what_the_cascade_takes(dynamic_size_model, tmp_path,
+                                                                     monkeypatch) -> None:
+    """lc-build --shapes 16x16:32x48:48x64: the engine dir's lc.json takes the profile as its sizes (the cascade
+    pads and tiles to them, fit aims at opt), and engines.json records it per input."""
+    simulate_gpu(monkeypatch)
+    engine_dir = simulated_engine_dir(tmp_path / "sim", dynamic_size_model, BatchRange(1, 3, 3),
+                                      ((16, 16), (32, 48), (48, 64)))
+    manifest = read_manifest(engine_dir)
+    assert manifest["dynamic_size"] == {"min": [16, 16], "max": [48, 64], "multiple": 8}
+    assert manifest["input_size"] == [32, 48] and manifest["stage_size"] == [4, 6]
+    record = read_metadata(engine_dir)
+    assert record["size"] == {"min": [16, 16], "opt": [32, 48], "max": [48, 64]}
+    image = record["engines"]["stage1"]["inputs"][0]
+    assert image["profile"] == {"min": [1, 16, 16, 3], "opt": [3, 32, 48, 3], "max": [3, 48, 64, 3]}
+    feat1 = record["engines"]["stage2"]["inputs"][0]
+    assert feat1["profile"] == {"min": [1, 32, 2, 2], "opt": [3, 32, 4, 6], "max": [3, 32, 6, 8]}
+    engines = Cascade.load(engine_dir)
+    assert engines.takes((48, 64)) and not engines.takes((56, 64)) and engines.input_size == (32, 48)
+    assert engines.runner.plan["image"].shape == (3, 48, 64, 3)
+    from layercascade.tests.helpers import random_images
+
+    assert engines(random_images(1, (70, 90))[0]).labels.shape == (70, 90)
 
 
 def test_an_engine_dir_of_a_version_1_manifest_runs_its_one_rho(simulated_gpu) -> None:
