@@ -530,6 +530,25 @@ def test_trt_cuda_graph_replay_equals_eager(built) -> None:
 @pytest.mark.trt
 @pytest.mark.gpu
 @needs_trt
+def test_trt_dynamic_size_matches_onnxruntime(dynamic_size_model, tmp_path) -> None:
+    """Engines of a --dynamic-size export (profile 16x16 … 96x128, batch 1–3): images of several sizes and batches,
+    eager and replayed from CUDA graphs, agree with ONNX Runtime."""
+    from layercascade.runtime.trt.build import BuildOptions, build_engines
+    from layercascade.tests.helpers import random_images
+
+    target = build_engines(dynamic_size_model, tmp_path / "engines", BuildOptions("fp32", max_batch=3), progress=False)
+    reference = Cascade.load(dynamic_size_model, backend="ort")
+    for cuda_graph in (False, True):
+        engines = Cascade.load(target, cuda_graph=cuda_graph)
+        for count, size in ((1, (64, 64)), (3, (16, 96)), (2, (96, 128)), (1, (64, 64))):
+            images = random_images(count, size, seed=count)
+            ours, theirs = engines.run_batch(images, 0.97), reference.run_batch(images, 0.97)
+            assert ours.labels.shape == (count, *size) and np.mean(ours.labels == theirs.labels) >= 0.999
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+@needs_trt
 def test_trt_forced_masks_and_dense(built) -> None:
     engines, reference = Cascade.load(built["fp32"]), Cascade.load(None, backend="ort")
     image = synthetic_images(1)

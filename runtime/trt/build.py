@@ -271,8 +271,11 @@ def add_profile(builder: Any, config: Any, network: Any, graph: Graph, profile: 
     Every input gets (min, opt, max) shapes from its lc.json dimensions (:func:`profile_shapes`: the batch, the
     image's height and width, the stage tensors' at an eighth of them); TensorRT needs a profile whenever an
     input has a -1 dimension, picks the kernels fastest at opt that are valid for the whole range, and raises at
-    run time for shapes outside it (TensorRT Python API, ``IOptimizationProfile``). The parsed network's dynamic
-    dimensions must be exactly lc.json's symbolic ones, or the profile would describe another graph.
+    run time for shapes outside it (TensorRT Python API, ``IOptimizationProfile``). ``set_shape`` "may (but need
+    not be) called for an input tensor that does not have dynamic dimensions", all three shapes then equal to the
+    network's, and a dimension that is not -1 must be equal in min, opt and max (its docstring in the
+    tensorrt-cu13-bindings 11.4.0.106 wheel): so the parsed network's dynamic dimensions must be exactly lc.json's
+    symbolic ones, which is checked first (otherwise the profile would describe another graph).
     """
     specs = {spec["name"]: spec for spec in graph.spec["inputs"]}
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
