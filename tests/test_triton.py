@@ -41,6 +41,22 @@ def declared_shape(tensor, max_batch_size: int, batch: int) -> list[int]:
     return [batch, *dims] if max_batch_size > 0 else dims
 
 
+def run_model(folder: Path, platform: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, stage_counts) of the repository's model in ``folder`` on the runtime Triton's ``platform`` backend
+    wraps: ONNX Runtime, or OpenVINO's CPU plugin in fp32."""
+    if platform == "onnxruntime":
+        import onnxruntime
+
+        labels, counts = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx")).run(None, feeds)
+        return labels, counts
+    import openvino
+
+    assert (folder / "1" / "model.bin").is_file()
+    compiled = openvino.Core().compile_model(str(folder / "1" / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    answer = compiled(feeds)
+    return answer[compiled.output("labels")], answer[compiled.output("stage_counts")]
+
+
 def images_at(size: tuple[int, int], count: int) -> np.ndarray:
     from layercascade.model.data.images import resize_image
 
@@ -88,19 +104,8 @@ def test_dynamic_batching_takes_a_threshold_per_image(dynamic_model, tmp_path, p
         images = images_at(cascade.input_size, 3)
         assert list(images.shape) == declared_shape(config.input[0], 3, 3)
         expected = [cascade.run_batch(images[k:k + 1], (float(rho2[k, 0]), float(rho3[k, 0]))) for k in range(3)]
-    if platform == "onnxruntime":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx"))
-        labels, counts = session.run(None, {"image": images, "rho2": rho2, "rho3": rho3})
-    else:
-        import openvino
-
-        assert config.backend == "openvino" and (folder / "1" / "model.bin").is_file()
-        compiled = openvino.Core().compile_model(str(folder / "1" / "model.xml"), "CPU",
-                                                 {"INFERENCE_PRECISION_HINT": "f32"})
-        answer = compiled({"image": images, "rho2": rho2, "rho3": rho3})
-        labels, counts = answer[compiled.output("labels")], answer[compiled.output("stage_counts")]
+    assert config.backend == platform
+    labels, counts = run_model(folder, platform, {"image": images, "rho2": rho2, "rho3": rho3})
     for k in range(3):
         np.testing.assert_array_equal(labels[k], expected[k].labels[0])
         np.testing.assert_array_equal(counts[k], expected[k].stage_counts[0])
@@ -128,23 +133,12 @@ def test_a_dynamic_size_model_takes_every_size(dynamic_size_model, tmp_path, pla
     assert {t.name: list(t.dims) for t in config.output} == {"labels": [-1, -1], "stage_counts": [3]}
     assert json.loads((folder / MARKER).read_text())["dynamic_size"] == {"min": [16, 16], "max": [96, 128],
                                                                        "multiple": 8}
-    if platform == "onnxruntime":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx"))
-        run = lambda feeds: session.run(None, feeds)  # noqa: E731
-    else:
-        import openvino
-
-        compiled = openvino.Core().compile_model(str(folder / "1" / "model.xml"), "CPU",
-                                                 {"INFERENCE_PRECISION_HINT": "f32"})
-        run = lambda feeds: [compiled(feeds)[compiled.output(name)] for name in ("labels", "stage_counts")]  # noqa: E731
     with Cascade.load(dynamic_size_model, backend="ort") as cascade:
         for count, size in ((2, (48, 88)), (1, (96, 40))):
             images = images_at(size, count)
             assert list(images.shape) == declared_shape(config.input[0], 3, count)[:1] + [*size, 3]
             rho = np.full((count, 1), 0.97, np.float32)
-            labels, counts = run({"image": images, "rho2": rho, "rho3": rho})
+            labels, counts = run_model(folder, platform, {"image": images, "rho2": rho, "rho3": rho})
             expected = cascade.run_batch(images, 0.97)
             assert labels.shape == (count, *size)
             np.testing.assert_array_equal(labels, expected.labels)

@@ -43,7 +43,7 @@ from layercascade.runtime.trt.engines import (
     HOST_OUTPUTS,
     BufferSpec,
     Size,
-    engine_sizes,
+    SizeRange,
     plan_buffers,
     size_text,
     stage_bindings,
@@ -173,16 +173,17 @@ class TrtBackend(StagedBackend):
 
     def __init__(self, engine_dir: Path, manifest: dict[str, Any], metadata: dict[str, Any], trt: Any,
                  cudart: Any, gpu: dict[str, str], runtime: tuple[Any, Any], engines: list[Any],
-                 cuda_graph: bool = False) -> None:
+                 cuda_graph: bool = False, sizes: SizeRange | None = None) -> None:
         """``runtime``: the ``trt.Runtime`` that deserialized ``engines`` (the stage engines, in order)
-        and its logger, which must live as long as it (``loader.load`` prepares all three)."""
+        and its logger, which must live as long as it (``loader.load`` prepares all three); ``sizes``: the image
+        sizes the engines were built for (:func:`engine_sizes`; None: the export's fixed size)."""
         self.precision = metadata["precision"]
         self.engine_dir, self.trt, self.cudart = engine_dir, trt, cudart
         self.runtime, self.logger = runtime
         self.metadata = metadata
         self.gpu = gpu  # name and compute capability, for reports (lc-bench's machine line)
         self.max_batch = int(metadata["batch"]["max"])
-        self.sizes = engine_sizes(metadata, manifest, engine_dir)  # None: the export's fixed size
+        self.sizes = sizes
         self.stage_specs = manifest["stages"]
         self.plan = plan_buffers(self.stage_specs, self.max_batch, self.sizes.max if self.sizes else None)
         self.memory = _Memory(cudart)
