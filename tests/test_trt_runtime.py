@@ -118,6 +118,16 @@ def test_corrupt_metadata(engine_dir, text) -> None:
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("batch", [{"min": 1, "opt": 1, "max": 10**9}, {"min": 2, "opt": 1, "max": 4},
+                                   {"min": 1, "opt": 1}, {"min": True, "opt": 1, "max": 1}, [1, 1, 1]])
+def test_an_untrusted_batch_range_is_refused(engine_dir, batch) -> None:
+    """engines.json's batch sizes the runtime's buffers: integers 1 … 4096, min <= opt <= max, or one line."""
+    record = json.loads((engine_dir / METADATA).read_text())
+    (engine_dir / METADATA).write_text(json.dumps({**record, "batch": batch}))
+    with pytest.raises(LCError, match="corrupt engine metadata"):
+        read_metadata(engine_dir)
+
+
 @pytest.mark.parametrize("name", ["../stage1.engine", "/tmp/stage1.engine", "sub/stage1.engine"])
 def test_an_engine_file_named_outside_the_dir_is_refused(engine_dir, name) -> None:
     record = json.loads((engine_dir / METADATA).read_text())
@@ -273,6 +283,8 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
     assert np.array_equal(dense, expected)
     with pytest.raises(LCError, match="at most 1 images per run, got 2; rebuild with lc-build --max-batch 2"):
         backend.run(images[:2], (0.985, 0.985))
+    with pytest.raises(LCError, match="the engines take 160x160 images, got 168x160"):
+        backend.run(np.zeros((1, 168, 160, 3), np.uint8), (0.985, 0.985))
     staged = backend.run_stages(images[:1], (0.9, 0.985))  # lc-bench --per-stage: the stages timed apart
     assert set(staged.timings) == {"stage1", "stage2", "stage3", "total"}
     assert np.array_equal(staged.labels, reference.run_batch(images[:1], (0.9, 0.985)).labels)

@@ -84,6 +84,18 @@ def batch_range(manifest: dict[str, Any], max_batch: int | None) -> BatchRange:
 Size = tuple[int, int]  # (height, width) of the image
 
 
+# The sizes a dynamic-size export takes are multiples of 8 (lc.json's dynamic_size "multiple"), and its stage
+# tensors are an eighth of the image (contract.DYNAMIC_STAGE_DIMS = DYNAMIC_DIMS / 8).
+MULTIPLE = 8
+# Symbolic dimension of the stage graph contract → (axis of the image size, divisor).
+SPATIAL_DIMS = {DYNAMIC_DIMS[0]: (0, 1), DYNAMIC_DIMS[1]: (1, 1),
+                DYNAMIC_STAGE_DIMS[0]: (0, MULTIPLE), DYNAMIC_STAGE_DIMS[1]: (1, MULTIPLE)}
+
+
+def size_text(size: Sequence[int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
 @dataclass(frozen=True)
 class SizeRange:
     """Image sizes (H, W) an engine accepts: TensorRT's (min, opt, max) of the image's height and width, and of
@@ -101,18 +113,6 @@ class SizeRange:
 
     def record(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-
-# The sizes a dynamic-size export takes are multiples of 8 (lc.json's dynamic_size "multiple"), and its stage
-# tensors are an eighth of the image (contract.DYNAMIC_STAGE_DIMS = DYNAMIC_DIMS / 8).
-MULTIPLE = 8
-# Symbolic dimension of the stage graph contract → (axis of the image size, divisor).
-SPATIAL_DIMS = {DYNAMIC_DIMS[0]: (0, 1), DYNAMIC_DIMS[1]: (1, 1),
-                DYNAMIC_STAGE_DIMS[0]: (0, MULTIPLE), DYNAMIC_STAGE_DIMS[1]: (1, MULTIPLE)}
-
-
-def size_text(size: Sequence[int]) -> str:
-    return f"{size[0]}x{size[1]}"
 
 
 def size_range(manifest: dict[str, Any], shapes: Sequence[Size] | None) -> SizeRange | None:

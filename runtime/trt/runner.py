@@ -152,7 +152,7 @@ class EngineRunner:
         nothing about a context whose enqueue went into a capture that failed; trtexec keeps using
         it after a refused enqueue (``samples/common/sampleInference.cpp``), but not after TensorRT
         enqueued into a capture the driver then invalidated. A new context is cheap and certain. The
-        old one is kept: graphs captured from it for other batches still use its memory."""
+        old one is kept: graphs captured from it for other batches or sizes still use its memory."""
         self.retired.append(self.context)
         self.context = self.engine.create_execution_context()
         if self.shape is not None:
