@@ -317,7 +317,7 @@ def test_lc_build_help(capsys) -> None:
         build.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--precision", "--timing-cache", "--workspace", "--max-batch", "--version-compatible"):
+    for flag in ("--precision", "--timing-cache", "--workspace", "--max-batch", "--shapes", "--version-compatible"):
         assert flag in out
 
 
