@@ -26,6 +26,22 @@ def size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def sizes(count: int, example: str) -> Callable[[str], tuple[tuple[int, int], ...]]:
+    """An argument type: ``count`` sizes ``HxW`` joined by ``:`` (``example``), e.g. a range ``MIN:MAX`` or a
+    TensorRT profile ``MIN:OPT:MAX``."""
+    def parse(text: str) -> tuple[tuple[int, int], ...]:
+        parts = text.split(":")
+        try:
+            if len(parts) != count:
+                raise argparse.ArgumentTypeError("")
+            return tuple(size(part) for part in parts)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected {count} sizes HxW joined by ':' such as {example}, "
+                                             f"got {text!r}") from None
+
+    return parse
+
+
 def positive_int(text: str) -> int:
     """An integer ≥ 1 (underscores allowed: 150_000_000)."""
     try:

@@ -3,14 +3,19 @@
 TensorRT's ONNX parser maps every ``lc::RegionConv`` node (it carries
 ``plugin_namespace = "lc"``) to this plugin (docs/tensorrt.md). The plugin has
 
-* ``register`` — the output descriptor: X's dtype, shape (N, C_out, H, W);
+* ``register`` — the output descriptor: X's dtype, shape (N, C_out, H, W), N, H and W being X's own shape
+  expressions (symbolic in a dynamic-batch or dynamic-size engine);
 * ``autotune`` — fp32 or fp16 for all five I/O (the mask travels in the data type, as the
   exported fp16 graphs carry it), LINEAR layout everywhere, tactics :data:`TACTICS`;
 * ``aot_impl`` — the Triton kernel ``_region_conv_masked_kernel`` compiled to PTX for the GPU
   the engine is built on, NCHW variant (``CHANNELS_LAST = 0``: TensorRT's LINEAR tensors are
   read in place, no transposes), layer parameters baked in as constexprs because TensorRT
   does not serialise attributes into AOT engines; grid, block, shared memory and the int32
-  arguments (H, W, N·H·W) are expressions of shapes only. The engine then runs without Python;
+  arguments (H, W, N·H·W) are expressions of shapes only, which TensorRT resolves at run time for
+  the shapes of each run (NVIDIA's ``qdp_defs.py`` circ_pad AOT sample: extra arguments "derivatives of
+  input/output shapes (that may be dynamic)", "resolved after the full shape context becomes available
+  at runtime"), so one kernel serves every size of the optimization profile. The engine then runs
+  without Python;
 * ``impl`` — the JIT fallback: the same kernel through Triton's launcher (groups ≠ 1: the
   PyTorch reference).
 
@@ -154,6 +159,9 @@ def layer_from_node(x_channels: int, weight_shape: Sequence[int], pads: Sequence
     check_attributes(pads, dilations, group, activation)
     if len(weight_shape) != 4 or min(weight_shape) < 1:
         fail(f"lc::RegionConv needs a static (C_out, C_in/group, KH, KW) weight, got shape {tuple(weight_shape)}")
+    if x_channels < 1:  # TensorRT gives -1 for a dynamic dimension; only N, H, W may be (the kernel bakes C in)
+        fail(f"lc::RegionConv needs a static input channel count (only batch, height and width may be dynamic), got "
+             f"{x_channels}")
     c_out, c_in_group, kh, kw = (int(d) for d in weight_shape)
     if x_channels != c_in_group * group or c_out % group:
         fail(f"lc::RegionConv: input has {x_channels} channels, weight {tuple(weight_shape)}, group {group}: "
@@ -391,6 +399,8 @@ def define_plugin(trt: Any, trtp: Any) -> None:
         attributes = attribute_values(dict(zip(fields, args[len(INPUTS):-2])))
         tactic = args[-1]
         precision = precision_of(x)
+        # x.shape is the build-time shape, -1 where a dimension is dynamic: only the (static) channels are read
+        # from it; N, H and W come from the shape expressions, which TensorRT resolves for each run.
         layer = layer_from_node(x.shape[1], tuple(w.shape), **attributes)
         kernel = aot_kernel(layer, precision, device_arch(), tactic, driver_cuda_version(WHO))
         n, h, width = x.shape_expr[0], x.shape_expr[2], x.shape_expr[3]

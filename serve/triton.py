@@ -6,11 +6,15 @@
   ``model.onnx``; for its ``openvino`` backend the OpenVINO IR (``model.xml`` + ``model.bin``). A
   dynamic-batch export gets Triton's dynamic batching: every request then carries its own thresholds
   (shape [1] each per image; the graph compares each image's pixels with its own), so requests with
-  different thresholds batch together.
+  different thresholds batch together. A dynamic-size export (lc-export --dynamic-size) has -1 for the
+  image's and the labels' height and width; a client sends sizes the export takes (multiples of 8 within
+  the bounds ``lc-triton.json`` records), padding as ``Cascade`` does.
 * An engine dir (lc-build) becomes an ensemble of the three stage plans (``tensorrt_plan``), wired
   by tensor name (stage 1's ``rho`` is the ensemble's ``rho2``, stage 2's ``rho3``). Its stage graphs
   take one threshold each for the whole batch, so the ensemble has no
-  Triton batching (``max_batch_size: 0``): a client sends a whole batch at once.
+  Triton batching (``max_batch_size: 0``): a client sends a whole batch at once. Dimensions the engines
+  take in a range (the batch, and a dynamic-size export's heights and widths) are -1; the plans'
+  optimization profile bounds them (``lc-triton.json`` records it).
 
 Each model folder holds ``lc-triton.json`` (what it was made from); an existing folder is
 replaced only if it holds one, so other models in the repository are never touched. No Triton
@@ -271,7 +275,8 @@ def graph_model(source: Path, name: str, platform: str, max_batch: int | None, i
         else:
             save_openvino_ir(model, version / "model.xml")
         (folder / "config.pbtxt").write_text(config.text())
-        (folder / MARKER).write_text(marker(source, platform, max_batch_size=batch_size))
+        sizes = {"dynamic_size": manifest["dynamic_size"]} if "dynamic_size" in manifest else {}
+        (folder / MARKER).write_text(marker(source, platform, max_batch_size=batch_size, **sizes))
 
     return name, write
 
@@ -332,6 +337,7 @@ def ensemble_models(source: Path, name: str, instances: int) -> list[tuple[str, 
     def write_ensemble(folder: Path) -> None:
         (folder / "1").mkdir()  # Triton wants a version folder, empty for an ensemble
         (folder / "config.pbtxt").write_text(ensemble.text())
-        (folder / MARKER).write_text(marker(source, "tensorrt", stages=[s for s, _ in models]))
+        sizes = {"size_profile": metadata["size"]} if metadata.get("size") else {}
+        (folder / MARKER).write_text(marker(source, "tensorrt", stages=[s for s, _ in models], **sizes))
 
     return [*models, (name, write_ensemble)]

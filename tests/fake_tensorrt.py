@@ -16,7 +16,7 @@ import onnx
 
 from layercascade.manifest import read_manifest
 from layercascade.runtime.inputs import DEMO_MODEL
-from layercascade.runtime.trt.engines import BatchRange, BuiltEngine, write_engine_dir
+from layercascade.runtime.trt.engines import BuiltEngine, batch_range, size_range, write_engine_dir
 
 TENSORRT_VERSION = "11.4.0.106"
 GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -26,8 +26,11 @@ DRIVER_VERSION = 13000
 
 
 def fake_engine_dir(target: Path, model_dir: Path = DEMO_MODEL, precision: str = "fp16") -> Path:
-    settings = {**BUILT, "precision": precision, "batch": BatchRange(1, 1, 1), "version_compatible": False}
-    return write_engine_dir(target, model_dir, read_manifest(model_dir),
+    """An engine dir of ``model_dir`` with stand-in plans, built for lc-build's default profile."""
+    manifest = read_manifest(model_dir)
+    settings = {**BUILT, "precision": precision, "batch": batch_range(manifest, None),
+                "size": size_range(manifest, None), "version_compatible": False}
+    return write_engine_dir(target, model_dir, manifest,
                             lambda graph: BuiltEngine(f"plan of {graph.name}".encode(), "00" * 32, False), settings)
 
 

@@ -41,6 +41,22 @@ def declared_shape(tensor, max_batch_size: int, batch: int) -> list[int]:
     return [batch, *dims] if max_batch_size > 0 else dims
 
 
+def run_model(folder: Path, platform: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, stage_counts) of the repository's model in ``folder`` on the runtime Triton's ``platform`` backend
+    wraps: ONNX Runtime, or OpenVINO's CPU plugin in fp32."""
+    if platform == "onnxruntime":
+        import onnxruntime
+
+        labels, counts = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx")).run(None, feeds)
+        return labels, counts
+    import openvino
+
+    assert (folder / "1" / "model.bin").is_file()
+    compiled = openvino.Core().compile_model(str(folder / "1" / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    answer = compiled(feeds)
+    return answer[compiled.output("labels")], answer[compiled.output("stage_counts")]
+
+
 def images_at(size: tuple[int, int], count: int) -> np.ndarray:
     from layercascade.model.data.images import resize_image
 
@@ -88,23 +104,45 @@ def test_dynamic_batching_takes_a_threshold_per_image(dynamic_model, tmp_path, p
         images = images_at(cascade.input_size, 3)
         assert list(images.shape) == declared_shape(config.input[0], 3, 3)
         expected = [cascade.run_batch(images[k:k + 1], (float(rho2[k, 0]), float(rho3[k, 0]))) for k in range(3)]
-    if platform == "onnxruntime":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx"))
-        labels, counts = session.run(None, {"image": images, "rho2": rho2, "rho3": rho3})
-    else:
-        import openvino
-
-        assert config.backend == "openvino" and (folder / "1" / "model.bin").is_file()
-        compiled = openvino.Core().compile_model(str(folder / "1" / "model.xml"), "CPU",
-                                                 {"INFERENCE_PRECISION_HINT": "f32"})
-        answer = compiled({"image": images, "rho2": rho2, "rho3": rho3})
-        labels, counts = answer[compiled.output("labels")], answer[compiled.output("stage_counts")]
+    assert config.backend == platform
+    labels, counts = run_model(folder, platform, {"image": images, "rho2": rho2, "rho3": rho3})
     for k in range(3):
         np.testing.assert_array_equal(labels[k], expected[k].labels[0])
         np.testing.assert_array_equal(counts[k], expected[k].stage_counts[0])
     assert len({tuple(c) for c in counts}) > 1  # the thresholds really differed per image
+
+
+@pytest.fixture(scope="module")
+def dynamic_size_model(tmp_path_factory) -> Path:
+    """A small model exported with --dynamic-size 16x16:96x128 and --dynamic-batch 3 (nominal size 64x64)."""
+    from layercascade.export.stages import export_model
+    from layercascade.tests.helpers import sharpened_checkpoint
+
+    return export_model(sharpened_checkpoint("tiny", (64, 64)), tmp_path_factory.mktemp("dynamic-size") / "model",
+                        dynamic_batch=3, dynamic_size=((16, 16), (96, 128)))
+
+
+@pytest.mark.parametrize("platform", ["onnxruntime", "openvino"])
+def test_a_dynamic_size_model_takes_every_size(dynamic_size_model, tmp_path, platform) -> None:
+    """A --dynamic-size export: the image's and the labels' height and width are -1 in the config (the marker
+    records the bounds), and the repository's model runs at two sizes, a batch each, as the cascade does."""
+    [folder] = write_repository(dynamic_size_model, tmp_path / "repo", platform=platform)
+    config = parse_config(folder)
+    assert config.max_batch_size == 3
+    assert {t.name: list(t.dims) for t in config.input} == {"image": [-1, -1, 3], "rho2": [1], "rho3": [1]}
+    assert {t.name: list(t.dims) for t in config.output} == {"labels": [-1, -1], "stage_counts": [3]}
+    assert json.loads((folder / MARKER).read_text())["dynamic_size"] == {"min": [16, 16], "max": [96, 128],
+                                                                       "multiple": 8}
+    with Cascade.load(dynamic_size_model, backend="ort") as cascade:
+        for count, size in ((2, (48, 88)), (1, (96, 40))):
+            images = images_at(size, count)
+            assert list(images.shape) == declared_shape(config.input[0], 3, count)[:1] + [*size, 3]
+            rho = np.full((count, 1), 0.97, np.float32)
+            labels, counts = run_model(folder, platform, {"image": images, "rho2": rho, "rho3": rho})
+            expected = cascade.run_batch(images, 0.97)
+            assert labels.shape == (count, *size)
+            np.testing.assert_array_equal(labels, expected.labels)
+            np.testing.assert_array_equal(counts, expected.stage_counts)
 
 
 def test_engine_dir_becomes_an_ensemble(tmp_path) -> None:
@@ -133,6 +171,21 @@ def test_engine_dir_becomes_an_ensemble(tmp_path) -> None:
         assert (folder / "1" / "model.plan").read_bytes() == (engines / engine["file"]).read_bytes()
     assert {t.name for t in ensemble.output} == {"labels", "stage_counts"} <= available
     assert all(kinds[t.name] == (t.data_type, list(t.dims)) for t in ensemble.output)
+
+
+def test_a_dynamic_size_engine_dir_has_variable_dims(dynamic_size_model, tmp_path) -> None:
+    """The ensemble of a --dynamic-size export's engines: -1 for the batch and every height and width (image,
+    labels and the stage tensors between the plans), its other dims as built."""
+    engines = fake_engine_dir(tmp_path / "engines", dynamic_size_model)
+    folders = write_repository(engines, tmp_path / "repo", name="lc")
+    ensemble = parse_config(folders[-1])
+    assert {t.name: list(t.dims) for t in ensemble.input} == {"image": [-1, -1, -1, 3], "rho2": [1], "rho3": [1]}
+    assert {t.name: list(t.dims) for t in ensemble.output} == {"labels": [-1, -1, -1], "stage_counts": [-1, 3]}
+    stage2 = parse_config(folders[1])
+    assert {t.name: list(t.dims) for t in stage2.input} == {"feat1": [-1, 32, -1, -1], "mask2": [-1, 1, -1, -1],
+                                                            "rho": [1]}
+    assert json.loads((folders[-1] / MARKER).read_text())["size_profile"] == {"min": [16, 16], "opt": [64, 64],
+                                                                             "max": [96, 128]}
 
 
 def test_other_models_are_left_alone_and_ours_replaced(tmp_path) -> None:

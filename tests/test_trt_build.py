@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,9 +22,12 @@ from layercascade.runtime.trt.engines import (
     METADATA,
     BatchRange,
     BuiltEngine,
+    Graph,
+    SizeRange,
     batch_range,
     is_engine_dir,
     profile_shapes,
+    size_range,
     write_engine_dir,
 )
 from layercascade.tests.fake_tensorrt import install_gpu_without_builder
@@ -128,6 +132,80 @@ def test_batch_range_and_profiles() -> None:
         profile_shapes([{"name": "image", "shape": ["batch", "h", 160, 3]}], BatchRange(1, 1, 1))
 
 
+@pytest.fixture(scope="module")
+def dynamic_size_model(tmp_path_factory) -> Path:
+    """A small model exported with --dynamic-size 16x16:96x128 and --dynamic-batch 3 (nominal size 64x64)."""
+    from layercascade.export.stages import export_model
+    from layercascade.tests.helpers import sharpened_checkpoint
+
+    return export_model(sharpened_checkpoint("tiny", (64, 64)), tmp_path_factory.mktemp("dynamic-size") / "model",
+                        dynamic_batch=3, dynamic_size=((16, 16), (96, 128)))
+
+
+def test_size_profiles_of_a_dynamic_size_export(dynamic_size_model) -> None:
+    """--shapes MIN:OPT:MAX within the export's bounds (default: the bounds, the nominal size as opt); the image's
+    height and width and the stage tensors' (an eighth) follow it, with the batch range."""
+    manifest = read_manifest(dynamic_size_model)
+    assert size_range(manifest, None) == SizeRange((16, 16), (64, 64), (96, 128))
+    sizes = size_range(manifest, ((16, 32), (48, 48), (64, 128)))
+    inputs = {stage["file"]: stage["inputs"] for stage in manifest["stages"]}
+    shapes = profile_shapes([*inputs["stage1.onnx"], *inputs["stage3.onnx"]], BatchRange(1, 2, 3), sizes)
+    assert shapes["image"] == ([1, 16, 32, 3], [2, 48, 48, 3], [3, 64, 128, 3]) and shapes["rho"] == ([1],) * 3
+    assert shapes["feat2"] == ([1, 64, 2, 4], [2, 64, 6, 6], [3, 64, 8, 16])
+    assert shapes["mask2"] == ([1, 1, 2, 4], [2, 1, 6, 6], [3, 1, 8, 16])
+    for shapes, message in [
+        (((16, 16), (60, 64), (96, 128)), "multiple of 8"),
+        (((16, 16), (64, 64), (48, 128)), "MIN <= OPT <= MAX"),
+        (((8, 16), (64, 64), (96, 128)), r"outside the sizes the model was exported for \(16x16 to 96x128"),
+        (((16, 16), (64, 64), (96, 136)), "outside the sizes"),
+        (((16, 16), (64, 64)), "three sizes"),
+    ]:
+        with pytest.raises(LCError, match=message) as error:
+            size_range(manifest, shapes)
+        assert "\n" not in str(error.value)
+    fixed = read_manifest(DEMO_MODEL)
+    assert size_range(fixed, None) is None and size_range(fixed, ((160, 160),) * 3) is None
+    with pytest.raises(LCError, match="exported at a fixed 160x160; re-export it with lc-export --dynamic-size"):
+        size_range(fixed, ((160, 160), (160, 160), (320, 320)))
+
+
+class _Network:
+    """A parsed network's inputs as TensorRT reports them (-1: a dynamic dimension)."""
+
+    def __init__(self, shapes: dict[str, list[int]]) -> None:
+        self.inputs = [type("Tensor", (), {"name": name, "shape": shape}) for name, shape in shapes.items()]
+        self.num_inputs = len(self.inputs)
+
+    def get_input(self, index: int):
+        return self.inputs[index]
+
+
+def test_the_optimization_profile_lc_build_adds(dynamic_size_model) -> None:
+    """Every input of a network with dynamic dimensions gets its (min, opt, max) from lc.json's dimensions; a
+    static network none; a parsed input whose dynamic dimensions are not lc.json's symbolic ones is refused."""
+    from layercascade.runtime.trt.build import Profile, add_profile
+
+    manifest = read_manifest(dynamic_size_model)
+    graph = Graph("stage2", "stage2.onnx", manifest["stages"][1])
+    profile = Profile(BatchRange(1, 3, 3), SizeRange((16, 16), (64, 64), (96, 128)))
+    calls = []
+    builder = type("Builder", (), {"create_optimization_profile": lambda self: type("Profile", (), {
+        "set_shape": lambda self, *args: calls.append(args)})()})()
+    config = type("Config", (), {"add_optimization_profile": lambda self, p: calls.append("added")})()
+    add_profile(builder, config, _Network({"feat1": [-1, 32, -1, -1], "mask2": [-1, 1, -1, -1], "rho": [1]}), graph,
+                profile)
+    assert calls == [("feat1", [1, 32, 2, 2], [3, 32, 8, 8], [3, 32, 12, 16]),
+                     ("mask2", [1, 1, 2, 2], [3, 1, 8, 8], [3, 1, 12, 16]), ("rho", [1], [1], [1]), "added"]
+    with pytest.raises(LCError, match=r"TensorRT parsed input 'mask2' as \[-1, 1, 8, -1\], lc.json lists"):
+        add_profile(builder, config, _Network({"feat1": [-1, 32, -1, -1], "mask2": [-1, 1, 8, -1], "rho": [1]}),
+                    graph, profile)
+    calls.clear()
+    static = Graph("stage2", "stage2.onnx", read_manifest(DEMO_MODEL)["stages"][1])
+    add_profile(builder, config, _Network({"feat1": [1, 32, 20, 20], "mask2": [1, 1, 20, 20], "rho": [1]}), static,
+                Profile(BatchRange(1, 1, 1), None))
+    assert calls == []
+
+
 # -- the engine-dir writer (TensorRT stood in by a fake builder) --------------------------------
 SETTINGS = {"precision": "fp16", "tensorrt": "11.4.0.106", "gpu": {"name": "NVIDIA H100", "compute_capability": "9.0"},
             "plugin_sha256": "ab" * 32, "ptx_cuda": "12.8", "batch": BatchRange(1, 1, 1), "version_compatible": False}
@@ -146,7 +224,7 @@ def test_write_engine_dir(tmp_path) -> None:
     metadata = json.loads((target / METADATA).read_text())
     assert metadata["tensorrt"] == "11.4.0.106" and metadata["precision"] == "fp16"
     assert metadata["gpu"]["compute_capability"] == "9.0" and metadata["plugin_sha256"] == "ab" * 32
-    assert metadata["ptx_cuda"] == "12.8"
+    assert metadata["ptx_cuda"] == "12.8" and metadata["size"] is None  # a fixed-size export
     assert [r["data_dependent_shapes"] for r in metadata["engines"].values()] == [False, False, True, False]
     record = metadata["engines"]["stage2"]
     assert record["onnx_sha256"] == sha256_file(DEMO_MODEL / "stage2.onnx")
@@ -239,7 +317,7 @@ def test_lc_build_help(capsys) -> None:
         build.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--precision", "--timing-cache", "--workspace", "--max-batch", "--version-compatible"):
+    for flag in ("--precision", "--timing-cache", "--workspace", "--max-batch", "--shapes", "--version-compatible"):
         assert flag in out
 
 
@@ -248,14 +326,16 @@ def _errors(findings) -> list[str]:
     return [f.line() for f in findings if f.level == "error"]
 
 
-def test_check_passes_every_kind_of_export(tiny_model, dynamic_model, demo_int8, tmp_path) -> None:
-    """fp32 and fp16 of a static and a dynamic-batch export, the INT8 dir, a dense-only export: no
-    error; NonZero (the label upsampling's mixed cells) is listed as a warning with its cost."""
+def test_check_passes_every_kind_of_export(tiny_model, dynamic_model, dynamic_size_model, demo_int8,
+                                           tmp_path) -> None:
+    """fp32 and fp16 of a static, a dynamic-batch and a dynamic-size export, the INT8 dir, a dense-only export:
+    no error; NonZero (the label upsampling's mixed cells) is listed as a warning with its cost."""
     from layercascade.export.stages import export_model
     from layercascade.runtime.trt.build import check_model_dir
 
     dense = export_model(tiny_model[0], tmp_path / "dense", dense_only=True)
-    for folder, graphs in ((tiny_model[1], 8), (dynamic_model[1], 8), (demo_int8[0], 4), (dense, 2)):
+    for folder, graphs in ((tiny_model[1], 8), (dynamic_model[1], 8), (dynamic_size_model, 8), (demo_int8[0], 4),
+                           (dense, 2)):
         findings, checked = check_model_dir(folder)
         assert checked == graphs and _errors(findings) == [], folder
         warnings = [f for f in findings if f.level == "warning"]
@@ -407,6 +487,42 @@ def test_lc_build_check_command(tmp_path, capsys) -> None:
     code, err = lc_build([str(bad), "--precision", "fp32", "-o", str(tmp_path / "engines")], capsys)
     assert code == 1 and "unique (Unique)" in err and "1 node(s) TensorRT's ONNX parser would reject" in err
     assert not (tmp_path / "engines").exists()
+
+
+def test_lc_build_check_of_a_dynamic_size_export(dynamic_size_model, tmp_path, monkeypatch, capsys) -> None:
+    """lc-build --check reports the profile a build would use (--max-batch, --shapes or the defaults) and refuses
+    sizes outside the export's bounds, as lc-build does before it needs TensorRT; an input dimension no profile
+    covers is an error of the check."""
+    from layercascade.runtime.trt.build import profile_findings
+
+    folder = str(dynamic_size_model)
+    assert run_cli(build.main, [folder, "--check"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == ("profile: batch 1 … 3 (opt 3), images 16x16 … 96x128 (opt 64x64), stage tensors 2x2 … "
+                         "12x16")
+    assert run_cli(build.main, [folder, "--check", "--json", "--max-batch", "2", "--shapes", "16x16:32x32:48x64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"] == 0 and report["profile"] == {
+        "batch": {"min": 1, "opt": 2, "max": 2}, "size": {"min": [16, 16], "opt": [32, 32], "max": [48, 64]}}
+    for argv in ([folder, "--check"], [folder, "--precision", "fp16", "-o", str(tmp_path / "engines")]):
+        code, err = lc_build([*argv, "--shapes", "16x16:64x64:128x128"], capsys)
+        assert code == 1 and "\n" not in err
+        assert err == ("error: --shapes 16x16:64x64:128x128: outside the sizes the model was exported for (16x16 to "
+                       "96x128, lc-export --dynamic-size); choose sizes within them, or re-export with wider bounds")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    code, err = lc_build([folder, "--precision", "fp16", "-o", str(tmp_path / "engines"), "--shapes",
+                          "16x16:64x64:96x96"], capsys)
+    assert code == 1 and "needs TensorRT" in err and list(tmp_path.iterdir()) == []  # past the profile checks
+    with pytest.raises(SystemExit) as exit_info:
+        build.main([folder, "--check", "--shapes", "16x16:64x64"])
+    assert exit_info.value.code == 2 and "expected 3 sizes HxW joined by ':'" in capsys.readouterr().err
+    model = onnx.load(dynamic_size_model / "stage2.onnx")
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "channels"
+    [finding] = profile_findings(model, "stage2.onnx (fp32)")
+    assert finding.level == "error" and finding.line().startswith(
+        "error: stage2.onnx (fp32): feat1 (graph input): tensor 'feat1' has the symbolic dimension 'channels'")
+    assert run_cli(build.main, ["--check"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2] == "profile: batch 1, images 160x160 (a fixed-size export)"
 
 
 def test_version_compatible_engines_with_the_python_plugin_are_refused(tmp_path, capsys) -> None:

@@ -114,6 +114,7 @@ def test_layer_from_node() -> None:
     ((24, (20, 24, 3, 3), [2, 2, 2, 2], [2, 2], 1, 7), "activation"),
     ((24, (20, 24, 3, 3), [2, 2], [2, 2], 1, 1), "4 pads"),
     ((24, (-1, 24, 3, 3), [2, 2, 2, 2], [2, 2], 1, 1), "static"),
+    ((-1, (20, 24, 3, 3), [2, 2, 2, 2], [2, 2], 1, 1), "static input channel count"),
 ])
 def test_layer_from_node_rejects(args: tuple, message: str) -> None:
     with pytest.raises(LCError, match=message):
@@ -329,14 +330,46 @@ def test_jit_body_matches_reference_on_gpu() -> None:
 
 
 # -- the plugin definitions, driven through a stand-in for tensorrt.plugin ----------------------
-class _Desc:
-    """A TensorDesc with plain ints for its shape expressions."""
+class _Sym:
+    """A symbolic shape expression: a function of the dimensions' values (``{"N": 2, "H": 7, "W": 9}``)."""
 
-    def __init__(self, dtype: str, shape: tuple[int, ...]) -> None:
-        self.dtype, self.shape, self.shape_expr = dtype, shape, list(shape)
+    def __init__(self, value) -> None:
+        self.value = value if callable(value) else (lambda dims, v=value: v)
+
+    @staticmethod
+    def of(value) -> _Sym:
+        return value if isinstance(value, _Sym) else _Sym(value)
+
+    def __add__(self, other) -> _Sym:
+        return _Sym(lambda dims: self.value(dims) + _Sym.of(other).value(dims))
+
+    def __mul__(self, other) -> _Sym:
+        return _Sym(lambda dims: self.value(dims) * _Sym.of(other).value(dims))
+
+    def __floordiv__(self, other) -> _Sym:
+        return _Sym(lambda dims: self.value(dims) // _Sym.of(other).value(dims))
+
+    __radd__, __rmul__ = __add__, __mul__
+
+
+def _at(value, dims: dict[str, int]) -> int:
+    """A shape expression (or an int) at given dimension values."""
+    return value.value(dims) if isinstance(value, _Sym) else value
+
+
+class _Desc:
+    """A TensorDesc: ``shape`` as TensorRT gives it at build time (-1 for a dynamic dimension), shape expressions
+    plain ints or :class:`_Sym` (named dimensions ``N``, ``H``, ``W``)."""
+
+    def __init__(self, dtype: str, shape: tuple) -> None:
+        self.dtype, self.shape_expr = dtype, [_Sym(lambda dims, d=d: dims[d]) if isinstance(d, str) else d
+                                              for d in shape]
+        self.shape = tuple(-1 if isinstance(d, str) else d for d in shape)
 
     def like(self) -> _Desc:
-        return _Desc(self.dtype, self.shape)
+        copy = _Desc(self.dtype, ())
+        copy.shape, copy.shape_expr = self.shape, list(self.shape_expr)
+        return copy
 
 
 class _LaunchParams:
@@ -354,10 +387,12 @@ def _stand_in() -> tuple[SimpleNamespace, SimpleNamespace, dict]:
         return lambda pid: (lambda fn: defined.setdefault((kind, pid), fn))
 
     trtp = SimpleNamespace(
-        TensorDesc=_Desc, Tensor=type("Tensor", (), {}), KernelLaunchParams=_LaunchParams, SymInt32=_SymInt32,
+        TensorDesc=_Desc, Tensor=type("Tensor", (), {}), KernelLaunchParams=_LaunchParams,
+        SymInt32=lambda e: e if isinstance(e, _Sym) else _SymInt32(e),
         SymIntExprs=type("SymIntExprs", (), {"from_tuple": staticmethod(tuple)}),
         AutoTuneCombination=type("AutoTuneCombination", (), {"__init__": lambda self, *a: setattr(self, "spec", a)}),
-        cdiv=lambda a, b: -(-a // b), register=decorator("register"), autotune=decorator("autotune"),
+        cdiv=lambda a, b: _Sym(lambda dims: -(-_at(a, dims) // b)) if isinstance(a, _Sym) else -(-a // b),
+        register=decorator("register"), autotune=decorator("autotune"),
         aot_impl=decorator("aot_impl"), impl=decorator("impl"))
     trt = SimpleNamespace(DataType=SimpleNamespace(FLOAT="FLOAT", HALF="HALF"))
     return trt, trtp, defined
@@ -399,6 +434,29 @@ def test_plugin_definitions_follow_tensorrt_schemas(monkeypatch: pytest.MonkeyPa
 
     with pytest.raises(LCError, match="fp32 or fp16"):
         defined[("aot_impl", pid)](_Desc("INT8", x.shape), w, b, m, *ATTRIBUTES.values(), (out,), 1)
+
+
+def test_plugin_on_dynamic_batch_and_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dynamic-size engine: N, H and W of X and M are shape expressions (``shape`` -1 at build time). The output
+    descriptor is (N, C_out, H, W) of X's own expressions; the one AOT kernel (constexprs from the static channels
+    and weight only) takes H, W, N·H·W and a grid of cdiv(N·H·W, BLOCK_M) from the runtime shapes, so every size of
+    the profile launches right."""
+    trt, trtp, defined = _stand_in()
+    trt_plugin.define_plugin(trt, trtp)
+    pid = trt_plugin.plugin_id()
+    x, w, b, m = (_Desc("HALF", s) for s in (("N", 24, "H", "W"), (20, 24, 3, 3), (20,), ("N", 1, "H", "W")))
+    out = defined[("register", pid)](x, w, b, m, **ATTRIBUTES)
+    monkeypatch.setattr(trt_plugin, "device_arch", lambda: "sm_90")
+    monkeypatch.setattr(trt_plugin, "driver_cuda_version", lambda who: "12.8")
+    name, _, launch, scalars = defined[("aot_impl", pid)](x, w, b, m, *ATTRIBUTES.values(), (out,), 1)
+    config = trt_plugin.tile_config(LAYER, "fp16", 1)
+    assert name == trt_plugin.aot_kernel(LAYER, "fp16", "sm_90", 1, "12.8").name  # the static layer's kernel
+    for n, h, width in ((1, 4, 4), (2, 7, 9), (3, 33, 17), (8, 256, 128)):
+        dims = {"N": n, "H": h, "W": width}
+        assert [_at(e, dims) for e in out.shape_expr] == [n, 20, h, width]
+        assert (_at(launch.grid_x, dims), launch.grid_y, launch.grid_z) == (*kernels.conv_grid(n * h * width, 20,
+                                                                                                 config), 1)
+        assert [_at(e, dims) for e in scalars] == [h, width, n * h * width]
 
 
 @pytest.mark.parametrize("release", CREATOR_RELEASES)
@@ -485,9 +543,11 @@ _classes = {}
 def __getattr__(name): return _classes.setdefault(name, _Meta(name, (_Anything,), {}))
 """
 
-# What TensorRT does with an AOT QDP during a build, in the order it does it, with integer
-# shape expressions: create it from parser-style fields, ask output types and shapes, formats,
-# configure, tactics, launch parameters and the kernel.
+# What TensorRT does with an AOT QDP during a build, in the order it does it: create it from parser-style
+# fields, ask output types and shapes, formats, configure, tactics, launch parameters and the kernel. Shape
+# expressions are functions of named dimensions: constants for a static network, and for a dynamic one N, H, W
+# symbolic (IDimensionExprs that are not build-time constants, -1 in the build-time dims), evaluated afterwards at
+# the sizes TensorRT's runtime would resolve them to.
 GLUE_SCRIPT = """
 import json, sys
 import numpy as np
@@ -501,15 +561,22 @@ trt_plugin.driver_cuda_version = lambda who: "12.8"
 trt_plugin.define_plugin(trt, trtp)
 
 class Expr(trt.IDimensionExpr):
-    def __init__(self, v): self.v = v
-    def is_constant(self): return True
-    def get_constant_value(self): return self.v
+    def __init__(self, at, constant=None): self.at, self.constant = at, constant
+    def is_constant(self): return self.constant is not None
+    def get_constant_value(self): return self.constant
+
+def constant(v): return Expr(lambda dims: v, v)
+def dim(d): return Expr(lambda dims: dims[d]) if isinstance(d, str) else constant(d)
 
 class Builder:
     ops = {"SUM": int.__add__, "PROD": int.__mul__, "FLOOR_DIV": int.__floordiv__, "SUB": int.__sub__,
            "CEIL_DIV": lambda a, b: -(-a // b)}
-    def constant(self, v): return Expr(v)
-    def operation(self, op, a, b): return Expr(self.ops[op.split(".")[1]](a.v, b.v))
+    def constant(self, v): return constant(v)
+    def operation(self, op, a, b):
+        f = self.ops[op.split(".")[1]]
+        if a.is_constant() and b.is_constant():
+            return constant(f(a.constant, b.constant))
+        return Expr(lambda dims: f(a.at(dims), b.at(dims)))
 
 class Field:
     def __init__(self, name, data): self.name, self.data = name, data
@@ -519,7 +586,7 @@ class Desc:
         self.dims, self.type, self.format, self.scale = trt.Dims(dims), dtype, trt.TensorFormat.LINEAR, -1.0
 
 class DynDesc(trt.DynamicPluginTensorDesc):
-    def __init__(self, dims, dtype): self.desc = Desc(dims, dtype)
+    def __init__(self, dims, dtype): self.desc = Desc([-1 if isinstance(d, str) else d for d in dims], dtype)
 
 class Record:
     pass
@@ -527,30 +594,37 @@ class Record:
 class Setter(dict):
     nbSymExprs = 0
 
-results = {}
-shapes = [(2, 24, 7, 9), (20, 24, 3, 3), (20,), (2, 1, 7, 9)]
 fields = [Field("activation", np.array([1], np.int32)), Field("dilations", np.array([2, 2], np.int32)),
           Field("group", np.array([1], np.int32)), Field("pads", np.array([2, 2, 2, 2], np.int32))]
-for dtype in (trt.DataType.FLOAT, trt.DataType.HALF):
-    creator = trt.creators[("RegionConv", "lc")]
-    plugin = creator.create_plugin("RegionConv", "lc", fields, None, trt.QuickPluginCreationRequest.STRICT_AOT)
-    builder = Builder()
-    types = plugin.get_output_data_types([dtype] * 4, [len(s) for s in shapes])
-    out = plugin.get_output_shapes([[Expr(d) for d in s] for s in shapes], [], builder)
-    in_out = [DynDesc(s, dtype) for s in shapes] + [DynDesc((2, 20, 7, 9), dtype)]
-    _tensor.SymIntExpr._exprBuilder = builder
-    formats = plugin.get_supported_format_combinations(in_out, 4)
-    plugin.configure_plugin(in_out[:4], in_out[4:])
-    tactics = sorted(plugin.get_valid_tactics())
-    plugin.set_tactic(2)
-    launch, setter = Record(), Setter()
-    plugin.get_launch_params([[Expr(d) for d in s] for s in shapes], in_out, 4, launch, setter, builder)
-    name, ptx = plugin.get_kernel([d.desc for d in in_out[:4]], [in_out[4].desc])
-    results[dtype] = {"plugin": type(plugin).__name__, "types": types, "shape": [e.v for e in out[0]],
-                      "formats": len(formats), "tactics": tactics,
-                      "launch": {k: getattr(launch, k).expr.v for k in vars(launch)},
-                      "extra": [setter[i].expr.v for i in range(setter.nbSymExprs)], "kernel": name,
-                      "ptx_has_kernel": name.encode() in ptx}
+# X's dimensions (a str: dynamic); per network, the dimension values to evaluate at (a static network has its one).
+X = ("N", 24, "H", "W")
+sizes = {"static": [{"N": 2, "H": 7, "W": 9}],
+         "dynamic": [{"N": 2, "H": 7, "W": 9}, {"N": 1, "H": 4, "W": 4}, {"N": 3, "H": 33, "W": 17}]}
+results = {}
+for network, at in sizes.items():
+    x = X if network == "dynamic" else tuple(at[0].get(d, d) for d in X)
+    shapes = [x, (20, 24, 3, 3), (20,), (x[0], 1, x[2], x[3])]
+    for dtype in (trt.DataType.FLOAT, trt.DataType.HALF):
+        creator = trt.creators[("RegionConv", "lc")]
+        plugin = creator.create_plugin("RegionConv", "lc", fields, None, trt.QuickPluginCreationRequest.STRICT_AOT)
+        builder = Builder()
+        types = plugin.get_output_data_types([dtype] * 4, [len(s) for s in shapes])
+        out = plugin.get_output_shapes([[dim(d) for d in s] for s in shapes], [], builder)
+        in_out = [DynDesc(s, dtype) for s in shapes] + [DynDesc((x[0], 20, x[2], x[3]), dtype)]
+        _tensor.SymIntExpr._exprBuilder = builder
+        formats = plugin.get_supported_format_combinations(in_out, 4)
+        plugin.configure_plugin(in_out[:4], in_out[4:])
+        tactics = sorted(plugin.get_valid_tactics())
+        plugin.set_tactic(2)
+        launch, setter = Record(), Setter()
+        plugin.get_launch_params([[dim(d) for d in s] for s in shapes], in_out, 4, launch, setter, builder)
+        name, ptx = plugin.get_kernel([d.desc for d in in_out[:4]], [in_out[4].desc])
+        results.setdefault(network, {})[dtype] = [
+            {"plugin": type(plugin).__name__, "types": types, "shape": [e.at(dims) for e in out[0]],
+             "formats": len(formats), "tactics": tactics,
+             "launch": {k: getattr(launch, k).expr.at(dims) for k in vars(launch)},
+             "extra": [setter[i].expr.at(dims) for i in range(setter.nbSymExprs)], "kernel": name,
+             "ptx_has_kernel": name.encode() in ptx} for dims in at]
 print(json.dumps(results))
 """
 
@@ -559,7 +633,9 @@ print(json.dumps(results))
 def test_plugin_through_tensorrt_plugin_code(release: str, files: dict[str, bytes], tmp_path: Path) -> None:
     """The real tensorrt.plugin of a release (its C++ module stubbed) registers the plugin, validates its
     four functions and takes it through a build's calls, from the fields the ONNX parser makes of an
-    exported node (INT attributes: one-element int32 arrays) to the AOT kernel and its launch."""
+    exported node (INT attributes: one-element int32 arrays) to the AOT kernel and its launch: in a static
+    network, and in a dynamic one (batch, height and width symbolic, as in a dynamic-size engine) whose output
+    shape, grid and scalars resolve to the right values at every size, with the same kernel."""
     package = tmp_path / "tensorrt"
     (package / "plugin").mkdir(parents=True)
     for name, text in files.items():
@@ -570,16 +646,17 @@ def test_plugin_through_tensorrt_plugin_code(release: str, files: dict[str, byte
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    for dtype, precision in (("DataType.FLOAT", "fp32"), ("DataType.HALF", "fp16")):
-        config = trt_plugin.tile_config(LAYER, precision, 2)
-        kernel = trt_plugin.aot_kernel(LAYER, precision, "sm_90", 2, "12.8")
-        assert results[dtype] == {
-            "plugin": "_TemplateAOTPlugin", "types": [dtype], "shape": [2, 20, 7, 9],
-            "formats": 10,  # two type combinations × five I/O
-            "tactics": list(trt_plugin.TACTICS),
-            "launch": {"grid_x": -(-2 * 7 * 9 // config.block_m), "grid_y": -(-20 // config.block_n), "grid_z": 1,
-                       "block_x": kernel.threads, "block_y": 1, "block_z": 1, "shared_mem": kernel.shared_bytes},
-            "extra": [7, 9, 2 * 7 * 9], "kernel": kernel.name, "ptx_has_kernel": True}
+    for network, sizes in (("static", [(2, 7, 9)]), ("dynamic", [(2, 7, 9), (1, 4, 4), (3, 33, 17)])):
+        for dtype, precision in (("DataType.FLOAT", "fp32"), ("DataType.HALF", "fp16")):
+            config = trt_plugin.tile_config(LAYER, precision, 2)
+            kernel = trt_plugin.aot_kernel(LAYER, precision, "sm_90", 2, "12.8")
+            assert results[network][dtype] == [{
+                "plugin": "_TemplateAOTPlugin", "types": [dtype], "shape": [n, 20, h, w],
+                "formats": 10,  # two type combinations × five I/O
+                "tactics": list(trt_plugin.TACTICS),
+                "launch": {"grid_x": -(-n * h * w // config.block_m), "grid_y": -(-20 // config.block_n), "grid_z": 1,
+                           "block_x": kernel.threads, "block_y": 1, "block_z": 1, "shared_mem": kernel.shared_bytes},
+                "extra": [h, w, n * h * w], "kernel": kernel.name, "ptx_has_kernel": True} for n, h, w in sizes], network
 
 
 # -- register_plugins without TensorRT, the source hash ------------------------------------------

@@ -18,13 +18,17 @@ from layercascade.runtime.cascade import DEMO_MODEL, Cascade
 from layercascade.runtime.timing import forced_masks
 from layercascade.runtime.trt.engines import (
     METADATA,
+    OLDEST,
     VERSION,
     BatchRange,
     BuiltEngine,
     check_environment,
     check_sources,
     plan_buffers,
+    SizeRange,
+    engine_sizes,
     read_metadata,
+    size_range,
     stage_bindings,
     write_engine_dir,
 )
@@ -114,6 +118,16 @@ def test_corrupt_metadata(engine_dir, text) -> None:
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("batch", [{"min": 1, "opt": 1, "max": 10**9}, {"min": 2, "opt": 1, "max": 4},
+                                   {"min": 1, "opt": 1}, {"min": True, "opt": 1, "max": 1}, [1, 1, 1]])
+def test_an_untrusted_batch_range_is_refused(engine_dir, batch) -> None:
+    """engines.json's batch sizes the runtime's buffers: integers 1 … 4096, min <= opt <= max, or one line."""
+    record = json.loads((engine_dir / METADATA).read_text())
+    (engine_dir / METADATA).write_text(json.dumps({**record, "batch": batch}))
+    with pytest.raises(LCError, match="corrupt engine metadata"):
+        read_metadata(engine_dir)
+
+
 @pytest.mark.parametrize("name", ["../stage1.engine", "/tmp/stage1.engine", "sub/stage1.engine"])
 def test_an_engine_file_named_outside_the_dir_is_refused(engine_dir, name) -> None:
     record = json.loads((engine_dir / METADATA).read_text())
@@ -123,7 +137,7 @@ def test_an_engine_file_named_outside_the_dir_is_refused(engine_dir, name) -> No
         read_metadata(engine_dir)
 
 
-@pytest.mark.parametrize("version, message", [(VERSION - 1, "from an older lc-build .* rebuild the engines"),
+@pytest.mark.parametrize("version, message", [(OLDEST - 1, "from an older lc-build .* rebuild the engines"),
                                               (VERSION + 1, "newer than this layercascade reads")])
 def test_metadata_of_another_version(engine_dir, version, message) -> None:
     record = json.loads((engine_dir / METADATA).read_text())
@@ -154,12 +168,12 @@ def test_source_onnx_changed(tmp_path) -> None:
 # -- buffer plan --------------------------------------------------------------------------------
 def test_buffer_plan() -> None:
     stages = read_manifest(DEMO_MODEL)["stages"]
-    plan = plan_buffers(stages, max_batch=4)
+    plan = plan_buffers(stages, max_batch=1)
     assert set(plan) == {"image", "rho2", "rho3", "feat1", "scores1", "mask2", "feat2", "scores2", "mask3", "labels",
                          "stage_counts", "forced_mask2", "forced_mask3"}  # each shared tensor once, ρ once a stage
-    assert plan["image"].shape == (4, 160, 160, 3) and plan["image"].nbytes == 4 * 160 * 160 * 3
+    assert plan["image"].shape == (1, 160, 160, 3) and plan["image"].nbytes == 160 * 160 * 3
     assert plan["feat1"].bytes_for(1) == 32 * 20 * 20 * 4 and plan["stage_counts"].dtype == np.int64
-    assert plan["rho2"].shape == plan["rho3"].shape == (1,) and plan["rho3"].bytes_for(3) == 4  # ρ has no batch
+    assert plan["rho2"].shape == plan["rho3"].shape == (1,) and plan["rho3"].bytes_for(1) == 4
     eager, forced = stage_bindings(stages, forced=False), stage_bindings(stages, forced=True)
     assert eager[0]["rho"] == forced[0]["rho"] == "rho2" and eager[1]["rho"] == forced[1]["rho"] == "rho3"
     assert eager[1]["mask2"] == "mask2" and eager[2]["mask3"] == "mask3"
@@ -214,15 +228,16 @@ def simulate_gpu(monkeypatch) -> SimulatedCuda:
     return cuda
 
 
-def simulated_engine_dir(target: Path, model_dir: Path, batch: BatchRange) -> Path:
-    """An engine dir whose "plans" name the graphs lc-build would hand TensorRT's parser."""
+def simulated_engine_dir(target: Path, model_dir: Path, batch: BatchRange, shapes=None) -> Path:
+    """An engine dir whose "plans" name the graphs lc-build would hand TensorRT's parser, built for ``batch`` and
+    (a dynamic-size export) the image sizes ``shapes`` (lc-build --shapes; None: its default)."""
     from layercascade.plugins.trt_plugin import plugin_source_sha256
     from layercascade.runtime.trt.build import tensorrt_graph
     from layercascade.runtime.trt.check import data_dependent_shapes
 
     target.mkdir()
     settings = {**BUILT, "plugin_sha256": plugin_source_sha256(), "precision": "fp32", "batch": batch,
-                "version_compatible": False}
+                "size": size_range(read_manifest(model_dir), shapes), "version_compatible": False}
 
     def build(graph) -> BuiltEngine:
         parsed, model = target / graph.onnx, tensorrt_graph(graph, model_dir, "fp32")
@@ -268,6 +283,8 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
     assert np.array_equal(dense, expected)
     with pytest.raises(LCError, match="at most 1 images per run, got 2; rebuild with lc-build --max-batch 2"):
         backend.run(images[:2], (0.985, 0.985))
+    with pytest.raises(LCError, match="the engines take 160x160 images, got 168x160"):
+        backend.run(np.zeros((1, 168, 160, 3), np.uint8), (0.985, 0.985))
     staged = backend.run_stages(images[:1], (0.9, 0.985))  # lc-bench --per-stage: the stages timed apart
     assert set(staged.timings) == {"stage1", "stage2", "stage3", "total"}
     assert np.array_equal(staged.labels, reference.run_batch(images[:1], (0.9, 0.985)).labels)
@@ -351,7 +368,99 @@ def test_dynamic_batch_on_simulated_gpu(dynamic_model, tmp_path, monkeypatch) ->
         ours, theirs = engines.run_batch(images), reference.run_batch(images)
         assert ours.labels.shape == (count, 64, 64)
         assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
-    assert set(engines.runner.graphs) == {(1, False), (2, False), (3, False)}
+    assert set(engines.runner.graphs) == {(1, None, False), (2, None, False), (3, None, False)}
+
+
+@pytest.fixture(scope="module")
+def dynamic_size_model(tmp_path_factory) -> Path:
+    """A small model exported with --dynamic-size 16x16:96x128 and --dynamic-batch 3 (nominal size 64x64)."""
+    from layercascade.export.stages import export_model
+    from layercascade.tests.helpers import sharpened_checkpoint
+
+    return export_model(sharpened_checkpoint("tiny", (64, 64)), tmp_path_factory.mktemp("dynamic-size") / "model",
+                        dynamic_batch=3, dynamic_size=((16, 16), (96, 128)))
+
+
+def test_dynamic_size_buffer_plan_and_profiles(dynamic_size_model) -> None:
+    """Buffers hold the largest batch at the largest size of the profile; a run's tensors are their leading part,
+    the stage tensors at an eighth of the image; the engines' sizes are checked against lc.json."""
+    manifest = read_manifest(dynamic_size_model)
+    sizes = size_range(manifest, None)
+    assert sizes == SizeRange((16, 16), (64, 64), (96, 128))  # the export's bounds, its nominal size as opt
+    plan = plan_buffers(manifest["stages"], 3, sizes.max)
+    assert plan["image"].shape == (3, 96, 128, 3) and plan["feat1"].shape == (3, 32, 12, 16)
+    assert plan["labels"].shape_for(2, (40, 24)) == (2, 40, 24) and plan["mask2"].shape_for(1, (40, 24)) == (1, 1, 5, 3)
+    assert plan["forced_mask3"].bytes_for(2, (16, 96)) == 2 * 2 * 12 * 4 and plan["rho2"].bytes_for(3, (16, 96)) == 4
+    metadata = {"size": sizes.record()}
+    assert engine_sizes(metadata, manifest, Path("e")) == sizes
+    for record in (None, {**sizes.record(), "max": [96, 96]}, {**sizes.record(), "opt": [8, 8]}):
+        with pytest.raises(LCError, match="engines.json and lc.json disagree about the image sizes; rebuild"):
+            engine_sizes({"size": record}, manifest, Path("e"))
+    assert engine_sizes({"size": None}, read_manifest(DEMO_MODEL), Path("e")) is None
+
+
+def test_dynamic_size_on_simulated_gpu(dynamic_size_model, tmp_path, monkeypatch) -> None:
+    """A --dynamic-size export's engines run images of every size of their profile, at batches 1–3, in buffers
+    sized once for the largest: labels, masks and counts equal ONNX Runtime's on the same graphs, eager and with
+    a CUDA graph per (batch, size); the dense engine too. Sizes outside the profile: one line."""
+    from layercascade.runtime.trt import runner as trt_runner
+    from layercascade.tests.helpers import random_images
+
+    simulate_gpu(monkeypatch)
+    monkeypatch.setattr(trt_runner, "MAX_CAPTURED", 3)
+    engine_dir = simulated_engine_dir(tmp_path / "sim", dynamic_size_model, BatchRange(1, 3, 3))
+    engines = Cascade.load(engine_dir, cuda_graph=True)
+    reference = Cascade.load(dynamic_size_model, backend="ort", lower=False)
+    backend = engines.runner
+    assert backend.plan["image"].shape == (3, 96, 128, 3) and backend.sizes.max == (96, 128)
+    runs = [(1, (64, 64)), (2, (16, 96)), (3, (96, 40)), (1, (72, 128)), (2, (16, 96)), (1, (64, 64))]
+    for count, size in runs:
+        images = random_images(count, size, seed=count + size[1])
+        for rho in (0.9, 0.985):
+            ours, theirs = engines.run_batch(images, rho), reference.run_batch(images, rho)
+            assert ours.labels.shape == (count, *size)
+            for field in ("labels", "mask2", "mask3", "stage_counts"):
+                assert np.array_equal(getattr(ours, field), getattr(theirs, field)), (field, count, size)
+    # One capture per (batch, size), the three most recently used kept (MAX_CAPTURED here).
+    assert list(backend.graphs) == [(1, (72, 128), False), (2, (16, 96), False), (1, (64, 64), False)]
+    images = random_images(2, (40, 24))
+    masks = forced_masks((2, 1, 5, 3), (0.5, 0.2))
+    ours, theirs = engines.run_batch(images, None, masks), reference.run_batch(images, None, masks)
+    assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
+    dense = backend.dense_runner(engines.manifest)
+    expected = reference.runner.dense_runner(reference.manifest)
+    for size in ((24, 88), (96, 128)):
+        images = random_images(1, size)
+        assert np.array_equal(dense.infer({"image": images})["labels"], expected.infer({"image": images})["labels"])
+    for size in ((104, 64), (60, 64), (8, 64)):
+        with pytest.raises(LCError, match=r"the engines take images from 16x16 to 96x128 \(multiples of 8\), got "
+                                          rf"{size[0]}x{size[1]}; rebuild them with lc-build --shapes") as error:
+            backend.run(random_images(1, size), (0.985, 0.985))
+        assert "\n" not in str(error.value)
+
+
+def test_engines_built_for_fewer_sizes_narrow_what_the_cascade_takes(dynamic_size_model, tmp_path,
+                                                                     monkeypatch) -> None:
+    """lc-build --shapes 16x16:32x48:48x64: the engine dir's lc.json takes the profile as its sizes (the cascade
+    pads and tiles to them, fit aims at opt), and engines.json records it per input."""
+    simulate_gpu(monkeypatch)
+    engine_dir = simulated_engine_dir(tmp_path / "sim", dynamic_size_model, BatchRange(1, 3, 3),
+                                      ((16, 16), (32, 48), (48, 64)))
+    manifest = read_manifest(engine_dir)
+    assert manifest["dynamic_size"] == {"min": [16, 16], "max": [48, 64], "multiple": 8}
+    assert manifest["input_size"] == [32, 48] and manifest["stage_size"] == [4, 6]
+    record = read_metadata(engine_dir)
+    assert record["size"] == {"min": [16, 16], "opt": [32, 48], "max": [48, 64]}
+    image = record["engines"]["stage1"]["inputs"][0]
+    assert image["profile"] == {"min": [1, 16, 16, 3], "opt": [3, 32, 48, 3], "max": [3, 48, 64, 3]}
+    feat1 = record["engines"]["stage2"]["inputs"][0]
+    assert feat1["profile"] == {"min": [1, 32, 2, 2], "opt": [3, 32, 4, 6], "max": [3, 32, 6, 8]}
+    engines = Cascade.load(engine_dir)
+    assert engines.takes((48, 64)) and not engines.takes((56, 64)) and engines.input_size == (32, 48)
+    assert engines.runner.plan["image"].shape == (3, 48, 64, 3)
+    from layercascade.tests.helpers import random_images
+
+    assert engines(random_images(1, (70, 90))[0]).labels.shape == (70, 90)
 
 
 def test_an_engine_dir_of_a_version_1_manifest_runs_its_one_rho(simulated_gpu) -> None:
@@ -428,6 +537,25 @@ def test_trt_cuda_graph_replay_equals_eager(built) -> None:
             a, b = eager.run_batch(image[None], rho), graphed.run_batch(image[None], rho)
             assert np.array_equal(a.labels, b.labels) and np.array_equal(a.stage_counts, b.stage_counts)
             assert np.array_equal(a.mask2, b.mask2) and np.array_equal(a.mask3, b.mask3)
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+@needs_trt
+def test_trt_dynamic_size_matches_onnxruntime(dynamic_size_model, tmp_path) -> None:
+    """Engines of a --dynamic-size export (profile 16x16 … 96x128, batch 1–3): images of several sizes and batches,
+    eager and replayed from CUDA graphs, agree with ONNX Runtime."""
+    from layercascade.runtime.trt.build import BuildOptions, build_engines
+    from layercascade.tests.helpers import random_images
+
+    target = build_engines(dynamic_size_model, tmp_path / "engines", BuildOptions("fp32", max_batch=3), progress=False)
+    reference = Cascade.load(dynamic_size_model, backend="ort")
+    for cuda_graph in (False, True):
+        engines = Cascade.load(target, cuda_graph=cuda_graph)
+        for count, size in ((1, (64, 64)), (3, (16, 96)), (2, (96, 128)), (1, (64, 64))):
+            images = random_images(count, size, seed=count)
+            ours, theirs = engines.run_batch(images, 0.97), reference.run_batch(images, 0.97)
+            assert ours.labels.shape == (count, *size) and np.mean(ours.labels == theirs.labels) >= 0.999
 
 
 @pytest.mark.trt

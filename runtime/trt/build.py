@@ -6,7 +6,7 @@ the ONNX graph's: fp32 as exported, fp16 through :func:`layercascade.export.fp16
 int8 as the QDQ graphs ``lc-calibrate`` writes. API as documented in the TensorRT Python API
 reference (``trt.Builder``, ``create_network``, ``trt.OnnxParser.parse``,
 ``IBuilderConfig.set_memory_pool_limit`` / ``create_timing_cache`` / ``set_timing_cache`` /
-``add_optimization_profile`` / ``BuilderFlag.VERSION_COMPATIBLE``,
+``add_optimization_profile`` / ``IOptimizationProfile.set_shape`` / ``BuilderFlag.VERSION_COMPATIBLE``,
 ``build_serialized_network``) and checked by name against the ``tensorrt-cu13-bindings``
 11.4 wheel; never run on a real TensorRT here (docs/build.md).
 """
@@ -22,21 +22,27 @@ from typing import Any
 
 from tqdm import tqdm
 
-from layercascade.errors import fail
-from layercascade.export.graph import check_stage_graphs, drop_unused_initializers, load_onnx
+from layercascade.errors import LCError, fail
+from layercascade.export.graph import check_stage_graphs, drop_unused_initializers, io_spec, load_onnx
 from layercascade.manifest import MANIFEST, check_cascade_fields, read_manifest, write_atomic
 from layercascade.plugins.nvidia import create_trt, gpu_info, import_tensorrt
 from layercascade.plugins.trt_plugin import kernel_ptx_cuda, plugin_source_sha256, register_plugins
 from layercascade.runtime.trt.check import Finding, check_graph, data_dependent_shapes
 from layercascade.runtime.trt.engines import (
     PRECISIONS,
+    MULTIPLE,
     BatchRange,
     BuiltEngine,
     Graph,
+    Size,
+    SizeRange,
     batch_range,
     check_output_dir,
+    concrete_shape,
     graphs_of,
     profile_shapes,
+    size_range,
+    size_text,
     write_engine_dir,
 )
 
@@ -45,13 +51,42 @@ WHO = "lc-build"
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """The lc-build flags: precision, timing cache file, workspace limit, largest batch, version compatibility."""
+    """The lc-build flags: precision, timing cache file, workspace limit, largest batch, version compatibility,
+    and the image sizes of a dynamic-size export (``--shapes``: (min, opt, max) of (H, W); None: the export's
+    bounds with its nominal size as opt)."""
 
     precision: str
     timing_cache: Path | None = None
     workspace_gib: float | None = None
     max_batch: int | None = None
     version_compatible: bool = False
+    shapes: tuple[Size, Size, Size] | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The optimization profile lc-build builds every engine of a model dir for."""
+
+    batch: BatchRange
+    sizes: SizeRange | None  # None: the export's fixed size
+
+    def describe(self, manifest: dict[str, Any]) -> str:
+        """One line: ``batch 1 … 4 (opt 4), images 32x32 … 2048x2048 (opt 160x160), stage tensors 4x4 … 256x256``."""
+        batch = self.batch
+        text = f"batch {batch.min}" if batch.min == batch.max else f"batch {batch.min} … {batch.max} (opt {batch.opt})"
+        if self.sizes is None:
+            return f"{text}, images {size_text(manifest['input_size'])} (a fixed-size export)"
+        low, opt, high = self.sizes.min, self.sizes.opt, self.sizes.max
+        stage = [size_text([n // MULTIPLE for n in size]) for size in (low, high)]
+        return (f"{text}, images {size_text(low)} … {size_text(high)} (opt {size_text(opt)}), stage tensors "
+                f"{stage[0]} … {stage[1]}")
+
+
+def build_profile(manifest: dict[str, Any], max_batch: int | None = None,
+                  shapes: tuple[Size, Size, Size] | None = None) -> Profile:
+    """The batch range (``--max-batch``) and image sizes (``--shapes``) lc-build builds for: one line if the export
+    does not take them."""
+    return Profile(batch_range(manifest, max_batch), size_range(manifest, shapes))
 
 
 def check_precision(manifest: dict[str, Any], model_dir: Path, precision: str) -> None:
@@ -182,8 +217,8 @@ def network_flags(trt: Any, uses_plugin: bool) -> int:
 class _Builder:
     """One ``trt.Builder`` and a timing cache shared by the engines of one lc-build run."""
 
-    def __init__(self, trt: Any, options: BuildOptions, batch: BatchRange, model_dir: Path) -> None:
-        self.trt, self.options, self.batch, self.model_dir = trt, options, batch, model_dir
+    def __init__(self, trt: Any, options: BuildOptions, profile: Profile, model_dir: Path) -> None:
+        self.trt, self.options, self.profile, self.model_dir = trt, options, profile, model_dir
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.builder = create_trt(trt, "Builder", self.logger, WHO)
         cache_bytes = b""
@@ -192,7 +227,7 @@ class _Builder:
         # A cache made with b"" starts empty; a file from an earlier run skips re-timing tactics.
         self.timing_cache = self.builder.create_builder_config().create_timing_cache(cache_bytes)
 
-    def config(self, network: Any) -> Any:
+    def config(self, network: Any, graph: Graph) -> Any:
         trt, options = self.trt, self.options
         config = self.builder.create_builder_config()
         if options.workspace_gib is not None:
@@ -201,14 +236,7 @@ class _Builder:
             fail(f"{options.timing_cache}: TensorRT rejected the timing cache (another TensorRT or GPU); delete it")
         if options.version_compatible:
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-        inputs = [network.get_input(i) for i in range(network.num_inputs)]
-        if any(-1 in tuple(tensor.shape) for tensor in inputs):
-            profile = self.builder.create_optimization_profile()
-            shapes = profile_shapes([{"name": t.name, "shape": ["batch" if d == -1 else d for d in t.shape]}
-                                     for t in inputs], self.batch)
-            for name, (low, opt, high) in shapes.items():
-                profile.set_shape(name, low, opt, high)
-            config.add_optimization_profile(profile)
+        add_profile(self.builder, config, network, graph, self.profile)
         return config
 
     def build(self, graph: Graph) -> BuiltEngine:
@@ -221,7 +249,7 @@ class _Builder:
         if not parser.parse(model, str(self.model_dir / graph.onnx)):
             errors = "; ".join(str(parser.get_error(i)).splitlines()[0] for i in range(min(parser.num_errors, 3)))
             fail(f"{self.model_dir / graph.onnx}: TensorRT's ONNX parser rejected it ({errors})")
-        plan = self.builder.build_serialized_network(network, self.config(network))
+        plan = self.builder.build_serialized_network(network, self.config(network, graph))
         if plan is None:
             fail(f"{graph.onnx}: TensorRT could not build an engine (see its log above; a larger --workspace "
                  "may help)")
@@ -235,6 +263,33 @@ class _Builder:
             except OSError as error:
                 fail(f"{self.options.timing_cache}: cannot write the timing cache ({error.strerror or error}); "
                      "the engines were written")
+
+
+def add_profile(builder: Any, config: Any, network: Any, graph: Graph, profile: Profile) -> None:
+    """Add the optimization profile of ``graph`` to ``config``, if its network has dynamic inputs.
+
+    Every input gets (min, opt, max) shapes from its lc.json dimensions (:func:`profile_shapes`: the batch, the
+    image's height and width, the stage tensors' at an eighth of them); TensorRT needs a profile whenever an
+    input has a -1 dimension, picks the kernels fastest at opt that are valid for the whole range, and raises at
+    run time for shapes outside it (TensorRT Python API, ``IOptimizationProfile``). ``set_shape`` "may (but need
+    not be) called for an input tensor that does not have dynamic dimensions", all three shapes then equal to the
+    network's, and a dimension that is not -1 must be equal in min, opt and max (its docstring in the
+    tensorrt-cu13-bindings 11.4.0.106 wheel): so the parsed network's dynamic dimensions must be exactly lc.json's
+    symbolic ones, which is checked first (otherwise the profile would describe another graph).
+    """
+    specs = {spec["name"]: spec for spec in graph.spec["inputs"]}
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    for tensor in inputs:
+        dims = specs.get(tensor.name, {}).get("shape")
+        if dims is None or [-1 if isinstance(d, str) else d for d in dims] != list(tensor.shape):
+            fail(f"{graph.onnx}: TensorRT parsed input {tensor.name!r} as {list(tensor.shape)}, lc.json lists "
+                 f"{dims}; re-export the model")
+    if not any(-1 in tuple(tensor.shape) for tensor in inputs):
+        return
+    optimization_profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in profile_shapes([specs[t.name] for t in inputs], profile.batch, profile.sizes).items():
+        optimization_profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(optimization_profile)
 
 
 def buildable_precisions(manifest: dict[str, Any]) -> list[str]:
@@ -252,9 +307,22 @@ def check_model_dir(model_dir: str | os.PathLike, precision: str | None = None) 
     findings, checked = [], 0
     for each in [precision] if precision else buildable_precisions(manifest):
         for graph in graphs_of(manifest):
-            findings += check_graph(tensorrt_graph(graph, model_dir, each), f"{graph.onnx} ({each})")
+            model, name = tensorrt_graph(graph, model_dir, each), f"{graph.onnx} ({each})"
+            findings += check_graph(model, name) + profile_findings(model, name)
             checked += 1
     return findings, checked
+
+
+def profile_findings(model: Any, name: str) -> list[Finding]:
+    """An error for each input dimension of ``model`` that no optimization profile lc-build makes covers: symbolic,
+    but neither the batch (leading) nor the stage contract's image or stage height and width."""
+    findings = []
+    for spec in io_spec(model)["inputs"]:
+        try:
+            concrete_shape(spec["name"], spec["shape"], 1, (MULTIPLE, MULTIPLE))
+        except LCError as error:
+            findings.append(Finding(name, spec["name"], "graph input", "error", str(error)))
+    return findings
 
 
 def build_engines(model_dir: str | os.PathLike, output_dir: str | os.PathLike, options: BuildOptions,
@@ -272,7 +340,7 @@ def build_engines(model_dir: str | os.PathLike, output_dir: str | os.PathLike, o
     check_cascade_fields(manifest, model_dir / MANIFEST)
     check_stage_graphs(model_dir, manifest, [load_onnx(model_dir / stage["file"]) for stage in manifest["stages"]])
     check_precision(manifest, model_dir, options.precision)
-    batch = batch_range(manifest, options.max_batch)
+    profile = build_profile(manifest, options.max_batch, options.shapes)
     if options.workspace_gib is not None and options.workspace_gib <= 0:
         fail(f"--workspace must be positive, got {options.workspace_gib}")
     check_output_dir(output_dir, model_dir)
@@ -289,10 +357,11 @@ def build_engines(model_dir: str | os.PathLike, output_dir: str | os.PathLike, o
              f"lc-build {model_dir} --check lists them all); nothing was built")
     trt = import_tensorrt(WHO)
     gpu = gpu_info(WHO)
-    builder = _Builder(trt, options, batch, model_dir)
+    builder = _Builder(trt, options, profile, model_dir)
     register_plugins()  # before parsing: the parser maps RegionConv nodes to the registered plugin
     settings = {"precision": options.precision, "tensorrt": trt.__version__, "gpu": gpu,
-                "plugin_sha256": plugin_source_sha256(), "ptx_cuda": kernel_ptx_cuda(), "batch": batch,
+                "plugin_sha256": plugin_source_sha256(), "ptx_cuda": kernel_ptx_cuda(), "batch": profile.batch,
+                "size": profile.sizes,
                 "version_compatible": options.version_compatible, "workspace_gib": options.workspace_gib}
     with tqdm(total=len(manifest["stages"]) + 1, desc=WHO, unit="engine", disable=not progress) as bar:
         def built(graph: Graph, size: int) -> None:

@@ -13,29 +13,38 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from layercascade.contract import IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS, STAGE_RHOS
+from layercascade.contract import DYNAMIC_DIMS, DYNAMIC_STAGE_DIMS, IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS, STAGE_RHOS
 from layercascade.errors import fail
-from layercascade.manifest import MANIFEST, check_file_name, read_json, read_manifest, sha256_file, write_model_dir
+from layercascade.manifest import (
+    MANIFEST,
+    MAX_BATCH,
+    check_file_name,
+    read_json,
+    read_manifest,
+    sha256_file,
+    write_model_dir,
+)
 from layercascade.version import __version__
 
 METADATA = "engines.json"
 FORMAT = "layercascade.engines"
 # 2: ptx_cuda (the CUDA version the plugin's PTX needs) and each engine's data_dependent_shapes.
-VERSION = 2
+# 3: size, the image sizes of a dynamic-size export's optimization profile (version 2 records are all fixed-size
+# exports, read as such).
+VERSION = 3
+OLDEST = 2
 PRECISIONS = ("fp32", "fp16", "int8")
 # Tensors that cross to or from the host in a cascade run; everything else stays on the device.
 HOST_INPUTS = (IMAGE, *STAGE_RHOS)
 HOST_OUTPUTS = (LABELS, STAGE_COUNTS, *MASKS)
 # Stage inputs replaced by a forced mask (lc-bench --active-fraction): stage input → buffer.
 FORCED = {mask: f"forced_{mask}" for mask in MASKS}
-# In the stage graph contract every tensor leads with the batch, except ρ.
-UNBATCHED = (RHO,)
 
 
 def is_engine_dir(path: str | os.PathLike | None) -> bool:
@@ -72,61 +81,166 @@ def batch_range(manifest: dict[str, Any], max_batch: int | None) -> BatchRange:
     return BatchRange(1, top, top)
 
 
-def profile_shapes(inputs: Sequence[dict[str, Any]], batch: BatchRange) -> dict[str, tuple[list[int], ...]]:
-    """(min, opt, max) shapes of each input: a symbolic leading dimension is the batch."""
+Size = tuple[int, int]  # (height, width) of the image
+
+
+# The sizes a dynamic-size export takes are multiples of 8 (lc.json's dynamic_size "multiple"), and its stage
+# tensors are an eighth of the image (contract.DYNAMIC_STAGE_DIMS = DYNAMIC_DIMS / 8).
+MULTIPLE = 8
+# Symbolic dimension of the stage graph contract → (axis of the image size, divisor).
+SPATIAL_DIMS = {DYNAMIC_DIMS[0]: (0, 1), DYNAMIC_DIMS[1]: (1, 1),
+                DYNAMIC_STAGE_DIMS[0]: (0, MULTIPLE), DYNAMIC_STAGE_DIMS[1]: (1, MULTIPLE)}
+
+
+def size_text(size: Sequence[int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+@dataclass(frozen=True)
+class SizeRange:
+    """Image sizes (H, W) an engine accepts: TensorRT's (min, opt, max) of the image's height and width, and of
+    the stage tensors' (an eighth of them). Built only for a dynamic-size export (lc-export --dynamic-size)."""
+
+    min: Size
+    opt: Size
+    max: Size
+
+    def __contains__(self, size: Size) -> bool:
+        return all(low <= n <= high and n % MULTIPLE == 0 for n, low, high in zip(size, self.min, self.max))
+
+    def text(self) -> str:
+        return ":".join(size_text(size) for size in (self.min, self.opt, self.max))
+
+    def record(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+def size_range(manifest: dict[str, Any], shapes: Sequence[Size] | None) -> SizeRange | None:
+    """The image sizes to build for (``lc-build --shapes MIN:OPT:MAX``), or None for a fixed-size export.
+
+    A dynamic-size export defaults to its own bounds with its nominal input size as ``opt`` (what lc-bench
+    times and ``fit`` aims at); given sizes must be multiples of 8, ordered, and within the export's bounds.
+    A fixed-size export takes only its own size.
+    """
+    dynamic = manifest.get("dynamic_size")
+    nominal = tuple(manifest["input_size"])
+    if dynamic is None:
+        if shapes is not None and any(tuple(size) != nominal for size in shapes):
+            fail(f"--shapes {':'.join(size_text(s) for s in shapes)}: the model was exported at a fixed "
+                 f"{size_text(nominal)}; re-export it with lc-export --dynamic-size to build engines for other sizes")
+        return None
+    low, high = tuple(dynamic["min"]), tuple(dynamic["max"])
+    if shapes is None:
+        return SizeRange(low, nominal, high)
+    if len(shapes) != 3:
+        fail(f"--shapes takes MINxMIN:OPTxOPT:MAXxMAX (three sizes), got {len(shapes)}")
+    given = SizeRange(*(tuple(int(n) for n in size) for size in shapes))
+    text = f"--shapes {given.text()}"
+    if any(n % MULTIPLE for size in (given.min, given.opt, given.max) for n in size):
+        fail(f"{text}: every height and width must be a multiple of {MULTIPLE} (the stage resolution is an "
+             "eighth of the image's)")
+    if not all(a <= b <= c for a, b, c in zip(given.min, given.opt, given.max)):
+        fail(f"{text}: need MIN <= OPT <= MAX in height and in width")
+    if not all(low[k] <= given.min[k] and given.max[k] <= high[k] for k in (0, 1)):
+        fail(f"{text}: outside the sizes the model was exported for ({size_text(low)} to {size_text(high)}, "
+             "lc-export --dynamic-size); choose sizes within them, or re-export with wider bounds")
+    return given
+
+
+def concrete_shape(name: str, dims: Sequence[int | str], batch: int | None, size: Size | None) -> tuple[int, ...]:
+    """``dims`` of tensor ``name`` as lc.json lists them, with its symbols filled in: a symbolic leading dimension
+    is the batch, ``height``/``width`` the image's (``size``), ``stage_height``/``stage_width`` an eighth of it."""
+    shape = []
+    for axis, dim in enumerate(dims):
+        if isinstance(dim, int):
+            shape.append(dim)
+        elif axis == 0 and batch is not None and dim not in SPATIAL_DIMS:
+            shape.append(batch)
+        elif dim in SPATIAL_DIMS and size is not None:
+            index, divisor = SPATIAL_DIMS[dim]
+            shape.append(size[index] // divisor)
+        else:
+            fail(f"tensor {name!r} has the symbolic dimension {dim!r} ({list(dims)}), which no optimization "
+                 "profile covers (only the batch and the stage contract's image and stage sizes are dynamic); "
+                 "re-export the model with lc-export")
+    return tuple(shape)
+
+
+def profile_shapes(inputs: Sequence[dict[str, Any]], batch: BatchRange,
+                   size: SizeRange | None = None) -> dict[str, tuple[list[int], ...]]:
+    """(min, opt, max) shapes of each input: a symbolic leading dimension is the batch, the symbolic image and
+    stage sizes follow ``size``."""
     shapes = {}
     for spec in inputs:
-        dims = spec["shape"]
-        if any(isinstance(d, str) for d in dims[1:]):
-            fail(f"input {spec['name']!r} has symbolic dimensions {dims}; only the batch may be dynamic")
-        if dims and isinstance(dims[0], str):
-            shapes[spec["name"]] = tuple([size, *dims[1:]] for size in (batch.min, batch.opt, batch.max))
-        else:
-            shapes[spec["name"]] = (list(dims),) * 3
+        sizes = (size.min, size.opt, size.max) if size is not None else (None,) * 3
+        shapes[spec["name"]] = tuple(list(concrete_shape(spec["name"], spec["shape"], n, s))
+                                     for n, s in zip((batch.min, batch.opt, batch.max), sizes))
     return shapes
+
+
+def engine_sizes(metadata: dict[str, Any], manifest: dict[str, Any], where: Path) -> SizeRange | None:
+    """The image sizes the engines were built for (``engines.json`` ``size``; None: the export's fixed size),
+    checked against the engine dir's ``lc.json``, whose ``dynamic_size`` lc-build wrote as the same bounds (so
+    :class:`~layercascade.runtime.cascade.Cascade` pads and tiles images to sizes the engines take)."""
+    record, dynamic = metadata.get("size"), manifest.get("dynamic_size")
+    rebuild = f"{where}: engines.json and lc.json disagree about the image sizes; rebuild the engines with lc-build"
+    if record is None and dynamic is None:
+        return None
+    if not (isinstance(record, dict) and isinstance(dynamic, dict)
+            and [record.get("min"), record.get("max")] == [dynamic["min"], dynamic["max"]]
+            and isinstance(record.get("opt"), list) and len(record["opt"]) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in record["opt"])):
+        fail(rebuild)
+    sizes = SizeRange(tuple(record["min"]), tuple(record["opt"]), tuple(record["max"]))
+    if sizes.opt not in sizes:
+        fail(rebuild)
+    return sizes
 
 
 # -- buffer plan --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BufferSpec:
-    """One device buffer of a cascade run, sized for the largest batch."""
+    """One device buffer of a cascade run, sized for the largest batch and image size; a run uses its first
+    :meth:`bytes_for` bytes, holding the tensor at that run's shape."""
 
     name: str
     dtype: np.dtype
-    shape: tuple[int, ...]  # at the largest batch
-    batched: bool  # leading dimension is the batch
+    dims: tuple[int | str, ...]  # as lc.json lists them (symbolic batch and sizes)
+    shape: tuple[int, ...]  # at the largest batch and size
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
-    def bytes_for(self, batch: int) -> int:
-        """Bytes of the first ``batch`` samples (the whole buffer when not batched)."""
-        return self.nbytes // self.shape[0] * batch if self.batched else self.nbytes
+    def shape_for(self, batch: int, size: Size | None = None) -> tuple[int, ...]:
+        return concrete_shape(self.name, self.dims, batch, size)
 
-    def shape_for(self, batch: int) -> tuple[int, ...]:
-        return (batch, *self.shape[1:]) if self.batched else self.shape
+    def bytes_for(self, batch: int, size: Size | None = None) -> int:
+        return int(np.prod(self.shape_for(batch, size), dtype=np.int64)) * self.dtype.itemsize
 
 
-def plan_buffers(stages: Sequence[dict[str, Any]], max_batch: int) -> dict[str, BufferSpec]:
+def plan_buffers(stages: Sequence[dict[str, Any]], max_batch: int, max_size: Size | None = None) -> dict[str, BufferSpec]:
     """One buffer per tensor name across the stages (stage k's output is stage k+1's input), except
-    ``rho``: ``rho2`` and ``rho3``; plus the forced-mask buffers; fails on a tensor whose stages disagree about it."""
+    ``rho``: ``rho2`` and ``rho3``; plus the forced-mask buffers; fails on a tensor whose stages disagree about it.
+
+    Every buffer holds its tensor at ``max_batch`` and (a dynamic-size export) ``max_size``, the largest the
+    engines' optimization profile takes: allocated once, so the addresses bound to the engines (and captured in
+    CUDA graphs) never change, and device memory is bounded by the profile's maximum."""
     plan: dict[str, BufferSpec] = {}
     for stage in stages:
         for spec in [*stage["inputs"], *stage["outputs"]]:
-            dims = spec["shape"]
-            batched = spec["name"] not in UNBATCHED
-            shape = (max_batch, *map(int, dims[1:])) if batched else tuple(map(int, dims))
-            buffer = BufferSpec(spec["name"], np.dtype(spec["dtype"]), shape, batched)
+            dims = tuple(spec["shape"])
+            buffer = BufferSpec(spec["name"], np.dtype(spec["dtype"]), dims,
+                                concrete_shape(spec["name"], dims, max_batch, max_size))
             if plan.setdefault(spec["name"], buffer) != buffer:
                 fail(f"lc.json: tensor {spec['name']!r} differs between stages ({plan[spec['name']]} vs {buffer}); "
                      "re-export the model")
     if RHO in plan:  # stages 1 and 2 each take their own threshold, both named rho: a buffer each
         threshold = plan.pop(RHO)
-        plan.update({name: BufferSpec(name, threshold.dtype, threshold.shape, False) for name in STAGE_RHOS})
+        plan.update({name: replace(threshold, name=name) for name in STAGE_RHOS})
     for stage_input, forced in FORCED.items():
         if stage_input in plan:
-            plan[forced] = BufferSpec(forced, plan[stage_input].dtype, plan[stage_input].shape, True)
+            plan[forced] = replace(plan[stage_input], name=forced)
     return plan
 
 
@@ -159,10 +273,13 @@ def read_metadata(engine_dir: Path) -> dict[str, Any]:
     if metadata["version"] > VERSION:
         fail(f"{path}: engine metadata version {metadata['version']} is newer than this layercascade reads "
              f"({VERSION}); upgrade layercascade")
-    if metadata["version"] < VERSION:
+    if metadata["version"] < OLDEST:
         fail(f"{path}: engine metadata version {metadata['version']} is from an older lc-build (it lacks the driver "
              f"the plugin kernels need); {rebuild}")
+    batch = metadata.get("batch")
     if (any(key not in metadata for key in required)
+            or not (isinstance(batch, dict) and all(_batch_size(batch.get(k)) for k in ("min", "opt", "max"))
+                    and batch["min"] <= batch["opt"] <= batch["max"])
             or not isinstance(metadata["engines"], dict) or not isinstance(metadata["gpu"], dict)
             or not all(isinstance(record, dict) and {"file", "sha256", "onnx", "onnx_sha256",
                                                      "data_dependent_shapes"} <= record.keys()
@@ -175,6 +292,10 @@ def read_metadata(engine_dir: Path) -> dict[str, Any]:
         if sha256_file(file) != record["sha256"]:
             fail(f"{file}: sha256 does not match {METADATA}; the engine was changed or damaged, {rebuild}")
     return metadata
+
+
+def _batch_size(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BATCH
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -283,11 +404,16 @@ def write_engine_dir(output_dir: Path, model_dir: Path, manifest: dict[str, Any]
     only when complete (nothing is left behind when a build fails).
 
     ``settings``: ``precision``, ``tensorrt``, ``gpu``, ``plugin_sha256``, ``ptx_cuda`` (the CUDA version
-    the plugin's PTX needs, None without the plugin), ``batch`` (:class:`BatchRange`),
-    ``version_compatible``, ``workspace_gib``.
+    the plugin's PTX needs, None without the plugin), ``batch`` (:class:`BatchRange`), ``size``
+    (:class:`SizeRange`, None or absent for a fixed-size export), ``version_compatible``, ``workspace_gib``.
+
+    The engine dir's ``lc.json`` of a dynamic-size export takes the built sizes as its own: ``dynamic_size``
+    is the profile's min and max, ``input_size`` its opt, so the runtime pads, tiles and times images at
+    sizes the engines take.
     """
     output_dir, model_dir = check_output_dir(output_dir, model_dir), Path(model_dir).resolve()
     batch: BatchRange = settings["batch"]
+    sizes: SizeRange | None = settings.get("size")
 
     def write(staging: Path) -> dict[str, Any]:
         records = {}
@@ -297,7 +423,7 @@ def write_engine_dir(output_dir: Path, model_dir: Path, manifest: dict[str, Any]
                 handle.write(built.plan)
             size = (staging / graph.engine).stat().st_size
             on_built(graph, size)
-            shapes = profile_shapes(graph.spec["inputs"], batch)
+            shapes = profile_shapes(graph.spec["inputs"], batch, sizes)
             records[graph.name] = {
                 "file": graph.engine, "sha256": sha256_file(staging / graph.engine), "bytes": size,
                 "onnx": graph.onnx, "onnx_sha256": manifest["files"][graph.onnx],
@@ -311,7 +437,8 @@ def write_engine_dir(output_dir: Path, model_dir: Path, manifest: dict[str, Any]
             "precision": settings["precision"], "tensorrt": settings["tensorrt"], "gpu": settings["gpu"],
             "version_compatible": settings["version_compatible"], "plugin_sha256": settings["plugin_sha256"],
             "ptx_cuda": settings["ptx_cuda"],
-            "batch": vars(batch), "workspace_gib": settings.get("workspace_gib"),
+            "batch": vars(batch), "size": sizes.record() if sizes is not None else None,
+            "workspace_gib": settings.get("workspace_gib"),
             "model": {"dir": str(model_dir), "manifest_sha256": sha256_file(model_dir / MANIFEST)},
             "engines": records, "tools": {"layercascade": __version__},
         }
@@ -320,6 +447,10 @@ def write_engine_dir(output_dir: Path, model_dir: Path, manifest: dict[str, Any]
         runtime_manifest["stages"] = [{**stage, "file": f"stage{k + 1}.engine"} for k, stage in enumerate(manifest["stages"])]
         runtime_manifest["dense"] = {**manifest["dense"], "file": "dense.engine"}
         runtime_manifest["engines"] = {"metadata": METADATA, "precision": settings["precision"]}
+        if sizes is not None:
+            runtime_manifest["dynamic_size"] = {"min": list(sizes.min), "max": list(sizes.max), "multiple": MULTIPLE}
+            runtime_manifest["input_size"] = list(sizes.opt)
+            runtime_manifest["stage_size"] = [n // MULTIPLE for n in sizes.opt]
         return runtime_manifest
 
     return write_model_dir(output_dir, write, "lc-build")

@@ -15,7 +15,13 @@ from layercascade.errors import fail
 from layercascade.manifest import MANIFEST, check_cascade_fields, read_manifest
 from layercascade.plugins.nvidia import create_trt, driver_cuda_version, gpu_info, import_cudart, import_tensorrt
 from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
-from layercascade.runtime.trt.engines import check_environment, check_sources, read_metadata, read_source_manifest
+from layercascade.runtime.trt.engines import (
+    check_environment,
+    check_sources,
+    engine_sizes,
+    read_metadata,
+    read_source_manifest,
+)
 from layercascade.runtime.trt.runner import TrtBackend, deserialize
 
 WHO = "the TensorRT backend"
@@ -26,7 +32,7 @@ def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True
          precision: str | None = None, cuda_graph: bool = False) -> tuple[Path, dict[str, Any], TrtBackend]:
     """``Cascade.load(..., backend="trt")``: (engine dir, its manifest, the backend).
 
-    Order: engine metadata (missing / corrupt / damaged engines) → TensorRT (≥ the floor) and
+    Order: engine metadata (missing / corrupt / damaged engines, image sizes as lc.json's) → TensorRT (≥ the floor) and
     cuda-python present → a GPU → TensorRT version, GPU, a driver that loads the plugin's PTX and
     the plugin hash as built → source ONNX unchanged
     → register the plugin → deserialize. Each failure is one line. TensorRT engines run on the
@@ -46,6 +52,7 @@ def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True
              f"built with); build {precision} ones with lc-build --precision {precision}")
     # read_metadata has hashed the engines; the fields are checked before any engine is loaded.
     manifest = check_cascade_fields(read_manifest(engine_dir, verify=False), engine_dir / MANIFEST)
+    sizes = engine_sizes(metadata, manifest, engine_dir)
     trt = import_tensorrt(WHO)
     cudart = import_cudart(WHO)
     gpu = gpu_info(WHO)
@@ -64,5 +71,6 @@ def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True
         # allowed to load (TensorRT developer guide, "Version Compatibility").
         runtime.engine_host_code_allowed = True
     engines = [deserialize(runtime, engine_dir / stage["file"]) for stage in manifest["stages"]]
-    backend = TrtBackend(engine_dir, manifest, metadata, trt, cudart, gpu, (runtime, logger), engines, cuda_graph)
+    backend = TrtBackend(engine_dir, manifest, metadata, trt, cudart, gpu, (runtime, logger), engines, cuda_graph,
+                         sizes)
     return engine_dir, manifest, backend
