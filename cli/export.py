@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layercascade.cli.args import size
+from layercascade.cli.args import size, sizes
 from layercascade.errors import run_cli
 
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--batch", type=int, default=1, metavar="N", help="static batch size (default: 1)")
     batch.add_argument("--dynamic-batch", type=int, default=None, metavar="MAX",
                        help="symbolic batch dimension; MAX is recorded for TensorRT optimisation profiles")
-    parser.add_argument("--dynamic-size", type=size_range, nargs="?", const=DEFAULT_DYNAMIC_SIZE, default=None,
+    parser.add_argument("--dynamic-size", type=sizes(2, "64x64:2048x2048"), nargs="?", const=DEFAULT_DYNAMIC_SIZE, default=None,
                         metavar="MINxMIN:MAXxMAX",
                         help="symbolic image height and width: the graphs take any size within these bounds that "
                              "is a multiple of 8 (the runtime pads an image up to one and crops the labels back), "
@@ -43,15 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # lc-export --dynamic-size without bounds: from small crops to 2K frames (1080×1920 and 2048×1024 included).
 DEFAULT_DYNAMIC_SIZE = ((32, 32), (2048, 2048))
-
-
-def size_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``MINxMIN:MAXxMAX`` → ((min H, min W), (max H, max W))."""
-    parts = text.split(":")
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected MINxMIN:MAXxMAX such as 64x64:2048x2048, got {text!r}")
-    low, high = (size(part) for part in parts)
-    return low, high
 
 
 def format_range(bounds: tuple[tuple[int, int], tuple[int, int]]) -> str:

@@ -16,7 +16,14 @@ from hypothesis import settings
 
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.tests.fake_cascade import FakeCascade
-from layercascade.tests.helpers import CALIBRATION_IMAGES, DYNAMIC_MAX, DYNAMIC_SIZE, TINY_SIZE, sharpened_checkpoint
+from layercascade.tests.helpers import (
+    CALIBRATION_IMAGES,
+    DYNAMIC_MAX,
+    DYNAMIC_SIZE,
+    DYNAMIC_SIZE_BOUNDS,
+    TINY_SIZE,
+    sharpened_checkpoint,
+)
 
 # Property tests draw the same examples on every run and keep no example database in the checkout.
 settings.register_profile("layercascade", derandomize=True, database=None, deadline=None)
@@ -40,6 +47,16 @@ def dynamic_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Checkpoint,
     checkpoint = sharpened_checkpoint("tiny", DYNAMIC_SIZE)
     folder = tmp_path_factory.mktemp("dynamic") / "model"
     return checkpoint, export_model(checkpoint, folder, dynamic_batch=DYNAMIC_MAX)
+
+
+@pytest.fixture(scope="session")
+def dynamic_size_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same kind of model exported with ``--dynamic-size`` :data:`DYNAMIC_SIZE_BOUNDS` and ``--dynamic-batch``
+    :data:`DYNAMIC_MAX` (nominal size 64x64)."""
+    from layercascade.export.stages import export_model
+
+    return export_model(sharpened_checkpoint("tiny", (64, 64)), tmp_path_factory.mktemp("dynamic-size") / "model",
+                        dynamic_batch=DYNAMIC_MAX, dynamic_size=DYNAMIC_SIZE_BOUNDS)
 
 
 @pytest.fixture(scope="session")

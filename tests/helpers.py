@@ -21,6 +21,7 @@ from layercascade.runtime.inputs import DEMO_MODEL
 # The shared model dirs of conftest.py.
 TINY_SIZE = (72, 88)  # not a square: both axes of the label upsampling are checked apart
 DYNAMIC_SIZE, DYNAMIC_MAX = (64, 64), 3
+DYNAMIC_SIZE_BOUNDS = ((16, 16), (96, 128))  # conftest.py's dynamic_size_model: lc-export --dynamic-size 16x16:96x128
 CALIBRATION_IMAGES = 3
 
 

@@ -21,18 +21,17 @@ from layercascade.export.stages import export_model
 from layercascade.manifest import read_cascade_manifest
 from layercascade.tests.helpers import random_images, sharpened_checkpoint
 
-BOUNDS = ((16, 16), (96, 128))
 SIZES = [(64, 64), (16, 96), (96, 40), (72, 128)]
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[int, int], Path]]:
-    """A dynamic-size export of a small model, and fixed-size exports of the same weights at each of SIZES."""
-    folder = tmp_path_factory.mktemp("dynamic")
+def exports(dynamic_size_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[int, int], Path]]:
+    """The shared dynamic-size export of a small model (conftest.py), and fixed-size exports of the same weights at
+    each of SIZES."""
+    folder = tmp_path_factory.mktemp("fixed")
     checkpoint = sharpened_checkpoint("tiny", (64, 64))
-    dynamic = export_model(checkpoint, folder / "dynamic", dynamic_size=BOUNDS)
-    return dynamic, {size: export_model(checkpoint, folder / f"fixed{size[0]}x{size[1]}", input_size=size)
-                     for size in SIZES}
+    return dynamic_size_model, {size: export_model(checkpoint, folder / f"fixed{size[0]}x{size[1]}", input_size=size)
+                                for size in SIZES}
 
 
 def joined_session(model_dir: Path, lower: bool) -> ort.InferenceSession:
@@ -49,9 +48,9 @@ def test_the_manifest_records_the_bounds_and_symbolic_dims(exports) -> None:
     assert manifest["dynamic_size"] == {"min": [16, 16], "max": [96, 128], "multiple": 8}
     assert manifest["input_size"] == [64, 64]  # the nominal size
     stage1, stage3 = manifest["stages"][0], manifest["stages"][2]
-    assert next(t for t in stage1["inputs"] if t["name"] == IMAGE)["shape"] == [1, *DYNAMIC_DIMS, 3]
-    assert next(t for t in stage1["outputs"] if t["name"] == "mask2")["shape"] == [1, 1, *DYNAMIC_STAGE_DIMS]
-    assert next(t for t in stage3["outputs"] if t["name"] == LABELS)["shape"] == [1, *DYNAMIC_DIMS]
+    assert next(t for t in stage1["inputs"] if t["name"] == IMAGE)["shape"] == ["batch", *DYNAMIC_DIMS, 3]
+    assert next(t for t in stage1["outputs"] if t["name"] == "mask2")["shape"] == ["batch", 1, *DYNAMIC_STAGE_DIMS]
+    assert next(t for t in stage3["outputs"] if t["name"] == LABELS)["shape"] == ["batch", *DYNAMIC_DIMS]
 
 
 @pytest.mark.parametrize("lower", [True, False], ids=["lowered", "function-bodies"])

@@ -112,16 +112,6 @@ def test_dynamic_batching_takes_a_threshold_per_image(dynamic_model, tmp_path, p
     assert len({tuple(c) for c in counts}) > 1  # the thresholds really differed per image
 
 
-@pytest.fixture(scope="module")
-def dynamic_size_model(tmp_path_factory) -> Path:
-    """A small model exported with --dynamic-size 16x16:96x128 and --dynamic-batch 3 (nominal size 64x64)."""
-    from layercascade.export.stages import export_model
-    from layercascade.tests.helpers import sharpened_checkpoint
-
-    return export_model(sharpened_checkpoint("tiny", (64, 64)), tmp_path_factory.mktemp("dynamic-size") / "model",
-                        dynamic_batch=3, dynamic_size=((16, 16), (96, 128)))
-
-
 @pytest.mark.parametrize("platform", ["onnxruntime", "openvino"])
 def test_a_dynamic_size_model_takes_every_size(dynamic_size_model, tmp_path, platform) -> None:
     """A --dynamic-size export: the image's and the labels' height and width are -1 in the config (the marker

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -130,16 +129,6 @@ def test_batch_range_and_profiles() -> None:
         "feat1": ([1, 32, 20, 20], [4, 32, 20, 20], [8, 32, 20, 20]), "rho": ([1], [1], [1])}
     with pytest.raises(LCError, match="only the batch"):
         profile_shapes([{"name": "image", "shape": ["batch", "h", 160, 3]}], BatchRange(1, 1, 1))
-
-
-@pytest.fixture(scope="module")
-def dynamic_size_model(tmp_path_factory) -> Path:
-    """A small model exported with --dynamic-size 16x16:96x128 and --dynamic-batch 3 (nominal size 64x64)."""
-    from layercascade.export.stages import export_model
-    from layercascade.tests.helpers import sharpened_checkpoint
-
-    return export_model(sharpened_checkpoint("tiny", (64, 64)), tmp_path_factory.mktemp("dynamic-size") / "model",
-                        dynamic_batch=3, dynamic_size=((16, 16), (96, 128)))
 
 
 def test_size_profiles_of_a_dynamic_size_export(dynamic_size_model) -> None:

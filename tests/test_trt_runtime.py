@@ -371,16 +371,6 @@ def test_dynamic_batch_on_simulated_gpu(dynamic_model, tmp_path, monkeypatch) ->
     assert set(engines.runner.graphs) == {(1, None, False), (2, None, False), (3, None, False)}
 
 
-@pytest.fixture(scope="module")
-def dynamic_size_model(tmp_path_factory) -> Path:
-    """A small model exported with --dynamic-size 16x16:96x128 and --dynamic-batch 3 (nominal size 64x64)."""
-    from layercascade.export.stages import export_model
-    from layercascade.tests.helpers import sharpened_checkpoint
-
-    return export_model(sharpened_checkpoint("tiny", (64, 64)), tmp_path_factory.mktemp("dynamic-size") / "model",
-                        dynamic_batch=3, dynamic_size=((16, 16), (96, 128)))
-
-
 def test_dynamic_size_buffer_plan_and_profiles(dynamic_size_model) -> None:
     """Buffers hold the largest batch at the largest size of the profile; a run's tensors are their leading part,
     the stage tensors at an eighth of the image; the engines' sizes are checked against lc.json."""
