@@ -81,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--plot", default=None, metavar="FILE.png",
                          help="with --compare and --data: draw FPS against mIoU per precision and ρ")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object: size, backend, precision, cascade, dense (median_ms, p90_ms, p99_ms, "
-                             "fps, runs), speedup, ideal_speedup, stage_fractions, machine (and with --per-stage "
-                             "stages_ms, with --profile profile, with --peers peers, best_peer, speedup_vs_best_peer, "
-                             "precision_class, best_peer_same_class, speedup_vs_best_peer_same_class)")
+                        help="print one JSON object: size, backend, precision, cascade, dense (median_ms, p90_ms, "
+                             "p99_ms, fps, runs), speedup, ideal_speedup, stage_fractions, machine (and with "
+                             "--per-stage stages_ms, with --profile profile, with --peers peers, best_peer, "
+                             "speedup_vs_best_peer, precision_class, best_peer_same_class, "
+                             "speedup_vs_best_peer_same_class)")
     return parser
 
 
