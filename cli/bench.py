@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_rho_argument(parser, "threshold ρ in (0, 1] for both stages, or ρ₂,ρ₃ (stage 1 → 2, stage 2 → 3) "
                              "(default: the model's)")
     parser.add_argument("--size", type=size, default=None, metavar="HxW",
-                        help="check that the model takes this input size (sizes are fixed at export: "
-                             "lc-export --input-size HxW)")
+                        help="time the model at this input size: a dynamic-size export (lc-export --dynamic-size) "
+                             "at any size it takes (multiples of 8 within its bounds; OpenVINO compiles for the "
+                             "size before timing), a fixed-size export at its own size only (default: the model's "
+                             "input size)")
     parser.add_argument("--batch", type=int, default=None,
                         help="images per run (default: the model's static batch, else 1)")
     parser.add_argument("--iters", type=int, default=50, help="timed runs of each network (default: 50)")
@@ -79,22 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--plot", default=None, metavar="FILE.png",
                          help="with --compare and --data: draw FPS against mIoU per precision and ρ")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object: backend, precision, cascade, dense (median_ms, p90_ms, p99_ms, "
-                             "fps, runs), speedup, ideal_speedup, stage_fractions, machine (and with --per-stage "
-                             "stages_ms, with --profile profile, with --peers peers, best_peer, speedup_vs_best_peer, "
-                             "precision_class, best_peer_same_class, speedup_vs_best_peer_same_class)")
+                        help="print one JSON object: size, backend, precision, cascade, dense (median_ms, p90_ms, "
+                             "p99_ms, fps, runs), speedup, ideal_speedup, stage_fractions, machine (and with "
+                             "--per-stage stages_ms, with --profile profile, with --peers peers, best_peer, "
+                             "speedup_vs_best_peer, precision_class, best_peer_same_class, "
+                             "speedup_vs_best_peer_same_class)")
     return parser
 
 
 def precision_list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
-
-
-def check_size(wanted: tuple[int, int] | None, input_size: tuple[int, int]) -> None:
-    """``--size``, when given, must be the size the model was exported for."""
-    if wanted and tuple(wanted) != tuple(input_size):
-        fail(f"the model takes {input_size[0]}x{input_size[1]} images; export one for "
-             f"{wanted[0]}x{wanted[1]} with lc-export --input-size {wanted[0]}x{wanted[1]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,11 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     from layercascade.runtime.cascade import Cascade
 
     cascade = Cascade.load(args.model, **load_options(args, args.threads))
-    check_size(args.size, cascade.input_size)
     batch = args.batch or cascade.batch_size or 1
     result = benchmark(cascade, args.rho, batch, args.iters, args.warmup, args.active_fraction,
                        progress=not args.json, per_stage=args.per_stage, profile=args.profile, peers=args.peers,
-                       threads=args.threads)
+                       threads=args.threads, size=args.size)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -175,6 +170,7 @@ def print_profile(profile: dict, shown: int = 12) -> None:
 def compare_main(args) -> int:
     """lc-bench --compare: one table of latency (and accuracy) per precision and ρ."""
     from layercascade.model.evaluate import markdown_table
+    from layercascade.runtime.bench import bench_size
     from layercascade.runtime.cascade import Cascade
     from layercascade.runtime.compare import compare_precisions, plot_comparison, precision_sources
 
@@ -186,7 +182,9 @@ def compare_main(args) -> int:
     cascades = {name: Cascade.load(model_dir, **{**load_options(args, args.threads), **options})
                 for name, (model_dir, options) in precision_sources(args.model, args.compare, args.backend).items()}
     fp32 = cascades["fp32"]
-    check_size(args.size, fp32.input_size)
+    if args.size and bench_size(fp32, args.size) != fp32.input_size:
+        fail(f"--compare times the model at its input size ({fp32.input_size[0]}x{fp32.input_size[1]}); "
+             "drop --size, or time another size without --compare")
     dataset = None
     if args.data:
         from layercascade.model.data import open_dataset

@@ -17,7 +17,7 @@ from layercascade.contract import IMAGE, RhoLike, rho_value
 from layercascade.cost_model import ideal_speedup
 from layercascade.errors import LCError, fail
 from layercascade.manifest import model_hash, read_cascade_manifest
-from layercascade.model.data.images import read_rgb
+from layercascade.model.data.images import read_rgb, resize_image
 from layercascade.runtime.backend import Masks, precision_class
 from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.inputs import SAMPLES
@@ -31,10 +31,23 @@ CONV_KERNELS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Ge
                           "MatMulInteger", "Convolution", "GroupConvolution", "FullyConnected"})
 
 
-def sample_batch(cascade: Cascade, batch: int) -> np.ndarray:
-    """``batch`` bundled sample images at the model's input size."""
-    images = [cascade.prepare(read_rgb(path)) for path in sorted(SAMPLES.iterdir())]
+def sample_batch(cascade: Cascade, batch: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """``batch`` bundled sample images at ``size`` (default: the model's input size)."""
+    images = [resize_image(read_rgb(path), size or cascade.input_size) for path in sorted(SAMPLES.iterdir())]
     return np.stack([images[k % len(images)] for k in range(batch)])
+
+
+def bench_size(cascade: Cascade, size: tuple[int, int] | None) -> tuple[int, int]:
+    """The size to time the model at: ``size`` (lc-bench ``--size``), one it takes as it is (a fixed-size export:
+    its input size; a dynamic-size one: a multiple of 8 within its bounds); default: its input size."""
+    if size is None or cascade.takes(size):
+        return tuple(size or cascade.input_size)
+    height, width = size
+    if not cascade.sizes.dynamic:
+        fail(f"--size {height}x{width}: {cascade.model_dir} takes {cascade.input_size[0]}x{cascade.input_size[1]} "
+             f"images only; export it for {height}x{width} (lc-export --input-size {height}x{width}) or with "
+             f"--dynamic-size")
+    fail(f"--size {height}x{width}: {cascade.model_dir} takes {cascade.size_text()}")
 
 
 def timed_blocks(steps: dict[Any, Any], iters: int, warmup: int, progress: bool) -> dict[Any, list[float]]:
@@ -144,9 +157,11 @@ def stage_fractions(out: Any, masks: Masks | None, batch: int) -> list[float]:
 
 def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, warmup: int,
               active: tuple[float, float] | None = None, progress: bool = True, per_stage: bool = False,
-              profile: bool = False, peers: bool = False, threads: int = 0) -> dict[str, Any]:
-    """Median / p90 / p99 latency and FPS of cascade and dense, timed in alternating blocks in one run, and the
-    backend and precision that ran (with ``per_stage``, then the median ms of each stage, ``stages_ms``; with
+              profile: bool = False, peers: bool = False, threads: int = 0,
+              size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Median / p90 / p99 latency and FPS of cascade and dense at ``size`` (:func:`bench_size`; default: the
+    model's input size), timed in alternating blocks in one run, and the backend and precision that ran (with
+    ``per_stage``, then the median ms of each stage, ``stages_ms``; with
     ``profile``, then the backend's profile of the cascade, ``profile``: :func:`op_profile`; with ``peers``, the
     dense network on every peer runtime at every precision in the same blocks, and the cascade's speedup against
     the fastest and the fastest of its precision class: :func:`peer_report`)."""
@@ -154,7 +169,8 @@ def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, war
     if profile:
         check_profilable(cascade)
     rho = cascade.rho(rho)
-    images = sample_batch(cascade, batch)
+    size = bench_size(cascade, size)
+    images = sample_batch(cascade, batch, size)
     dense = cascade.runner.dense_runner(cascade.manifest)
     first = cascade.run_batch(images, rho)
     masks = forced_masks(first.mask2.shape, active) if active is not None else None
@@ -162,6 +178,8 @@ def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, war
     peer_list, missing = peer_runners(cascade, threads) if peers else ({}, {})
     for name, (runner, *_) in peer_list.items():
         steps[f"peer:{name}"] = functools.partial(runner.infer, {IMAGE: images})
+    for step in steps.values():  # what a runner prepares on first use (OpenVINO: a compile per size) goes untimed
+        step()
     samples = timed_blocks(steps, iters, warmup, progress)
     cascade_ms, dense_ms = samples["cascade"], samples["dense"]
     fractions = stage_fractions(first, masks, batch)
@@ -177,7 +195,7 @@ def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, war
     return {
         "model": str(cascade.model_dir), "backbone": cascade.manifest.get("backbone"), "backend": cascade.backend,
         "precision": cascade.precision,
-        "size": list(cascade.input_size), "batch": batch, "rho": rho_value(rho),
+        "size": list(size), "batch": batch, "rho": rho_value(rho),
         "iters": iters, "warmup": warmup, "forced_active_fractions": list(active) if active else None,
         "cascade": LatencyStats.of(cascade_ms, batch).report(), "dense": LatencyStats.of(dense_ms, batch).report(),
         # Ratios of the unrounded medians (rounded ones are off by 1e-3 at sub-millisecond times).

@@ -12,14 +12,15 @@ import onnx
 from layercascade.contract import Rho
 from layercascade.runtime.backend import JoinedGraphBackend, Masks
 from layercascade.runtime.machine import host
-from layercascade.runtime.openvino.loader import compile_graph, openvino_version
-from layercascade.runtime.openvino.runner import OvRunner
+from layercascade.runtime.openvino.loader import compile_graph, nominal_size, openvino_version
+from layercascade.runtime.openvino.runner import OvRunner, SizedRunner
 
 
 class OvBackend(JoinedGraphBackend):
     """A cascade model dir as one OpenVINO compiled model of its joined stage graphs (``joined``; see
     :class:`~layercascade.runtime.backend.JoinedGraphBackend`); ``stages`` are compiled one by one.
-    ``config``: the CPU plugin's settings (``loader.compile_config``).
+    ``config``: the CPU plugin's settings (``loader.compile_config``). A dynamic-size export's graphs are
+    compiled per size (:class:`~layercascade.runtime.openvino.runner.SizedRunner`), for its nominal size at load.
     """
 
     name = "openvino"
@@ -30,21 +31,22 @@ class OvBackend(JoinedGraphBackend):
         self.lower = lower
         self.quantized = "quantization" in manifest
         self.files = [model_dir / stage["file"] for stage in manifest["stages"]]
-        self._profiled: dict[bool, OvRunner] = {}  # compiled with PERF_COUNT, by forced masks
+        self.nominal = nominal_size(manifest)
+        self._profiled: dict[bool, OvRunner | SizedRunner] = {}  # compiled with PERF_COUNT, by forced masks
         self.load_joined(manifest)
         self.precision = "int8" if self.quantized else self.joined.precision()
 
     def cascade_runner(self, forced_masks: bool, graphs: list[onnx.ModelProto] | None = None,
-                       config: dict[str, Any] | None = None) -> OvRunner:
+                       config: dict[str, Any] | None = None) -> OvRunner | SizedRunner:
         """The joined graph compiled (``graphs``: the stage graphs, if already loaded)."""
         return compile_graph(self.joined_graph(forced_masks, graphs), f"{self.model_dir}/stages 1-3",
-                             config or self.config, self.lower, layouts=True)
+                             config or self.config, self.lower, layouts=True, nominal=self.nominal)
 
     @property
-    def stages(self) -> list[OvRunner]:
+    def stages(self) -> list[OvRunner | SizedRunner]:
         if self._stages is None:
-            self._stages = [compile_graph(path, str(path), self.config, self.lower, layouts=True)
-                            for path in self.files]
+            self._stages = [compile_graph(path, str(path), self.config, self.lower, layouts=True,
+                                          nominal=self.nominal) for path in self.files]
         return self._stages
 
     def kernel_profile(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None,
@@ -76,9 +78,9 @@ class OvBackend(JoinedGraphBackend):
         self._profiled.clear()
         super().close()
 
-    def dense_runner(self, manifest: dict[str, Any]) -> OvRunner:
+    def dense_runner(self, manifest: dict[str, Any]) -> OvRunner | SizedRunner:
         path = self.model_dir / manifest["dense"]["file"]
-        return compile_graph(path, str(path), self.config, layouts=True)
+        return compile_graph(path, str(path), self.config, layouts=True, nominal=self.nominal)
 
     def inference_precision(self) -> str:
         """The precision OpenVINO computes the float parts in (bf16 or f32), as compiled."""

@@ -7,19 +7,23 @@ dirs in their QDQ form (OpenVINO fuses Q/DQ into its int8 kernels itself).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from layercascade.contract import DYNAMIC_DIMS, DYNAMIC_STAGE_DIMS
 from layercascade.errors import fail
 from layercascade.export.graph import load_onnx
 from layercascade.manifest import read_cascade_manifest
+from layercascade.model.data.placement import SCALE
 from layercascade.runtime.backend import BackendCannotRun, dense_file, lowered_graph, model_precision
 from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.runtime.openvino.layout import openvino_layouts
-from layercascade.runtime.openvino.runner import OvRunner
+from layercascade.runtime.openvino.runner import OvRunner, SizedRunner
 
 if TYPE_CHECKING:
     from layercascade.runtime.openvino.backend import OvBackend
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 # the default.
 INFERENCE_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": None, None: None}
 PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+# The symbolic dimensions of a dynamic-size export's graph inputs: the image's height and width, the stage maps'.
+SIZE_DIMS = (*DYNAMIC_DIMS, *DYNAMIC_STAGE_DIMS)
 INSTALL = "pip install 'layercascade[cpu]' (or pip install openvino)"
 
 
@@ -82,24 +88,76 @@ def compile_config(precision: str | None = None, threads: int = 0, performance_h
 
 
 def compile_graph(model: onnx.ModelProto | Path, label: str, config: dict[str, Any], lower: bool = False,
-                  layouts: bool = False) -> OvRunner:
+                  layouts: bool = False, nominal: tuple[int, int] | None = None) -> OvRunner | SizedRunner:
     """An :class:`OvRunner` of ``model`` (an ONNX model or file; ``lower``: RegionConv in row form first;
     ``layouts``: then the layout rewrites of ``layout.py``); OpenVINO's errors become one line naming
-    ``label`` with its first line whole."""
+    ``label`` with its first line whole.
+
+    ``nominal``: the input size (H, W) of a dynamic-size export, whose graphs' height and width are symbolic: then
+    a :class:`SizedRunner` that compiles the graph for each size it runs at, for ``nominal`` at once.
+    """
     if isinstance(model, Path):
         model = load_onnx(model)
     if lower:
         model, _ = lowered_graph(model, Path(label).name)
     if layouts:
         model = openvino_layouts(model)
+    read = openvino_call(label, lambda: core().read_model(model.SerializeToString()))
+    sized = sized_axes(model)
+    if nominal is None or not sized:
+        return compiled_runner(read, model, label, config)
+    return SizedRunner(functools.partial(compile_sized, read, model, label, config, sized), sized, implied_dimensions,
+                       label, size_dimensions(nominal))
+
+
+def openvino_call(label: str, call: Callable[[], Any]) -> Any:
+    """``call()``, OpenVINO's errors as one line naming ``label``."""
     try:
-        compiled = core().compile_model(core().read_model(model.SerializeToString()), "CPU", config)
+        return call()
     except Exception as error:  # noqa: BLE001 - OpenVINO reports every failure as RuntimeError or its own types
         raise BackendCannotRun(f"{label}: OpenVINO cannot compile it ({openvino_reason(error)})") from None
+
+
+def compiled_runner(read: Any, model: onnx.ModelProto, label: str, config: dict[str, Any]) -> OvRunner:
+    """An :class:`OvRunner` of ``read`` (``model`` as OpenVINO read it) compiled for the CPU with ``config``."""
+    compiled = openvino_call(label, lambda: core().compile_model(read, "CPU", config))
     # OpenVINO drops inputs nothing reads (ρ, with forced masks); a port may carry other names as well.
     taken = {name for port in compiled.inputs for name in port.get_names()}
     return OvRunner(compiled, label, [i.name for i in model.graph.input if i.name in taken],
                     [o.name for o in model.graph.output])
+
+
+def sized_axes(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
+    """(input, axis, dimension name) of every input axis of ``model`` named as a symbolic image or stage size
+    (``contract.DYNAMIC_DIMS``, ``DYNAMIC_STAGE_DIMS``): those of a dynamic-size export."""
+    return [(tensor.name, axis, dim.dim_param) for tensor in model.graph.input
+            for axis, dim in enumerate(tensor.type.tensor_type.shape.dim) if dim.dim_param in SIZE_DIMS]
+
+
+def size_dimensions(size: tuple[int, int]) -> dict[str, int]:
+    """The symbolic size dimensions of a dynamic-size export's graphs for an input of ``size`` (H, W)."""
+    height, width = size
+    return dict(zip(SIZE_DIMS, (height, width, height // SCALE, width // SCALE)))
+
+
+def implied_dimensions(dims: dict[str, int]) -> dict[str, int]:
+    """The size dimensions that follow from ``dims``: with the image's height and width, all of them."""
+    height, width = DYNAMIC_DIMS
+    return size_dimensions((dims[height], dims[width])) if height in dims and width in dims else {}
+
+
+def compile_sized(read: Any, model: onnx.ModelProto, label: str, config: dict[str, Any],
+                  sized: list[tuple[str, int, str]], dims: dict[str, int]) -> OvRunner:
+    """``read`` (``model`` as OpenVINO read it) reshaped to ``dims`` (each of the ``sized`` input axes set to its
+    dimension's value; the batch axis stays as it is) and compiled."""
+    ov = import_openvino()
+    shapes: dict[str, list[Any]] = {}
+    for name, axis, dim in sized:
+        shapes.setdefault(name, list(read.input(name).get_partial_shape()))[axis] = ov.Dimension(dims[dim])
+    label = f"{label} at " + ", ".join(f"{name} {value}" for name, value in dims.items())
+    reshaped = read.clone()
+    openvino_call(label, lambda: reshaped.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()}))
+    return compiled_runner(reshaped, model, label, config)
 
 
 def openvino_reason(error: Exception) -> str:
@@ -130,9 +188,15 @@ def load(model_dir: str | Path | None, device: str = "cpu", lower: bool = True, 
     return model_dir, manifest, OvBackend(model_dir, manifest, config, lower)
 
 
-def dense_peer(source: Path, manifest: dict[str, Any], threads: int) -> tuple[OvRunner, str]:
+def dense_peer(source: Path, manifest: dict[str, Any], threads: int) -> tuple[OvRunner | SizedRunner, str]:
     """lc-bench's OpenVINO peer: the model dir's ``dense.onnx`` compiled as it is, at OpenVINO's default precision
-    (an INT8 dir's: its int8 kernels, the float parts at the default)."""
+    (an INT8 dir's: its int8 kernels, the float parts at the default); a dynamic-size export's compiled per size, as
+    the backend compiles its own graphs."""
     path = dense_file(source, manifest, "openvino")
-    runner = compile_graph(path, str(path), compile_config(threads=threads))
+    runner = compile_graph(path, str(path), compile_config(threads=threads), nominal=nominal_size(manifest))
     return runner, "int8" if model_precision(manifest) == "int8" else runner.precision()
+
+
+def nominal_size(manifest: dict[str, Any]) -> tuple[int, int] | None:
+    """A dynamic-size export's nominal input size (its graphs are compiled per size); None for a fixed-size one."""
+    return tuple(manifest["input_size"]) if "dynamic_size" in manifest else None

@@ -1,13 +1,18 @@
-"""One compiled OpenVINO model that runs a graph and times itself (the runner half of the OpenVINO backend)."""
+"""One compiled OpenVINO model that runs a graph and times itself (the runner half of the OpenVINO backend), and
+a graph of a dynamic-size export compiled per size (:class:`SizedRunner`)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from layercascade.errors import fail
 
 # OpenVINO's names of the float precisions → layercascade's.
 OPENVINO_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
@@ -57,3 +62,95 @@ class OvRunner:
     def perf_counts(self) -> list[Any]:
         """OpenVINO's per-op profile of this thread's last inference (compiled with PERF_COUNT)."""
         return list(self._request().profiling_info)
+
+
+# The most sizes a SizedRunner keeps compiled: a compiled model holds its own copy of the weights and memory for the
+# activations at its size, so the bound is small; a stream of images of one size compiles once.
+COMPILED_SIZES = 4
+
+
+class SizedRunner:
+    """A graph with a symbolic height and width (lc-export --dynamic-size), compiled by OpenVINO for each concrete
+    size it runs at: OpenVINO's CPU plugin runs static shapes faster than dynamic ones (it plans memory and picks
+    kernels once). The compiled models of the last ``capacity`` sizes run are kept, the least recently used
+    dropped first; ``compiles`` counts the compiles.
+
+    ``sized``: (input, axis, dimension name) of every symbolic size axis of the graph's inputs (the batch axis
+    stays as exported); ``compile(dims)``: an :class:`OvRunner` of the graph with each named dimension set to
+    ``dims[name]``; ``implied(dims)``: the dimensions that follow from ``dims`` (the stage maps' from the image's);
+    ``first``: the dimensions to compile for at once (the export's nominal size). One runner may serve several
+    threads, as :class:`OvRunner` does.
+    """
+
+    def __init__(self, compile: Callable[[dict[str, int]], OvRunner], sized: list[tuple[str, int, str]],
+                 implied: Callable[[dict[str, int]], dict[str, int]], label: str, first: dict[str, int],
+                 capacity: int = COMPILED_SIZES) -> None:
+        self.compile = compile
+        self.sized = sized
+        self.implied = implied
+        self.label = label
+        self.capacity = capacity
+        self.dims = list(dict.fromkeys(name for _, _, name in sized))  # the cache key's order
+        self.compiles = 0
+        self.last_ms = 0.0
+        self._compiled: OrderedDict[tuple[int, ...], OvRunner] = OrderedDict()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.runner_for({name: first[name] for name in self.dims})
+
+    def dimensions(self, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+        """The size dimensions of ``feeds``; inputs of different sizes are one line."""
+        values = [(name, dim, int(feeds[name].shape[axis])) for name, axis, dim in self.sized]
+        dims: dict[str, int] = {}
+        for _, dim, value in values:
+            dims.setdefault(dim, value)
+        expected = {**dims, **self.implied(dims)}
+        for name, dim, value in values:
+            if value != expected[dim]:
+                fail(f"{self.label}: {name} has {dim} {value}, not {expected[dim]}; give inputs of one size")
+        return dims
+
+    def runner_for(self, dims: dict[str, int]) -> OvRunner:
+        """The graph compiled for ``dims`` (compiled now if it is not kept)."""
+        key = tuple(dims[name] for name in self.dims)
+        with self._lock:
+            runner = self._compiled.get(key)
+            if runner is None:
+                runner = self._compiled[key] = self.compile(dims)
+                self.compiles += 1
+                while len(self._compiled) > self.capacity:
+                    self._compiled.popitem(last=False)
+            self._compiled.move_to_end(key)
+        self._local.runner = runner
+        return runner
+
+    @property
+    def sizes(self) -> list[tuple[int, ...]]:
+        """The sizes compiled and kept (values of the dimensions ``dims``), least recently used first."""
+        with self._lock:
+            return list(self._compiled)
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``feeds`` through the graph compiled at their size; ``last_ms`` includes a compile the call needed."""
+        started = time.perf_counter()
+        out = self.runner_for(self.dimensions(feeds)).infer(feeds)
+        self.last_ms = (time.perf_counter() - started) * 1e3
+        return out
+
+    def _last(self) -> OvRunner:
+        """This thread's last runner (else the most recently used one)."""
+        runner = getattr(self._local, "runner", None)
+        if runner is None:
+            with self._lock:
+                runner = next(reversed(self._compiled.values()))
+        return runner
+
+    def inference_precision(self) -> str:
+        return self._last().inference_precision()
+
+    def precision(self) -> str:
+        return self._last().precision()
+
+    def perf_counts(self) -> list[Any]:
+        """OpenVINO's per-op profile of this thread's last inference (compiled with PERF_COUNT)."""
+        return self._last().perf_counts()
