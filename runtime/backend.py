@@ -200,6 +200,9 @@ class StagedBackend:
     precision: str | None = None
     # The most images one run takes where the backend takes fewer than the export allows (None: the export's).
     max_batch: int | None = None
+    # What a dynamic-size export's padded sizes are rounded up to on this backend: the graphs' multiple (8), or
+    # coarser where each new size costs a compile.
+    size_step: int = 8
     stages: list[StageRunner]
 
     def to_host(self, array: Any) -> np.ndarray:

@@ -75,8 +75,8 @@ class Cascade:
         self.input_size: tuple[int, int] = tuple(manifest["input_size"])
         dynamic = manifest.get("dynamic_size")
         # What the graphs take: the input size, or (lc-export --dynamic-size) any multiple of 8 within bounds.
-        self.sizes = Sizes(self.input_size, *((tuple(dynamic["min"]), tuple(dynamic["max"]), dynamic["multiple"])
-                                              if dynamic else ()))
+        self.sizes = Sizes(self.input_size, *((tuple(dynamic["min"]), tuple(dynamic["max"]), dynamic["multiple"],
+                                               runner.size_step) if dynamic else ()))
         self.pad_colour = pad_colour(manifest["mean"])
         self.default_rho: Rho = check_rho(manifest["default_rho"])
         batch = manifest["batch"]

@@ -43,6 +43,9 @@ def test_none_pads_to_the_input_or_the_next_multiple_of_8() -> None:
     assert place((100, 150), FIXED, "none") == Placement((100, 150), (100, 150), (160, 160))
     assert place((500, 741), Sizes((160, 160), (32, 32), (1088, 1920)), "none").input_size == (504, 744)
     assert place((20, 30), DYNAMIC, "none").input_size == (32, 32)  # at least the smallest
+    coarse = Sizes((160, 160), (32, 32), (504, 640), step=32)  # a backend that compiles per size
+    assert place((100, 150), coarse, "none").input_size == (128, 160)
+    assert place((500, 630), coarse, "none").input_size == (504, 640)  # at most the largest
     with pytest.raises(ValueError, match="tiles"):
         place((200, 100), FIXED, "none")
     with pytest.raises(LCError, match="unknown resize mode 'squash'"):

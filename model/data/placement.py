@@ -37,6 +37,9 @@ class Sizes:
     low: tuple[int, int] | None = None
     high: tuple[int, int] | None = None
     multiple: int = SCALE
+    # The padded sizes of a dynamic export are rounded up to this (a multiple of ``multiple``): a backend that
+    # compiles per size (OpenVINO) asks for a coarser step, so images of similar sizes share one compiled model.
+    step: int = SCALE
 
     @property
     def dynamic(self) -> bool:
@@ -49,10 +52,11 @@ class Sizes:
 
     def input_for(self, size: tuple[int, int]) -> tuple[int, int]:
         """The input an image of ``size`` (that :meth:`fits`) runs at: the fixed size, or the size rounded up to
-        the multiple (and at least the smallest)."""
+        the step (at least the smallest, at most the largest)."""
         if not self.dynamic:
             return self.nominal
-        return tuple(max(low, -(-n // self.multiple) * self.multiple) for n, low in zip(size, self.low))
+        step = max(self.step, self.multiple)
+        return tuple(min(high, max(low, -(-n // step) * step)) for n, low, high in zip(size, self.low, self.high))
 
 
 @dataclass(frozen=True)
