@@ -35,8 +35,12 @@ def report_lines(probes: dict[str, Report], backends: dict[str, Report], auto: R
     if auto is None:
         lines.append("--backend auto: no backend here runs a model dir")
     else:
-        lines.append(f"--backend auto runs a model dir on {auto['backend']} at {auto['precision']} "
-                     "(an INT8 dir at int8)")
+        line = f"--backend auto runs a model dir on {auto['backend']} at {auto['precision']}"
+        if "smaller" in auto:
+            smaller = auto["smaller"]
+            line += (f" when it costs at least {auto['min_gmacs']:g} GMACs per image, a smaller one (faster there) on "
+                     f"{smaller['backend']} at {smaller['precision']}")
+        lines.append(line + " (an INT8 dir at int8)")
     return lines
 
 

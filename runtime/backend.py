@@ -94,6 +94,8 @@ class BackendSpec:
         precisions: the ``--precision`` values it takes; ``precision_note`` says how (``--precision`` help).
         auto: the precisions asked for (None: none) at which ``--backend auto`` may pick it for a model dir;
             () for a backend auto picks only for the sources it ``claims``.
+        auto_min_gmacs: ``--backend auto`` passes over it for a model dir whose dense network costs fewer GMACs
+            per image (at its input size) than this: there its per-run overhead outweighs its faster kernels.
         claims: the sources only it runs (TensorRT engine dirs, torch checkpoints); ``claimed`` says what
             such a source is, in messages. None: it runs model dirs.
         profiler: what its ``kernel_profile`` reads (lc-bench ``--profile``); None: it has none.
@@ -116,6 +118,7 @@ class BackendSpec:
     precisions: tuple[str, ...] = ()
     precision_note: str = ""
     auto: tuple[str | None, ...] = ()
+    auto_min_gmacs: float = 0.0
     claims: Callable[[Path], bool] | None = None
     claimed: str = ""
     profiler: str | None = None

@@ -30,14 +30,18 @@ def precision_sources(model_dir: Path | None, precisions: list[str],
     ``model_dir`` may be either: an INT8 dir names its fp32 source in its ``quantization``
     record (``lc-calibrate`` writes it), an fp32 dir cannot name an INT8 one. A ``.pt``
     checkpoint (torch backend) gives fp32 and fp16. Every precision runs on one backend: ``backend``, or the
-    one ``--backend auto`` tries first for the dir (all precisions are asked of it by name: OpenVINO's default
-    is bf16 where the CPU has it, so fp32 must be); a precision it does not have is one line.
+    one ``--backend auto`` tries first for the dir (where that one lacks a precision asked for, the first installed
+    backend that has them all; all precisions are asked of it by name: OpenVINO's default is bf16 where the CPU
+    has it, so fp32 must be); a precision it does not have is one line.
     """
     if set(precisions) - set(PRECISIONS) or "fp32" not in precisions or len(set(precisions)) != len(precisions):
         fail(f"--compare takes fp32 and any of {', '.join(PRECISIONS[1:])}, comma-separated (got "
              f"{','.join(precisions)})")
     model_dir = DEMO_MODEL if model_dir is None else Path(model_dir)
     spec = backend_spec(auto_backend(model_dir) if backend == AUTO else backend)
+    if backend == AUTO and not set(precisions) <= set(spec.precisions):  # e.g. bf16 of a model auto runs on ort
+        spec = next((s for s in BACKENDS if s.claims is None and s.installed() and set(precisions) <= set(s.precisions)),
+                    spec)
     if model_dir.suffix == ".pt" and "int8" in precisions:
         fail("--compare int8 needs the INT8 model dir from lc-calibrate, not a checkpoint")
     for precision in precisions:

@@ -23,6 +23,7 @@ from typing import Any
 from layercascade.errors import LCError
 from layercascade.export.session import import_onnxruntime
 from layercascade.plugins.nvidia import cuda_python_version, driver_gpus, import_tensorrt
+from layercascade.runtime.backend import BackendSpec
 from layercascade.runtime.registry import BACKENDS
 
 WHO = "the TensorRT backend"
@@ -214,12 +215,20 @@ def usable_backends(probes: dict[str, Report]) -> dict[str, Report]:
 
 def auto_pick(probes: dict[str, Report], backends: dict[str, Report]) -> Report | None:
     """What ``--backend auto`` runs an fp32 model dir with here, on the CPU: ``backend`` and ``precision`` (the
-    default precision its first probe reports, e.g. OpenVINO's; else fp32); None when no backend can. An INT8 dir
-    runs on the same backend at int8."""
-    spec = next((spec for spec in BACKENDS if spec.fits("cpu", {}) and backends[spec.name]["ok"]), None)
-    if spec is None:
+    default precision its first probe reports, e.g. OpenVINO's; else fp32), and where that backend is picked only
+    for models of at least ``min_gmacs`` per image, what runs the smaller ones (``smaller``); None when no backend
+    can. An INT8 dir runs on the same backends at int8."""
+    def described(spec: BackendSpec) -> Report:
+        return {"backend": spec.name, "precision": probes[spec.probes[0]].get("default_precision", "fp32")}
+
+    usable = [spec for spec in BACKENDS if spec.fits("cpu", {}) and backends[spec.name]["ok"]]
+    if not usable:
         return None
-    return {"backend": spec.name, "precision": probes[spec.probes[0]].get("default_precision", "fp32")}
+    pick = described(usable[0])
+    smaller = next((spec for spec in usable[1:] if spec.auto_min_gmacs < usable[0].auto_min_gmacs), None)
+    if smaller is not None:
+        pick.update(min_gmacs=usable[0].auto_min_gmacs, smaller=described(smaller))
+    return pick
 
 
 def diagnose() -> tuple[dict[str, Report], dict[str, Report], Report | None]:

@@ -8,9 +8,11 @@ depend on what was imported before. Importing it loads no backend library (the s
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from layercascade.errors import fail
+from layercascade.errors import LCError, fail
+from layercascade.manifest import read_manifest
 from layercascade.runtime.backend import PRECISIONS, BackendSpec
 from layercascade.runtime.openvino import SPEC as OPENVINO
 from layercascade.runtime.ort import SPEC as ORT
@@ -52,7 +54,22 @@ def auto_candidates(source: str | Path | None, device: str = "cpu", options: dic
     owner = claimed_by(source)
     if owner is not None:
         return [owner]
-    return [spec for spec in BACKENDS if spec.fits(device, options or {})] or [REFERENCE]
+    work = model_gmacs(source)
+    return [spec for spec in BACKENDS if spec.fits(device, options or {}) and work >= spec.auto_min_gmacs] or [REFERENCE]
+
+
+def model_gmacs(source: str | Path | None) -> float:
+    """The GMACs per image of a model dir's three stages with every pixel in each (its dense network's work, and
+    its heads'), at its (nominal) input size, from ``lc.json``'s ``stage_gmacs``: what ``--backend auto`` weighs
+    each backend's per-run overhead against (infinite when they cannot be read: the loader then says what is
+    wrong)."""
+    from layercascade.runtime.inputs import DEMO_MODEL
+
+    try:
+        manifest = read_manifest(DEMO_MODEL if source is None else source, verify=False)
+        return float(sum(stage["backbone"] + stage["head"] for stage in manifest["stage_gmacs"]))
+    except (LCError, KeyError, TypeError, ValueError):
+        return math.inf
 
 
 def auto_backend(source: str | Path | None, device: str = "cpu", options: dict | None = None) -> str:

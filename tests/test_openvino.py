@@ -146,7 +146,7 @@ def test_lc_bench_compare_fp32_bf16_int8_on_openvino(demo_int8, capsys: pytest.C
 
     int8_dir, record, _ = demo_int8
     fp32_dir = Path(record["source"])
-    assert precision_sources(int8_dir, ["fp32", "bf16", "int8"]) == {  # auto: OpenVINO, where installed
+    assert precision_sources(int8_dir, ["fp32", "bf16", "int8"]) == {  # auto: the backend that has them all
         "fp32": (fp32_dir, {"backend": "openvino", "precision": "fp32"}),
         "bf16": (fp32_dir, {"backend": "openvino", "precision": "bf16"}),
         "int8": (int8_dir, {"backend": "openvino", "precision": "int8"})}

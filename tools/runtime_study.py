@@ -12,6 +12,8 @@ process, taking turns, all candidates see the same drift.
     python tools/runtime_study.py compare PREFIX_A PREFIX_B [--blocks 30] [--profile-runs 300]
     # loaded cascades and dense networks: [dense:]DIR@BACKEND[:PRECISION] (DIR "demo": the bundled model)
     python tools/runtime_study.py cascades demo@ort demo@openvino:bf16 dense:demo@openvino:fp32 ...
+    # the same on 8 synthetic images in turn (the active pixels differ run to run, as real images' do):
+    python tools/runtime_study.py cascades demo@ort demo@openvino --vary 8
 """
 
 from __future__ import annotations
@@ -125,18 +127,31 @@ def parse_spec(spec: str) -> tuple[bool, str | None, str, str | None]:
     return dense, None if where == "demo" else where, backend or "ort", precision or None
 
 
-def cascades(specs: list[str], blocks: int) -> dict[str, float]:
+def cascades(specs: list[str], blocks: int, vary: int = 0) -> dict[str, float]:
+    """Wall medians of each spec's cascade (or dense network) on a bundled sample image, or with ``vary``, on that
+    many synthetic val images at the model's size in turn: their active pixels differ run to run, as real images'
+    do, and a runtime that re-plans on new shapes (OpenVINO, for the NonZero-sized row tensors) pays for it."""
     steps = {}
     for spec in specs:
         dense, model_dir, backend, precision = parse_spec(spec)
         cascade = Cascade.load(model_dir, backend=backend, **({"precision": precision} if precision else {}))
-        image = sample_batch(cascade, 1)
+        images = synthetic_batches(cascade.input_size, vary) if vary else [sample_batch(cascade, 1)]
+        turn = iter(range(1 << 62))
         if dense:  # the backend's own dense network, at the cascade's settings
             runner = cascade.runner.dense_runner(cascade.manifest)
-            steps[spec] = lambda runner=runner, image=image: runner.infer({IMAGE: image})
+            steps[spec] = lambda runner=runner, images=images, turn=turn: runner.infer(
+                {IMAGE: images[next(turn) % len(images)]})
         else:
-            steps[spec] = lambda cascade=cascade, image=image: cascade.run_batch(image, RHO)
+            steps[spec] = lambda cascade=cascade, images=images, turn=turn: cascade.run_batch(
+                images[next(turn) % len(images)], RHO)
     return interleaved_medians(steps, blocks)
+
+
+def synthetic_batches(size: tuple[int, int], count: int) -> list[np.ndarray]:
+    from layercascade.model.data import open_dataset
+
+    data = open_dataset(f"synthetic:{size[0]}x{size[1]}", "val", limit=count)
+    return [data[k][0][None] for k in range(count)]
 
 
 def main() -> None:
@@ -152,6 +167,8 @@ def main() -> None:
     timing = commands.add_parser("cascades")
     timing.add_argument("specs", nargs="+")
     timing.add_argument("--blocks", type=int, default=30)
+    timing.add_argument("--vary", type=int, default=0, metavar="N",
+                        help="time on N synthetic images in turn (active pixels differing run to run) instead of one")
     for command in (comparing, timing):
         command.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -159,7 +176,7 @@ def main() -> None:
         save(args.model_dir, args.prefix)
         return
     if args.command == "cascades":
-        result = {"wall_ms": cascades(args.specs, args.blocks)}
+        result = {"wall_ms": cascades(args.specs, args.blocks, args.vary)}
     else:
         result = compare(args.prefixes, args.blocks, args.profile_runs)
     if args.json:

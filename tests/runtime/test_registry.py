@@ -21,6 +21,7 @@ from layercascade.runtime import bench as runtime_bench, doctor
 from layercascade.runtime.backend import PRECISIONS, BackendCannotRun, BackendFallbackWarning, BackendSpec, StagedBackend
 from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.inputs import SAMPLES
+from layercascade.runtime import registry
 from layercascade.runtime.registry import (
     AUTO,
     BACKENDS,
@@ -195,6 +196,13 @@ def test_cascade_load_checks_settings_by_the_spec(spec: BackendSpec) -> None:
 
 
 # -- --backend auto -------------------------------------------------------------------------------------------
+@pytest.fixture
+def large(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model dir weighs as a big backbone (50 GMACs per image) for --backend auto, so the small models of these
+    tests take the paths of a model OpenVINO runs faster."""
+    monkeypatch.setattr(registry, "model_gmacs", lambda source: 50.0)
+
+
 @pytest.mark.parametrize(("device", "options", "expected"), [
     ("cpu", {}, ["openvino", "ort"]),
     ("cpu", {"precision": "bf16"}, ["openvino"]),
@@ -205,8 +213,22 @@ def test_cascade_load_checks_settings_by_the_spec(spec: BackendSpec) -> None:
     ("cpu", {"performance_hint": "throughput"}, ["openvino"]),
     ("cuda", {}, ["ort"]),
 ])
-def test_auto_candidates_for_a_model_dir(device: str, options: dict, expected: list[str]) -> None:
+def test_auto_candidates_for_a_model_dir(device: str, options: dict, expected: list[str], large: None) -> None:
     assert [spec.name for spec in auto_candidates(None, device, options)] == expected
+
+
+def test_auto_runs_a_small_model_on_onnx_runtime(tmp_path: Path) -> None:
+    """Below OpenVINO's auto_min_gmacs (0.75) its per-run overhead outweighs its kernels: the demo model (0.22 GMACs
+    per image at 160²) runs on ONNX Runtime, the same weights at 512² (2.3 GMACs) on OpenVINO first."""
+    from layercascade.export.stages import export_model
+    from layercascade.model.checkpoint import load_checkpoint
+
+    assert registry.model_gmacs(None) == pytest.approx(0.2207, abs=1e-3)
+    assert [spec.name for spec in auto_candidates(None)] == ["ort"]
+    large = export_model(load_checkpoint(), tmp_path / "large", input_size=(512, 512))
+    assert registry.model_gmacs(large) == pytest.approx(2.2596, abs=1e-3)
+    assert [spec.name for spec in auto_candidates(large)] == ["openvino", "ort"]
+    assert registry.model_gmacs(tmp_path / "missing") == float("inf")  # the loader says what is wrong
 
 
 def test_auto_candidates_for_engines_and_checkpoints(tmp_path: Path) -> None:
@@ -223,7 +245,8 @@ def test_auto_candidates_for_engines_and_checkpoints(tmp_path: Path) -> None:
         Cascade.load(DEMO_CHECKPOINT, backend="openvino")
 
 
-def test_auto_runs_a_model_dir_on_openvino_at_its_default_precision(demo_fp32: Path, demo_int8: tuple) -> None:
+def test_auto_runs_a_model_dir_on_openvino_at_its_default_precision(demo_fp32: Path, demo_int8: tuple,
+                                                                   large: None) -> None:
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'layercascade[cpu]')")
     from layercascade.runtime.openvino.loader import cpu_capabilities
 
@@ -236,7 +259,7 @@ def test_auto_runs_a_model_dir_on_openvino_at_its_default_precision(demo_fp32: P
             assert (reference.backend, reference.precision) == ("ort", "fp32") and ort.precision == "int8"
 
 
-def test_auto_without_openvino_runs_onnx_runtime_and_says_why(demo_fp32: Path, monkeypatch) -> None:
+def test_auto_without_openvino_runs_onnx_runtime_and_says_why(demo_fp32: Path, monkeypatch, large: None) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.warns(BackendFallbackWarning) as caught:
         cascade = Cascade.load(demo_fp32)
@@ -257,7 +280,8 @@ def cannot_compile(monkeypatch) -> None:
     monkeypatch.setattr(backend, "compile_graph", refuse)
 
 
-def test_auto_passes_a_model_openvino_cannot_compile_to_onnx_runtime(demo_fp32: Path, monkeypatch) -> None:
+def test_auto_passes_a_model_openvino_cannot_compile_to_onnx_runtime(demo_fp32: Path, monkeypatch,
+                                                                     large: None) -> None:
     cannot_compile(monkeypatch)
     with pytest.warns(BackendFallbackWarning, match=r"^--backend auto: .*/stages 1-3: OpenVINO cannot compile it "
                                                     r"\(No conversion rule .*\); running ONNX Runtime$"):
@@ -266,7 +290,7 @@ def test_auto_passes_a_model_openvino_cannot_compile_to_onnx_runtime(demo_fp32: 
         Cascade.load(demo_fp32, backend="openvino")
 
 
-def test_lc_run_says_which_engine_ran_and_why_not_the_faster_one(tmp_path: Path, monkeypatch,
+def test_lc_run_says_which_engine_ran_and_why_not_the_faster_one(tmp_path: Path, monkeypatch, large: None,
                                                                  capsys: pytest.CaptureFixture) -> None:
     image = sorted(SAMPLES.iterdir())[0]
     assert run_cli(run.main, [str(image), "-o", str(tmp_path / "a")]) == 0
