@@ -12,8 +12,8 @@ process, taking turns, all candidates see the same drift.
     python tools/runtime_study.py compare PREFIX_A PREFIX_B [--blocks 30] [--profile-runs 300]
     # loaded cascades and dense networks: [dense:]DIR@BACKEND[:PRECISION] (DIR "demo": the bundled model)
     python tools/runtime_study.py cascades demo@ort demo@openvino:bf16 dense:demo@openvino:fp32 ...
-    # the same on 8 synthetic images in turn (the active pixels differ run to run, as real images' do):
-    python tools/runtime_study.py cascades demo@ort demo@openvino --vary 8
+    # the same on a new synthetic image every run (the active pixels differ run to run, as real images' do):
+    python tools/runtime_study.py cascades demo@ort demo@openvino --fresh
 """
 
 from __future__ import annotations
@@ -127,30 +127,48 @@ def parse_spec(spec: str) -> tuple[bool, str | None, str, str | None]:
     return dense, None if where == "demo" else where, backend or "ort", precision or None
 
 
-def cascades(specs: list[str], blocks: int, vary: int = 0) -> dict[str, float]:
-    """Wall medians of each spec's cascade (or dense network) on a bundled sample image, or with ``vary``, on that
-    many synthetic val images at the model's size in turn: their active pixels differ run to run, as real images'
-    do, and a runtime that re-plans on new shapes (OpenVINO, for the NonZero-sized row tensors) pays for it."""
+def cascades(specs: list[str], blocks: int, fresh: bool = False,
+             forced: tuple[float, float] | None = None) -> dict[str, float]:
+    """Wall medians of each spec's cascade (or dense network) on a bundled sample image, or with ``fresh``, on a new
+    synthetic val image at the model's size every run (the same sequence for every spec), as a folder of photos
+    runs: the active pixels then differ run to run, and a runtime that re-plans on a new shape (OpenVINO, for the
+    tensors whose length the active pixels set) pays for it every image, not once."""
     steps = {}
     for spec in specs:
         dense, model_dir, backend, precision = parse_spec(spec)
         cascade = Cascade.load(model_dir, backend=backend, **({"precision": precision} if precision else {}))
-        images = synthetic_batches(cascade.input_size, vary) if vary else [sample_batch(cascade, 1)]
-        turn = iter(range(1 << 62))
+        images = iter(synthetic_batches(cascade.input_size, blocks * 11)) if fresh else None
+        image = sample_batch(cascade, 1)
         if dense:  # the backend's own dense network, at the cascade's settings
             runner = cascade.runner.dense_runner(cascade.manifest)
-            steps[spec] = lambda runner=runner, images=images, turn=turn: runner.infer(
-                {IMAGE: images[next(turn) % len(images)]})
+            steps[spec] = lambda runner=runner, image=image, images=images: runner.infer(
+                {IMAGE: next(images) if images else image})
+        elif forced is not None:  # forced masks, their shares drawn anew every run (fresh) or fixed
+            masks = iter(forced_masks(cascade.manifest["stage_size"], forced, blocks * 11, fresh))
+            steps[spec] = lambda cascade=cascade, image=image, masks=masks: cascade.run_batch(
+                image, RHO, forced_masks=next(masks))
         else:
-            steps[spec] = lambda cascade=cascade, images=images, turn=turn: cascade.run_batch(
-                images[next(turn) % len(images)], RHO)
+            steps[spec] = lambda cascade=cascade, image=image, images=images: cascade.run_batch(
+                next(images) if images else image, RHO)
     return interleaved_medians(steps, blocks)
 
 
-def synthetic_batches(size: tuple[int, int], count: int) -> list[np.ndarray]:
-    from layercascade.model.data import open_dataset
+def forced_masks(size: list[int], shares: tuple[float, float], count: int, fresh: bool) -> list[tuple]:
+    """``count`` (M₂, M₃) at the stage size with about ``shares`` of the pixels in each, the same sequence for every
+    spec; ``fresh``: each pair's shares drawn within ±20 % of them, so the active pixel counts differ run to run."""
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(count):
+        share2, share3 = (s * rng.uniform(0.8, 1.2) if fresh else s for s in shares)
+        mask2 = (rng.random((1, 1, *size)) < share2).astype(np.float32)
+        pairs.append((mask2, mask2 * (rng.random((1, 1, *size)) < share3 / share2).astype(np.float32)))
+    return pairs if fresh else pairs[:1] * count
 
-    data = open_dataset(f"synthetic:{size[0]}x{size[1]}", "val", limit=count)
+
+def synthetic_batches(size: tuple[int, int], count: int) -> list[np.ndarray]:
+    from layercascade.model.data.synthetic import SyntheticSegmentation
+
+    data = SyntheticSegmentation("val", size=size, length=count)
     return [data[k][0][None] for k in range(count)]
 
 
@@ -167,8 +185,11 @@ def main() -> None:
     timing = commands.add_parser("cascades")
     timing.add_argument("specs", nargs="+")
     timing.add_argument("--blocks", type=int, default=30)
-    timing.add_argument("--vary", type=int, default=0, metavar="N",
-                        help="time on N synthetic images in turn (active pixels differing run to run) instead of one")
+    timing.add_argument("--fresh", action="store_true",
+                        help="a new synthetic image every run (as a folder of photos runs) instead of one repeated; "
+                             "with --forced, new shares every run")
+    timing.add_argument("--forced", type=lambda text: tuple(float(v) for v in text.split(",")), default=None,
+                        metavar="F2,F3", help="forced masks with these shares of the pixels (untrained models)")
     for command in (comparing, timing):
         command.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -176,7 +197,7 @@ def main() -> None:
         save(args.model_dir, args.prefix)
         return
     if args.command == "cascades":
-        result = {"wall_ms": cascades(args.specs, args.blocks, args.vary)}
+        result = {"wall_ms": cascades(args.specs, args.blocks, args.fresh, args.forced)}
     else:
         result = compare(args.prefixes, args.blocks, args.profile_runs)
     if args.json:

@@ -11,10 +11,11 @@ SPEC = BackendSpec(
     precision_note="default bf16 where the CPU has native bf16, else fp32; int8 runs an INT8 dir from lc-calibrate",
     # Its default (bf16 where native) and int8 are the fastest CPU paths measured; at fp32 it is not (ort is).
     auto=(None, "bf16", "int8"),
-    # Its per-run overhead (re-planning the row tensors whose size the active pixels set) outweighs its faster
-    # kernels on small models: the demo at 160² (0.22 GMACs per image) runs faster on ONNX Runtime, alike at 240×320
-    # (0.66), slower from 320² (0.88) up (docs/openvino.md, "What --backend auto picks").
-    auto_min_gmacs=0.75,
+    # Each new active-pixel count costs it a re-plan of the tensors whose length that count sets (5-35 ms, more for
+    # deeper models), and every new image brings one: on a new image every run it is slower than ONNX Runtime up to
+    # about 4 GMACs per image (the demo at 512², 2.3 GMACs), faster above (the demo at 1024², 9 GMACs; resnet50 at
+    # 512², 134 GMACs): docs/openvino.md, "What --backend auto picks".
+    auto_min_gmacs=4.0,
     profiler="OpenVINO's per-op counters (PERF_COUNT)", peer="layercascade.runtime.openvino.loader:dense_peer",
     peer_int8=True,
 )
