@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from layercascade.cli.args import (
     DATA_HELP,
@@ -172,13 +173,22 @@ def compare_main(args) -> int:
     from layercascade.model.evaluate import markdown_table
     from layercascade.runtime.bench import bench_size
     from layercascade.runtime.cascade import Cascade
-    from layercascade.runtime.compare import compare_precisions, plot_comparison, precision_sources
+    from layercascade.runtime.compare import (
+        check_plot_target,
+        compare_precisions,
+        plot_comparison,
+        precision_sources,
+        pyplot,
+    )
 
     if args.active_fraction or args.precision or args.per_stage:
         fail("--compare times each precision on thresholded masks; drop --active-fraction, --precision and "
              "--per-stage")
     if args.plot and not args.data:
         fail("--plot draws speed against mIoU: give --data too (e.g. --data synthetic)")
+    if args.plot:
+        pyplot("--plot")  # before minutes of measuring, not after
+        check_plot_target(Path(args.plot).resolve(), "lc-bench")
     cascades = {name: Cascade.load(model_dir, **{**load_options(args, args.threads), **options})
                 for name, (model_dir, options) in precision_sources(args.model, args.compare, args.backend).items()}
     fp32 = cascades["fp32"]

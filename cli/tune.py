@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from layercascade.model.data import open_dataset
     from layercascade.runtime import tune
     from layercascade.runtime.cascade import DEMO_MODEL, Cascade
-    from layercascade.runtime.compare import pyplot
+    from layercascade.runtime.compare import check_plot_target, pyplot
 
     model_dir = DEMO_MODEL if args.model is None else Path(args.model)
     if model_dir.suffix == ".pt":
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     plot = None if args.no_plot else args.plot or output.with_name(f"{output.name}_frontier.png")
     if plot is not None:  # before minutes of measuring, not after
         pyplot("the frontier plot (skip it with --no-plot)")
-        tune.check_plot_target(plot.resolve())
+        check_plot_target(plot.resolve(), "lc-tune")
     dataset = open_dataset(args.data, args.split, seed=args.seed, limit=args.limit)
     with Cascade.load(model_dir, **load_options(args, args.threads)) as cascade:
         result = tune.measure_grid(cascade, dataset, args.grid or tune.GRID, args.iters, args.warmup,

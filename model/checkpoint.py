@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from layercascade.errors import fail
+from layercascade.errors import LCError, fail
 from layercascade.manifest import check_model_fields, check_version
 from layercascade.model.config import ModelConfig
 from layercascade.model.network import LayerCascadeNet
@@ -90,6 +90,24 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_checkpoint_target(path: Path) -> None:
+    """Fail (one line) unless a checkpoint may be written at ``path``: nothing there, or a layercascade checkpoint
+    (an earlier run's, or the one resumed), never a user's other file, under a folder."""
+    if path.is_dir() or (path.exists() and not path.is_file()) or path.is_symlink():
+        fail(f"-o {path}: exists and is not a checkpoint file; choose another -o")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        fail(f"-o {path}: {blocking} exists and is not a folder; choose another -o")
+    if path.exists():
+        try:
+            data = read_weights_file(path)
+        except LCError:
+            data = None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            fail(f"-o {path}: exists and is not a layercascade checkpoint, which training would replace; choose "
+                 "another -o")
 
 
 def read_weights_file(path: str | os.PathLike) -> Any:

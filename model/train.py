@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from layercascade.contract import check_threshold
 from layercascade.errors import fail
-from layercascade.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from layercascade.model.checkpoint import Checkpoint, check_checkpoint_target, load_checkpoint, save_checkpoint
 from layercascade.model.config import ModelConfig
 from layercascade.model.data import SegmentationDataset, open_dataset
 from layercascade.model.data.images import resize_image, resize_labels
@@ -154,6 +154,7 @@ def train(
         resume: continue this checkpoint's run (same settings, optimizer state kept).
         backbone_weights: ImageNet state dict for the backbone of a new model.
     """
+    check_checkpoint_target(Path(output))  # before any training, not after the first epoch
     torch.manual_seed(settings.seed)
     start_epoch, history, optimizer_state = 0, [], None
     source = resume or init

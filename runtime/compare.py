@@ -11,7 +11,7 @@ import numpy as np
 
 from layercascade.contract import Rho, RhoLike, check_rho, format_rho, rho_value
 from layercascade.errors import fail
-from layercascade.manifest import read_cascade_manifest
+from layercascade.manifest import read_cascade_manifest, write_atomic
 from layercascade.model.data import SegmentationDataset
 from layercascade.model.evaluate import Predictor, evaluate
 from layercascade.runtime.backend import PRECISIONS
@@ -140,6 +140,38 @@ def pyplot(what: str) -> Any:
     return plt
 
 
+# The PNG text chunk that marks a plot as layercascade's: an existing file at a --plot path is replaced only if it
+# carries it (an earlier plot of the command), never a user's picture or any other file.
+PLOT_SOFTWARE = "layercascade {command} plot"
+
+
+def check_plot_target(path: Path, command: str) -> None:
+    """Fail (one line, before any measuring) unless ``command``'s plot can be written at ``path``: its folder
+    exists, and nothing is there but an earlier plot of ``command`` (which is replaced)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        fail(f"--plot {path}: the folder {path.parent} does not exist; create it or choose another --plot")
+    if not path.exists() and not path.is_symlink():
+        return
+    software = None
+    if path.is_file() and not path.is_symlink():
+        try:
+            with Image.open(path) as picture:
+                software = picture.format == "PNG" and picture.info.get("Software")
+        except (OSError, UnidentifiedImageError, ValueError):
+            software = None
+    if software != PLOT_SOFTWARE.format(command=command):
+        fail(f"--plot {path}: exists and is not a plot {command} wrote; choose another --plot")
+
+
+def save_plot(figure: Any, path: Path, command: str) -> None:
+    """Write ``figure`` as ``command``'s PNG plot at ``path`` (marked as such, atomically)."""
+    write_atomic(path, lambda temporary: figure.savefig(
+        temporary, dpi=120, metadata={"Software": PLOT_SOFTWARE.format(command=command)}))
+
+
 def plot_comparison(result: dict[str, Any], path: Path) -> None:
     """Speed (FPS) against mIoU, one line per precision through its ρ values (the paper's Fig. 7a)."""
     plt = pyplot("--plot")
@@ -156,5 +188,5 @@ def plot_comparison(result: dict[str, Any], path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_plot(figure, path, "lc-bench")
     plt.close(figure)

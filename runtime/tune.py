@@ -37,12 +37,12 @@ import numpy as np
 
 from layercascade.contract import Rho, check_rho, check_threshold, format_rho, rho_value
 from layercascade.errors import fail
-from layercascade.manifest import check_model_dir_target, read_cascade_manifest, write_atomic, write_model_dir
+from layercascade.manifest import check_model_dir_target, read_cascade_manifest, write_model_dir
 from layercascade.model.data import SegmentationDataset
 from layercascade.model.evaluate import evaluate
 from layercascade.runtime.bench import timed_blocks
 from layercascade.runtime.cascade import Cascade
-from layercascade.runtime.compare import pyplot
+from layercascade.runtime.compare import pyplot, save_plot
 from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.runtime.timing import LatencyStats, check_iterations
 from layercascade.version import __version__
@@ -233,31 +233,6 @@ def write_tuned_dir(model_dir: Path, output: Path, rho: Rho, tuning: dict[str, A
     return write_model_dir(output, write, "lc-tune")
 
 
-# The PNG text chunk that marks a frontier plot as lc-tune's: an existing file at --plot is replaced only if
-# it carries it (an earlier lc-tune's plot), never a user's picture or any other file.
-PLOT_SOFTWARE = "layercascade lc-tune frontier plot"
-
-
-def check_plot_target(path: Path) -> None:
-    """Fail (one line, before any measuring) unless the frontier plot can be written at ``path``: its folder
-    exists, and nothing is there but an earlier lc-tune plot (which is replaced)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.parent.is_dir():
-        fail(f"--plot {path}: the folder {path.parent} does not exist; create it or choose another --plot")
-    if not path.exists() and not path.is_symlink():
-        return
-    software = None
-    if path.is_file() and not path.is_symlink():
-        try:
-            with Image.open(path) as picture:
-                software = picture.format == "PNG" and picture.info.get("Software")
-        except (OSError, UnidentifiedImageError, ValueError):
-            software = None
-    if software != PLOT_SOFTWARE:
-        fail(f"--plot {path}: exists and is not a frontier plot lc-tune wrote; choose another --plot (or --no-plot)")
-
-
 def plot_frontier(result: dict[str, Any], chosen: dict[str, Any], budget: Budget, path: Path) -> None:
     """mIoU against median latency: every setting, the frontier, the default and the chosen point, the budget's
     line; cropped below at the fastest frontier point's mIoU (every point under it is beaten by that one)."""
@@ -292,5 +267,5 @@ def plot_frontier(result: dict[str, Any], chosen: dict[str, Any], budget: Budget
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    write_atomic(path, lambda temporary: figure.savefig(temporary, metadata={"Software": PLOT_SOFTWARE}))
+    save_plot(figure, path, "lc-tune")
     plt.close(figure)

@@ -378,8 +378,9 @@ def test_lc_tune_refuses_an_existing_dir_before_measuring(demo_fp32: Path, tmp_p
     assert "written by lc-export, which lc-tune does not replace" in capsys.readouterr().err
 
 
-def test_lc_tune_replaces_only_its_own_plot(tmp_path: Path) -> None:
-    from layercascade.runtime import tune
+def test_plots_replace_only_their_own_command_s(tmp_path: Path) -> None:
+    """lc-tune --plot replaced a user's file; lc-bench --plot too. Each replaces only a plot it wrote (PNG tag)."""
+    from layercascade.runtime.compare import PLOT_SOFTWARE, check_plot_target
 
     photo = tmp_path / "photo.png"
     Image.new("RGB", (4, 4)).save(photo)
@@ -388,20 +389,22 @@ def test_lc_tune_replaces_only_its_own_plot(tmp_path: Path) -> None:
             path.write_text("mine")
         elif not path.suffix:
             path.mkdir()
-        with pytest.raises(LCError, match="exists and is not a frontier plot lc-tune wrote"):
-            tune.check_plot_target(path)
+        with pytest.raises(LCError, match="exists and is not a plot lc-tune wrote"):
+            check_plot_target(path, "lc-tune")
     with pytest.raises(LCError, match="does not exist"):
-        tune.check_plot_target(tmp_path / "missing" / "plot.png")
-    tune.check_plot_target(tmp_path / "new.png")  # nothing there: fine
+        check_plot_target(tmp_path / "missing" / "plot.png", "lc-bench")
+    check_plot_target(tmp_path / "new.png", "lc-bench")  # nothing there: fine
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     figure = plt.figure()
-    figure.savefig(tmp_path / "earlier.png", metadata={"Software": tune.PLOT_SOFTWARE})
+    figure.savefig(tmp_path / "earlier.png", metadata={"Software": PLOT_SOFTWARE.format(command="lc-tune")})
     plt.close(figure)
-    tune.check_plot_target(tmp_path / "earlier.png")  # an earlier lc-tune plot: may be replaced
+    check_plot_target(tmp_path / "earlier.png", "lc-tune")  # an earlier lc-tune plot: may be replaced
+    with pytest.raises(LCError, match="exists and is not a plot lc-bench wrote"):
+        check_plot_target(tmp_path / "earlier.png", "lc-bench")
 
 
 def test_lc_triton_onto_a_file_is_one_line(tmp_path: Path, capsys) -> None:
@@ -424,3 +427,18 @@ def test_model_dirs_are_readable_by_other_users(tmp_path: Path) -> None:
     assert written.stat().st_mode & 0o777 == 0o755
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in written.iterdir())
 
+
+
+def test_lc_train_replaces_only_a_checkpoint(tmp_path: Path, capsys) -> None:
+    """lc-train -o onto a user's file replaced it after the first epoch; now it is one line before training."""
+    from layercascade.cli import train
+
+    notes = tmp_path / "notes.pt"
+    notes.write_text("the user's own file")
+    for target, expected in ((notes, "exists and is not a layercascade checkpoint"),
+                             (tmp_path, "exists and is not a checkpoint file"),
+                             (notes / "model.pt", "notes.pt exists and is not a folder")):
+        assert run_cli(train.main, ["-o", str(target), "--epochs", "1", "--train-limit", "2", "--val-limit", "2"]) == 1
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+    assert notes.read_text() == "the user's own file"
