@@ -91,7 +91,9 @@ shares of pixels reaching stages 2 and 3. The float rows run the fp32 model dir 
 default precision) against the float peers (ONNX Runtime fp32, OpenVINO at its default precision, torch eager); the INT8
 rows run the lc-calibrate dir (OpenVINO int8) against those and the int8 peers: the same dir's `dense.onnx`, quantized by
 lc-calibrate with the stages' statistics (our own quantizer, not NNCF), on ONNX Runtime and OpenVINO. Each row is the
-run with the median speedup over the fastest peer of {args.repeats}.
+run with the median speedup over the fastest peer of {args.repeats}. lc-bench times one image (or one pair of forced
+masks) repeated: OpenVINO's best case, since it re-plans for every new active-pixel count (docs/openvino.md, "What
+`--backend auto` picks"); the models under 4 GMACs per image run on ONNX Runtime under auto for that reason.
 
 | model | size | % to stages 2/3 | cascade | cascade ms | fastest peer, ms | vs fastest | fastest peer of the same class, ms | vs same class |
 |---|---|---|---|---|---|---|---|---|
