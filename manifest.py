@@ -203,7 +203,7 @@ def check_model_fields(manifest: dict[str, Any], source: str | os.PathLike,
     one RGB colour per class, ``mean`` and ``std`` three finite numbers each (``std`` positive). Checked at
     export (of the checkpoint's values) and at load (of ``lc.json``'s)."""
     def wrong(field: str, what: str) -> NoReturn:
-        fail(f"{source}: {field} {json.dumps(manifest.get(field))[:80]} is not {what}; {advice}")
+        field_is_not(manifest, field, what, source, advice)
 
     rho = manifest.get("default_rho")
     if _threshold(rho):
@@ -231,6 +231,11 @@ def check_model_fields(manifest: dict[str, Any], source: str | os.PathLike,
     return manifest
 
 
+def field_is_not(manifest: dict[str, Any], field: str, what: str, source: str | os.PathLike, advice: str) -> NoReturn:
+    """One line: ``source``'s ``field`` (its value, cut short) is not ``what``, and ``advice``."""
+    fail(f"{source}: {field} {json.dumps(manifest.get(field))[:80]} is not {what}; {advice}")
+
+
 def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
                          advice: str = "fix it or re-export the model") -> dict[str, Any]:
     """``manifest`` if every field a cascade runs by holds a value it can run with (:func:`check_model_fields`,
@@ -238,7 +243,7 @@ def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
     and the field. The stage graphs themselves are checked against these by the backend that loads them
     (``export.graph.check_stage_graphs``)."""
     def wrong(field: str, what: str) -> NoReturn:
-        fail(f"{source}: {field} {json.dumps(manifest.get(field))[:80]} is not {what}; {advice}")
+        field_is_not(manifest, field, what, source, advice)
 
     check_model_fields(manifest, source, advice)
     batch = manifest.get("batch")
@@ -297,12 +302,13 @@ def model_hash(manifest: dict[str, Any]) -> str:
 
 
 def temporary_path(path: Path) -> Path:
-    """A fresh hidden name beside ``path`` that keeps its extension (writers pick formats by it).
+    """A fresh hidden name beside ``path`` that keeps its extension (writers pick formats by it), short
+    whatever ``path``'s length: a final name that fits the file system is never refused for its temporary one.
 
     A fresh name instead of mkstemp: the writer creates the file itself, so it gets the usual
     permissions (mkstemp's are 0600).
     """
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    return path.with_name(f".lc-{secrets.token_hex(6)}.tmp{path.suffix[:16]}")
 
 
 def write_atomic(path: str | os.PathLike[str], write_fn: Callable[[Path], object]) -> None:

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         run = batch.segment_all_ray(args.model, load_options(args, threads=1), paths, out, rho=args.rho,
                                     strict=args.strict, progress=progress, read=read, earlier=earlier,
                                     address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers)
-    summary = {**summarize(run, backend=backend, model=args.model or "demo", rho=rho), "precision": precision}
+    summary = summarize(run, backend=backend, precision=precision, model=args.model or "demo", rho=rho)
     try:
         size = write_summary(out, summary)
     except LCError as error:

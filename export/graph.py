@@ -16,7 +16,7 @@ from onnx import external_data_helper, helper, numpy_helper
 
 from layercascade.contract import DTYPES, DYNAMIC_DIMS, IMAGE, LABELS, SCORES1, SCORES2, STAGE_INPUTS, STAGE_OUTPUTS
 from layercascade.errors import fail
-from layercascade.manifest import MANIFEST
+from layercascade.manifest import MANIFEST, is_plain_file_name
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
@@ -91,8 +91,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     for tensor in external:
         location = external_data_helper.ExternalDataInfo(tensor).location
         file = path.parent / location
-        if (Path(location).name != location or location in ("", ".", "..") or not file.is_file()
-                or file.resolve().parent != path.parent.resolve()):
+        if not is_plain_file_name(location) or not file.is_file() or file.resolve().parent != path.parent.resolve():
             fail(f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, which is not a file beside it "
                  "(external data is read only from files in the model's own folder); re-export the model")
     if external:

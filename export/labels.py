@@ -16,8 +16,8 @@ from onnx import TensorProto
 
 from layercascade.contract import LABELS
 from layercascade.export.graph import GraphBuilder
+from layercascade.model.data.placement import SCALE  # stage resolution → input resolution
 
-SCALE = 8  # stage resolution → input resolution
 HALF = SCALE // 2
 INT64, UINT8, FLOAT = TensorProto.INT64, TensorProto.UINT8, TensorProto.FLOAT
 

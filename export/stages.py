@@ -160,10 +160,6 @@ class _Exporter:
         """The label map of the channels-last scores ``nhwc`` (``export/labels.py``)."""
         return label_map(g, nhwc, self.classes, self.input_size, self.stage_size)
 
-    def graph(self, index: int | None) -> onnx.ModelProto:
-        """Stage graph ``index`` (0, 1, 2), or the dense one for None."""
-        return [self.stage1, self.stage2, self.stage3][index]() if index is not None else self.dense()
-
     def build(self, g: GraphBuilder, doc: str) -> onnx.ModelProto:
         functions = [regionconv.function_proto(self.opset)] if regionconv.DOMAIN in g.domains else []
         return g.build(functions, doc=f"{doc} ({self.model.config.backbone})")
@@ -293,7 +289,8 @@ def export_model(
     def write(folder: Path) -> dict[str, Any]:
         graphs = {"dense.onnx": exporter.dense()}
         if not dense_only:
-            graphs.update({f"stage{k + 1}.onnx": exporter.graph(k) for k in range(NUM_STAGES)})
+            graphs.update({f"stage{k + 1}.onnx": stage() for k, stage in
+                           enumerate((exporter.stage1, exporter.stage2, exporter.stage3))})
         specs = {}
         for name, graph in graphs.items():
             graph = check_graph(graph)

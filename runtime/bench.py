@@ -47,7 +47,7 @@ def bench_size(cascade: Cascade, size: tuple[int, int] | None) -> tuple[int, int
         fail(f"--size {height}x{width}: {cascade.model_dir} takes {cascade.input_size[0]}x{cascade.input_size[1]} "
              f"images only; export it for {height}x{width} (lc-export --input-size {height}x{width}) or with "
              f"--dynamic-size")
-    fail(f"--size {height}x{width}: {cascade.model_dir} takes {cascade.size_text()}")
+    fail(f"--size {height}x{width}: {cascade.model_dir} takes {cascade.sizes.describe()}")
 
 
 def timed_blocks(steps: dict[Any, Any], iters: int, warmup: int, progress: bool) -> dict[Any, list[float]]:
@@ -178,9 +178,8 @@ def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, war
     peer_list, missing = peer_runners(cascade, threads) if peers else ({}, {})
     for name, (runner, *_) in peer_list.items():
         steps[f"peer:{name}"] = functools.partial(runner.infer, {IMAGE: images})
-    for step in steps.values():  # what a runner prepares on first use (OpenVINO: a compile per size) goes untimed
-        step()
-    samples = timed_blocks(steps, iters, warmup, progress)
+    # At least one untimed call: what a runner prepares on first use (OpenVINO: a compile per size) goes untimed.
+    samples = timed_blocks(steps, iters, max(warmup, 1), progress)
     cascade_ms, dense_ms = samples["cascade"], samples["dense"]
     fractions = stage_fractions(first, masks, batch)
     gmacs = cascade.manifest["stage_gmacs"]

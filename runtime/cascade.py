@@ -93,8 +93,8 @@ class Cascade:
             backend: a name of ``runtime/registry.py`` ("openvino", "ort" (ONNX Runtime), "trt", "torch") or
                 "auto": TensorRT for an engine dir, torch for a ``.pt`` checkpoint; for a model dir OpenVINO
                 at its default precision (bf16 where the CPU has it natively, else fp32) or int8, where it is
-                installed and compiles the model, else ONNX Runtime (then a :class:`BackendFallbackWarning`
-                says why); ONNX Runtime too for ``precision="fp32"`` (the exact reference), ``device="cuda"``
+                installed, compiles the model and the model costs at least 6 GMACs per image, else ONNX Runtime
+                (then a :class:`BackendFallbackWarning` says why, unless the model was merely small); ONNX Runtime too for ``precision="fp32"`` (the exact reference), ``device="cuda"``
                 and settings only it has.
             device: "cpu" or "cuda".
             lower: run RegionConv in compact row form (False: the graphs' function bodies).
@@ -169,24 +169,14 @@ class Cascade:
         if self.closed:
             fail("this cascade was closed; load the model again (Cascade.load)")
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8 or not self.takes(images.shape[1:3]):
-            fail(f"expected (N, {self.size_text()}, 3) uint8 images, got {images.dtype} {images.shape}")
+            fail(f"expected (N, {self.sizes.describe()}, 3) uint8 images, got {images.dtype} {images.shape}")
         if self.batch_size is not None and images.shape[0] != self.batch_size:
             fail(f"this model was exported for batch {self.batch_size}, got {images.shape[0]} images")
         return self.runner.run(images, self.rho(rho), forced_masks)
 
     def takes(self, size: tuple[int, int]) -> bool:
-        """Whether the graphs take images of ``size`` = (H, W) as they are."""
-        if not self.sizes.dynamic:
-            return tuple(size) == self.input_size
-        return all(low <= n <= high and n % self.sizes.multiple == 0
-                   for n, low, high in zip(size, self.sizes.low, self.sizes.high))
-
-    def size_text(self) -> str:
-        """The sizes the graphs take, for messages: ``160, 160``, or ``H, W`` with their bounds."""
-        if not self.sizes.dynamic:
-            return f"{self.input_size[0]}, {self.input_size[1]}"
-        (low_h, low_w), (high_h, high_w) = self.sizes.low, self.sizes.high
-        return (f"H, W (multiples of {self.sizes.multiple}, {low_h} <= H <= {high_h}, {low_w} <= W <= {high_w})")
+        """Whether the graphs take images of ``size`` = (H, W) as they are (``Sizes.takes``)."""
+        return self.sizes.takes(size)
 
     @property
     def batch_capacity(self) -> int | None:
@@ -229,7 +219,7 @@ class Cascade:
         whole: dict[tuple[int, int], list[tuple[int, Placement]]] = {}
         for index, image in enumerate(originals):
             size = image.shape[:2]
-            if mode == "none" and not (size[0] <= tile[0] and size[1] <= tile[1] and self.sizes.fits(size)):
+            if mode == "none" and not (size[0] <= tile[0] and size[1] <= tile[1]):  # (a tile fits the input)
                 results[index] = self._run_tiled(image, rho, tile, overlap)
             else:
                 placement = place(size, self.sizes, mode)
@@ -249,10 +239,8 @@ class Cascade:
         mode = default_resize(self.sizes) if resize is None else check_resize(resize)
         if tile is not None and mode != "none":
             fail(f"tiles run the image at its own resolution: --tile goes with --resize none, not {mode}")
-        top = self.sizes.high if self.sizes.dynamic else self.input_size
-        if tile is None:
-            tile = top
-        tile = (int(tile[0]), int(tile[1]))
+        top = self.sizes.largest
+        tile = top if tile is None else (int(tile[0]), int(tile[1]))
         if not (0 < tile[0] <= top[0] and 0 < tile[1] <= top[1]):
             fail(f"--tile {tile[0]}x{tile[1]}: a tile must fit the model's input ({top[0]}x{top[1]} at most)")
         return mode, tile, default_overlap(tile) if overlap is None else int(overlap)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
 import platform
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from layercascade.errors import LCError
 from layercascade.export.session import import_onnxruntime
 from layercascade.plugins.nvidia import cuda_python_version, driver_gpus, import_tensorrt
 from layercascade.runtime.backend import BackendSpec
-from layercascade.runtime.registry import BACKENDS
+from layercascade.runtime.registry import BACKENDS, model_dir_candidates
 
 WHO = "the TensorRT backend"
 Report = dict[str, Any]
@@ -221,13 +222,15 @@ def auto_pick(probes: dict[str, Report], backends: dict[str, Report]) -> Report 
     def described(spec: BackendSpec) -> Report:
         return {"backend": spec.name, "precision": probes[spec.probes[0]].get("default_precision", "fp32")}
 
-    usable = [spec for spec in BACKENDS if spec.fits("cpu", {}) and backends[spec.name]["ok"]]
-    if not usable:
+    def first_usable(gmacs: float) -> BackendSpec | None:
+        return next((spec for spec in model_dir_candidates(gmacs) if backends[spec.name]["ok"]), None)
+
+    large, small = first_usable(math.inf), first_usable(0.0)
+    if large is None:
         return None
-    pick = described(usable[0])
-    smaller = next((spec for spec in usable[1:] if spec.auto_min_gmacs < usable[0].auto_min_gmacs), None)
-    if smaller is not None:
-        pick.update(min_gmacs=usable[0].auto_min_gmacs, smaller=described(smaller))
+    pick = described(large)
+    if small is not None and small is not large:
+        pick.update(min_gmacs=large.auto_min_gmacs, smaller=described(small))
     return pick
 
 

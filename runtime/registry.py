@@ -47,15 +47,18 @@ def claimed_by(source: str | Path | None) -> BackendSpec | None:
 
 
 def auto_candidates(source: str | Path | None, device: str = "cpu", options: dict | None = None) -> list[BackendSpec]:
-    """What ``--backend auto`` tries for ``source``, in order: the backend that claims it; else the model-dir
-    backends that fit ``device`` and ``options`` (the precision asked included), fastest first, or the reference
-    (whose loader then names what it does not take). Whether each is installed and compiles the model is
+    """What ``--backend auto`` tries for ``source``, in order: the backend that claims it, else
+    :func:`model_dir_candidates` for its work per image. Whether each is installed and compiles the model is
     ``Cascade.load``'s to find out."""
     owner = claimed_by(source)
-    if owner is not None:
-        return [owner]
-    work = model_gmacs(source)
-    return [spec for spec in BACKENDS if spec.fits(device, options or {}) and work >= spec.auto_min_gmacs] or [REFERENCE]
+    return [owner] if owner is not None else model_dir_candidates(model_gmacs(source), device, options)
+
+
+def model_dir_candidates(gmacs: float, device: str = "cpu", options: dict | None = None) -> list[BackendSpec]:
+    """The backends ``--backend auto`` tries, in order, for a model dir of ``gmacs`` per image: those that fit
+    ``device`` and ``options`` (the precision asked included) and whose ``auto_min_gmacs`` it reaches, fastest
+    first, or the reference (whose loader then names what it does not take)."""
+    return [spec for spec in BACKENDS if spec.fits(device, options or {}) and gmacs >= spec.auto_min_gmacs] or [REFERENCE]
 
 
 def model_gmacs(source: str | Path | None) -> float:

@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from layercascade.contract import Rho, RhoLike, rho_value
 from layercascade.errors import LCError, fail
-from layercascade.manifest import is_plain_file_name, is_sha256, open_regular, read_regular
+from layercascade.manifest import is_plain_file_name, is_sha256, open_regular, read_regular, temporary_path
 from layercascade.model.data.images import MAX_PIXELS, read_rgb, resize_image, resize_labels
 from layercascade.runtime.inputs import output_stems
 from layercascade.runtime.visualize import label_image, overlay, stage_picture
@@ -47,8 +46,8 @@ SUMMARY = "summary.json"
 PICTURE_MAX_PIXELS = 16_000_000
 # ... and at most this many pixels a side (JPEG takes 65535; a 1×10⁸ image's picture stays a picture).
 PICTURE_MAX_SIDE = 16_384
-# A summary.json over this size is refused, not read: a real one holds ~110,000 images' records (~600 bytes
-# each), and parsing the worst JSON of this size (`[{},{},…]`) peaks at ~1.7 GB.
+# A summary.json over this size is refused, not read: a record of one image is ~600-700 bytes, so this holds
+# ~100,000 images', and the worst JSON of this size (`[{},{},…]`) still parses within a few GB.
 SUMMARY_MAX_BYTES = 64 << 20
 # Write errors that concern one output file: its name (too long, not valid on this file system), its
 # permissions (EACCES/EPERM: a file the user may not replace), what sits at its name (a folder, a busy
@@ -123,7 +122,7 @@ def make_output_dir(path: Path) -> Path:
 
 def unwritable(folder: Path) -> OSError | None:
     """Why a new file cannot be created and removed in ``folder`` (tried), or None if it can."""
-    probe = staging_path(folder / "probe")
+    probe = temporary_path(folder / "probe")
     try:
         with open(probe, "xb"):
             pass
@@ -150,7 +149,7 @@ Outcome = tuple[int, "Segmented | LCError"]
 
 
 def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: RhoLike | None, strict: bool,
-                progress: bool, read: ImageOptions = ImageOptions(), earlier: list[str] | None = None) -> Run:
+                progress: bool, read: ImageOptions = ImageOptions(), earlier: dict[str, str] | None = None) -> Run:
     """Segment every image and write its pictures (all of an image's files or none): :func:`write_all`
     of the images segmented here, one after another."""
 
@@ -355,12 +354,6 @@ def encode(pictures: dict[str, Image.Image]) -> dict[str, bytes]:
     return files
 
 
-def staging_path(final: Path) -> Path:
-    """A fresh hidden name beside ``final``, short whatever its length: a final name that fits the file
-    system is never refused for its temporary one (``manifest.temporary_path`` adds ~20 bytes to it)."""
-    return final.with_name(f".lc-run-{secrets.token_hex(6)}.tmp{final.suffix[:16]}")
-
-
 def write_new(path: Path, data: bytes) -> None:
     """Create ``path`` holding ``data``; never opens an existing file (nor the target of a link)."""
     with open(path, "xb") as handle:
@@ -373,7 +366,7 @@ def stage(files: dict[Path, bytes]) -> Staged:
     moves: list[tuple[Path, Path]] = []
     try:
         for final, data in files.items():
-            moves.append((staging_path(final), final))
+            moves.append((temporary_path(final), final))
             try:
                 write_new(moves[-1][0], data)
             except OSError as error:
@@ -431,14 +424,14 @@ def image_record(path: Path, image: np.ndarray, result: CascadeResult, ms: float
     }
 
 
-def summarize(run: Run, *, backend: str, model: str, rho: Rho) -> dict[str, Any]:
+def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho: Rho) -> dict[str, Any]:
     """Totals over the run, then the per-image records.
 
     ``stage_fractions`` is weighted by image pixels: the share of all segmented pixels
     each stage decided. Means are null when no image was segmented. ``interrupted``: the run
     was stopped (Ctrl-C) before every image was tried; ``stopped``: why it ended early (an output
-    could not be written); the records are the images finished either way. ``rho``: one number when
-    both stages shared it, else [ρ₂, ρ₃].
+    could not be written); the records are the images finished either way. ``backend`` and ``precision``: the
+    engine that ran and what it computed in. ``rho``: one number when both stages shared it, else [ρ₂, ρ₃].
     """
     records = run.records
     pixels = [h * w for h, w in (r["size"] for r in records)]
@@ -452,6 +445,7 @@ def summarize(run: Run, *, backend: str, model: str, rho: Rho) -> dict[str, Any]
         "mean_ms": round(float(np.mean([r["ms"] for r in records])), 3) if records else None,
         "stage_fractions": None if fractions is None else [round(float(f), 6) for f in fractions],
         "backend": backend,
+        "precision": precision,  # what the backend computed in (Cascade.precision)
         "model": str(model),
         "rho": rho_value(rho),
         "results": records,

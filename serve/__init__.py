@@ -43,3 +43,9 @@ def connect(address: str | None) -> bool:
         fail(f"cannot reach the Ray cluster at {address!r} ({error}); start it (`ray start --head`) or leave "
              "--address out to run a local Ray")
     return address is None
+
+
+def last_line(error: BaseException) -> str:
+    """The last line of a Ray error (its cause; the lines before are the traceback)."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -33,7 +33,7 @@ from layercascade.runtime.segment import (
     segment_file,
     write_all,
 )
-from layercascade.serve import connect, gpus_per_model
+from layercascade.serve import connect, gpus_per_model, last_line
 
 # The columns holding an image's encoded pictures, one per OUTPUTS variant ("" is the label map).
 FILE_COLUMNS = {variant: f"file{variant}" for variant in OUTPUTS}
@@ -116,9 +116,3 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: Rh
     except ray.exceptions.RayError as error:
         cause = error.cause if isinstance(getattr(error, "cause", None), LCError) else None
         raise LCError(str(cause) if cause else f"the Ray pipeline failed: {last_line(error)}") from None
-
-
-def last_line(error: BaseException) -> str:
-    """The last line of a Ray error (its cause; the lines before are the traceback)."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from layercascade.errors import fail
-from layercascade.serve import connect
+from layercascade.serve import connect, last_line
 from layercascade.serve.app import ServeSettings, app_name, application
-from layercascade.serve.batch import last_line
 from layercascade.serve.http import PROXY_CALLBACK
 
 
@@ -78,6 +77,8 @@ def check_port(host: str, port: int) -> None:
     """One line unless ``host:port`` can be listened on now: lc-serve checks before it starts a local Ray
     (seconds), where Serve's proxy will listen."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As uvicorn binds: a port whose old connections linger in TIME_WAIT (a restart) is free to listen on.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:

@@ -137,6 +137,28 @@ def test_an_engine_file_named_outside_the_dir_is_refused(engine_dir, name) -> No
         read_metadata(engine_dir)
 
 
+def test_an_engine_engines_json_does_not_hash_is_never_loaded(engine_dir) -> None:
+    """lc.json names stage2.engine, engines.json drops its record (so no hash covers it): refused before TensorRT
+    is even imported, not deserialized unchecked."""
+    from layercascade.runtime.trt import loader
+
+    record = json.loads((engine_dir / METADATA).read_text())
+    del record["engines"]["stage2"]
+    (engine_dir / METADATA).write_text(json.dumps(record))
+    (engine_dir / "stage2.engine").write_bytes(b"not an engine")
+    with pytest.raises(LCError, match=r"lc.json: its engines .* are not the ones engines.json hashed"):
+        loader.load(engine_dir)
+
+
+@pytest.mark.parametrize("ptx_cuda", [12.8, "x", "12"])
+def test_a_malformed_ptx_cuda_is_corrupt_metadata(engine_dir, ptx_cuda) -> None:
+    record = json.loads((engine_dir / METADATA).read_text())
+    record["ptx_cuda"] = ptx_cuda
+    (engine_dir / METADATA).write_text(json.dumps(record))
+    with pytest.raises(LCError, match="corrupt engine metadata"):
+        read_metadata(engine_dir)
+
+
 @pytest.mark.parametrize("version, message", [(OLDEST - 1, "from an older lc-build .* rebuild the engines"),
                                               (VERSION + 1, "newer than this layercascade reads")])
 def test_metadata_of_another_version(engine_dir, version, message) -> None:

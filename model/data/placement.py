@@ -45,10 +45,26 @@ class Sizes:
     def dynamic(self) -> bool:
         return self.low is not None
 
+    @property
+    def largest(self) -> tuple[int, int]:
+        return self.high if self.dynamic else self.nominal
+
     def fits(self, size: tuple[int, int]) -> bool:
         """Whether an image of ``size`` runs whole (padded), not in tiles."""
-        top = self.high if self.dynamic else self.nominal
-        return size[0] <= top[0] and size[1] <= top[1]
+        return size[0] <= self.largest[0] and size[1] <= self.largest[1]
+
+    def takes(self, size: tuple[int, int]) -> bool:
+        """Whether the graphs take an input of ``size`` as it is (no padding)."""
+        if not self.dynamic:
+            return tuple(size) == self.nominal
+        return all(low <= n <= high and n % self.multiple == 0 for n, low, high in zip(size, self.low, self.high))
+
+    def describe(self) -> str:
+        """The sizes the graphs take, for messages: ``160, 160``, or ``H, W`` with their bounds."""
+        if not self.dynamic:
+            return f"{self.nominal[0]}, {self.nominal[1]}"
+        (low_h, low_w), (high_h, high_w) = self.low, self.high
+        return f"H, W (multiples of {self.multiple}, {low_h} <= H <= {high_h}, {low_w} <= W <= {high_w})"
 
     def input_for(self, size: tuple[int, int]) -> tuple[int, int]:
         """The input an image of ``size`` (that :meth:`fits`) runs at: the fixed size, or the size rounded up to
@@ -87,7 +103,7 @@ def default_resize(sizes: Sizes) -> str:
 
 def place(image_size: tuple[int, int], sizes: Sizes, mode: str) -> Placement:
     """Where an image of ``image_size`` goes in the model's input under ``mode`` (for ``none``: an image that
-    :meth:`Sizes.fits`; larger ones run in :func:`tiles`)."""
+    :meth:`Sizes.fits`; larger ones run in tiles, :func:`tile_grid`)."""
     height, width = image_size
     if check_resize(mode) == "stretch":
         return Placement(image_size, sizes.nominal, sizes.nominal)

@@ -103,10 +103,12 @@ def compile_graph(model: onnx.ModelProto | Path, label: str, config: dict[str, A
     if layouts:
         model = openvino_layouts(model)
     read = openvino_call(label, lambda: core().read_model(model.SerializeToString()))
+    # Only the names are kept of the ONNX graph (not a second copy of its weights beside OpenVINO's).
+    names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
     sized = sized_axes(model)
     if nominal is None or not sized:
-        return compiled_runner(read, model, label, config)
-    return SizedRunner(functools.partial(compile_sized, read, model, label, config, sized), sized, implied_dimensions,
+        return compiled_runner(read, names, label, config)
+    return SizedRunner(functools.partial(compile_sized, read, names, label, config, sized), sized, implied_dimensions,
                        label, size_dimensions(nominal))
 
 
@@ -118,13 +120,14 @@ def openvino_call(label: str, call: Callable[[], Any]) -> Any:
         raise BackendCannotRun(f"{label}: OpenVINO cannot compile it ({openvino_reason(error)})") from None
 
 
-def compiled_runner(read: Any, model: onnx.ModelProto, label: str, config: dict[str, Any]) -> OvRunner:
-    """An :class:`OvRunner` of ``read`` (``model`` as OpenVINO read it) compiled for the CPU with ``config``."""
+def compiled_runner(read: Any, names: tuple[list[str], list[str]], label: str, config: dict[str, Any]) -> OvRunner:
+    """An :class:`OvRunner` of ``read`` (an ONNX graph with these input and output ``names`` as OpenVINO read it)
+    compiled for the CPU with ``config``."""
     compiled = openvino_call(label, lambda: core().compile_model(read, "CPU", config))
     # OpenVINO drops inputs nothing reads (ρ, with forced masks); a port may carry other names as well.
     taken = {name for port in compiled.inputs for name in port.get_names()}
-    return OvRunner(compiled, label, [i.name for i in model.graph.input if i.name in taken],
-                    [o.name for o in model.graph.output])
+    inputs, outputs = names
+    return OvRunner(compiled, label, [name for name in inputs if name in taken], outputs)
 
 
 def sized_axes(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
@@ -146,9 +149,9 @@ def implied_dimensions(dims: dict[str, int]) -> dict[str, int]:
     return size_dimensions((dims[height], dims[width])) if height in dims and width in dims else {}
 
 
-def compile_sized(read: Any, model: onnx.ModelProto, label: str, config: dict[str, Any],
+def compile_sized(read: Any, names: tuple[list[str], list[str]], label: str, config: dict[str, Any],
                   sized: list[tuple[str, int, str]], dims: dict[str, int]) -> OvRunner:
-    """``read`` (``model`` as OpenVINO read it) reshaped to ``dims`` (each of the ``sized`` input axes set to its
+    """``read`` (:func:`compiled_runner`'s) reshaped to ``dims`` (each of the ``sized`` input axes set to its
     dimension's value; the batch axis stays as it is) and compiled."""
     ov = import_openvino()
     shapes: dict[str, list[Any]] = {}
@@ -157,7 +160,7 @@ def compile_sized(read: Any, model: onnx.ModelProto, label: str, config: dict[st
     label = f"{label} at " + ", ".join(f"{name} {value}" for name, value in dims.items())
     reshaped = read.clone()
     openvino_call(label, lambda: reshaped.reshape({name: ov.PartialShape(shape) for name, shape in shapes.items()}))
-    return compiled_runner(reshaped, model, label, config)
+    return compiled_runner(reshaped, names, label, config)
 
 
 def openvino_reason(error: Exception) -> str:

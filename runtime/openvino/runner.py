@@ -113,6 +113,8 @@ class SizedRunner:
     def runner_for(self, dims: dict[str, int]) -> OvRunner:
         """The graph compiled for ``dims`` (compiled now if it is not kept)."""
         key = tuple(dims[name] for name in self.dims)
+        # One lock around look-up and compile: simple, and a compile is rare (once per new size); threads whose
+        # size is kept wait behind it too.
         with self._lock:
             runner = self._compiled.get(key)
             if runner is None:
