@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from layercascade.manifest import (
     sha256_file,
     write_model_dir,
 )
+from layercascade.model.data.placement import SCALE
 from layercascade.version import __version__
 
 METADATA = "engines.json"
@@ -85,8 +87,8 @@ Size = tuple[int, int]  # (height, width) of the image
 
 
 # The sizes a dynamic-size export takes are multiples of 8 (lc.json's dynamic_size "multiple"), and its stage
-# tensors are an eighth of the image (contract.DYNAMIC_STAGE_DIMS = DYNAMIC_DIMS / 8).
-MULTIPLE = 8
+# tensors are an eighth of the image (contract.DYNAMIC_STAGE_DIMS = DYNAMIC_DIMS / 8): placement's SCALE.
+MULTIPLE = SCALE
 # Symbolic dimension of the stage graph contract → (axis of the image size, divisor).
 SPATIAL_DIMS = {DYNAMIC_DIMS[0]: (0, 1), DYNAMIC_DIMS[1]: (1, 1),
                 DYNAMIC_STAGE_DIMS[0]: (0, MULTIPLE), DYNAMIC_STAGE_DIMS[1]: (1, MULTIPLE)}
@@ -281,8 +283,11 @@ def read_metadata(engine_dir: Path) -> dict[str, Any]:
             or not (isinstance(batch, dict) and all(_batch_size(batch.get(k)) for k in ("min", "opt", "max"))
                     and batch["min"] <= batch["opt"] <= batch["max"])
             or not isinstance(metadata["engines"], dict) or not isinstance(metadata["gpu"], dict)
+            or not (metadata["ptx_cuda"] is None or isinstance(metadata["ptx_cuda"], str)
+                    and re.fullmatch(r"\d+\.\d+", metadata["ptx_cuda"]))
             or not all(isinstance(record, dict) and {"file", "sha256", "onnx", "onnx_sha256",
                                                      "data_dependent_shapes"} <= record.keys()
+                       and isinstance(record["data_dependent_shapes"], bool)
                        for record in metadata["engines"].values())):
         fail(f"{path}: corrupt engine metadata (not an lc-build record); {rebuild}")
     for record in metadata["engines"].values():

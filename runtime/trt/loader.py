@@ -16,6 +16,7 @@ from layercascade.manifest import MANIFEST, check_cascade_fields, read_manifest
 from layercascade.plugins.nvidia import create_trt, driver_cuda_version, gpu_info, import_cudart, import_tensorrt
 from layercascade.plugins.trt_plugin import plugin_source_sha256, register_plugins
 from layercascade.runtime.trt.engines import (
+    METADATA,
     check_environment,
     check_sources,
     engine_sizes,
@@ -25,7 +26,6 @@ from layercascade.runtime.trt.engines import (
 from layercascade.runtime.trt.runner import TrtBackend, deserialize
 
 WHO = "the TensorRT backend"
-# The settings of Cascade.load this backend has beyond device, lowering and threads.
 
 
 def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True, threads: int = 0,
@@ -50,8 +50,14 @@ def load(engine_dir: str | Path | None, device: str = "cuda", lower: bool = True
     if precision is not None and precision != metadata["precision"]:
         fail(f"{engine_dir}: the engines are {metadata['precision']} (TensorRT engines carry the precision they were "
              f"built with); build {precision} ones with lc-build --precision {precision}")
-    # read_metadata has hashed the engines; the fields are checked before any engine is loaded.
+    # read_metadata has hashed the engines it lists; lc.json's graphs must be exactly those (an engine it does not
+    # list would be deserialized unhashed), and the fields are checked before any engine is loaded.
     manifest = check_cascade_fields(read_manifest(engine_dir, verify=False), engine_dir / MANIFEST)
+    listed = {record["file"] for record in metadata["engines"].values()}
+    named = {entry["file"] for entry in [*manifest["stages"], *([manifest["dense"]] if "dense" in manifest else [])]}
+    if named != listed:
+        fail(f"{engine_dir / MANIFEST}: its engines {sorted(named)} are not the ones {METADATA} hashed "
+             f"{sorted(listed)}; rebuild the engines with lc-build")
     sizes = engine_sizes(metadata, manifest, engine_dir)
     trt = import_tensorrt(WHO)
     cudart = import_cudart(WHO)

@@ -318,6 +318,9 @@ class TrtBackend(StagedBackend):
             cudart.cudaGraphDestroy(graph)  # the instance keeps what it needs
         if instance is None:
             cudart.cudaGetLastError()  # clear the capture's error: this stage runs eagerly
+            # ... from now on, at every batch and size: a stage that failed once is not tried again, so it
+            # renews its context once, not once per new shape (each retired context keeps its memory).
+            self.engines[index].capturable = False
             self.engines[index].renew()
         return instance
 
