@@ -51,7 +51,7 @@ def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     if openvino["ok"]:
         assert "CPU" in openvino["devices"] and "FP32" in openvino["capabilities"]
         assert openvino["default_precision"] in ("fp32", "bf16") and report["backends"]["openvino"]["devices"] == ["cpu"]
-        assert report["auto"] == {"backend": "openvino", "precision": openvino["default_precision"], "min_gmacs": 4.0,
+        assert report["auto"] == {"backend": "openvino", "precision": openvino["default_precision"], "min_gmacs": 6.0,
                                   "smaller": {"backend": "ort", "precision": "fp32"}}
     onnxruntime = pytest.importorskip("onnxruntime")
     assert report["backends"]["ort"]["ok"] and report["backends"]["ort"]["devices"][0] == "cpu"
@@ -136,7 +136,7 @@ def test_auto_pick_follows_the_registry() -> None:
         return doctor.auto_pick(probes, doctor.usable_backends(probes))
 
     bf16 = {"ok": True, "detail": "", "default_precision": "bf16"}
-    smaller = {"min_gmacs": 4.0, "smaller": {"backend": "ort", "precision": "fp32"}}
+    smaller = {"min_gmacs": 6.0, "smaller": {"backend": "ort", "precision": "fp32"}}
     assert pick({"openvino": bf16}) == {"backend": "openvino", "precision": "bf16", **smaller}
     assert pick({}) == {"backend": "openvino", "precision": "fp32", **smaller}
     assert pick({"onnx": {"ok": False, "detail": "broken"}}) is None  # both CPU backends read ONNX

@@ -1,5 +1,5 @@
 """The default engine (issue 23): `lc-run` with `--backend auto` (OpenVINO at its default precision for models of at
-least 4 GMACs per image, else ONNX Runtime) against the engine it replaced as the default, ONNX Runtime fp32
+least 6 GMACs per image, else ONNX Runtime) against the engine it replaced as the default, ONNX Runtime fp32
 (`--backend ort`), on the demo model at 160² (auto: ONNX Runtime) and exported at 1024² (auto: OpenVINO): cold start
 on one image and per-image time on the bundled samples; writes the ``default-engine`` block of docs/results.md.
 
@@ -17,23 +17,15 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from results_block import ROOT, write_block  # tools/, beside this script
+from make_results import SAMPLES, cold_start  # tools/, beside this script
+from results_block import ROOT, write_block
+from results_block import machine as host_and_runtimes
 
-SAMPLES = ROOT / "runtime" / "samples"
 ENGINES = {"ort": ["--backend", "ort"], "auto": []}
-
-
-def cold_start(flags: list[str], out: Path) -> float:
-    sample = sorted(SAMPLES.iterdir())[0]
-    code = ("import time; t = time.perf_counter(); from layercascade.cli.run import main; "
-            f"main({[str(sample), '-o', str(out), '--quiet', *flags]!r}); print(time.perf_counter() - t)")
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return float(done.stdout.split()[-1])
 
 
 def per_image(flags: list[str], out: Path) -> tuple[float, str]:
@@ -61,11 +53,10 @@ def main() -> None:
                 for name, flags in ENGINES.items():
                     key = (model, name)
                     out = Path(work) / f"{len(cold)}-{run}"
-                    cold.setdefault(key, []).append(cold_start([*model_flags, *flags], Path(f"{out}-cold")))
+                    cold.setdefault(key, []).append(cold_start(Path(f"{out}-cold"), [*model_flags, *flags], runs=1))
                     ms, ran[key] = per_image([*model_flags, *flags], out)
                     image.setdefault(key, []).append(ms)
-    machine = json.loads(subprocess.run(["lc-bench", "--json", "--backend", "ort", "--iters", "2"], check=True,
-                                        capture_output=True, text=True).stdout)["machine"]
+    machine = host_and_runtimes()
     rows, changes = [], []
     for model in models:
         for name, label in (("ort", "before: `--backend ort`"), ("auto", "after: `--backend auto` (the default)")):

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "model" / "demo" / "lc_tiny_synthetic.pt"
 DSN_DEMO = ROOT / "model" / "demo" / "dsn_tiny_synthetic.pt"  # the same network trained with deep supervision
 DEMO_MODEL_DIR = ROOT / "runtime" / "demo_model"
+SAMPLES = ROOT / "runtime" / "samples"
 VAL_LIMIT = 300
 
 
@@ -102,7 +103,7 @@ DEMO_REPEATS = 5
 BIG_REPEATS = 3  # the big backbones' runs take minutes each
 FORCED = ["--active-fraction", "0.3,0.15"]
 OPENVINO = ["--backend", "openvino"]
-ORT = ["--backend", "ort"]  # named: --backend auto runs model dirs on OpenVINO where it is installed
+ORT = ["--backend", "ort"]  # named: --backend auto may run a model dir on OpenVINO
 BENCH_CASES = [
     # (label, checkpoint or config, export size, extra lc-bench options); every case also times the
     # dense peers (--peers: ONNX Runtime, OpenVINO at its default precision, torch eager).
@@ -135,11 +136,12 @@ def random_checkpoint(name: str, path: Path) -> Path:
     return path
 
 
-def cold_start(work: Path, runs: int = 3) -> float:
-    """Median seconds from ``lc-run``'s import to its first image written, in fresh processes."""
-    sample = sorted((ROOT / "runtime" / "samples").iterdir())[0]
-    code = ("import sys, time; from layercascade.cli.run import main; t = time.perf_counter(); "
-            f"main(['-o', {str(work / 'cold')!r}, {str(sample)!r}, '--quiet']); print(time.perf_counter() - t)")
+def cold_start(out: Path, flags: list[str] = (), runs: int = 3) -> float:
+    """Median seconds of ``runs`` fresh processes from importing lc-run to its first image's outputs written in
+    ``out`` (one bundled sample; ``flags``: lc-run's options)."""
+    sample = sorted(SAMPLES.iterdir())[0]
+    code = ("import time; t = time.perf_counter(); from layercascade.cli.run import main; "
+            f"main({[str(sample), '-o', str(out), '--quiet', *flags]!r}); print(time.perf_counter() - t)")
     seconds = [float(run([sys.executable, "-c", code]).strip().splitlines()[-1]) for _ in range(runs)]
     return sorted(seconds)[runs // 2]
 
@@ -294,8 +296,8 @@ def speed_section(bench: list[dict], cold: float | None) -> str:
 
 {bench_section(bench)}
 
-`lc-run` cold start on the demo model with `--backend auto` (OpenVINO where installed; from import to the
-first image's outputs written, median of 3 fresh processes): {"not measured" if cold is None else f"{cold:.2f} s"}.
+`lc-run` cold start on the demo model with `--backend auto` (ONNX Runtime for this small model: docs/openvino.md;
+from importing lc-run to the first image's outputs written, median of 3 fresh processes): {"not measured" if cold is None else f"{cold:.2f} s"}.
 """
 
 
@@ -609,7 +611,7 @@ def main() -> None:
     if args.bench_only:
         run(["lc-export", str(DEMO), "-o", str(DEMO_MODEL_DIR)], capture=False)
         pictures(args.work)
-        bench, cold = benchmarks(args.work), cold_start(args.work)
+        bench, cold = benchmarks(args.work), cold_start(args.work / "cold")
         (args.work / "bench.json").write_text(json.dumps({"bench": bench, "cold_start_s": cold}, indent=1))
         replace_speed_section(ROOT / "docs" / "results.md", speed_section(bench, cold))
         return
@@ -647,7 +649,7 @@ def main() -> None:
     plot_sweep(sweep, ROOT / "docs" / "rho_sweep.png", pair["dsn_sweep"])
     pictures(args.work)
     bench = [] if args.skip_bench else benchmarks(args.work)
-    cold = None if args.skip_bench else cold_start(args.work)
+    cold = None if args.skip_bench else cold_start(args.work / "cold")
     (args.work / "bench.json").write_text(json.dumps({"bench": bench, "cold_start_s": cold}, indent=1))
     write_results(commands, results, sweep, minutes, bench, cold, dsn_cascade_section([pair]),
                   write_rho_pairs(args.work))

@@ -17,22 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from results_block import ROOT, shown, write_block  # tools/, beside this script
+from make_results import DEMO, DEMO_MODEL_DIR, run  # tools/, beside this script
+from results_block import ROOT, shown, write_block
+from results_block import machine as host_and_runtimes
 
-DEMO_CHECKPOINT = ROOT / "model" / "demo" / "lc_tiny_synthetic.pt"
-DEMO_MODEL = ROOT / "runtime" / "demo_model"
 SHAPES = ("160x240", "240x160", "320x480")
 SPEED_SIZES = ("160x160", "240x320", "512x512")
 BOUNDS = "32x32:2048x2048"
-
-
-def run(command: list[str]) -> str:
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
 def miou(model: Path, data: str, limit: int, resize: str) -> float:
@@ -44,7 +39,7 @@ def accuracy(dynamic: Path, limit: int) -> list[list[str]]:
     rows = []
     for shape in SHAPES:
         data = f"synthetic:{shape}"
-        cells = [miou(DEMO_MODEL, data, limit, mode) for mode in ("stretch", "fit", "none")]
+        cells = [miou(DEMO_MODEL_DIR, data, limit, mode) for mode in ("stretch", "fit", "none")]
         cells.append(miou(dynamic, data, limit, "none"))
         rows.append([shape.replace("x", "×"), *(f"{value:.2f}" for value in cells)])
     return rows
@@ -63,7 +58,7 @@ def speed(dynamic: Path, work: Path, blocks: int) -> list[list[str]]:
         for size in SPEED_SIZES:
             fixed = work / f"fixed_{size}"
             if not (fixed / "lc.json").is_file():
-                run(["lc-export", str(DEMO_CHECKPOINT), "-o", str(fixed), "--input-size", size])
+                run(["lc-export", str(DEMO), "-o", str(fixed), "--input-size", size])
             shape = tuple(int(n) for n in size.split("x"))
             with Cascade.load(fixed, backend=backend) as fixed_cascade, \
                     Cascade.load(dynamic, backend=backend) as dynamic_cascade:
@@ -81,8 +76,11 @@ OWN_SIZES = ((500, 741), (1080, 1920), (2048, 1024))
 def own_resolution(dynamic: Path) -> list[list[str]]:
     """Synthetic images of the issue's sizes through the dynamic export at their own resolution on ONNX Runtime and
     OpenVINO (fp32): labels' shape, ms (the median of 5 runs after one) and the share of equal labels."""
+    import numpy as np
+
     from layercascade.model.data.synthetic import SyntheticSegmentation
     from layercascade.runtime.cascade import Cascade
+    from layercascade.runtime.timing import time_calls
 
     rows = []
     with Cascade.load(dynamic, backend="ort") as ort, Cascade.load(dynamic, backend="openvino",
@@ -91,13 +89,8 @@ def own_resolution(dynamic: Path) -> list[list[str]]:
             image = SyntheticSegmentation("val", size=size, length=1)[0][0]
             results, ms = {}, {}
             for name, cascade in (("ort", ort), ("openvino", openvino)):
-                cascade(image)
-                times = []
-                for _ in range(5):
-                    started = time.perf_counter()
-                    results[name] = cascade(image)
-                    times.append((time.perf_counter() - started) * 1e3)
-                ms[name] = sorted(times)[2]
+                results[name] = cascade(image)
+                ms[name] = float(np.median(time_calls(lambda c=cascade: c(image), 5)))
             labels = results["ort"].labels
             same = float((labels == results["openvino"].labels).mean())
             rows.append([f"{size[0]}×{size[1]}", f"{labels.shape[0]}×{labels.shape[1]}", f"{ms['ort']:.1f}",
@@ -125,11 +118,6 @@ def tiles(work: Path) -> list[list[str]]:
     return rows
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=100, help="images per val set (default: 100)")
@@ -139,9 +127,10 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tile_rows = tiles(args.work)  # first: this process is still small (see tiles)
+    from layercascade.model.evaluate import markdown_table
     dynamic = args.work / "dynamic"
-    run(["lc-export", str(DEMO_CHECKPOINT), "-o", str(dynamic), "--dynamic-size", BOUNDS])
-    machine = json.loads(run(["lc-bench", str(DEMO_MODEL), "--json", "--backend", "ort", "--iters", "2"]))["machine"]
+    run(["lc-export", str(DEMO), "-o", str(dynamic), "--dynamic-size", BOUNDS])
+    machine = host_and_runtimes()
     accuracy_rows = accuracy(dynamic, args.limit)
     speed_rows = None if args.skip_speed else speed(dynamic, args.work, args.blocks)
     own_rows = own_resolution(dynamic)
@@ -156,26 +145,26 @@ model was trained on 160×160 images): the fixed 160² export under `stretch` (s
 `none` (tiles of 160² at the image's own resolution), and a dynamic-size export (`--dynamic-size {BOUNDS}`) under
 `none` (each image whole at its own size).
 
-{table(["shape", "stretch", "fit", "none (tiles, fixed export)", "none (dynamic export)"], accuracy_rows)}
+{markdown_table(["shape", "stretch", "fit", "none (tiles, fixed export)", "none (dynamic export)"], accuracy_rows)}
 
 **Speed of a dynamic-size export** against a fixed export at the same size (the cascade's median ms, demo
 model, batch 1, a bundled sample image; both in one process, {args.blocks} alternating blocks of 10 runs; OpenVINO
 at its default precision):
 
-{table(["backend", "size", "fixed export ms", "dynamic export ms", "dynamic vs fixed"], speed_rows)
+{markdown_table(["backend", "size", "fixed export ms", "dynamic export ms", "dynamic vs fixed"], speed_rows)
  if speed_rows else "Not measured in this run (`--skip-speed`)."}
 
 **Images at their own resolution** on the dynamic export (the issue's sizes, one synthetic image each, padded to
 a multiple of 8 and cropped back; ms per image, median of 5; OpenVINO at fp32 so the labels compare with ONNX
 Runtime's):
 
-{table(["image", "labels", "ONNX Runtime ms", "OpenVINO fp32 ms", "labels equal", "% at stage 1/2/3"], own_rows)}
+{markdown_table(["image", "labels", "ONNX Runtime ms", "OpenVINO fp32 ms", "labels equal", "% at stage 1/2/3"], own_rows)}
 
 **A large image in tiles** (`lc-run --tile` on the fixed 160² export, ONNX Runtime; the whole process's peak
 memory, reading the image, its label map at full size and the pictures included; the tiles are 160² whatever the
 image's size):
 
-{table(["image", "seconds", "max RSS MiB"], tile_rows)}
+{markdown_table(["image", "seconds", "max RSS MiB"], tile_rows)}
 """
     write_block(ROOT / "docs" / "results.md", "native-resolution", body)
     print(body)

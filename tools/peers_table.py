@@ -6,8 +6,8 @@ fractions 0.3/0.15 and the paper's 0.77/0.48; writes the ``peers`` block of docs
 
 Each model is exported (fp32) and calibrated (INT8, ``lc-calibrate --limit 16`` on synthetic images: the weights of
 the big backbones are random, so only their speed means anything). ``lc-bench --peers`` on the fp32 dir times the
-cascade on ``--backend auto`` (OpenVINO at its default precision) against the float peers; on the INT8 dir the INT8
-cascade (OpenVINO int8) against the float peers of its fp32 source and the int8 peers (its ``dense.onnx``, which
+cascade on ``--backend auto`` (the engine it picks for the model's size) against the float peers; on the INT8 dir
+the INT8 cascade against the float peers of its fp32 source and the int8 peers (its ``dense.onnx``, which
 lc-calibrate quantizes with the stages' statistics, on ONNX Runtime and OpenVINO). Each row is the run with the median
 speedup of ``--repeats`` runs; the cases' runs take turns, so the machine's drift spreads over all of them.
 """
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
-from make_results import DEMO, random_checkpoint  # tools/, beside this script
+from make_results import DEMO, random_checkpoint, run  # tools/, beside this script
 from results_block import ROOT, shown, write_block
 
 MODELS = [  # (label, checkpoint or config, export size, fractions: None = the model's own ρ on sample images)
@@ -31,10 +30,6 @@ MODELS = [  # (label, checkpoint or config, export size, fractions: None = the m
 ]
 ITERS = {"demo": ["--iters", "30"], "resnet50": ["--iters", "5", "--warmup", "1"],
          "irnet": ["--iters", "3", "--warmup", "1"]}
-
-
-def run(command: list[str]) -> str:
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
 def prepare(work: Path) -> dict[tuple[str, str], tuple[Path, Path]]:
@@ -87,13 +82,14 @@ def main() -> None:
 Measured {time.strftime('%Y-%m-%d')} with `python tools/peers_table.py --repeats {args.repeats} --work \
 {shown(args.work)}`; machine: {machine}. Batch 1, `lc-bench --peers` in alternating blocks; the demo model at its own
 ρ on the bundled samples (the % reaching stages 2/3 are the measured ones), the big backbones (random weights) at forced
-shares of pixels reaching stages 2 and 3. The float rows run the fp32 model dir on `--backend auto` (OpenVINO at its
-default precision) against the float peers (ONNX Runtime fp32, OpenVINO at its default precision, torch eager); the INT8
-rows run the lc-calibrate dir (OpenVINO int8) against those and the int8 peers: the same dir's `dense.onnx`, quantized by
+shares of pixels reaching stages 2 and 3. The float rows run the fp32 model dir on `--backend auto` (the engine of the
+column "cascade": ONNX Runtime under 6 GMACs per image, OpenVINO above) against the float peers (ONNX Runtime fp32,
+OpenVINO at its default precision, torch eager); the INT8 rows run the lc-calibrate dir (the same rule, at int8)
+against those and the int8 peers: the same dir's `dense.onnx`, quantized by
 lc-calibrate with the stages' statistics (our own quantizer, not NNCF), on ONNX Runtime and OpenVINO. Each row is the
 run with the median speedup over the fastest peer of {args.repeats}. lc-bench times one image (or one pair of forced
 masks) repeated: OpenVINO's best case, since it re-plans for every new active-pixel count (docs/openvino.md, "What
-`--backend auto` picks"); the models under 4 GMACs per image run on ONNX Runtime under auto for that reason.
+`--backend auto` picks"); the models under 6 GMACs per image run on ONNX Runtime under auto for that reason.
 
 | model | size | % to stages 2/3 | cascade | cascade ms | fastest peer, ms | vs fastest | fastest peer of the same class, ms | vs same class |
 |---|---|---|---|---|---|---|---|---|

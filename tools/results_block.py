@@ -37,3 +37,18 @@ def shown(path: Path) -> str:
     """``path`` relative to the repository when it is inside it (for commands quoted in the docs)."""
     path = path.resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def machine() -> str:
+    """This machine (CPU, cores, vector extensions) and the CPU runtimes' versions, for a block's heading."""
+    from importlib import metadata
+
+    from layercascade.runtime.machine import host
+
+    versions = []
+    for package in ("onnxruntime", "openvino"):
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join([host(), *versions])

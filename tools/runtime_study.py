@@ -35,10 +35,15 @@ from layercascade.export.session import session_options
 from layercascade.model.evaluate import markdown_table
 from layercascade.runtime.bench import sample_batch
 from layercascade.runtime.cascade import Cascade
+from layercascade.runtime.timing import forced_masks
 from layercascade.runtime.openvino.loader import core
 
 RHO = 0.985
 OPENVINO = {"PERFORMANCE_HINT": "LATENCY"}  # the backend's default settings
+
+
+TIMED_PER_BLOCK = 10
+CALLS_PER_BLOCK = 1 + TIMED_PER_BLOCK  # the untimed call first
 
 
 def interleaved_medians(steps: dict[str, Callable[[], object]], blocks: int) -> dict[str, float]:
@@ -47,7 +52,7 @@ def interleaved_medians(steps: dict[str, Callable[[], object]], blocks: int) -> 
     for _ in range(blocks):
         for name, step in steps.items():
             step()
-            for _ in range(10):
+            for _ in range(TIMED_PER_BLOCK):
                 started = time.perf_counter()
                 step()
                 times[name].append((time.perf_counter() - started) * 1e3)
@@ -137,14 +142,14 @@ def cascades(specs: list[str], blocks: int, fresh: bool = False,
     for spec in specs:
         dense, model_dir, backend, precision = parse_spec(spec)
         cascade = Cascade.load(model_dir, backend=backend, **({"precision": precision} if precision else {}))
-        images = iter(synthetic_batches(cascade.input_size, blocks * 11)) if fresh else None
+        images = iter(synthetic_batches(cascade.input_size, blocks * CALLS_PER_BLOCK)) if fresh else None
         image = sample_batch(cascade, 1)
         if dense:  # the backend's own dense network, at the cascade's settings
             runner = cascade.runner.dense_runner(cascade.manifest)
             steps[spec] = lambda runner=runner, image=image, images=images: runner.infer(
                 {IMAGE: next(images) if images else image})
         elif forced is not None:  # forced masks, their shares drawn anew every run (fresh) or fixed
-            masks = iter(forced_masks(cascade.manifest["stage_size"], forced, blocks * 11, fresh))
+            masks = iter(forced_mask_pairs(cascade.manifest["stage_size"], forced, blocks * CALLS_PER_BLOCK, fresh))
             steps[spec] = lambda cascade=cascade, image=image, masks=masks: cascade.run_batch(
                 image, RHO, forced_masks=next(masks))
         else:
@@ -153,16 +158,13 @@ def cascades(specs: list[str], blocks: int, fresh: bool = False,
     return interleaved_medians(steps, blocks)
 
 
-def forced_masks(size: list[int], shares: tuple[float, float], count: int, fresh: bool) -> list[tuple]:
-    """``count`` (M₂, M₃) at the stage size with about ``shares`` of the pixels in each, the same sequence for every
-    spec; ``fresh``: each pair's shares drawn within ±20 % of them, so the active pixel counts differ run to run."""
-    rng = np.random.default_rng(0)
-    pairs = []
-    for _ in range(count):
-        share2, share3 = (s * rng.uniform(0.8, 1.2) if fresh else s for s in shares)
-        mask2 = (rng.random((1, 1, *size)) < share2).astype(np.float32)
-        pairs.append((mask2, mask2 * (rng.random((1, 1, *size)) < share3 / share2).astype(np.float32)))
-    return pairs if fresh else pairs[:1] * count
+def forced_mask_pairs(size: list[int], shares: tuple[float, float], count: int, fresh: bool) -> list[tuple]:
+    """``count`` (M₂, M₃) at the stage size (``runtime.timing.forced_masks``), the same sequence for every spec;
+    ``fresh``: each pair's shares scaled by a factor within ±20 %, so the active pixel counts differ run to run."""
+    factors = np.random.default_rng(0).uniform(0.8, 1.2, count) if fresh else np.ones(1)
+    pairs = [forced_masks((1, 1, *size), (min(1.0, shares[0] * f), min(1.0, shares[1] * f)), seed=k)
+             for k, f in enumerate(factors)]
+    return pairs if fresh else pairs * count
 
 
 def synthetic_batches(size: tuple[int, int], count: int) -> list[np.ndarray]:
@@ -187,7 +189,7 @@ def main() -> None:
     timing.add_argument("--blocks", type=int, default=30)
     timing.add_argument("--fresh", action="store_true",
                         help="a new synthetic image every run (as a folder of photos runs) instead of one repeated; "
-                             "with --forced, new shares every run")
+                             "with --forced, new shares every run (all made first: blocks × 11 images per spec)")
     timing.add_argument("--forced", type=lambda text: tuple(float(v) for v in text.split(",")), default=None,
                         metavar="F2,F3", help="forced masks with these shares of the pixels (untrained models)")
     for command in (comparing, timing):

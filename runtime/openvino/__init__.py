@@ -11,11 +11,10 @@ SPEC = BackendSpec(
     precision_note="default bf16 where the CPU has native bf16, else fp32; int8 runs an INT8 dir from lc-calibrate",
     # Its default (bf16 where native) and int8 are the fastest CPU paths measured; at fp32 it is not (ort is).
     auto=(None, "bf16", "int8"),
-    # Each new active-pixel count costs it a re-plan of the tensors whose length that count sets (5-35 ms, more for
-    # deeper models), and every new image brings one: on a new image every run it is slower than ONNX Runtime up to
-    # about 4 GMACs per image (the demo at 512², 2.3 GMACs), faster above (the demo at 1024², 9 GMACs; resnet50 at
-    # 512², 134 GMACs): docs/openvino.md, "What --backend auto picks".
-    auto_min_gmacs=4.0,
+    # Each new active-pixel count costs it a re-plan of the tensors whose length that count sets, and every new
+    # image brings one: on a new image every run it is slower than ONNX Runtime on small models, faster on large
+    # ones (the crossover between 4.5 and 9 GMACs per image: docs/openvino.md, tools/auto_threshold.py).
+    auto_min_gmacs=6.0,
     profiler="OpenVINO's per-op counters (PERF_COUNT)", peer="layercascade.runtime.openvino.loader:dense_peer",
     peer_int8=True,
 )

@@ -24,7 +24,7 @@ class OvBackend(JoinedGraphBackend):
     """
 
     name = "openvino"
-    # Each new size compiles (0.15–0.3 s on the demo model): padded sizes rounded up to 32 let images of similar
+    # Each new size compiles (a fraction of a second on the demo model): padded sizes rounded up to 32 let images of similar
     # sizes share a compiled model, at the cost of at most 31 padded rows and columns.
     size_step = 32
 

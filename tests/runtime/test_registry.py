@@ -218,7 +218,7 @@ def test_auto_candidates_for_a_model_dir(device: str, options: dict, expected: l
 
 
 def test_auto_runs_a_small_model_on_onnx_runtime(tmp_path: Path) -> None:
-    """Below OpenVINO's auto_min_gmacs (4) its re-planning for every new image outweighs its kernels: the demo model
+    """Below OpenVINO's auto_min_gmacs (6) its re-planning for every new image outweighs its kernels: the demo model
     (0.22 GMACs per image at 160²) runs on ONNX Runtime, the same weights at 1024² (9 GMACs) on OpenVINO first."""
     from layercascade.export.stages import export_model
     from layercascade.model.checkpoint import load_checkpoint
