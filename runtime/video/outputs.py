@@ -27,6 +27,8 @@ from layercascade.runtime.visualize import overlay
 
 # Audio codecs the mp4 muxer takes as they are (copied packet for packet); others are transcoded to AAC.
 MP4_AUDIO = frozenset({"aac", "mp3", "opus", "flac", "ac3", "eac3", "alac", "mp2"})
+# The channel layouts the AAC encoder takes, by channel count (more channels are mixed down to stereo).
+AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 # The largest time base denominator MPEG-4 Part 2 (the fallback encoder) takes.
 _MPEG4_MAX_DENOMINATOR = 65535
 
@@ -139,11 +141,16 @@ class VideoWriter:
         """Carry one audio packet of the input into the overlay (copied, or decoded and re-encoded)."""
         if self.audio_out is None:
             return
-        if self.transcoder is not None:
-            self._guarded(0, lambda: self.transcoder.write(packet))
+        try:
+            if self.transcoder is not None:
+                self.transcoder.write(packet)
+            else:
+                packet.stream = self.audio_out
+                self.overlay.mux(packet)
+        except ValueError:  # a packet that does not decode or whose timestamps go back: the audio skips it
             return
-        packet.stream = self.audio_out
-        self._guarded(0, lambda: self.overlay.mux(packet))
+        except (OSError, av.error.FFmpegError) as error:
+            raise OutputError(self.finals[0], error) from None
 
     def close(self) -> tuple[list[str], dict[str, str], str | None]:
         """Flush the encoders, write the containers' trailers, close and rename each output that is whole:
@@ -195,9 +202,13 @@ class AudioTranscoder:
     def __init__(self, container: Any, source: Any) -> None:
         context = source.codec_context
         self.container = container
-        self.stream = container.add_stream("aac", rate=context.sample_rate)
-        self.stream.layout = context.layout
-        self.resampler = av.AudioResampler(format="fltp", layout=context.layout, rate=context.sample_rate,
+        # By channel count: a source without a channel order ("2 channels", e.g. PCM in Matroska) gets the usual one.
+        layout = AAC_LAYOUTS.get(len(context.layout.channels), "stereo")
+        rates = av.Codec("aac", "w").audio_rates
+        rate = context.sample_rate if not rates or context.sample_rate in rates else 48_000
+        self.stream = container.add_stream("aac", rate=rate)
+        self.stream.layout = layout
+        self.resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate,
                                            frame_size=self.stream.codec_context.frame_size or 1024)
 
     def write(self, packet: Any) -> None:
