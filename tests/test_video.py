@@ -237,17 +237,16 @@ def test_sniffing_and_live_sources(tmp_path: Path) -> None:
     assert not is_live("clip.mp4") and not is_live("file:///tmp/clip.mp4")
 
 
-def serve_once(data: bytes | None) -> tuple[str, socket.socket]:
-    """A TCP server on 127.0.0.1 that sends ``data`` to its first client and closes (None: accepts and sends
-    nothing, keeping the connection open)."""
+def serve_once(data: bytes, stall: bool = False) -> tuple[str, socket.socket]:
+    """A TCP server on 127.0.0.1 that sends ``data`` to its first client and closes (``stall``: then keeps the
+    connection open, sending nothing more)."""
     server = socket.create_server(("127.0.0.1", 0))
 
     def run() -> None:
         client, _ = server.accept()
-        if data is None:
+        client.sendall(data)
+        if stall:
             time.sleep(5)
-        else:
-            client.sendall(data)
         client.close()
 
     threading.Thread(target=run, daemon=True).start()
@@ -271,6 +270,46 @@ def test_live_stream_under_realtime_drops_and_counts(cascade: Cascade, tmp_path:
     assert len(indices) == record["frames"] and indices == sorted(set(indices))
 
 
+def test_live_source_that_dies_leaves_the_frames_done(cascade: Cascade, tmp_path: Path) -> None:
+    """A stream that stops sending mid-way: the run ends after the read timeout, says why, and its outputs hold
+    every frame received."""
+    stream = io.BytesIO()
+    write_video(stream, frames(30), fmt="mpegts")
+    data = stream.getvalue()
+    url, server = serve_once(data[:len(data) // 2], stall=True)
+    with server:
+        run = segment_video(cascade, url, tmp_path, "dying", realtime=False, progress=False, open_timeout_s=0.5)
+    assert run.stopped is not None and "sent nothing for 0.5 s" in run.stopped and run.record["stopped"] == run.stopped
+    assert 0 < run.record["frames"] < 30 and run.record["dropped"] == 0
+    overlay, labels, _ = outputs(tmp_path, "dying")
+    assert len(decode(overlay)) == len(decode(labels, "gray")) == run.record["frames"]
+
+
+def test_a_failed_write_stops_the_video_and_keeps_what_plays(cascade: Cascade, tmp_path: Path) -> None:
+    """A file size limit (EFBIG, as a full disk would fail): the run stops and says why; the outputs still
+    whole are renamed with the frames written, the one that failed is removed, no temporary file is left."""
+    resource = pytest.importorskip("resource")
+    import signal
+
+    source = tmp_path / "noise.mkv"
+    write_video(source, frames(40, noise=True))
+    out = tmp_path / "out"
+    out.mkdir()
+    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, previous_limit[1]))
+    try:
+        run = segment_video(cascade, source, out, "noise", progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    assert run.stopped is not None and "noise_overlay.mp4: cannot write" in run.stopped
+    assert "noise_overlay.mp4" not in run.record["outputs"] and "noise_labels.mkv" in run.record["outputs"]
+    assert 0 < run.record["frames"] < 40 and not leftovers(out)
+    _, labels, lines = outputs(out, "noise")
+    assert len(decode(labels, "gray")) == len(lines.read_text().splitlines()) == run.record["frames"]
+
+
 def test_files_never_drop_a_frame_even_asked_for_realtime(cascade: Cascade, tmp_path: Path) -> None:
     source = tmp_path / "clip.mkv"
     write_video(source, frames(10))
@@ -290,7 +329,7 @@ def test_interrupt_leaves_playable_outputs_of_the_frames_done(cascade: Cascade, 
 
 
 def test_unreachable_stream_fails_within_the_timeout(cascade: Cascade, tmp_path: Path) -> None:
-    url, server = serve_once(None)  # accepts, never sends
+    url, server = serve_once(b"", stall=True)  # accepts, never sends
     with server, pytest.raises(LCError, match="did not open within 0.5 s") as raised:
         segment_video(cascade, url, tmp_path, "silent", progress=False, open_timeout_s=0.5)
     assert "\n" not in str(raised.value) and not list(tmp_path.iterdir())

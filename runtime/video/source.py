@@ -52,6 +52,7 @@ class Opened:
     video: Any  # av.VideoStream
     audio: Any | None  # av.AudioStream
     live: bool
+    timeout_s: float  # a live source's open and read timeout
 
     @property
     def size(self) -> tuple[int, int]:
@@ -112,7 +113,7 @@ def open_video(source: str | Path, open_timeout_s: float, max_pixels: int) -> Op
         fail(f"{name}: has no video stream")
     video = container.streams.video[0]
     audio = container.streams.audio[0] if container.streams.audio else None
-    opened = Opened(name, container, video, audio, live)
+    opened = Opened(name, container, video, audio, live, open_timeout_s)
     height, width = opened.size
     if not height * width:
         container.close()
@@ -175,6 +176,8 @@ def decoded(opened: Opened, counts: Counts, *, audio: bool, max_pixels: int) -> 
                     packets = opened.container.demux(*streams)  # reading goes on after the bad bytes
                     continue
                 counts.stopped = f"{opened.name}: unreadable after {index} frames ({MAX_ERRORS_IN_A_ROW} errors in a row)"
+            except av.error.ExitError:  # PyAV's timeout interrupted a read
+                counts.stopped = f"{opened.name}: the source sent nothing for {opened.timeout_s:g} s after {index} frames"
             except (av.error.FFmpegError, OSError) as error:
                 counts.stopped = f"{opened.name}: the source failed after {index} frames ({reason(error)})"
             if counts.stopped:
