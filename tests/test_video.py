@@ -46,10 +46,13 @@ def frames(count: int, size: tuple[int, int] = SIZE, noise: bool = False) -> lis
 
 def write_video(target: Path | io.BytesIO, pictures: list[np.ndarray], *, fmt: str | None = None,
                 codec: str = "libx264", audio: str | None = None, options: dict | None = None,
-                codec_options: dict | None = None) -> None:
-    """``pictures`` as a video (pts 0, 1, ... at RATE), with a tone in ``audio``'s codec as long as it."""
+                codec_options: dict | None = None, rotation: int = 0) -> None:
+    """``pictures`` as a video (pts 0, 1, ... at RATE), with a tone in ``audio``'s codec as long as it, shown
+    turned by ``rotation`` degrees counter-clockwise."""
     with av.open(target, "w", format=fmt, options=options or {}) as container:
         stream = container.add_stream(codec, rate=RATE, options=codec_options or {})
+        if rotation:
+            stream.set_display_rotation(rotation)
         stream.height, stream.width = pictures[0].shape[:2]
         stream.pix_fmt = "yuv444p" if codec == "ffv1" else "yuv420p"  # FFV1 takes odd sizes
         sound = None
@@ -178,6 +181,18 @@ def test_audio_the_mp4_does_not_take_is_transcoded_and_odd_sizes_crop(cascade: C
     assert decode(labels, "gray")[0][2].shape == (63, 95)
 
 
+def test_a_turned_video_is_segmented_upright(cascade: Cascade, tmp_path: Path) -> None:
+    """A video whose display matrix turns it (a phone's portrait clip) is segmented as players show it."""
+    source = tmp_path / "portrait.mp4"
+    write_video(source, frames(4), rotation=90, audio="aac")
+    run = segment_video(cascade, source, tmp_path, "portrait", progress=False)
+    assert run.record["size"] == [SIZE[1], SIZE[0]] and run.record["frames"] == 4 and run.record["audio"]
+    overlay, labels, _ = outputs(tmp_path, "portrait")
+    for (_, _, image), (_, _, label_map) in zip(decode(source), decode(labels, "gray"), strict=True):
+        np.testing.assert_array_equal(label_map, cascade(np.rot90(image)).labels)
+    assert decode(overlay)[0][2].shape == (SIZE[1], SIZE[0], 3)
+
+
 def test_truncated_file_gives_the_frames_it_holds(cascade: Cascade, tmp_path: Path) -> None:
     """A file cut short ends cleanly with the frames that decode; nothing is reported as failed."""
     whole = tmp_path / "whole.mkv"
@@ -234,6 +249,7 @@ def test_sniffing_and_live_sources(tmp_path: Path) -> None:
     write_video(clip, frames(2), fmt="matroska")
     assert looks_like_video(clip) and not looks_like_video(tmp_path / "none")
     assert is_live("rtsp://camera/stream") and is_live("UDP://239.0.0.1:1234") and is_live("/dev/video0")
+    assert is_live("/dev/v4l/by-id/usb-cam-video-index0") and not is_live("/dev/videos/clip.mp4")
     assert not is_live("clip.mp4") and not is_live("file:///tmp/clip.mp4")
 
 

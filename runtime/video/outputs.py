@@ -4,6 +4,7 @@ thread that writes them while the cascade runs."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -29,6 +30,8 @@ from layercascade.runtime.visualize import overlay
 MP4_AUDIO = frozenset({"aac", "mp3", "opus", "flac", "ac3", "eac3", "alac", "mp2"})
 # The channel layouts the AAC encoder takes, by channel count (more channels are mixed down to stereo).
 AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+# Audio packets kept while waiting for the first frame (about 20 s of AAC); older ones are dropped.
+MAX_WAITING_AUDIO = 1000
 # The largest time base denominator MPEG-4 Part 2 (the fallback encoder) takes.
 _MPEG4_MAX_DENOMINATOR = 65535
 
@@ -50,28 +53,41 @@ class VideoWriter:
         self.frames = 0
         self.audio = False
         self.transcoder: AudioTranscoder | None = None
+        # Audio that comes before the first frame waits for it: the frame's size (upright, for a rotated video)
+        # is the video streams' and must be set before the mp4's header is written.
+        self.started = False
+        self.waiting_audio: collections.deque[Any] = collections.deque(maxlen=MAX_WAITING_AUDIO)
         self.files: list[IO[bytes]] = []
         try:
-            self.files = [open(temporary, "xb") for temporary in self.temporaries]  # noqa: SIM115 - closed in close()
-            self.overlay = av.open(self.files[0], "w", format="mp4")
-            self.labels = av.open(self.files[1], "w", format="matroska")
+            for temporary in self.temporaries:
+                self.files.append(open(temporary, "xb"))  # noqa: SIM115 - closed in close()
         except OSError as error:
             self.discard()
-            raise OutputError(self.finals[len(self.files)] if len(self.files) < 3 else self.finals[0], error) from None
+            raise OutputError(self.finals[len(self.files)], error) from None
+        self.overlay = av.open(self.files[0], "w", format="mp4")
+        self.labels = av.open(self.files[1], "w", format="matroska")
         self.lines = self.files[2]
         self.video_out = self._video_stream(opened)
         self.labels_out = self._labels_stream(opened)
         self.audio_out = self._audio_stream(opened)
 
-    def _video_stream(self, opened: Opened) -> Any:
+    def _start(self, size: tuple[int, int]) -> None:
+        """Size the video streams by the first frame, then write the audio that waited for it."""
+        self.size = size
+        height, width = picture_size(size, PICTURE_MAX_PIXELS)
         # yuv420p takes even sizes only: an odd overlay is cropped by its last row or column (the labels file
         # keeps every pixel); an overlay over PICTURE_MAX_PIXELS is scaled down as lc-run's pictures are.
-        height, width = picture_size(self.size, PICTURE_MAX_PIXELS)
         self.picture = (max(2, height - height % 2), max(2, width - width % 2))
+        self.video_out.height, self.video_out.width = self.picture
+        self.labels_out.height, self.labels_out.width = size
+        self.started = True
+        while self.waiting_audio:
+            self.mux_audio(self.waiting_audio.popleft())
+
+    def _video_stream(self, opened: Opened) -> Any:
         x264 = "libx264" in av.codecs_available
         stream = self.overlay.add_stream("libx264" if x264 else "mpeg4", rate=opened.rate,
                                          options={"preset": "veryfast"} if x264 else {})
-        stream.height, stream.width = self.picture
         stream.pix_fmt = "yuv420p"
         # The input's time base, so its timestamps carry over unchanged (MPEG-4 Part 2 takes only coarser ones:
         # PyAV rescales the frames' timestamps to it).
@@ -82,7 +98,6 @@ class VideoWriter:
 
     def _labels_stream(self, opened: Opened) -> Any:
         stream = self.labels.add_stream("ffv1", rate=opened.rate)
-        stream.height, stream.width = self.size
         stream.pix_fmt = "gray"
         stream.codec_context.time_base = self.time_base
         return stream
@@ -107,6 +122,8 @@ class VideoWriter:
     def write(self, frame: Frame, result: CascadeResult, ms: float) -> None:
         """Encode one frame's overlay and labels and write its JSON line."""
         image, labels = frame.image, result.labels
+        if not self.started:
+            self._start(image.shape[:2])
         if image.shape[:2] != self.size:  # the stream changed size mid-way: the outputs keep the first one's
             image, labels = resize_image(image, self.size), resize_labels(labels, self.size)
         pts = frame.pts if frame.pts is not None and (self.last_pts is None or frame.pts > self.last_pts) else (
@@ -141,6 +158,9 @@ class VideoWriter:
         """Carry one audio packet of the input into the overlay (copied, or decoded and re-encoded)."""
         if self.audio_out is None:
             return
+        if not self.started:
+            self.waiting_audio.append(packet)
+            return
         try:
             if self.transcoder is not None:
                 self.transcoder.write(packet)
@@ -156,6 +176,8 @@ class VideoWriter:
         """Flush the encoders, write the containers' trailers, close and rename each output that is whole:
         (names written, {name: sha256}, why an output could not be finished, or None). An output that cannot be
         finished is removed."""
+        if not self.started:  # no frame: empty, but whole, videos of the stream's size
+            self._start(self.size)
         steps = [
             lambda: self._finish(self.overlay, [(self.video_out, self.overlay)], self.transcoder),
             lambda: self._finish(self.labels, [(self.labels_out, self.labels)], None),
