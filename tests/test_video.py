@@ -18,7 +18,8 @@ import pytest
 
 from layercascade.errors import LCError
 from layercascade.runtime.cascade import Cascade
-from layercascade.runtime.video import VIDEO_OUTPUTS, is_live, looks_like_video, pyav, segment_video, sniff
+from layercascade.runtime.video import (VIDEO_OUTPUTS, is_live, looks_like_video, pyav, segment_video, sniff,
+                                       stream)
 
 av = pytest.importorskip("av")
 
@@ -372,13 +373,24 @@ def test_stream_over_frames_and_a_file(cascade: Cascade, tmp_path: Path) -> None
         np.testing.assert_array_equal(result.result.labels, cascade(image).labels)
 
 
+def test_realtime_stream_over_frames_drops_what_it_cannot_keep_up_with(cascade: Cascade) -> None:
+    """An iterable faster than a slowed cascade, with realtime: the frames that find the queue full are dropped
+    (gaps in the indices); without realtime every frame comes out."""
+    results = list(stream(Slowed(cascade, delay=0.03), iter(frames(20)), realtime=True))
+    indices = [r.index for r in results]
+    assert 0 < len(indices) < 20 and indices == sorted(set(indices)) and indices[0] == 0
+    assert [r.index for r in stream(Slowed(cascade, delay=0.01), iter(frames(6)))] == list(range(6))
+
+
 def test_closing_a_stream_early_stops_its_decoder(cascade: Cascade, tmp_path: Path) -> None:
     source = tmp_path / "clip.mp4"
     write_video(source, frames(30))
+    before = set(threading.enumerate())
     results = cascade.stream(source)
     next(results)
+    started = [t for t in set(threading.enumerate()) - before if t.name == "lc-video-decode"]
     results.close()
-    assert not [t for t in threading.enumerate() if t.name == "lc-video-decode"]
+    assert len(started) == 1 and not started[0].is_alive()
 
 
 def test_missing_pyav_is_one_line(monkeypatch: pytest.MonkeyPatch, cascade: Cascade, tmp_path: Path) -> None:

@@ -122,8 +122,8 @@ def open_video(source: str | Path, open_timeout_s: float, max_pixels: int) -> Op
         container.close()
         fail(f"{name}: video frames of {width}x{height} pixels are over the limit of {max_pixels:,}; "
              "raise it with --max-pixels N if you trust the source")
-    # Frame threads: decoding keeps up with the cascade on the cores it leaves.
-    video.thread_type = "AUTO"
+    # Threads: a file decodes frames in parallel; a live source slices only, as frame threads hold frames back.
+    video.thread_type = "SLICE" if live else "AUTO"
     return opened
 
 
