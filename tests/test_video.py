@@ -194,6 +194,22 @@ def test_a_turned_video_is_segmented_upright(cascade: Cascade, tmp_path: Path) -
     assert decode(overlay)[0][2].shape == (SIZE[1], SIZE[0], 3)
 
 
+def test_without_libx264_the_overlay_is_mpeg4_with_the_same_times(cascade: Cascade, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An FFmpeg without libx264: the overlay is MPEG-4 Part 2, whose time base cannot be MPEG-TS's 1/90000, so
+    its timestamps are rescaled (to milliseconds) and keep the input's times."""
+    from layercascade.runtime.video import outputs as video_outputs
+
+    monkeypatch.setattr(video_outputs.av, "codecs_available", av.codecs_available - {"libx264"})
+    source = tmp_path / "clip.ts"
+    write_video(source, frames(6), fmt="mpegts")
+    run = segment_video(cascade, source, tmp_path, "clip", progress=False)
+    assert run.stopped is None and run.record["frames"] == 6
+    overlay = outputs(tmp_path, "clip")[0]
+    assert {codec for _, codec in packets(overlay, "video")} == {"mpeg4"}
+    assert [round(t, 3) for _, t, _ in decode(overlay)] == [round(t, 3) for _, t, _ in decode(source)]
+
+
 def test_truncated_file_gives_the_frames_it_holds(cascade: Cascade, tmp_path: Path) -> None:
     """A file cut short ends cleanly with the frames that decode; nothing is reported as failed."""
     whole = tmp_path / "whole.mkv"
