@@ -361,6 +361,16 @@ def test_interrupt_leaves_playable_outputs_of_the_frames_done(cascade: Cascade, 
     assert not leftovers(tmp_path)
 
 
+def test_interrupted_before_the_first_frame_leaves_nothing(cascade: Cascade, tmp_path: Path) -> None:
+    source = tmp_path / "clip.mp4"
+    write_video(source, frames(6), audio="aac")
+    out = tmp_path / "out"
+    out.mkdir()
+    run = segment_video(Slowed(cascade, interrupt_at=1), source, out, "clip", progress=False)
+    assert run.interrupted and run.record["frames"] == 0 and run.record["outputs"] == []
+    assert not list(out.iterdir())
+
+
 def test_unreachable_stream_fails_within_the_timeout(cascade: Cascade, tmp_path: Path) -> None:
     url, server = serve_once(b"", stall=True)  # accepts, never sends
     with server, pytest.raises(LCError, match="did not open within 0.5 s") as raised:

@@ -12,6 +12,7 @@ import queue
 import threading
 import warnings
 from fractions import Fraction
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -139,18 +140,22 @@ class VideoWriter:
         self._encode(1, self.labels_out, av.VideoFrame.from_ndarray(np.ascontiguousarray(labels), format="gray"), pts)
         line = {"index": frame.index, "pts": pts, "time_s": round(frame.time_s, 6), "ms": round(ms, 3),
                 "stage_fractions": [round(float(f), 6) for f in result.stage_fractions]}
-        self._guarded(2, lambda: self.lines.write((json.dumps(line) + "\n").encode()))
+        with self._writing(2):
+            self.lines.write((json.dumps(line) + "\n").encode())
         self.frames += 1
 
     def _encode(self, output: int, stream: Any, picture: Any, pts: int) -> None:
         picture.pts, picture.time_base = pts, self.time_base
         container = self.overlay if output == 0 else self.labels
-        self._guarded(output, lambda: [container.mux(packet) for packet in stream.encode(picture)])
+        with self._writing(output):
+            for packet in stream.encode(picture):
+                container.mux(packet)
 
-    def _guarded(self, output: int, write: Any) -> None:
-        """Run ``write`` on output number ``output``; its OS or FFmpeg error as an :class:`OutputError`."""
+    @contextlib.contextmanager
+    def _writing(self, output: int) -> Iterator[None]:
+        """Writing output number ``output``: an OS or FFmpeg error is an :class:`OutputError` naming it."""
         try:
-            write()
+            yield
         except (OSError, av.error.FFmpegError) as error:
             raise OutputError(self.finals[output], error) from None
 
@@ -169,18 +174,23 @@ class VideoWriter:
                 self.overlay.mux(packet)
         except ValueError:  # a packet that does not decode or whose timestamps go back: the audio skips it
             return
-        except (OSError, av.error.FFmpegError) as error:
+        except (OSError, av.error.FFmpegError) as error:  # not a ValueError: the file
             raise OutputError(self.finals[0], error) from None
 
     def close(self) -> tuple[list[str], dict[str, str], str | None]:
         """Flush the encoders, write the containers' trailers, close and rename each output that is whole:
         (names written, {name: sha256}, why an output could not be finished, or None). An output that cannot be
-        finished is removed."""
-        if not self.started:  # no frame: empty, but whole, videos of the stream's size
-            self._start(self.size)
+        finished is removed, and so is every output when no frame was written (a container without one does not
+        play)."""
+        if not self.frames:
+            for container in (self.overlay, self.labels):
+                with contextlib.suppress(OSError, av.error.FFmpegError):
+                    container.close()
+            self.discard()
+            return [], {}, None
         steps = [
-            lambda: self._finish(self.overlay, [(self.video_out, self.overlay)], self.transcoder),
-            lambda: self._finish(self.labels, [(self.labels_out, self.labels)], None),
+            lambda: self._finish(self.overlay, self.video_out, self.transcoder),
+            lambda: self._finish(self.labels, self.labels_out, None),
             lambda: None,
         ]
         written: list[str] = []
@@ -200,11 +210,11 @@ class VideoWriter:
         return written, {final.name: file_sha256(final) for final in self.finals if final.name in written}, problem
 
     @staticmethod
-    def _finish(container: Any, streams: list[tuple[Any, Any]], transcoder: AudioTranscoder | None) -> None:
+    def _finish(container: Any, stream: Any, transcoder: AudioTranscoder | None) -> None:
+        """Flush ``stream``'s encoder (and the audio transcoder's) into ``container`` and close it."""
         try:
-            for stream, owner in streams:
-                for packet in stream.encode():
-                    owner.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
             if transcoder is not None:
                 transcoder.flush()
         finally:
