@@ -233,6 +233,8 @@ class AudioTranscoder:
 
     def __init__(self, container: Any, source: Any) -> None:
         context = source.codec_context
+        # The input stream's decoder, kept here: it outlives the input container, which the decode thread closes.
+        self.decoder = context
         self.container = container
         # By channel count: a source without a channel order ("2 channels", e.g. PCM in Matroska) gets the usual one.
         layout = AAC_LAYOUTS.get(len(context.layout.channels), "stereo")
@@ -244,7 +246,7 @@ class AudioTranscoder:
                                            frame_size=self.stream.codec_context.frame_size or 1024)
 
     def write(self, packet: Any) -> None:
-        for frame in packet.decode():
+        for frame in self.decoder.decode(packet):
             self._encode(self.resampler.resample(frame))
 
     def flush(self) -> None:
