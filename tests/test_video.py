@@ -117,11 +117,12 @@ def cascade() -> Iterator[Cascade]:
 
 
 class Slowed:
-    """A cascade whose runs take ``delay`` seconds longer and, from run ``interrupt_at`` on, are interrupted
-    (a Ctrl-C arriving while the cascade runs)."""
+    """A cascade whose runs take ``delay`` seconds longer and, from run ``interrupt_at`` on, raise ``error``
+    (by default a Ctrl-C arriving while the cascade runs)."""
 
-    def __init__(self, cascade: Cascade, delay: float = 0.0, interrupt_at: int | None = None) -> None:
-        self.cascade, self.delay, self.interrupt_at, self.runs = cascade, delay, interrupt_at, 0
+    def __init__(self, cascade: Cascade, delay: float = 0.0, interrupt_at: int | None = None,
+                 error: type[BaseException] = KeyboardInterrupt) -> None:
+        self.cascade, self.delay, self.interrupt_at, self.error, self.runs = cascade, delay, interrupt_at, error, 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cascade, name)
@@ -129,7 +130,7 @@ class Slowed:
     def segment_batch(self, *args: Any, **kwargs: Any) -> Any:
         self.runs += 1
         if self.interrupt_at is not None and self.runs >= self.interrupt_at:
-            raise KeyboardInterrupt
+            raise self.error("raised by the test")
         time.sleep(self.delay)
         return self.cascade.segment_batch(*args, **kwargs)
 
@@ -369,6 +370,18 @@ def test_interrupted_before_the_first_frame_leaves_nothing(cascade: Cascade, tmp
     run = segment_video(Slowed(cascade, interrupt_at=1), source, out, "clip", progress=False)
     assert run.interrupted and run.record["frames"] == 0 and run.record["outputs"] == []
     assert not list(out.iterdir())
+
+
+def test_a_bug_mid_video_is_raised_and_leaves_nothing(cascade: Cascade, tmp_path: Path) -> None:
+    """An error that is not the user's (a bug) is raised as it is, the threads end and no file is left."""
+    source = tmp_path / "clip.mp4"
+    write_video(source, frames(10), audio="aac")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="raised by the test"):
+        segment_video(Slowed(cascade, interrupt_at=4, error=RuntimeError), source, out, "clip", progress=False)
+    assert not list(out.iterdir())
+    assert not [t for t in threading.enumerate() if t.name == "lc-video-encode" and t.is_alive()]
 
 
 def test_unreachable_stream_fails_within_the_timeout(cascade: Cascade, tmp_path: Path) -> None:

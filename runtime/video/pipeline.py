@@ -8,6 +8,7 @@ the video.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -171,8 +172,10 @@ def run_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *, rho
             written, digests, problem = writer.close()
     except KeyboardInterrupt:
         interrupted = True
-    except BaseException:
+    except BaseException:  # a bug: the threads ended, the outputs removed, the error raised
         decoder.stop(_DECODER_WAIT_S)
+        with contextlib.suppress(Exception):
+            encoder.finish()
         writer.discard()
         raise
     stopped = stopped or encoder.failed or problem or counts.stopped
