@@ -258,6 +258,7 @@ def test_sniffing_and_live_sources(tmp_path: Path) -> None:
     """Videos are recognised by their first bytes whatever their name; images, audio-only Ogg and text are not."""
     assert sniff(b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00")
     assert not sniff(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00")  # a HEIF photo
+    assert not sniff(b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00")  # m4a audio
     assert sniff(b"\x1a\x45\xdf\xa3\x01\x00")
     assert sniff(b"RIFF\x00\x00\x00\x00AVI LIST") and not sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ")
     assert sniff(b"\x47" + bytes(187) + b"\x47" + bytes(187) + b"\x47" + bytes(10))
