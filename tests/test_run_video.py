@@ -1,0 +1,264 @@
+"""lc-run on videos, streams and cameras (the demo model; tiny videos made with PyAV here): a folder mixing
+images and videos (one known by its content only), reruns that replace their own outputs and no other file,
+failures in one line, Ctrl-C mid-video, and --ray giving the same outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layercascade.runtime.inputs import SAMPLES
+from layercascade.runtime.sources import expand_inputs
+from layercascade.tests.fake_cascade import leftovers, run_lc
+
+av = pytest.importorskip("av", reason="PyAV is not installed (pip install 'layercascade[video]')")
+
+VIDEO_OUTPUTS = ("_overlay.mp4", "_labels.mkv", "_frames.jsonl")
+
+
+def write_video(path: Path, frames: int = 10, container: str = "mp4", size: tuple[int, int] = (64, 96)) -> Path:
+    """A video of ``frames`` frames (MPEG-4 Part 2) whose brightness steps from dark to light, so the labels
+    change from frame to frame."""
+    height, width = size
+    ramp = np.linspace(0, 60, width, dtype=np.float32)[None, :, None]
+    with av.open(str(path), "w", format=container) as output:
+        stream = output.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for k in range(frames):
+            level = 190 * k / max(1, frames - 1)
+            image = np.broadcast_to(level + ramp, (height, width, 3)).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    return path
+
+
+def decoded(path: Path) -> list[np.ndarray]:
+    """Every frame of a container, as arrays (the label container's class ids: gray)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        form = "gray" if path.suffix == ".mkv" else "rgb24"
+        return [frame.to_ndarray(format=form) for frame in container.decode(stream)]
+
+
+def summary_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def check_video_outputs(out: Path, record: dict) -> None:
+    """The video's three outputs are there, hashed as the record says, and hold the frames it reports."""
+    stem = record["outputs"][0].removesuffix(VIDEO_OUTPUTS[0])
+    assert record["outputs"] == [stem + suffix for suffix in VIDEO_OUTPUTS]
+    for name in record["outputs"]:
+        from layercascade.manifest import sha256_file
+
+        assert record["sha256"][name] == sha256_file(out / name)
+    labels = decoded(out / f"{stem}_labels.mkv")
+    assert len(labels) == record["frames"] == len(decoded(out / f"{stem}_overlay.mp4"))
+    assert all(frame.shape == tuple(record["size"]) for frame in labels)
+    assert len((out / f"{stem}_frames.jsonl").read_text().splitlines()) == record["frames"]
+
+
+def test_a_folder_of_images_and_videos(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(sorted(SAMPLES.iterdir())[0], folder / "photo.jpg")
+    write_video(folder / "clip.mp4", frames=8)
+    write_video(folder / "camera.bin", frames=6, container="matroska")  # a video by its content only
+    write_video(folder / "photo.mp4", frames=4)  # the image's stem: the outputs differ, both keep it
+    (folder / "notes.txt").write_text("not a video")
+    assert expand_inputs([str(folder)]) == [folder / name for name in ("camera.bin", "clip.mp4", "photo.jpg",
+                                                                       "photo.mp4")]
+    out = tmp_path / "out"
+    assert run_lc([folder, "-o", out]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"1 image(s), 3 video(s) (18 frames at ") and "FPS)" in line and "stages 1/2/3" in line
+    summary = summary_of(out)
+    assert (summary["images"], summary["videos"], summary["frames"], summary["dropped"], summary["failed"]) == (
+        1, 3, 18, 0, [])
+    assert [record["input"] for record in summary["results"]] == [str(folder / name) for name in (
+        "camera.bin", "clip.mp4", "photo.jpg", "photo.mp4")]
+    camera, clip, photo, photo_video = summary["results"]
+    assert photo["outputs"] == ["photo.png", "photo_overlay.jpg", "photo_stages.png"]
+    for record, frames in ((camera, 6), (clip, 8), (photo_video, 4)):
+        assert record["kind"] == "video" and record["frames"] == frames and record["size"] == [64, 96]
+        assert record["dropped"] == record["decode_errors"] == 0 and record["fps"] > 0 and record["inference_fps"] > 0
+        check_video_outputs(out, record)
+    assert photo_video["outputs"][0] == "photo_overlay.mp4"
+    # Weighted by pixels segmented: a video's size times its frames, an image's size.
+    weights = [64 * 96 * 6, 64 * 96 * 8, photo["size"][0] * photo["size"][1], 64 * 96 * 4]
+    expected = np.average([r["stage_fractions"] for r in summary["results"]], axis=0, weights=weights)
+    np.testing.assert_allclose(summary["stage_fractions"], expected, atol=1e-5)
+    assert leftovers(out) == []
+
+
+def test_a_rerun_replaces_its_own_video_outputs_and_no_other_file(tmp_path: Path) -> None:
+    clip = write_video(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    assert run_lc([clip, "-o", out, "--quiet"]) == 0
+    assert run_lc([clip, "-o", out, "--quiet"]) == 0
+    assert sorted(path.name for path in out.iterdir()) == sorted(["summary.json", *(f"clip{s}" for s in VIDEO_OUTPUTS)])
+    check_video_outputs(out, summary_of(out)["results"][0])
+    # A file of the user's named like an output is never replaced: the video takes the next stem.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "clip_frames.jsonl").write_text("the user's\n")
+    assert run_lc([clip, "-o", mine, "--quiet"]) == 0
+    assert (mine / "clip_frames.jsonl").read_text() == "the user's\n"
+    record = summary_of(mine)["results"][0]
+    assert record["outputs"] == [f"clip-2{suffix}" for suffix in VIDEO_OUTPUTS]
+    check_video_outputs(mine, record)
+
+
+def test_a_file_that_is_no_video_fails_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "fake.mp4").write_bytes(b"not a video at all")
+    clip = write_video(tmp_path / "clip.mp4", frames=3)
+    out = tmp_path / "out"
+    assert run_lc([tmp_path / "fake.mp4", clip, "-o", out, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: {tmp_path / 'fake.mp4'}: ")
+    summary = summary_of(out)
+    assert summary["videos"] == 1 and [f["input"] for f in summary["failed"]] == [str(tmp_path / "fake.mp4")]
+    assert not any(path.name.startswith("fake") for path in out.iterdir()) and leftovers(out) == []
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_stream_that_does_not_open_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    url = f"tcp://127.0.0.1:{closed_port()}"
+    assert run_lc([url, "-o", tmp_path / "out", "--open-timeout", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: {url}: ")
+    summary = summary_of(tmp_path / "out")
+    assert summary["videos"] == 0 and summary["failed"][0]["input"] == url
+
+
+@pytest.mark.parametrize("item, message", [("/dev/video99", "/dev/video99: no such camera"),
+                                           ("/dev/videoX", "/dev/videoX: no such camera")])
+def test_a_missing_camera_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, item: str, message: str) -> None:
+    assert run_lc([item, "-o", tmp_path / "out"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_live_sources_get_stems_of_their_own(tmp_path: Path) -> None:
+    from layercascade.runtime.inputs import source_stem
+
+    assert [source_stem(s) for s in ("rtsp://cam.local:554/live/front.sdp", "udp://@:1234", "http://h/x y?q=1",
+                                     "/dev/video0", tmp_path / "a.b.mp4")] == ["front", "stream", "x_y", "video0", "a.b"]
+    assert expand_inputs(["udp://@:1234", "udp://@:1234", "rtsp://cam/a"]) == ["udp://@:1234", "rtsp://cam/a"]
+
+
+def test_options_reach_segment_video(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from layercascade.runtime import video
+
+    calls: list[dict] = []
+    real = video.segment_video
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video, "segment_video", recording)
+    clip = write_video(tmp_path / "clip.mp4", frames=2)
+    assert run_lc([clip, "-o", tmp_path / "a", "--quiet"]) == 0
+    assert run_lc([clip, "-o", tmp_path / "b", "--quiet", "--realtime", "--open-timeout", "2.5", "--rho", "0.9",
+                   "--resize", "stretch", "--max-pixels", "100000"]) == 0
+    assert run_lc([clip, "-o", tmp_path / "c", "--quiet", "--no-realtime"]) == 0
+    default, chosen, off = calls
+    assert default["realtime"] is None and default["open_timeout_s"] == 10.0 and default["rho"] is None
+    assert chosen["realtime"] is True and chosen["open_timeout_s"] == 2.5 and chosen["rho"] == (0.9, 0.9)
+    assert chosen["read"].resize == "stretch" and chosen["read"].max_pixels == 100000 and off["realtime"] is False
+
+
+# Run in a process of its own: each cascade call marks a file and then waits, so a Ctrl-C lands mid-video.
+SLOW_LC_RUN = """
+import sys, time
+from layercascade.runtime.cascade import Cascade
+
+def slowed(method):
+    def call(self, *args, **kwargs):
+        result = method(self, *args, **kwargs)
+        with open(sys.argv[1], "a") as marks:
+            marks.write("x")
+        time.sleep(0.1)
+        return result
+    return call
+
+Cascade.__call__ = slowed(Cascade.__call__)
+Cascade.run_batch = slowed(Cascade.run_batch)
+from layercascade.cli.run import main
+from layercascade.errors import run_cli
+sys.exit(run_cli(main, sys.argv[2:]))
+"""
+
+
+def test_ctrl_c_mid_video_leaves_playable_outputs_and_a_summary(tmp_path: Path) -> None:
+    clip = write_video(tmp_path / "long.mp4", frames=120)
+    image = shutil.copy(sorted(SAMPLES.iterdir())[0], tmp_path / "after.jpg")
+    marks, out = tmp_path / "marks", tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-c", SLOW_LC_RUN, str(marks), str(clip), str(image), "-o", str(out),
+                                "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (marks.exists() and marks.stat().st_size >= 5):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted: 1 of 2 input(s) done" in err
+    summary = summary_of(out)
+    assert summary["interrupted"] is True and summary["images"] == 0 and summary["videos"] == 1
+    [record] = summary["results"]
+    assert 0 < record["frames"] < 120 and summary["frames"] == record["frames"]
+    check_video_outputs(out, record)
+    assert {path.name for path in out.iterdir()} == {*record["outputs"], "summary.json"}
+
+
+def test_live_sources_with_ray_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_lc(["rtsp://127.0.0.1:1/x", "-o", tmp_path / "out", "--ray"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: rtsp://127.0.0.1:1/x: a live stream or camera is one source") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_run_gives_the_same_video_outputs(tmp_path: Path, ray_session: None) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(sorted(SAMPLES.iterdir())[0], folder / "photo.jpg")
+    write_video(folder / "clip.mp4", frames=6)
+    write_video(folder / "camera.bin", frames=4, container="matroska")
+    (folder / "broken.mp4").write_bytes(b"no video")
+    assert run_lc([folder, "-o", tmp_path / "local", "--quiet"]) == 1  # 1: broken.mp4
+    assert run_lc([folder, "-o", tmp_path / "ray", "--quiet", "--ray", "--workers", "1"]) == 1
+    local, ray_summary = summary_of(tmp_path / "local"), summary_of(tmp_path / "ray")
+    timing = {"ms", "fps", "inference_fps", "duration_s", "sha256", "stage_timings"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in ray_summary["results"]] == [
+        {k: v for k, v in r.items() if k not in timing} for r in local["results"]]
+    assert ray_summary["failed"] == local["failed"] and ray_summary["failed"][0]["input"].endswith("broken.mp4")
+    assert (ray_summary["videos"], ray_summary["frames"]) == (2, 10)
+    for record in ray_summary["results"]:
+        if record.get("kind") == "video":
+            check_video_outputs(tmp_path / "ray", record)
+            labels = record["outputs"][1]
+            ours, theirs = decoded(tmp_path / "ray" / labels), decoded(tmp_path / "local" / labels)
+            assert len(ours) == len(theirs) and all(map(np.array_equal, ours, theirs))
+        else:
+            for name in record["outputs"]:
+                assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    assert leftovers(tmp_path / "ray") == []
