@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -50,6 +50,9 @@ from layercascade.runtime.backend import (
 from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.runtime.registry import AUTO, auto_candidates, backend_spec, claimed_by
 from layercascade.runtime.result import CascadeResult
+
+if TYPE_CHECKING:
+    from layercascade.runtime.video import FrameResult
 
 __all__ = ["DEMO_MODEL", "Cascade"]
 
@@ -287,6 +290,24 @@ class Cascade:
                 timings[name] = timings.get(name, 0.0) + ms
         timings["total"] = (time.perf_counter() - started) * 1e3
         return CascadeResult(labels, stage_map, stage_fractions(stage_map), timings)
+
+    def stream(self, source: str | Path | Iterable[np.ndarray | Image.Image], rho: RhoLike | None = None,
+               resize: str | None = None, realtime: bool | None = None,
+               open_timeout_s: float = 10.0) -> Iterator[FrameResult]:
+        """Segment every frame of a video file, URL (rtsp://, udp://, tcp://, http(s)://...), V4L2 camera
+        (/dev/videoN) or iterable of (H, W, 3) uint8 frames / PIL images: one
+        :class:`~layercascade.runtime.video.FrameResult` per frame, in order.
+
+        Frames are decoded in a thread of their own into a bounded queue and run in batches as the model's
+        batch capacity allows (``runtime/video``; files and URLs need PyAV: ``pip install
+        'layercascade[video]'``). ``realtime`` (default: for live sources) drops the frames the cascade cannot
+        keep up with; a file never drops one. A source that cannot be opened (within ``open_timeout_s``
+        seconds) is a one-line :class:`~layercascade.errors.LCError` here; closing the generator stops the
+        decoding.
+        """
+        from layercascade.runtime.video import stream
+
+        return stream(self, source, rho=rho, resize=resize, realtime=realtime, open_timeout_s=open_timeout_s)
 
     def predict(self, image: np.ndarray, rho: RhoLike, resize: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """A predictor for ``model.evaluate``: labels, stage fractions and stage-resolution pixels of one image."""
