@@ -148,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     if run.stopped:
         fail(f"{run.stopped} (stopped: {done(summary)} done, listed in {out / 'summary.json'})")
     if run.interrupted:
-        print(f"interrupted: {summary['images'] + summary['videos']} of {len(paths)} input(s) done"
-              f"{frames(summary)}, listed in {out / 'summary.json'}", file=sys.stderr)
+        cut = sum(1 for record in summary["results"] if record.get("interrupted"))
+        short = f", {cut} video(s) cut short" if cut else ""
+        print(f"interrupted: {len(summary['results']) - cut} of {len(paths)} input(s) done{short}{frames(summary)}, "
+              f"listed in {out / 'summary.json'}", file=sys.stderr)
         return 130
     if args.json:
         print(json.dumps(summary, indent=2))

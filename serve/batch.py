@@ -175,7 +175,7 @@ def image_outcomes(model: str | None, load: dict[str, Any], paths: list[Source],
     # defaults: max_restarts = max_task_retries = -1).
     dataset = dataset.map_batches(
         SegmentWorker, fn_constructor_kwargs={"model": model, "load": load, "rho": rho, "read": read},
-        batch_size=1, concurrency=workers, num_cpus=1, num_gpus=gpus, batch_format="numpy")
+        batch_size=1, concurrency=min(workers, len(images)), num_cpus=1, num_gpus=gpus, batch_format="numpy")
     for row in dataset.iter_rows():
         index = int(row["index"])
         if row["error"]:

@@ -5,6 +5,7 @@ failures in one line, Ctrl-C mid-video, and --ray giving the same outputs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -186,15 +187,16 @@ def test_options_reach_segment_video(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert chosen["read"].resize == "stretch" and chosen["read"].max_pixels == 100000 and off["realtime"] is False
 
 
-# Run in a process of its own: each cascade call marks a file and then waits, so a Ctrl-C lands mid-video.
-SLOW_LC_RUN = """
-import sys, time
+# A sitecustomize for lc-run's process (and Ray's workers, which inherit its environment): each cascade call
+# marks a file and then waits, so a Ctrl-C lands mid-video.
+SLOW_CASCADE = """
+import os, time
 from layercascade.runtime.cascade import Cascade
 
 def slowed(method):
     def call(self, *args, **kwargs):
         result = method(self, *args, **kwargs)
-        with open(sys.argv[1], "a") as marks:
+        with open(os.environ["LC_TEST_MARKS"], "a") as marks:
             marks.write("x")
         time.sleep(0.1)
         return result
@@ -202,32 +204,60 @@ def slowed(method):
 
 Cascade.__call__ = slowed(Cascade.__call__)
 Cascade.run_batch = slowed(Cascade.run_batch)
-from layercascade.cli.run import main
-from layercascade.errors import run_cli
-sys.exit(run_cli(main, sys.argv[2:]))
 """
+
+
+def interrupted_lc_run(tmp_path: Path, args: list[str | Path], calls: int) -> tuple[subprocess.Popen, str]:
+    """lc-run in a process of its own with a slowed cascade, sent SIGINT after ``calls`` cascade calls:
+    (the process, its stderr)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_CASCADE)
+    marks = tmp_path / "marks"
+    env = {**os.environ, "LC_TEST_MARKS": str(marks),
+           "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    process = subprocess.Popen([sys.executable, "-c", "from layercascade.cli.run import cli; cli()", *map(str, args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (marks.exists() and marks.stat().st_size >= calls):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    return process, process.communicate(timeout=120)[1]
 
 
 def test_ctrl_c_mid_video_leaves_playable_outputs_and_a_summary(tmp_path: Path) -> None:
     clip = write_video(tmp_path / "long.mp4", frames=120)
     image = shutil.copy(sorted(SAMPLES.iterdir())[0], tmp_path / "after.jpg")
-    marks, out = tmp_path / "marks", tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-c", SLOW_LC_RUN, str(marks), str(clip), str(image), "-o", str(out),
-                                "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (marks.exists() and marks.stat().st_size >= 5):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    out = tmp_path / "out"
+    process, err = interrupted_lc_run(tmp_path, [clip, image, "-o", out, "--quiet"], calls=5)
     assert process.returncode == 130, err
-    assert "interrupted: 1 of 2 input(s) done" in err
+    assert "interrupted: 0 of 2 input(s) done, 1 video(s) cut short" in err
     summary = summary_of(out)
     assert summary["interrupted"] is True and summary["images"] == 0 and summary["videos"] == 1
     [record] = summary["results"]
-    assert 0 < record["frames"] < 120 and summary["frames"] == record["frames"]
+    assert record["interrupted"] is True and 0 < record["frames"] < 120 and summary["frames"] == record["frames"]
     check_video_outputs(out, record)
     assert {path.name for path in out.iterdir()} == {*record["outputs"], "summary.json"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_ray_finalises_every_video_in_flight(tmp_path: Path) -> None:
+    """The video tasks take the Ctrl-C too (cancelled): each finalises its files and is listed."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        write_video(folder / name, frames=150)
+    out = tmp_path / "out"
+    process, err = interrupted_lc_run(tmp_path, [folder, "-o", out, "--quiet", "--ray", "--workers", "2"], calls=10)
+    assert process.returncode == 130, err
+    summary = summary_of(out)
+    assert summary["interrupted"] is True and summary["videos"] == 2
+    for record in summary["results"]:
+        assert record["interrupted"] is True and 0 < record["frames"] < 150
+        check_video_outputs(out, record)
+    assert {path.name for path in out.iterdir()} == {name for r in summary["results"] for name in r["outputs"]} | {
+        "summary.json"}
 
 
 def test_live_sources_with_ray_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
