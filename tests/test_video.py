@@ -18,7 +18,8 @@ import pytest
 
 from layercascade.errors import LCError
 from layercascade.runtime.cascade import Cascade
-from layercascade.runtime.video import VIDEO_OUTPUTS, is_live, looks_like_video, pyav, segment_video, sniff
+from layercascade.runtime.video import (VIDEO_OUTPUTS, is_live, looks_like_video, pyav, segment_video, sniff,
+                                       stream)
 
 av = pytest.importorskip("av")
 
@@ -46,10 +47,13 @@ def frames(count: int, size: tuple[int, int] = SIZE, noise: bool = False) -> lis
 
 def write_video(target: Path | io.BytesIO, pictures: list[np.ndarray], *, fmt: str | None = None,
                 codec: str = "libx264", audio: str | None = None, options: dict | None = None,
-                codec_options: dict | None = None) -> None:
-    """``pictures`` as a video (pts 0, 1, ... at RATE), with a tone in ``audio``'s codec as long as it."""
+                codec_options: dict | None = None, rotation: int = 0) -> None:
+    """``pictures`` as a video (pts 0, 1, ... at RATE), with a tone in ``audio``'s codec as long as it, shown
+    turned by ``rotation`` degrees counter-clockwise."""
     with av.open(target, "w", format=fmt, options=options or {}) as container:
         stream = container.add_stream(codec, rate=RATE, options=codec_options or {})
+        if rotation:
+            stream.set_display_rotation(rotation)
         stream.height, stream.width = pictures[0].shape[:2]
         stream.pix_fmt = "yuv444p" if codec == "ffv1" else "yuv420p"  # FFV1 takes odd sizes
         sound = None
@@ -178,6 +182,34 @@ def test_audio_the_mp4_does_not_take_is_transcoded_and_odd_sizes_crop(cascade: C
     assert decode(labels, "gray")[0][2].shape == (63, 95)
 
 
+def test_a_turned_video_is_segmented_upright(cascade: Cascade, tmp_path: Path) -> None:
+    """A video whose display matrix turns it (a phone's portrait clip) is segmented as players show it."""
+    source = tmp_path / "portrait.mp4"
+    write_video(source, frames(4), rotation=90, audio="aac")
+    run = segment_video(cascade, source, tmp_path, "portrait", progress=False)
+    assert run.record["size"] == [SIZE[1], SIZE[0]] and run.record["frames"] == 4 and run.record["audio"]
+    overlay, labels, _ = outputs(tmp_path, "portrait")
+    for (_, _, image), (_, _, label_map) in zip(decode(source), decode(labels, "gray"), strict=True):
+        np.testing.assert_array_equal(label_map, cascade(np.rot90(image)).labels)
+    assert decode(overlay)[0][2].shape == (SIZE[1], SIZE[0], 3)
+
+
+def test_without_libx264_the_overlay_is_mpeg4_with_the_same_times(cascade: Cascade, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An FFmpeg without libx264: the overlay is MPEG-4 Part 2, whose time base cannot be MPEG-TS's 1/90000, so
+    its timestamps are rescaled (to milliseconds) and keep the input's times."""
+    from layercascade.runtime.video import outputs as video_outputs
+
+    monkeypatch.setattr(video_outputs.av, "codecs_available", av.codecs_available - {"libx264"})
+    source = tmp_path / "clip.ts"
+    write_video(source, frames(6), fmt="mpegts")
+    run = segment_video(cascade, source, tmp_path, "clip", progress=False)
+    assert run.stopped is None and run.record["frames"] == 6
+    overlay = outputs(tmp_path, "clip")[0]
+    assert {codec for _, codec in packets(overlay, "video")} == {"mpeg4"}
+    assert [round(t, 3) for _, t, _ in decode(overlay)] == [round(t, 3) for _, t, _ in decode(source)]
+
+
 def test_truncated_file_gives_the_frames_it_holds(cascade: Cascade, tmp_path: Path) -> None:
     """A file cut short ends cleanly with the frames that decode; nothing is reported as failed."""
     whole = tmp_path / "whole.mkv"
@@ -234,6 +266,7 @@ def test_sniffing_and_live_sources(tmp_path: Path) -> None:
     write_video(clip, frames(2), fmt="matroska")
     assert looks_like_video(clip) and not looks_like_video(tmp_path / "none")
     assert is_live("rtsp://camera/stream") and is_live("UDP://239.0.0.1:1234") and is_live("/dev/video0")
+    assert is_live("/dev/v4l/by-id/usb-cam-video-index0") and not is_live("/dev/videos/clip.mp4")
     assert not is_live("clip.mp4") and not is_live("file:///tmp/clip.mp4")
 
 
@@ -328,6 +361,16 @@ def test_interrupt_leaves_playable_outputs_of_the_frames_done(cascade: Cascade, 
     assert not leftovers(tmp_path)
 
 
+def test_interrupted_before_the_first_frame_leaves_nothing(cascade: Cascade, tmp_path: Path) -> None:
+    source = tmp_path / "clip.mp4"
+    write_video(source, frames(6), audio="aac")
+    out = tmp_path / "out"
+    out.mkdir()
+    run = segment_video(Slowed(cascade, interrupt_at=1), source, out, "clip", progress=False)
+    assert run.interrupted and run.record["frames"] == 0 and run.record["outputs"] == []
+    assert not list(out.iterdir())
+
+
 def test_unreachable_stream_fails_within_the_timeout(cascade: Cascade, tmp_path: Path) -> None:
     url, server = serve_once(b"", stall=True)  # accepts, never sends
     with server, pytest.raises(LCError, match="did not open within 0.5 s") as raised:
@@ -356,13 +399,24 @@ def test_stream_over_frames_and_a_file(cascade: Cascade, tmp_path: Path) -> None
         np.testing.assert_array_equal(result.result.labels, cascade(image).labels)
 
 
+def test_realtime_stream_over_frames_drops_what_it_cannot_keep_up_with(cascade: Cascade) -> None:
+    """An iterable faster than a slowed cascade, with realtime: the frames that find the queue full are dropped
+    (gaps in the indices); without realtime every frame comes out."""
+    results = list(stream(Slowed(cascade, delay=0.03), iter(frames(20)), realtime=True))
+    indices = [r.index for r in results]
+    assert 0 < len(indices) < 20 and indices == sorted(set(indices)) and indices[0] == 0
+    assert [r.index for r in stream(Slowed(cascade, delay=0.01), iter(frames(6)))] == list(range(6))
+
+
 def test_closing_a_stream_early_stops_its_decoder(cascade: Cascade, tmp_path: Path) -> None:
     source = tmp_path / "clip.mp4"
     write_video(source, frames(30))
+    before = set(threading.enumerate())
     results = cascade.stream(source)
     next(results)
+    started = [t for t in set(threading.enumerate()) - before if t.name == "lc-video-decode"]
     results.close()
-    assert not [t for t in threading.enumerate() if t.name == "lc-video-decode"]
+    assert len(started) == 1 and not started[0].is_alive()
 
 
 def test_missing_pyav_is_one_line(monkeypatch: pytest.MonkeyPatch, cascade: Cascade, tmp_path: Path) -> None:

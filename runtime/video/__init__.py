@@ -14,6 +14,7 @@ nothing. PyAV (FFmpeg in its wheels) is imported when a video is opened; missing
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +67,10 @@ _TS_PACKET = 188
 
 
 def is_live(spec: str | Path) -> bool:
-    """Whether ``spec`` names a live source: a URL of :data:`LIVE_SCHEMES` or a V4L2 camera (/dev/videoN)."""
+    """Whether ``spec`` names a live source: a URL of :data:`LIVE_SCHEMES` or a V4L2 camera (/dev/videoN,
+    /dev/v4l/...)."""
     text = str(spec)
-    if text.startswith("/dev/video"):
+    if re.fullmatch(r"/dev/video\d+", text) or text.startswith("/dev/v4l/"):  # udev's by-id/by-path names too
         return True
     return "://" in text and urlsplit(text).scheme.lower() in LIVE_SCHEMES
 

@@ -4,6 +4,7 @@ thread that writes them while the cascade runs."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -11,6 +12,7 @@ import queue
 import threading
 import warnings
 from fractions import Fraction
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +31,8 @@ from layercascade.runtime.visualize import overlay
 MP4_AUDIO = frozenset({"aac", "mp3", "opus", "flac", "ac3", "eac3", "alac", "mp2"})
 # The channel layouts the AAC encoder takes, by channel count (more channels are mixed down to stereo).
 AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+# Audio packets kept while waiting for the first frame (about 20 s of AAC); older ones are dropped.
+MAX_WAITING_AUDIO = 1000
 # The largest time base denominator MPEG-4 Part 2 (the fallback encoder) takes.
 _MPEG4_MAX_DENOMINATOR = 65535
 
@@ -50,28 +54,41 @@ class VideoWriter:
         self.frames = 0
         self.audio = False
         self.transcoder: AudioTranscoder | None = None
+        # Audio that comes before the first frame waits for it: the frame's size (upright, for a rotated video)
+        # is the video streams' and must be set before the mp4's header is written.
+        self.started = False
+        self.waiting_audio: collections.deque[Any] = collections.deque(maxlen=MAX_WAITING_AUDIO)
         self.files: list[IO[bytes]] = []
         try:
-            self.files = [open(temporary, "xb") for temporary in self.temporaries]  # noqa: SIM115 - closed in close()
-            self.overlay = av.open(self.files[0], "w", format="mp4")
-            self.labels = av.open(self.files[1], "w", format="matroska")
+            for temporary in self.temporaries:
+                self.files.append(open(temporary, "xb"))  # noqa: SIM115 - closed in close()
         except OSError as error:
             self.discard()
-            raise OutputError(self.finals[len(self.files)] if len(self.files) < 3 else self.finals[0], error) from None
+            raise OutputError(self.finals[len(self.files)], error) from None
+        self.overlay = av.open(self.files[0], "w", format="mp4")
+        self.labels = av.open(self.files[1], "w", format="matroska")
         self.lines = self.files[2]
         self.video_out = self._video_stream(opened)
         self.labels_out = self._labels_stream(opened)
         self.audio_out = self._audio_stream(opened)
 
-    def _video_stream(self, opened: Opened) -> Any:
+    def _start(self, size: tuple[int, int]) -> None:
+        """Size the video streams by the first frame, then write the audio that waited for it."""
+        self.size = size
+        height, width = picture_size(size, PICTURE_MAX_PIXELS)
         # yuv420p takes even sizes only: an odd overlay is cropped by its last row or column (the labels file
         # keeps every pixel); an overlay over PICTURE_MAX_PIXELS is scaled down as lc-run's pictures are.
-        height, width = picture_size(self.size, PICTURE_MAX_PIXELS)
         self.picture = (max(2, height - height % 2), max(2, width - width % 2))
+        self.video_out.height, self.video_out.width = self.picture
+        self.labels_out.height, self.labels_out.width = size
+        self.started = True
+        while self.waiting_audio:
+            self.mux_audio(self.waiting_audio.popleft())
+
+    def _video_stream(self, opened: Opened) -> Any:
         x264 = "libx264" in av.codecs_available
         stream = self.overlay.add_stream("libx264" if x264 else "mpeg4", rate=opened.rate,
                                          options={"preset": "veryfast"} if x264 else {})
-        stream.height, stream.width = self.picture
         stream.pix_fmt = "yuv420p"
         # The input's time base, so its timestamps carry over unchanged (MPEG-4 Part 2 takes only coarser ones:
         # PyAV rescales the frames' timestamps to it).
@@ -82,7 +99,6 @@ class VideoWriter:
 
     def _labels_stream(self, opened: Opened) -> Any:
         stream = self.labels.add_stream("ffv1", rate=opened.rate)
-        stream.height, stream.width = self.size
         stream.pix_fmt = "gray"
         stream.codec_context.time_base = self.time_base
         return stream
@@ -107,6 +123,8 @@ class VideoWriter:
     def write(self, frame: Frame, result: CascadeResult, ms: float) -> None:
         """Encode one frame's overlay and labels and write its JSON line."""
         image, labels = frame.image, result.labels
+        if not self.started:
+            self._start(image.shape[:2])
         if image.shape[:2] != self.size:  # the stream changed size mid-way: the outputs keep the first one's
             image, labels = resize_image(image, self.size), resize_labels(labels, self.size)
         pts = frame.pts if frame.pts is not None and (self.last_pts is None or frame.pts > self.last_pts) else (
@@ -122,24 +140,31 @@ class VideoWriter:
         self._encode(1, self.labels_out, av.VideoFrame.from_ndarray(np.ascontiguousarray(labels), format="gray"), pts)
         line = {"index": frame.index, "pts": pts, "time_s": round(frame.time_s, 6), "ms": round(ms, 3),
                 "stage_fractions": [round(float(f), 6) for f in result.stage_fractions]}
-        self._guarded(2, lambda: self.lines.write((json.dumps(line) + "\n").encode()))
+        with self._writing(2):
+            self.lines.write((json.dumps(line) + "\n").encode())
         self.frames += 1
 
     def _encode(self, output: int, stream: Any, picture: Any, pts: int) -> None:
         picture.pts, picture.time_base = pts, self.time_base
         container = self.overlay if output == 0 else self.labels
-        self._guarded(output, lambda: [container.mux(packet) for packet in stream.encode(picture)])
+        with self._writing(output):
+            for packet in stream.encode(picture):
+                container.mux(packet)
 
-    def _guarded(self, output: int, write: Any) -> None:
-        """Run ``write`` on output number ``output``; its OS or FFmpeg error as an :class:`OutputError`."""
+    @contextlib.contextmanager
+    def _writing(self, output: int) -> Iterator[None]:
+        """Writing output number ``output``: an OS or FFmpeg error is an :class:`OutputError` naming it."""
         try:
-            write()
+            yield
         except (OSError, av.error.FFmpegError) as error:
             raise OutputError(self.finals[output], error) from None
 
     def mux_audio(self, packet: Any) -> None:
         """Carry one audio packet of the input into the overlay (copied, or decoded and re-encoded)."""
         if self.audio_out is None:
+            return
+        if not self.started:
+            self.waiting_audio.append(packet)
             return
         try:
             if self.transcoder is not None:
@@ -149,16 +174,23 @@ class VideoWriter:
                 self.overlay.mux(packet)
         except ValueError:  # a packet that does not decode or whose timestamps go back: the audio skips it
             return
-        except (OSError, av.error.FFmpegError) as error:
+        except (OSError, av.error.FFmpegError) as error:  # not a ValueError: the file
             raise OutputError(self.finals[0], error) from None
 
     def close(self) -> tuple[list[str], dict[str, str], str | None]:
         """Flush the encoders, write the containers' trailers, close and rename each output that is whole:
         (names written, {name: sha256}, why an output could not be finished, or None). An output that cannot be
-        finished is removed."""
+        finished is removed, and so is every output when no frame was written (a container without one does not
+        play)."""
+        if not self.frames:
+            for container in (self.overlay, self.labels):
+                with contextlib.suppress(OSError, av.error.FFmpegError):
+                    container.close()
+            self.discard()
+            return [], {}, None
         steps = [
-            lambda: self._finish(self.overlay, [(self.video_out, self.overlay)], self.transcoder),
-            lambda: self._finish(self.labels, [(self.labels_out, self.labels)], None),
+            lambda: self._finish(self.overlay, self.video_out, self.transcoder),
+            lambda: self._finish(self.labels, self.labels_out, None),
             lambda: None,
         ]
         written: list[str] = []
@@ -178,11 +210,11 @@ class VideoWriter:
         return written, {final.name: file_sha256(final) for final in self.finals if final.name in written}, problem
 
     @staticmethod
-    def _finish(container: Any, streams: list[tuple[Any, Any]], transcoder: AudioTranscoder | None) -> None:
+    def _finish(container: Any, stream: Any, transcoder: AudioTranscoder | None) -> None:
+        """Flush ``stream``'s encoder (and the audio transcoder's) into ``container`` and close it."""
         try:
-            for stream, owner in streams:
-                for packet in stream.encode():
-                    owner.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
             if transcoder is not None:
                 transcoder.flush()
         finally:

@@ -181,7 +181,7 @@ def run_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *, rho
     record = {
         "input": opened.name,
         "kind": "video",
-        "size": list(opened.size),
+        "size": list(writer.size),
         "frames": frames,
         "dropped": decoder.dropped,
         "decode_errors": counts.decode_errors,

@@ -89,7 +89,7 @@ def open_video(source: str | Path, open_timeout_s: float, max_pixels: int) -> Op
     if live:
         target = name
         options["timeout"] = (open_timeout_s, open_timeout_s)
-        if name.startswith("/dev/video"):
+        if name.startswith("/dev/"):
             options["format"] = "v4l2"
     else:
         path = Path(source)
@@ -122,8 +122,8 @@ def open_video(source: str | Path, open_timeout_s: float, max_pixels: int) -> Op
         container.close()
         fail(f"{name}: video frames of {width}x{height} pixels are over the limit of {max_pixels:,}; "
              "raise it with --max-pixels N if you trust the source")
-    # Frame threads: decoding keeps up with the cascade on the cores it leaves.
-    video.thread_type = "AUTO"
+    # Threads: a file decodes frames in parallel; a live source slices only, as frame threads hold frames back.
+    video.thread_type = "SLICE" if live else "AUTO"
     return opened
 
 
@@ -158,7 +158,10 @@ def decoded(opened: Opened, counts: Counts, *, audio: bool, max_pixels: int) -> 
                 continue
             pts = frame.pts
             time_s = float(pts * frame.time_base) if pts is not None and frame.time_base else index / opened.rate
-            yield Frame(index, pts, float(time_s), frame.to_ndarray(format="rgb24"))
+            image = frame.to_ndarray(format="rgb24")
+            if frame.rotation:  # shown turned (a phone's portrait video): segmented upright, as players show it
+                image = np.ascontiguousarray(np.rot90(image, round(frame.rotation / 90) % 4))
+            yield Frame(index, pts, float(time_s), image)
             index += 1
 
     packets = opened.container.demux(*streams)
