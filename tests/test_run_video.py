@@ -4,6 +4,7 @@ failures in one line, Ctrl-C mid-video, and --ray giving the same outputs."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -17,39 +18,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from layercascade.manifest import sha256_file
 from layercascade.runtime.inputs import SAMPLES
 from layercascade.runtime.sources import expand_inputs
+from layercascade.runtime.video import VIDEO_OUTPUTS
 from layercascade.tests.fake_cascade import leftovers, run_lc
 
-av = pytest.importorskip("av", reason="PyAV is not installed (pip install 'layercascade[video]')")
+pytest.importorskip("av", reason="PyAV is not installed (pip install 'layercascade[video]')")
+from layercascade.tests.test_video import decode, frames, serve_once, write_video  # noqa: E402 - needs av
 
-VIDEO_OUTPUTS = ("_overlay.mp4", "_labels.mkv", "_frames.jsonl")
 
 
-def write_video(path: Path, frames: int = 10, container: str = "mp4", size: tuple[int, int] = (64, 96)) -> Path:
-    """A video of ``frames`` frames (MPEG-4 Part 2) whose brightness steps from dark to light, so the labels
-    change from frame to frame."""
-    height, width = size
-    ramp = np.linspace(0, 60, width, dtype=np.float32)[None, :, None]
-    with av.open(str(path), "w", format=container) as output:
-        stream = output.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for k in range(frames):
-            level = 190 * k / max(1, frames - 1)
-            image = np.broadcast_to(level + ramp, (height, width, 3)).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                output.mux(packet)
-        for packet in stream.encode():
-            output.mux(packet)
+def video(path: Path, count: int = 10, fmt: str | None = None) -> Path:
+    """A video of ``count`` frames at ``path`` (tests/test_video.py's moving shapes, 64x96)."""
+    write_video(path, frames(count), fmt=fmt)
     return path
 
 
-def decoded(path: Path) -> list[np.ndarray]:
-    """Every frame of a container, as arrays (the label container's class ids: gray)."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        form = "gray" if path.suffix == ".mkv" else "rgb24"
-        return [frame.to_ndarray(format=form) for frame in container.decode(stream)]
+def labels_of(path: Path) -> list[np.ndarray]:
+    return [array for _, _, array in decode(path, "gray")]
 
 
 def summary_of(out: Path) -> dict:
@@ -61,11 +48,9 @@ def check_video_outputs(out: Path, record: dict) -> None:
     stem = record["outputs"][0].removesuffix(VIDEO_OUTPUTS[0])
     assert record["outputs"] == [stem + suffix for suffix in VIDEO_OUTPUTS]
     for name in record["outputs"]:
-        from layercascade.manifest import sha256_file
-
         assert record["sha256"][name] == sha256_file(out / name)
-    labels = decoded(out / f"{stem}_labels.mkv")
-    assert len(labels) == record["frames"] == len(decoded(out / f"{stem}_overlay.mp4"))
+    labels = labels_of(out / f"{stem}_labels.mkv")
+    assert len(labels) == record["frames"] == len(decode(out / f"{stem}_overlay.mp4"))
     assert all(frame.shape == tuple(record["size"]) for frame in labels)
     assert len((out / f"{stem}_frames.jsonl").read_text().splitlines()) == record["frames"]
 
@@ -74,9 +59,9 @@ def test_a_folder_of_images_and_videos(tmp_path: Path, capsys: pytest.CaptureFix
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(sorted(SAMPLES.iterdir())[0], folder / "photo.jpg")
-    write_video(folder / "clip.mp4", frames=8)
-    write_video(folder / "camera.bin", frames=6, container="matroska")  # a video by its content only
-    write_video(folder / "photo.mp4", frames=4)  # the image's stem: the outputs differ, both keep it
+    video(folder / "clip.mp4", 8)
+    video(folder / "camera.bin", 6, fmt="matroska")  # a video by its content only
+    video(folder / "photo.mp4", 4)  # the image's stem: the outputs differ, both keep it
     (folder / "notes.txt").write_text("not a video")
     assert expand_inputs([str(folder)]) == [folder / name for name in ("camera.bin", "clip.mp4", "photo.jpg",
                                                                        "photo.mp4")]
@@ -104,7 +89,7 @@ def test_a_folder_of_images_and_videos(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_a_rerun_replaces_its_own_video_outputs_and_no_other_file(tmp_path: Path) -> None:
-    clip = write_video(tmp_path / "clip.mp4")
+    clip = video(tmp_path / "clip.mp4")
     out = tmp_path / "out"
     assert run_lc([clip, "-o", out, "--quiet"]) == 0
     assert run_lc([clip, "-o", out, "--quiet"]) == 0
@@ -123,7 +108,7 @@ def test_a_rerun_replaces_its_own_video_outputs_and_no_other_file(tmp_path: Path
 
 def test_a_file_that_is_no_video_fails_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "fake.mp4").write_bytes(b"not a video at all")
-    clip = write_video(tmp_path / "clip.mp4", frames=3)
+    clip = video(tmp_path / "clip.mp4", 3)
     out = tmp_path / "out"
     assert run_lc([tmp_path / "fake.mp4", clip, "-o", out, "--quiet"]) == 1
     err = capsys.readouterr().err
@@ -148,8 +133,28 @@ def test_a_stream_that_does_not_open_is_one_line(tmp_path: Path, capsys: pytest.
     assert summary["videos"] == 0 and summary["failed"][0]["input"] == url
 
 
+def test_a_live_source_that_dies_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A stream that goes silent mid-way: its outputs hold the frames received, the summary says why the run
+    stopped, exit code 1, and the inputs after it are not read."""
+    stream = io.BytesIO()
+    write_video(stream, frames(30), fmt="mpegts")
+    data = stream.getvalue()
+    url, server = serve_once(data[:len(data) // 2], stall=True)
+    out = tmp_path / "out"
+    with server:
+        assert run_lc([url, SAMPLES, "-o", out, "--open-timeout", "0.5", "--no-realtime", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {url}: ") and err.count("\n") == 1
+    assert f"(stopped: 0 image(s), 1 video(s) done, listed in {out / 'summary.json'})" in err
+    summary = summary_of(out)
+    [record] = summary["results"]
+    assert summary["stopped"] == f"{url}: {record['stopped']}" and 0 < record["frames"] < 30
+    assert record["outputs"][0] == "127.0.0.1_overlay.mp4"  # a URL without a path: named after its host
+    check_video_outputs(out, record)
+
+
 @pytest.mark.parametrize("item, message", [("/dev/video99", "/dev/video99: no such camera"),
-                                           ("/dev/videoX", "/dev/videoX: no such camera")])
+                                           ("/dev/v4l/by-id/none", "/dev/v4l/by-id/none: no such camera")])
 def test_a_missing_camera_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, item: str, message: str) -> None:
     assert run_lc([item, "-o", tmp_path / "out"]) == 1
     err = capsys.readouterr().err
@@ -166,17 +171,17 @@ def test_live_sources_get_stems_of_their_own(tmp_path: Path) -> None:
 
 
 def test_options_reach_segment_video(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from layercascade.runtime import video
+    from layercascade.runtime import video as video_module
 
     calls: list[dict] = []
-    real = video.segment_video
+    real = video_module.segment_video
 
     def recording(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(video, "segment_video", recording)
-    clip = write_video(tmp_path / "clip.mp4", frames=2)
+    monkeypatch.setattr(video_module, "segment_video", recording)
+    clip = video(tmp_path / "clip.mp4", 2)
     assert run_lc([clip, "-o", tmp_path / "a", "--quiet"]) == 0
     assert run_lc([clip, "-o", tmp_path / "b", "--quiet", "--realtime", "--open-timeout", "2.5", "--rho", "0.9",
                    "--resize", "stretch", "--max-pixels", "100000"]) == 0
@@ -187,23 +192,23 @@ def test_options_reach_segment_video(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert chosen["read"].resize == "stretch" and chosen["read"].max_pixels == 100000 and off["realtime"] is False
 
 
-# A sitecustomize for lc-run's process (and Ray's workers, which inherit its environment): each cascade call
-# marks a file and then waits, so a Ctrl-C lands mid-video.
+# A sitecustomize for lc-run's process (and Ray's workers, which inherit its environment): each run of the
+# cascade's graphs (every image, frame and tile goes through run_batch) marks a file and then waits, so a
+# Ctrl-C lands mid-video.
 SLOW_CASCADE = """
 import os, time
 from layercascade.runtime.cascade import Cascade
 
-def slowed(method):
-    def call(self, *args, **kwargs):
-        result = method(self, *args, **kwargs)
-        with open(os.environ["LC_TEST_MARKS"], "a") as marks:
-            marks.write("x")
-        time.sleep(0.1)
-        return result
-    return call
+run_batch = Cascade.run_batch
 
-Cascade.__call__ = slowed(Cascade.__call__)
-Cascade.run_batch = slowed(Cascade.run_batch)
+def slowed(self, *args, **kwargs):
+    result = run_batch(self, *args, **kwargs)
+    with open(os.environ["LC_TEST_MARKS"], "a") as marks:
+        marks.write("x")
+    time.sleep(0.1)
+    return result
+
+Cascade.run_batch = slowed
 """
 
 
@@ -227,7 +232,7 @@ def interrupted_lc_run(tmp_path: Path, args: list[str | Path], calls: int) -> tu
 
 
 def test_ctrl_c_mid_video_leaves_playable_outputs_and_a_summary(tmp_path: Path) -> None:
-    clip = write_video(tmp_path / "long.mp4", frames=120)
+    clip = video(tmp_path / "long.mp4", 120)
     image = shutil.copy(sorted(SAMPLES.iterdir())[0], tmp_path / "after.jpg")
     out = tmp_path / "out"
     process, err = interrupted_lc_run(tmp_path, [clip, image, "-o", out, "--quiet"], calls=5)
@@ -247,7 +252,7 @@ def test_ctrl_c_with_ray_finalises_every_video_in_flight(tmp_path: Path) -> None
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("a.mp4", "b.mp4"):
-        write_video(folder / name, frames=150)
+        video(folder / name, 150)
     out = tmp_path / "out"
     process, err = interrupted_lc_run(tmp_path, [folder, "-o", out, "--quiet", "--ray", "--workers", "2"], calls=10)
     assert process.returncode == 130, err
@@ -271,8 +276,8 @@ def test_ray_run_gives_the_same_video_outputs(tmp_path: Path, ray_session: None)
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(sorted(SAMPLES.iterdir())[0], folder / "photo.jpg")
-    write_video(folder / "clip.mp4", frames=6)
-    write_video(folder / "camera.bin", frames=4, container="matroska")
+    video(folder / "clip.mp4", 6)
+    video(folder / "camera.bin", 4, fmt="matroska")
     (folder / "broken.mp4").write_bytes(b"no video")
     assert run_lc([folder, "-o", tmp_path / "local", "--quiet"]) == 1  # 1: broken.mp4
     assert run_lc([folder, "-o", tmp_path / "ray", "--quiet", "--ray", "--workers", "1"]) == 1
@@ -286,7 +291,7 @@ def test_ray_run_gives_the_same_video_outputs(tmp_path: Path, ray_session: None)
         if record.get("kind") == "video":
             check_video_outputs(tmp_path / "ray", record)
             labels = record["outputs"][1]
-            ours, theirs = decoded(tmp_path / "ray" / labels), decoded(tmp_path / "local" / labels)
+            ours, theirs = labels_of(tmp_path / "ray" / labels), labels_of(tmp_path / "local" / labels)
             assert len(ours) == len(theirs) and all(map(np.array_equal, ours, theirs))
         else:
             for name in record["outputs"]:
