@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_arguments(parser)
     video = parser.add_argument_group("videos and live streams (pip install 'layercascade[video]')")
     video.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
-                       help="keep up with the source: when the model falls behind, frames are dropped (counted in "
-                            "the summary's 'dropped'; the outputs hold the frames segmented) rather than queued "
-                            "(default: on for streams and cameras, off for files, which then give every frame)")
+                       help="streams and cameras: keep up with the source, dropping the frames the model cannot keep "
+                            "up with (counted in the summary's 'dropped'), the default; --no-realtime queues them "
+                            "instead, so a source that buffers gives every frame, later. Files never drop a frame")
     video.add_argument("--open-timeout", type=finite_float(0.1, 3600), default=10.0, metavar="S",
                        help="seconds a stream or camera may take to open (and to give a frame) before it is "
                             "reported as unreachable (default: 10)")

@@ -244,8 +244,8 @@ def write_all(outcomes: Iterable[Outcome], paths: list[Source], out: Path, plan:
                 if not isinstance(outcome, (LCError, Segmented)):  # a video, its files written
                     run.records.append({**outcome.record, "input": str(path)})
                     run.interrupted = run.interrupted or outcome.interrupted
-                    if outcome.stopped:
-                        run.stopped = f"{path}: {outcome.stopped}"
+                    if outcome.stopped:  # named after the input, once
+                        run.stopped = f"{path}: {failure_reason(LCError(outcome.stopped), path)}"
                         break
                     continue
                 if isinstance(outcome, LCError):
