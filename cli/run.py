@@ -22,7 +22,6 @@ from layercascade.cli.args import (
 from layercascade.errors import LCError, fail, run_cli
 from layercascade.model.data.images import MAX_PIXELS
 from layercascade.runtime.inputs import SAMPLES
-from layercascade.runtime.sources import expand_inputs
 from layercascade.runtime.segment import (
     PICTURE_MAX_PIXELS,
     SUMMARY_MAX_BYTES,
@@ -34,6 +33,7 @@ from layercascade.runtime.segment import (
     summarize,
     write_summary,
 )
+from layercascade.runtime.sources import expand_inputs
 from layercascade.serve import import_serving
 
 LOCAL_RAY = "local"  # --ray without an address: start a Ray on this machine

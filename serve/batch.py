@@ -142,8 +142,8 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Source], rho: 
             for ref, index in running.items():
                 try:
                     yield index, video_outcome(ray.get(ref), paths[index])
-                except ray.exceptions.TaskCancelledError:
-                    pass  # cancelled before it started: nothing written
+                except ray.exceptions.RayError:
+                    pass  # cancelled before its video opened: nothing written
             raise
         finally:
             # The generator closed early (--strict, a stop, a Ctrl-C between two videos): no task goes on

@@ -23,9 +23,7 @@ from layercascade.runtime.inputs import SAMPLES
 from layercascade.runtime.sources import expand_inputs
 from layercascade.runtime.video import VIDEO_OUTPUTS
 from layercascade.tests.fake_cascade import leftovers, run_lc
-
-pytest.importorskip("av", reason="PyAV is not installed (pip install 'layercascade[video]')")
-from layercascade.tests.test_video import decode, frames, serve_once, write_video  # noqa: E402 - needs av
+from layercascade.tests.test_video import decode, frames, serve_once, write_video  # skips without PyAV
 
 
 
@@ -58,7 +56,7 @@ def check_video_outputs(out: Path, record: dict) -> None:
 def test_a_folder_of_images_and_videos(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
-    shutil.copy(sorted(SAMPLES.iterdir())[0], folder / "photo.jpg")
+    shutil.copy(min(SAMPLES.iterdir()), folder / "photo.jpg")
     video(folder / "clip.mp4", 8)
     video(folder / "camera.bin", 6, fmt="matroska")  # a video by its content only
     video(folder / "photo.mp4", 4)  # the image's stem: the outputs differ, both keep it
@@ -68,7 +66,7 @@ def test_a_folder_of_images_and_videos(tmp_path: Path, capsys: pytest.CaptureFix
     out = tmp_path / "out"
     assert run_lc([folder, "-o", out]) == 0
     line = capsys.readouterr().out
-    assert line.startswith(f"1 image(s), 3 video(s) (18 frames at ") and "FPS)" in line and "stages 1/2/3" in line
+    assert line.startswith("1 image(s), 3 video(s) (18 frames at ") and "FPS)" in line and "stages 1/2/3" in line
     summary = summary_of(out)
     assert (summary["images"], summary["videos"], summary["frames"], summary["dropped"], summary["failed"]) == (
         1, 3, 18, 0, [])
@@ -76,8 +74,8 @@ def test_a_folder_of_images_and_videos(tmp_path: Path, capsys: pytest.CaptureFix
         "camera.bin", "clip.mp4", "photo.jpg", "photo.mp4")]
     camera, clip, photo, photo_video = summary["results"]
     assert photo["outputs"] == ["photo.png", "photo_overlay.jpg", "photo_stages.png"]
-    for record, frames in ((camera, 6), (clip, 8), (photo_video, 4)):
-        assert record["kind"] == "video" and record["frames"] == frames and record["size"] == [64, 96]
+    for record, count in ((camera, 6), (clip, 8), (photo_video, 4)):
+        assert record["kind"] == "video" and record["frames"] == count and record["size"] == [64, 96]
         assert record["dropped"] == record["decode_errors"] == 0 and record["fps"] > 0 and record["inference_fps"] > 0
         check_video_outputs(out, record)
     assert photo_video["outputs"][0] == "photo_overlay.mp4"
@@ -234,7 +232,7 @@ def interrupted_lc_run(tmp_path: Path, args: list[str | Path], calls: int) -> tu
 
 def test_ctrl_c_mid_video_leaves_playable_outputs_and_a_summary(tmp_path: Path) -> None:
     clip = video(tmp_path / "long.mp4", 120)
-    image = shutil.copy(sorted(SAMPLES.iterdir())[0], tmp_path / "after.jpg")
+    image = shutil.copy(min(SAMPLES.iterdir()), tmp_path / "after.jpg")
     out = tmp_path / "out"
     process, err = interrupted_lc_run(tmp_path, [clip, image, "-o", out, "--quiet"], calls=5)
     assert process.returncode == 130, err
@@ -276,7 +274,7 @@ def test_live_sources_with_ray_are_one_line(tmp_path: Path, capsys: pytest.Captu
 def test_ray_run_gives_the_same_video_outputs(tmp_path: Path, ray_session: None) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
-    shutil.copy(sorted(SAMPLES.iterdir())[0], folder / "photo.jpg")
+    shutil.copy(min(SAMPLES.iterdir()), folder / "photo.jpg")
     video(folder / "clip.mp4", 6)
     video(folder / "camera.bin", 4, fmt="matroska")
     (folder / "broken.mp4").write_bytes(b"no video")
