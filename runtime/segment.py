@@ -1,5 +1,7 @@
 """Segmenting image files: read each, run the cascade, write its label map, overlay and stage
-picture atomically, and a summary of the run (what lc-run does; the command only parses and prints)."""
+picture atomically, and a summary of the run (what lc-run does; the command only parses and prints).
+Videos and live sources among the inputs are segmented by ``runtime.video.segment_video``, in input order
+with the images, their records in the same summary."""
 
 from __future__ import annotations
 
@@ -26,12 +28,14 @@ from layercascade.contract import Rho, RhoLike, rho_value
 from layercascade.errors import LCError, fail
 from layercascade.manifest import is_plain_file_name, is_sha256, open_regular, read_regular, temporary_path
 from layercascade.model.data.images import MAX_PIXELS, read_rgb, resize_image, resize_labels
-from layercascade.runtime.inputs import output_stems
+from layercascade.runtime.inputs import Source, source_stem, unique_stems
+from layercascade.runtime.sources import is_video
 from layercascade.runtime.visualize import label_image, overlay, stage_picture
 
 if TYPE_CHECKING:
     from layercascade.runtime.cascade import Cascade
     from layercascade.runtime.result import CascadeResult
+    from layercascade.runtime.video import VideoRun
 
 # The files written per image: stem + variant + extension, and the Pillow save options.
 OUTPUTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -46,6 +50,7 @@ SUMMARY = "summary.json"
 PICTURE_MAX_PIXELS = 16_000_000
 # ... and at most this many pixels a side (JPEG takes 65535; a 1×10⁸ image's picture stays a picture).
 PICTURE_MAX_SIDE = 16_384
+IMAGE_SUFFIXES = tuple(variant + extension for variant, (extension, _) in OUTPUTS.items())
 # A summary.json over this size is refused, not read: a record of one image is ~600-700 bytes, so this holds
 # ~100,000 images', and the worst JSON of this size (`[{},{},…]`) still parses within a few GB.
 SUMMARY_MAX_BYTES = 64 << 20
@@ -60,7 +65,7 @@ IMAGE_ONLY_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ, e
 
 @dataclass
 class Run:
-    """What a run did: the records of the images done, the failures, whether it was interrupted."""
+    """What a run did: the records of the images and videos done, the failures, whether it was interrupted."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
@@ -143,46 +148,106 @@ class Segmented:
     files: dict[str, bytes]
 
 
-# What a source of results yields for each image: its index in the run's paths, and the image done or
-# the reason it could not be.
-Outcome = tuple[int, "Segmented | LCError"]
+# What a source of results yields for each input: its index in the run's paths, and the image done (its
+# pictures still to write), the video done (its files written: runtime.video.segment_video) or the reason
+# it could not be.
+Outcome = tuple[int, "Segmented | VideoRun | LCError"]
 
 
-def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: RhoLike | None, strict: bool,
-                progress: bool, read: ImageOptions = ImageOptions(), earlier: dict[str, str] | None = None) -> Run:
-    """Segment every image and write its pictures (all of an image's files or none): :func:`write_all`
-    of the images segmented here, one after another."""
+@dataclass(frozen=True)
+class VideoOptions:
+    """How lc-run reads videos and live sources (``segment_video``'s settings): ``realtime`` drops frames
+    when the model falls behind (None: for live sources only), ``open_timeout_s`` bounds opening one."""
+
+    realtime: bool | None = None
+    open_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The outputs of a run's inputs, decided before any is read: which are videos, each one's output stem
+    (unique among the run's outputs and the files of ``out`` it may not replace), and the files of earlier
+    runs it may replace (:func:`earlier_outputs`)."""
+
+    videos: list[bool]
+    stems: list[str]
+    earlier: dict[str, str]
+
+    @classmethod
+    def make(cls, paths: list[Source], out: Path, earlier: dict[str, str] | None = None) -> Plan:
+        from layercascade.runtime.video import VIDEO_OUTPUTS  # here: runtime.video imports this module
+
+        earlier = earlier_outputs(out) if earlier is None else earlier
+        videos = [is_video(path) for path in paths]
+        stems = unique_stems([(source_stem(path), VIDEO_OUTPUTS if video else IMAGE_SUFFIXES)
+                              for path, video in zip(paths, videos, strict=True)],
+                             in_use=files_in(out) - set(earlier) - {SUMMARY})
+        return cls(videos, stems, earlier)
+
+
+def segment_all(cascade: Cascade, paths: list[Source], out: Path, *, rho: RhoLike | None, strict: bool,
+                progress: bool, read: ImageOptions = ImageOptions(), earlier: dict[str, str] | None = None,
+                video: VideoOptions = VideoOptions()) -> Run:
+    """Segment every input, one after another, and write its outputs: an image's pictures through
+    :func:`write_all` (all of an image's files or none), a video's containers by :func:`segment_one_video`."""
+    plan = Plan.make(paths, out, earlier)
 
     def outcomes() -> Iterator[Outcome]:
         for index, path in enumerate(paths):
+            outcome: Segmented | VideoRun | LCError
             try:
-                yield index, segment_file(cascade, path, rho, read)
+                if plan.videos[index]:
+                    outcome = segment_one_video(cascade, path, out, plan.stems[index], rho=rho, read=read,
+                                                video=video, progress=progress)
+                else:
+                    outcome = segment_file(cascade, path, rho, read)
             except LCError as error:
-                yield index, error
+                outcome = error
+            yield index, outcome
+            if getattr(outcome, "interrupted", False):
+                return  # the video took the Ctrl-C: the run ends with it listed
 
-    return write_all(outcomes(), paths, out, strict=strict, progress=progress, earlier=earlier)
+    return write_all(outcomes(), paths, out, plan, strict=strict, progress=progress)
 
 
-def write_all(outcomes: Iterable[Outcome], paths: list[Path], out: Path, *, strict: bool, progress: bool,
-              earlier: dict[str, str] | None = None) -> Run:
-    """Write the images of ``outcomes`` (in input order) as they come, each with its summary entry.
+def segment_one_video(cascade: Cascade, source: Source, out: Path, stem: str, *, rho: RhoLike | None,
+                      read: ImageOptions, video: VideoOptions, progress: bool) -> VideoRun:
+    """``runtime.video.segment_video`` with lc-run's settings (imported here: PyAV loads only for a video)."""
+    from layercascade.runtime.video import segment_video
 
-    An image that could not be read or segmented (an :class:`LCError` outcome), or whose own output file
-    cannot be written (:data:`IMAGE_ONLY_ERRNOS`), is reported on stderr and listed in ``failed``, or ends
-    the loop with ``strict``; nothing of it is written. An interrupt (Ctrl-C) ends the loop too: the run so
-    far is returned, marked ``interrupted``; so does an output folder that fails (disk full, read-only), or
-    a source that fails (``stopped``: why). ``earlier``: :func:`earlier_outputs`, the files in ``out`` this
-    run may replace; the others are never replaced.
+    return segment_video(cascade, source, out, stem, rho=rho, read=read, realtime=video.realtime,
+                         progress=progress, open_timeout_s=video.open_timeout_s)
+
+
+def write_all(outcomes: Iterable[Outcome], paths: list[Source], out: Path, plan: Plan, *, strict: bool,
+              progress: bool) -> Run:
+    """Write the images of ``outcomes`` (in input order) as they come, each with its summary entry, and list
+    the videos done (their files are written already, under ``plan``'s stems).
+
+    An input that could not be read or segmented (an :class:`LCError` outcome), or an image whose own output
+    file cannot be written (:data:`IMAGE_ONLY_ERRNOS`), is reported on stderr and listed in ``failed``, or
+    ends the loop with ``strict``; nothing of it is written. An interrupt (Ctrl-C) ends the loop too: the run
+    so far is returned, marked ``interrupted`` (a video that took the Ctrl-C itself is listed, its containers
+    finalised); so does an output folder that fails (disk full, read-only), a video whose source died or
+    whose output failed, or a source of outcomes that fails (``stopped``: why). ``plan.earlier``: the files
+    in ``out`` this run may replace; the others are never replaced. The records and failures are listed in
+    input order, however the outcomes came.
     """
-    run = Run(earlier=earlier_outputs(out) if earlier is None else earlier)
-    stems = output_stems(paths, [variant + extension for variant, (extension, _) in OUTPUTS.items()],
-                         in_use=files_in(out) - set(run.earlier) - {SUMMARY})
-    with tqdm(total=len(paths), desc="lc-run", unit="image", file=sys.stderr, disable=not progress,
+    run = Run(earlier=plan.earlier)
+    stems = plan.stems
+    with tqdm(total=len(paths), desc="lc-run", unit="input", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
         try:
             for index, outcome in outcomes:
                 bar.update()
                 path = paths[index]
+                if not isinstance(outcome, (LCError, Segmented)):  # a video, its files written
+                    run.records.append({**outcome.record, "input": str(path)})
+                    run.interrupted = run.interrupted or outcome.interrupted
+                    if outcome.stopped:  # named after the input, once
+                        run.stopped = f"{path}: {failure_reason(LCError(outcome.stopped), path)}"
+                        break
+                    continue
                 if isinstance(outcome, LCError):
                     reason = failure_reason(outcome, path)
                 else:
@@ -210,6 +275,9 @@ def write_all(outcomes: Iterable[Outcome], paths: list[Path], out: Path, *, stri
             run.interrupted = True
         except LCError as error:  # the source itself failed (e.g. a cluster lost)
             run.stopped = str(error)
+    position = {str(path): index for index, path in enumerate(paths)}  # inputs are unique (expand_inputs)
+    run.records.sort(key=lambda record: position[record["input"]])
+    run.failed.sort(key=lambda failure: position[failure["input"]])
     return run
 
 
@@ -424,25 +492,43 @@ def image_record(path: Path, image: np.ndarray, result: CascadeResult, ms: float
     }
 
 
-def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho: Rho) -> dict[str, Any]:
-    """Totals over the run, then the per-image records.
+def is_video_record(record: dict[str, Any]) -> bool:
+    return record.get("kind") == "video"
 
-    ``stage_fractions`` is weighted by image pixels: the share of all segmented pixels
-    each stage decided. Means are null when no image was segmented. ``interrupted``: the run
-    was stopped (Ctrl-C) before every image was tried; ``stopped``: why it ended early (an output
-    could not be written); the records are the images finished either way. ``backend`` and ``precision``: the
-    engine that ran and what it computed in. ``rho``: one number when both stages shared it, else [ρ₂, ρ₃].
+
+def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho: Rho) -> dict[str, Any]:
+    """Totals over the run, then the per-input records.
+
+    ``images`` and ``videos`` count the records of each kind; ``frames``, ``dropped`` and ``decode_errors``
+    add up the videos' frames segmented, dropped (realtime) and undecodable. ``stage_fractions`` is weighted
+    by pixels segmented (a video's size times its frames): the share of all segmented pixels each stage
+    decided; ``mean_ms`` is per image or video frame. Means are null when nothing was segmented.
+    ``interrupted``: the run was stopped (Ctrl-C) before every input was tried; ``stopped``: why it ended
+    early (an output could not be written, a live source died); the records are the inputs finished either
+    way. ``backend`` and ``precision``: the engine that ran and what it computed in. ``rho``: one number when
+    both stages shared it, else [ρ₂, ρ₃].
     """
     records = run.records
-    pixels = [h * w for h, w in (r["size"] for r in records)]
-    fractions = np.average([r["stage_fractions"] for r in records], axis=0, weights=pixels) if records else None
+    videos = [record for record in records if is_video_record(record)]
+    # A video of no frames (interrupted at once) weighs nothing.
+    counts = [record["frames"] if is_video_record(record) else 1 for record in records]
+    segmented = [(record, count) for record, count in zip(records, counts, strict=True) if count]
+    pixels = [record["size"][0] * record["size"][1] * count for record, count in segmented]
+    fractions = (np.average([record["stage_fractions"] for record, _ in segmented], axis=0, weights=pixels)
+                 if segmented else None)
+    mean_ms = (np.average([record["ms"] for record, _ in segmented], weights=[count for _, count in segmented])
+               if segmented else None)
     written = {name for record in records for name in record["outputs"]}
     return {
-        "images": len(records),
+        "images": len(records) - len(videos),
+        "videos": len(videos),
+        "frames": sum(record["frames"] for record in videos),
+        "dropped": sum(record["dropped"] for record in videos),
+        "decode_errors": sum(record["decode_errors"] for record in videos),
         "failed": run.failed,
         "interrupted": run.interrupted,
         "stopped": run.stopped,
-        "mean_ms": round(float(np.mean([r["ms"] for r in records])), 3) if records else None,
+        "mean_ms": None if mean_ms is None else round(float(mean_ms), 3),
         "stage_fractions": None if fractions is None else [round(float(f), 6) for f in fractions],
         "backend": backend,
         "precision": precision,  # what the backend computed in (Cascade.precision)

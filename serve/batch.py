@@ -1,12 +1,16 @@
 """lc-run --ray: the images of a run segmented by a Ray Data pipeline — the paths → a pool of actors,
 each holding one :class:`Cascade`, reading, segmenting and encoding an image's pictures → this process,
 which writes them (``runtime.segment.write_all``: all of an image's files or none, the summary, Ctrl-C)
-exactly as lc-run does, so the outputs are the same bytes.
+exactly as lc-run does, so the outputs are the same bytes. Then the videos, each a Ray task of its own
+that loads the model and runs ``runtime.video.segment_video`` into OUT under the stem this process chose,
+as lc-run does; this process lists them as they end.
 
-Workers read the images at the paths this process passes them, so on a cluster the inputs must be
-on a filesystem every node sees at the same path; the outputs travel back through Ray's object
-store and only this process writes. An actor that dies is restarted by Ray and its images retried;
-nothing is written for an image until its pictures are here.
+Workers read the inputs at the paths this process passes them, so on a cluster the inputs must be
+on a filesystem every node sees at the same path; an image's outputs travel back through Ray's object
+store and only this process writes them, a video's are written by its task into OUT (which every node
+must see too). An actor that dies is restarted by Ray and its images retried, a video task retried;
+nothing is written for an image until its pictures are here, and a video's files are renamed into
+place when it ends. Ctrl-C cancels the video tasks: each finalises its files and is listed.
 """
 
 from __future__ import annotations
@@ -23,18 +27,24 @@ import ray
 
 from layercascade.contract import RhoLike
 from layercascade.errors import LCError, fail
+from layercascade.runtime.inputs import Source
 from layercascade.runtime.segment import (
     OUTPUTS,
-    Outcome,
     ImageOptions,
+    Outcome,
+    Plan,
     Run,
     Segmented,
+    VideoOptions,
     failure_reason,
     segment_file,
+    segment_one_video,
     write_all,
 )
 from layercascade.serve import connect, gpus_per_model, last_line
 
+# How long a cancelled video task may take to finalise its files (flush the encoders, rename).
+CANCEL_WAIT_S = 60
 # The columns holding an image's encoded pictures, one per OUTPUTS variant ("" is the label map).
 FILE_COLUMNS = {variant: f"file{variant}" for variant in OUTPUTS}
 
@@ -66,53 +76,110 @@ class SegmentWorker:
                 for name, values in columns.items()}
 
 
-def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], out: Path, *, rho: RhoLike | None,
-                    strict: bool, progress: bool, read: ImageOptions = ImageOptions(),
-                    earlier: dict[str, str] | None = None, address: str | None = None,
-                    workers: int | None = None) -> Run:
+def segment_video_task(model: str | None, load: dict[str, Any], source: str, out: str, stem: str,
+                       rho: RhoLike | None, read: ImageOptions, video: VideoOptions) -> Any:
+    """A Ray task: one video segmented into ``out`` by a Cascade of its own; its ``VideoRun``, or the reason
+    it could not be read (a string: the driver names the input as the user did)."""
+    from layercascade.runtime.cascade import Cascade
+
+    with Cascade.load(model, **load) as cascade:
+        try:
+            return segment_one_video(cascade, Path(source), Path(out), stem, rho=rho, read=read, video=video,
+                                     progress=False)
+        except LCError as failure:
+            return failure_reason(failure, Path(source))
+
+
+def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Source], out: Path, *,
+                    rho: RhoLike | None, strict: bool, progress: bool, read: ImageOptions = ImageOptions(),
+                    earlier: dict[str, str] | None = None, address: str | None = None, workers: int | None = None,
+                    video: VideoOptions = VideoOptions()) -> Run:
     """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
     actors (default: one per CPU of the cluster, or per GPU for a model on a GPU), each loading the model with ``load``
-    (``Cascade.load``'s keyword arguments). Joins the cluster at ``address`` or starts a local Ray."""
+    (``Cascade.load``'s keyword arguments), then the videos by one Ray task each (files only: live sources are
+    lc-run's to refuse). Joins the cluster at ``address`` or starts a local Ray."""
     # Ray's C++ core tells this process's stderr, at error level, that Ray Data's actors keep their
     # constructor arguments in the object store (a note, not a failure: failures raise in Python).
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    plan = Plan.make(paths, out, earlier)
     started_ray = connect(address)
     try:
-        return write_all(outcomes(model, load, paths, rho, read, workers), paths, out, strict=strict,
-                         progress=progress, earlier=earlier)
+        return write_all(outcomes(model, load, paths, rho, read, workers, plan, out, video), paths, out, plan,
+                         strict=strict, progress=progress)
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: RhoLike | None, read: ImageOptions,
-             workers: int | None) -> Iterator[Outcome]:
-    """The pipeline's results in input order, as :func:`write_all` takes them."""
+def outcomes(model: str | None, load: dict[str, Any], paths: list[Source], rho: RhoLike | None, read: ImageOptions,
+             workers: int | None, plan: Plan, out: Path, video: VideoOptions) -> Iterator[Outcome]:
+    """The images' results in input order, then the videos' as they end, as :func:`write_all` takes them.
+    The videos run after the images' actors are gone: a video task waiting for the CPU (or GPU) an idle actor
+    holds would wait for ever while this process waits for that video."""
+    gpus, resources = gpus_per_model(model, load), ray.cluster_resources()
+    if gpus and not resources.get("GPU"):
+        fail("the model runs on a GPU and this Ray cluster has none; run lc-run --ray on a cluster with GPUs")
+    # Absolute paths: workers on other nodes resolve relative ones against their own working directory.
+    model = model and str(Path(model).resolve())
+    try:
+        images = [index for index, is_video in enumerate(plan.videos) if not is_video]
+        if images:
+            yield from image_outcomes(model, load, paths, images, rho, read, gpus,
+                                      workers or max(1, int(resources.get("GPU" if gpus else "CPU", 1))))
+        task = ray.remote(segment_video_task).options(num_cpus=1, num_gpus=gpus)
+        running = {task.remote(model, load, str(Path(paths[index]).resolve()), str(out.resolve()), plan.stems[index],
+                               rho, read, video): index
+                   for index, is_video in enumerate(plan.videos) if is_video}
+        try:
+            while running:
+                [ready], _ = ray.wait(list(running))
+                index = running.pop(ready)
+                yield index, video_outcome(ray.get(ready), paths[index])
+        except KeyboardInterrupt:
+            # Each video task takes the Ctrl-C as segment_video does (its files finalised, listed as interrupted).
+            for ref in running:
+                ray.cancel(ref)
+            for ref, index in running.items():
+                try:
+                    yield index, video_outcome(ray.get(ref), paths[index])
+                except ray.exceptions.RayError:
+                    pass  # cancelled before its video opened: nothing written
+            raise
+        finally:
+            # The generator closed early (--strict, a stop, a Ctrl-C between two videos): no task goes on
+            # writing, and each running one has finalised its files before a Ray this process started ends.
+            for ref in running:
+                ray.cancel(ref)
+            if running:
+                ray.wait(list(running), num_returns=len(running), timeout=CANCEL_WAIT_S)
+    except ray.exceptions.RayError as error:
+        cause = error.cause if isinstance(getattr(error, "cause", None), LCError) else None
+        raise LCError(str(cause) if cause else f"the Ray pipeline failed: {last_line(error)}") from None
+
+
+def video_outcome(done: Any, source: Source) -> Any:
+    """A video task's result as an outcome: its ``VideoRun``, or the reason it failed as an :class:`LCError`."""
+    return LCError(f"{source}: {done}") if isinstance(done, str) else done
+
+
+def image_outcomes(model: str | None, load: dict[str, Any], paths: list[Source], images: list[int],
+                   rho: RhoLike | None, read: ImageOptions, gpus: float, workers: int) -> Iterator[Outcome]:
+    """The images' results (``images``: their indices in ``paths``) from a Ray Data pipeline, in input order."""
     context = ray.data.DataContext.get_current()
     # Ray Data's progress lines would break lc-run's bar (its logging is configured on import: set after).
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context.execution_options.preserve_order = True  # the summary and a --strict stop follow input order
     context.enable_progress_bars = False  # write_all has its own
-    gpus, resources = gpus_per_model(model, load), ray.cluster_resources()
-    if gpus and not resources.get("GPU"):
-        fail("the model runs on a GPU and this Ray cluster has none; run lc-run --ray on a cluster with GPUs")
-    workers = workers or max(1, int(resources.get("GPU" if gpus else "CPU", 1)))
-    # Absolute paths: workers on other nodes resolve relative ones against their own working directory.
-    dataset = ray.data.from_items([{"index": index, "path": str(path.resolve())} for index, path in enumerate(paths)])
+    dataset = ray.data.from_items([{"index": index, "path": str(Path(paths[index]).resolve())} for index in images])
     # Ray Data's actors are restarted when they die and their tasks retried, as often as it takes (its
     # defaults: max_restarts = max_task_retries = -1).
     dataset = dataset.map_batches(
-        SegmentWorker, fn_constructor_kwargs={"model": model and str(Path(model).resolve()), "load": load, "rho": rho,
-                                              "read": read},
-        batch_size=1, concurrency=workers, num_cpus=1, num_gpus=gpus, batch_format="numpy")
-    try:
-        for row in dataset.iter_rows():
-            index = int(row["index"])
-            if row["error"]:
-                yield index, LCError(f"{paths[index]}: {row['error']}")
-            else:
-                record = {**json.loads(row["record"]), "input": str(paths[index])}  # as the user named it
-                yield index, Segmented(record, {variant: bytes(row[column]) for variant, column in FILE_COLUMNS.items()})
-    except ray.exceptions.RayError as error:
-        cause = error.cause if isinstance(getattr(error, "cause", None), LCError) else None
-        raise LCError(str(cause) if cause else f"the Ray pipeline failed: {last_line(error)}") from None
+        SegmentWorker, fn_constructor_kwargs={"model": model, "load": load, "rho": rho, "read": read},
+        batch_size=1, concurrency=min(workers, len(images)), num_cpus=1, num_gpus=gpus, batch_format="numpy")
+    for row in dataset.iter_rows():
+        index = int(row["index"])
+        if row["error"]:
+            yield index, LCError(f"{paths[index]}: {row['error']}")
+        else:
+            record = {**json.loads(row["record"]), "input": str(paths[index])}  # as the user named it
+            yield index, Segmented(record, {variant: bytes(row[column]) for variant, column in FILE_COLUMNS.items()})

@@ -79,7 +79,7 @@ def test_a_recursive_glob_never_reads_the_outputs_back(tmp_path: Path, fake: typ
             "a.png", "b.jpg", "c.png", "d.bmp"}
         assert len(list(out.iterdir())) == 4 * 3 + 1
         err = capsys.readouterr().err
-        assert err == ("" if attempt == 0 else f"warning: skipped 12 image file(s) inside the output folder {out} "
+        assert err == ("" if attempt == 0 else f"warning: skipped 12 input file(s) inside the output folder {out} "
                        "(lc-run never reads outputs back as inputs)\n")
     assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("sub/out/")} == inputs
 

@@ -13,7 +13,8 @@ from PIL import Image
 from layercascade.cli import run
 from layercascade.manifest import sha256_file, write_atomic
 from layercascade.model.data import VOC_PALETTE, read_rgb
-from layercascade.runtime.inputs import SAMPLES, expand_inputs, output_stems
+from layercascade.runtime.inputs import SAMPLES, unique_stems
+from layercascade.runtime.sources import expand_inputs
 from layercascade.runtime.visualize import STAGE_COLOURS, label_image, overlay, stage_picture
 from layercascade.tests.fake_cascade import FakeCascade, fake_labels, leftovers, run_lc
 
@@ -68,8 +69,10 @@ def test_summary_content(tmp_path: Path, fake: type[FakeCascade]) -> None:
     out = tmp_path / "out"
     assert run_lc([tmp_path / "small.png", tmp_path / "bright.png", "-o", out, "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"images", "failed", "interrupted", "stopped", "mean_ms", "stage_fractions", "backend",
-                            "precision", "model", "rho", "results", "earlier_outputs"}
+    assert set(summary) == {"images", "videos", "frames", "dropped", "decode_errors", "failed", "interrupted",
+                            "stopped", "mean_ms", "stage_fractions", "backend", "precision", "model", "rho", "results",
+                            "earlier_outputs"}
+    assert summary["videos"] == summary["frames"] == summary["dropped"] == summary["decode_errors"] == 0
     assert summary["interrupted"] is False and summary["stopped"] is None and summary["earlier_outputs"] == {}
     assert summary["backend"] == "fake" and summary["precision"] == "fp32"
     assert summary["model"] == "demo" and summary["rho"] == 0.985
@@ -113,12 +116,15 @@ def test_directory_glob_and_duplicates(tmp_path: Path, fake: type[FakeCascade]) 
 
 def test_output_stems_never_collide() -> None:
     suffixes = (".png", "_overlay.jpg", "_stages.png")
-    paths = [Path("x/a.png"), Path("y/a.png"), Path("z/A.jpg"), Path("a_stages.png"), Path("a-2.png"),
-             Path("b_overlay.png"), Path("b.png")]
-    assert output_stems(paths, suffixes) == ["a", "a-2", "A-3", "a_stages-2", "a-2-2", "b_overlay", "b"]
-    assert output_stems([Path("one.png"), Path("two.png")]) == ["one", "two"]
+    stems = ["a", "a", "A", "a_stages", "a-2", "b_overlay", "b"]
+    assert unique_stems([(stem, suffixes) for stem in stems]) == ["a", "a-2", "A-3", "a_stages-2", "a-2-2",
+                                                                  "b_overlay", "b"]
     # Files already in the output folder that no run wrote are never replaced.
-    assert output_stems([Path("c.jpg"), Path("d.jpg")], suffixes, in_use=["C.png", "d_stages.png"]) == ["c-2", "d-2"]
+    assert unique_stems([("c", suffixes), ("d", suffixes)], in_use=["C.png", "d_stages.png"]) == ["c-2", "d-2"]
+    # An image's and a video's outputs differ, so both keep the stem; two videos do not.
+    videos = ("_overlay.mp4", "_labels.mkv", "_frames.jsonl")
+    assert unique_stems([("x", suffixes), ("x", videos), ("X", videos)], in_use=["y_frames.jsonl"]) == ["x", "x", "X-2"]
+    assert unique_stems([("y", videos)], in_use=["y_frames.jsonl"]) == ["y-2"]
 
 
 def test_corrupt_image_is_skipped(tmp_path: Path, fake: type[FakeCascade], capsys: pytest.CaptureFixture) -> None:
@@ -154,8 +160,8 @@ def test_strict_stops_at_first_failure(tmp_path: Path, fake: type[FakeCascade], 
 
 
 @pytest.mark.parametrize("item, message", [("nope.png", "no such file or folder"),
-                                           ("*.nothing", "pattern matches no image files"),
-                                           ("empty", "folder has no image files")])
+                                           ("*.nothing", "pattern matches no image or video files"),
+                                           ("empty", "folder has no image or video files")])
 def test_missing_input_is_one_line_error(tmp_path: Path, fake: type[FakeCascade], capsys: pytest.CaptureFixture,
                                         monkeypatch: pytest.MonkeyPatch, item: str, message: str) -> None:
     monkeypatch.chdir(tmp_path)
