@@ -26,6 +26,7 @@ from layercascade.runtime.registry import auto_backend
 from layercascade.serve.http import (
     HTTPProblem,
     Limits,
+    RhoUsed,
     check_content_type,
     check_declared_length,
     decode_image,
@@ -104,17 +105,22 @@ def test_answers_carry_lc_runs_label_map(tmp_path) -> None:
     with Cascade.load(None) as cascade:
         result = cascade(read_rgb(JPEG), 0.9)
         segment_all(cascade, [JPEG], tmp_path, rho=0.9, strict=True, progress=False)
-        png, media_type, headers = segment_answer(result, cascade.palette, 12.5, as_json=False)
+        used = RhoUsed((0.9, 0.9), "request")
+        png, media_type, headers = segment_answer(result, cascade.palette, 12.5, False, used)
         assert media_type == "image/png" and png == (tmp_path / f"{JPEG.stem}.png").read_bytes()
         assert [float(f) for f in headers["X-LC-Stage-Fractions"].split(",")] == pytest.approx(
             result.stage_fractions, abs=1e-6)
         assert headers["X-LC-Milliseconds"] == "12.500"
-        body, media_type, _ = segment_answer(result, cascade.palette, 12.5, as_json=True)
+        assert headers["X-LC-Rho"] == "0.9" and headers["X-LC-Rho-Source"] == "request"
+        assert "X-LC-Expected-mIoU-Cost" not in headers  # no frontier: no cost to expect
+        body, media_type, _ = segment_answer(result, cascade.palette, 12.5, True, RhoUsed((0.9, 0.95), "deadline", 0.5))
         import json
 
         answer = json.loads(body)
         assert media_type == "application/json" and base64.b64decode(answer["labels_png"]) == png
         assert answer["size"] == [240, 320] and answer["ms"] == 12.5
+        assert answer["rho"] == [0.9, 0.95] and answer["rho_source"] == "deadline"
+        assert answer["expected_miou_cost"] == 0.5
 
 
 # -- the service on a local Ray ------------------------------------------------------------------------
