@@ -76,9 +76,9 @@ def _number(value: object, low: float, high: float) -> bool:
 def read_frontier(manifest: dict[str, Any], source: str | Path) -> Frontier:
     """The frontier of a tuned model dir's ``lc.json`` (``tuning.frontier``, ``tuning.previous_default``), checked
     as untrusted input: at most :data:`MAX_FRONTIER_POINTS` points, each ``rho`` one or two numbers in (0, 1],
-    ``median_ms`` a finite positive number, ``miou`` in [0, 100]. Points are sorted fastest first, a repeated ρ
-    kept once (the faster measurement), and any point another beats (as fast or faster and as accurate or more)
-    dropped, so the result is a frontier whatever the file holds. One line if there is no frontier or it is
+    ``median_ms`` a finite positive number, ``miou`` in [0, 100]. Points are sorted (most accurate first), a
+    repeated ρ kept once (the faster measurement), and any point another beats (as fast or faster and as accurate
+    or more) dropped, so the result is a frontier whatever the file holds. One line if there is no frontier or it is
     malformed."""
     tuning = manifest.get("tuning")
     if not isinstance(tuning, dict) or "frontier" not in tuning:
@@ -102,7 +102,8 @@ def read_frontier(manifest: dict[str, Any], source: str | Path) -> Frontier:
         if not (isinstance(entry, dict) and _number(entry.get("median_ms"), 1e-6, MAX_MS)
                 and _number(entry.get("miou"), 0.0, MAX_MIOU)):
             wrong("frontier", 'a list of {"rho": R or [R2, R3], "median_ms": ms > 0, "miou": 0..100}')
-        points.append(FrontierPoint(threshold(entry.get("rho"), "frontier"), float(entry["median_ms"]), float(entry["miou"])))
+        points.append(FrontierPoint(threshold(entry.get("rho"), "frontier"), float(entry["median_ms"]),
+                                    float(entry["miou"])))
     reference = tuning.get("previous_default")
     if not (isinstance(reference, dict) and _number(reference.get("median_ms"), 1e-6, MAX_MS)
             and _number(reference.get("miou"), 0.0, MAX_MIOU)):
@@ -217,7 +218,8 @@ class RhoController:
         point; a ρ off the frontier teaches nothing and is ignored), of which the model's run took ``run_ms``
         (when known); ``queue_runs`` runs of the model wait behind it now. Then move if the rules say so."""
         index = self.index if rho is None else self.frontier.find(rho)
-        if index is None or not (_number(latency_ms, 0.0, math.inf) and (run_ms is None or _number(run_ms, 0.0, math.inf))):
+        measured = _number(latency_ms, 0.0, math.inf) and (run_ms is None or _number(run_ms, 0.0, math.inf))
+        if index is None or not measured:
             return
         ran_ms = self.frontier.points[index].median_ms
         self.latencies.append((float(latency_ms), ran_ms))

@@ -15,7 +15,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -514,9 +513,10 @@ def tuned_model(tmp_path_factory, demo_fp32: Path) -> Path:
     return output
 
 
-def in_process_server(model: Path, target_ms: float, run_ms) -> tuple[Any, Callable]:
-    """A replica in this process on a clock of its own that only the model's runs advance, by ``run_ms(rho)``
-    each (the injected latency); Serve's batching (which needs a replica) replaced by runs of one request."""
+def in_process_server(model: Path, target_ms: float, run_ms: Callable) -> Callable:
+    """``request(method, path, ...)`` answered by a replica in this process on a clock of its own that only the
+    model's runs advance, by ``run_ms(rho)`` each (the injected latency); Serve's batching (which needs a replica)
+    replaced by runs of one request."""
     from layercascade.serve import app
 
     server = app.CascadeServer(app.ServeSettings(str(model), target_ms=target_ms))
@@ -547,7 +547,7 @@ def in_process_server(model: Path, target_ms: float, run_ms) -> tuple[Any, Calla
                  "headers": [(b"content-length", str(len(body)).encode()), (b"accept", accept.encode())]}
         return server(Request(scope, receive))
 
-    return server, request
+    return request
 
 
 def test_a_replica_lowers_rho_to_meet_its_target_and_says_so(tuned_model) -> None:
@@ -565,7 +565,7 @@ def test_a_replica_lowers_rho_to_meet_its_target_and_says_so(tuned_model) -> Non
     def run_ms(rho) -> float:
         return 3 * target if rho == slowest.rho else target / 10
 
-    server, request = in_process_server(tuned_model, target, run_ms)
+    request = in_process_server(tuned_model, target, run_ms)
 
     async def scenario() -> list:
         answers = []

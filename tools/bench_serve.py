@@ -222,8 +222,9 @@ def latency_target(args: argparse.Namespace) -> None:
             service.stop()
         ray.shutdown()
     fixed["costs"] = [frontier.cost(slowest)] * len(fixed["latencies"])
-    saved = {"machine": machine_line(), "size": args.size, "grid": args.grid, "tune_images": args.tune_images, "seconds": args.seconds, "rate": rate, "target_ms": target,
-             "m_slow": m_slow, "m_fast": m_fast, "frontier": frontier.summary(), "fixed": fixed, "controlled": controlled}
+    saved = {"machine": machine_line(), "size": args.size, "grid": args.grid, "tune_images": args.tune_images,
+             "seconds": args.seconds, "rate": rate, "target_ms": target, "m_slow": m_slow, "m_fast": m_fast,
+             "frontier": frontier.summary(), "fixed": fixed, "controlled": controlled}
     if args.json:
         args.json.write_text(json.dumps(saved) + "\n")
     write_latency_block(saved, args)
