@@ -189,6 +189,14 @@ class RhoController:
         self.room = 0  # observations in a row with room for the next more accurate point
         self.moves = 0
 
+    @classmethod
+    def for_fps(cls, frontier: Frontier, fps: float, **options: Any) -> RhoController:
+        """A controller that keeps a live source of ``fps`` frames per second real time: a target of 1000 / ``fps``
+        ms per frame (observe each frame's processing time and the frames waiting behind it)."""
+        if not _number(fps, 1e-3, 1e6):
+            fail(f"--target-fps must be a finite number of frames per second above 0, got {fps}")
+        return cls(frontier, 1e3 / fps, **options)
+
     @property
     def point(self) -> FrontierPoint:
         return self.frontier.points[self.index]

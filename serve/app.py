@@ -213,16 +213,15 @@ class CascadeServer:
 
     async def segment_body(self, body: bytes, query: SegmentQuery, as_json: bool) -> Response:
         """The answer to an image file's bytes: decoded (at most 2 × max_batch at once), run in a batch at the
-        thresholds :meth:`rho_for` picks, encoded; its latency (from here to the encoded answer) taught to the
-        controller."""
+        thresholds :meth:`rho_for` picks when the batch runs, encoded; its latency (from here to the encoded
+        answer) taught to the controller."""
         limits = self.settings.limits
         started = self.clock()
-        used = self.rho_for(query)
         self.working += 1
         try:
             async with self.decoding:
                 image = await asyncio.to_thread(decode_image, body, limits)
-                result, batch, run_ms = await self.segment_many((image, SegmentQuery(used.rho, query.resize)))
+                result, batch, run_ms, used = await self.segment_many((image, query))
             if isinstance(result, Exception):
                 raise result
             milliseconds = (self.clock() - started) * 1e3
@@ -237,25 +236,28 @@ class CascadeServer:
         return Response(content, media_type=media_type, headers=headers)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.005)
-    async def segment_many(self, requests: list[tuple[np.ndarray, SegmentQuery]]) -> list[tuple[Any, int, float]]:
-        """The requests that arrived together, run as batches of one query (ρ and resize mode) each (the batch
+    async def segment_many(self, requests: list[tuple[np.ndarray, SegmentQuery]]
+                           ) -> list[tuple[Any, int, float, RhoUsed]]:
+        """The requests that arrived together, their thresholds picked now (:meth:`rho_for`: the controller's
+        latest choice, not the one when they arrived), run as batches of one ρ and resize mode each (the batch
         size and wait are set from the settings once the model is loaded): (result, images run with it, ms of
-        that run) each. A failure is returned to each of the requests it concerns, as the exception, not raised:
-        it must not fail the others."""
-        results: list[tuple[Any, int, float]] = [(None, 0, 0.0)] * len(requests)
-        by_query: dict[SegmentQuery, list[int]] = {}
+        that run, thresholds used) each. A failure is returned to each of the requests it concerns, as the
+        exception, not raised: it must not fail the others."""
+        used = [self.rho_for(query) for _, query in requests]
+        results: list[tuple[Any, int, float, RhoUsed]] = [(None, 0, 0.0, u) for u in used]
+        by_run: dict[tuple, list[int]] = {}
         for index, (_, query) in enumerate(requests):
-            by_query.setdefault(query, []).append(index)
-        for query, indices in by_query.items():
+            by_run.setdefault((used[index].rho, query.resize), []).append(index)
+        for (rho, resize), indices in by_run.items():
             started = self.clock()
             try:
                 answers = await asyncio.to_thread(self.cascade.segment_batch, [requests[i][0] for i in indices],
-                                                  query.rho, query.resize)
+                                                  rho, resize)
             except Exception as error:  # the images were checked already: a failure here is the server's (500)
                 answers = [error] * len(indices)
             run_ms = (self.clock() - started) * 1e3
             for index, answer in zip(indices, answers, strict=True):
-                results[index] = (answer, len(indices), run_ms)
+                results[index] = (answer, len(indices), run_ms, used[index])
         return results
 
 

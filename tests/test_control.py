@@ -192,6 +192,16 @@ def test_the_bundled_demo_has_no_frontier() -> None:
         read_model_frontier(DEMO_MODEL)
 
 
+def test_a_frame_rate_is_a_target_per_frame() -> None:
+    """--target-fps 25: 40 ms a frame; frames that take 60 ms with two waiting move it to a faster point."""
+    control = RhoController.for_fps(read_frontier(manifest(), "lc.json"), 25.0, min_samples=1)
+    assert control.target_ms == 40.0
+    control.observe(60.0, queue_runs=2, run_ms=60.0)
+    assert control.index > 0 and control.expected_ms(control.index) <= 40.0
+    with pytest.raises(LCError, match="--target-fps must be a finite number"):
+        RhoController.for_fps(control.frontier, 0.0)
+
+
 def test_bad_settings() -> None:
     frontier = read_frontier(manifest(), "lc.json")
     for target in (0.0, -5.0, math.nan, math.inf):
