@@ -82,7 +82,7 @@ def read_frontier(manifest: dict[str, Any], source: str | Path) -> Frontier:
     malformed."""
     tuning = manifest.get("tuning")
     if not isinstance(tuning, dict) or "frontier" not in tuning:
-        fail(f"{source}: records no latency frontier (lc-tune's, from layercascade 0.2 on); {TUNE_FIRST}")
+        fail(f"{source}: records no latency frontier (lc-tune records one in the dirs it writes); {TUNE_FIRST}")
 
     def wrong(field: str, what: str) -> NoReturn:
         value = json.dumps(tuning.get(field))
