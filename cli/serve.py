@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="lc-serve",
         description="Serve a Layer Cascade model over HTTP on Ray Serve: POST an image file's bytes to "
-                    "/v1/segment (?rho=R or ?rho=R2,R3) and get the palette label map as PNG at the image's size (headers "
-                    "X-LC-Stage-Fractions, X-LC-Milliseconds), or JSON with 'Accept: application/json'; "
+                    "/v1/segment (?rho=R or ?rho=R2,R3; with --target-ms, ?deadline_ms=T) and get the palette label map as PNG at the image's size (headers "
+                    "X-LC-Stage-Fractions, X-LC-Milliseconds, X-LC-Rho), or JSON with 'Accept: application/json'; "
                     "GET /v1/health (200 once the model is loaded), GET /v1/model. Requests to a replica are "
                     "batched up to the model's batch capacity. Runs until Ctrl-C or SIGTERM.",
     )
@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--max-pixels", type=positive_int, default=Limits.max_pixels, metavar="N",
                          help="images of more pixels get 413, read from the header before decoding "
                               f"(default: {Limits.max_pixels:,})")
+    network.add_argument("--target-ms", type=finite_float(1, 600_000), default=None, metavar="T",
+                         help="a latency target per request, 1 to 600000 ms: each replica lowers ρ along the frontier "
+                              "lc-tune recorded in the model dir when requests would miss it and raises it again "
+                              "when there is headroom; answers say the ρ used and its expected mIoU cost, and a "
+                              "request may set its own ?deadline_ms= (needs a model dir tuned by lc-tune; "
+                              "docs/serving.md)")
     network.add_argument("--route-prefix", default="/", metavar="PATH",
                          help="serve the model under PATH (/PATH/v1/segment): several models on one cluster "
                               "(default: /)")
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.model is not None and not Path(args.model).exists():  # before Ray starts: that takes seconds
         fail(f"{args.model}: no such model directory, engine directory or checkpoint")
+    if args.target_ms is not None:  # the frontier, checked before Ray starts
+        check_frontier(args.model)
     app = import_serving("app")
     service_module = import_serving("service")
     # Absolute: replicas on other nodes resolve a relative path against their own working directory.
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         service_module.check_port(args.host, args.port)
     limits = Limits(args.max_body_bytes, args.max_pixels, args.body_timeout_s, args.body_idle_timeout_s)
     settings = app.ServeSettings(model, load_options(args, args.threads), limits, args.max_batch, args.batch_wait_ms,
-                                 args.max_uploads)
+                                 args.max_uploads, args.target_ms)
     print(f"starting lc-serve ({args.replicas} replica(s)); loading the model ...", file=sys.stderr)
     service = service_module.start(settings, host=args.host, port=args.port, replicas=args.replicas,
                                    replica_cpus=args.replica_cpus, address=args.address,
@@ -107,6 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         print("stopping lc-serve", file=sys.stderr)
         service.stop()
     return 0
+
+
+def check_frontier(model: str | None) -> None:
+    """One line unless ``model`` (None: the bundled demo) is a model dir with a latency frontier (lc-tune's)."""
+    from layercascade.runtime.control import TUNE_FIRST, read_model_frontier
+    from layercascade.runtime.inputs import DEMO_MODEL
+
+    if model is not None and Path(model).suffix == ".pt":
+        fail(f"{model}: --target-ms needs a model dir tuned by lc-tune, not a checkpoint; export it (lc-export) and "
+             f"{TUNE_FIRST}")
+    read_model_frontier(DEMO_MODEL if model is None else model)
 
 
 def cli() -> None:

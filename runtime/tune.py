@@ -200,15 +200,19 @@ def check_tuned_target(model_dir: Path, output: Path) -> None:
 def tuning_record(result: dict[str, Any], chosen: dict[str, Any], budget: Budget, data: dict[str, Any],
                   precision: str | None = None) -> dict[str, Any]:
     """What the tuned dir's ``lc.json`` records under ``tuning``: the budget, the chosen point, the default it
-    replaced, how and where it was measured, and when."""
+    replaced, the frontier (each point's ``rho``, ``median_ms``, ``p90_ms``, ``miou``, fastest first: what
+    lc-serve ``--target-ms`` moves along, ``runtime/control.py``), how and where it was measured, and when."""
     reference = result["reference"]
     return {
         "budget": budget.record(),
         "chosen": {key: chosen[key] for key in ("rho", "median_ms", "p90_ms", "fps", "miou", "miou_drop",
                                                 "stage_fractions")},
         "previous_default": {key: reference[key] for key in ("rho", "median_ms", "fps", "miou")},
+        "frontier": [{key: point[key] for key in ("rho", "median_ms", "p90_ms", "miou")}
+                     for point in result["frontier"]],
         "grid": result["grid"], "settings": len(result["points"]),
         "data": data, "backend": result["backend"], "precision": precision, "batch": result["batch"],
+        "size": result["size"],
         "iters": result["iters"], "timing_images": result["timing_images"], "machine": result["machine"],
         "source": str(Path(result["model"]).resolve()), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "layercascade": __version__,

@@ -13,6 +13,11 @@ of the body to the answer); one more is answered 503 with ``Retry-After`` at onc
 not arrive within its deadlines is answered 408, which frees its slot. Serve lets a replica take more
 requests than that (``max_ongoing_requests``), so health and model requests are answered while uploads
 stall.
+
+Latency target (``ServeSettings.target_ms``, lc-serve ``--target-ms``): each replica holds a
+:class:`~layercascade.runtime.control.RhoController` on the frontier lc-tune recorded in the model dir, runs each
+request at the ρ it chooses (or the request's own ``?rho=``, or the most accurate one expected within its
+``?deadline_ms=``), and teaches it each answer's latency and the runs still queued behind it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,12 +38,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from layercascade.errors import LCError
+from layercascade.runtime.control import RhoController, read_frontier
 from layercascade.runtime.inputs import DEMO_MODEL
 from layercascade.serve import gpus_per_model
 from layercascade.serve.http import (
     JSON,
     HTTPProblem,
     Limits,
+    RhoUsed,
     SegmentQuery,
     check_segment_request,
     decode_image,
@@ -63,6 +71,7 @@ class ServeSettings:
     max_batch: int = 8
     batch_wait_ms: float = 5.0
     max_uploads: int | None = None  # segment requests a replica holds at once; None: max(16, 2 × max_batch)
+    target_ms: float | None = None  # lc-serve --target-ms: each replica moves ρ along the model's frontier
 
     @property
     def upload_slots(self) -> int:
@@ -86,11 +95,17 @@ class CascadeServer:
         self.cascade: Any = None
         self.load_error: str | None = None
         self.uploads = 0  # segment requests in this replica, from their body's first byte to their answer
+        self.working = 0  # of these, the ones whose body is read: decoding, waiting for their batch, running
+        self.controller: RhoController | None = None
+        self.clock = time.perf_counter  # the time the controller's latencies are measured by (tests inject one)
         # Decoded images wait here for their batch: at most this many at once bounds a replica's memory
         # (a 40 MP image is ~0.3 GB while it decodes).
         self.decoding = asyncio.Semaphore(2 * settings.max_batch)
         try:
             cascade = Cascade.load(settings.model, **settings.load)
+            if settings.target_ms is not None:
+                frontier = read_frontier(cascade.manifest, f"{self.name}/lc.json")
+                self.controller = RhoController(frontier, settings.target_ms)
         except LCError as error:
             self.load_error = str(error)
             return
@@ -99,7 +114,8 @@ class CascadeServer:
             return
         # Batches never exceed what one run of the model takes.
         capacity = cascade.batch_capacity or settings.max_batch
-        self.segment_many.set_max_batch_size(max(1, min(settings.max_batch, capacity)))
+        self.max_batch = max(1, min(settings.max_batch, capacity))
+        self.segment_many.set_max_batch_size(self.max_batch)
         self.segment_many.set_batch_wait_timeout_s(settings.batch_wait_ms / 1e3)
         self.cascade = cascade
         self.description = model_description(cascade, self.name)  # GET /v1/model
@@ -130,7 +146,8 @@ class CascadeServer:
                 return json_response(200, {"status": "ready"})
             if route == ("GET", "/v1/model"):
                 self.ready()
-                return json_response(200, self.description)
+                target = None if self.controller is None else self.controller.describe()
+                return json_response(200, {**self.description, "latency_target": target})
             known = {"/v1/segment": "POST", "/v1/health": "GET", "/v1/model": "GET"}
             if route[1] in known:
                 raise HTTPProblem(405, f"{route[1]} takes {known[route[1]]}, not {request.method}")
@@ -170,6 +187,9 @@ class CascadeServer:
         body: bytes | None = None
         try:
             query = check_segment_request(request.headers, request.url.query, limits)
+            if query.deadline_ms is not None and self.controller is None:
+                raise HTTPProblem(400, "deadline_ms needs a service with a latency target (lc-serve --target-ms) on "
+                                       "a model tuned by lc-tune; give rho instead")
             with self.upload_slot():
                 body = await read_body(request.stream(), limits)
                 return await self.segment_body(body, query, wants_json(request.headers.get("accept")))
@@ -178,39 +198,66 @@ class CascadeServer:
                 problem.headers["Connection"] = "close"
             raise
 
+    def rho_for(self, query: SegmentQuery) -> RhoUsed:
+        """The thresholds a request runs at: its own ``rho``, else the controller's choice (for its deadline when it
+        gives one), else the model's default."""
+        controller = self.controller
+        if query.rho is not None:
+            index = None if controller is None else controller.frontier.find(query.rho)
+            cost = None if index is None else controller.frontier.cost(controller.frontier.points[index])
+            return RhoUsed(query.rho, "request", cost)
+        if controller is None:
+            return RhoUsed(self.cascade.default_rho, "default")
+        choice = controller.choose(query.deadline_ms)
+        return RhoUsed(choice.rho, "controller" if query.deadline_ms is None else "deadline", choice.expected_miou_cost)
+
     async def segment_body(self, body: bytes, query: SegmentQuery, as_json: bool) -> Response:
-        """The answer to an image file's bytes: decoded (at most 2 × max_batch at once), run in a batch, encoded."""
+        """The answer to an image file's bytes: decoded (at most 2 × max_batch at once), run in a batch at the
+        thresholds :meth:`rho_for` picks when the batch runs, encoded; its latency (from here to the encoded
+        answer) taught to the controller."""
         limits = self.settings.limits
-        started = time.perf_counter()
-        async with self.decoding:
-            image = await asyncio.to_thread(decode_image, body, limits)
-            result, batch = await self.segment_many((image, query))
-        if isinstance(result, Exception):
-            raise result
-        milliseconds = (time.perf_counter() - started) * 1e3
-        content, media_type, headers = await asyncio.to_thread(
-            segment_answer, result, self.cascade.palette, milliseconds, as_json)
+        started = self.clock()
+        self.working += 1
+        try:
+            async with self.decoding:
+                image = await asyncio.to_thread(decode_image, body, limits)
+                result, batch, run_ms, used = await self.segment_many((image, query))
+            if isinstance(result, Exception):
+                raise result
+            milliseconds = (self.clock() - started) * 1e3
+            content, media_type, headers = await asyncio.to_thread(
+                segment_answer, result, self.cascade.palette, milliseconds, as_json, used)
+        finally:
+            self.working -= 1
+        if self.controller is not None:  # the runs of the model that wait behind this answer
+            self.controller.observe((self.clock() - started) * 1e3, math.ceil(self.working / self.max_batch), run_ms,
+                                    used.rho)
         headers["X-LC-Batch"] = str(batch)  # how many images ran together with this one (itself included)
         return Response(content, media_type=media_type, headers=headers)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.005)
-    async def segment_many(self, requests: list[tuple[np.ndarray, SegmentQuery]]) -> list[tuple[Any, int]]:
-        """The requests that arrived together, run as batches of one query (ρ and resize mode) each (the batch
-        size and wait are set from the settings once the model is loaded): (result, images run with it) each.
-        A failure is returned to each of the requests it concerns, as the exception, not raised: it
-        must not fail the others."""
-        results: list[tuple[Any, int]] = [(None, 0)] * len(requests)
-        by_query: dict[SegmentQuery, list[int]] = {}
+    async def segment_many(self, requests: list[tuple[np.ndarray, SegmentQuery]]
+                           ) -> list[tuple[Any, int, float, RhoUsed]]:
+        """The requests that arrived together, their thresholds picked now (:meth:`rho_for`: the controller's
+        latest choice, not the one when they arrived), run as batches of one ρ and resize mode each (the batch
+        size and wait are set from the settings once the model is loaded): (result, images run with it, ms of
+        that run, thresholds used) each. A failure is returned to each of the requests it concerns, as the
+        exception, not raised: it must not fail the others."""
+        used = [self.rho_for(query) for _, query in requests]
+        results: list[tuple[Any, int, float, RhoUsed]] = [(None, 0, 0.0, u) for u in used]
+        by_run: dict[tuple, list[int]] = {}
         for index, (_, query) in enumerate(requests):
-            by_query.setdefault(query, []).append(index)
-        for query, indices in by_query.items():
+            by_run.setdefault((used[index].rho, query.resize), []).append(index)
+        for (rho, resize), indices in by_run.items():
+            started = self.clock()
             try:
                 answers = await asyncio.to_thread(self.cascade.segment_batch, [requests[i][0] for i in indices],
-                                                  query.rho, query.resize)
+                                                  rho, resize)
             except Exception as error:  # the images were checked already: a failure here is the server's (500)
                 answers = [error] * len(indices)
+            run_ms = (self.clock() - started) * 1e3
             for index, answer in zip(indices, answers, strict=True):
-                results[index] = (answer, len(indices))
+                results[index] = (answer, len(indices), run_ms, used[index])
         return results
 
 

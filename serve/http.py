@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import urllib.parse
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from layercascade.contract import Rho, rho_from_text, rho_value
+from layercascade.contract import Rho, format_rho, rho_from_text, rho_value
 from layercascade.errors import LCError
 from layercascade.manifest import model_hash
 from layercascade.model.data.images import ImageTooLarge, read_rgb
@@ -162,14 +163,31 @@ def check_declared_length(value: str | None, limits: Limits) -> None:
 
 @dataclass(frozen=True)
 class SegmentQuery:
-    """What a segment request asks for in its query: ``rho`` (None: the model's default) and ``resize`` (None: the
-    model's default; ``model/data/placement.py``). Requests with equal queries run in one batch."""
+    """What a segment request asks for in its query: ``rho`` (None: the model's default, or the latency
+    controller's choice), ``resize`` (None: the model's default; ``model/data/placement.py``) and ``deadline_ms``
+    (lc-serve ``--target-ms`` only: the most accurate ρ expected to answer within it). Requests of equal ρ and
+    resize run in one batch."""
 
     rho: Rho | None = None
     resize: str | None = None
+    deadline_ms: float | None = None
 
 
-QUERY_HELP = "/v1/segment takes ?rho=R or ?rho=R2,R3 and ?resize=fit|stretch|none"
+QUERY_HELP = "/v1/segment takes ?rho=R or ?rho=R2,R3 (or ?deadline_ms=T) and ?resize=fit|stretch|none"
+# The longest deadline a request may set (ms): ten minutes, beyond any answer worth waiting for.
+MAX_DEADLINE_MS = 600_000.0
+
+
+@dataclass(frozen=True)
+class RhoUsed:
+    """The thresholds an answer was computed with and why: ``source`` is ``request`` (its ``?rho=``), ``default``
+    (the model's), ``controller`` (lc-serve ``--target-ms``) or ``deadline`` (its ``?deadline_ms=``);
+    ``expected_miou_cost`` the frontier's mIoU at the model's tuned reference minus at ``rho`` (None when the model
+    has no frontier or ``rho`` is not on it)."""
+
+    rho: Rho
+    source: str
+    expected_miou_cost: float | None = None
 
 
 def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits) -> SegmentQuery:
@@ -179,7 +197,7 @@ def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits
     check_content_type(headers.get("content-type"))
     check_declared_length(headers.get("content-length"), limits)
     fields = urllib.parse.parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(fields) - {"rho", "resize"})
+    unknown = sorted(set(fields) - {"rho", "resize", "deadline_ms"})
     if unknown:
         raise HTTPProblem(400, f"unknown query parameter {unknown[0][:40]!r}: {QUERY_HELP}")
     repeated = [name for name, values in fields.items() if len(values) > 1]
@@ -188,7 +206,26 @@ def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits
     resize = fields["resize"][0] if "resize" in fields else None
     if resize is not None and resize not in RESIZE_MODES:
         raise HTTPProblem(400, f"resize {resize[:40]!r} is not one of {', '.join(RESIZE_MODES)}")
-    return SegmentQuery(parse_rho(fields["rho"][0] if "rho" in fields else None), resize)
+    if "rho" in fields and "deadline_ms" in fields:
+        raise HTTPProblem(400, "give rho or deadline_ms, not both: rho fixes the thresholds, deadline_ms lets the "
+                               "service pick them")
+    return SegmentQuery(parse_rho(fields["rho"][0] if "rho" in fields else None), resize,
+                        parse_deadline(fields["deadline_ms"][0] if "deadline_ms" in fields else None))
+
+
+def parse_deadline(value: str | None) -> float | None:
+    """The query's ``deadline_ms``: a number of milliseconds in (0, :data:`MAX_DEADLINE_MS`]; else 400."""
+    if value is None:
+        return None
+    try:
+        deadline = float(value) if len(value) <= 40 else math.nan
+    except ValueError:
+        deadline = math.nan
+    if not (math.isfinite(deadline) and 0 < deadline <= MAX_DEADLINE_MS):
+        shown = value if len(value) <= 40 else f"{len(value):,} characters"
+        raise HTTPProblem(400, f"deadline_ms must be a number of milliseconds in (0, {MAX_DEADLINE_MS:g}], "
+                               f"got {shown!r}")
+    return deadline
 
 
 async def read_body(chunks: AsyncIterable[bytes], limits: Limits) -> bytes:
@@ -258,18 +295,23 @@ def png_bytes(labels: np.ndarray, palette: np.ndarray) -> bytes:
     return encode({"": label_image(labels, palette)})[""]
 
 
-def segment_answer(result: CascadeResult, palette: np.ndarray, milliseconds: float,
-                   as_json: bool) -> tuple[bytes, str, dict[str, str]]:
+def segment_answer(result: CascadeResult, palette: np.ndarray, milliseconds: float, as_json: bool,
+                   used: RhoUsed) -> tuple[bytes, str, dict[str, str]]:
     """(body, media type, headers) of a segmentation: the palette PNG of the labels at the image's
-    size, or JSON holding it in base64; either way the stage fractions and time in headers."""
+    size, or JSON holding it in base64; either way the stage fractions, the time and the thresholds ``used``
+    (with their source and expected mIoU cost) in headers."""
     png = png_bytes(result.labels, palette)
     fractions = [round(float(f), 6) for f in result.stage_fractions]
     headers = {"X-LC-Stage-Fractions": ",".join(str(f) for f in fractions),
-               "X-LC-Milliseconds": f"{milliseconds:.3f}"}
+               "X-LC-Milliseconds": f"{milliseconds:.3f}", "X-LC-Rho": format_rho(used.rho),
+               "X-LC-Rho-Source": used.source}
+    if used.expected_miou_cost is not None:
+        headers["X-LC-Expected-mIoU-Cost"] = f"{used.expected_miou_cost:g}"
     if not as_json:
         return png, PNG, headers
     body = {"labels_png": base64.b64encode(png).decode(), "stage_fractions": fractions,
-            "size": [int(result.labels.shape[0]), int(result.labels.shape[1])], "ms": round(milliseconds, 3)}
+            "size": [int(result.labels.shape[0]), int(result.labels.shape[1])], "ms": round(milliseconds, 3),
+            "rho": rho_value(used.rho), "rho_source": used.source, "expected_miou_cost": used.expected_miou_cost}
     return json.dumps(body).encode(), JSON, headers
 
 

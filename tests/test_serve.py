@@ -13,19 +13,23 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from layercascade.contract import check_rho, rho_from_text
 from layercascade.errors import LCError
 from layercascade.model.data.images import read_rgb
 from layercascade.runtime.cascade import Cascade
 from layercascade.runtime.inputs import DEMO_MODEL, SAMPLES
 from layercascade.runtime.registry import auto_backend
 from layercascade.serve.http import (
+    JSON,
     HTTPProblem,
     Limits,
+    RhoUsed,
     check_content_type,
     check_declared_length,
     decode_image,
@@ -104,17 +108,22 @@ def test_answers_carry_lc_runs_label_map(tmp_path) -> None:
     with Cascade.load(None) as cascade:
         result = cascade(read_rgb(JPEG), 0.9)
         segment_all(cascade, [JPEG], tmp_path, rho=0.9, strict=True, progress=False)
-        png, media_type, headers = segment_answer(result, cascade.palette, 12.5, as_json=False)
+        used = RhoUsed((0.9, 0.9), "request")
+        png, media_type, headers = segment_answer(result, cascade.palette, 12.5, False, used)
         assert media_type == "image/png" and png == (tmp_path / f"{JPEG.stem}.png").read_bytes()
         assert [float(f) for f in headers["X-LC-Stage-Fractions"].split(",")] == pytest.approx(
             result.stage_fractions, abs=1e-6)
         assert headers["X-LC-Milliseconds"] == "12.500"
-        body, media_type, _ = segment_answer(result, cascade.palette, 12.5, as_json=True)
+        assert headers["X-LC-Rho"] == "0.9" and headers["X-LC-Rho-Source"] == "request"
+        assert "X-LC-Expected-mIoU-Cost" not in headers  # no frontier: no cost to expect
+        body, media_type, _ = segment_answer(result, cascade.palette, 12.5, True, RhoUsed((0.9, 0.95), "deadline", 0.5))
         import json
 
         answer = json.loads(body)
         assert media_type == "application/json" and base64.b64decode(answer["labels_png"]) == png
         assert answer["size"] == [240, 320] and answer["ms"] == 12.5
+        assert answer["rho"] == [0.9, 0.95] and answer["rho_source"] == "deadline"
+        assert answer["expected_miou_cost"] == 0.5
 
 
 # -- the service on a local Ray ------------------------------------------------------------------------
@@ -474,3 +483,174 @@ def test_a_model_on_a_gpu_reserves_one_per_copy(tmp_path) -> None:
     engines = str(fake_engine_dir(tmp_path / "engines"))
     assert gpus_per_model(engines, {"backend": "auto", "device": "cpu"}) == 1.0  # auto runs engines on TensorRT
     assert gpus_per_model(engines, {"backend": "trt"}) == 1.0
+
+
+# -- the latency target (lc-serve --target-ms; the controller itself: test_control.py) -----------------------------
+def tuning_ms(rho) -> float:
+    """The latency the tuned fixture's frontier records for each setting (lc-tune's timing injected): lower
+    thresholds run faster."""
+    rho2, rho3 = rho
+    return round(100 * (rho2 + rho3), 3)
+
+
+@pytest.fixture(scope="module")
+def tuned_model(tmp_path_factory, demo_fp32: Path) -> Path:
+    """The demo model tuned by lc-tune on a small grid, its latencies injected (so the frontier is the same on
+    every machine); its frontier has several points."""
+    from layercascade.cli import tune as tune_cli
+    from layercascade.errors import run_cli
+    from layercascade.runtime import tune
+
+    def timed_blocks(steps, iters, warmup, progress):
+        return {pair: [tuning_ms(pair)] * iters for pair in steps}
+
+    output = tmp_path_factory.mktemp("tuned") / "tuned"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tune, "timed_blocks", timed_blocks)
+        assert run_cli(tune_cli.main, [str(demo_fp32), "--data", "synthetic", "--grid", "0.95,0.9,0.8", "--limit", "3",
+                                       "--iters", "2", "--warmup", "0", "--max-miou-drop", "0", "-o", str(output),
+                                       "--no-plot", "--json"]) == 0
+    return output
+
+
+def in_process_server(model: Path, target_ms: float, run_ms: Callable) -> Callable:
+    """``request(method, path, ...)`` answered by a replica in this process on a clock of its own that only the
+    model's runs advance, by ``run_ms(rho)`` each (the injected latency); Serve's batching (which needs a replica)
+    replaced by runs of one request."""
+    from layercascade.serve import app
+
+    server = app.CascadeServer(app.ServeSettings(str(model), target_ms=target_ms))
+    assert server.load_error is None
+    now = [0.0]
+    server.clock = lambda: now[0]
+    segment_batch = server.cascade.segment_batch
+
+    def timed_segment_batch(images, rho, resize):
+        now[0] += run_ms(rho) / 1e3
+        return segment_batch(images, rho, resize)
+
+    server.cascade.segment_batch = timed_segment_batch
+    unbatched = app.CascadeServer.segment_many.__wrapped__
+
+    async def one_at_a_time(item):
+        return (await unbatched(server, [item]))[0]
+
+    server.segment_many = one_at_a_time
+
+    def request(method: str, path: str, body: bytes = b"", query: str = "", accept: str = "image/png"):
+        from starlette.requests import Request
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": query.encode(),
+                 "headers": [(b"content-length", str(len(body)).encode()), (b"accept", accept.encode())]}
+        return server(Request(scope, receive))
+
+    return request
+
+
+def test_a_replica_lowers_rho_to_meet_its_target_and_says_so(tuned_model) -> None:
+    """Injected run times: the most accurate point takes 3 × the target, the fastest a tenth of it; the replica
+    moves to a faster point after a few answers, each answer naming its ρ, source and expected mIoU cost."""
+    import asyncio
+
+    from layercascade.runtime.control import read_model_frontier
+
+    frontier = read_model_frontier(tuned_model)
+    assert len(frontier.points) >= 2
+    slowest, fastest = frontier.points[0], frontier.points[-1]
+    target = 30.0
+
+    def run_ms(rho) -> float:
+        return 3 * target if rho == slowest.rho else target / 10
+
+    request = in_process_server(tuned_model, target, run_ms)
+
+    async def scenario() -> list:
+        answers = []
+        for _ in range(8):
+            answer = await request("POST", "/v1/segment", JPEG.read_bytes())
+            assert answer.status_code == 200
+            answers.append(answer.headers)
+        described = json.loads((await request("GET", "/v1/model")).body)["latency_target"]
+        assert described["target_ms"] == target and described["moves"] == 1
+        assert [p["expected_miou_cost"] for p in described["frontier"]["points"]] == [
+            frontier.cost(p) for p in frontier.points]
+        as_json = json.loads((await request("POST", "/v1/segment", JPEG.read_bytes(), accept=JSON)).body)
+        assert as_json["rho_source"] == "controller" and as_json["expected_miou_cost"] is not None
+        explicit = await request("POST", "/v1/segment", JPEG.read_bytes(), query="rho=0.5")
+        assert explicit.headers["x-lc-rho-source"] == "request" and "x-lc-expected-miou-cost" not in explicit.headers
+        generous = await request("POST", "/v1/segment", JPEG.read_bytes(), query="deadline_ms=600000")
+        assert generous.headers["x-lc-rho-source"] == "deadline"
+        assert rho_from_text(generous.headers["x-lc-rho"]) == slowest.rho  # the most accurate within the deadline
+        return answers
+
+    answers = asyncio.run(scenario())
+    rhos = [rho_from_text(headers["x-lc-rho"]) for headers in answers]
+    assert rhos[:4] == [slowest.rho] * 4  # min_samples answers at the start point
+    assert all(rho != slowest.rho for rho in rhos[4:])  # then faster, and it stays there
+    assert all(headers["x-lc-rho-source"] == "controller" for headers in answers)
+    for rho, headers in zip(rhos, answers):
+        point = frontier.points[frontier.find(rho)]
+        assert float(headers["x-lc-expected-miou-cost"]) == pytest.approx(frontier.cost(point))
+    assert fastest.median_ms < slowest.median_ms
+
+
+def test_latency_target_end_to_end(tuned_model, ray_session, port, demo_service) -> None:
+    """lc-serve --target-ms on a tuned dir (a target far above any latency here, so no answer depends on this
+    machine's speed): answers carry ρ and its cost, /v1/model the target and frontier, bad deadlines are 400s."""
+    import httpx
+
+    from layercascade.runtime.control import read_model_frontier
+    from layercascade.serve.app import ServeSettings
+    from layercascade.serve.service import start
+
+    frontier = read_model_frontier(tuned_model)
+    service = start(ServeSettings(str(tuned_model), target_ms=600_000), port=port, replicas=1, replica_cpus=0.5,
+                    route_prefix="/target", name="target", timeout_s=120)
+    try:
+        with httpx.Client(timeout=60) as client:
+            described = client.get(f"{service.url}/v1/model").json()["latency_target"]
+            assert described["target_ms"] == 600_000 and len(described["frontier"]["points"]) == len(frontier.points)
+            answer = client.post(f"{service.url}/v1/segment", content=JPEG.read_bytes(),
+                                 headers={"accept": "application/json"})
+            body = answer.json()
+            assert answer.status_code == 200 and body["rho_source"] == "controller"
+            assert tuple(check_rho(body["rho"])) == frontier.points[0].rho  # the most accurate: room to spare
+            assert body["expected_miou_cost"] == frontier.cost(frontier.points[0])
+            assert answer.headers["x-lc-expected-mIoU-cost"] == f"{frontier.cost(frontier.points[0]):g}"
+            tight = client.post(f"{service.url}/v1/segment?deadline_ms=0.001", content=JPEG.read_bytes())
+            assert tight.status_code == 200 and tight.headers["x-lc-rho-source"] == "deadline"
+            assert rho_from_text(tight.headers["x-lc-rho"]) == frontier.points[-1].rho  # none meets it: the fastest
+            for query in ("deadline_ms=0", "deadline_ms=-5", "deadline_ms=nan", "deadline_ms=inf", "deadline_ms=abc",
+                          "deadline_ms=600001", "deadline_ms=" + "9" * 100, "deadline_ms=5&deadline_ms=6",
+                          "deadline_ms=50&rho=0.9"):
+                refused = client.post(f"{service.url}/v1/segment?{query}", content=JPEG.read_bytes())
+                assert refused.status_code == 400, query
+                assert "deadline_ms" in refused.json()["error"] and "\n" not in refused.json()["error"]
+        # Without a target, a deadline is refused (the demo service has none), and the answer says the default ρ.
+        plain = httpx.post(f"{demo_service.url}/v1/segment?deadline_ms=50", content=JPEG.read_bytes(), timeout=60)
+        assert plain.status_code == 400 and "--target-ms" in plain.json()["error"]
+        default = httpx.post(f"{demo_service.url}/v1/segment", content=JPEG.read_bytes(), timeout=60)
+        assert default.headers["x-lc-rho"] == "0.985" and default.headers["x-lc-rho-source"] == "default"
+        assert httpx.get(f"{demo_service.url}/v1/model", timeout=30).json()["latency_target"] is None
+    finally:
+        service.stop()
+
+
+def test_lc_serve_target_ms_needs_a_frontier(capsys, tmp_path) -> None:
+    from layercascade.cli import serve as serve_cli
+    from layercascade.errors import run_cli
+
+    assert run_cli(serve_cli.main, ["--target-ms", "50"]) == 1  # the bundled demo is not tuned
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "records no latency frontier" in error and "lc-tune" in error
+    assert error.count("\n") == 1
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"")
+    assert run_cli(serve_cli.main, [str(checkpoint), "--target-ms", "50"]) == 1
+    assert "not a checkpoint; export it" in capsys.readouterr().err
+    for bad in ("0", "nan", "inf", "-5", "700000", "abc"):
+        assert run_cli(serve_cli.main, ["--target-ms", bad]) == 1
+        assert "--target-ms: expected a finite number in [1, 600000]" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from layercascade.contract import check_rho
 from layercascade.errors import LCError, run_cli
 from layercascade.manifest import model_hash, read_cascade_manifest, sha256_file
 from layercascade.runtime import tune
+from layercascade.runtime.control import read_frontier
 from layercascade.runtime.registry import auto_backend
 from layercascade.runtime.tune import Budget, choose_setting, grid_pairs, pareto_front
 
@@ -146,7 +147,13 @@ def test_tune_for_a_latency_budget(demo_fp32: Path, tmp_path: Path, capsys, fixe
     assert record["budget"] == {"target_ms": 186.0} and record["chosen"]["rho"] == result["chosen"]["rho"]
     assert record["previous_default"]["rho"] == 0.985 and record["backend"] == auto_backend(demo_fp32)
     assert record["data"] == {"spec": "synthetic", "split": "val", "seed": 0, "images": 3}
-    assert {"machine", "date", "grid", "batch", "iters", "source"} <= set(record)
+    assert {"machine", "date", "grid", "batch", "iters", "source", "size"} <= set(record)
+    # The frontier, for lc-serve --target-ms: what the run measured, fastest first, read back as one.
+    assert record["frontier"] == [{key: p[key] for key in ("rho", "median_ms", "p90_ms", "miou")}
+                                  for p in result["frontier"]]
+    frontier = read_frontier(manifest, output / "lc.json")
+    assert [p.rho for p in reversed(frontier.points)] == [tuple(check_rho(p["rho"])) for p in result["frontier"]]
+    assert frontier.reference_miou == result["reference"]["miou"]
     with Cascade.load(output) as tuned:
         assert tuned.default_rho == chosen
         images = np.zeros((1, *tuned.input_size, 3), np.uint8)

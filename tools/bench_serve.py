@@ -8,6 +8,20 @@ resizing and encoding included) until ``--requests`` are answered, after a warm-
 images through an in-process ``Cascade`` (no HTTP, one at a time) give the ceiling per request.
 
     python tools/bench_serve.py [--sizes 160,512] [--requests 400] [--clients 16] [--max-batch 8]
+
+``--latency-target`` instead compares a fixed-ρ service with ``lc-serve --target-ms`` under one open-loop load
+(the "Latency target" block of docs/serving.md): the demo checkpoint exported at ``--size``, tuned by lc-tune on
+synthetic images (``--grid``, reaching lower thresholds than lc-tune's default) (its frontier recorded in the tuned dir), then served twice on one replica — every request at
+the frontier's most accurate ρ, then with the target — while requests (PNGs of other synthetic images: the kind the
+frontier was measured on) arrive at ``--rate`` per second (Poisson,
+seeded; the same arrival times for both) for ``--seconds``. Latency is the client's, from the request's scheduled
+time to its answer (so a service that falls behind is charged for the wait). Without ``--rate`` and
+``--target-ms`` both come from a calibration on this machine: one request at a time at the most accurate and the
+fastest frontier point (their medians m_slow and m_fast): the rate 2000 / (m_slow + m_fast) per second (more than
+the fixed service can answer, less than the fastest point can), the target 5 × m_fast (room for the queueing of a
+random load).
+
+    python tools/bench_serve.py --latency-target [--size 512] [--seconds 40] [--rate R] [--target-ms T]
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from results_block import write_block  # tools/, beside this script
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "model" / "demo" / "lc_tiny_synthetic.pt"
 RESULTS = ROOT / "docs" / "results.md"
+SERVING = ROOT / "docs" / "serving.md"
 
 
 def free_port() -> int:
@@ -85,6 +100,194 @@ def in_process(model: Path, bodies: list[bytes], requests: int) -> float:
         return requests / (time.perf_counter() - started)
 
 
+def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float, query: str, seed: int = 0) -> dict:
+    """Requests at ``rate`` per second (Poisson arrivals, ``seed``ed) for ``seconds``, each sent at its time
+    whatever the answers before it: latencies (ms, from the scheduled time to the answer), the ρ and expected
+    mIoU cost each answer reports, and the failures."""
+    import asyncio
+
+    import httpx
+
+    arrivals, at = [], 0.0
+    generator = np.random.default_rng(seed)
+    while (at := at + generator.exponential(1 / rate)) < seconds:
+        arrivals.append(at)
+
+    async def run() -> list[tuple[float, str, float | None, int]]:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            start = time.perf_counter()
+
+            async def one(index: int, when: float) -> tuple[float, str, float | None, int]:
+                await asyncio.sleep(max(0.0, start + when - time.perf_counter()))
+                answer = await client.post(f"{url}/v1/segment{query}", content=bodies[index % len(bodies)])
+                cost = answer.headers.get("x-lc-expected-miou-cost")
+                return ((time.perf_counter() - start - when) * 1e3, answer.headers.get("x-lc-rho", ""),
+                        None if cost is None else float(cost), answer.status_code)
+
+            return await asyncio.gather(*(one(index, when) for index, when in enumerate(arrivals)))
+
+    answers = asyncio.run(run())
+    return {"latencies": [a[0] for a in answers], "rhos": [a[1] for a in answers],
+            "costs": [a[2] for a in answers], "failed": sum(a[3] != 200 for a in answers)}
+
+
+def sequential_ms(url: str, bodies: list[bytes], query: str, count: int = 20) -> float:
+    """The median latency of ``count`` requests sent one at a time (after two untimed)."""
+    import httpx
+
+    latencies = []
+    with httpx.Client(timeout=120) as client:
+        for index in range(count + 2):
+            started = time.perf_counter()
+            client.post(f"{url}/v1/segment{query}", content=bodies[index % len(bodies)]).raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1e3)
+    return float(np.median(latencies[2:]))
+
+
+def synthetic_bodies(skip: int, count: int = 16) -> list[bytes]:
+    """PNG files of synthetic validation images after the first ``skip`` (those lc-tune measures on): requests of
+    the kind the frontier was measured on, none of them its own images."""
+    import io
+
+    from PIL import Image
+
+    from layercascade.model.data import open_dataset
+
+    dataset = open_dataset("synthetic", "val", limit=skip + count)
+    bodies = []
+    for index in range(skip, skip + count):
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(dataset[index][0], np.uint8)).save(buffer, "PNG")
+        bodies.append(buffer.getvalue())
+    return bodies
+
+
+def latency_target(args: argparse.Namespace) -> None:
+    """The fixed-ρ and the controlled service under one open-loop load (module docstring)."""
+    import ray
+
+    from layercascade.cli import tune as tune_cli
+    from layercascade.contract import format_rho
+    from layercascade.errors import run_cli
+    from layercascade.export.stages import export_model
+    from layercascade.model.checkpoint import load_checkpoint
+    from layercascade.runtime.control import read_model_frontier
+    from layercascade.serve.app import ServeSettings
+    from layercascade.serve.service import start
+
+    bodies = synthetic_bodies(args.tune_images)
+    with tempfile.TemporaryDirectory(prefix="lc-bench-target-") as work:
+        model = export_model(load_checkpoint(CHECKPOINT), Path(work) / "demo", input_size=(args.size, args.size))
+        tuned = Path(work) / "tuned"
+        tune_argv = [str(model), "--data", "synthetic", "--limit", str(args.tune_images), "--iters", "10",
+                     "--grid", args.grid,
+                     "--max-miou-drop", "0", "-o", str(tuned), "--no-plot", "--json"]
+        with open(os.devnull, "w") as quiet:  # lc-tune's JSON report: the frontier is read back from the dir
+            stdout, sys.stdout = sys.stdout, quiet
+            try:
+                assert run_cli(tune_cli.main, tune_argv) == 0, "lc-tune failed"
+            finally:
+                sys.stdout = stdout
+        frontier = read_model_frontier(tuned)
+        slowest, fastest = frontier.points[0], frontier.points[-1]
+        fixed_query = f"?rho={format_rho(slowest.rho)}"
+        cpus = os.cpu_count() or 1
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        port = free_port()
+        # Every request is held (never refused at a slot limit): a service that falls behind shows it in latency.
+        max_uploads = int(4 * (args.rate or 100) * args.seconds) + 1000
+
+        def serve(name: str, target_ms: float | None):
+            settings = ServeSettings(str(tuned), max_batch=1, max_uploads=min(max_uploads, 100_000),
+                                     target_ms=target_ms)
+            return start(settings, port=port, replicas=1, replica_cpus=1, name=name, route_prefix=f"/{name}")
+
+        service = serve("fixed", None)
+        try:
+            m_slow = sequential_ms(service.url, bodies, fixed_query)
+            m_fast = sequential_ms(service.url, bodies, f"?rho={format_rho(fastest.rho)}")
+            rate = args.rate or round(2e3 / (m_slow + m_fast), 1)
+            target = args.target_ms or round(5 * m_fast, 1)
+            print(f"sequential medians: {m_slow:.1f} ms at ρ = {format_rho(slowest.rho)}, {m_fast:.1f} ms at "
+                  f"ρ = {format_rho(fastest.rho)}; rate {rate}/s, target {target} ms", file=sys.stderr)
+            fixed = open_loop(service.url, bodies, rate, args.seconds, fixed_query)
+        finally:
+            service.stop()
+        service = serve("controlled", target)
+        try:
+            sequential_ms(service.url, bodies, "", count=4)  # the same warm-up
+            controlled = open_loop(service.url, bodies, rate, args.seconds, "")
+        finally:
+            service.stop()
+        ray.shutdown()
+    fixed["costs"] = [frontier.cost(slowest)] * len(fixed["latencies"])
+    saved = {"machine": machine_line(), "size": args.size, "grid": args.grid, "tune_images": args.tune_images,
+             "seconds": args.seconds, "rate": rate, "target_ms": target, "m_slow": m_slow, "m_fast": m_fast,
+             "frontier": frontier.summary(), "fixed": fixed, "controlled": controlled}
+    if args.json:
+        args.json.write_text(json.dumps(saved) + "\n")
+    write_latency_block(saved, args)
+
+
+def machine_line() -> str:
+    from results_block import machine
+
+    return machine()
+
+
+def write_latency_block(saved: dict, args: argparse.Namespace) -> None:
+    """The "Latency target" block of docs/serving.md from :func:`latency_target`'s measurements."""
+    import collections
+
+    from layercascade.contract import format_rho
+    from layercascade.model.evaluate import markdown_table
+
+    target = saved["target_ms"]
+    points = saved["frontier"]["points"]
+
+    def row(name: str, run: dict) -> list[str]:
+        latencies = np.array(run["latencies"])
+        used = collections.Counter(run["rhos"])
+        shares = ", ".join(f"{rho} {100 * n / len(run['rhos']):.0f}%" for rho, n in used.most_common(3))
+        costs = [c for c in run["costs"] if c is not None]
+        p50, p90, p99 = (np.percentile(latencies, q) for q in (50, 90, 99))
+        return [name, str(len(latencies)), f"{p50:.0f}", f"{p90:.0f}", f"{p99:.0f}",
+                f"{100 * np.mean(latencies > target):.1f}%", "yes" if p99 <= target else "**no**", shares,
+                f"{np.mean(costs):+.2f}" if costs else "–", str(run["failed"])]
+
+    table = markdown_table(["service", "requests", "p50 ms", "p90 ms", "p99 ms", f"over {target:g} ms",
+                            "p99 within target", "ρ used (share)", "mean mIoU cost", "failed"],
+                           [row(f"fixed ρ = {format_rho(points[0]['rho'])}", saved["fixed"]),
+                            row(f"--target-ms {target:g}", saved["controlled"])])
+    def p99(run: dict) -> float:
+        return float(np.percentile(run["latencies"], 99))
+
+    verdict = " ".join([
+        "The fixed service's p99 " + ("misses" if p99(saved["fixed"]) > target else "meets") + " the target;",
+        "the controlled one, moving to faster points, " + ("meets it." if p99(saved["controlled"]) <= target
+                                                           else "misses it too (a busy machine?).")])
+    frontier = markdown_table(["ρ", "lc-tune median ms per run", "mIoU", "expected mIoU cost"],
+                              [[format_rho(p["rho"]), f"{p['median_ms']:.2f}", f"{p['miou']:.2f}",
+                                f"{p['expected_miou_cost']:+.2f}"] for p in points])
+    body = f"""`python tools/bench_serve.py --latency-target --size {saved['size']} --grid {saved['grid']} --tune-images {saved['tune_images']} --seconds {saved['seconds']:g} --rate {saved['rate']:g} --target-ms {target:g}`
+on {saved['machine']}: the demo checkpoint exported at {saved['size']}², tuned by lc-tune on {saved['tune_images']} synthetic images
+(`--grid {saved['grid']} --max-miou-drop 0`), served by one replica (batch 1) on a local Ray, {saved['rate']:g} requests per second
+(PNGs of 16 other synthetic images) arriving at random (Poisson, the same arrival times for both runs) for {saved['seconds']:g} s, latency from each
+request's scheduled time to its answer. One request at a time takes {saved['m_slow']:.0f} ms at the most accurate
+point and {saved['m_fast']:.0f} ms at the fastest. {verdict} The mIoU cost is against the model's
+default ρ = {format_rho(saved['frontier']['reference']['rho'])} (lc-tune's reference; negative: more accurate).
+
+{table}
+
+The frontier it moves along (lc-tune's, as recorded in the tuned dir):
+
+{frontier}
+"""
+    write_block(SERVING, "latency-target", body)
+    print(f"wrote the latency-target block of {SERVING.relative_to(ROOT)}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="160,512", help="input sizes to export at (default: 160,512)")
@@ -95,10 +298,25 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
     parser.add_argument("--from-json", type=Path, default=None,
                         help="write the block from measurements --json saved (the other options as they were)")
+    target = parser.add_argument_group("--latency-target: a fixed-ρ service against lc-serve --target-ms")
+    target.add_argument("--latency-target", action="store_true", help="run this comparison instead")
+    target.add_argument("--size", type=int, default=512, help="input size to export at (default: 512)")
+    target.add_argument("--seconds", type=float, default=40.0, help="load per service (default: 40)")
+    target.add_argument("--rate", type=float, default=None, help="requests per second (default: calibrated)")
+    target.add_argument("--target-ms", type=float, default=None, help="the latency target (default: calibrated)")
+    target.add_argument("--tune-images", type=int, default=20, help="synthetic images lc-tune measures on")
+    # Below lc-tune's default grid too: the frontier's fastest point must be well apart from its most accurate one.
+    target.add_argument("--grid", default="1,0.99,0.97,0.95,0.9,0.8,0.6,0.4", help="lc-tune's --grid")
     args = parser.parse_args()
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
-        write_serving_block(saved["rows"], saved["machine"], args)
+        if args.latency_target:
+            write_latency_block(saved, args)
+        else:
+            write_serving_block(saved["rows"], saved["machine"], args)
+        return
+    if args.latency_target:
+        latency_target(args)
         return
 
     import ray
