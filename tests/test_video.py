@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -431,6 +432,14 @@ def test_closing_a_stream_early_stops_its_decoder(cascade: Cascade, tmp_path: Pa
     started = [t for t in set(threading.enumerate()) - before if t.name == "lc-video-decode"]
     results.close()
     assert len(started) == 1 and not started[0].is_alive()
+
+
+def test_importing_the_video_package_loads_no_pyav() -> None:
+    """lc-run imports runtime/video for every run: PyAV is loaded only when a video is opened."""
+    code = "import sys, layercascade.runtime.video, layercascade.runtime.cascade; print('av' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_missing_pyav_is_one_line(monkeypatch: pytest.MonkeyPatch, cascade: Cascade, tmp_path: Path) -> None:
