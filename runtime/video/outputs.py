@@ -11,8 +11,8 @@ import os
 import queue
 import threading
 import warnings
-from fractions import Fraction
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
