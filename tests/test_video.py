@@ -19,8 +19,8 @@ import pytest
 
 from layercascade.errors import LCError
 from layercascade.runtime.cascade import Cascade
-from layercascade.runtime.video import (VIDEO_OUTPUTS, is_live, looks_like_video, pyav, segment_video, sniff,
-                                       stream)
+from layercascade.runtime.video import (VIDEO_OUTPUTS, SourceStoppedWarning, is_live, looks_like_video, pyav,
+                                       segment_video, sniff, stream)
 
 av = pytest.importorskip("av")
 
@@ -344,6 +344,15 @@ def test_a_failed_write_stops_the_video_and_keeps_what_plays(cascade: Cascade, t
     assert 0 < run.record["frames"] < 40 and not leftovers(out)
     _, labels, lines = outputs(out, "noise")
     assert len(decode(labels, "gray")) == len(lines.read_text().splitlines()) == run.record["frames"]
+
+
+def test_a_stream_whose_source_dies_warns(cascade: Cascade) -> None:
+    data = io.BytesIO()
+    write_video(data, frames(30), fmt="mpegts")
+    url, server = serve_once(data.getvalue()[:len(data.getvalue()) // 2], stall=True)
+    with server, pytest.warns(SourceStoppedWarning, match="sent nothing for 0.5 s"):
+        results = list(cascade.stream(url, realtime=False, open_timeout_s=0.5))
+    assert 0 < len(results) < 30
 
 
 def test_files_never_drop_a_frame_even_asked_for_realtime(cascade: Cascade, tmp_path: Path) -> None:
