@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -18,8 +19,8 @@ import pytest
 
 from layercascade.errors import LCError
 from layercascade.runtime.cascade import Cascade
-from layercascade.runtime.video import (VIDEO_OUTPUTS, is_live, looks_like_video, pyav, segment_video, sniff,
-                                       stream)
+from layercascade.runtime.video import (VIDEO_OUTPUTS, SourceStoppedWarning, is_live, looks_like_video, pyav,
+                                       segment_video, sniff, stream)
 
 av = pytest.importorskip("av")
 
@@ -345,6 +346,15 @@ def test_a_failed_write_stops_the_video_and_keeps_what_plays(cascade: Cascade, t
     assert len(decode(labels, "gray")) == len(lines.read_text().splitlines()) == run.record["frames"]
 
 
+def test_a_stream_whose_source_dies_warns(cascade: Cascade) -> None:
+    data = io.BytesIO()
+    write_video(data, frames(30), fmt="mpegts")
+    url, server = serve_once(data.getvalue()[:len(data.getvalue()) // 2], stall=True)
+    with server, pytest.warns(SourceStoppedWarning, match="sent nothing for 0.5 s"):
+        results = list(cascade.stream(url, realtime=False, open_timeout_s=0.5))
+    assert 0 < len(results) < 30
+
+
 def test_files_never_drop_a_frame_even_asked_for_realtime(cascade: Cascade, tmp_path: Path) -> None:
     source = tmp_path / "clip.mkv"
     write_video(source, frames(10))
@@ -414,11 +424,11 @@ def test_stream_over_frames_and_a_file(cascade: Cascade, tmp_path: Path) -> None
 
 
 def test_realtime_stream_over_frames_drops_what_it_cannot_keep_up_with(cascade: Cascade) -> None:
-    """An iterable faster than a slowed cascade, with realtime: the frames that find the queue full are dropped
-    (gaps in the indices); without realtime every frame comes out."""
+    """An iterable faster than a slowed cascade, with realtime: older frames waiting make room for newer ones
+    (gaps in the indices, the newest kept); without realtime every frame comes out."""
     results = list(stream(Slowed(cascade, delay=0.03), iter(frames(20)), realtime=True))
     indices = [r.index for r in results]
-    assert 0 < len(indices) < 20 and indices == sorted(set(indices)) and indices[0] == 0
+    assert 0 < len(indices) < 20 and indices == sorted(set(indices)) and indices[-1] == 19
     assert [r.index for r in stream(Slowed(cascade, delay=0.01), iter(frames(6)))] == list(range(6))
 
 
@@ -431,6 +441,14 @@ def test_closing_a_stream_early_stops_its_decoder(cascade: Cascade, tmp_path: Pa
     started = [t for t in set(threading.enumerate()) - before if t.name == "lc-video-decode"]
     results.close()
     assert len(started) == 1 and not started[0].is_alive()
+
+
+def test_importing_the_video_package_loads_no_pyav() -> None:
+    """lc-run imports runtime/video for every run: PyAV is loaded only when a video is opened."""
+    code = "import sys, layercascade.runtime.video, layercascade.runtime.cascade; print('av' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_missing_pyav_is_one_line(monkeypatch: pytest.MonkeyPatch, cascade: Cascade, tmp_path: Path) -> None:

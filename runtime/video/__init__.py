@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     from layercascade.runtime.cascade import Cascade
 
-__all__ = ["LIVE_SCHEMES", "VIDEO_EXTENSIONS", "VIDEO_OUTPUTS", "FrameResult", "VideoRun", "is_live",
-           "looks_like_video", "segment_video", "stream"]
+__all__ = ["LIVE_SCHEMES", "VIDEO_EXTENSIONS", "VIDEO_OUTPUTS", "FrameResult", "SourceStoppedWarning", "VideoRun",
+           "is_live", "looks_like_video", "segment_video", "stream"]
 
 # URL schemes of sources that run on whether we read them or not (frames dropped under realtime).
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "http", "https"})
@@ -147,6 +147,10 @@ class VideoRun:
     stopped: str | None
 
 
+class SourceStoppedWarning(UserWarning):
+    """A stream's source failed mid-way (a read timeout, a connection lost): its frames ended early."""
+
+
 def pyav() -> ModuleType:
     """The ``av`` module, or one line saying how to install it."""
     try:
@@ -185,6 +189,8 @@ def stream(cascade: Cascade, source: str | Path | Iterable[np.ndarray | Image.Im
     The source is opened here (a one-line :class:`~layercascade.errors.LCError` if it cannot be), decoding
     starts with the first ``next()``; closing the generator stops it. ``realtime`` (default: for live sources)
     drops frames the cascade cannot keep up with; a file never drops one, an iterable only with ``realtime``.
+    Corrupt packets and frames are skipped; a source that fails mid-way ends the frames with a
+    :class:`SourceStoppedWarning` saying why.
     """
     from layercascade.runtime.video.pipeline import stream_results
 

@@ -11,8 +11,8 @@ import os
 import queue
 import threading
 import warnings
-from fractions import Fraction
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,12 +65,16 @@ class VideoWriter:
         except OSError as error:
             self.discard()
             raise OutputError(self.finals[len(self.files)], error) from None
-        self.overlay = av.open(self.files[0], "w", format="mp4")
-        self.labels = av.open(self.files[1], "w", format="matroska")
-        self.lines = self.files[2]
-        self.video_out = self._video_stream(opened)
-        self.labels_out = self._labels_stream(opened)
-        self.audio_out = self._audio_stream(opened)
+        try:
+            self.overlay = av.open(self.files[0], "w", format="mp4")
+            self.labels = av.open(self.files[1], "w", format="matroska")
+            self.lines = self.files[2]
+            self.video_out = self._video_stream(opened)
+            self.labels_out = self._labels_stream(opened)
+            self.audio_out = self._audio_stream(opened)
+        except BaseException:
+            self.discard()
+            raise
 
     def _start(self, size: tuple[int, int]) -> None:
         """Size the video streams by the first frame, then write the audio that waited for it."""
