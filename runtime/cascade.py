@@ -302,8 +302,8 @@ class Cascade:
         batch capacity allows (``runtime/video``; files and URLs need PyAV: ``pip install
         'layercascade[video]'``). ``realtime`` (default: for live sources) drops the frames the cascade cannot
         keep up with; a file never drops one. A source that cannot be opened (within ``open_timeout_s``
-        seconds) is a one-line :class:`~layercascade.errors.LCError` here; closing the generator stops the
-        decoding.
+        seconds) is a one-line :class:`~layercascade.errors.LCError` here; one that fails mid-way ends the frames
+        with a :class:`~layercascade.runtime.video.SourceStoppedWarning`; closing the generator stops the decoding.
         """
         from layercascade.runtime.video import stream
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -18,8 +19,8 @@ import pytest
 
 from layercascade.errors import LCError
 from layercascade.runtime.cascade import Cascade
-from layercascade.runtime.video import (VIDEO_OUTPUTS, is_live, looks_like_video, pyav, segment_video, sniff,
-                                       stream)
+from layercascade.runtime.video import (VIDEO_OUTPUTS, SourceStoppedWarning, is_live, looks_like_video, pyav,
+                                       segment_video, sniff, stream)
 
 av = pytest.importorskip("av")
 
@@ -117,11 +118,12 @@ def cascade() -> Iterator[Cascade]:
 
 
 class Slowed:
-    """A cascade whose runs take ``delay`` seconds longer and, from run ``interrupt_at`` on, are interrupted
-    (a Ctrl-C arriving while the cascade runs)."""
+    """A cascade whose runs take ``delay`` seconds longer and, from run ``interrupt_at`` on, raise ``error``
+    (by default a Ctrl-C arriving while the cascade runs)."""
 
-    def __init__(self, cascade: Cascade, delay: float = 0.0, interrupt_at: int | None = None) -> None:
-        self.cascade, self.delay, self.interrupt_at, self.runs = cascade, delay, interrupt_at, 0
+    def __init__(self, cascade: Cascade, delay: float = 0.0, interrupt_at: int | None = None,
+                 error: type[BaseException] = KeyboardInterrupt) -> None:
+        self.cascade, self.delay, self.interrupt_at, self.error, self.runs = cascade, delay, interrupt_at, error, 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cascade, name)
@@ -129,7 +131,7 @@ class Slowed:
     def segment_batch(self, *args: Any, **kwargs: Any) -> Any:
         self.runs += 1
         if self.interrupt_at is not None and self.runs >= self.interrupt_at:
-            raise KeyboardInterrupt
+            raise self.error("raised by the test")
         time.sleep(self.delay)
         return self.cascade.segment_batch(*args, **kwargs)
 
@@ -257,6 +259,7 @@ def test_sniffing_and_live_sources(tmp_path: Path) -> None:
     """Videos are recognised by their first bytes whatever their name; images, audio-only Ogg and text are not."""
     assert sniff(b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00")
     assert not sniff(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00")  # a HEIF photo
+    assert not sniff(b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00")  # m4a audio
     assert sniff(b"\x1a\x45\xdf\xa3\x01\x00")
     assert sniff(b"RIFF\x00\x00\x00\x00AVI LIST") and not sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ")
     assert sniff(b"\x47" + bytes(187) + b"\x47" + bytes(187) + b"\x47" + bytes(10))
@@ -343,6 +346,15 @@ def test_a_failed_write_stops_the_video_and_keeps_what_plays(cascade: Cascade, t
     assert len(decode(labels, "gray")) == len(lines.read_text().splitlines()) == run.record["frames"]
 
 
+def test_a_stream_whose_source_dies_warns(cascade: Cascade) -> None:
+    data = io.BytesIO()
+    write_video(data, frames(30), fmt="mpegts")
+    url, server = serve_once(data.getvalue()[:len(data.getvalue()) // 2], stall=True)
+    with server, pytest.warns(SourceStoppedWarning, match="sent nothing for 0.5 s"):
+        results = list(cascade.stream(url, realtime=False, open_timeout_s=0.5))
+    assert 0 < len(results) < 30
+
+
 def test_files_never_drop_a_frame_even_asked_for_realtime(cascade: Cascade, tmp_path: Path) -> None:
     source = tmp_path / "clip.mkv"
     write_video(source, frames(10))
@@ -369,6 +381,18 @@ def test_interrupted_before_the_first_frame_leaves_nothing(cascade: Cascade, tmp
     run = segment_video(Slowed(cascade, interrupt_at=1), source, out, "clip", progress=False)
     assert run.interrupted and run.record["frames"] == 0 and run.record["outputs"] == []
     assert not list(out.iterdir())
+
+
+def test_a_bug_mid_video_is_raised_and_leaves_nothing(cascade: Cascade, tmp_path: Path) -> None:
+    """An error that is not the user's (a bug) is raised as it is, the threads end and no file is left."""
+    source = tmp_path / "clip.mp4"
+    write_video(source, frames(10), audio="aac")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="raised by the test"):
+        segment_video(Slowed(cascade, interrupt_at=4, error=RuntimeError), source, out, "clip", progress=False)
+    assert not list(out.iterdir())
+    assert not [t for t in threading.enumerate() if t.name == "lc-video-encode" and t.is_alive()]
 
 
 def test_unreachable_stream_fails_within_the_timeout(cascade: Cascade, tmp_path: Path) -> None:
@@ -400,11 +424,11 @@ def test_stream_over_frames_and_a_file(cascade: Cascade, tmp_path: Path) -> None
 
 
 def test_realtime_stream_over_frames_drops_what_it_cannot_keep_up_with(cascade: Cascade) -> None:
-    """An iterable faster than a slowed cascade, with realtime: the frames that find the queue full are dropped
-    (gaps in the indices); without realtime every frame comes out."""
+    """An iterable faster than a slowed cascade, with realtime: older frames waiting make room for newer ones
+    (gaps in the indices, the newest kept); without realtime every frame comes out."""
     results = list(stream(Slowed(cascade, delay=0.03), iter(frames(20)), realtime=True))
     indices = [r.index for r in results]
-    assert 0 < len(indices) < 20 and indices == sorted(set(indices)) and indices[0] == 0
+    assert 0 < len(indices) < 20 and indices == sorted(set(indices)) and indices[-1] == 19
     assert [r.index for r in stream(Slowed(cascade, delay=0.01), iter(frames(6)))] == list(range(6))
 
 
@@ -417,6 +441,14 @@ def test_closing_a_stream_early_stops_its_decoder(cascade: Cascade, tmp_path: Pa
     started = [t for t in set(threading.enumerate()) - before if t.name == "lc-video-decode"]
     results.close()
     assert len(started) == 1 and not started[0].is_alive()
+
+
+def test_importing_the_video_package_loads_no_pyav() -> None:
+    """lc-run imports runtime/video for every run: PyAV is loaded only when a video is opened."""
+    code = "import sys, layercascade.runtime.video, layercascade.runtime.cascade; print('av' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_missing_pyav_is_one_line(monkeypatch: pytest.MonkeyPatch, cascade: Cascade, tmp_path: Path) -> None:

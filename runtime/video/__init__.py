@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     from layercascade.runtime.cascade import Cascade
 
-__all__ = ["LIVE_SCHEMES", "VIDEO_EXTENSIONS", "VIDEO_OUTPUTS", "FrameResult", "VideoRun", "is_live",
-           "looks_like_video", "segment_video", "stream"]
+__all__ = ["LIVE_SCHEMES", "VIDEO_EXTENSIONS", "VIDEO_OUTPUTS", "FrameResult", "SourceStoppedWarning", "VideoRun",
+           "is_live", "looks_like_video", "segment_video", "stream"]
 
 # URL schemes of sources that run on whether we read them or not (frames dropped under realtime).
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "http", "https"})
@@ -48,8 +48,9 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".3gp", ".3g2", ".mkv", ".
                               ".ivf", ".h264", ".264", ".h265", ".hevc"})
 # How many leading bytes looks_like_video reads.
 SNIFF_BYTES = 4096
-# ISO-BMFF brands of still images (HEIF/AVIF): an `ftyp` box, but not a video.
-_IMAGE_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"avif", b"avci"})
+# ISO-BMFF brands of still images (HEIF/AVIF) and of audio (m4a, m4b): an `ftyp` box, but not a video.
+_NOT_VIDEO_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"avif", b"avci",
+                               b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "})
 # Top-level boxes an old QuickTime file may start with instead of `ftyp`.
 _QUICKTIME_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
 # Leading bytes of other containers and elementary streams.
@@ -77,7 +78,7 @@ def is_live(spec: str | Path) -> bool:
 
 def looks_like_video(path: Path) -> bool:
     """Whether the file ``path`` holds a video container or stream, from its first bytes (whatever its
-    suffix): ISO-BMFF (mp4, mov, m4v, 3gp; not HEIF/AVIF images), Matroska/WebM, AVI, MPEG-TS and M2TS,
+    suffix): ISO-BMFF (mp4, mov, m4v, 3gp; not HEIF/AVIF images nor m4a audio), Matroska/WebM, AVI, MPEG-TS and M2TS,
     MPEG-PS, FLV, Ogg with Theora or VP8, ASF, MXF, IVF, Y4M, H.264/H.265 Annex B. False if unreadable."""
     try:
         with open(path, "rb") as handle:
@@ -90,7 +91,7 @@ def looks_like_video(path: Path) -> bool:
 def sniff(head: bytes) -> bool:
     """:func:`looks_like_video` of a file's first bytes."""
     if head[4:8] in _QUICKTIME_BOXES:
-        return not (head[4:8] == b"ftyp" and head[8:12] in _IMAGE_BRANDS)
+        return not (head[4:8] == b"ftyp" and head[8:12] in _NOT_VIDEO_BRANDS)
     if head.startswith(_MAGIC):
         return True
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
@@ -146,6 +147,10 @@ class VideoRun:
     stopped: str | None
 
 
+class SourceStoppedWarning(UserWarning):
+    """A stream's source failed mid-way (a read timeout, a connection lost): its frames ended early."""
+
+
 def pyav() -> ModuleType:
     """The ``av`` module, or one line saying how to install it."""
     try:
@@ -184,6 +189,8 @@ def stream(cascade: Cascade, source: str | Path | Iterable[np.ndarray | Image.Im
     The source is opened here (a one-line :class:`~layercascade.errors.LCError` if it cannot be), decoding
     starts with the first ``next()``; closing the generator stops it. ``realtime`` (default: for live sources)
     drops frames the cascade cannot keep up with; a file never drops one, an iterable only with ``realtime``.
+    Corrupt packets and frames are skipped; a source that fails mid-way ends the frames with a
+    :class:`SourceStoppedWarning` saying why.
     """
     from layercascade.runtime.video.pipeline import stream_results
 

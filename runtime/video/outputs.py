@@ -11,8 +11,8 @@ import os
 import queue
 import threading
 import warnings
-from fractions import Fraction
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,12 +65,16 @@ class VideoWriter:
         except OSError as error:
             self.discard()
             raise OutputError(self.finals[len(self.files)], error) from None
-        self.overlay = av.open(self.files[0], "w", format="mp4")
-        self.labels = av.open(self.files[1], "w", format="matroska")
-        self.lines = self.files[2]
-        self.video_out = self._video_stream(opened)
-        self.labels_out = self._labels_stream(opened)
-        self.audio_out = self._audio_stream(opened)
+        try:
+            self.overlay = av.open(self.files[0], "w", format="mp4")
+            self.labels = av.open(self.files[1], "w", format="matroska")
+            self.lines = self.files[2]
+            self.video_out = self._video_stream(opened)
+            self.labels_out = self._labels_stream(opened)
+            self.audio_out = self._audio_stream(opened)
+        except BaseException:
+            self.discard()
+            raise
 
     def _start(self, size: tuple[int, int]) -> None:
         """Size the video streams by the first frame, then write the audio that waited for it."""
@@ -233,6 +237,8 @@ class AudioTranscoder:
 
     def __init__(self, container: Any, source: Any) -> None:
         context = source.codec_context
+        # The input stream's decoder, kept here: it outlives the input container, which the decode thread closes.
+        self.decoder = context
         self.container = container
         # By channel count: a source without a channel order ("2 channels", e.g. PCM in Matroska) gets the usual one.
         layout = AAC_LAYOUTS.get(len(context.layout.channels), "stereo")
@@ -244,7 +250,7 @@ class AudioTranscoder:
                                            frame_size=self.stream.codec_context.frame_size or 1024)
 
     def write(self, packet: Any) -> None:
-        for frame in packet.decode():
+        for frame in self.decoder.decode(packet):
             self._encode(self.resampler.resample(frame))
 
     def flush(self) -> None:

@@ -8,8 +8,10 @@ the video.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from layercascade.contract import RhoLike
 from layercascade.errors import LCError
 from layercascade.runtime.result import CascadeResult
 from layercascade.runtime.segment import ImageOptions, interrupts_deferred
-from layercascade.runtime.video import FrameResult, VideoRun
+from layercascade.runtime.video import FrameResult, SourceStoppedWarning, VideoRun
 from layercascade.runtime.video.source import Counts, Decoder, End, Frame, decoded, iterable_frames, open_video
 
 if TYPE_CHECKING:
@@ -79,17 +81,18 @@ def stream_results(cascade: Cascade, source: str | Path | Iterable[np.ndarray | 
     cascade.image_policy(resize, None, None)
     cascade.rho(rho)
     size = batch_size(cascade)
+    counts = Counts()
     if isinstance(source, (str, Path)):
         opened = open_video(source, open_timeout_s, read.max_pixels)
-        decoder = Decoder(decoded(opened, Counts(), audio=False, max_pixels=read.max_pixels),
+        decoder = Decoder(decoded(opened, counts, audio=False, max_pixels=read.max_pixels),
                           drop=opened.live if realtime is None else realtime and opened.live,
                           capacity=QUEUED_BATCHES * size)
     else:
         decoder = Decoder(iterable_frames(source), drop=bool(realtime), capacity=QUEUED_BATCHES * size)
-    return _results(cascade, decoder, size, rho, read)
+    return _results(cascade, decoder, counts, size, rho, read)
 
 
-def _results(cascade: Cascade, decoder: Decoder, size: int, rho: RhoLike | None,
+def _results(cascade: Cascade, decoder: Decoder, counts: Counts, size: int, rho: RhoLike | None,
              read: ImageOptions) -> Iterator[FrameResult]:
     decoder.start()
     try:
@@ -99,6 +102,8 @@ def _results(cascade: Cascade, decoder: Decoder, size: int, rho: RhoLike | None,
                 yield FrameResult(frame.index, frame.pts, frame.time_s, frame.image, result)
     finally:  # also when the caller closes the generator early
         decoder.stop(_DECODER_WAIT_S)
+    if counts.stopped:  # the source failed mid-way: the frames end here, and the caller is told why
+        warnings.warn(counts.stopped, SourceStoppedWarning, stacklevel=2)
 
 
 @dataclass
@@ -171,8 +176,10 @@ def run_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *, rho
             written, digests, problem = writer.close()
     except KeyboardInterrupt:
         interrupted = True
-    except BaseException:
+    except BaseException:  # a bug: the threads ended, the outputs removed, the error raised
         decoder.stop(_DECODER_WAIT_S)
+        with contextlib.suppress(Exception):
+            encoder.finish()
         writer.discard()
         raise
     stopped = stopped or encoder.failed or problem or counts.stopped

@@ -7,8 +7,8 @@ frame is skipped and counted, a source that fails mid-way ends the frames with i
 
 from __future__ import annotations
 
+import collections
 import os
-import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -211,20 +211,23 @@ class End:
 
 
 class Decoder:
-    """The decode thread: the items of ``items`` (frames, audio packets) into a queue, at most ``capacity``
-    frames at a time, then an :class:`End`.
+    """The decode thread: the items of ``items`` (frames, audio packets) into a queue holding at most
+    ``capacity`` frames, then an :class:`End`.
 
-    ``drop`` (realtime): a frame that finds the queue full is dropped and counted in ``dropped``, so the
-    decoder never waits and the source is read as fast as it sends (latency stays within ``capacity``
-    frames); without it the decoder waits for room, and every frame is kept. Audio packets never wait.
+    ``drop`` (realtime): a new frame that finds ``capacity`` frames waiting takes the place of the oldest of
+    them, which is dropped and counted in ``dropped``. So the decoder never waits, the source is read as fast
+    as it sends, and the cascade always gets the newest frames (none older than ``capacity`` frames). Without
+    it the decoder waits for room, and every frame is kept. Audio packets never wait and are never dropped.
     """
 
     def __init__(self, items: Iterator[Frame | Any], *, drop: bool, capacity: int) -> None:
         self.items = items
         self.drop = drop
+        self.capacity = capacity
         self.dropped = 0
-        self.queue: queue.Queue[Frame | Any] = queue.Queue()
-        self.slots = threading.Semaphore(capacity)
+        self.waiting: collections.deque[Frame | Any] = collections.deque()
+        self.frames = 0  # of the items waiting
+        self.changed = threading.Condition()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="lc-video-decode", daemon=True)
 
@@ -235,42 +238,50 @@ class Decoder:
         error = None
         try:
             for item in self.items:
-                if self.stopping.is_set():
+                if self.stopping.is_set() or not self._put(item):
                     break
-                if isinstance(item, Frame) and not self._slot():
-                    self.dropped += not self.stopping.is_set()
-                    continue
-                self.queue.put(item)
         except BaseException as raised:  # noqa: BLE001 - handed to the consumer, which raises it
             error = raised
         finally:
             close = getattr(self.items, "close", None)
             if close is not None:
                 close()  # the source's container (``decoded``'s finally)
-            self.queue.put(End(error))
+            with self.changed:
+                self.waiting.append(End(error))
+                self.changed.notify_all()
 
-    def _slot(self) -> bool:
-        """Room for one more frame: at once (``drop``), or once the consumer takes one (False: stopping)."""
-        if self.drop:
-            return self.slots.acquire(blocking=False)
-        while not self.stopping.is_set():
-            if self.slots.acquire(timeout=_POLL_S):
-                return True
-        return False
+    def _put(self, item: Frame | Any) -> bool:
+        """Queue ``item`` (a frame: in place of the oldest, or once there is room); False if stopping first."""
+        with self.changed:
+            if isinstance(item, Frame):
+                if self.drop and self.frames >= self.capacity:
+                    del self.waiting[next(i for i, w in enumerate(self.waiting) if isinstance(w, Frame))]
+                    self.frames -= 1
+                    self.dropped += 1
+                while self.frames >= self.capacity:
+                    if self.stopping.is_set():
+                        return False
+                    self.changed.wait(_POLL_S)
+                self.frames += 1
+            self.waiting.append(item)
+            self.changed.notify_all()
+        return True
 
     def get(self, block: bool = True) -> Frame | Any | End | None:
         """The next item (None: none waiting, with ``block=False``)."""
-        try:
-            item = self.queue.get(block)
-        except queue.Empty:
-            return None
-        if isinstance(item, Frame):
-            self.slots.release()
-        return item
+        with self.changed:
+            while not self.waiting:
+                if not block:
+                    return None
+                self.changed.wait(_POLL_S)
+            item = self.waiting.popleft()
+            if isinstance(item, Frame):
+                self.frames -= 1
+                self.changed.notify_all()
+            return item
 
     def stop(self, wait_s: float) -> None:
         """Stop decoding and wait up to ``wait_s`` seconds for the thread (a live source's blocking read ends
         within its read timeout; the thread is a daemon, so a read that never returns keeps no process alive)."""
         self.stopping.set()
         self.thread.join(wait_s)
-
