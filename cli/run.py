@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "source: run them without --ray). On a cluster the inputs and OUT must be on a "
                             "filesystem every node sees")
     scale.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                       help="with --ray: the workers, each running the model on one thread (default: one per CPU "
-                            "of the cluster; for a model on a GPU, one per GPU)")
+                       help="with --ray: the workers, each running the model on one thread, and the videos segmented "
+                            "at once (default: one per CPU of the cluster; for a model on a GPU, one per GPU)")
     parser.add_argument("--json", action="store_true",
                         help="print the summary JSON to stdout (no progress bar)")
     parser.add_argument("--strict", action="store_true",

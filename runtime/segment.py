@@ -50,6 +50,7 @@ SUMMARY = "summary.json"
 PICTURE_MAX_PIXELS = 16_000_000
 # ... and at most this many pixels a side (JPEG takes 65535; a 1×10⁸ image's picture stays a picture).
 PICTURE_MAX_SIDE = 16_384
+# The names an image's outputs end with (a video's: runtime.video.VIDEO_OUTPUTS).
 IMAGE_SUFFIXES = tuple(variant + extension for variant, (extension, _) in OUTPUTS.items())
 # A summary.json over this size is refused, not read: a record of one image is ~600-700 bytes, so this holds
 # ~100,000 images', and the worst JSON of this size (`[{},{},…]`) still parses within a few GB.
@@ -493,6 +494,7 @@ def image_record(path: Path, image: np.ndarray, result: CascadeResult, ms: float
 
 
 def is_video_record(record: dict[str, Any]) -> bool:
+    """Whether a summary record is a video's (``segment_video``'s; an image's has no ``kind``)."""
     return record.get("kind") == "video"
 
 

@@ -20,7 +20,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -42,6 +42,9 @@ from layercascade.runtime.segment import (
     write_all,
 )
 from layercascade.serve import connect, gpus_per_model, last_line
+
+if TYPE_CHECKING:
+    from layercascade.runtime.video import VideoRun
 
 # How long a cancelled video task may take to finalise its files (flush the encoders, rename).
 CANCEL_WAIT_S = 60
@@ -77,7 +80,7 @@ class SegmentWorker:
 
 
 def segment_video_task(model: str | None, load: dict[str, Any], source: str, out: str, stem: str,
-                       rho: RhoLike | None, read: ImageOptions, video: VideoOptions) -> Any:
+                       rho: RhoLike | None, read: ImageOptions, video: VideoOptions) -> VideoRun | str:
     """A Ray task: one video segmented into ``out`` by a Cascade of its own; its ``VideoRun``, or the reason
     it could not be read (a string: the driver names the input as the user did)."""
     from layercascade.runtime.cascade import Cascade
@@ -96,8 +99,8 @@ def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Source]
                     video: VideoOptions = VideoOptions()) -> Run:
     """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
     actors (default: one per CPU of the cluster, or per GPU for a model on a GPU), each loading the model with ``load``
-    (``Cascade.load``'s keyword arguments), then the videos by one Ray task each (files only: live sources are
-    lc-run's to refuse). Joins the cluster at ``address`` or starts a local Ray."""
+    (``Cascade.load``'s keyword arguments), then the videos by one Ray task each, ``workers`` at a time (files
+    only: live sources are lc-run's to refuse). Joins the cluster at ``address`` or starts a local Ray."""
     # Ray's C++ core tells this process's stderr, at error level, that Ray Data's actors keep their
     # constructor arguments in the object store (a note, not a failure: failures raise in Python).
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -119,19 +122,22 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Source], rho: 
     gpus, resources = gpus_per_model(model, load), ray.cluster_resources()
     if gpus and not resources.get("GPU"):
         fail("the model runs on a GPU and this Ray cluster has none; run lc-run --ray on a cluster with GPUs")
+    workers = workers or max(1, int(resources.get("GPU" if gpus else "CPU", 1)))
     # Absolute paths: workers on other nodes resolve relative ones against their own working directory.
     model = model and str(Path(model).resolve())
     try:
         images = [index for index, is_video in enumerate(plan.videos) if not is_video]
         if images:
-            yield from image_outcomes(model, load, paths, images, rho, read, gpus,
-                                      workers or max(1, int(resources.get("GPU" if gpus else "CPU", 1))))
+            yield from image_outcomes(model, load, paths, images, rho, read, gpus, workers)
         task = ray.remote(segment_video_task).options(num_cpus=1, num_gpus=gpus)
-        running = {task.remote(model, load, str(Path(paths[index]).resolve()), str(out.resolve()), plan.stems[index],
-                               rho, read, video): index
-                   for index, is_video in enumerate(plan.videos) if is_video}
+        waiting = [index for index, is_video in enumerate(plan.videos) if is_video]
+        running: dict[ray.ObjectRef, int] = {}  # at most `workers` videos at once
         try:
-            while running:
+            while waiting or running:
+                while waiting and len(running) < workers:
+                    index = waiting.pop(0)
+                    running[task.remote(model, load, str(Path(paths[index]).resolve()), str(out.resolve()),
+                                        plan.stems[index], rho, read, video)] = index
                 [ready], _ = ray.wait(list(running))
                 index = running.pop(ready)
                 yield index, video_outcome(ray.get(ready), paths[index])
@@ -157,7 +163,7 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Source], rho: 
         raise LCError(str(cause) if cause else f"the Ray pipeline failed: {last_line(error)}") from None
 
 
-def video_outcome(done: Any, source: Source) -> Any:
+def video_outcome(done: VideoRun | str, source: Source) -> VideoRun | LCError:
     """A video task's result as an outcome: its ``VideoRun``, or the reason it failed as an :class:`LCError`."""
     return LCError(f"{source}: {done}") if isinstance(done, str) else done
 

@@ -286,7 +286,7 @@ def test_an_interrupt_between_images_writes_the_summary(tmp_path: Path, fake: ty
     monkeypatch.setattr(FakeCascade, "__call__", third_call_interrupted)
     out = tmp_path / "out"
     assert run_lc([*paths, "-o", out, "--quiet"]) == 130
-    assert capsys.readouterr().err == f"interrupted: 2 of 4 image(s) done, listed in {out / 'summary.json'}\n"
+    assert capsys.readouterr().err == f"interrupted: 2 of 4 input(s) done, listed in {out / 'summary.json'}\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["images"] == 2
     assert [r["input"] for r in summary["results"]] == [str(p) for p in paths[:2]]
