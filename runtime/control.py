@@ -23,6 +23,8 @@ from layercascade.manifest import MANIFEST, read_json
 
 # A frontier longer than this is not lc-tune's (its default grid gives a few dozen settings in all).
 MAX_FRONTIER_POINTS = 1000
+# A failed climb doubles the wait before the next, up to this many times the patience.
+MAX_BACKOFF = 16
 # A latency (ms) or mIoU (%) beyond these is not a measurement.
 MAX_MS = 3_600_000.0
 MAX_MIOU = 100.0
@@ -160,10 +162,13 @@ class RhoController:
       current point would miss the target, the controller jumps to the most accurate point that would meet it
       (the fastest when none would);
     * **up** (more accurate, one point at a time): when the next more accurate point would stay within
-      ``headroom`` × target for ``patience`` observations in a row.
+      ``headroom`` × target for ``patience`` observations in a row. A climb to a point that has to come down
+      again within that many observations doubles the wait before the next climb to that point (up to
+      :data:`MAX_BACKOFF` × ``patience``); a climb that holds resets it.
 
-    The gap between ``headroom`` and 1 and the ``patience`` are the hysteresis: a point it left because it was too
-    slow is taken again only after sustained room for it. Deterministic: the same observations give the same moves.
+    The gap between ``headroom`` and 1, the ``patience`` and its back-off are the hysteresis: a point it left
+    because it was too slow is taken again only after sustained room for it, and a load the model misjudges costs
+    ever rarer probes. Deterministic: the same observations give the same moves.
     """
 
     def __init__(self, frontier: Frontier, target_ms: float, *, window: int = 32, quantile: float = 0.9,
@@ -187,6 +192,9 @@ class RhoController:
         self.run_ratios: deque[float] = deque(maxlen=window)
         self.since_move = 0
         self.room = 0  # observations in a row with room for the next more accurate point
+        # The room needed before a climb to each point: patience, doubled by each failed climb there.
+        self.climb_waits = [patience] * len(frontier.points)
+        self.climbed = False  # whether the last move was a climb
         self.moves = 0
 
     @classmethod
@@ -239,21 +247,26 @@ class RhoController:
 
     def step(self) -> None:
         if self.since_move >= self.min_samples and self.expected_ms(self.index) > self.target_ms:
+            if self.climbed and self.since_move < self.climb_waits[self.index]:  # a climb here failed soon
+                self.climb_waits[self.index] = min(2 * self.climb_waits[self.index], MAX_BACKOFF * self.patience)
             meeting = [k for k in range(self.index + 1, len(self.frontier.points))
                        if self.expected_ms(k) <= self.target_ms]
-            self.move(meeting[0] if meeting else len(self.frontier.points) - 1)
+            self.move(meeting[0] if meeting else len(self.frontier.points) - 1, climb=False)
             return
+        if self.climbed and self.since_move >= self.climb_waits[self.index]:  # the climb here held
+            self.climb_waits[self.index] = self.patience
         if self.index > 0 and self.expected_ms(self.index - 1) <= self.headroom * self.target_ms:
             self.room += 1
-            if self.room >= self.patience:
-                self.move(self.index - 1)
+            if self.room >= self.climb_waits[self.index - 1]:
+                self.move(self.index - 1, climb=True)
         else:
             self.room = 0
 
-    def move(self, index: int) -> None:
+    def move(self, index: int, climb: bool) -> None:
         if index != self.index:
             self.index = index
             self.moves += 1
+        self.climbed = climb
         self.since_move = 0
         self.room = 0
 

@@ -101,6 +101,46 @@ def test_latencies_between_headroom_and_target_hold_the_point() -> None:
     assert control.index == 1 and control.moves == 1
 
 
+# What each point's runs take in the tests below: the most accurate one twice its frontier latency (40 ms).
+REALLY = [80.0, 10.0, 5.0, 2.5]
+
+
+def test_failed_climbs_back_off() -> None:
+    """A point whose frontier latency promises room it never has (its runs take twice what the frontier says): each
+    climb to it comes down within a few answers, and the wait before the next climb doubles, up to its cap."""
+    control = controller(30.0, window=4, min_samples=2, headroom=0.7, patience=8)
+    for _ in range(2):
+        control.observe(45.0)
+    assert control.index == 1  # the 20 ms point: 10 ms answers there promise 20 at the 40 ms one
+    climbs, previous = [], control.index
+    for step in range(3000):
+        latency = REALLY[control.index]
+        control.observe(latency)
+        if control.index == 0 and previous != 0:  # a climb to the top point
+            climbs.append(step)
+        previous = control.index
+    gaps = [later - earlier for earlier, later in zip(climbs, climbs[1:])]
+    assert len(climbs) >= 6 and gaps[0] < gaps[1] < gaps[2] < gaps[3]  # 8, 16, 32, 64 answers of room, …
+    assert gaps[-1] == gaps[-2]  # … up to the cap
+    assert control.climb_waits[0] == 16 * 8  # capped
+    assert control.climb_waits[1:] == [8, 8, 8]  # the climbs to the 20 ms point held
+    assert max(gaps) <= 16 * 8 + 40  # the capped wait, then the way back up from a lower point
+
+
+def test_a_climb_that_holds_resets_the_wait() -> None:
+    control = controller(30.0, window=4, min_samples=2, headroom=0.7, patience=8)
+    for _ in range(2):
+        control.observe(45.0)
+    while control.moves < 3:  # one failed climb: 80 ms at the top
+        control.observe(REALLY[control.index])
+    assert control.climb_waits[0] == 16
+    while control.index != 0:
+        control.observe(10.0)
+    for _ in range(16):  # now the top point holds (20 ms there)
+        control.observe(20.0)
+    assert control.index == 0 and control.climb_waits[0] == 8
+
+
 def test_a_slower_machine_is_scaled() -> None:
     """A frontier measured on a machine ten times faster: the observed ratio moves the controller, and the run
     time ratio scales the queue's cost."""
