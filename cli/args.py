@@ -7,6 +7,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from layercascade.contract import Rho, check_threshold, rho_from_text
@@ -220,3 +221,15 @@ def add_data_arguments(parser: argparse.ArgumentParser, split: str, required: bo
     group.add_argument("--seed", type=int, default=0,
                        help="seed: picks the synthetic images, and the training order/augmentation (default: 0)")
     group.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N images")
+
+
+def check_frontier(model: str | None, option: str) -> None:
+    """One line unless ``model`` (None: the bundled demo) is a model dir with a latency frontier (lc-tune's), which
+    ``option`` (lc-serve's --target-ms, lc-run's --target-fps) moves ρ along."""
+    from layercascade.runtime.control import TUNE_FIRST, read_model_frontier
+    from layercascade.runtime.inputs import DEMO_MODEL
+
+    if model is not None and Path(model).suffix == ".pt":
+        fail(f"{model}: {option} needs a model dir tuned by lc-tune, not a checkpoint; export it (lc-export) and "
+             f"{TUNE_FIRST}")
+    read_model_frontier(DEMO_MODEL if model is None else model)

@@ -13,6 +13,7 @@ from layercascade.cli.args import (
     add_backend_arguments,
     add_image_arguments,
     add_rho_argument,
+    check_frontier,
     engine,
     finite_float,
     image_options,
@@ -88,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--open-timeout", type=finite_float(0.1, 3600), default=10.0, metavar="S",
                        help="seconds a stream or camera may take to open (and to give a frame) before it is "
                             "reported as unreachable (default: 10)")
+    video.add_argument("--target-fps", type=finite_float(0.01, 10_000), default=None, metavar="F",
+                       help="keep F frames per second by lowering ρ along the latency frontier lc-tune recorded in the "
+                            "model dir (raising it again when there is room), so a live source drops frames only "
+                            "where the fastest setting cannot keep up; each frame's line says its ρ, the summary the "
+                            "moves and the mean expected mIoU cost (in place of --rho; needs a dir tuned by lc-tune)")
     scale = parser.add_argument_group("scale-out (pip install 'layercascade[serve]')")
     scale.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
                        help="segment with a Ray Data pipeline: a pool of workers, each holding the model, on a local "
@@ -114,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.workers is not None and args.ray is None:
         fail("--workers sets the Ray workers: add --ray")
+    if args.target_fps is not None:
+        if args.rho is not None:
+            fail("--rho and --target-fps both set the thresholds: pass one (the target moves ρ along the model's "
+                 "frontier)")
+        check_frontier(args.model, "--target-fps")
     paths = expand_inputs(args.inputs or [str(SAMPLES)], output=args.output)
     live = [path for path in paths if isinstance(path, str)]
     if args.ray is not None and live:
@@ -122,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = earlier_outputs(args.output)
     out = make_output_dir(args.output)
     read = ImageOptions(args.max_pixels, args.exif_transpose, **image_options(args))
-    video = VideoOptions(args.realtime, args.open_timeout)
+    video = VideoOptions(args.realtime, args.open_timeout, args.target_fps)
     progress = not (args.quiet or args.json)
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args)) as cascade:

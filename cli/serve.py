@@ -9,7 +9,14 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from layercascade.cli.args import add_backend_arguments, finite_float, int_in, load_options, positive_int
+from layercascade.cli.args import (
+    add_backend_arguments,
+    check_frontier,
+    finite_float,
+    int_in,
+    load_options,
+    positive_int,
+)
 from layercascade.errors import fail, run_cli
 from layercascade.serve import import_serving
 from layercascade.serve.http import Limits
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is not None and not Path(args.model).exists():  # before Ray starts: that takes seconds
         fail(f"{args.model}: no such model directory, engine directory or checkpoint")
     if args.target_ms is not None:  # the frontier, checked before Ray starts
-        check_frontier(args.model)
+        check_frontier(args.model, "--target-ms")
     app = import_serving("app")
     service_module = import_serving("service")
     # Absolute: replicas on other nodes resolve a relative path against their own working directory.
@@ -115,17 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         print("stopping lc-serve", file=sys.stderr)
         service.stop()
     return 0
-
-
-def check_frontier(model: str | None) -> None:
-    """One line unless ``model`` (None: the bundled demo) is a model dir with a latency frontier (lc-tune's)."""
-    from layercascade.runtime.control import TUNE_FIRST, read_model_frontier
-    from layercascade.runtime.inputs import DEMO_MODEL
-
-    if model is not None and Path(model).suffix == ".pt":
-        fail(f"{model}: --target-ms needs a model dir tuned by lc-tune, not a checkpoint; export it (lc-export) and "
-             f"{TUNE_FIRST}")
-    read_model_frontier(DEMO_MODEL if model is None else model)
 
 
 def cli() -> None:

@@ -158,10 +158,12 @@ Outcome = tuple[int, "Segmented | VideoRun | LCError"]
 @dataclass(frozen=True)
 class VideoOptions:
     """How lc-run reads videos and live sources (``segment_video``'s settings): ``realtime`` drops frames
-    when the model falls behind (None: for live sources only), ``open_timeout_s`` bounds opening one."""
+    when the model falls behind (None: for live sources only), ``open_timeout_s`` bounds opening one,
+    ``target_fps`` lowers ρ along the model's frontier to keep that many frames per second."""
 
     realtime: bool | None = None
     open_timeout_s: float = 10.0
+    target_fps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ def segment_one_video(cascade: Cascade, source: Source, out: Path, stem: str, *,
     from layercascade.runtime.video import segment_video
 
     return segment_video(cascade, source, out, stem, rho=rho, read=read, realtime=video.realtime,
-                         progress=progress, open_timeout_s=video.open_timeout_s)
+                         progress=progress, open_timeout_s=video.open_timeout_s, target_fps=video.target_fps)
 
 
 def write_all(outcomes: Iterable[Outcome], paths: list[Source], out: Path, plan: Plan, *, strict: bool,

@@ -457,3 +457,52 @@ def test_missing_pyav_is_one_line(monkeypatch: pytest.MonkeyPatch, cascade: Casc
         pyav()
     with pytest.raises(LCError, match="pip install"):
         segment_video(cascade, tmp_path / "x.mp4", tmp_path, "x", progress=False)
+
+
+# A frontier as lc-tune records it (fastest first) and the latency each of its settings takes here (injected).
+TUNING = {"frontier": [{"rho": 0.9, "median_ms": 5.0, "miou": 68.0}, {"rho": [0.9, 0.97], "median_ms": 10.0, "miou": 70.0},
+                       {"rho": 0.97, "median_ms": 20.0, "miou": 71.0}, {"rho": 1.0, "median_ms": 40.0, "miou": 72.0}],
+          "previous_default": {"rho": 0.985, "median_ms": 30.0, "miou": 71.5}}
+
+
+class Tuned(Slowed):
+    """A cascade tuned by lc-tune (its manifest records :data:`TUNING`'s frontier) whose runs take, per frame, the
+    frontier's latency of the thresholds they run at."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        super().__init__(cascade)
+        self.manifest = {**cascade.manifest, "tuning": TUNING}
+        self.ms = {tuple(np.broadcast_to(p["rho"], 2).tolist()): p["median_ms"] for p in TUNING["frontier"]}
+
+    def segment_batch(self, images: Any, rho: Any = None, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(len(images) * self.ms[tuple(rho)] / 1e3)
+        return self.cascade.segment_batch(images, rho, *args, **kwargs)
+
+
+def test_a_frame_rate_target_lowers_rho_along_the_frontier(cascade: Cascade, tmp_path: Path) -> None:
+    """--target-fps 50 (20 ms a frame) on a model whose most accurate setting takes 40 ms a frame: the first frames
+    run at ρ = 1, then the controller moves to a faster setting that keeps the rate; every frame's line says its ρ,
+    the record the moves and the mean expected mIoU cost (against the default's 71.5)."""
+    source = tmp_path / "clip.mp4"
+    write_video(source, frames(16))
+    run = segment_video(Tuned(cascade), source, tmp_path, "clip", progress=False, target_fps=50)
+    lines = [json.loads(line) for line in (tmp_path / "clip_frames.jsonl").read_text().splitlines()]
+    assert len(lines) == run.record["frames"] == 16 and run.record["dropped"] == 0
+    assert lines[0]["rho"] == 1.0 and lines[-1]["rho"] in (0.97, [0.9, 0.97], 0.9)
+    assert run.record["target_fps"] == 50 and run.record["rho_moves"] >= 1
+    assert run.record["final_rho"] == lines[-1]["rho"]
+    costs = {1.0: -0.5, 0.97: 0.5, (0.9, 0.97): 1.5, 0.9: 3.5}
+    expected = np.mean([costs[tuple(line["rho"]) if isinstance(line["rho"], list) else line["rho"]] for line in lines])
+    assert run.record["mean_expected_miou_cost"] == pytest.approx(expected, abs=1e-3)
+    results = list(stream(Tuned(cascade), source, target_fps=50))
+    assert results[0].rho == (1.0, 1.0) and results[-1].rho != (1.0, 1.0)
+
+
+def test_a_frame_rate_target_needs_a_frontier_and_no_rho(cascade: Cascade, tmp_path: Path) -> None:
+    source = tmp_path / "clip.mp4"
+    write_video(source, frames(2))
+    with pytest.raises(LCError, match="records no latency frontier"):
+        segment_video(cascade, source, tmp_path, "clip", progress=False, target_fps=30)
+    with pytest.raises(LCError, match="--rho and --target-fps"):
+        segment_video(Tuned(cascade), source, tmp_path, "clip", rho=0.9, progress=False, target_fps=30)
+    assert leftovers(tmp_path) == [] and not list(tmp_path.glob("clip_*"))

@@ -89,7 +89,7 @@ def encode(cascade: Cascade, path: Path, frames: list[Frame], results: list, out
         started = time.perf_counter()
         writer = VideoWriter(out, "encode", opened, cascade.palette)
         for frame, result in zip(frames, results, strict=True):
-            writer.write(frame, result, 0.0)
+            writer.write(frame, result, 0.0, cascade.default_rho)
         writer.close()
         return time.perf_counter() - started
     finally:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from layercascade.contract import RhoLike
+from layercascade.contract import Rho, RhoLike
 from layercascade.errors import fail
 from layercascade.runtime.result import CascadeResult
 from layercascade.runtime.segment import ImageOptions
@@ -120,6 +120,7 @@ class FrameResult:
         time_s: its presentation time in seconds (for an iterable: seconds since the stream started).
         image: the (H, W, 3) uint8 RGB frame.
         result: the cascade's labels, stage map and stage fractions for it.
+        rho: the thresholds (ρ₂, ρ₃) it ran at.
     """
 
     index: int
@@ -127,6 +128,7 @@ class FrameResult:
     time_s: float
     image: np.ndarray
     result: CascadeResult
+    rho: Rho
 
 
 @dataclass
@@ -161,7 +163,7 @@ def pyav() -> ModuleType:
 
 def segment_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *, rho: RhoLike | None = None,
                   read: ImageOptions = ImageOptions(), realtime: bool | None = None, progress: bool = True,
-                  open_timeout_s: float = 10.0) -> VideoRun:
+                  open_timeout_s: float = 10.0, target_fps: float | None = None) -> VideoRun:
     """Segment every frame of a video file, stream or camera and write ``out/<stem>`` + :data:`VIDEO_OUTPUTS`.
 
     The outputs are written under temporary names and renamed when finalised, also when the run ends early:
@@ -172,17 +174,23 @@ def segment_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *,
     ``tile``, ``overlap``). An input that is not a video, a stream that does not open within
     ``open_timeout_s`` seconds, a video without a video stream and a missing PyAV are one-line
     :class:`~layercascade.errors.LCError` s, before anything is written.
+
+    ``target_fps``: keep that many frames per second by lowering ρ (in place of ``rho``) along the frontier lc-tune
+    recorded in the model dir (``runtime/control.py``'s controller, observing each batch's time per frame and the
+    frames waiting), and raising it again when there is room: a live source drops frames only where the fastest
+    point of the frontier still cannot keep up. Each frame's line says its ρ; the record, the controller's moves
+    and the mean expected mIoU cost. A model dir without a frontier is one line.
     """
     pyav()
     from layercascade.runtime.video.pipeline import run_video
 
     return run_video(cascade, source, out, stem, rho=rho, read=read, realtime=realtime, progress=progress,
-                     open_timeout_s=open_timeout_s)
+                     open_timeout_s=open_timeout_s, target_fps=target_fps)
 
 
 def stream(cascade: Cascade, source: str | Path | Iterable[np.ndarray | Image.Image], *, rho: RhoLike | None = None,
-           resize: str | None = None, realtime: bool | None = None,
-           open_timeout_s: float = 10.0) -> Iterator[FrameResult]:
+           resize: str | None = None, realtime: bool | None = None, open_timeout_s: float = 10.0,
+           target_fps: float | None = None) -> Iterator[FrameResult]:
     """:class:`FrameResult` s of every frame of ``source`` (a video file, URL, camera, or an iterable of
     (H, W, 3) uint8 frames or PIL images), decoded in a thread of its own and batched as the model allows.
 
@@ -190,8 +198,10 @@ def stream(cascade: Cascade, source: str | Path | Iterable[np.ndarray | Image.Im
     starts with the first ``next()``; closing the generator stops it. ``realtime`` (default: for live sources)
     drops frames the cascade cannot keep up with; a file never drops one, an iterable only with ``realtime``.
     Corrupt packets and frames are skipped; a source that fails mid-way ends the frames with a
-    :class:`SourceStoppedWarning` saying why.
+    :class:`SourceStoppedWarning` saying why. ``target_fps``: as :func:`segment_video`'s (each
+    :class:`FrameResult`'s ``rho`` says the thresholds it ran at).
     """
     from layercascade.runtime.video.pipeline import stream_results
 
-    return stream_results(cascade, source, rho=rho, resize=resize, realtime=realtime, open_timeout_s=open_timeout_s)
+    return stream_results(cascade, source, rho=rho, resize=resize, realtime=realtime, open_timeout_s=open_timeout_s,
+                          target_fps=target_fps)

@@ -19,6 +19,7 @@ from typing import IO, Any
 import av
 import numpy as np
 
+from layercascade.contract import Rho, rho_value
 from layercascade.manifest import temporary_path
 from layercascade.model.data.images import resize_image, resize_labels
 from layercascade.runtime.result import CascadeResult
@@ -124,8 +125,8 @@ class VideoWriter:
         self.audio = True
         return stream
 
-    def write(self, frame: Frame, result: CascadeResult, ms: float) -> None:
-        """Encode one frame's overlay and labels and write its JSON line."""
+    def write(self, frame: Frame, result: CascadeResult, ms: float, rho: Rho) -> None:
+        """Encode one frame's overlay and labels and write its JSON line (``rho``: the thresholds it ran at)."""
         image, labels = frame.image, result.labels
         if not self.started:
             self._start(image.shape[:2])
@@ -143,7 +144,7 @@ class VideoWriter:
         self._encode(0, self.video_out, av.VideoFrame.from_ndarray(picture, format="rgb24"), pts)
         self._encode(1, self.labels_out, av.VideoFrame.from_ndarray(np.ascontiguousarray(labels), format="gray"), pts)
         line = {"index": frame.index, "pts": pts, "time_s": round(frame.time_s, 6), "ms": round(ms, 3),
-                "stage_fractions": [round(float(f), 6) for f in result.stage_fractions]}
+                "rho": rho_value(rho), "stage_fractions": [round(float(f), 6) for f in result.stage_fractions]}
         with self._writing(2):
             self.lines.write((json.dumps(line) + "\n").encode())
         self.frames += 1
@@ -280,8 +281,8 @@ class Encoder:
     def start(self) -> None:
         self.thread.start()
 
-    def put(self, item: tuple[Frame, CascadeResult, float] | Any) -> None:
-        """A (frame, result, milliseconds) to write, or an audio packet; waits while the queue is full."""
+    def put(self, item: tuple[Frame, CascadeResult, float, Rho] | Any) -> None:
+        """A (frame, result, milliseconds, thresholds) to write, or an audio packet; waits while the queue is full."""
         self.queue.put(item)
 
     def _run(self) -> None:

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from layercascade.contract import RhoLike
-from layercascade.errors import LCError
+from layercascade.contract import Rho, RhoLike, rho_value
+from layercascade.errors import LCError, fail
+from layercascade.manifest import MANIFEST
+from layercascade.runtime.control import Choice, RhoController, read_frontier
 from layercascade.runtime.result import CascadeResult
 from layercascade.runtime.segment import ImageOptions, interrupts_deferred
 from layercascade.runtime.video import FrameResult, SourceStoppedWarning, VideoRun
@@ -73,13 +75,57 @@ def infer(cascade: Cascade, frames: list[Frame], rho: RhoLike | None,
     return results, time.perf_counter() - started
 
 
+class Thresholds:
+    """The ρ of each batch of a video: ``rho`` (the model's default when None), or with ``target_fps`` the point of
+    the model's frontier a :class:`~layercascade.runtime.control.RhoController` picks for that rate, fed each
+    batch's time per frame and the frames waiting behind it (a frame is the controller's unit: its target is
+    1000 / ``target_fps`` ms, and the frontier's run times are scaled to this machine's frames as they come)."""
+
+    def __init__(self, cascade: Cascade, rho: RhoLike | None, target_fps: float | None) -> None:
+        self.fixed = cascade.rho(rho)
+        self.controller: RhoController | None = None
+        self.choice: Choice | None = None
+        self.costs = 0.0  # the expected mIoU cost summed over the frames run
+        self.frames = 0
+        if target_fps is not None:
+            if rho is not None:
+                fail("--rho and --target-fps both set the thresholds: pass one (the target moves ρ along the model's "
+                     "frontier)")
+            frontier = read_frontier(cascade.manifest, Path(cascade.model_dir) / MANIFEST)
+            self.controller = RhoController.for_fps(frontier, target_fps)
+
+    def next(self) -> Rho:
+        """The thresholds of the next batch."""
+        if self.controller is None:
+            return self.fixed
+        self.choice = self.controller.choose()
+        return self.choice.rho
+
+    def ran(self, frames: int, seconds: float, waiting: int) -> None:
+        """A batch of ``frames`` took ``seconds`` in the cascade; ``waiting`` frames are queued behind it."""
+        if self.controller is None or self.choice is None or not frames:
+            return
+        per_frame_ms = seconds * 1e3 / frames
+        self.controller.observe(per_frame_ms, waiting, per_frame_ms, self.choice.rho)
+        self.costs += frames * self.choice.expected_miou_cost
+        self.frames += frames
+
+    def record(self) -> dict[str, Any]:
+        """What a video's summary entry says of the control: nothing without a target."""
+        if self.controller is None:
+            return {}
+        return {"target_fps": round(1e3 / self.controller.target_ms, 6), "rho_moves": self.controller.moves,
+                "final_rho": rho_value(self.controller.point.rho),
+                "mean_expected_miou_cost": round(self.costs / self.frames, 4) if self.frames else None}
+
+
 def stream_results(cascade: Cascade, source: str | Path | Iterable[np.ndarray | Image.Image], *,
                    rho: RhoLike | None, resize: str | None, realtime: bool | None,
-                   open_timeout_s: float) -> Iterator[FrameResult]:
+                   open_timeout_s: float, target_fps: float | None = None) -> Iterator[FrameResult]:
     """``video.stream``: the source opened and the settings checked now, the frames run as they are taken."""
     read = ImageOptions(resize=resize)
     cascade.image_policy(resize, None, None)
-    cascade.rho(rho)
+    thresholds = Thresholds(cascade, rho, target_fps)
     size = batch_size(cascade)
     counts = Counts()
     if isinstance(source, (str, Path)):
@@ -89,17 +135,19 @@ def stream_results(cascade: Cascade, source: str | Path | Iterable[np.ndarray | 
                           capacity=QUEUED_BATCHES * size)
     else:
         decoder = Decoder(iterable_frames(source), drop=bool(realtime), capacity=QUEUED_BATCHES * size)
-    return _results(cascade, decoder, counts, size, rho, read)
+    return _results(cascade, decoder, counts, size, thresholds, read)
 
 
-def _results(cascade: Cascade, decoder: Decoder, counts: Counts, size: int, rho: RhoLike | None,
+def _results(cascade: Cascade, decoder: Decoder, counts: Counts, size: int, thresholds: Thresholds,
              read: ImageOptions) -> Iterator[FrameResult]:
     decoder.start()
     try:
         for frames, _ in batches(decoder, size):
-            results, _ = infer(cascade, frames, rho, read)
+            rho = thresholds.next()
+            results, seconds = infer(cascade, frames, rho, read)
+            thresholds.ran(len(frames), seconds, decoder.frames)
             for frame, result in zip(frames, results, strict=True):
-                yield FrameResult(frame.index, frame.pts, frame.time_s, frame.image, result)
+                yield FrameResult(frame.index, frame.pts, frame.time_s, frame.image, result, rho)
     finally:  # also when the caller closes the generator early
         decoder.stop(_DECODER_WAIT_S)
     if counts.stopped:  # the source failed mid-way: the frames end here, and the caller is told why
@@ -125,12 +173,13 @@ class Totals:
 
 
 def run_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *, rho: RhoLike | None,
-              read: ImageOptions, realtime: bool | None, progress: bool, open_timeout_s: float) -> VideoRun:
+              read: ImageOptions, realtime: bool | None, progress: bool, open_timeout_s: float,
+              target_fps: float | None = None) -> VideoRun:
     """``segment_video``: see there."""
     from layercascade.runtime.video.outputs import Encoder, VideoWriter
 
     cascade.image_policy(read.resize, read.tile, read.overlap)
-    cascade.rho(rho)
+    thresholds = Thresholds(cascade, rho, target_fps)
     opened = open_video(source, open_timeout_s, read.max_pixels)
     size = batch_size(cascade)
     counts = Counts()
@@ -156,10 +205,12 @@ def run_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *, rho
                     for packet in packets:
                         encoder.put(packet)
                     if frames:
-                        results, seconds = infer(cascade, frames, rho, read)
+                        batch_rho = thresholds.next()
+                        results, seconds = infer(cascade, frames, batch_rho, read)
+                        thresholds.ran(len(frames), seconds, decoder.frames)
                         totals.add(frames, results, seconds)
                         for frame, result in zip(frames, results, strict=True):
-                            encoder.put((frame, result, seconds * 1e3 / len(frames)))
+                            encoder.put((frame, result, seconds * 1e3 / len(frames), batch_rho))
                         bar.update(len(frames))
                         if decoder.dropped:
                             bar.set_postfix(dropped=decoder.dropped, refresh=False)
@@ -198,6 +249,7 @@ def run_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *, rho
         "stage_fractions": ([round(float(f), 6) for f in totals.weighted / totals.pixels] if totals.pixels else None),
         "duration_s": round(wall, 3),
         "audio": writer.audio,
+        **thresholds.record(),
         "interrupted": interrupted,
         "stopped": stopped,
         "outputs": written,
