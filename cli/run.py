@@ -1,4 +1,5 @@
-"""lc-run: segment images with a Layer Cascade model and write label maps, overlays, stage pictures and a summary."""
+"""lc-run: segment images with a Layer Cascade model and write label maps, overlays, stage pictures, confidence maps
+(the outputs chosen) and a summary."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ from layercascade.errors import LCError, fail, run_cli
 from layercascade.model.data.images import MAX_PIXELS
 from layercascade.runtime.inputs import SAMPLES, expand_inputs
 from layercascade.runtime.segment import (
+    DEFAULT_OUTPUTS,
+    OUTPUTS,
     PICTURE_MAX_PIXELS,
     SUMMARY_MAX_BYTES,
     ImageOptions,
+    check_outputs,
     earlier_outputs,
     make_output_dir,
+    parse_outputs,
     segment_all,
     summarize,
     write_summary,
@@ -38,9 +43,9 @@ LOCAL_RAY = "local"  # --ray without an address: start a Ray on this machine
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lc-run",
-        description="Segment images with a Layer Cascade model. For each image write OUT/<stem>.png (palette "
-                    "label map of class ids), OUT/<stem>_overlay.jpg (classes over the image) and "
-                    "OUT/<stem>_stages.png (which stage decided each pixel), then OUT/summary.json. "
+        description="Segment images with a Layer Cascade model. For each image write the --outputs chosen, by "
+                    "default OUT/<stem>.png (palette label map of class ids), OUT/<stem>_overlay.jpg (classes over "
+                    "the image) and OUT/<stem>_stages.png (which stage decided each pixel), then OUT/summary.json. "
                     "Unreadable images, and images whose output the file system refuses (a name too long, a "
                     "folder in the way), are reported and skipped; the exit code is then 1; a disk that fails "
                     "(full, read-only) stops the run. Inputs are never overwritten: files inside OUT are never "
@@ -70,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-exif-transpose", dest="exif_transpose", action="store_false",
                         help="keep the pixels in stored order; by default the EXIF orientation is applied, so "
                              "outputs line up with the photo as viewers show it")
+    parser.add_argument("--outputs", type=parse_outputs, default=DEFAULT_OUTPUTS, metavar="LIST",
+                        help=f"what to write per image, comma-separated, from {', '.join(OUTPUTS)} (default: "
+                             f"{','.join(DEFAULT_OUTPUTS)}): confidence = <stem>_confidence.png, the winning class's "
+                             "probability p at the image's size as a 16-bit grayscale PNG of round(p * 65535); "
+                             "confidence-npy = <stem>_confidence.npy, p as float32 at the stage resolution (an "
+                             "eighth of the model input's)")
     add_image_arguments(parser)
     scale = parser.add_argument_group("scale-out (pip install 'layercascade[serve]')")
     scale.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
@@ -103,15 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     progress = not (args.quiet or args.json)
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args)) as cascade:
+        check_outputs(cascade, args.outputs)
         if args.ray is None:
             run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict, progress=progress, read=read,
-                              earlier=earlier)
+                              earlier=earlier, outputs=args.outputs)
         backend, precision, rho = cascade.backend, cascade.precision, cascade.rho(args.rho)
     if args.ray is not None:
         batch = import_serving("batch")
         run = batch.segment_all_ray(args.model, load_options(args, threads=1), paths, out, rho=args.rho,
                                     strict=args.strict, progress=progress, read=read, earlier=earlier,
-                                    address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers)
+                                    address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers,
+                                    outputs=args.outputs)
     summary = summarize(run, backend=backend, precision=precision, model=args.model or "demo", rho=rho)
     try:
         size = write_summary(out, summary)

@@ -25,6 +25,7 @@ from layercascade.contract import (
     DYNAMIC_STAGE_DIMS,
     FEAT1,
     FEAT2,
+    CONFIDENCE,
     IMAGE,
     LABELS,
     MASK2,
@@ -87,6 +88,8 @@ class _Exporter:
             return [1]
         if name == STAGE_COUNTS:
             return [self.batch, 3]
+        if name == CONFIDENCE:
+            return [self.batch, *stage]
         return [self.batch, channels[name], *stage]
 
     def inputs(self, g: GraphBuilder, names: tuple[str, ...]) -> list[str]:
@@ -186,8 +189,8 @@ class _Exporter:
         return self.build(g, "Layer Cascade stage 2")
 
     def stage3(self) -> onnx.ModelProto:
-        """Stage 2's features and M₃, the earlier scores and M₂ → the fused scores' label map and the pixels
-        decided at each stage."""
+        """Stage 2's features and M₃, the earlier scores and M₂ → the fused scores' label map, the pixels
+        decided at each stage and the fused scores' confidence."""
         g = GraphBuilder("lc_stage3", self.opset)
         feat2, mask3, scores1, scores2, mask2 = self.inputs(g, STAGE_INPUTS[2])
         _, scores3 = self.stage_body(g, 2, feat2, mask3)
@@ -202,7 +205,8 @@ class _Exporter:
         fused = self.fuse(g, nhwc(scores1), nhwc(scores2), nhwc(mask2))
         fused = self.fuse(g, fused, nhwc(scores3), nhwc(mask3), "fuse/stage123")
         labels = self.labels(g, fused)
-        self.outputs(g, dict(zip(STAGE_OUTPUTS[2], (labels, self.stage_counts(g, mask2, mask3)), strict=True)))
+        outputs = (labels, self.stage_counts(g, mask2, mask3), self.confidence(g, fused))
+        self.outputs(g, dict(zip(STAGE_OUTPUTS[2], outputs, strict=True)))
         return self.build(g, "Layer Cascade stage 3")
 
     def fuse(self, g: GraphBuilder, earlier: str, region_scores: str, region: str,
@@ -215,6 +219,15 @@ class _Exporter:
         outside = g.node("Sub", [g.constant(f"{name}.one", np.ones((), np.float32)), region], f"{name}/outside")
         kept = g.node("Mul", [earlier, outside], f"{name}/kept")
         return g.node("Add", [kept, region_scores], name)
+
+    def confidence(self, g: GraphBuilder, nhwc: str) -> str:
+        """(N, h, w): the max softmax probability of the channels-last scores ``nhwc``, 1 / Σ_c exp(s_c − max s)
+        (as :meth:`threshold` computes it: two reductions and no Softmax), at the stage resolution."""
+        axes = g.constant("confidence.axes", [3])
+        peak = g.node("ReduceMax", [nhwc, axes], "confidence/peak", keepdims=1)
+        shifted = g.node("Exp", [g.node("Sub", [nhwc, peak], "confidence/shift")], "confidence/exp")
+        partition = g.node("ReduceSum", [shifted, axes], "confidence/partition", keepdims=0)
+        return g.node("Reciprocal", [partition], CONFIDENCE)
 
     def stage_counts(self, g: GraphBuilder, mask2: str, mask3: str) -> str:
         """(N, 3) int64: the stage pixels decided at stages 1, 2 and 3 (all of them, those of M₂, those of M₃)."""

@@ -39,6 +39,7 @@ from layercascade.serve.http import (
     HTTPProblem,
     Limits,
     SegmentQuery,
+    check_answer_outputs,
     check_segment_request,
     decode_image,
     error_body,
@@ -170,9 +171,10 @@ class CascadeServer:
         body: bytes | None = None
         try:
             query = check_segment_request(request.headers, request.url.query, limits)
+            check_answer_outputs(query, self.cascade.has_confidence)
             with self.upload_slot():
                 body = await read_body(request.stream(), limits)
-                return await self.segment_body(body, query, wants_json(request.headers.get("accept")))
+                return await self.segment_body(body, query, wants_json(request.headers.get("accept"), query))
         except HTTPProblem as problem:
             if body is None:  # refused before its body was read: close rather than wait for the rest of it
                 problem.headers["Connection"] = "close"
@@ -189,7 +191,7 @@ class CascadeServer:
             raise result
         milliseconds = (time.perf_counter() - started) * 1e3
         content, media_type, headers = await asyncio.to_thread(
-            segment_answer, result, self.cascade.palette, milliseconds, as_json)
+            segment_answer, result, self.cascade.palette, milliseconds, as_json, query.outputs)
         headers["X-LC-Batch"] = str(batch)  # how many images ran together with this one (itself included)
         return Response(content, media_type=media_type, headers=headers)
 

@@ -24,7 +24,7 @@ import ray
 from layercascade.contract import RhoLike
 from layercascade.errors import LCError, fail
 from layercascade.runtime.segment import (
-    OUTPUTS,
+    DEFAULT_OUTPUTS,
     Outcome,
     ImageOptions,
     Run,
@@ -35,33 +35,37 @@ from layercascade.runtime.segment import (
 )
 from layercascade.serve import connect, gpus_per_model, last_line
 
-# The columns holding an image's encoded pictures, one per OUTPUTS variant ("" is the label map).
-FILE_COLUMNS = {variant: f"file{variant}" for variant in OUTPUTS}
+def file_column(output: str) -> str:
+    """The column holding an image's encoded ``output`` (an OUTPUTS name)."""
+    return f"file_{output}"
 
 
 class SegmentWorker:
     """A Ray Data actor: one Cascade, a batch of (index, path) rows in, their outcomes out."""
 
-    def __init__(self, model: str | None, load: dict[str, Any], rho: RhoLike | None, read: ImageOptions) -> None:
+    def __init__(self, model: str | None, load: dict[str, Any], rho: RhoLike | None, read: ImageOptions,
+                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> None:
         from layercascade.runtime.cascade import Cascade
 
         self.cascade = Cascade.load(model, **load)
         self.rho = rho
         self.read = read
+        self.outputs = outputs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        columns: dict[str, list[Any]] = {"index": [], "error": [], "record": [], **{c: [] for c in FILE_COLUMNS.values()}}
+        columns: dict[str, list[Any]] = {"index": [], "error": [], "record": [],
+                                         **{file_column(name): [] for name in self.outputs}}
         for index, path in zip(batch["index"], batch["path"], strict=True):
             try:
-                done = segment_file(self.cascade, Path(path), self.rho, self.read)
+                done = segment_file(self.cascade, Path(path), self.rho, self.read, self.outputs)
                 error, record, files = "", json.dumps(done.record), done.files
             except LCError as failure:  # the reason only: the driver names the input as the user did
-                error, record, files = failure_reason(failure, Path(path)), "", dict.fromkeys(OUTPUTS, b"")
+                error, record, files = failure_reason(failure, Path(path)), "", dict.fromkeys(self.outputs, b"")
             columns["index"].append(int(index))
             columns["error"].append(error)
             columns["record"].append(record)
-            for variant, column in FILE_COLUMNS.items():
-                columns[column].append(files[variant])
+            for name in self.outputs:
+                columns[file_column(name)].append(files[name])
         return {name: np.array(values, dtype=object if name != "index" else np.int64)
                 for name, values in columns.items()}
 
@@ -69,7 +73,7 @@ class SegmentWorker:
 def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], out: Path, *, rho: RhoLike | None,
                     strict: bool, progress: bool, read: ImageOptions = ImageOptions(),
                     earlier: dict[str, str] | None = None, address: str | None = None,
-                    workers: int | None = None) -> Run:
+                    workers: int | None = None, outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> Run:
     """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
     actors (default: one per CPU of the cluster, or per GPU for a model on a GPU), each loading the model with ``load``
     (``Cascade.load``'s keyword arguments). Joins the cluster at ``address`` or starts a local Ray."""
@@ -78,15 +82,15 @@ def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], 
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     started_ray = connect(address)
     try:
-        return write_all(outcomes(model, load, paths, rho, read, workers), paths, out, strict=strict,
-                         progress=progress, earlier=earlier)
+        return write_all(outcomes(model, load, paths, rho, read, workers, outputs), paths, out, strict=strict,
+                         progress=progress, earlier=earlier, outputs=outputs)
     finally:
         if started_ray:
             ray.shutdown()
 
 
 def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: RhoLike | None, read: ImageOptions,
-             workers: int | None) -> Iterator[Outcome]:
+             workers: int | None, outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> Iterator[Outcome]:
     """The pipeline's results in input order, as :func:`write_all` takes them."""
     context = ray.data.DataContext.get_current()
     # Ray Data's progress lines would break lc-run's bar (its logging is configured on import: set after).
@@ -103,7 +107,7 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: Rh
     # defaults: max_restarts = max_task_retries = -1).
     dataset = dataset.map_batches(
         SegmentWorker, fn_constructor_kwargs={"model": model and str(Path(model).resolve()), "load": load, "rho": rho,
-                                              "read": read},
+                                              "read": read, "outputs": outputs},
         batch_size=1, concurrency=workers, num_cpus=1, num_gpus=gpus, batch_format="numpy")
     try:
         for row in dataset.iter_rows():
@@ -112,7 +116,7 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: Rh
                 yield index, LCError(f"{paths[index]}: {row['error']}")
             else:
                 record = {**json.loads(row["record"]), "input": str(paths[index])}  # as the user named it
-                yield index, Segmented(record, {variant: bytes(row[column]) for variant, column in FILE_COLUMNS.items()})
+                yield index, Segmented(record, {name: bytes(row[file_column(name)]) for name in outputs})
     except ray.exceptions.RayError as error:
         cause = error.cause if isinstance(getattr(error, "cause", None), LCError) else None
         raise LCError(str(cause) if cause else f"the Ray pipeline failed: {last_line(error)}") from None
