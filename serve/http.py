@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import urllib.parse
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping
@@ -288,10 +289,15 @@ def png_bytes(labels: np.ndarray, palette: np.ndarray) -> bytes:
 
 def answer_pngs(result: CascadeResult, palette: np.ndarray, outputs: Iterable[str]) -> dict[str, bytes]:
     """The PNG of each of ``outputs`` (:data:`ANSWER_OUTPUTS`) of a result."""
+    def png(picture: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return buffer.getvalue()
+
     draw = {
         "labels": lambda: png_bytes(result.labels, palette),
-        "confidence": lambda: encode({"confidence": confidence_image(result.confidence_at_image_size())})["confidence"],
-        "stages": lambda: encode({"labels": Image.fromarray(result.stage_map)})["labels"],
+        "confidence": lambda: png(confidence_image(result.confidence_at_image_size())),
+        "stages": lambda: png(Image.fromarray(result.stage_map)),
     }
     return {name: draw[name]() for name in outputs}
 

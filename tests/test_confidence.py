@@ -116,6 +116,15 @@ def test_a_pixel_stops_at_a_stage_only_above_its_threshold(backend: str) -> None
             assert (result.confidence[second] > RHO[1]).all()
 
 
+def test_an_int8_dir_carries_it(demo_int8: tuple[Path, dict, Path]) -> None:
+    """lc-calibrate's QDQ graphs keep stage 3's confidence output, and the stop invariant holds on them."""
+    with Cascade.load(demo_int8[0], backend="ort") as cascade:
+        assert cascade.has_confidence
+        result = cascade(synthetic_images(1)[0], RHO)
+    assert result.confidence.shape == result.stage_map.shape
+    assert (result.confidence[result.stage_map == 1] > RHO[0]).all()
+
+
 @pytest.fixture(scope="module")
 def dynamic_size(dynamic_size_model: Path) -> Cascade:
     with Cascade.load(dynamic_size_model, backend="ort") as cascade:

@@ -241,13 +241,13 @@ def test_pictures_are_drawn_at_a_bounded_size_and_the_label_map_at_the_image_siz
     image = gradient(1500, 2000)
     result = FakeCascade(None, "fake", "cpu")(image)
     pictures = render(image, result, VOC_PALETTE, max_pixels=300_000)
-    assert pictures[""].size == (2000, 1500)
-    np.testing.assert_array_equal(np.asarray(pictures[""]), fake_labels(image))
-    width, height = pictures["_overlay"].size
+    assert pictures["labels"].size == (2000, 1500)
+    np.testing.assert_array_equal(np.asarray(pictures["labels"]), fake_labels(image))
+    width, height = pictures["overlay"].size
     assert width * height <= 300_000 and abs(width / height - 4 / 3) < 0.01
-    assert pictures["_stages"].width == width and pictures["_stages"].height > height  # plus the legend
+    assert pictures["stages"].width == width and pictures["stages"].height > height  # plus the legend
     small = render(image[:300, :400], FakeCascade(None, "fake", "cpu")(image[:300, :400]), VOC_PALETTE, 300_000)
-    assert small["_overlay"].size == (400, 300)  # within the bound: drawn as it is
+    assert small["overlay"].size == (400, 300)  # within the bound: drawn as it is
     assert picture_size((1, 100_000_000), 16_000_000) == (1, 16_384)  # a side is bounded too
 
 

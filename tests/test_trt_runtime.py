@@ -290,9 +290,11 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
             ours, theirs = engines.run_batch(image[None], rho), reference.run_batch(image[None], rho)
             for field in ("labels", "mask2", "mask3", "stage_counts"):
                 assert np.array_equal(getattr(ours, field), getattr(theirs, field)), (field, rho)
+            np.testing.assert_allclose(ours.confidence, theirs.confidence, atol=1e-6)  # a host buffer of stage 3
     masks = forced_masks((1, 1, 20, 20), (0.5, 0.2))
     ours, theirs = engines.run_batch(images[:1], None, masks), reference.run_batch(images[:1], None, masks)
     assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
+    np.testing.assert_allclose(ours.confidence, theirs.confidence, atol=1e-6)
     assert set(ours.timings) == {"stage1", "stage2", "stage3", "total"}
     backend = engines.runner
     if cuda_graph:
