@@ -146,7 +146,7 @@ def parse_outputs(text: str) -> tuple[str, ...]:
     """``--outputs``: comma-separated names of :data:`OUTPUTS`, each once, in :data:`OUTPUTS`' order; else one line."""
     names = [name.strip() for name in text.split(",")]
     unknown = [name for name in names if name not in OUTPUTS]
-    if unknown or not names:
+    if unknown:
         fail(f"--outputs {text!r}: unknown output {', '.join(map(repr, unknown))}; choose from {', '.join(OUTPUTS)}")
     return tuple(name for name in OUTPUTS if name in names)
 

@@ -69,7 +69,7 @@ def test_summary_content(tmp_path: Path, fake: type[FakeCascade]) -> None:
     assert run_lc([tmp_path / "small.png", tmp_path / "bright.png", "-o", out, "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"images", "failed", "interrupted", "stopped", "mean_ms", "stage_fractions", "backend",
-                            "precision", "model", "rho", "results", "earlier_outputs"}
+                            "precision", "model", "rho", "outputs", "results", "earlier_outputs"}
     assert summary["interrupted"] is False and summary["stopped"] is None and summary["earlier_outputs"] == {}
     assert summary["backend"] == "fake" and summary["precision"] == "fp32"
     assert summary["model"] == "demo" and summary["rho"] == 0.985

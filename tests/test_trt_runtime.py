@@ -192,7 +192,8 @@ def test_buffer_plan() -> None:
     stages = read_manifest(DEMO_MODEL)["stages"]
     plan = plan_buffers(stages, max_batch=1)
     assert set(plan) == {"image", "rho2", "rho3", "feat1", "scores1", "mask2", "feat2", "scores2", "mask3", "labels",
-                         "stage_counts", "forced_mask2", "forced_mask3"}  # each shared tensor once, ρ once a stage
+                         "stage_counts", "confidence", "forced_mask2", "forced_mask3"}  # each tensor once, ρ once a stage
+    assert plan["confidence"].shape == (1, 20, 20) and plan["confidence"].dtype == np.float32
     assert plan["image"].shape == (1, 160, 160, 3) and plan["image"].nbytes == 160 * 160 * 3
     assert plan["feat1"].bytes_for(1) == 32 * 20 * 20 * 4 and plan["stage_counts"].dtype == np.int64
     assert plan["rho2"].shape == plan["rho3"].shape == (1,) and plan["rho3"].bytes_for(1) == 4
