@@ -5,9 +5,11 @@ the placement round trip, lc-run --outputs, lc-serve's answer, and model dirs ex
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,23 +56,25 @@ def demo() -> Cascade:
         yield cascade
 
 
-def reference(images: np.ndarray, rho: tuple[float, float]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """The PyTorch reference's confidence of the fused scores (N, h, w) and its masks."""
+@pytest.fixture(scope="module")
+def reference() -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Two images, the PyTorch reference's confidence of their fused scores (N, h, w) at :data:`RHO` and its
+    masks."""
+    images = synthetic_images(2)
     checkpoint = load_checkpoint()
     with torch.inference_mode():
-        out = checkpoint.build_model()(normalize(torch.from_numpy(images), checkpoint.mean, checkpoint.std), rho)
+        out = checkpoint.build_model()(normalize(torch.from_numpy(images), checkpoint.mean, checkpoint.std), RHO)
         expected = confidence(fuse_scores(out.scores, out.masks))[:, 0].numpy()
-    return expected, tuple(m.float().numpy() for m in out.masks)
+    return images, expected, tuple(m.float().numpy() for m in out.masks)
 
 
 @pytest.mark.parametrize("backend", list(LOADS))
-def test_the_confidence_output_is_the_references(backend: str) -> None:
+def test_the_confidence_output_is_the_references(backend: str, reference) -> None:
     """With the reference's masks forced, each backend's confidence is the max softmax of the reference's fused
     scores, pixel for pixel."""
     if backend == "openvino":
         pytest.importorskip("openvino", reason="OpenVINO is not installed")
-    images = synthetic_images(2)
-    expected, masks = reference(images, RHO)
+    images, expected, masks = reference
     source, options = LOADS[backend]
     with Cascade.load(source, backend=backend, **options) as cascade:
         assert cascade.has_confidence
@@ -80,22 +84,22 @@ def test_the_confidence_output_is_the_references(backend: str) -> None:
             np.testing.assert_allclose(out.confidence, expected[batch:batch + 1], atol=TOLERANCE[backend])
 
 
-def partition_graph(shape: tuple[int, ...]) -> onnx.ModelProto:
+@functools.cache
+def confidence_session() -> Any:
+    """ONNX Runtime running stage 3's confidence nodes alone, on channels-last scores of any shape."""
+    import onnxruntime
+
     g = GraphBuilder("confidence", 18)
-    scores = g.add_input("scores", onnx.TensorProto.FLOAT, list(shape))
-    g.add_output(confidence_node(g, scores), onnx.TensorProto.FLOAT, list(shape[:3]))
-    return g.build()
+    scores = g.add_input("scores", onnx.TensorProto.FLOAT, ["n", "h", "w", "classes"])
+    g.add_output(confidence_node(g, scores), onnx.TensorProto.FLOAT, ["n", "h", "w"])
+    return onnxruntime.InferenceSession(g.build().SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 @given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=4, max_dims=4, min_side=1, max_side=5),
                   elements=st.floats(-60, 60, width=32)))
 def test_the_graph_computes_one_over_the_partition(scores: np.ndarray) -> None:
     """The exported formula, 1 / Σ_c exp(s_c − max s) over the last axis, is the max softmax probability."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(partition_graph(scores.shape).SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
-    (found,) = session.run(None, {"scores": scores})
+    (found,) = confidence_session().run(None, {"scores": scores})
     expected = torch.softmax(torch.from_numpy(scores).double(), dim=-1).amax(dim=-1).numpy()
     assert found.shape == scores.shape[:3]
     np.testing.assert_allclose(found, expected, rtol=1e-5)
