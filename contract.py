@@ -7,8 +7,10 @@ names; the package writes the names nowhere else.
 * stage 1: ``image`` uint8 (N, H, W, 3) RGB, ``rho`` float (1,) → ``feat1``, ``scores1``, ``mask2``;
   its ``rho`` is ρ₂, the threshold of ``mask2``;
 * stage 2: ``feat1``, ``mask2``, ``rho`` → ``feat2``, ``scores2``, ``mask3``; its ``rho`` is ρ₃;
-* stage 3: ``feat2``, ``mask3``, ``scores1``, ``scores2``, ``mask2`` → ``labels`` uint8 (N, H, W)
-  and ``stage_counts`` int64 (N, 3), the pixels decided at each stage;
+* stage 3: ``feat2``, ``mask3``, ``scores1``, ``scores2``, ``mask2`` → ``labels`` uint8 (N, H, W),
+  ``stage_counts`` int64 (N, 3), the pixels decided at each stage, and ``confidence`` float32 (N, h, w), the
+  max softmax probability of the fused scores (those of the stage that decided the pixel) at the stage
+  resolution; a model dir exported before it (``lc.json`` version 2) has no ``confidence`` and runs without;
 * the dense graph: ``image`` → ``labels``.
 
 Masks are float 0/1 at the stage resolution (N, 1, h, w); ρ is an input, never a constant
@@ -33,12 +35,15 @@ FEAT1, SCORES1, MASK2 = "feat1", "scores1", "mask2"
 FEAT2, SCORES2, MASK3 = "feat2", "scores2", "mask3"
 LABELS = "labels"
 STAGE_COUNTS = "stage_counts"
+CONFIDENCE = "confidence"
 
 # The dtypes the contract fixes (the others follow the model's precision).
-DTYPES = {IMAGE: "uint8", RHO: "float32", LABELS: "uint8", STAGE_COUNTS: "int64"}
+DTYPES = {IMAGE: "uint8", RHO: "float32", LABELS: "uint8", STAGE_COUNTS: "int64", CONFIDENCE: "float32"}
 MASKS = (MASK2, MASK3)
 STAGE_INPUTS = ((IMAGE, RHO), (FEAT1, MASK2, RHO), (FEAT2, MASK3, SCORES1, SCORES2, MASK2))
-STAGE_OUTPUTS = ((FEAT1, SCORES1, MASK2), (FEAT2, SCORES2, MASK3), (LABELS, STAGE_COUNTS))
+STAGE_OUTPUTS = ((FEAT1, SCORES1, MASK2), (FEAT2, SCORES2, MASK3), (LABELS, STAGE_COUNTS, CONFIDENCE))
+# The outputs a model dir exported by an earlier layercascade may lack (the rest of the cascade runs without).
+OPTIONAL_OUTPUTS = frozenset({CONFIDENCE})
 DENSE_INPUTS, DENSE_OUTPUTS = (IMAGE,), (LABELS,)
 
 

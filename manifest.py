@@ -23,7 +23,8 @@ from layercascade.errors import LCError, fail
 
 FORMAT = "layercascade.model"
 # 2: ``default_rho`` is [ρ₂, ρ₃] (1: one number for both stages; still read, see check_cascade_fields).
-VERSION = 2
+# 3: stage 3 outputs ``confidence`` (a version-2 dir has none; it runs without, see contract.OPTIONAL_OUTPUTS).
+VERSION = 3
 MANIFEST = "lc.json"
 
 

@@ -1,5 +1,6 @@
 """lc-run: segment images, videos and live streams with a Layer Cascade model and write label maps, overlays,
-stage pictures (videos: overlay and label containers, per-frame records) and a summary."""
+stage pictures, confidence maps (the outputs chosen; videos: overlay and label containers, per-frame records) and a
+summary."""
 
 from __future__ import annotations
 
@@ -24,9 +25,13 @@ from layercascade.errors import LCError, fail, run_cli
 from layercascade.model.data.images import MAX_PIXELS
 from layercascade.runtime.inputs import SAMPLES
 from layercascade.runtime.segment import (
+    DEFAULT_OUTPUTS,
+    OUTPUTS,
     PICTURE_MAX_PIXELS,
     SUMMARY_MAX_BYTES,
     ImageOptions,
+    check_outputs,
+    parse_outputs,
     VideoOptions,
     earlier_outputs,
     make_output_dir,
@@ -44,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lc-run",
         description="Segment images, videos and live streams with a Layer Cascade model. For each image write "
-                    "OUT/<stem>.png (palette label map of class ids), OUT/<stem>_overlay.jpg (classes over the "
-                    "image) and OUT/<stem>_stages.png (which stage decided each pixel); for each video or stream "
+                    "the --outputs chosen, by default OUT/<stem>.png (palette label map of class ids), "
+                    "OUT/<stem>_overlay.jpg (classes over the image) and OUT/<stem>_stages.png (which stage decided "
+                    "each pixel); for each video or stream "
                     "OUT/<stem>_overlay.mp4, OUT/<stem>_labels.mkv (lossless label frames) and "
                     "OUT/<stem>_frames.jsonl (one record per frame); then OUT/summary.json. "
                     "Unreadable images and videos, and images whose output the file system refuses (a name too "
@@ -80,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-exif-transpose", dest="exif_transpose", action="store_false",
                         help="keep the pixels in stored order; by default the EXIF orientation is applied, so "
                              "outputs line up with the photo as viewers show it")
+    parser.add_argument("--outputs", type=parse_outputs, default=DEFAULT_OUTPUTS, metavar="LIST",
+                        help=f"what to write per image, comma-separated, from {', '.join(OUTPUTS)} (default: "
+                             f"{','.join(DEFAULT_OUTPUTS)}): confidence = <stem>_confidence.png, the winning class's "
+                             "probability p at the image's size as a 16-bit grayscale PNG of round(p * 65535); "
+                             "confidence-npy = <stem>_confidence.npy, p as float32 at the stage resolution (an "
+                             "eighth of the model input's). A video writes its own three outputs whatever this says")
     add_image_arguments(parser)
     video = parser.add_argument_group("videos and live streams (pip install 'layercascade[video]')")
     video.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
@@ -137,16 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     progress = not (args.quiet or args.json)
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args)) as cascade:
+        check_outputs(cascade, args.outputs)
         if args.ray is None:
             run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict, progress=progress, read=read,
-                              earlier=earlier, video=video)
+                              earlier=earlier, video=video, outputs=args.outputs)
         backend, precision, rho = cascade.backend, cascade.precision, cascade.rho(args.rho)
     if args.ray is not None:
         batch = import_serving("batch")
         run = batch.segment_all_ray(args.model, load_options(args, threads=1), paths, out, rho=args.rho,
                                     strict=args.strict, progress=progress, read=read, earlier=earlier,
                                     address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers,
-                                    video=video)
+                                    video=video, outputs=args.outputs)
     summary = summarize(run, backend=backend, precision=precision, model=args.model or "demo", rho=rho)
     try:
         size = write_summary(out, summary)

@@ -17,8 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lc-triton",
         description="Write a model for Triton Inference Server into a model repository. A model dir becomes one "
                     "model: the cascade's stage graphs joined and lowered to standard ONNX ops (inputs image, rho2 "
-                    "and rho3, outputs labels and stage_counts, at the model's input size; a dynamic-size export's "
-                    "heights and widths are -1), with Triton's dynamic batching for a dynamic-batch export. An "
+                    "and rho3, outputs labels, stage_counts and confidence, at the model's input size; a dynamic-size "
+                    "export's heights and widths are -1), with Triton's dynamic batching for a dynamic-batch export. An "
                     "engine dir (lc-build) becomes an ensemble of the three stage plans (-1 where the engines' "
                     "optimization profile has a range). Other models in the repository are left alone; an earlier "
                     "lc-triton model of the same name is replaced.",

@@ -18,13 +18,14 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from layercascade.contract import IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS, STAGE_RHOS
+from layercascade.contract import CONFIDENCE, IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS, STAGE_RHOS
 from layercascade.export.graph import live_nodes
 
 
 def cascade_graph(stages: list[onnx.ModelProto], forced_masks: bool = False) -> onnx.ModelProto:
     """One graph: ``image``, ``rho2``, ``rho3`` (and with ``forced_masks`` ``mask2``, ``mask3``) →
-    ``labels``, ``stage_counts`` (and otherwise ``mask2``, ``mask3``)."""
+    ``labels``, ``stage_counts``, ``confidence`` where stage 3 has it (a model dir exported before it has not), and
+    otherwise ``mask2``, ``mask3``."""
     contract = {v.name: v for stage in stages for v in [*stage.graph.input, *stage.graph.output]}
     if RHO in contract:
         for joined_name in STAGE_RHOS:
@@ -58,7 +59,8 @@ def cascade_graph(stages: list[onnx.ModelProto], forced_masks: bool = False) -> 
             joined.output[:] = [rename(name) for name in node.output]
             nodes.append(joined)
     inputs = [IMAGE, *STAGE_RHOS, *(MASKS if forced_masks else ())]
-    outputs = [LABELS, STAGE_COUNTS, *(() if forced_masks else MASKS)]
+    outputs = [LABELS, STAGE_COUNTS, *((CONFIDENCE,) if CONFIDENCE in contract else ()),
+               *(() if forced_masks else MASKS)]
     missing = [name for name in [*inputs, *outputs] if name not in contract]
     if missing:
         raise ValueError(f"stage graphs without the contract tensors {missing}")

@@ -25,6 +25,7 @@ from layercascade.contract import (
     DYNAMIC_STAGE_DIMS,
     FEAT1,
     FEAT2,
+    CONFIDENCE,
     IMAGE,
     LABELS,
     MASK2,
@@ -87,6 +88,8 @@ class _Exporter:
             return [1]
         if name == STAGE_COUNTS:
             return [self.batch, 3]
+        if name == CONFIDENCE:
+            return [self.batch, *stage]
         return [self.batch, channels[name], *stage]
 
     def inputs(self, g: GraphBuilder, names: tuple[str, ...]) -> list[str]:
@@ -142,15 +145,11 @@ class _Exporter:
     def threshold(self, g: GraphBuilder, scores: str, rho: str, region: str | None, name: str) -> str:
         """``[max softmax(scores) ≤ ρ]`` (∧ the current region) as float 0/1.
 
-        max softmax = 1 / Σ_c exp(s_c − max s), so the test is ``ρ · Σ_c exp(s_c − max s) ≥ 1``:
+        max softmax = 1 / Σ_c exp(s_c − max s) (:func:`partition`), so the test is ``ρ · Σ_c exp(s_c − max s) ≥ 1``:
         two reductions over the class axis and no Softmax, which ONNX Runtime runs
         slower (over axis 1, or with the transposes to put the classes last).
         """
-        axes = g.constant(f"{name}.axes", [1])
-        peak = g.node("ReduceMax", [scores, axes], f"{name}/peak", keepdims=1)
-        shifted = g.node("Exp", [g.node("Sub", [scores, peak], f"{name}/shift")], f"{name}/exp")
-        partition = g.node("ReduceSum", [shifted, axes], f"{name}/partition", keepdims=1)
-        scaled = g.node("Mul", [partition, rho], f"{name}/scaled")
+        scaled = g.node("Mul", [partition(g, scores, 1, name, keepdims=1), rho], f"{name}/scaled")
         one = g.constant(f"{name}.one", np.ones((), np.float32))
         uncertain = g.node("GreaterOrEqual", [scaled, one], f"{name}/uncertain")
         mask = g.node("Cast", [uncertain], f"{name}/cast", to=FLOAT)
@@ -186,8 +185,8 @@ class _Exporter:
         return self.build(g, "Layer Cascade stage 2")
 
     def stage3(self) -> onnx.ModelProto:
-        """Stage 2's features and M₃, the earlier scores and M₂ → the fused scores' label map and the pixels
-        decided at each stage."""
+        """Stage 2's features and M₃, the earlier scores and M₂ → the fused scores' label map, the pixels
+        decided at each stage and the fused scores' confidence."""
         g = GraphBuilder("lc_stage3", self.opset)
         feat2, mask3, scores1, scores2, mask2 = self.inputs(g, STAGE_INPUTS[2])
         _, scores3 = self.stage_body(g, 2, feat2, mask3)
@@ -202,7 +201,8 @@ class _Exporter:
         fused = self.fuse(g, nhwc(scores1), nhwc(scores2), nhwc(mask2))
         fused = self.fuse(g, fused, nhwc(scores3), nhwc(mask3), "fuse/stage123")
         labels = self.labels(g, fused)
-        self.outputs(g, dict(zip(STAGE_OUTPUTS[2], (labels, self.stage_counts(g, mask2, mask3)), strict=True)))
+        outputs = (labels, self.stage_counts(g, mask2, mask3), confidence(g, fused))
+        self.outputs(g, dict(zip(STAGE_OUTPUTS[2], outputs, strict=True)))
         return self.build(g, "Layer Cascade stage 3")
 
     def fuse(self, g: GraphBuilder, earlier: str, region_scores: str, region: str,
@@ -244,6 +244,20 @@ class _Exporter:
         labels = self.labels(g, g.node("Transpose", [scores], "labels/nhwc", perm=[0, 2, 3, 1]))
         self.outputs(g, dict(zip(DENSE_OUTPUTS, (labels,), strict=True)))
         return self.build(g, "Dense baseline, final head only")
+
+
+def partition(g: GraphBuilder, scores: str, axis: int, name: str, keepdims: int) -> str:
+    """Σ_c exp(s_c − max s) over the class ``axis`` of ``scores``: 1 / max softmax probability."""
+    axes = g.constant(f"{name}.axes", [axis])
+    peak = g.node("ReduceMax", [scores, axes], f"{name}/peak", keepdims=1)
+    shifted = g.node("Exp", [g.node("Sub", [scores, peak], f"{name}/shift")], f"{name}/exp")
+    return g.node("ReduceSum", [shifted, axes], f"{name}/partition", keepdims=keepdims)
+
+
+def confidence(g: GraphBuilder, nhwc: str) -> str:
+    """The ``confidence`` output (N, h, w): the max softmax probability of the channels-last scores ``nhwc``,
+    1 / :func:`partition` (a Reciprocal of one small map, no Softmax)."""
+    return g.node("Reciprocal", [partition(g, nhwc, 3, CONFIDENCE, keepdims=0)], CONFIDENCE)
 
 
 def check_graph(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from layercascade.contract import (
+    CONFIDENCE,
     FEAT1,
     FEAT2,
     IMAGE,
@@ -164,13 +165,15 @@ class BackendSpec:
 
 @dataclass
 class StageOutputs:
-    """A batch through the cascade: labels (N, H, W) uint8, masks (N, 1, h, w), counts (N, 3)."""
+    """A batch through the cascade: labels (N, H, W) uint8, masks (N, 1, h, w), counts (N, 3), and the fused
+    scores' max softmax probability (N, h, w) float32 (None: a model dir exported without it)."""
 
     labels: np.ndarray
     mask2: np.ndarray
     mask3: np.ndarray
     stage_counts: np.ndarray
     timings: dict[str, float]
+    confidence: np.ndarray | None = None
 
 
 class StageRunner(Protocol):
@@ -228,10 +231,11 @@ class StagedBackend:
         out3 = stage3.infer({FEAT2: out2[FEAT2], MASK3: mask3, SCORES1: out1[SCORES1], SCORES2: out2[SCORES2],
                              MASK2: mask2})
         labels, counts = self.to_host(out3[LABELS]), self.to_host(out3[STAGE_COUNTS])
+        confidence = self.to_host(out3[CONFIDENCE]) if CONFIDENCE in out3 else None
         total = (time.perf_counter() - started) * 1e3
         timings = {f"stage{k + 1}": runner.last_ms for k, runner in enumerate(self.stages)}
         timings["total"] = total
-        return StageOutputs(labels, self.to_host(mask2), self.to_host(mask3), counts, timings)
+        return StageOutputs(labels, self.to_host(mask2), self.to_host(mask3), counts, timings, confidence)
 
     def kernel_profile(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None,
                        runs: int, warmup: int) -> dict[str, tuple[float, int]]:
@@ -303,7 +307,8 @@ class JoinedGraphBackend(StagedBackend):
         out = runner.infer(self.feeds(images, rho, forced_masks))
         masks = forced_masks or (out[MASK2], out[MASK3])
         # One graph: the stages are not timed apart (``run_stages`` does, one graph each).
-        return StageOutputs(out[LABELS], masks[0], masks[1], out[STAGE_COUNTS], {"total": runner.last_ms})
+        return StageOutputs(out[LABELS], masks[0], masks[1], out[STAGE_COUNTS], {"total": runner.last_ms},
+                            out.get(CONFIDENCE))
 
     def close(self) -> None:
         self.joined = self._forced_runner = self._stages = None

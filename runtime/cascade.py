@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from layercascade.contract import Rho, RhoLike, check_rho, rho_or_default
+from layercascade.contract import CONFIDENCE, Rho, RhoLike, check_rho, rho_or_default
 from layercascade.errors import fail
 from layercascade.model.data.images import as_rgb
 from layercascade.model.data.placement import (
@@ -35,6 +35,7 @@ from layercascade.model.data.placement import (
     labels_back,
     pad_colour,
     place,
+    stage_extent,
     stage_fractions,
     stage_map_back,
     tile_grid,
@@ -84,6 +85,10 @@ class Cascade:
         self.default_rho: Rho = check_rho(manifest["default_rho"])
         batch = manifest["batch"]
         self.batch_size: int | None = None if batch["dynamic"] else int(batch["size"])
+        # Whether results carry the confidence: a model dir exported before lc.json version 3 has none (a torch
+        # checkpoint always does; its manifest lists no stage graphs).
+        stages = manifest.get("stages")
+        self.has_confidence = not stages or any(output.get("name") == CONFIDENCE for output in stages[-1]["outputs"])
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, backend: str = "auto", device: str = "cpu",
@@ -250,7 +255,8 @@ class Cascade:
 
     def _run_placed(self, images: list[np.ndarray], placements: list[Placement],
                     rho: RhoLike | None) -> list[CascadeResult]:
-        """One run of images placed at one input size: their labels and stage maps back at their own sizes."""
+        """One run of images placed at one input size: their labels, stage maps and confidence back at their own
+        sizes."""
         started = time.perf_counter()
         batch = np.stack([to_input(image, placement, self.pad_colour) for image, placement in zip(images, placements)])
         if self.batch_size is not None and len(batch) < self.batch_size:
@@ -262,8 +268,9 @@ class Cascade:
         results = []
         for index, placement in enumerate(placements):
             stage_map = stage_map_back(stage_map_of(out, index), placement)
+            confidence = None if out.confidence is None else stage_map_back(out.confidence[index], placement)
             results.append(CascadeResult(labels_back(out.labels[index], placement), stage_map,
-                                         stage_fractions(stage_map), {}))
+                                         stage_fractions(stage_map), {}, confidence, stage_extent(placement)))
         timings = {"preprocess": preprocess, **out.timings, "total": (time.perf_counter() - started) * 1e3}
         for result in results:
             result.timings = dict(timings)
@@ -277,6 +284,7 @@ class Cascade:
         tiles = tile_grid(image.shape[:2], tile, overlap)
         labels = np.empty(image.shape[:2], np.uint8)
         stage_map = np.empty((-(-image.shape[0] // SCALE), -(-image.shape[1] // SCALE)), np.uint8)
+        confidence: np.ndarray | None = np.empty(stage_map.shape, np.float32)
         step = self.batch_capacity or len(tiles)
         timings: dict[str, float] = {}
         for first in range(0, len(tiles), step):
@@ -285,11 +293,13 @@ class Cascade:
                        (t.window for t in chunk)]
             done = self._run_placed(windows, [place(w.shape[:2], self.sizes, "none") for w in windows], rho)
             for t, result in zip(chunk, done, strict=True):
-                stitch(labels, stage_map, t, result)
+                if result.confidence is None:
+                    confidence = None
+                stitch(labels, stage_map, confidence, t, result)
             for name, ms in done[0].timings.items():
                 timings[name] = timings.get(name, 0.0) + ms
         timings["total"] = (time.perf_counter() - started) * 1e3
-        return CascadeResult(labels, stage_map, stage_fractions(stage_map), timings)
+        return CascadeResult(labels, stage_map, stage_fractions(stage_map), timings, confidence)
 
     def stream(self, source: str | Path | Iterable[np.ndarray | Image.Image], rho: RhoLike | None = None,
                resize: str | None = None, realtime: bool | None = None,
@@ -334,9 +344,11 @@ def stage_map_of(out: StageOutputs, index: int) -> np.ndarray:
     return (1 + (out.mask2[index, 0] > 0) + (out.mask3[index, 0] > 0)).astype(np.uint8)
 
 
-def stitch(labels: np.ndarray, stage_map: np.ndarray, tile: Tile, result: CascadeResult) -> None:
+def stitch(labels: np.ndarray, stage_map: np.ndarray, confidence: np.ndarray | None, tile: Tile,
+           result: CascadeResult) -> None:
     """Copy a window's labels inside its core into the image's, and the stage pixels whose centres lie in its core
-    into the image's stage map (a window need not start on the stage grid: its nearest stage pixel is taken)."""
+    into the image's stage map and confidence (unless None) (a window need not start on the stage grid: its nearest
+    stage pixel is taken)."""
     top, left, _, _ = tile.window
     core_top, core_left, core_bottom, core_right = tile.core
     labels[core_top:core_bottom, core_left:core_right] = result.labels[core_top - top:core_bottom - top,
@@ -351,3 +363,5 @@ def stitch(labels: np.ndarray, stage_map: np.ndarray, tile: Tile, result: Cascad
     rows, window_rows = covered(core_top, core_bottom, height, top, result.stage_map.shape[0])
     columns, window_columns = covered(core_left, core_right, width, left, result.stage_map.shape[1])
     stage_map[np.ix_(rows, columns)] = result.stage_map[np.ix_(window_rows, window_columns)]
+    if confidence is not None:
+        confidence[np.ix_(rows, columns)] = result.confidence[np.ix_(window_rows, window_columns)]

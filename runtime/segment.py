@@ -1,5 +1,5 @@
-"""Segmenting image files: read each, run the cascade, write its label map, overlay and stage
-picture atomically, and a summary of the run (what lc-run does; the command only parses and prints).
+"""Segmenting image files: read each, run the cascade, write the outputs chosen (label map, overlay, stage
+picture, confidence) atomically, and a summary of the run (what lc-run does; the command only parses and prints).
 Videos and live sources among the inputs are segmented by ``runtime.video.segment_video``, in input order
 with the images, their records in the same summary."""
 
@@ -30,28 +30,32 @@ from layercascade.manifest import is_plain_file_name, is_sha256, open_regular, r
 from layercascade.model.data.images import MAX_PIXELS, read_rgb, resize_image, resize_labels
 from layercascade.runtime.inputs import Source, source_stem, unique_stems
 from layercascade.runtime.sources import is_video
-from layercascade.runtime.visualize import label_image, overlay, stage_picture
+from layercascade.runtime.visualize import confidence_image, label_image, overlay, stage_picture
 
 if TYPE_CHECKING:
     from layercascade.runtime.cascade import Cascade
     from layercascade.runtime.result import CascadeResult
     from layercascade.runtime.video import VideoRun
 
-# The files written per image: stem + variant + extension, and the Pillow save options.
+# The files lc-run can write per image, by their --outputs name: the file is stem + suffix, saved by Pillow with
+# these options (a .npy by numpy). A video's outputs are runtime.video.VIDEO_OUTPUTS, whatever --outputs says.
 OUTPUTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "": (".png", {}),  # palette PNG of class ids, at the image's size
-    "_overlay": (".jpg", {"quality": 90}),
+    "labels": (".png", {}),  # palette PNG of class ids, at the image's size
+    "overlay": ("_overlay.jpg", {"quality": 90}),
     # The shaded picture compresses poorly whatever the level, so the fastest level costs little size.
-    "_stages": (".png", {"compress_level": 1}),
+    "stages": ("_stages.png", {"compress_level": 1}),
+    "confidence": ("_confidence.png", {}),  # 16-bit grey at the image's size: round(p · 65535)
+    "confidence-npy": ("_confidence.npy", {}),  # float32 at the stage resolution, as the cascade computed it
 }
+DEFAULT_OUTPUTS = ("labels", "overlay", "stages")
+# The outputs that read the confidence (a model dir exported before lc.json version 3 has none).
+CONFIDENCE_OUTPUTS = ("confidence", "confidence-npy")
 SUMMARY = "summary.json"
 # The overlay and stage picture are drawn at most this size (the label map keeps the image's):
 # 16 MP keeps a 12 MP photo whole and bounds a huge image's pictures to ~0.2 GB of memory.
 PICTURE_MAX_PIXELS = 16_000_000
 # ... and at most this many pixels a side (JPEG takes 65535; a 1×10⁸ image's picture stays a picture).
 PICTURE_MAX_SIDE = 16_384
-# The names an image's outputs end with (a video's: runtime.video.VIDEO_OUTPUTS).
-IMAGE_SUFFIXES = tuple(variant + extension for variant, (extension, _) in OUTPUTS.items())
 # A summary.json over this size is refused, not read: a record of one image is ~600-700 bytes, so this holds
 # ~100,000 images', and the worst JSON of this size (`[{},{},…]`) still parses within a few GB.
 SUMMARY_MAX_BYTES = 64 << 20
@@ -73,6 +77,7 @@ class Run:
     interrupted: bool = False
     stopped: str | None = None  # why the run ended early (an output could not be written)
     earlier: dict[str, str] = field(default_factory=dict)  # earlier runs' outputs in the folder: name → sha256
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS  # what was written per image (OUTPUTS names)
 
 
 @dataclass(frozen=True)
@@ -140,10 +145,27 @@ def unwritable(folder: Path) -> OSError | None:
     return None
 
 
+def parse_outputs(text: str) -> tuple[str, ...]:
+    """``--outputs``: comma-separated names of :data:`OUTPUTS`, each once, in :data:`OUTPUTS`' order; else one line."""
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in OUTPUTS]
+    if unknown:
+        fail(f"--outputs {text!r}: unknown output {', '.join(map(repr, unknown))}; choose from {', '.join(OUTPUTS)}")
+    return tuple(name for name in OUTPUTS if name in names)
+
+
+def check_outputs(cascade: Cascade, outputs: Iterable[str]) -> None:
+    """One line if ``outputs`` ask for the confidence of a model dir exported without it."""
+    asked = [name for name in outputs if name in CONFIDENCE_OUTPUTS]
+    if asked and not cascade.has_confidence:
+        fail(f"--outputs {','.join(asked)}: {cascade.model_dir} was exported before layercascade wrote the "
+             "confidence (lc.json version 2); re-export it with lc-export")
+
+
 @dataclass
 class Segmented:
     """One image segmented, before its files are written: its summary entry (without ``outputs``) and
-    its pictures encoded, keyed by their OUTPUTS variant."""
+    its outputs encoded, keyed by their OUTPUTS name."""
 
     record: dict[str, Any]
     files: dict[str, bytes]
@@ -170,30 +192,34 @@ class VideoOptions:
 class Plan:
     """The outputs of a run's inputs, decided before any is read: which are videos, each one's output stem
     (unique among the run's outputs and the files of ``out`` it may not replace), and the files of earlier
-    runs it may replace (:func:`earlier_outputs`)."""
+    runs it may replace (:func:`earlier_outputs`); ``outputs``: the :data:`OUTPUTS` written per image."""
 
     videos: list[bool]
     stems: list[str]
     earlier: dict[str, str]
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
 
     @classmethod
-    def make(cls, paths: list[Source], out: Path, earlier: dict[str, str] | None = None) -> Plan:
+    def make(cls, paths: list[Source], out: Path, earlier: dict[str, str] | None = None,
+             outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> Plan:
         from layercascade.runtime.video import VIDEO_OUTPUTS  # here: runtime.video imports this module
 
         earlier = earlier_outputs(out) if earlier is None else earlier
         videos = [is_video(path) for path in paths]
-        stems = unique_stems([(source_stem(path), VIDEO_OUTPUTS if video else IMAGE_SUFFIXES)
+        image_suffixes = tuple(OUTPUTS[name][0] for name in outputs)
+        stems = unique_stems([(source_stem(path), VIDEO_OUTPUTS if video else image_suffixes)
                               for path, video in zip(paths, videos, strict=True)],
                              in_use=files_in(out) - set(earlier) - {SUMMARY})
-        return cls(videos, stems, earlier)
+        return cls(videos, stems, earlier, outputs)
 
 
 def segment_all(cascade: Cascade, paths: list[Source], out: Path, *, rho: RhoLike | None, strict: bool,
                 progress: bool, read: ImageOptions = ImageOptions(), earlier: dict[str, str] | None = None,
-                video: VideoOptions = VideoOptions()) -> Run:
-    """Segment every input, one after another, and write its outputs: an image's pictures through
+                video: VideoOptions = VideoOptions(), outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> Run:
+    """Segment every input, one after another, and write its outputs: an image's ``outputs`` through
     :func:`write_all` (all of an image's files or none), a video's containers by :func:`segment_one_video`."""
-    plan = Plan.make(paths, out, earlier)
+    check_outputs(cascade, outputs)
+    plan = Plan.make(paths, out, earlier, outputs)
 
     def outcomes() -> Iterator[Outcome]:
         for index, path in enumerate(paths):
@@ -203,7 +229,7 @@ def segment_all(cascade: Cascade, paths: list[Source], out: Path, *, rho: RhoLik
                     outcome = segment_one_video(cascade, path, out, plan.stems[index], rho=rho, read=read,
                                                 video=video, progress=progress)
                 else:
-                    outcome = segment_file(cascade, path, rho, read)
+                    outcome = segment_file(cascade, path, rho, read, outputs)
             except LCError as error:
                 outcome = error
             yield index, outcome
@@ -236,7 +262,7 @@ def write_all(outcomes: Iterable[Outcome], paths: list[Source], out: Path, plan:
     in ``out`` this run may replace; the others are never replaced. The records and failures are listed in
     input order, however the outcomes came.
     """
-    run = Run(earlier=plan.earlier)
+    run = Run(earlier=plan.earlier, outputs=plan.outputs)
     stems = plan.stems
     with tqdm(total=len(paths), desc="lc-run", unit="input", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
@@ -255,8 +281,8 @@ def write_all(outcomes: Iterable[Outcome], paths: list[Source], out: Path, plan:
                     reason = failure_reason(outcome, path)
                 else:
                     try:
-                        staged = stage({out / f"{stems[index]}{variant}{OUTPUTS[variant][0]}": data
-                                        for variant, data in outcome.files.items()})
+                        staged = stage({out / f"{stems[index]}{OUTPUTS[name][0]}": data
+                                        for name, data in outcome.files.items()})
                         # Renamed and recorded together: a Ctrl-C waits until the image is listed as done.
                         with interrupts_deferred():
                             commit(staged)
@@ -284,10 +310,12 @@ def write_all(outcomes: Iterable[Outcome], paths: list[Source], out: Path, plan:
     return run
 
 
-def segment_file(cascade: Cascade, path: Path, rho: RhoLike | None, read: ImageOptions = ImageOptions()) -> Segmented:
-    """Read and segment one image and encode its pictures (:class:`LCError` if it cannot be)."""
+def segment_file(cascade: Cascade, path: Path, rho: RhoLike | None, read: ImageOptions = ImageOptions(),
+                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> Segmented:
+    """Read and segment one image and encode its ``outputs`` (:class:`LCError` if it cannot be)."""
     image, result, ms = segment(cascade, path, rho, read)
-    return Segmented(image_record(path, image, result, ms), encode(render(image, result, cascade.palette)))
+    return Segmented(image_record(path, image, result, ms), encode(render(image, result, cascade.palette,
+                                                                          outputs=outputs)))
 
 
 def files_in(out: Path) -> set[str]:
@@ -382,17 +410,22 @@ def failure_reason(error: LCError, path: Path) -> str:
     return str(error).removeprefix(f"{path}: ")
 
 
-def render(image: np.ndarray, result: CascadeResult, palette: np.ndarray,
-           max_pixels: int = PICTURE_MAX_PIXELS) -> dict[str, Image.Image]:
-    """The pictures of one result, keyed by their OUTPUTS variant: the label map at the image's
-    size, the overlay and stage picture at most ``max_pixels`` (scaled down, aspect kept)."""
+def render(image: np.ndarray, result: CascadeResult, palette: np.ndarray, max_pixels: int = PICTURE_MAX_PIXELS,
+           outputs: Iterable[str] = DEFAULT_OUTPUTS) -> dict[str, Image.Image | np.ndarray]:
+    """The ``outputs`` of one result, keyed by their OUTPUTS name: the label map and the confidence picture at the
+    image's size, the overlay and stage picture at most ``max_pixels`` (scaled down, aspect kept), the confidence
+    array at the stage resolution."""
+    outputs = set(outputs)
     size = picture_size(image.shape[:2], max_pixels)
-    shown = resize_image(image, size)
-    return {
-        "": label_image(result.labels, palette),
-        "_overlay": overlay(shown, resize_labels(result.labels, size), palette),
-        "_stages": stage_picture(shown, result.stage_map),
+    shown = resize_image(image, size) if outputs & {"overlay", "stages"} else image
+    draw = {
+        "labels": lambda: label_image(result.labels, palette),
+        "overlay": lambda: overlay(shown, resize_labels(result.labels, size), palette),
+        "stages": lambda: stage_picture(shown, result.stage_map),
+        "confidence": lambda: confidence_image(result.confidence_at_image_size()),
+        "confidence-npy": result.checked_confidence,
     }
+    return {name: draw[name]() for name in OUTPUTS if name in outputs}
 
 
 def picture_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
@@ -414,14 +447,17 @@ class Staged:
     sha256: dict[str, str]
 
 
-def encode(pictures: dict[str, Image.Image]) -> dict[str, bytes]:
-    """Each picture encoded as its OUTPUTS variant is saved (the bytes of the file)."""
+def encode(pictures: dict[str, Image.Image | np.ndarray]) -> dict[str, bytes]:
+    """Each output encoded as its OUTPUTS name is saved (the bytes of the file): pictures by Pillow, arrays as .npy."""
     files = {}
-    for variant, picture in pictures.items():
-        extension, options = OUTPUTS[variant]
+    for name, picture in pictures.items():
+        suffix, options = OUTPUTS[name]
         buffer = io.BytesIO()
-        picture.save(buffer, format=Image.registered_extensions()[extension], **options)
-        files[variant] = buffer.getvalue()
+        if isinstance(picture, np.ndarray):
+            np.save(buffer, picture, allow_pickle=False)
+        else:
+            picture.save(buffer, format=Image.registered_extensions()[suffix[suffix.rindex("."):]], **options)
+        files[name] = buffer.getvalue()
     return files
 
 
@@ -538,6 +574,7 @@ def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho:
         "precision": precision,  # what the backend computed in (Cascade.precision)
         "model": str(model),
         "rho": rho_value(rho),
+        "outputs": list(run.outputs),  # the OUTPUTS written per image (lc-run --outputs)
         "results": records,
         # Outputs of runs before found in the folder (with their content's sha256, as each record has its
         # own): the next run may replace them too, while their content is still this.

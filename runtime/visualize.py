@@ -18,6 +18,8 @@ STAGE_COLOURS = ((120, 120, 120), (230, 159, 0), (204, 60, 160))
 _LEGEND_BACKGROUND = (28, 28, 30)
 _LEGEND_TEXT = (235, 235, 235)
 _TILE_PIXELS = 1 << 20
+# A confidence picture's scale: 16-bit grey levels, 65535 = probability 1 (docs/run.md).
+CONFIDENCE_LEVELS = 65535
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -101,6 +103,12 @@ def stage_picture(image: np.ndarray, stage_map: np.ndarray) -> Image.Image:
         canvas[rows] = np.rint(colours[stages[rows] - 1] * shade).astype(np.uint8)
     canvas[height:] = np.asarray(legend)
     return Image.fromarray(canvas)
+
+
+def confidence_image(confidence: np.ndarray) -> Image.Image:
+    """A 16-bit grayscale picture of a confidence map (values in [0, 1]): pixel = round(p · 65535)."""
+    levels = np.round(np.clip(np.asarray(confidence, np.float32), 0, 1) * CONFIDENCE_LEVELS).astype(np.uint16)
+    return Image.fromarray(levels)
 
 
 def _row_tiles(height: int, width: int) -> list[slice]:

@@ -47,6 +47,7 @@ from layercascade.serve.http import (
     Limits,
     RhoUsed,
     SegmentQuery,
+    check_answer_outputs,
     check_segment_request,
     decode_image,
     error_body,
@@ -190,9 +191,10 @@ class CascadeServer:
             if query.deadline_ms is not None and self.controller is None:
                 raise HTTPProblem(400, "deadline_ms needs a service with a latency target (lc-serve --target-ms) on "
                                        "a model tuned by lc-tune; give rho instead")
+            check_answer_outputs(query, self.cascade.has_confidence)
             with self.upload_slot():
                 body = await read_body(request.stream(), limits)
-                return await self.segment_body(body, query, wants_json(request.headers.get("accept")))
+                return await self.segment_body(body, query, wants_json(request.headers.get("accept"), query))
         except HTTPProblem as problem:
             if body is None:  # refused before its body was read: close rather than wait for the rest of it
                 problem.headers["Connection"] = "close"
@@ -226,7 +228,7 @@ class CascadeServer:
                 raise result
             milliseconds = (self.clock() - started) * 1e3
             content, media_type, headers = await asyncio.to_thread(
-                segment_answer, result, self.cascade.palette, milliseconds, as_json, used)
+                segment_answer, result, self.cascade.palette, milliseconds, as_json, used, query.outputs)
         finally:
             self.working -= 1
         if self.controller is not None:  # the runs of the model that wait behind this answer

@@ -29,7 +29,7 @@ from layercascade.contract import RhoLike
 from layercascade.errors import LCError, fail
 from layercascade.runtime.inputs import Source
 from layercascade.runtime.segment import (
-    OUTPUTS,
+    DEFAULT_OUTPUTS,
     ImageOptions,
     Outcome,
     Plan,
@@ -48,33 +48,37 @@ if TYPE_CHECKING:
 
 # How long a cancelled video task may take to finalise its files (flush the encoders, rename).
 CANCEL_WAIT_S = 60
-# The columns holding an image's encoded pictures, one per OUTPUTS variant ("" is the label map).
-FILE_COLUMNS = {variant: f"file{variant}" for variant in OUTPUTS}
+def file_column(output: str) -> str:
+    """The column holding an image's encoded ``output`` (an OUTPUTS name)."""
+    return f"file_{output}"
 
 
 class SegmentWorker:
     """A Ray Data actor: one Cascade, a batch of (index, path) rows in, their outcomes out."""
 
-    def __init__(self, model: str | None, load: dict[str, Any], rho: RhoLike | None, read: ImageOptions) -> None:
+    def __init__(self, model: str | None, load: dict[str, Any], rho: RhoLike | None, read: ImageOptions,
+                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> None:
         from layercascade.runtime.cascade import Cascade
 
         self.cascade = Cascade.load(model, **load)
         self.rho = rho
         self.read = read
+        self.outputs = outputs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        columns: dict[str, list[Any]] = {"index": [], "error": [], "record": [], **{c: [] for c in FILE_COLUMNS.values()}}
+        columns: dict[str, list[Any]] = {"index": [], "error": [], "record": [],
+                                         **{file_column(name): [] for name in self.outputs}}
         for index, path in zip(batch["index"], batch["path"], strict=True):
             try:
-                done = segment_file(self.cascade, Path(path), self.rho, self.read)
+                done = segment_file(self.cascade, Path(path), self.rho, self.read, self.outputs)
                 error, record, files = "", json.dumps(done.record), done.files
             except LCError as failure:  # the reason only: the driver names the input as the user did
-                error, record, files = failure_reason(failure, Path(path)), "", dict.fromkeys(OUTPUTS, b"")
+                error, record, files = failure_reason(failure, Path(path)), "", dict.fromkeys(self.outputs, b"")
             columns["index"].append(int(index))
             columns["error"].append(error)
             columns["record"].append(record)
-            for variant, column in FILE_COLUMNS.items():
-                columns[column].append(files[variant])
+            for name in self.outputs:
+                columns[file_column(name)].append(files[name])
         return {name: np.array(values, dtype=object if name != "index" else np.int64)
                 for name, values in columns.items()}
 
@@ -96,7 +100,7 @@ def segment_video_task(model: str | None, load: dict[str, Any], source: str, out
 def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Source], out: Path, *,
                     rho: RhoLike | None, strict: bool, progress: bool, read: ImageOptions = ImageOptions(),
                     earlier: dict[str, str] | None = None, address: str | None = None, workers: int | None = None,
-                    video: VideoOptions = VideoOptions()) -> Run:
+                    video: VideoOptions = VideoOptions(), outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> Run:
     """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
     actors (default: one per CPU of the cluster, or per GPU for a model on a GPU), each loading the model with ``load``
     (``Cascade.load``'s keyword arguments), then the videos by one Ray task each, ``workers`` at a time (files
@@ -104,7 +108,7 @@ def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Source]
     # Ray's C++ core tells this process's stderr, at error level, that Ray Data's actors keep their
     # constructor arguments in the object store (a note, not a failure: failures raise in Python).
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    plan = Plan.make(paths, out, earlier)
+    plan = Plan.make(paths, out, earlier, outputs)
     started_ray = connect(address)
     try:
         return write_all(outcomes(model, load, paths, rho, read, workers, plan, out, video), paths, out, plan,
@@ -128,7 +132,7 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Source], rho: 
     try:
         images = [index for index, is_video in enumerate(plan.videos) if not is_video]
         if images:
-            yield from image_outcomes(model, load, paths, images, rho, read, gpus, workers)
+            yield from image_outcomes(model, load, paths, images, rho, read, gpus, workers, plan.outputs)
         task = ray.remote(segment_video_task).options(num_cpus=1, num_gpus=gpus)
         waiting = [index for index, is_video in enumerate(plan.videos) if is_video]
         running: dict[ray.ObjectRef, int] = {}  # at most `workers` videos at once
@@ -169,7 +173,8 @@ def video_outcome(done: VideoRun | str, source: Source) -> VideoRun | LCError:
 
 
 def image_outcomes(model: str | None, load: dict[str, Any], paths: list[Source], images: list[int],
-                   rho: RhoLike | None, read: ImageOptions, gpus: float, workers: int) -> Iterator[Outcome]:
+                   rho: RhoLike | None, read: ImageOptions, gpus: float, workers: int,
+                   outputs: tuple[str, ...]) -> Iterator[Outcome]:
     """The images' results (``images``: their indices in ``paths``) from a Ray Data pipeline, in input order."""
     context = ray.data.DataContext.get_current()
     # Ray Data's progress lines would break lc-run's bar (its logging is configured on import: set after).
@@ -180,7 +185,8 @@ def image_outcomes(model: str | None, load: dict[str, Any], paths: list[Source],
     # Ray Data's actors are restarted when they die and their tasks retried, as often as it takes (its
     # defaults: max_restarts = max_task_retries = -1).
     dataset = dataset.map_batches(
-        SegmentWorker, fn_constructor_kwargs={"model": model, "load": load, "rho": rho, "read": read},
+        SegmentWorker, fn_constructor_kwargs={"model": model, "load": load, "rho": rho, "read": read,
+                                              "outputs": outputs},
         batch_size=1, concurrency=min(workers, len(images)), num_cpus=1, num_gpus=gpus, batch_format="numpy")
     for row in dataset.iter_rows():
         index = int(row["index"])
@@ -188,4 +194,4 @@ def image_outcomes(model: str | None, load: dict[str, Any], paths: list[Source],
             yield index, LCError(f"{paths[index]}: {row['error']}")
         else:
             record = {**json.loads(row["record"]), "input": str(paths[index])}  # as the user named it
-            yield index, Segmented(record, {variant: bytes(row[column]) for variant, column in FILE_COLUMNS.items()})
+            yield index, Segmented(record, {name: bytes(row[file_column(name)]) for name in outputs})

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import math
 import urllib.parse
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from layercascade.contract import Rho, format_rho, rho_from_text, rho_value
 from layercascade.errors import LCError
@@ -23,7 +25,7 @@ from layercascade.manifest import model_hash
 from layercascade.model.data.images import ImageTooLarge, read_rgb
 from layercascade.model.data.placement import RESIZE_MODES
 from layercascade.runtime.segment import encode
-from layercascade.runtime.visualize import label_image
+from layercascade.runtime.visualize import confidence_image, label_image
 
 if TYPE_CHECKING:
     from layercascade.runtime.cascade import Cascade
@@ -161,19 +163,28 @@ def check_declared_length(value: str | None, limits: Limits) -> None:
         raise HTTPProblem(413, body_too_large(limits))
 
 
+# The maps a segment answer can carry (?outputs=): the label map (palette PNG at the image's size), the confidence
+# (16-bit grey PNG at the image's size, round(p · 65535)), the stage map (8-bit grey PNG at the stage resolution,
+# 1, 2 or 3: the stage that decided the pixel).
+ANSWER_OUTPUTS = ("labels", "confidence", "stages")
+
+
 @dataclass(frozen=True)
 class SegmentQuery:
     """What a segment request asks for in its query: ``rho`` (None: the model's default, or the latency
-    controller's choice), ``resize`` (None: the model's default; ``model/data/placement.py``) and ``deadline_ms``
-    (lc-serve ``--target-ms`` only: the most accurate ρ expected to answer within it). Requests of equal ρ and
-    resize run in one batch."""
+    controller's choice), ``resize`` (None: the model's default; ``model/data/placement.py``), ``deadline_ms``
+    (lc-serve ``--target-ms`` only: the most accurate ρ expected to answer within it) and the maps of the answer,
+    ``outputs``. Requests of equal ρ and resize run in one batch (``outputs`` shapes only the answer, so it does not
+    count in comparisons)."""
 
     rho: Rho | None = None
     resize: str | None = None
     deadline_ms: float | None = None
+    outputs: tuple[str, ...] = field(default=("labels",), compare=False)
 
 
-QUERY_HELP = "/v1/segment takes ?rho=R or ?rho=R2,R3 (or ?deadline_ms=T) and ?resize=fit|stretch|none"
+QUERY_HELP = ("/v1/segment takes ?rho=R or ?rho=R2,R3 (or ?deadline_ms=T), ?resize=fit|stretch|none and ?outputs= "
+              f"(comma-separated: {', '.join(ANSWER_OUTPUTS)})")
 # The longest deadline a request may set (ms): ten minutes, beyond any answer worth waiting for.
 MAX_DEADLINE_MS = 600_000.0
 
@@ -192,12 +203,12 @@ class RhoUsed:
 
 def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits) -> SegmentQuery:
     """The checks of ``POST /v1/segment`` that need no body: the content type (415), the declared
-    length (413; 400 when not a number) and the query (400: only ``rho`` and ``resize``, each given at most
-    once); returns what the query asks for."""
+    length (413; 400 when not a number) and the query (400: only ``rho``, ``resize`` and ``outputs``, each given at
+    most once); returns what the query asks for."""
     check_content_type(headers.get("content-type"))
     check_declared_length(headers.get("content-length"), limits)
     fields = urllib.parse.parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(fields) - {"rho", "resize", "deadline_ms"})
+    unknown = sorted(set(fields) - {"rho", "resize", "deadline_ms", "outputs"})
     if unknown:
         raise HTTPProblem(400, f"unknown query parameter {unknown[0][:40]!r}: {QUERY_HELP}")
     repeated = [name for name, values in fields.items() if len(values) > 1]
@@ -209,8 +220,9 @@ def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits
     if "rho" in fields and "deadline_ms" in fields:
         raise HTTPProblem(400, "give rho or deadline_ms, not both: rho fixes the thresholds, deadline_ms lets the "
                                "service pick them")
+    outputs = parse_answer_outputs(fields["outputs"][0]) if "outputs" in fields else ("labels",)
     return SegmentQuery(parse_rho(fields["rho"][0] if "rho" in fields else None), resize,
-                        parse_deadline(fields["deadline_ms"][0] if "deadline_ms" in fields else None))
+                        parse_deadline(fields["deadline_ms"][0] if "deadline_ms" in fields else None), outputs)
 
 
 def parse_deadline(value: str | None) -> float | None:
@@ -226,6 +238,22 @@ def parse_deadline(value: str | None) -> float | None:
         raise HTTPProblem(400, f"deadline_ms must be a number of milliseconds in (0, {MAX_DEADLINE_MS:g}], "
                                f"got {shown!r}")
     return deadline
+
+
+def parse_answer_outputs(value: str) -> tuple[str, ...]:
+    """The query's ``outputs``: names of :data:`ANSWER_OUTPUTS`, comma-separated, in that order; 400 otherwise."""
+    names = value.split(",")
+    unknown = [name for name in names if name not in ANSWER_OUTPUTS]
+    if unknown:
+        raise HTTPProblem(400, f"outputs: {unknown[0][:40]!r} is not one of {', '.join(ANSWER_OUTPUTS)}")
+    return tuple(name for name in ANSWER_OUTPUTS if name in names)
+
+
+def check_answer_outputs(query: SegmentQuery, has_confidence: bool) -> None:
+    """400 when the query asks for the confidence of a model exported without it."""
+    if "confidence" in query.outputs and not has_confidence:
+        raise HTTPProblem(400, "outputs=confidence: the served model was exported before layercascade wrote the "
+                               "confidence (lc.json version 2); its operator must re-export it with lc-export")
 
 
 async def read_body(chunks: AsyncIterable[bytes], limits: Limits) -> bytes:
@@ -285,22 +313,38 @@ def parse_rho(value: str | None) -> Rho | None:
         raise HTTPProblem(400, str(error)) from None
 
 
-def wants_json(accept: str | None) -> bool:
-    """Whether the client asked for the JSON answer (``Accept: application/json``) over the PNG."""
-    return JSON in (accept or "").lower()
+def wants_json(accept: str | None, query: SegmentQuery = SegmentQuery()) -> bool:
+    """Whether the answer is JSON: the client asked for it (``Accept: application/json``), or for maps other than
+    the label map alone (one PNG cannot carry them)."""
+    return JSON in (accept or "").lower() or query.outputs != ("labels",)
 
 
 def png_bytes(labels: np.ndarray, palette: np.ndarray) -> bytes:
     """The palette PNG of a label map (the bytes lc-run writes as ``<stem>.png``: its encoder)."""
-    return encode({"": label_image(labels, palette)})[""]
+    return encode({"labels": label_image(labels, palette)})["labels"]
+
+
+def answer_pngs(result: CascadeResult, palette: np.ndarray, outputs: Iterable[str]) -> dict[str, bytes]:
+    """The PNG of each of ``outputs`` (:data:`ANSWER_OUTPUTS`) of a result."""
+    def png(picture: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    draw = {
+        "labels": lambda: png_bytes(result.labels, palette),
+        "confidence": lambda: png(confidence_image(result.confidence_at_image_size())),
+        "stages": lambda: png(Image.fromarray(result.stage_map)),
+    }
+    return {name: draw[name]() for name in outputs}
 
 
 def segment_answer(result: CascadeResult, palette: np.ndarray, milliseconds: float, as_json: bool,
-                   used: RhoUsed) -> tuple[bytes, str, dict[str, str]]:
+                   used: RhoUsed, outputs: tuple[str, ...] = ("labels",)) -> tuple[bytes, str, dict[str, str]]:
     """(body, media type, headers) of a segmentation: the palette PNG of the labels at the image's
-    size, or JSON holding it in base64; either way the stage fractions, the time and the thresholds ``used``
-    (with their source and expected mIoU cost) in headers."""
-    png = png_bytes(result.labels, palette)
+    size, or JSON holding the PNGs of ``outputs`` in base64 (``<name>_png``); either way the stage fractions, the
+    time and the thresholds ``used`` (with their source and expected mIoU cost) in headers."""
+    pngs = answer_pngs(result, palette, outputs if as_json else ("labels",))
     fractions = [round(float(f), 6) for f in result.stage_fractions]
     headers = {"X-LC-Stage-Fractions": ",".join(str(f) for f in fractions),
                "X-LC-Milliseconds": f"{milliseconds:.3f}", "X-LC-Rho": format_rho(used.rho),
@@ -308,10 +352,11 @@ def segment_answer(result: CascadeResult, palette: np.ndarray, milliseconds: flo
     if used.expected_miou_cost is not None:
         headers["X-LC-Expected-mIoU-Cost"] = f"{used.expected_miou_cost:g}"
     if not as_json:
-        return png, PNG, headers
-    body = {"labels_png": base64.b64encode(png).decode(), "stage_fractions": fractions,
-            "size": [int(result.labels.shape[0]), int(result.labels.shape[1])], "ms": round(milliseconds, 3),
-            "rho": rho_value(used.rho), "rho_source": used.source, "expected_miou_cost": used.expected_miou_cost}
+        return pngs["labels"], PNG, headers
+    body = {**{f"{name}_png": base64.b64encode(png).decode() for name, png in pngs.items()},
+            "stage_fractions": fractions, "size": [int(result.labels.shape[0]), int(result.labels.shape[1])],
+            "ms": round(milliseconds, 3), "rho": rho_value(used.rho), "rho_source": used.source,
+            "expected_miou_cost": used.expected_miou_cost}
     return json.dumps(body).encode(), JSON, headers
 
 
@@ -327,6 +372,7 @@ def model_description(cascade: Cascade, name: str) -> dict[str, Any]:
         "input_size": list(cascade.input_size),
         "default_rho": rho_value(cascade.default_rho),  # one number, or [ρ₂, ρ₃] when the stages differ
         "batch_capacity": cascade.batch_capacity,
+        "outputs": [name for name in ANSWER_OUTPUTS if name != "confidence" or cascade.has_confidence],
         "backend": cascade.backend,
         "precision": cascade.precision,  # what the backend computes in (auto's bf16 on such a CPU)
         "quantization": cascade.manifest.get("quantization", {}).get("precision"),

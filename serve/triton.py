@@ -2,7 +2,8 @@
 
 * An ONNX model dir becomes one model: the three stage graphs joined and lowered to standard ONNX
   ops (what the ONNX Runtime / OpenVINO backends run), with inputs ``image``, ``rho2`` and ``rho3``
-  and outputs ``labels`` and ``stage_counts``. For Triton's ``onnxruntime`` backend it is
+  and outputs ``labels``, ``stage_counts`` and ``confidence`` (stage resolution; none from a model dir exported
+  before lc.json version 3). For Triton's ``onnxruntime`` backend it is
   ``model.onnx``; for its ``openvino`` backend the OpenVINO IR (``model.xml`` + ``model.bin``). A
   dynamic-batch export gets Triton's dynamic batching: every request then carries its own thresholds
   (shape [1] each per image; the graph compares each image's pixels with its own), so requests with
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.contract import LABELS, RHO, STAGE_COUNTS, STAGE_RHOS
+from layercascade.contract import CONFIDENCE, LABELS, RHO, STAGE_COUNTS, STAGE_RHOS
 from layercascade.errors import fail
 from layercascade.manifest import check_folder_target, read_manifest, replace_folder, sha256_file, staging_folder
 from layercascade.runtime.trt.engines import METADATA, is_engine_dir, read_metadata
@@ -171,8 +172,9 @@ def marker(source: Path, platform: str, **details: Any) -> str:
 
 # -- a model dir: one model of the joined, lowered graph --------------------------------------------
 def triton_graph(source: Path, manifest: dict[str, Any], platform: str, batched: bool) -> Any:
-    """The joined, lowered cascade graph as Triton gets it: only ``labels`` and ``stage_counts`` out, no
-    custom-op functions left, and (``batched``) each threshold input taken per image."""
+    """The joined, lowered cascade graph as Triton gets it: only ``labels``, ``stage_counts`` and (where the export
+    has it) ``confidence`` out, no custom-op functions left, and (``batched``) each threshold input taken per
+    image."""
     import onnx
 
     from layercascade.export.graph import check_stage_graphs, load_onnx
@@ -195,7 +197,7 @@ def triton_graph(source: Path, manifest: dict[str, Any], platform: str, batched:
     if any(node.domain not in ("", "ai.onnx") for node in model.graph.node):
         fail(f"{source}: its RegionConv layers could not be lowered to standard ops, which Triton's "
              f"{platform} backend needs; re-export the model")
-    kept = [output for output in model.graph.output if output.name in (LABELS, STAGE_COUNTS)]
+    kept = [output for output in model.graph.output if output.name in (LABELS, STAGE_COUNTS, CONFIDENCE)]
     del model.graph.output[:]
     model.graph.output.extend(kept)
     del model.functions[:]
@@ -332,7 +334,8 @@ def ensemble_models(source: Path, name: str, instances: int) -> list[tuple[str, 
     outputs = {t.name: t for stage in stages for t in tensors(stage["outputs"])}
     produced = set(outputs)
     ensemble = ModelConfig(name, [t for n, t in inputs.items() if n not in produced],
-                           [outputs[LABELS], outputs[STAGE_COUNTS]], platform="ensemble", ensemble_steps=steps)
+                           [outputs[name] for name in (LABELS, STAGE_COUNTS, CONFIDENCE) if name in outputs],
+                           platform="ensemble", ensemble_steps=steps)
 
     def write_ensemble(folder: Path) -> None:
         (folder / "1").mkdir()  # Triton wants a version folder, empty for an ensemble

@@ -31,6 +31,7 @@ class FakeCascade:
     default_rho = (0.985, 0.985)
     backend = "fake"
     precision = "fp32"
+    has_confidence = False  # its results carry none
 
     def __init__(self, model_dir: str | None, backend: str, device: str) -> None:
         self.load_args = (model_dir, backend, device)

@@ -89,7 +89,8 @@ def test_graphs_are_readable_and_follow_the_contract(tiny_model) -> None:
     io = {s["file"]: ([i["name"] for i in s["inputs"]], [o["name"] for o in s["outputs"]]) for s in manifest["stages"]}
     assert io["stage1.onnx"] == (["image", "rho"], ["feat1", "scores1", "mask2"])
     assert io["stage2.onnx"] == (["feat1", "mask2", "rho"], ["feat2", "scores2", "mask3"])
-    assert io["stage3.onnx"] == (["feat2", "mask3", "scores1", "scores2", "mask2"], ["labels", "stage_counts"])
+    assert io["stage3.onnx"] == (["feat2", "mask3", "scores1", "scores2", "mask2"],
+                                 ["labels", "stage_counts", "confidence"])
     # contract.py, which every backend reads the names from, says the same
     assert [io[f"stage{k + 1}.onnx"] for k in range(3)] == [(list(i), list(o)) for i, o in zip(STAGE_INPUTS,
                                                                                                STAGE_OUTPUTS)]

@@ -76,7 +76,7 @@ def version_1_copy(target: Path) -> Path:
     """The demo model dir as layercascade wrote it before per-stage thresholds: version 1, one default ρ."""
     shutil.copytree(DEMO_MODEL, target)
     manifest = json.loads((target / "lc.json").read_text())
-    assert manifest["version"] == VERSION == 2 and manifest["default_rho"] == [0.985, 0.985]
+    assert manifest["version"] == VERSION == 3 and manifest["default_rho"] == [0.985, 0.985]
     manifest.update(version=1, default_rho=0.985)
     (target / "lc.json").write_text(json.dumps(manifest))
     return target

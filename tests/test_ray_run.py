@@ -51,6 +51,18 @@ def test_ray_run_gives_lc_runs_outputs_and_summary(tmp_path, ray_session) -> Non
     assert ray_summary["images"] == 12 and ray_summary["failed"][0]["input"].endswith("broken.jpg")
 
 
+def test_ray_run_writes_the_outputs_chosen(tmp_path, ray_session) -> None:
+    folder = inputs(tmp_path / "in", 1)
+    chosen = ["--outputs", "labels,confidence,confidence-npy"]
+    assert run_lc([folder, "-o", tmp_path / "local", "--quiet", *chosen]) == 1
+    assert run_lc([folder, "-o", tmp_path / "ray", "--quiet", "--ray", "--workers", "1", *chosen]) == 1
+    written = outputs(tmp_path / "ray")
+    assert written == outputs(tmp_path / "local") and len(written) == 3 * 4
+    assert {name.split("_", 1)[-1] if "_" in name else "png" for name in written} == {
+        "confidence.png", "confidence.npy", "png"}
+    assert json.loads((tmp_path / "ray" / "summary.json").read_text())["outputs"] == chosen[1].split(",")
+
+
 def test_ray_run_strict_stops_at_the_first_failure_in_input_order(tmp_path, ray_session) -> None:
     folder = inputs(tmp_path / "in", 1)
     for name in ("local", "ray"):

@@ -241,13 +241,13 @@ def test_pictures_are_drawn_at_a_bounded_size_and_the_label_map_at_the_image_siz
     image = gradient(1500, 2000)
     result = FakeCascade(None, "fake", "cpu")(image)
     pictures = render(image, result, VOC_PALETTE, max_pixels=300_000)
-    assert pictures[""].size == (2000, 1500)
-    np.testing.assert_array_equal(np.asarray(pictures[""]), fake_labels(image))
-    width, height = pictures["_overlay"].size
+    assert pictures["labels"].size == (2000, 1500)
+    np.testing.assert_array_equal(np.asarray(pictures["labels"]), fake_labels(image))
+    width, height = pictures["overlay"].size
     assert width * height <= 300_000 and abs(width / height - 4 / 3) < 0.01
-    assert pictures["_stages"].width == width and pictures["_stages"].height > height  # plus the legend
+    assert pictures["stages"].width == width and pictures["stages"].height > height  # plus the legend
     small = render(image[:300, :400], FakeCascade(None, "fake", "cpu")(image[:300, :400]), VOC_PALETTE, 300_000)
-    assert small["_overlay"].size == (400, 300)  # within the bound: drawn as it is
+    assert small["overlay"].size == (400, 300)  # within the bound: drawn as it is
     assert picture_size((1, 100_000_000), 16_000_000) == (1, 16_384)  # a side is bounded too
 
 
@@ -394,8 +394,8 @@ TAMPERED = {
     "default_rho one of two": (lambda f, m: m.update(default_rho=[0.9]), "lc.json: default_rho [0.9] is not [rho2, "
                                "rho3]"),
     "default_rho [0.9, 2]": (lambda f, m: m.update(default_rho=[0.9, 2]), "lc.json: default_rho [0.9, 2] is not"),
-    "format version 3": (lambda f, m: m.update(version=3), "lc.json: manifest format version 3 is newer than this "
-                         "layercascade reads (2); upgrade layercascade"),
+    "format version 4": (lambda f, m: m.update(version=4), "lc.json: manifest format version 4 is newer than this "
+                         "layercascade reads (3); upgrade layercascade"),
     "contract output missing": (without_output("mask3"), "stage2.onnx: its outputs are not the stage contract's "
                                 "['feat2', 'scores2', 'mask3'] (missing ['mask3'], extra [])"),
     "op ONNX Runtime lacks": (with_unknown_op, "stage1.onnx: ONNX Runtime cannot load it ("),

@@ -70,7 +70,7 @@ def test_summary_content(tmp_path: Path, fake: type[FakeCascade]) -> None:
     assert run_lc([tmp_path / "small.png", tmp_path / "bright.png", "-o", out, "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"images", "videos", "frames", "dropped", "decode_errors", "failed", "interrupted",
-                            "stopped", "mean_ms", "stage_fractions", "backend", "precision", "model", "rho", "results",
+                            "stopped", "mean_ms", "stage_fractions", "backend", "precision", "model", "rho", "outputs", "results",
                             "earlier_outputs"}
     assert summary["videos"] == summary["frames"] == summary["dropped"] == summary["decode_errors"] == 0
     assert summary["interrupted"] is False and summary["stopped"] is None and summary["earlier_outputs"] == {}

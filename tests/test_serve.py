@@ -224,6 +224,27 @@ def test_the_resize_mode_is_a_query_parameter(demo_service) -> None:
         assert refused.status_code == 400 and "resize 'squash' is not one of fit, stretch, none" in refused.json()["error"]
 
 
+def test_the_maps_asked_for_come_in_json(demo_service) -> None:
+    """?outputs=confidence,stages: JSON with the local Cascade's confidence (16-bit PNG) and stage map."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    with Cascade.load(None) as cascade, httpx.Client(timeout=60) as client:
+        assert "confidence" in client.get(f"{demo_service.url}/v1/model").json()["outputs"]
+        response = client.post(f"{demo_service.url}/v1/segment?outputs=confidence,stages&rho=0.9",
+                               content=JPEG.read_bytes())
+        result = cascade(read_rgb(JPEG), 0.9)
+    answer = response.json()
+    assert response.status_code == 200 and set(answer) == {"confidence_png", "stages_png", "stage_fractions", "size",
+                                                           "ms"}
+    confidence = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["confidence_png"])))) / 65535
+    assert np.abs(confidence - result.confidence_at_image_size()).max() <= 1 / 65535
+    stages = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["stages_png"]))))
+    assert np.array_equal(stages, result.stage_map)
+
+
 def test_bad_requests_get_their_4xx_and_the_service_keeps_serving(demo_service) -> None:
     import httpx
 

@@ -41,20 +41,21 @@ def declared_shape(tensor, max_batch_size: int, batch: int) -> list[int]:
     return [batch, *dims] if max_batch_size > 0 else dims
 
 
-def run_model(folder: Path, platform: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, stage_counts) of the repository's model in ``folder`` on the runtime Triton's ``platform`` backend
-    wraps: ONNX Runtime, or OpenVINO's CPU plugin in fp32."""
+def run_model(folder: Path, platform: str,
+              feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, stage_counts, confidence) of the repository's model in ``folder`` on the runtime Triton's
+    ``platform`` backend wraps: ONNX Runtime, or OpenVINO's CPU plugin in fp32."""
     if platform == "onnxruntime":
         import onnxruntime
 
-        labels, counts = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx")).run(None, feeds)
-        return labels, counts
+        labels, counts, confidence = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx")).run(None, feeds)
+        return labels, counts, confidence
     import openvino
 
     assert (folder / "1" / "model.bin").is_file()
     compiled = openvino.Core().compile_model(str(folder / "1" / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     answer = compiled(feeds)
-    return answer[compiled.output("labels")], answer[compiled.output("stage_counts")]
+    return tuple(answer[compiled.output(name)] for name in ("labels", "stage_counts", "confidence"))
 
 
 def images_at(size: tuple[int, int], count: int) -> np.ndarray:
@@ -71,7 +72,7 @@ def test_demo_model_for_onnxruntime(tmp_path) -> None:
     config = parse_config(folder)
     assert config.name == "demo" and config.backend == "onnxruntime" and config.max_batch_size == 0
     assert [i.name for i in config.input] == ["image", "rho2", "rho3"]
-    assert [o.name for o in config.output] == ["labels", "stage_counts"]
+    assert [o.name for o in config.output] == ["labels", "stage_counts", "confidence"]
     assert config.instance_group[0].kind == triton_schema().ModelInstanceGroup.KIND_CPU
     session = onnxruntime.InferenceSession(str(folder / "1" / config.default_model_filename))
     assert [i.name for i in session.get_inputs()] == ["image", "rho2", "rho3"]
@@ -80,11 +81,12 @@ def test_demo_model_for_onnxruntime(tmp_path) -> None:
         image = images_at(cascade.input_size, 1)
         assert list(image.shape) == declared_shape(config.input[0], 0, 1)
         for rho2, rho3 in ((0.9, 0.9), (0.985, 0.985), (1.0, 1.0), (0.9, 0.97)):
-            labels, counts = session.run(None, {"image": image, "rho2": np.array([rho2], np.float32),
-                                                "rho3": np.array([rho3], np.float32)})
+            labels, counts, confidence = session.run(None, {"image": image, "rho2": np.array([rho2], np.float32),
+                                                            "rho3": np.array([rho3], np.float32)})
             expected = cascade.run_batch(image, (rho2, rho3))
             np.testing.assert_array_equal(labels, expected.labels)
             np.testing.assert_array_equal(counts, expected.stage_counts)
+            np.testing.assert_allclose(confidence, expected.confidence, atol=1e-6)
     written = json.loads((folder / MARKER).read_text())
     assert written["platform"] == "onnxruntime" and written["source"] == str(DEMO_MODEL.resolve())
 
@@ -105,10 +107,11 @@ def test_dynamic_batching_takes_a_threshold_per_image(dynamic_model, tmp_path, p
         assert list(images.shape) == declared_shape(config.input[0], 3, 3)
         expected = [cascade.run_batch(images[k:k + 1], (float(rho2[k, 0]), float(rho3[k, 0]))) for k in range(3)]
     assert config.backend == platform
-    labels, counts = run_model(folder, platform, {"image": images, "rho2": rho2, "rho3": rho3})
+    labels, counts, confidence = run_model(folder, platform, {"image": images, "rho2": rho2, "rho3": rho3})
     for k in range(3):
         np.testing.assert_array_equal(labels[k], expected[k].labels[0])
         np.testing.assert_array_equal(counts[k], expected[k].stage_counts[0])
+        np.testing.assert_allclose(confidence[k], expected[k].confidence[0], atol=1e-4)
     assert len({tuple(c) for c in counts}) > 1  # the thresholds really differed per image
 
 
@@ -120,7 +123,8 @@ def test_a_dynamic_size_model_takes_every_size(dynamic_size_model, tmp_path, pla
     config = parse_config(folder)
     assert config.max_batch_size == 3
     assert {t.name: list(t.dims) for t in config.input} == {"image": [-1, -1, 3], "rho2": [1], "rho3": [1]}
-    assert {t.name: list(t.dims) for t in config.output} == {"labels": [-1, -1], "stage_counts": [3]}
+    assert {t.name: list(t.dims) for t in config.output} == {"labels": [-1, -1], "stage_counts": [3],
+                                                             "confidence": [-1, -1]}
     assert json.loads((folder / MARKER).read_text())["dynamic_size"] == {"min": [16, 16], "max": [96, 128],
                                                                        "multiple": 8}
     with Cascade.load(dynamic_size_model, backend="ort") as cascade:
@@ -128,11 +132,12 @@ def test_a_dynamic_size_model_takes_every_size(dynamic_size_model, tmp_path, pla
             images = images_at(size, count)
             assert list(images.shape) == declared_shape(config.input[0], 3, count)[:1] + [*size, 3]
             rho = np.full((count, 1), 0.97, np.float32)
-            labels, counts = run_model(folder, platform, {"image": images, "rho2": rho, "rho3": rho})
+            labels, counts, confidence = run_model(folder, platform, {"image": images, "rho2": rho, "rho3": rho})
             expected = cascade.run_batch(images, 0.97)
             assert labels.shape == (count, *size)
             np.testing.assert_array_equal(labels, expected.labels)
             np.testing.assert_array_equal(counts, expected.stage_counts)
+            np.testing.assert_allclose(confidence, expected.confidence, atol=1e-4)
 
 
 def test_engine_dir_becomes_an_ensemble(tmp_path) -> None:
@@ -159,7 +164,7 @@ def test_engine_dir_becomes_an_ensemble(tmp_path) -> None:
         available |= set(step.output_map.values())
         engine = json.loads((engines / "engines.json").read_text())["engines"][folder.name.removeprefix("lc_")]
         assert (folder / "1" / "model.plan").read_bytes() == (engines / engine["file"]).read_bytes()
-    assert {t.name for t in ensemble.output} == {"labels", "stage_counts"} <= available
+    assert {t.name for t in ensemble.output} == {"labels", "stage_counts", "confidence"} <= available
     assert all(kinds[t.name] == (t.data_type, list(t.dims)) for t in ensemble.output)
 
 
@@ -170,7 +175,8 @@ def test_a_dynamic_size_engine_dir_has_variable_dims(dynamic_size_model, tmp_pat
     folders = write_repository(engines, tmp_path / "repo", name="lc")
     ensemble = parse_config(folders[-1])
     assert {t.name: list(t.dims) for t in ensemble.input} == {"image": [-1, -1, -1, 3], "rho2": [1], "rho3": [1]}
-    assert {t.name: list(t.dims) for t in ensemble.output} == {"labels": [-1, -1, -1], "stage_counts": [-1, 3]}
+    assert {t.name: list(t.dims) for t in ensemble.output} == {"labels": [-1, -1, -1], "stage_counts": [-1, 3],
+                                                               "confidence": [-1, -1, -1]}
     stage2 = parse_config(folders[1])
     assert {t.name: list(t.dims) for t in stage2.input} == {"feat1": [-1, 32, -1, -1], "mask2": [-1, 1, -1, -1],
                                                             "rho": [1]}

@@ -192,7 +192,8 @@ def test_buffer_plan() -> None:
     stages = read_manifest(DEMO_MODEL)["stages"]
     plan = plan_buffers(stages, max_batch=1)
     assert set(plan) == {"image", "rho2", "rho3", "feat1", "scores1", "mask2", "feat2", "scores2", "mask3", "labels",
-                         "stage_counts", "forced_mask2", "forced_mask3"}  # each shared tensor once, ρ once a stage
+                         "stage_counts", "confidence", "forced_mask2", "forced_mask3"}  # each tensor once, ρ once a stage
+    assert plan["confidence"].shape == (1, 20, 20) and plan["confidence"].dtype == np.float32
     assert plan["image"].shape == (1, 160, 160, 3) and plan["image"].nbytes == 160 * 160 * 3
     assert plan["feat1"].bytes_for(1) == 32 * 20 * 20 * 4 and plan["stage_counts"].dtype == np.int64
     assert plan["rho2"].shape == plan["rho3"].shape == (1,) and plan["rho3"].bytes_for(1) == 4
@@ -290,9 +291,11 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
             ours, theirs = engines.run_batch(image[None], rho), reference.run_batch(image[None], rho)
             for field in ("labels", "mask2", "mask3", "stage_counts"):
                 assert np.array_equal(getattr(ours, field), getattr(theirs, field)), (field, rho)
+            np.testing.assert_allclose(ours.confidence, theirs.confidence, atol=1e-6)  # a host buffer of stage 3
     masks = forced_masks((1, 1, 20, 20), (0.5, 0.2))
     ours, theirs = engines.run_batch(images[:1], None, masks), reference.run_batch(images[:1], None, masks)
     assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
+    np.testing.assert_allclose(ours.confidence, theirs.confidence, atol=1e-6)
     assert set(ours.timings) == {"stage1", "stage2", "stage3", "total"}
     backend = engines.runner
     if cuda_graph:

@@ -187,8 +187,8 @@ GARBAGE_MANIFESTS = {
     "version 2.0": (lambda f, m: m.update(version=2.0),
                     "lc.json: manifest format version 2.0 is not a version number (an integer from 1)"),
     "version true": (lambda f, m: m.update(version=True), "lc.json: manifest format version true is not a version"),
-    "version 3": (lambda f, m: m.update(version=3),
-                  "lc.json: manifest format version 3 is newer than this layercascade reads (2)"),
+    "version 4": (lambda f, m: m.update(version=4),
+                  "lc.json: manifest format version 4 is newer than this layercascade reads (3)"),
     "digest not hex": (lambda f, m: m.update(files={**m["files"], "stage1.onnx": "zz"}),
                        "lc.json: files['stage1.onnx'] is not a sha256"),
     "default_rho 7": (lambda f, m: m.update(default_rho=7), "lc.json: default_rho 7 is not [rho2, rho3] (two "

@@ -139,7 +139,8 @@ def labels_back(labels: np.ndarray, placement: Placement) -> np.ndarray:
 
 
 def stage_map_back(stage_map: np.ndarray, placement: Placement) -> np.ndarray:
-    """The stage map (stage resolution) cropped to the stage pixels that cover real ones."""
+    """A map at the stage resolution (the stage map, the confidence) cropped to the stage pixels that cover real
+    ones."""
     height, width = placement.stage_crop
     return np.ascontiguousarray(stage_map[:height, :width])
 
@@ -149,6 +150,35 @@ def stage_fractions(stage_map: np.ndarray) -> tuple[float, float, float]:
     counts = np.bincount(stage_map.ravel(), minlength=4)[1:4].astype(np.float64)
     total = max(counts.sum(), 1.0)
     return float(counts[0] / total), float(counts[1] / total), float(counts[2] / total)
+
+
+def stage_extent(placement: Placement) -> tuple[float, float]:
+    """How many stage pixels the image spans, (height, width): its scaled size over 8 (the last stage pixel of
+    :meth:`Placement.stage_crop` may be partly padding)."""
+    return placement.scaled_size[0] / SCALE, placement.scaled_size[1] / SCALE
+
+
+def upsample_stage_map(values: np.ndarray, extent: tuple[float, float], size: tuple[int, int]) -> np.ndarray:
+    """A float map at the stage resolution, spanning ``extent`` stage pixels of the image (:func:`stage_extent`),
+    bilinearly interpolated to the image's ``size`` (H, W) as float32: half-pixel centres, edges clamped, as the
+    label map's upsampling reads the scores. Values stay within the map's range (convex blends). Computed in
+    blocks of rows, so a large image needs little more memory than the result."""
+    def axis(length: int, span: float, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        position = np.clip((np.arange(length) + 0.5) * (span / length) - 0.5, 0, cells - 1)
+        low = np.floor(position).astype(np.intp)
+        return low, np.minimum(low + 1, cells - 1), (position - low).astype(np.float32)
+
+    values = np.asarray(values, np.float32)
+    top, bottom, down = axis(size[0], extent[0], values.shape[0])
+    left, right, across = axis(size[1], extent[1], values.shape[1])
+    columns = values[:, left] * (1 - across) + values[:, right] * across  # (h, W)
+    result = np.empty(size, np.float32)
+    step = max(1, (1 << 20) // max(size[1], 1))
+    for first in range(0, size[0], step):
+        rows = slice(first, first + step)
+        weight = down[rows, None]
+        result[rows] = columns[top[rows]] * (1 - weight) + columns[bottom[rows]] * weight
+    return result
 
 
 # -- tiles ----------------------------------------------------------------------------------------------------

@@ -21,7 +21,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from layercascade.contract import LABELS, MASK2, MASK3, MASKS, SCORES1, SCORES2, STAGE_COUNTS, STAGE_RHOS, Rho
+from layercascade.contract import (
+    CONFIDENCE,
+    LABELS,
+    MASK2,
+    MASK3,
+    MASKS,
+    SCORES1,
+    SCORES2,
+    STAGE_COUNTS,
+    STAGE_RHOS,
+    Rho,
+)
 from layercascade.export.describe import stage_shapes
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet
@@ -73,8 +84,8 @@ class KernelPath:
 
     def cascade(self, images: Tensor, rho2: Tensor, rho3: Tensor, forced2: Tensor | None = None,
                 forced3: Tensor | None = None) -> dict[str, Tensor]:
-        """Labels (N, H, W) uint8, masks (N, h, w, 1), counts (N, 3) and the NHWC stage scores, at the
-        thresholds ``rho2`` (M₂) and ``rho3`` (M₃)."""
+        """Labels (N, H, W) uint8, masks (N, h, w, 1), counts (N, 3), the fused scores' confidence (N, h, w)
+        float32 and the NHWC stage scores, at the thresholds ``rho2`` (M₂) and ``rho3`` (M₃)."""
         features = self.normalize(images)
         features = self.stages[0](features, None)
         scores1 = self.heads[0](features, None)
@@ -88,6 +99,7 @@ class KernelPath:
         fused = torch.where(mask3 > 0, scores3, torch.where(mask2 > 0, scores2, scores1))
         return {LABELS: upsample_labels(fused.permute(0, 3, 1, 2), self.input_size), MASK2: mask2,
                 MASK3: mask3, STAGE_COUNTS: stage_counts(mask2, mask3),
+                CONFIDENCE: torch.softmax(fused.float(), dim=-1).amax(dim=-1),
                 SCORES1: scores1, SCORES2: scores2, "scores3": scores3}
 
     def dense(self, images: Tensor) -> dict[str, Tensor]:
@@ -134,7 +146,8 @@ class KernelPath:
         out, device_ms = self.launch(program, images)
         mask2, mask3 = (out[name].permute(0, 3, 1, 2).float().cpu().numpy() for name in MASKS)
         timings = {"device": device_ms, "total": (time.perf_counter() - started) * 1e3}
-        return StageOutputs(out[LABELS].cpu().numpy(), mask2, mask3, out[STAGE_COUNTS].cpu().numpy(), timings)
+        return StageOutputs(out[LABELS].cpu().numpy(), mask2, mask3, out[STAGE_COUNTS].cpu().numpy(), timings,
+                            out[CONFIDENCE].cpu().numpy())
 
     def dense_labels(self, images: np.ndarray) -> np.ndarray:
         out, _ = self.launch(self.program("dense", images.shape[0]), images)

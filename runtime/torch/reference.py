@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from layercascade.contract import LABELS, STAGE_COUNTS, Rho
+from layercascade.contract import CONFIDENCE, LABELS, STAGE_COUNTS, Rho
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet, normalize
-from layercascade.model.region import fuse_scores, next_mask
+from layercascade.model.region import confidence, fuse_scores, next_mask
 from layercascade.runtime.backend import Masks, StageOutputs
 
 
@@ -48,8 +48,8 @@ class ReferencePath:
 
     @torch.inference_mode()
     def stage_outputs(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> dict[str, Any]:
-        """Scores of every stage (N, C, h, w), masks [M₂, M₃] (N, 1, h, w) at ``rho`` = (ρ₂, ρ₃), labels and
-        per-stage ms."""
+        """Scores of every stage (N, C, h, w), masks [M₂, M₃] (N, 1, h, w) at ``rho`` = (ρ₂, ρ₃), labels, counts,
+        the fused scores' confidence (N, h, w) and per-stage ms."""
         x = normalize(host_tensor(images), self.mean, self.std)
         features, scores, masks, region, timings = x, [], [], None, {}
         for index in range(NUM_STAGES):
@@ -61,16 +61,17 @@ class ReferencePath:
                           else host_tensor(forced_masks[index]))
                 masks.append(region)
             timings[f"stage{index + 1}"] = (time.perf_counter() - started) * 1e3
-        labels = upsample_labels(fuse_scores(scores, masks), self.input_size)
-        return {"scores": scores, "masks": masks, LABELS: labels, STAGE_COUNTS: stage_counts(*masks),
-                "timings": timings}
+        fused = fuse_scores(scores, masks)
+        return {"scores": scores, "masks": masks, LABELS: upsample_labels(fused, self.input_size),
+                STAGE_COUNTS: stage_counts(*masks), CONFIDENCE: confidence(fused)[:, 0], "timings": timings}
 
     def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None) -> StageOutputs:
         started = time.perf_counter()
         out = self.stage_outputs(images, rho, forced_masks)
         timings = {**out["timings"], "total": (time.perf_counter() - started) * 1e3}
         mask2, mask3 = (m.float().numpy() for m in out["masks"])
-        return StageOutputs(out[LABELS].numpy(), mask2, mask3, out[STAGE_COUNTS].numpy(), timings)
+        return StageOutputs(out[LABELS].numpy(), mask2, mask3, out[STAGE_COUNTS].numpy(), timings,
+                            out[CONFIDENCE].numpy())
 
     @torch.inference_mode()
     def dense(self, images: np.ndarray) -> np.ndarray:

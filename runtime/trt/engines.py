@@ -20,7 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.contract import DYNAMIC_DIMS, DYNAMIC_STAGE_DIMS, IMAGE, LABELS, MASKS, RHO, STAGE_COUNTS, STAGE_RHOS
+from layercascade.contract import (
+    CONFIDENCE,
+    DYNAMIC_DIMS,
+    DYNAMIC_STAGE_DIMS,
+    IMAGE,
+    LABELS,
+    MASKS,
+    RHO,
+    STAGE_COUNTS,
+    STAGE_RHOS,
+)
 from layercascade.errors import fail
 from layercascade.manifest import (
     MANIFEST,
@@ -42,9 +52,10 @@ FORMAT = "layercascade.engines"
 VERSION = 3
 OLDEST = 2
 PRECISIONS = ("fp32", "fp16", "int8")
-# Tensors that cross to or from the host in a cascade run; everything else stays on the device.
+# Tensors that cross to or from the host in a cascade run; everything else stays on the device. ``confidence``
+# only where the export has it (lc.json version 3 on).
 HOST_INPUTS = (IMAGE, *STAGE_RHOS)
-HOST_OUTPUTS = (LABELS, STAGE_COUNTS, *MASKS)
+HOST_OUTPUTS = (LABELS, STAGE_COUNTS, CONFIDENCE, *MASKS)
 # Stage inputs replaced by a forced mask (lc-bench --active-fraction): stage input → buffer.
 FORCED = {mask: f"forced_{mask}" for mask in MASKS}
 

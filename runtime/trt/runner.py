@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.contract import IMAGE, LABELS, MASK2, MASK3, MASKS, STAGE_COUNTS, STAGE_RHOS, Rho
+from layercascade.contract import CONFIDENCE, IMAGE, LABELS, MASK2, MASK3, MASKS, STAGE_COUNTS, STAGE_RHOS, Rho
 from layercascade.errors import fail
 from layercascade.plugins.nvidia import cuda_call
 from layercascade.runtime.backend import Masks, StagedBackend, StageOutputs
@@ -250,7 +250,8 @@ class TrtBackend(StagedBackend):
         if not self.engines[index].enqueue(self.stream):
             return False
         if index == len(self.engines) - 1:
-            for name in [LABELS, STAGE_COUNTS, *([] if forced else MASKS)]:
+            for name in [LABELS, STAGE_COUNTS, *([CONFIDENCE] if CONFIDENCE in self.plan else []),
+                         *([] if forced else MASKS)]:
                 self._copy(name, batch, size, to_device=False)
         return True
 
@@ -329,8 +330,8 @@ class TrtBackend(StagedBackend):
             fail(f"{self.engines[index].path}: TensorRT could not run the engine (see its log above)")
 
     def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
-        """Images (N, H, W, 3) in, labels / masks / counts out; one stream sync per call. H, W: the export's
-        size, or (dynamic-size engines) any size of the engines' profile."""
+        """Images (N, H, W, 3) in, labels / masks / counts / confidence out; one stream sync per call. H, W: the
+        export's size, or (dynamic-size engines) any size of the engines' profile."""
         batch, forced = images.shape[0], forced_masks is not None
         if batch > self.max_batch:
             fail(f"the engines take at most {self.max_batch} images per run, got {batch}; "
@@ -363,8 +364,9 @@ class TrtBackend(StagedBackend):
                    for index in range(len(self.engines))}
         timings["total"] = (time.perf_counter() - started) * 1e3
         mask2, mask3 = forced_masks if forced else (self._host(mask, batch, size).copy() for mask in MASKS)
+        confidence = self._host(CONFIDENCE, batch, size).copy() if CONFIDENCE in self.plan else None
         return StageOutputs(self._host(LABELS, batch, size).copy(), mask2, mask3,
-                            self._host(STAGE_COUNTS, batch, size).copy(), timings)
+                            self._host(STAGE_COUNTS, batch, size).copy(), timings, confidence)
 
     def run_stages(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
         """:meth:`run`, which times the stages apart already (CUDA events between them, one sync)."""
