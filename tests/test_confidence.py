@@ -36,6 +36,7 @@ from layercascade.runtime.inputs import SAMPLES
 from layercascade.serve.http import (
     HTTPProblem,
     Limits,
+    RhoUsed,
     check_answer_outputs,
     check_segment_request,
     segment_answer,
@@ -258,7 +259,8 @@ def test_lc_serve_answers_the_maps_asked_for_in_json(demo: Cascade) -> None:
             check_segment_request({}, bad, Limits())
         assert refused.value.status == 400
     result = demo(read_rgb(JPEG), 0.9)
-    body, media_type, _ = segment_answer(result, demo.palette, 1.0, True, query.outputs)
+    body, media_type, _ = segment_answer(result, demo.palette, 1.0, True, RhoUsed(query.rho, "request"),
+                                         query.outputs)
     answer = json.loads(body)
     assert media_type == "application/json" and {"labels_png", "confidence_png", "stages_png"} <= set(answer)
     picture = Image.open(io.BytesIO(base64.b64decode(answer["confidence_png"])))

@@ -238,7 +238,8 @@ def test_the_maps_asked_for_come_in_json(demo_service) -> None:
         result = cascade(read_rgb(JPEG), 0.9)
     answer = response.json()
     assert response.status_code == 200 and set(answer) == {"confidence_png", "stages_png", "stage_fractions", "size",
-                                                           "ms"}
+                                                           "ms", "rho", "rho_source", "expected_miou_cost"}
+    assert answer["rho"] == 0.9 and answer["rho_source"] == "request"
     confidence = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["confidence_png"])))) / 65535
     assert np.abs(confidence - result.confidence_at_image_size()).max() <= 1 / 65535
     stages = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["stages_png"]))))
