@@ -296,3 +296,17 @@ def test_ray_run_gives_the_same_video_outputs(tmp_path: Path, ray_session: None)
             for name in record["outputs"]:
                 assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
     assert leftovers(tmp_path / "ray") == []
+
+
+def test_the_readme_demo_clip(tmp_path: Path) -> None:
+    """The README's video command: the bundled clip (tools/make_demo_clip.py) segmented by the demo model, every
+    frame in the overlay, the labels and the lines."""
+    clip = Path(__file__).resolve().parent.parent / "runtime" / "demo_clip" / "synthetic-clip.mp4"
+    out = tmp_path / "lc-demo-video"
+    assert run_lc([clip, "-o", out, "--quiet"]) == 0
+    summary = summary_of(out)
+    (record,) = summary["results"]
+    assert (summary["videos"], summary["frames"], record["size"]) == (1, 192, [240, 320])
+    check_video_outputs(out, record)
+    # Most pixels are background everywhere in the clip, and most stop at stage 1, as in the synthetic val set.
+    assert record["stage_fractions"][0] > 0.5
