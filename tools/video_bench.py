@@ -19,7 +19,8 @@ The cases: the bundled demo clip (320×240, 192 frames) and the same clip scaled
 segmented by the bundled demo model (fit: each frame scaled to its 160² input), so every part is light and on a
 small machine the three compete for its cores; then the 1280×720 clip segmented at its own resolution by the demo
 model exported with a dynamic size (``lc-export --dynamic-size``, made in --work; ``resize="none"``), where the
-model is the heavy part, as in a real deployment.
+model is the heavy part, as in a real deployment: once with the backend's threads on every core, once with the model
+on one thread (``--threads 1``), leaving the other core to decoding and encoding.
 """
 
 from __future__ import annotations
@@ -122,25 +123,27 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     hd = scaled_clip(args.work, (720, 1280))
-    # (video, model) → (video file, model dir (None: the bundled demo), how frames meet the model's input)
-    cases = {("demo clip 320×240", "demo 160², fit"): (CLIP, None, ImageOptions()),
-             ("demo clip 1280×720", "demo 160², fit"): (hd, None, ImageOptions()),
-             ("demo clip 1280×720", "demo, dynamic size, own resolution"): (hd, dynamic_model(args.work),
-                                                                           ImageOptions(resize="none"))}
+    dynamic, whole = dynamic_model(args.work), ImageOptions(resize="none")
+    # (video, model) → (video file, model dir (None: the bundled demo), its threads (0: the backend's), how frames
+    # meet the model's input)
+    cases = {("demo clip 320×240", "demo 160², fit"): (CLIP, None, 0, ImageOptions()),
+             ("demo clip 1280×720", "demo 160², fit"): (hd, None, 0, ImageOptions()),
+             ("demo clip 1280×720", "demo, dynamic size, own resolution"): (hd, dynamic, 0, whole),
+             ("demo clip 1280×720", "the same, model on 1 thread"): (hd, dynamic, 1, whole)}
     backends = args.backends.split(",")
     fps: dict[tuple[str, str, str, str], list[float]] = {}
     ran: dict[str, str] = {}
-    cascades = {(model, name): Cascade.load(model, backend=name)
-                for model, name in {(case[1], name) for case in cases.values() for name in backends}}
+    cascades = {(model, threads, name): Cascade.load(model, backend=name, threads=threads)
+                for model, threads, name in {(case[1], case[2], name) for case in cases.values() for name in backends}}
     try:
-        for (model, name), cascade in cascades.items():
+        for (_, _, name), cascade in cascades.items():
             ran[name] = f"{cascade.backend} {cascade.precision}"
             inference(cascade, decode(CLIP)[0][:8], ImageOptions())  # warm-up: the first runs plan and allocate
         with tempfile.TemporaryDirectory(dir=args.work) as scratch:
             for round_ in range(args.rounds):
-                for number, ((video, model_label), (path, model, read)) in enumerate(cases.items()):
+                for number, ((video, model_label), (path, model, threads, read)) in enumerate(cases.items()):
                     for name in backends:
-                        cascade = cascades[(model, name)]
+                        cascade = cascades[(model, threads, name)]
                         frames, seconds = decode(path)
                         count = len(frames)
                         results, inferred = inference(cascade, frames, read)
