@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from layercascade.runtime.segment import (
     summarize,
     write_summary,
 )
-from layercascade.runtime.sources import expand_inputs
+from layercascade.runtime.sources import expand_inputs, is_video
 from layercascade.serve import import_serving
 
 LOCAL_RAY = "local"  # --ray without an address: start a Ray on this machine
@@ -147,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     read = ImageOptions(args.max_pixels, args.exif_transpose, **image_options(args))
     video = VideoOptions(args.realtime, args.open_timeout, args.target_fps)
     progress = not (args.quiet or args.json)
+    # A video is decoded and encoded beside the model (runtime/video): the model leaves those threads a core. On 2
+    # cores the 1280x720 demo clip ran end to end at 25 frames/s with ONNX Runtime on one thread, 23 on both
+    # (docs/results.md "Video throughput").
+    threads = max(1, (os.cpu_count() or 1) - 1) if any(map(is_video, paths)) else 0
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
-    with Cascade.load(args.model, **load_options(args)) as cascade:
+    with Cascade.load(args.model, **load_options(args, threads=threads)) as cascade:
         check_outputs(cascade, args.outputs)
         if args.ray is None:
             run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict, progress=progress, read=read,
