@@ -12,11 +12,13 @@ from layercascade.cli.args import (
     add_backend_arguments,
     add_image_arguments,
     add_rho_argument,
+    add_rho_class_argument,
     engine,
     image_options,
     load_options,
     positive_int,
 )
+from layercascade.contract import rho_class_value
 from layercascade.errors import LCError, fail, run_cli
 from layercascade.model.data.images import MAX_PIXELS
 from layercascade.runtime.inputs import SAMPLES, expand_inputs
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rho_argument(parser, "confidence threshold ρ in (0, 1]: pixels more confident than ρ at a stage stop "
                              "there; R2,R3 gives stage 1 → 2 and stage 2 → 3 a threshold each; 1 runs every "
                              "pixel through every stage (default: the model's)")
+    add_rho_class_argument(parser)
     add_backend_arguments(parser)
     parser.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
                         help="refuse images of more pixels, read from the file's header before decoding "
@@ -103,16 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     progress = not (args.quiet or args.json)
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args)) as cascade:
+        # Checked against the model's classes before any image runs; by class index from here on.
+        rho_class = cascade.rho_class(args.rho_class)
         if args.ray is None:
             run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict, progress=progress, read=read,
-                              earlier=earlier)
+                              earlier=earlier, rho_class=rho_class)
         backend, precision, rho = cascade.backend, cascade.precision, cascade.rho(args.rho)
+        used_rho_class = rho_class_value(rho_class, cascade.classes)
     if args.ray is not None:
         batch = import_serving("batch")
         run = batch.segment_all_ray(args.model, load_options(args, threads=1), paths, out, rho=args.rho,
                                     strict=args.strict, progress=progress, read=read, earlier=earlier,
-                                    address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers)
-    summary = summarize(run, backend=backend, precision=precision, model=args.model or "demo", rho=rho)
+                                    address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers,
+                                    rho_class=rho_class)
+    summary = summarize(run, backend=backend, precision=precision, model=args.model or "demo", rho=rho,
+                        rho_class=used_rho_class)
     try:
         size = write_summary(out, summary)
     except LCError as error:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from layercascade.contract import RhoLike, format_rho, rho_value
+from layercascade.contract import RhoClass, RhoLike, format_rho, rho_value
 from layercascade.model.data import SegmentationDataset
 from layercascade.model.metrics import ConfusionMatrix
 
@@ -44,8 +44,10 @@ class EvalResult:
         return asdict(self)
 
 
-def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence[float]) -> Predictor:
-    """A predictor running the PyTorch reference cascade on the CPU."""
+def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence[float],
+                    rho_class: RhoClass | None = None) -> Predictor:
+    """A predictor running the PyTorch reference cascade on the CPU (with per-class thresholds ``rho_class``,
+    class index → ρ_c)."""
     import torch
 
     from layercascade.model.network import normalize
@@ -55,7 +57,7 @@ def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence
     def predict(image: np.ndarray, rho: RhoLike) -> tuple[np.ndarray, np.ndarray, int]:
         x = normalize(torch.from_numpy(np.ascontiguousarray(image))[None], tuple(mean), tuple(std))
         with torch.no_grad():
-            output = model(x, rho)
+            output = model(x, rho, rho_class)
         return output.labels[0].numpy(), output.stage_fractions[0].numpy(), output.masks[0][0].numel()
 
     return predict

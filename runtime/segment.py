@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from layercascade.contract import Rho, RhoLike, rho_value
+from layercascade.contract import Rho, RhoClassLike, RhoLike, rho_value
 from layercascade.errors import LCError, fail
 from layercascade.manifest import is_plain_file_name, is_sha256, open_regular, read_regular, temporary_path
 from layercascade.model.data.images import MAX_PIXELS, read_rgb, resize_image, resize_labels
@@ -149,14 +149,15 @@ Outcome = tuple[int, "Segmented | LCError"]
 
 
 def segment_all(cascade: Cascade, paths: list[Path], out: Path, *, rho: RhoLike | None, strict: bool,
-                progress: bool, read: ImageOptions = ImageOptions(), earlier: dict[str, str] | None = None) -> Run:
+                progress: bool, read: ImageOptions = ImageOptions(), earlier: dict[str, str] | None = None,
+                rho_class: RhoClassLike | None = None) -> Run:
     """Segment every image and write its pictures (all of an image's files or none): :func:`write_all`
     of the images segmented here, one after another."""
 
     def outcomes() -> Iterator[Outcome]:
         for index, path in enumerate(paths):
             try:
-                yield index, segment_file(cascade, path, rho, read)
+                yield index, segment_file(cascade, path, rho, read, rho_class)
             except LCError as error:
                 yield index, error
 
@@ -213,9 +214,10 @@ def write_all(outcomes: Iterable[Outcome], paths: list[Path], out: Path, *, stri
     return run
 
 
-def segment_file(cascade: Cascade, path: Path, rho: RhoLike | None, read: ImageOptions = ImageOptions()) -> Segmented:
+def segment_file(cascade: Cascade, path: Path, rho: RhoLike | None, read: ImageOptions = ImageOptions(),
+                 rho_class: RhoClassLike | None = None) -> Segmented:
     """Read and segment one image and encode its pictures (:class:`LCError` if it cannot be)."""
-    image, result, ms = segment(cascade, path, rho, read)
+    image, result, ms = segment(cascade, path, rho, read, rho_class)
     return Segmented(image_record(path, image, result, ms), encode(render(image, result, cascade.palette)))
 
 
@@ -295,12 +297,13 @@ def file_sha256(path: Path) -> str | None:
         return None
 
 
-def segment(cascade: Cascade, path: Path, rho: RhoLike | None,
-            read: ImageOptions = ImageOptions()) -> tuple[np.ndarray, CascadeResult, float]:
-    """Read and segment one image: (image, result, milliseconds)."""
+def segment(cascade: Cascade, path: Path, rho: RhoLike | None, read: ImageOptions = ImageOptions(),
+            rho_class: RhoClassLike | None = None) -> tuple[np.ndarray, CascadeResult, float]:
+    """Read and segment one image at ``rho`` and ``rho_class`` (``Cascade.thresholds``): (image, result,
+    milliseconds)."""
     image = read_rgb(path, read.max_pixels, read.exif_transpose)
     start = time.perf_counter()
-    result = cascade(image, rho=rho, resize=read.resize, tile=read.tile, overlap=read.overlap)
+    result = cascade(image, rho=rho, resize=read.resize, tile=read.tile, overlap=read.overlap, rho_class=rho_class)
     wall_ms = (time.perf_counter() - start) * 1e3
     # The backend's own "total" leaves out the Python around the call; wall time stands in without it.
     return image, result, float(result.timings.get("total", wall_ms))
@@ -424,14 +427,16 @@ def image_record(path: Path, image: np.ndarray, result: CascadeResult, ms: float
     }
 
 
-def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho: Rho) -> dict[str, Any]:
+def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho: Rho,
+              rho_class: dict[str, float] | None = None) -> dict[str, Any]:
     """Totals over the run, then the per-image records.
 
     ``stage_fractions`` is weighted by image pixels: the share of all segmented pixels
     each stage decided. Means are null when no image was segmented. ``interrupted``: the run
     was stopped (Ctrl-C) before every image was tried; ``stopped``: why it ended early (an output
     could not be written); the records are the images finished either way. ``backend`` and ``precision``: the
-    engine that ran and what it computed in. ``rho``: one number when both stages shared it, else [ρ₂, ρ₃].
+    engine that ran and what it computed in. ``rho``: one number when both stages shared it, else [ρ₂, ρ₃];
+    ``rho_class``: the per-class thresholds, class name → ρ_c ({} when none).
     """
     records = run.records
     pixels = [h * w for h, w in (r["size"] for r in records)]
@@ -448,6 +453,7 @@ def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho:
         "precision": precision,  # what the backend computed in (Cascade.precision)
         "model": str(model),
         "rho": rho_value(rho),
+        "rho_class": dict(rho_class or {}),
         "results": records,
         # Outputs of runs before found in the folder (with their content's sha256, as each record has its
         # own): the next run may replace them too, while their content is still this.

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from layercascade.contract import RhoLike
+from layercascade.contract import RhoClassLike, RhoLike
 from layercascade.errors import LCError, fail
 from layercascade.runtime.segment import (
     OUTPUTS,
@@ -42,18 +42,19 @@ FILE_COLUMNS = {variant: f"file{variant}" for variant in OUTPUTS}
 class SegmentWorker:
     """A Ray Data actor: one Cascade, a batch of (index, path) rows in, their outcomes out."""
 
-    def __init__(self, model: str | None, load: dict[str, Any], rho: RhoLike | None, read: ImageOptions) -> None:
+    def __init__(self, model: str | None, load: dict[str, Any], rho: RhoLike | None, read: ImageOptions,
+                 rho_class: RhoClassLike | None = None) -> None:
         from layercascade.runtime.cascade import Cascade
 
         self.cascade = Cascade.load(model, **load)
-        self.rho = rho
+        self.rho, self.rho_class = rho, rho_class
         self.read = read
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns: dict[str, list[Any]] = {"index": [], "error": [], "record": [], **{c: [] for c in FILE_COLUMNS.values()}}
         for index, path in zip(batch["index"], batch["path"], strict=True):
             try:
-                done = segment_file(self.cascade, Path(path), self.rho, self.read)
+                done = segment_file(self.cascade, Path(path), self.rho, self.read, self.rho_class)
                 error, record, files = "", json.dumps(done.record), done.files
             except LCError as failure:  # the reason only: the driver names the input as the user did
                 error, record, files = failure_reason(failure, Path(path)), "", dict.fromkeys(OUTPUTS, b"")
@@ -69,7 +70,7 @@ class SegmentWorker:
 def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], out: Path, *, rho: RhoLike | None,
                     strict: bool, progress: bool, read: ImageOptions = ImageOptions(),
                     earlier: dict[str, str] | None = None, address: str | None = None,
-                    workers: int | None = None) -> Run:
+                    workers: int | None = None, rho_class: RhoClassLike | None = None) -> Run:
     """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
     actors (default: one per CPU of the cluster, or per GPU for a model on a GPU), each loading the model with ``load``
     (``Cascade.load``'s keyword arguments). Joins the cluster at ``address`` or starts a local Ray."""
@@ -78,7 +79,7 @@ def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], 
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     started_ray = connect(address)
     try:
-        return write_all(outcomes(model, load, paths, rho, read, workers), paths, out, strict=strict,
+        return write_all(outcomes(model, load, paths, rho, read, workers, rho_class), paths, out, strict=strict,
                          progress=progress, earlier=earlier)
     finally:
         if started_ray:
@@ -86,7 +87,7 @@ def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Path], 
 
 
 def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: RhoLike | None, read: ImageOptions,
-             workers: int | None) -> Iterator[Outcome]:
+             workers: int | None, rho_class: RhoClassLike | None = None) -> Iterator[Outcome]:
     """The pipeline's results in input order, as :func:`write_all` takes them."""
     context = ray.data.DataContext.get_current()
     # Ray Data's progress lines would break lc-run's bar (its logging is configured on import: set after).
@@ -103,7 +104,7 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Path], rho: Rh
     # defaults: max_restarts = max_task_retries = -1).
     dataset = dataset.map_batches(
         SegmentWorker, fn_constructor_kwargs={"model": model and str(Path(model).resolve()), "load": load, "rho": rho,
-                                              "read": read},
+                                              "read": read, "rho_class": rho_class},
         batch_size=1, concurrency=workers, num_cpus=1, num_gpus=gpus, batch_format="numpy")
     try:
         for row in dataset.iter_rows():

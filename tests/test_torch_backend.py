@@ -119,10 +119,10 @@ def test_matches_the_onnx_runtime_backend(torch_cascade: Cascade, ort_cascade: C
         assert_labels_match(ours.labels[k:k + 1], theirs.labels)
         differ2 = assert_masks_match(ours.mask2[k:k + 1], theirs.mask2, ours_scores[0][k:k + 1], rho2)
         assert_masks_match(ours.mask3[k:k + 1], theirs.mask3, ours_scores[1][k:k + 1], rho3, excused=differ2)
-        out1 = stage1.infer({"image": images[k:k + 1], "rho": np.array([rho2], np.float32)})
+        out1 = stage1.infer({"image": images[k:k + 1], "rho": np.full(21, rho2, np.float32)})
         assert_scores_match(ours_scores[0][k:k + 1], out1["scores1"])
         if not differ2.any():  # stage 2 then computed the same region
-            out2 = stage2.infer({"feat1": out1["feat1"], "mask2": out1["mask2"], "rho": np.array([rho3], np.float32)})
+            out2 = stage2.infer({"feat1": out1["feat1"], "mask2": out1["mask2"], "rho": np.full(21, rho3, np.float32)})
             assert_scores_match(ours_scores[1][k:k + 1], out2["scores2"])
             if np.array_equal(ours.mask3[k:k + 1], theirs.mask3):
                 np.testing.assert_array_equal(ours.stage_counts[k:k + 1], theirs.stage_counts)
@@ -276,7 +276,8 @@ def test_kernel_plans_of_every_block_type(monkeypatch: pytest.MonkeyPatch, one_t
         forced = {} if masks is None else {f"forced{k + 2}": torch.from_numpy(m).permute(0, 2, 3, 1)
                                            for k, m in enumerate(masks)}
         with torch.inference_mode():
-            out = plan.cascade(torch.from_numpy(images), torch.tensor([rho[0]]), torch.tensor([rho[1]]), **forced)
+            out = plan.cascade(torch.from_numpy(images), torch.full((21,), rho[0]), torch.full((21,), rho[1]),
+                               **forced)
         for k, scores in enumerate(expected["scores"]):
             scale = max(1.0, float(scores.abs().max()))
             assert float((out[f"scores{k + 1}"].permute(0, 3, 1, 2) - scores).abs().max()) <= 1e-4 * scale
