@@ -169,7 +169,7 @@ class CascadeServer:
         limits = self.settings.limits
         body: bytes | None = None
         try:
-            query = check_segment_request(request.headers, request.url.query, limits)
+            query = check_segment_request(request.headers, request.url.query, limits, self.cascade.classes)
             with self.upload_slot():
                 body = await read_body(request.stream(), limits)
                 return await self.segment_body(body, query, wants_json(request.headers.get("accept")))
@@ -205,8 +205,9 @@ class CascadeServer:
             by_query.setdefault(query, []).append(index)
         for query, indices in by_query.items():
             try:
-                answers = await asyncio.to_thread(self.cascade.segment_batch, [requests[i][0] for i in indices],
-                                                  query.rho, query.resize)
+                answers = await asyncio.to_thread(
+                    self.cascade.segment_batch, [requests[i][0] for i in indices], query.rho, query.resize,
+                    rho_class=None if query.rho_class is None else dict(query.rho_class))
             except Exception as error:  # the images were checked already: a failure here is the server's (500)
                 answers = [error] * len(indices)
             for index, answer in zip(indices, answers, strict=True):

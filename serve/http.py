@@ -10,13 +10,13 @@ import asyncio
 import base64
 import json
 import urllib.parse
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from layercascade.contract import Rho, rho_from_text, rho_value
+from layercascade.contract import Rho, check_rho_class, rho_class_from_text, rho_class_value, rho_from_text, rho_value
 from layercascade.errors import LCError
 from layercascade.manifest import model_hash
 from layercascade.model.data.images import ImageTooLarge, read_rgb
@@ -162,24 +162,31 @@ def check_declared_length(value: str | None, limits: Limits) -> None:
 
 @dataclass(frozen=True)
 class SegmentQuery:
-    """What a segment request asks for in its query: ``rho`` (None: the model's default) and ``resize`` (None: the
-    model's default; ``model/data/placement.py``). Requests with equal queries run in one batch."""
+    """What a segment request asks for in its query: ``rho`` (None: the model's default), ``resize`` (None: the
+    model's default; ``model/data/placement.py``) and ``rho_class`` ((class index, ρ_c) pairs in class order; None:
+    the model's default). Requests with equal queries run in one batch."""
 
     rho: Rho | None = None
     resize: str | None = None
+    rho_class: tuple[tuple[int, float], ...] | None = None
 
 
-QUERY_HELP = "/v1/segment takes ?rho=R or ?rho=R2,R3 and ?resize=fit|stretch|none"
+QUERY_HELP = ("/v1/segment takes ?rho=R or ?rho=R2,R3, ?rho_class=NAME:R[,NAME:R...] and "
+              "?resize=fit|stretch|none")
+QUERY_FIELDS = ("rho", "rho_class", "resize")
+# The longest rho_class value read: 255 classes with a short name and a threshold each; the answer echoes none.
+MAX_RHO_CLASS_CHARS = 8192
 
 
-def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits) -> SegmentQuery:
+def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits,
+                          classes: Sequence[str]) -> SegmentQuery:
     """The checks of ``POST /v1/segment`` that need no body: the content type (415), the declared
-    length (413; 400 when not a number) and the query (400: only ``rho`` and ``resize``, each given at most
-    once); returns what the query asks for."""
+    length (413; 400 when not a number) and the query (400: only ``rho``, ``rho_class`` (names of ``classes``,
+    the model's) and ``resize``, each given at most once); returns what the query asks for."""
     check_content_type(headers.get("content-type"))
     check_declared_length(headers.get("content-length"), limits)
     fields = urllib.parse.parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(fields) - {"rho", "resize"})
+    unknown = sorted(set(fields) - set(QUERY_FIELDS))
     if unknown:
         raise HTTPProblem(400, f"unknown query parameter {unknown[0][:40]!r}: {QUERY_HELP}")
     repeated = [name for name, values in fields.items() if len(values) > 1]
@@ -188,7 +195,8 @@ def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits
     resize = fields["resize"][0] if "resize" in fields else None
     if resize is not None and resize not in RESIZE_MODES:
         raise HTTPProblem(400, f"resize {resize[:40]!r} is not one of {', '.join(RESIZE_MODES)}")
-    return SegmentQuery(parse_rho(fields["rho"][0] if "rho" in fields else None), resize)
+    return SegmentQuery(parse_rho(fields["rho"][0] if "rho" in fields else None), resize,
+                        parse_rho_class(fields["rho_class"][0] if "rho_class" in fields else None, classes))
 
 
 async def read_body(chunks: AsyncIterable[bytes], limits: Limits) -> bytes:
@@ -248,6 +256,23 @@ def parse_rho(value: str | None) -> Rho | None:
         raise HTTPProblem(400, str(error)) from None
 
 
+def parse_rho_class(value: str | None, classes: Sequence[str]) -> tuple[tuple[int, float], ...] | None:
+    """The query's ``rho_class``: ``NAME:R[,NAME:R...]`` (or ``NAME=R``, URL-encoded), each NAME a class of
+    ``classes`` and R in (0, 1], as (class index, R) pairs in class order (None: the model's default; an empty value:
+    none); 400 otherwise."""
+    if value is None:
+        return None
+    if not value:
+        return ()
+    if len(value) > MAX_RHO_CLASS_CHARS:
+        raise HTTPProblem(400, f"rho_class is over {MAX_RHO_CLASS_CHARS:,} characters")
+    try:
+        by_name = rho_class_from_text(value, ":" if ":" in value else "=")
+        return tuple(sorted(check_rho_class(by_name, classes).items()))
+    except LCError as error:
+        raise HTTPProblem(400, str(error)[:400]) from None
+
+
 def wants_json(accept: str | None) -> bool:
     """Whether the client asked for the JSON answer (``Accept: application/json``) over the PNG."""
     return JSON in (accept or "").lower()
@@ -284,6 +309,7 @@ def model_description(cascade: Cascade, name: str) -> dict[str, Any]:
         "palette": cascade.palette.tolist(),
         "input_size": list(cascade.input_size),
         "default_rho": rho_value(cascade.default_rho),  # one number, or [ρ₂, ρ₃] when the stages differ
+        "default_rho_class": rho_class_value(cascade.default_rho_class, cascade.classes),  # class name → ρ_c
         "batch_capacity": cascade.batch_capacity,
         "backend": cascade.backend,
         "precision": cascade.precision,  # what the backend computes in (auto's bf16 on such a CPU)

@@ -167,6 +167,7 @@ def test_health_and_model(demo_service) -> None:
         assert model["model"] == "demo" and len(model["model_hash"]) == 64
         assert str(DEMO_MODEL) not in answer.text and str(DEMO_MODEL.parent) not in answer.text
         assert model["input_size"] == [160, 160] and model["default_rho"] == 0.985
+        assert model["default_rho_class"] == {}
         assert model["backend"] == auto_backend(None)  # lc-serve loads as lc-run does
         assert model["batch_capacity"] == 1
         missing = client.get(f"{demo_service.url}/v2/segment")
@@ -213,6 +214,25 @@ def test_the_resize_mode_is_a_query_parameter(demo_service) -> None:
             assert response.status_code == 200 and response.content == png_bytes(labels, cascade.palette), mode
         refused = client.post(f"{demo_service.url}/v1/segment?resize=squash", content=path.read_bytes())
         assert refused.status_code == 400 and "resize 'squash' is not one of fit, stretch, none" in refused.json()["error"]
+
+
+def test_per_class_thresholds_are_a_query_parameter(demo_service) -> None:
+    """?rho_class=NAME:R (or NAME=R, URL-encoded) as Cascade's rho_class: the answers are the local Cascade's
+    stage fractions and labels; an unknown class is a 400 naming the classes."""
+    import httpx
+
+    path = SAMPLE_FILES[0]
+    with Cascade.load(None) as cascade, httpx.Client(timeout=60) as client:
+        local = cascade(read_rgb(path), 0.9, rho_class={"background": 1.0})
+        assert local.stage_fractions != cascade(read_rgb(path), 0.9).stage_fractions  # the query changes the run
+        for query in ("rho_class=background:1", "rho_class=background%3D1"):
+            response = client.post(f"{demo_service.url}/v1/segment?rho=0.9&{query}", content=path.read_bytes())
+            assert response.status_code == 200 and response.content == png_bytes(local.labels, cascade.palette)
+            fractions = [float(f) for f in response.headers["x-lc-stage-fractions"].split(",")]
+            assert fractions == pytest.approx(local.stage_fractions, abs=1e-6), query
+        refused = client.post(f"{demo_service.url}/v1/segment?rho_class=unicorn:1", content=path.read_bytes())
+        assert refused.status_code == 400 and "'unicorn' is not a class of this model (background, aeroplane" in \
+            refused.json()["error"]
 
 
 def test_bad_requests_get_their_4xx_and_the_service_keeps_serving(demo_service) -> None:
