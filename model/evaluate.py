@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -66,11 +66,13 @@ def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence
 def evaluate(
     predict: Predictor,
     dataset: SegmentationDataset,
-    rhos: Sequence[RhoLike],
+    rhos: Sequence[Any],
     classes: Sequence[str],
     progress: bool = True,
+    rho_of: Callable[[Any], RhoLike] = lambda rho: rho,
 ) -> list[EvalResult]:
-    """Run ``predict`` at every ρ of ``rhos`` on each image of ``dataset``.
+    """Run ``predict`` at every ρ of ``rhos`` on each image of ``dataset`` (a setting ``predict`` takes: a ρ, or
+    what ``rho_of`` tells the ρ of, e.g. a ρ and per-class thresholds).
 
     Stage fractions are averaged over images weighted by their stage-resolution area.
     """
@@ -91,7 +93,7 @@ def evaluate(
             miou=round(matrices[k].miou(), 4),
             per_class_iou={name: (None if np.isnan(v) else round(float(v) * 100, 4)) for name, v in zip(classes, iou)},
             stage_fractions=[round(float(f), 6) for f in fraction_sums[k] / max(area, 1.0)],
-            rho=rho_value(rho),
+            rho=rho_value(rho_of(rho)),
             images=len(dataset),
             pixel_accuracy=round(matrices[k].pixel_accuracy(), 4),
         ))
