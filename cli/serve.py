@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="lc-serve",
         description="Serve a Layer Cascade model over HTTP on Ray Serve: POST an image file's bytes to "
-                    "/v1/segment (?rho=R or ?rho=R2,R3) and get the palette label map as PNG at the image's size (headers "
+                    "/v1/segment (?rho=R or ?rho=R2,R3, ?rho_class=NAME:R,...) and get the palette label map as PNG at "
+                    "the image's size (headers "
                     "X-LC-Stage-Fractions, X-LC-Milliseconds), or JSON with 'Accept: application/json'; "
                     "GET /v1/health (200 once the model is loaded), GET /v1/model. Requests to a replica are "
                     "batched up to the model's batch capacity. Runs until Ctrl-C or SIGTERM.",
