@@ -34,15 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from layercascade.contract import (
-    IMAGE,
-    MASK2,
-    MASK3,
-    RHO,
-    Rho,
-    format_rho,
-    threshold_count,
-)
+from layercascade.contract import IMAGE, MASK2, MASK3, RHO, Rho, format_rho, threshold_count
 from layercascade.errors import fail
 from layercascade.export.graph import consumers_of, load_onnx
 from layercascade.export.regionconv import DOMAIN as REGION_CONV_DOMAIN

@@ -60,12 +60,7 @@ from layercascade.runtime.backend import (
     StageOutputs,
 )
 from layercascade.runtime.inputs import DEMO_MODEL
-from layercascade.runtime.registry import (
-    AUTO,
-    auto_candidates,
-    backend_spec,
-    claimed_by,
-)
+from layercascade.runtime.registry import AUTO, auto_candidates, backend_spec, claimed_by
 from layercascade.runtime.result import CascadeResult
 
 __all__ = ["DEMO_MODEL", "Cascade"]

@@ -39,11 +39,7 @@ from layercascade.model.network import NUM_STAGES, LayerCascadeNet
 from layercascade.model.ops import backbone_ops, head_ops
 from layercascade.runtime.backend import Masks, StageOutputs
 from layercascade.runtime.torch.planner import Region, StagePlan
-from layercascade.runtime.torch.reference import (
-    host_tensor,
-    stage_counts,
-    upsample_labels,
-)
+from layercascade.runtime.torch.reference import host_tensor, stage_counts, upsample_labels
 
 
 class KernelPath:
@@ -72,6 +68,7 @@ class KernelPath:
             self.heads = [StagePlan(head_ops(model, k, k > 0), k > 0, dtype, device) for k in range(NUM_STAGES)]
         self.dense_plan: tuple[list[StagePlan], StagePlan] | None = None  # built on first use
         self.programs: dict[tuple[str, int, bool, bool], DeviceProgram] = {}
+        self.rho_copied: dict[tuple[DeviceProgram, str], np.ndarray] = {}  # the thresholds on the device, by program
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 (N, H, W, 3) → normalised NHWC in the compute dtype."""
@@ -144,7 +141,10 @@ class KernelPath:
         started = time.perf_counter()
         program = self.program("cascade", images.shape[0], forced_masks is not None)
         for name, value in zip(STAGE_RHOS, rho):
-            program.inputs[name].copy_(torch.from_numpy(stage_rho(value, self.num_classes)))
+            vector = stage_rho(value, self.num_classes)
+            if not np.array_equal(self.rho_copied.get((program, name)), vector):  # 4·C bytes, when they change
+                program.inputs[name].copy_(torch.from_numpy(vector))
+                self.rho_copied[program, name] = vector
         if forced_masks is not None:
             for name, mask in zip(("forced2", "forced3"), forced_masks):
                 program.inputs[name].copy_(host_tensor(mask).permute(0, 2, 3, 1))

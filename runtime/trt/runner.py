@@ -32,17 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.contract import (
-    IMAGE,
-    LABELS,
-    MASK2,
-    MASK3,
-    MASKS,
-    STAGE_COUNTS,
-    STAGE_RHOS,
-    RhoVectors,
-    stage_rho,
-)
+from layercascade.contract import IMAGE, LABELS, MASK2, MASK3, MASKS, STAGE_COUNTS, STAGE_RHOS, RhoVectors, stage_rho
 from layercascade.errors import fail
 from layercascade.plugins.nvidia import cuda_call
 from layercascade.runtime.backend import Masks, StagedBackend, StageOutputs
