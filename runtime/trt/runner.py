@@ -14,8 +14,8 @@ largest batch and image size of the engines' optimization profile and bound by a
 k's outputs are stage k+1's inputs in place and a run at a smaller batch or size uses the leading
 part of each buffer (set_input_shape per run; no reallocation, so addresses never change and memory
 is bounded by the profile's maximum);
-ρ₂ and ρ₃ (stage 1's and stage 2's ``rho``, a buffer each) are copied to the device only when
-they change; the host sees only the image (in) and the
+ρ₂ and ρ₃ (stage 1's and stage 2's ``rho``, one threshold per class, a buffer each) are copied to the device
+only when they change; the host sees only the image (in) and the
 labels, stage counts and masks (out), through pinned buffers and async copies; the stream is
 synchronised once per run. Per-stage times come from CUDA events between the stages.
 """
