@@ -240,8 +240,8 @@ class StagedBackend:
         return StageOutputs(labels, self.to_host(mask2), self.to_host(mask3), counts, timings)
 
     def threshold_feeds(self, rho: RhoVectors) -> RhoVectors:
-        """ρ₂ and ρ₃ as the stage graphs take them: :attr:`thresholds` each (``contract.stage_rho``)."""
-        return tuple(stage_rho(value, self.thresholds, self.source) for value in rho)
+        """ρ₂ and ρ₃ as the stage graphs take them: :attr:`thresholds` each (``contract.stage_rho``; None: as given)."""
+        return tuple(stage_rho(value, self.thresholds or np.size(value), self.source) for value in rho)
 
     def kernel_profile(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None,
                        runs: int, warmup: int) -> dict[str, tuple[float, int]]:
