@@ -394,8 +394,8 @@ TAMPERED = {
     "default_rho one of two": (lambda f, m: m.update(default_rho=[0.9]), "lc.json: default_rho [0.9] is not [rho2, "
                                "rho3]"),
     "default_rho [0.9, 2]": (lambda f, m: m.update(default_rho=[0.9, 2]), "lc.json: default_rho [0.9, 2] is not"),
-    "format version 3": (lambda f, m: m.update(version=3), "lc.json: manifest format version 3 is newer than this "
-                         "layercascade reads (2); upgrade layercascade"),
+    "format version 4": (lambda f, m: m.update(version=4), "lc.json: manifest format version 4 is newer than this "
+                         "layercascade reads (3); upgrade layercascade"),
     "contract output missing": (without_output("mask3"), "stage2.onnx: its outputs are not the stage contract's "
                                 "['feat2', 'scores2', 'mask3'] (missing ['mask3'], extra [])"),
     "op ONNX Runtime lacks": (with_unknown_op, "stage1.onnx: ONNX Runtime cannot load it ("),
