@@ -176,7 +176,8 @@ def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, war
     dense = cascade.runner.dense_runner(cascade.manifest)
     first = cascade.run_batch(images, rho, rho_class=rho_class)
     masks = forced_masks(first.mask2.shape, active) if active is not None else None
-    steps = {"cascade": lambda: cascade.run_batch(images, rho, masks, rho_class), "dense": lambda: dense.infer({IMAGE: images})}
+    steps = {"cascade": lambda: cascade.run_batch(images, rho, masks, rho_class),
+             "dense": lambda: dense.infer({IMAGE: images})}
     peer_list, missing = peer_runners(cascade, threads) if peers else ({}, {})
     for name, (runner, *_) in peer_list.items():
         steps[f"peer:{name}"] = functools.partial(runner.infer, {IMAGE: images})

@@ -40,7 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.contract import Rho, check_rho, check_threshold, format_rho, format_rho_class, rho_class_value, rho_value
+from layercascade.contract import (
+    Rho,
+    check_rho,
+    check_threshold,
+    format_rho,
+    format_rho_class,
+    rho_class_value,
+    rho_value,
+)
 from layercascade.errors import fail
 from layercascade.manifest import check_model_dir_target, read_cascade_manifest, write_model_dir
 from layercascade.model.data import SegmentationDataset

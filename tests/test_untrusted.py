@@ -195,7 +195,8 @@ GARBAGE_MANIFESTS = {
                       "numbers in (0, 1]); fix it or re-export the model"),
     "default_rho_class of another model": (lambda f, m: m.update(default_rho_class={"road": 0.9}),
                                            'lc.json: default_rho_class {"road": 0.9} is not {class name: threshold} '
-                                           "(classes of the model, thresholds in (0, 1]); fix it or re-export the model"),
+                                           "(classes of the model, thresholds in (0, 1]); fix it or re-export the "
+                                           "model"),
 }
 
 

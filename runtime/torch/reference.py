@@ -57,7 +57,8 @@ class ReferencePath:
             features, stage_scores = self.model.forward_stage(index, features, region)
             scores.append(stage_scores)
             if index + 1 < NUM_STAGES:
-                region = (next_mask(stage_scores, torch.as_tensor(rho[index], dtype=torch.float32), region) if forced_masks is None
+                threshold = torch.as_tensor(rho[index], dtype=torch.float32)  # one, or one per class
+                region = (next_mask(stage_scores, threshold, region) if forced_masks is None
                           else host_tensor(forced_masks[index]))
                 masks.append(region)
             timings[f"stage{index + 1}"] = (time.perf_counter() - started) * 1e3
