@@ -267,7 +267,7 @@ def parse_rho_class(value: str | None, classes: Sequence[str]) -> tuple[tuple[in
     if len(value) > MAX_RHO_CLASS_CHARS:
         raise HTTPProblem(400, f"rho_class is over {MAX_RHO_CLASS_CHARS:,} characters")
     try:
-        by_name = rho_class_from_text(value, ":" if ":" in value else "=")
+        by_name = rho_class_from_text(value, "=" if "=" in value and ":" not in value else ":")
         return tuple(sorted(check_rho_class(by_name, classes).items()))
     except LCError as error:
         raise HTTPProblem(400, str(error)[:400]) from None

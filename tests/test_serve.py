@@ -30,6 +30,7 @@ from layercascade.serve.http import (
     check_declared_length,
     decode_image,
     parse_rho,
+    parse_rho_class,
     png_bytes,
     segment_answer,
     wants_json,
@@ -77,6 +78,16 @@ def test_what_is_accepted() -> None:
         with pytest.raises(HTTPProblem) as caught:
             parse_rho(bad)
         assert caught.value.status == 400
+    classes = Cascade.load(None, backend="ort").classes
+    assert parse_rho_class(None, classes) is None and parse_rho_class("", classes) == ()  # the default; none
+    assert parse_rho_class("person:1,car:0.9", classes) == ((7, 0.9), (15, 1.0))  # by class index, in class order
+    assert parse_rho_class("person=1", classes) == ((15, 1.0),)  # ?rho_class=person%3D1, decoded
+    for bad, message in (("unicorn:1", "'unicorn' is not a class of this model (background, aeroplane"),
+                         ("person:0", "a threshold must be a number in (0, 1]"), ("person", "NAME:R[,NAME:R...]"),
+                         ("person:1," * 1000, "over 8,192 characters")):
+        with pytest.raises(HTTPProblem) as caught:
+            parse_rho_class(bad, classes)
+        assert caught.value.status == 400 and message in caught.value.message and "\n" not in caught.value.message
     assert wants_json("application/json") and wants_json("text/html, application/json;q=0.9")
     assert not wants_json(None) and not wants_json("image/png")
     for path in SAMPLE_FILES:
