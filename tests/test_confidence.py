@@ -36,6 +36,7 @@ from layercascade.runtime.inputs import SAMPLES
 from layercascade.serve.http import (
     HTTPProblem,
     Limits,
+    RhoUsed,
     check_answer_outputs,
     check_segment_request,
     segment_answer,
@@ -245,20 +246,22 @@ def test_a_model_dir_exported_before_it_runs_without(tmp_path: Path, demo: Casca
     assert error.startswith("error: --outputs confidence:") and "re-export it with lc-export" in error
     assert "\n" not in error and not (tmp_path / "b" / f"{JPEG.stem}.png").exists()
     with pytest.raises(HTTPProblem, match="re-export") as refused:
-        check_answer_outputs(check_segment_request({}, "outputs=confidence", Limits()), has_confidence=False)
+        check_answer_outputs(check_segment_request({}, "outputs=confidence", Limits(), demo.classes),
+                             has_confidence=False)
     assert refused.value.status == 400
 
 
 def test_lc_serve_answers_the_maps_asked_for_in_json(demo: Cascade) -> None:
-    query = check_segment_request({}, "outputs=stages,confidence,labels&rho=0.9", Limits())
+    query = check_segment_request({}, "outputs=stages,confidence,labels&rho=0.9", Limits(), demo.classes)
     assert query.outputs == ("labels", "confidence", "stages") and query.rho == (0.9, 0.9)
-    assert wants_json(None, query) and not wants_json(None, check_segment_request({}, "", Limits()))
+    assert wants_json(None, query) and not wants_json(None, check_segment_request({}, "", Limits(), demo.classes))
     for bad in ("outputs=heatmap", "outputs=", "outputs=labels&outputs=stages"):
         with pytest.raises(HTTPProblem) as refused:
-            check_segment_request({}, bad, Limits())
+            check_segment_request({}, bad, Limits(), demo.classes)
         assert refused.value.status == 400
     result = demo(read_rgb(JPEG), 0.9)
-    body, media_type, _ = segment_answer(result, demo.palette, 1.0, True, query.outputs)
+    body, media_type, _ = segment_answer(result, demo.palette, 1.0, True, RhoUsed((0.9, 0.9), "request"),
+                                         query.outputs)
     answer = json.loads(body)
     assert media_type == "application/json" and {"labels_png", "confidence_png", "stages_png"} <= set(answer)
     picture = Image.open(io.BytesIO(base64.b64decode(answer["confidence_png"])))
