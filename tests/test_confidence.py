@@ -42,7 +42,7 @@ from layercascade.serve.http import (
     segment_answer,
     wants_json,
 )
-from layercascade.tests.helpers import copy_demo_model, synthetic_images
+from layercascade.tests.helpers import copy_demo_model, synthetic_images, version2_copy
 
 JPEG = SAMPLES / "synthetic-240x320.jpg"
 RHO = (0.9, 0.95)
@@ -202,38 +202,17 @@ def test_lc_run_outputs_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (tmp_path / "b" / f"{JPEG.stem}.png").is_file()
 
 
-def without_confidence(target: Path) -> Path:
-    """The demo model dir as layercascade exported it before the confidence: stage 3 without the output,
-    lc.json version 2."""
-    def strip(model: onnx.ModelProto) -> onnx.ModelProto:
-        if not any(output.name == CONFIDENCE for output in model.graph.output):
-            return model
-        kept = [output for output in model.graph.output if output.name != CONFIDENCE]
-        nodes = live_nodes(list(model.graph.node), {output.name for output in kept})
-        del model.graph.output[:], model.graph.node[:]
-        model.graph.output.extend(kept)
-        model.graph.node.extend(nodes)
-        return model
-
-    folder = copy_demo_model(target, strip)
-    manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["stages"][2]["outputs"] = [o for o in manifest["stages"][2]["outputs"] if o["name"] != CONFIDENCE]
-    manifest["version"] = 2
-    (folder / MANIFEST).write_text(json.dumps(manifest))
-    return folder
-
-
 def test_a_model_dir_exported_before_it_runs_without(tmp_path: Path, demo: Cascade,
                                                      capsys: pytest.CaptureFixture) -> None:
     from layercascade.cli import run
 
-    old = without_confidence(tmp_path / "old")
+    old = version2_copy(tmp_path / "old")
     image = read_rgb(JPEG)
     for backend, options in (("ort", {}), ("openvino", {"precision": "fp32"})):
         if backend == "openvino":
             pytest.importorskip("openvino", reason="OpenVINO is not installed")
         with Cascade.load(old, backend=backend, **options) as cascade:
-            assert not cascade.has_confidence
+            assert not cascade.has_confidence and cascade.threshold_count == 1  # both read from its graphs
             result = cascade(image, 0.9)
             assert result.confidence is None
             assert np.mean(result.labels == demo(image, 0.9).labels) >= 0.9999

@@ -21,7 +21,7 @@ from layercascade.export.cascade_graph import cascade_graph
 from layercascade.export.graph import load_onnx
 from layercascade.manifest import read_cascade_manifest
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
-from layercascade.tests.helpers import single_threshold_copy, synthetic_images
+from layercascade.tests.helpers import synthetic_images, version2_copy
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,9 @@ def test_each_threshold_acts_on_its_own_mask(demo: Cascade) -> None:
 
 def version_1_copy(target: Path) -> Path:
     """The demo model dir as layercascade wrote it before per-stage thresholds: version 1, one default ρ (and one
-    threshold per stage graph)."""
+    threshold per stage graph, no confidence)."""
     assert read_cascade_manifest(DEMO_MODEL)["default_rho"] == [0.985, 0.985]
-    return single_threshold_copy(target, version=1, default_rho=0.985)
+    return version2_copy(target, version=1, default_rho=0.985)
 
 
 def test_a_version_1_model_dir_still_runs(tmp_path: Path, demo: Cascade) -> None:

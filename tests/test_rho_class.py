@@ -29,7 +29,7 @@ from layercascade.model.data import VOC_CLASSES
 from layercascade.model.region import confidence, next_mask
 from layercascade.runtime.backend import StageOutputs
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
-from layercascade.tests.helpers import single_threshold_copy, synthetic_images
+from layercascade.tests.helpers import synthetic_images, version2_copy
 
 PERSON = VOC_CLASSES.index("person")
 RHO = 0.7  # low enough that, on the synthetic images, person pixels stop at stages 1 and 2 under one threshold
@@ -198,7 +198,7 @@ def test_contract_helpers() -> None:
 def test_a_model_dir_of_one_threshold_per_stage_still_runs(tmp_path: Path, images: np.ndarray) -> None:
     """Graphs whose ``rho`` is [1] (lc.json version 2) run uniform thresholds on every backend that runs model
     dirs, as the demo did before; per-class thresholds on them are one line."""
-    old = single_threshold_copy(tmp_path / "v2")
+    old = version2_copy(tmp_path / "v2")
     manifest = read_cascade_manifest(old)
     assert manifest["version"] == 2 and manifest["stages"][0]["inputs"][1] == {"name": "rho", "dtype": "float32",
                                                                               "shape": [1]}
@@ -206,7 +206,7 @@ def test_a_model_dir_of_one_threshold_per_stage_still_runs(tmp_path: Path, image
         expected = {rho: run_each(new, images, rho) for rho in (0.9, (0.9, 0.97))}
     for backend, options in BACKENDS[:2]:
         with load(backend, options) as _, Cascade.load(old, backend=backend, **options) as cascade:
-            assert cascade.threshold_count == 1
+            assert cascade.threshold_count == 1 and not cascade.has_confidence  # both read from its graphs
             for rho, theirs in expected.items():
                 ours = run_each(cascade, images, rho)
                 assert np.array_equal(ours.mask2, theirs.mask2) and np.array_equal(ours.mask3, theirs.mask3)
@@ -222,7 +222,7 @@ def test_a_model_dir_of_one_threshold_per_stage_still_runs(tmp_path: Path, image
 
 
 def test_commands_refuse_per_class_thresholds_on_an_old_dir(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    old = single_threshold_copy(tmp_path / "v2")
+    old = version2_copy(tmp_path / "v2")
     assert run_cli(run.main, ["-o", str(tmp_path / "out"), "--model", str(old), "--backend", "ort",
                               "--rho-class", "person=1", "--quiet"]) == 1
     error = capsys.readouterr().err

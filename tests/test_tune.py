@@ -204,6 +204,10 @@ def test_tune_one_class(demo_fp32: Path, tmp_path: Path, capsys, fixed_latency: 
     assert manifest["default_rho_class"] == {"background": 0.9} and manifest["default_rho"] == [0.985, 0.985]
     assert manifest["tuning"]["tune_class"] == "background"
     assert manifest["tuning"]["chosen"]["rho_class"] == {"background": 0.9}
+    # Its grid holds one (ρ₂, ρ₃): no frontier for --target-ms / --target-fps to move along.
+    assert "frontier" not in manifest["tuning"]
+    with pytest.raises(LCError, match="records no latency frontier"):
+        read_frontier(manifest, output / "lc.json")
     images = np.stack([open_dataset("synthetic", "val", limit=1)[0][0]])
     with Cascade.load(output, backend="ort") as tuned, Cascade.load(demo_fp32, backend="ort") as source:
         assert tuned.default_rho_class == {0: 0.9}
