@@ -21,11 +21,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from layercascade.contract import CONFIDENCE
 from layercascade.errors import LCError, run_cli
-from layercascade.export.graph import GraphBuilder, live_nodes
+from layercascade.export.graph import GraphBuilder
 from layercascade.export.stages import confidence as confidence_node
-from layercascade.manifest import MANIFEST
 from layercascade.model.checkpoint import load_checkpoint
 from layercascade.model.data.images import read_rgb
 from layercascade.model.data.placement import SCALE, upsample_stage_map
@@ -42,7 +40,7 @@ from layercascade.serve.http import (
     segment_answer,
     wants_json,
 )
-from layercascade.tests.helpers import copy_demo_model, synthetic_images, version2_copy
+from layercascade.tests.helpers import synthetic_images, version2_copy
 
 JPEG = SAMPLES / "synthetic-240x320.jpg"
 RHO = (0.9, 0.95)
