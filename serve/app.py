@@ -48,6 +48,7 @@ from layercascade.serve.http import (
     RhoUsed,
     SegmentQuery,
     check_answer_outputs,
+    check_per_class,
     check_segment_request,
     decode_image,
     error_body,
@@ -192,6 +193,7 @@ class CascadeServer:
                 raise HTTPProblem(400, "deadline_ms needs a service with a latency target (lc-serve --target-ms) on "
                                        "a model tuned by lc-tune; give rho instead")
             check_answer_outputs(query, self.cascade.has_confidence)
+            check_per_class(query, self.cascade.threshold_count > 1)
             with self.upload_slot():
                 body = await read_body(request.stream(), limits)
                 return await self.segment_body(body, query, wants_json(request.headers.get("accept"), query))

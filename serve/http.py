@@ -266,6 +266,13 @@ def parse_answer_outputs(value: str) -> tuple[str, ...]:
     return tuple(name for name in ANSWER_OUTPUTS if name in names)
 
 
+def check_per_class(query: SegmentQuery, takes_per_class: bool) -> None:
+    """400 when the query gives per-class thresholds to a model exported before them (its graphs take one each)."""
+    if query.rho_class and not takes_per_class:
+        raise HTTPProblem(400, "rho_class: the served model was exported before per-class thresholds (lc.json "
+                               "version 2); its operator must re-export it with lc-export")
+
+
 def check_answer_outputs(query: SegmentQuery, has_confidence: bool) -> None:
     """400 when the query asks for the confidence of a model exported without it."""
     if "confidence" in query.outputs and not has_confidence:

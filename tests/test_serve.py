@@ -30,8 +30,10 @@ from layercascade.serve.http import (
     HTTPProblem,
     Limits,
     RhoUsed,
+    SegmentQuery,
     check_content_type,
     check_declared_length,
+    check_per_class,
     decode_image,
     parse_rho,
     parse_rho_class,
@@ -92,6 +94,12 @@ def test_what_is_accepted() -> None:
         with pytest.raises(HTTPProblem) as caught:
             parse_rho_class(bad, classes)
         assert caught.value.status == 400 and message in caught.value.message and "\n" not in caught.value.message
+    # A model exported before per-class thresholds takes none: a 400 before the body is read, not the run's 500.
+    check_per_class(SegmentQuery(rho_class=((15, 1.0),)), takes_per_class=True)
+    check_per_class(SegmentQuery(rho_class=()), takes_per_class=False)  # ?rho_class= (none) runs anywhere
+    with pytest.raises(HTTPProblem, match="exported before per-class thresholds.*re-export it") as caught:
+        check_per_class(SegmentQuery(rho_class=((15, 1.0),)), takes_per_class=False)
+    assert caught.value.status == 400
     assert wants_json("application/json") and wants_json("text/html, application/json;q=0.9")
     assert not wants_json(None) and not wants_json("image/png")
     for path in SAMPLE_FILES:
@@ -565,7 +573,7 @@ def tuned_model(tmp_path_factory, demo_fp32: Path) -> Path:
     return output
 
 
-def in_process_server(model: Path, target_ms: float, run_ms: Callable, runs: list | None = None) -> Callable:
+def in_process_server(model: Path, target_ms: float | None, run_ms: Callable, runs: list | None = None) -> Callable:
     """``request(method, path, ...)`` answered by a replica in this process on a clock of its own that only the
     model's runs advance, by ``run_ms(rho)`` each (the injected latency); Serve's batching (which needs a replica)
     replaced by runs of one request; each run's (rho, rho_class) appended to ``runs``."""
@@ -602,6 +610,19 @@ def in_process_server(model: Path, target_ms: float, run_ms: Callable, runs: lis
         return server(Request(scope, receive))
 
     return request
+
+
+def test_per_class_thresholds_to_a_model_exported_before_them_are_a_400(tmp_path: Path) -> None:
+    """A version-2 model dir (one threshold per stage graph) served: ?rho_class= is a 400 saying to re-export, not
+    the run's 500; without it the model answers."""
+    import asyncio
+
+    from layercascade.tests.helpers import version2_copy
+
+    request = in_process_server(version2_copy(tmp_path / "v2"), None, lambda rho: 1.0)
+    refused = asyncio.run(request("POST", "/v1/segment", JPEG.read_bytes(), query="rho_class=person:1"))
+    assert refused.status_code == 400 and b"re-export it with lc-export" in refused.body
+    assert asyncio.run(request("POST", "/v1/segment", JPEG.read_bytes(), query="rho=0.9")).status_code == 200
 
 
 def test_a_replica_lowers_rho_to_meet_its_target_and_says_so(tuned_model) -> None:
