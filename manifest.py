@@ -22,8 +22,10 @@ from typing import Any, BinaryIO, NoReturn
 from layercascade.errors import LCError, fail
 
 FORMAT = "layercascade.model"
+# 3: stage 3 outputs ``confidence``, the stage graphs' ``rho`` holds one threshold per class, and a tuned dir may
+# hold ``default_rho_class``. A version-2 dir (exported before both) is still read: it has no ``confidence`` and runs
+# without (see contract.OPTIONAL_OUTPUTS), and its ``rho`` of shape [1] runs uniform thresholds.
 # 2: ``default_rho`` is [ρ₂, ρ₃] (1: one number for both stages; still read, see check_cascade_fields).
-# 3: stage 3 outputs ``confidence`` (a version-2 dir has none; it runs without, see contract.OPTIONAL_OUTPUTS).
 VERSION = 3
 MANIFEST = "lc.json"
 
@@ -271,6 +273,10 @@ def check_cascade_fields(manifest: dict[str, Any], source: str | os.PathLike,
                 and sizes["max"][0] * sizes["max"][1] <= MAX_PIXELS):
             wrong("dynamic_size", '{"min": [H, W], "max": [H, W], "multiple": 8} (multiples of 8, min <= max, '
                                   f"at most {MAX_PIXELS:,} pixels)")
+    per_class = manifest.get("default_rho_class", {})  # lc-tune --tune-class: class name → ρ_c
+    if not (isinstance(per_class, dict) and all(name in manifest["classes"] and _threshold(value)
+                                                 for name, value in per_class.items())):
+        wrong("default_rho_class", "{class name: threshold} (classes of the model, thresholds in (0, 1])")
     for record in ("source", "quantization", "tuning", "engines"):  # what other commands add: read by some
         if record in manifest and not isinstance(manifest[record], dict):
             wrong(record, "a record (a JSON object)")

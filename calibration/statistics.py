@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from layercascade.contract import IMAGE, MASK2, MASK3, RHO, Rho, format_rho
+from layercascade.contract import IMAGE, MASK2, MASK3, RHO, Rho, format_rho, threshold_count
 from layercascade.errors import fail
 from layercascade.export.graph import consumers_of, load_onnx
 from layercascade.export.regionconv import DOMAIN as REGION_CONV_DOMAIN
@@ -248,7 +248,8 @@ def collect(model_dir: Path, manifest: dict[str, Any], images: Iterable[np.ndarr
     files = graph_files(manifest)
     recorders = [_Recorder(model_dir / name) for name in files]
     collectors = {name: histogram_collector("entropy") for name in files}
-    rho2, rho3 = (np.array([r], np.float32) for r in rho)
+    # A uniform ρ per stage, as many as the graphs take (one per class, or one: exported before per-class thresholds).
+    rho2, rho3 = (np.full(threshold_count(manifest), r, np.float32) for r in rho)
     reached = [0, 0]
     quiet = open(os.devnull, "w")  # noqa: SIM115 - HistogramCollector.collect prints a line per call
     with quiet, tqdm(total=count, desc="calibrating", unit="batch", disable=not progress, leave=False) as bar:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from layercascade.contract import Rho, check_threshold, rho_from_text
+from layercascade.contract import Rho, check_threshold, rho_class_from_text, rho_from_text
 from layercascade.errors import LCError, fail
 
 
@@ -121,6 +121,23 @@ def add_rho_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
     parser.add_argument("--rho", type=rho, default=None, metavar="R|R2,R3", help=help)
     for spelling in deprecated:
         parser.add_argument(spelling, type=rho, dest="rho", metavar="R|R2,R3", action=_Deprecated, help=argparse.SUPPRESS)
+
+
+def rho_class(text: str) -> dict[str, float]:
+    """``NAME=R[,NAME=R...]`` → {class name: ρ_c}, each R in (0, 1] (the names are checked against the model's
+    classes when it is loaded)."""
+    try:
+        return rho_class_from_text(text)
+    except LCError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_rho_class_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--rho-class NAME=R[,NAME=R...]``: per-class thresholds beside ``--rho`` (default None: the model's)."""
+    parser.add_argument("--rho-class", type=rho_class, default=None, metavar="NAME=R[,NAME=R...]",
+                        help="per-class thresholds: a pixel whose winner at stage 1 or 2 is class NAME stops there "
+                             "only if its confidence exceeds R, in (0, 1] (1: that class never stops early); the "
+                             "other classes keep --rho (default: the model's, usually none; e.g. person=1,car=0.9)")
 
 
 class _Deprecated(argparse.Action):

@@ -10,13 +10,14 @@ from layercascade.cli.args import (
     DATA_HELP,
     add_backend_arguments,
     add_rho_argument,
+    add_rho_class_argument,
     engine,
     float_pair,
     load_options,
     rho_list,
     size,
 )
-from layercascade.contract import format_rho
+from layercascade.contract import format_rho, format_rho_class
 from layercascade.errors import fail, run_cli
 from layercascade.runtime.registry import profilers
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "backend) a checkpoint .pt (default: the bundled demo model)")
     add_rho_argument(parser, "threshold ρ in (0, 1] for both stages, or ρ₂,ρ₃ (stage 1 → 2, stage 2 → 3) "
                              "(default: the model's)")
+    add_rho_class_argument(parser)
     parser.add_argument("--size", type=size, default=None, metavar="HxW",
                         help="time the model at this input size: a dynamic-size export (lc-export --dynamic-size) "
                              "at any size it takes (multiples of 8 within its bounds; OpenVINO compiles for the "
@@ -97,6 +99,8 @@ def precision_list(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.compare is not None:
+        if args.rho_class is not None:
+            fail("--rho-class goes without --compare (which measures uniform thresholds, --rhos)")
         return compare_main(args)
     if args.rhos or args.data or args.plot:
         fail("--rhos, --data and --plot go with --compare (e.g. --compare fp32,int8)")
@@ -107,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or cascade.batch_size or 1
     result = benchmark(cascade, args.rho, batch, args.iters, args.warmup, args.active_fraction,
                        progress=not args.json, per_stage=args.per_stage, profile=args.profile, peers=args.peers,
-                       threads=args.threads, size=args.size)
+                       threads=args.threads, size=args.size, rho_class=args.rho_class)
     if args.json:
         print(json.dumps(result))
         return 0
+    per_class = f" ({format_rho_class(result['rho_class'])})" if result["rho_class"] else ""
     print(f"{result['model']} ({result['backbone']}, {result['size'][0]}x{result['size'][1]}, batch {batch}, "
-          f"ρ = {format_rho(result['rho'])}, {engine(result['backend'], result['precision'])}"
+          f"ρ = {format_rho(result['rho'])}{per_class}, {engine(result['backend'], result['precision'])}"
           f"{', no lowering' if args.no_lowering else ''})")
     print(f"machine: {result['machine']}")
     rows = [(name, result[name]) for name in ("cascade", "dense")]

@@ -7,8 +7,8 @@ import functools
 import json
 from pathlib import Path
 
-from layercascade.cli.args import add_data_arguments, add_image_arguments, rho
-from layercascade.contract import rho_or_default
+from layercascade.cli.args import add_data_arguments, add_image_arguments, add_rho_class_argument, rho
+from layercascade.contract import check_rho_class, rho_class_value, rho_or_default
 from layercascade.errors import fail, run_cli
 
 
@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "1 = dense network (default: the checkpoint's)")
     which.add_argument("--rho-sweep", action="store_true",
                        help="evaluate at the paper's ρ values 1, 0.995, 0.985, 0.970, 0.950, 0.930, 0.900, 0.800")
+    add_rho_class_argument(parser)
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object {miou, per_class_iou, stage_fractions, rho, images} "
+                        help="print one JSON object {miou, per_class_iou, stage_fractions, rho, rho_class, images} "
                              "(a list of them with --rho-sweep)")
     parser.add_argument("--per-class", action="store_true", help="also print the per-class IoU table")
     return parser
@@ -42,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     from layercascade.model.data import open_dataset
     from layercascade.model.evaluate import PAPER_RHOS, evaluate, format_per_class, format_table
 
-    predict, classes, default_rho = load_predictor(args.checkpoint, args.resize)
+    predict, classes, default_rho, rho_class = load_predictor(args.checkpoint, args.resize, args.rho_class)
     dataset = open_dataset(args.data, args.split, seed=args.seed, limit=args.limit)
     if len(dataset.classes) != len(classes):
         fail(f"data set {args.data!r} has {len(dataset.classes)} classes, the model {len(classes)}")
     rhos = PAPER_RHOS if args.rho_sweep else [rho_or_default(args.rho, default_rho)]
     results = evaluate(predict, dataset, rhos, classes, progress=not args.json)
     if args.json:
-        payload = [r.to_dict() for r in results]
+        payload = [{**r.to_dict(), "rho_class": rho_class} for r in results]
         print(json.dumps(payload if args.rho_sweep else payload[0]))
         return 0
     print(f"{args.checkpoint or 'demo model'} on {args.data} {args.split} ({len(dataset)} images)")
@@ -61,14 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_predictor(source: str | None, resize: str | None = None):
-    """(predictor, class names, default ρ) for a checkpoint file or an exported model directory (its images placed
-    by ``resize``; None: the model's default)."""
+def load_predictor(source: str | None, resize: str | None = None, rho_class: dict[str, float] | None = None):
+    """(predictor, class names, default ρ, per-class thresholds by name) for a checkpoint file or an exported model
+    directory (its images placed by ``resize``; None: the model's default), the predictor at ``rho_class``
+    (None: the model's default)."""
     if source is not None and Path(source).is_dir():
         from layercascade.runtime.cascade import Cascade
 
         cascade = Cascade.load(source, backend="ort")  # the exact fp32 reference (auto may run bf16)
-        return functools.partial(cascade.predict, resize=resize), cascade.classes, cascade.default_rho
+        by_index = cascade.rho_class(rho_class)
+        return (functools.partial(cascade.predict, resize=resize, rho_class=by_index), cascade.classes,
+                cascade.default_rho, rho_class_value(by_index, cascade.classes))
     if resize not in (None, "none"):
         fail(f"--resize {resize}: the PyTorch reference runs each image at its own size; evaluate a model dir "
              "(lc-export) to compare the resize modes")
@@ -76,8 +80,9 @@ def load_predictor(source: str | None, resize: str | None = None):
     from layercascade.model.evaluate import torch_predictor
 
     checkpoint = load_checkpoint(source)
-    predict = torch_predictor(checkpoint.build_model(), checkpoint.mean, checkpoint.std)
-    return predict, checkpoint.classes, checkpoint.default_rho
+    by_index = check_rho_class(rho_class, checkpoint.classes)
+    predict = torch_predictor(checkpoint.build_model(), checkpoint.mean, checkpoint.std, by_index)
+    return predict, checkpoint.classes, checkpoint.default_rho, rho_class_value(by_index, checkpoint.classes)
 
 
 def cli() -> None:

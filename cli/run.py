@@ -15,6 +15,7 @@ from layercascade.cli.args import (
     add_backend_arguments,
     add_image_arguments,
     add_rho_argument,
+    add_rho_class_argument,
     check_frontier,
     engine,
     finite_float,
@@ -22,6 +23,7 @@ from layercascade.cli.args import (
     load_options,
     positive_int,
 )
+from layercascade.contract import rho_class_value
 from layercascade.errors import LCError, fail, run_cli
 from layercascade.model.data.images import MAX_PIXELS
 from layercascade.runtime.inputs import SAMPLES
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rho_argument(parser, "confidence threshold ρ in (0, 1]: pixels more confident than ρ at a stage stop "
                              "there; R2,R3 gives stage 1 → 2 and stage 2 → 3 a threshold each; 1 runs every "
                              "pixel through every stage (default: the model's)")
+    add_rho_class_argument(parser)
     add_backend_arguments(parser)
     parser.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
                         help="refuse images of more pixels, read from the file's header before decoding "
@@ -106,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep F frames per second by lowering ρ along the latency frontier lc-tune recorded in the "
                             "model dir (raising it again when there is room), so a live source drops frames only "
                             "where the fastest setting cannot keep up; each frame's line says its ρ, the summary the "
-                            "moves and the mean expected mIoU cost (in place of --rho; needs a dir tuned by lc-tune)")
+                            "moves and the mean expected mIoU cost (in place of --rho; --rho-class still applies on "
+                            "top; needs a dir tuned by lc-tune)")
     scale = parser.add_argument_group("scale-out (pip install 'layercascade[serve]')")
     scale.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
                        help="segment with a Ray Data pipeline: a pool of workers, each holding the model, on a local "
@@ -155,17 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args, threads=threads)) as cascade:
         check_outputs(cascade, args.outputs)
+        # Checked against the model's classes before any image runs; by class index from here on.
+        rho_class = cascade.rho_class(args.rho_class)
         if args.ray is None:
             run = segment_all(cascade, paths, out, rho=args.rho, strict=args.strict, progress=progress, read=read,
-                              earlier=earlier, video=video, outputs=args.outputs)
+                              earlier=earlier, video=video, outputs=args.outputs, rho_class=rho_class)
         backend, precision, rho = cascade.backend, cascade.precision, cascade.rho(args.rho)
+        used_rho_class = rho_class_value(rho_class, cascade.classes)
     if args.ray is not None:
         batch = import_serving("batch")
         run = batch.segment_all_ray(args.model, load_options(args, threads=1), paths, out, rho=args.rho,
                                     strict=args.strict, progress=progress, read=read, earlier=earlier,
                                     address=None if args.ray == LOCAL_RAY else args.ray, workers=args.workers,
-                                    video=video, outputs=args.outputs)
-    summary = summarize(run, backend=backend, precision=precision, model=args.model or "demo", rho=rho)
+                                    video=video, outputs=args.outputs, rho_class=rho_class)
+    summary = summarize(run, backend=backend, precision=precision, model=args.model or "demo", rho=rho,
+                        rho_class=used_rho_class)
     try:
         size = write_summary(out, summary)
     except LCError as error:

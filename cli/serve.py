@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="lc-serve",
         description="Serve a Layer Cascade model over HTTP on Ray Serve: POST an image file's bytes to "
-                    "/v1/segment (?rho=R or ?rho=R2,R3; with --target-ms, ?deadline_ms=T) and get the palette label map as PNG at the image's size (headers "
+                    "/v1/segment (?rho=R or ?rho=R2,R3, or with --target-ms ?deadline_ms=T; ?rho_class=NAME:R,... "
+                    "on top of either) and get the palette label map as PNG at the image's size (headers "
                     "X-LC-Stage-Fractions, X-LC-Milliseconds, X-LC-Rho), or JSON with 'Accept: application/json'; "
                     "GET /v1/health (200 once the model is loaded), GET /v1/model. Requests to a replica are "
                     "batched up to the model's batch capacity. Runs until Ctrl-C or SIGTERM.",
@@ -76,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--target-ms", type=finite_float(1, 600_000), default=None, metavar="T",
                          help="a latency target per request, 1 to 600000 ms: each replica lowers ρ along the frontier "
                               "lc-tune recorded in the model dir when requests would miss it and raises it again "
-                              "when there is headroom; answers say the ρ used and its expected mIoU cost, and a "
-                              "request may set its own ?deadline_ms= (needs a model dir tuned by lc-tune; "
-                              "docs/serving.md)")
+                              "when there is headroom (a request's ?rho_class= applies on top); answers say the ρ "
+                              "used and its expected mIoU cost, and a request may set its own ?deadline_ms= (needs a "
+                              "model dir tuned by lc-tune; docs/serving.md)")
     network.add_argument("--route-prefix", default="/", metavar="PATH",
                          help="serve the model under PATH (/PATH/v1/segment): several models on one cluster "
                               "(default: /)")

@@ -1,4 +1,5 @@
-"""lc-tune: the default thresholds (ρ₂, ρ₃) that meet a latency or accuracy budget on this machine and backend."""
+"""lc-tune: the default thresholds (ρ₂, ρ₃), or one class's (--tune-class), that meet a latency or accuracy budget on
+this machine and backend."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from layercascade.cli.args import add_backend_arguments, add_data_arguments, load_options, rho_list
-from layercascade.contract import format_rho
 from layercascade.errors import LCError, fail, run_cli
 
 
@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", type=rho_list, default=None, metavar="R1,R2,...",
                         help="the thresholds to combine: every (ρ₂, ρ₃) of them with ρ₃ ≥ ρ₂, plus the model's "
                              f"default (default: {','.join(f'{r:g}' for r in GRID)})")
+    parser.add_argument("--tune-class", default=None, metavar="NAME",
+                        help="search class NAME's own threshold instead (--rho-class NAME=R: a pixel whose winner at "
+                             "stage 1 or 2 is NAME stops only if its confidence exceeds R): R at each --grid value "
+                             "(1: never stops early), the other classes at the model's default thresholds; the tuned "
+                             "copy records the choice as its default_rho_class")
     parser.add_argument("--iters", type=int, default=30, help="timed runs of each setting (default: 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs of each setting first (default: 5)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (default: all cores)")
@@ -54,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "copy)")
     plot.add_argument("--no-plot", action="store_true", help="draw no plot (matplotlib not needed)")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object: every measured point (rho, median_ms, p90_ms, p99_ms, fps, miou, "
+                        help="print one JSON object: every measured point (rho, rho_class, median_ms, p90_ms, p99_ms, "
+                             "fps, miou, "
                              "miou_drop, stage_fractions, default, on_frontier), frontier, reference, chosen, budget, "
                              "output, plot, machine")
     return parser
@@ -81,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         check_plot_target(plot.resolve(), "lc-tune")
     dataset = open_dataset(args.data, args.split, seed=args.seed, limit=args.limit)
     with Cascade.load(model_dir, **load_options(args, args.threads)) as cascade:
+        # The class by its index (one line for a name the model does not have, or a model without per-class ρ).
+        tune_class = None if args.tune_class is None else next(iter(cascade.rho_class({args.tune_class: 1.0})))
         result = tune.measure_grid(cascade, dataset, args.grid or tune.GRID, args.iters, args.warmup,
-                                   progress=not args.json)
+                                   progress=not args.json, tune_class=tune_class)
     try:
         chosen = tune.choose_setting(result["points"], budget)
     except LCError:
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     data = {"spec": args.data, "split": args.split, "seed": args.seed, "images": len(dataset)}
     record = tune.tuning_record(result, chosen, budget, data, args.precision)
-    written = tune.write_tuned_dir(model_dir, output, chosen["rho"], record)
+    written = tune.write_tuned_dir(model_dir, output, chosen["rho"], record, chosen["rho_class"])
     if plot is not None:
         tune.plot_frontier(result, chosen, budget, plot)
     if args.json:
@@ -100,22 +108,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print_frontier(result, chosen)
     reference = result["reference"]
-    print(f"budget: {budget.describe()} → ρ = {format_rho(chosen['rho'])}: {chosen['median_ms']:.2f} ms per run, "
+    print(f"budget: {budget.describe()} → {tune.setting_text(chosen)}: {chosen['median_ms']:.2f} ms per run, "
           f"{chosen['fps']:.1f} images/s, mIoU {chosen['miou']:.2f} ({signed(-chosen['miou_drop'])} against the "
-          f"previous default ρ = {format_rho(reference['rho'])}: {reference['median_ms']:.2f} ms, "
+          f"previous default {tune.setting_text(reference)}: {reference['median_ms']:.2f} ms, "
           f"mIoU {reference['miou']:.2f})")
-    print(f"wrote {written} (default ρ = {format_rho(chosen['rho'])})" + (f", plot {plot}" if plot else ""))
+    print(f"wrote {written} (default {tune.setting_text(chosen)})" + (f", plot {plot}" if plot else ""))
     return 0
 
 
 def print_frontier(result: dict[str, Any], chosen: dict[str, Any] | None) -> None:
     """What was measured, and the frontier as a table (the default's row too when it is off the frontier)."""
     from layercascade.model.evaluate import markdown_table
+    from layercascade.runtime.tune import setting_text
 
     print(f"{result['model']} ({result['backbone']}, {result['size'][0]}x{result['size'][1]}, batch {result['batch']}, "
           f"{result['backend']}) on {result['data']}")
     print(f"machine: {result['machine']}")
-    print(f"{len(result['points'])} settings (ρ₂, ρ₃), each timed {result['iters']} runs in alternating blocks on "
+    searched = f"ρ_{result['tune_class']}" if result.get("tune_class") else "(ρ₂, ρ₃)"
+    print(f"{len(result['points'])} settings {searched}, each timed {result['iters']} runs in alternating blocks on "
           f"{result['timing_images']} of the images; the frontier (no other setting is as fast and more accurate):")
     rows = []
     for point in result["points"]:
@@ -124,7 +134,7 @@ def print_frontier(result: dict[str, Any], chosen: dict[str, Any] | None) -> Non
         notes = [note for note, holds in (("chosen", point is chosen), ("previous default", point["default"]),
                                           ("off the frontier", not point["on_frontier"])) if holds]
         fractions = "/".join(f"{100 * f:.0f}" for f in point["stage_fractions"])
-        rows.append((point["median_ms"], [format_rho(point["rho"]), f"{point['median_ms']:.2f}",
+        rows.append((point["median_ms"], [setting_text(point).removeprefix("ρ = "), f"{point['median_ms']:.2f}",
                                           f"{point['p90_ms']:.2f}", f"{point['fps']:.1f}", f"{point['miou']:.2f}",
                                           signed(-point["miou_drop"]), fractions, ", ".join(notes)]))
     print(markdown_table(["ρ", "median ms", "p90 ms", "images/s", "mIoU", "Δ mIoU", "% at stage 1/2/3", ""],

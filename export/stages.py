@@ -85,7 +85,7 @@ class _Exporter:
         if name == LABELS:
             return [self.batch, *image]
         if name == RHO:
-            return [1]
+            return [self.classes]
         if name == STAGE_COUNTS:
             return [self.batch, 3]
         if name == CONFIDENCE:
@@ -143,13 +143,17 @@ class _Exporter:
         return features, emitter.emit(head_ops(self.model, index, regional), features)
 
     def threshold(self, g: GraphBuilder, scores: str, rho: str, region: str | None, name: str) -> str:
-        """``[max softmax(scores) ≤ ρ]`` (∧ the current region) as float 0/1.
+        """``[max softmax(scores) ≤ ρ[argmax scores]]`` (∧ the current region) as float 0/1: ``rho`` holds one
+        threshold per class, and a pixel's is its winner's (``model/region.py`` ``next_mask``).
 
-        max softmax = 1 / Σ_c exp(s_c − max s) (:func:`partition`), so the test is ``ρ · Σ_c exp(s_c − max s) ≥ 1``:
-        two reductions over the class axis and no Softmax, which ONNX Runtime runs
-        slower (over axis 1, or with the transposes to put the classes last).
+        max softmax = 1 / Σ_c exp(s_c − max s) (:func:`partition`), so the test is
+        ``ρ[argmax s] · Σ_c exp(s_c − max s) ≥ 1``: two reductions over the class axis, an ArgMax and a Gather of the
+        winners' thresholds, and no Softmax, which ONNX Runtime runs slower (over axis 1, or with the transposes to
+        put the classes last).
         """
-        scaled = g.node("Mul", [partition(g, scores, 1, name, keepdims=1), rho], f"{name}/scaled")
+        winner = g.node("ArgMax", [scores], f"{name}/winner", axis=1, keepdims=1)
+        winner_rho = g.node("Gather", [rho, winner], f"{name}/winner_rho", axis=0)
+        scaled = g.node("Mul", [partition(g, scores, 1, name, keepdims=1), winner_rho], f"{name}/scaled")
         one = g.constant(f"{name}.one", np.ones((), np.float32))
         uncertain = g.node("GreaterOrEqual", [scaled, one], f"{name}/uncertain")
         mask = g.node("Cast", [uncertain], f"{name}/cast", to=FLOAT)
@@ -164,7 +168,7 @@ class _Exporter:
         return g.build(functions, doc=f"{doc} ({self.model.config.backbone})")
 
     def stage1(self) -> onnx.ModelProto:
-        """image, ρ₂ → stage 1's features, scores and M₂ (``[max softmax(scores1) ≤ ρ₂]``)."""
+        """image, ρ₂ (per class) → stage 1's features, scores and M₂ (``[max softmax(scores1) ≤ ρ₂[argmax]]``)."""
         g = GraphBuilder("lc_stage1", self.opset)
         image, rho = self.inputs(g, STAGE_INPUTS[0])
         x = self.normalized_image(g, image)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from layercascade.contract import RhoLike, format_rho, rho_value
+from layercascade.contract import RhoClass, RhoLike, format_rho, rho_value
 from layercascade.model.data import SegmentationDataset
 from layercascade.model.metrics import ConfusionMatrix
 
@@ -44,8 +44,10 @@ class EvalResult:
         return asdict(self)
 
 
-def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence[float]) -> Predictor:
-    """A predictor running the PyTorch reference cascade on the CPU."""
+def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence[float],
+                    rho_class: RhoClass | None = None) -> Predictor:
+    """A predictor running the PyTorch reference cascade on the CPU (with per-class thresholds ``rho_class``,
+    class index → ρ_c)."""
     import torch
 
     from layercascade.model.network import normalize
@@ -55,7 +57,7 @@ def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence
     def predict(image: np.ndarray, rho: RhoLike) -> tuple[np.ndarray, np.ndarray, int]:
         x = normalize(torch.from_numpy(np.ascontiguousarray(image))[None], tuple(mean), tuple(std))
         with torch.no_grad():
-            output = model(x, rho)
+            output = model(x, rho, rho_class)
         return output.labels[0].numpy(), output.stage_fractions[0].numpy(), output.masks[0][0].numel()
 
     return predict
@@ -64,11 +66,13 @@ def torch_predictor(model: LayerCascadeNet, mean: Sequence[float], std: Sequence
 def evaluate(
     predict: Predictor,
     dataset: SegmentationDataset,
-    rhos: Sequence[RhoLike],
+    rhos: Sequence[Any],
     classes: Sequence[str],
     progress: bool = True,
+    rho_of: Callable[[Any], RhoLike] = lambda rho: rho,
 ) -> list[EvalResult]:
-    """Run ``predict`` at every ρ of ``rhos`` on each image of ``dataset``.
+    """Run ``predict`` at every ρ of ``rhos`` on each image of ``dataset`` (a setting ``predict`` takes: a ρ, or
+    what ``rho_of`` tells the ρ of, e.g. a ρ and per-class thresholds).
 
     Stage fractions are averaged over images weighted by their stage-resolution area.
     """
@@ -89,7 +93,7 @@ def evaluate(
             miou=round(matrices[k].miou(), 4),
             per_class_iou={name: (None if np.isnan(v) else round(float(v) * 100, 4)) for name, v in zip(classes, iou)},
             stage_fractions=[round(float(f), 6) for f in fraction_sums[k] / max(area, 1.0)],
-            rho=rho_value(rho),
+            rho=rho_value(rho_of(rho)),
             images=len(dataset),
             pixel_accuracy=round(matrices[k].pixel_accuracy(), 4),
         ))

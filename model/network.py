@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from layercascade.contract import RhoLike, check_rho
+from layercascade.contract import RhoClass, RhoLike, check_rho, rho_vectors
 from layercascade.model.backbones import build_backbone
 from layercascade.model.config import ModelConfig
 from layercascade.model.layers import StageHead
@@ -55,19 +55,23 @@ class LayerCascadeNet(nn.Module):
         features = self.backbone.forward_stage(index, x, mask)
         return features, self.heads[index](features, mask)
 
-    def run_stages(self, image: Tensor, rho: RhoLike = 1.0) -> tuple[list[Tensor], list[Tensor]]:
+    def run_stages(self, image: Tensor, rho: RhoLike = 1.0,
+                   rho_class: RhoClass | None = None) -> tuple[list[Tensor], list[Tensor]]:
         """Per-stage scores and the regions ``[M₂, M₃]`` at ``rho``: one threshold for both stages, or
-        (ρ₂, ρ₃).
+        (ρ₂, ρ₃); ``rho_class`` (class index → ρ_c) overrides both for the pixels a stage gives that class.
 
         Masks come from the current predictions without gradient. ρ = 1 sends every pixel
         through every stage (the dense network): a stage whose region is then all ones skips
         the masked multiplications.
         """
-        thresholds = check_rho(rho)
+        thresholds: tuple[float, float] | list[Tensor] = check_rho(rho)
+        if rho_class:
+            thresholds = [torch.from_numpy(v) for v in rho_vectors(thresholds, rho_class, self.config.num_classes)]
         features, scores, masks = image, [], []
         region: Tensor | None = None
         for index in range(NUM_STAGES):
-            dense = all(r >= 1.0 for r in thresholds[:index])  # every pixel reaches this stage
+            dense = all(bool((r >= 1.0).all()) if isinstance(r, Tensor) else r >= 1.0
+                        for r in thresholds[:index])  # every pixel reaches this stage
             features, stage_scores = self.forward_stage(index, features, None if dense else region)
             scores.append(stage_scores)
             if index + 1 < NUM_STAGES:
@@ -75,9 +79,10 @@ class LayerCascadeNet(nn.Module):
                 masks.append(region)
         return scores, masks
 
-    def forward(self, image: Tensor, rho: RhoLike = 1.0) -> CascadeOutput:
-        """Cascade inference on a normalised ``(N, 3, H, W)`` batch at ``rho`` (one ρ, or (ρ₂, ρ₃))."""
-        scores, masks = self.run_stages(image, rho)
+    def forward(self, image: Tensor, rho: RhoLike = 1.0, rho_class: RhoClass | None = None) -> CascadeOutput:
+        """Cascade inference on a normalised ``(N, 3, H, W)`` batch at ``rho`` (one ρ, or (ρ₂, ρ₃)) and
+        ``rho_class`` (per-class thresholds by class index)."""
+        scores, masks = self.run_stages(image, rho, rho_class)
         fused = fuse_scores(scores, masks)
         upsampled = F.interpolate(fused, size=image.shape[-2:], mode="bilinear", align_corners=False)
         return CascadeOutput(scores, masks, fused, upsampled.argmax(1), stage_fractions(masks))

@@ -57,14 +57,17 @@ def confidence(scores: Tensor) -> Tensor:
     return torch.softmax(scores.float(), dim=1).amax(dim=1, keepdim=True)
 
 
-def next_mask(scores: Tensor, rho: float, region: Tensor | None) -> Tensor:
-    """The region of the next stage: pixels of ``region`` whose confidence is ≤ ``rho``, this
-    stage's threshold.
+def next_mask(scores: Tensor, rho: float | Tensor, region: Tensor | None) -> Tensor:
+    """The region of the next stage: pixels of ``region`` whose confidence is ≤ their threshold.
 
-    ``M₂ = [max softmax(L¹) ≤ ρ₂]``, ``M₃ = M₂ ∧ [max softmax(L²) ≤ ρ₃]``. No gradient
-    flows through a mask.
+    ``rho`` is this stage's threshold: one number, or one per class (a (C,) tensor), and then a pixel's
+    threshold is that of its winner here, ``rho[argmax(scores)]`` (the first of tied classes).
+    ``M₂ = [max softmax(L¹) ≤ ρ₂[argmax L¹]]``, ``M₃ = M₂ ∧ [max softmax(L²) ≤ ρ₃[argmax L²]]``. No
+    gradient flows through a mask.
     """
     with torch.no_grad():
+        if isinstance(rho, Tensor) and rho.numel() > 1:
+            rho = rho.to(scores.device, torch.float32)[scores.argmax(dim=1, keepdim=True)]
         mask = (confidence(scores) <= rho).to(scores.dtype)
         if region is not None:
             mask = mask * resize_mask(region, tuple(mask.shape[-2:]))

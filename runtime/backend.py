@@ -40,7 +40,9 @@ from layercascade.contract import (
     SCORES1,
     SCORES2,
     STAGE_COUNTS,
-    Rho,
+    RhoVectors,
+    stage_rho,
+    threshold_count,
 )
 from layercascade.errors import LCError, fail
 
@@ -210,18 +212,22 @@ class StagedBackend:
     # coarser where each new size costs a compile.
     size_step: int = 8
     stages: list[StageRunner]
+    # How many thresholds each stage graph takes (``contract.threshold_count``): one per class, or 1 (a model
+    # exported before per-class thresholds); set by backends of graphs. None: whatever it is given.
+    thresholds: int | None = None
+    source: Any = "this model"  # what messages name
 
     def to_host(self, array: Any) -> np.ndarray:
         return array
 
-    def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
-        """(N, H, W, 3) uint8 images at the input size and the thresholds (ρ₂, ρ₃) → labels, masks and
-        counts on the host."""
+    def run(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None = None) -> StageOutputs:
+        """(N, H, W, 3) uint8 images at the input size and the thresholds (ρ₂, ρ₃), each one per class
+        (``contract.rho_vectors``; one number is every class's) → labels, masks, counts and confidence on the host."""
         return self.run_stages(images, rho, forced_masks)
 
-    def run_stages(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
+    def run_stages(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None = None) -> StageOutputs:
         """:meth:`run` through the stage runners one after another, with each stage's time."""
-        rho2, rho3 = (np.array([r], np.float32) for r in rho)
+        rho2, rho3 = self.threshold_feeds(rho)
         stage1, stage2, stage3 = self.stages
         started = time.perf_counter()
         out1 = stage1.infer({IMAGE: images, RHO: rho2})
@@ -237,7 +243,11 @@ class StagedBackend:
         timings["total"] = total
         return StageOutputs(labels, self.to_host(mask2), self.to_host(mask3), counts, timings, confidence)
 
-    def kernel_profile(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None,
+    def threshold_feeds(self, rho: RhoVectors) -> RhoVectors:
+        """ρ₂ and ρ₃ as the stage graphs take them: :attr:`thresholds` each (``contract.stage_rho``; None: as given)."""
+        return tuple(stage_rho(value, self.thresholds or np.size(value), self.source) for value in rho)
+
+    def kernel_profile(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None,
                        runs: int, warmup: int) -> dict[str, tuple[float, int]]:
         """op type → (µs, kernels) per run: the backend's own profiler (its spec's ``profiler``) over ``runs``
         runs of the cascade as ``run`` runs it, after ``warmup`` untimed ones. Backends without one keep this."""
@@ -279,6 +289,7 @@ class JoinedGraphBackend(StagedBackend):
 
         graphs = [load_onnx(path) for path in self.files]
         check_stage_graphs(self.model_dir, manifest, graphs)
+        self.thresholds, self.source = threshold_count(manifest), self.model_dir
         self.joined = self.cascade_runner(forced_masks=False, graphs=graphs)
 
     def cascade_runner(self, forced_masks: bool, graphs: list[Any] | None = None) -> StageRunner:
@@ -290,15 +301,14 @@ class JoinedGraphBackend(StagedBackend):
 
         return join_stage_graphs(self.model_dir, graphs or [load_onnx(path) for path in self.files], forced_masks)
 
-    @staticmethod
-    def feeds(images: np.ndarray, rho: Rho, forced_masks: Masks | None) -> dict[str, np.ndarray]:
+    def feeds(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None) -> dict[str, np.ndarray]:
         """The joined graph's inputs: the images, ρ₂ and ρ₃, and the masks when forced."""
-        feeds = {IMAGE: images, RHO2: np.array([rho[0]], np.float32), RHO3: np.array([rho[1]], np.float32)}
+        feeds = {IMAGE: images, **dict(zip((RHO2, RHO3), self.threshold_feeds(rho)))}
         if forced_masks is not None:
             feeds[MASK2], feeds[MASK3] = forced_masks
         return feeds
 
-    def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
+    def run(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None = None) -> StageOutputs:
         runner = self.joined
         if forced_masks is not None:
             if self._forced_runner is None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from layercascade.contract import IMAGE, RhoLike, rho_value
+from layercascade.contract import IMAGE, RhoClassLike, RhoLike, rho_class_value, rho_value
 from layercascade.cost_model import ideal_speedup
 from layercascade.errors import LCError, fail
 from layercascade.manifest import model_hash, read_cascade_manifest
@@ -57,10 +57,11 @@ def timed_blocks(steps: dict[Any, Any], iters: int, warmup: int, progress: bool)
 
 
 def stage_medians(cascade: Cascade, images: np.ndarray, rho: RhoLike | None, masks: Masks | None,
-                  iters: int) -> dict[str, float]:
+                  iters: int, rho_class: RhoClassLike | None = None) -> dict[str, float]:
     """Median ms of each stage, as the backend times them apart (``run_stages``: ONNX Runtime's stage
     graphs one by one, TensorRT's CUDA events, the torch reference's stages)."""
-    timings = [cascade.runner.run_stages(images, cascade.rho(rho), masks).timings for _ in range(iters)]
+    thresholds = cascade.thresholds(rho, rho_class)
+    timings = [cascade.runner.run_stages(images, thresholds, masks).timings for _ in range(iters)]
     if not all(stage in timings[0] for stage in STAGES):
         fail(f"--per-stage: the {cascade.backend} backend does not time its stages apart here "
              f"(it reports {', '.join(sorted(timings[0]))})")
@@ -75,11 +76,11 @@ def check_profilable(cascade: Cascade) -> None:
 
 
 def op_profile(cascade: Cascade, images: np.ndarray, rho: RhoLike | None, masks: Masks | None, iters: int,
-               warmup: int) -> dict[str, Any]:
+               warmup: int, rho_class: RhoClassLike | None = None) -> dict[str, Any]:
     """The backend's profile of ``iters`` cascade runs (its spec's ``profiler``): kernel ms per run by op type
     (``op_types``, most first) and in total, split into convolution & GEMM kernels and all other ops."""
     check_profilable(cascade)
-    ops = cascade.runner.kernel_profile(images, cascade.rho(rho), masks, iters, warmup)
+    ops = cascade.runner.kernel_profile(images, cascade.thresholds(rho, rho_class), masks, iters, warmup)
     total = sum(us for us, _ in ops.values()) / 1e3
     conv = sum(us for op, (us, _) in ops.items() if op in CONV_KERNELS) / 1e3
     op_types = sorted(({"op": op, "ms": round(us / 1e3, 4), "kernels": calls} for op, (us, calls) in ops.items()),
@@ -158,23 +159,25 @@ def stage_fractions(out: Any, masks: Masks | None, batch: int) -> list[float]:
 def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, warmup: int,
               active: tuple[float, float] | None = None, progress: bool = True, per_stage: bool = False,
               profile: bool = False, peers: bool = False, threads: int = 0,
-              size: tuple[int, int] | None = None) -> dict[str, Any]:
+              size: tuple[int, int] | None = None, rho_class: RhoClassLike | None = None) -> dict[str, Any]:
     """Median / p90 / p99 latency and FPS of cascade and dense at ``size`` (:func:`bench_size`; default: the
     model's input size), timed in alternating blocks in one run, and the backend and precision that ran (with
     ``per_stage``, then the median ms of each stage, ``stages_ms``; with
     ``profile``, then the backend's profile of the cascade, ``profile``: :func:`op_profile`; with ``peers``, the
     dense network on every peer runtime at every precision in the same blocks, and the cascade's speedup against
-    the fastest and the fastest of its precision class: :func:`peer_report`)."""
+    the fastest and the fastest of its precision class: :func:`peer_report`). ``rho`` and ``rho_class``: the
+    thresholds (``Cascade.thresholds``)."""
     check_iterations(iters, warmup)
     if profile:
         check_profilable(cascade)
-    rho = cascade.rho(rho)
+    rho, rho_class = cascade.rho(rho), cascade.rho_class(rho_class)
     size = bench_size(cascade, size)
     images = sample_batch(cascade, batch, size)
     dense = cascade.runner.dense_runner(cascade.manifest)
-    first = cascade.run_batch(images, rho)
+    first = cascade.run_batch(images, rho, rho_class=rho_class)
     masks = forced_masks(first.mask2.shape, active) if active is not None else None
-    steps = {"cascade": lambda: cascade.run_batch(images, rho, masks), "dense": lambda: dense.infer({IMAGE: images})}
+    steps = {"cascade": lambda: cascade.run_batch(images, rho, masks, rho_class),
+             "dense": lambda: dense.infer({IMAGE: images})}
     peer_list, missing = peer_runners(cascade, threads) if peers else ({}, {})
     for name, (runner, *_) in peer_list.items():
         steps[f"peer:{name}"] = functools.partial(runner.infer, {IMAGE: images})
@@ -185,9 +188,9 @@ def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, war
     gmacs = cascade.manifest["stage_gmacs"]
     reach = (fractions[1] + fractions[2], fractions[2])
     ideal = ideal_speedup([g["backbone"] for g in gmacs], [g["head"] for g in gmacs], reach)
-    extra = {"stages_ms": stage_medians(cascade, images, rho, masks, iters)} if per_stage else {}
+    extra = {"stages_ms": stage_medians(cascade, images, rho, masks, iters, rho_class)} if per_stage else {}
     if profile:
-        extra["profile"] = op_profile(cascade, images, rho, masks, iters, warmup)
+        extra["profile"] = op_profile(cascade, images, rho, masks, iters, warmup, rho_class)
     if peers:
         extra.update(peer_report(samples, {name: tuple(peer[1:]) for name, peer in peer_list.items()}, missing,
                                  cascade_ms, cascade.precision, batch))
@@ -195,6 +198,7 @@ def benchmark(cascade: Cascade, rho: RhoLike | None, batch: int, iters: int, war
         "model": str(cascade.model_dir), "backbone": cascade.manifest.get("backbone"), "backend": cascade.backend,
         "precision": cascade.precision,
         "size": list(size), "batch": batch, "rho": rho_value(rho),
+        "rho_class": rho_class_value(rho_class, cascade.classes),
         "iters": iters, "warmup": warmup, "forced_active_fractions": list(active) if active else None,
         "cascade": LatencyStats.of(cascade_ms, batch).report(), "dense": LatencyStats.of(dense_ms, batch).report(),
         # Ratios of the unrounded medians (rounded ones are off by 1e-3 at sub-millisecond times).

@@ -21,7 +21,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from layercascade.contract import CONFIDENCE, Rho, RhoLike, check_rho, rho_or_default
+from layercascade.contract import (
+    CONFIDENCE,
+    Rho,
+    RhoClass,
+    RhoClassLike,
+    RhoLike,
+    RhoVectors,
+    check_rho,
+    check_rho_class,
+    refuse_per_class,
+    rho_or_default,
+    rho_vectors,
+    threshold_count,
+)
 from layercascade.errors import fail
 from layercascade.model.data.images import as_rgb
 from layercascade.model.data.placement import (
@@ -83,6 +96,9 @@ class Cascade:
                                                runner.size_step) if dynamic else ()))
         self.pad_colour = pad_colour(manifest["mean"])
         self.default_rho: Rho = check_rho(manifest["default_rho"])
+        # How many thresholds the stage graphs take per stage: one per class, or 1 (exported before per-class ones).
+        self.threshold_count = threshold_count(manifest)
+        self.default_rho_class: RhoClass = self.rho_class(manifest.get("default_rho_class", {}))
         batch = manifest["batch"]
         self.batch_size: int | None = None if batch["dynamic"] else int(batch["size"])
         # Whether results carry the confidence: a model dir exported before lc.json version 3 has none (a torch
@@ -160,6 +176,23 @@ class Cascade:
         in (0, 1]) or the model's default."""
         return rho_or_default(rho, self.default_rho)
 
+    def rho_class(self, rho_class: RhoClassLike | None = None) -> RhoClass:
+        """The per-class thresholds a run uses, by class index: ``rho_class`` (class name or index → ρ_c in (0, 1];
+        ρ_c overrides ρ₂ and ρ₃ for pixels whose stage winner is that class; 1: they never stop early), or, when
+        None, the model's default (lc-tune --tune-class; usually none). A model exported before per-class
+        thresholds takes none: one line."""
+        if rho_class is None:
+            return self.default_rho_class
+        checked = check_rho_class(rho_class, self.classes)
+        if checked and self.threshold_count == 1:
+            refuse_per_class(self.model_dir)
+        return checked
+
+    def thresholds(self, rho: RhoLike | None = None, rho_class: RhoClassLike | None = None) -> RhoVectors:
+        """ρ₂ and ρ₃ per class, as the backends take them, of a run at ``rho`` (:meth:`rho`) and ``rho_class``
+        (:meth:`rho_class`)."""
+        return rho_vectors(self.rho(rho), self.rho_class(rho_class), len(self.classes))
+
     def prepare(self, image: np.ndarray | Image.Image, resize: str = "fit") -> np.ndarray:
         """The model input (H, W, 3) uint8 at the model's (nominal) input size of an image (or a PIL image), placed
         by ``resize`` (``fit`` or ``stretch``): what benchmarks and the calibration feed, images of one size."""
@@ -169,18 +202,23 @@ class Cascade:
         return to_input(image, place(image.shape[:2], self.sizes, resize), self.pad_colour)
 
     def run_batch(self, images: np.ndarray, rho: RhoLike | None = None,
-                  forced_masks: Masks | None = None) -> StageOutputs:
-        """Run the cascade on (N, H, W, 3) uint8 images already at the input size, at ``rho`` (see :meth:`rho`).
+                  forced_masks: Masks | None = None, rho_class: RhoClassLike | None = None) -> StageOutputs:
+        """Run the cascade on (N, H, W, 3) uint8 images already at the input size, at ``rho`` and ``rho_class``
+        (see :meth:`thresholds`).
 
         ``forced_masks`` replaces the thresholded M₂, M₃ (to benchmark chosen active fractions).
         """
+        return self.runner.run(self.checked_batch(images), self.thresholds(rho, rho_class), forced_masks)
+
+    def checked_batch(self, images: np.ndarray) -> np.ndarray:
+        """``images`` if this open cascade takes them as one batch as they are; else one line."""
         if self.closed:
             fail("this cascade was closed; load the model again (Cascade.load)")
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8 or not self.takes(images.shape[1:3]):
             fail(f"expected (N, {self.sizes.describe()}, 3) uint8 images, got {images.dtype} {images.shape}")
         if self.batch_size is not None and images.shape[0] != self.batch_size:
             fail(f"this model was exported for batch {self.batch_size}, got {images.shape[0]} images")
-        return self.runner.run(images, self.rho(rho), forced_masks)
+        return images
 
     def takes(self, size: tuple[int, int]) -> bool:
         """Whether the graphs take images of ``size`` = (H, W) as they are (``Sizes.takes``)."""
@@ -197,11 +235,15 @@ class Cascade:
         return min(limits) if limits else None
 
     def __call__(self, image: np.ndarray | Image.Image, rho: RhoLike | None = None, resize: str | None = None,
-                 tile: tuple[int, int] | None = None, overlap: int | None = None) -> CascadeResult:
+                 tile: tuple[int, int] | None = None, overlap: int | None = None,
+                 rho_class: RhoClassLike | None = None) -> CascadeResult:
         """Segment one image of any size: an (H, W, 3) uint8 RGB array or a PIL image of any mode.
 
         Args:
             rho: one ρ for both stages or (ρ₂, ρ₃) (default: the model's).
+            rho_class: per-class thresholds, class name (or index) → ρ_c in (0, 1]: a pixel whose winner at stage
+                1 or 2 is that class stops there only if its confidence exceeds ρ_c (1: never stops early); the
+                other classes keep ``rho`` (default: the model's, usually none; ``{}``: none).
             resize: how the image meets the input (``model/data/placement.py``): ``fit`` (keep the aspect ratio,
                 pad with the mean colour; the default of a fixed-size export), ``stretch`` (resize to the input)
                 or ``none`` (the image's own pixels, padded; the default of a dynamic-size export); the labels
@@ -212,23 +254,24 @@ class Cascade:
             overlap: pixels the windows overlap by at least (default: a quarter of the tile's smaller side, in
                 multiples of 8); each pixel's label comes from the window whose centre it is nearest.
         """
-        return self.segment_batch([image], rho, resize, tile, overlap)[0]
+        return self.segment_batch([image], rho, resize, tile, overlap, rho_class)[0]
 
     def segment_batch(self, images: Sequence[np.ndarray | Image.Image], rho: RhoLike | None = None,
                       resize: str | None = None, tile: tuple[int, int] | None = None,
-                      overlap: int | None = None) -> list[CascadeResult]:
+                      overlap: int | None = None, rho_class: RhoClassLike | None = None) -> list[CascadeResult]:
         """Segment images of any sizes (as :meth:`__call__` takes them) together: the images that meet the input
         at one size run in batches of up to :attr:`batch_capacity` (a fixed batch is filled up with blank
         images), an image larger than the input runs in tiles (each image's tiles batched). Each result is the
         image's own; its ``timings`` are those of the runs it was in, ``total`` included."""
         mode, tile, overlap = self.image_policy(resize, tile, overlap)
+        thresholds = self.thresholds(rho, rho_class)  # checked once, before any image runs
         originals = [as_rgb(image) for image in images]
         results: list[CascadeResult | None] = [None] * len(originals)
         whole: dict[tuple[int, int], list[tuple[int, Placement]]] = {}
         for index, image in enumerate(originals):
             size = image.shape[:2]
             if mode == "none" and not (size[0] <= tile[0] and size[1] <= tile[1]):  # (a tile fits the input)
-                results[index] = self._run_tiled(image, rho, tile, overlap)
+                results[index] = self._run_tiled(image, thresholds, tile, overlap)
             else:
                 placement = place(size, self.sizes, mode)
                 whole.setdefault(placement.input_size, []).append((index, placement))
@@ -236,7 +279,7 @@ class Cascade:
         for group in whole.values():
             for first in range(0, len(group), step):
                 chunk = group[first:first + step]
-                done = self._run_placed([originals[i] for i, _ in chunk], [p for _, p in chunk], rho)
+                done = self._run_placed([originals[i] for i, _ in chunk], [p for _, p in chunk], thresholds)
                 for (index, _), result in zip(chunk, done, strict=True):
                     results[index] = result
         return results
@@ -254,7 +297,7 @@ class Cascade:
         return mode, tile, default_overlap(tile) if overlap is None else int(overlap)
 
     def _run_placed(self, images: list[np.ndarray], placements: list[Placement],
-                    rho: RhoLike | None) -> list[CascadeResult]:
+                    thresholds: RhoVectors) -> list[CascadeResult]:
         """One run of images placed at one input size: their labels, stage maps and confidence back at their own
         sizes."""
         started = time.perf_counter()
@@ -264,7 +307,7 @@ class Cascade:
             blank[...] = self.pad_colour
             batch = np.concatenate([batch, blank])
         preprocess = (time.perf_counter() - started) * 1e3
-        out = self.run_batch(batch, rho)
+        out = self.runner.run(self.checked_batch(batch), thresholds)
         results = []
         for index, placement in enumerate(placements):
             stage_map = stage_map_back(stage_map_of(out, index), placement)
@@ -276,7 +319,7 @@ class Cascade:
             result.timings = dict(timings)
         return results
 
-    def _run_tiled(self, image: np.ndarray, rho: RhoLike | None, tile: tuple[int, int],
+    def _run_tiled(self, image: np.ndarray, thresholds: RhoVectors, tile: tuple[int, int],
                    overlap: int) -> CascadeResult:
         """An image larger than the input at its own resolution: overlapping windows (batched), each pixel's
         label from the window whose centre it is nearest; memory bounded by the windows in flight."""
@@ -291,7 +334,7 @@ class Cascade:
             chunk = tiles[first:first + step]
             windows = [image[top:top + height, left:left + width] for top, left, height, width in
                        (t.window for t in chunk)]
-            done = self._run_placed(windows, [place(w.shape[:2], self.sizes, "none") for w in windows], rho)
+            done = self._run_placed(windows, [place(w.shape[:2], self.sizes, "none") for w in windows], thresholds)
             for t, result in zip(chunk, done, strict=True):
                 if result.confidence is None:
                     confidence = None
@@ -303,7 +346,7 @@ class Cascade:
 
     def stream(self, source: str | Path | Iterable[np.ndarray | Image.Image], rho: RhoLike | None = None,
                resize: str | None = None, realtime: bool | None = None,
-               open_timeout_s: float = 10.0) -> Iterator[FrameResult]:
+               open_timeout_s: float = 10.0, rho_class: RhoClassLike | None = None) -> Iterator[FrameResult]:
         """Segment every frame of a video file, URL (rtsp://, udp://, tcp://, http(s)://...), V4L2 camera
         (/dev/videoN) or iterable of (H, W, 3) uint8 frames / PIL images: one
         :class:`~layercascade.runtime.video.FrameResult` per frame, in order.
@@ -314,14 +357,17 @@ class Cascade:
         keep up with; a file never drops one. A source that cannot be opened (within ``open_timeout_s``
         seconds) is a one-line :class:`~layercascade.errors.LCError` here; one that fails mid-way ends the frames
         with a :class:`~layercascade.runtime.video.SourceStoppedWarning`; closing the generator stops the decoding.
+        ``rho`` and ``rho_class``: as :meth:`__call__` takes them, for every frame.
         """
         from layercascade.runtime.video import stream
 
-        return stream(self, source, rho=rho, resize=resize, realtime=realtime, open_timeout_s=open_timeout_s)
+        return stream(self, source, rho=rho, resize=resize, realtime=realtime, open_timeout_s=open_timeout_s,
+                      rho_class=rho_class)
 
-    def predict(self, image: np.ndarray, rho: RhoLike, resize: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    def predict(self, image: np.ndarray, rho: RhoLike, resize: str | None = None,
+                rho_class: RhoClassLike | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """A predictor for ``model.evaluate``: labels, stage fractions and stage-resolution pixels of one image."""
-        result = self(image, rho, resize)
+        result = self(image, rho, resize, rho_class=rho_class)
         return result.labels, np.asarray(result.stage_fractions), result.stage_map.size
 
     # -- resources ------------------------------------------------------------------------------

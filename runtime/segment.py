@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from layercascade.contract import Rho, RhoLike, rho_value
+from layercascade.contract import Rho, RhoClassLike, RhoLike, rho_value
 from layercascade.errors import LCError, fail
 from layercascade.manifest import is_plain_file_name, is_sha256, open_regular, read_regular, temporary_path
 from layercascade.model.data.images import MAX_PIXELS, read_rgb, resize_image, resize_labels
@@ -215,9 +215,11 @@ class Plan:
 
 def segment_all(cascade: Cascade, paths: list[Source], out: Path, *, rho: RhoLike | None, strict: bool,
                 progress: bool, read: ImageOptions = ImageOptions(), earlier: dict[str, str] | None = None,
-                video: VideoOptions = VideoOptions(), outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> Run:
+                video: VideoOptions = VideoOptions(), outputs: tuple[str, ...] = DEFAULT_OUTPUTS,
+                rho_class: RhoClassLike | None = None) -> Run:
     """Segment every input, one after another, and write its outputs: an image's ``outputs`` through
-    :func:`write_all` (all of an image's files or none), a video's containers by :func:`segment_one_video`."""
+    :func:`write_all` (all of an image's files or none), a video's containers by :func:`segment_one_video`; each at
+    ``rho`` and ``rho_class`` (``Cascade.thresholds``; a video's ``target_fps`` moves ρ₂, ρ₃ only)."""
     check_outputs(cascade, outputs)
     plan = Plan.make(paths, out, earlier, outputs)
 
@@ -227,9 +229,9 @@ def segment_all(cascade: Cascade, paths: list[Source], out: Path, *, rho: RhoLik
             try:
                 if plan.videos[index]:
                     outcome = segment_one_video(cascade, path, out, plan.stems[index], rho=rho, read=read,
-                                                video=video, progress=progress)
+                                                video=video, progress=progress, rho_class=rho_class)
                 else:
-                    outcome = segment_file(cascade, path, rho, read, outputs)
+                    outcome = segment_file(cascade, path, rho, read, outputs, rho_class)
             except LCError as error:
                 outcome = error
             yield index, outcome
@@ -240,12 +242,14 @@ def segment_all(cascade: Cascade, paths: list[Source], out: Path, *, rho: RhoLik
 
 
 def segment_one_video(cascade: Cascade, source: Source, out: Path, stem: str, *, rho: RhoLike | None,
-                      read: ImageOptions, video: VideoOptions, progress: bool) -> VideoRun:
+                      read: ImageOptions, video: VideoOptions, progress: bool,
+                      rho_class: RhoClassLike | None = None) -> VideoRun:
     """``runtime.video.segment_video`` with lc-run's settings (imported here: PyAV loads only for a video)."""
     from layercascade.runtime.video import segment_video
 
     return segment_video(cascade, source, out, stem, rho=rho, read=read, realtime=video.realtime,
-                         progress=progress, open_timeout_s=video.open_timeout_s, target_fps=video.target_fps)
+                         progress=progress, open_timeout_s=video.open_timeout_s, target_fps=video.target_fps,
+                         rho_class=rho_class)
 
 
 def write_all(outcomes: Iterable[Outcome], paths: list[Source], out: Path, plan: Plan, *, strict: bool,
@@ -311,9 +315,9 @@ def write_all(outcomes: Iterable[Outcome], paths: list[Source], out: Path, plan:
 
 
 def segment_file(cascade: Cascade, path: Path, rho: RhoLike | None, read: ImageOptions = ImageOptions(),
-                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> Segmented:
+                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS, rho_class: RhoClassLike | None = None) -> Segmented:
     """Read and segment one image and encode its ``outputs`` (:class:`LCError` if it cannot be)."""
-    image, result, ms = segment(cascade, path, rho, read)
+    image, result, ms = segment(cascade, path, rho, read, rho_class)
     return Segmented(image_record(path, image, result, ms), encode(render(image, result, cascade.palette,
                                                                           outputs=outputs)))
 
@@ -394,12 +398,13 @@ def file_sha256(path: Path) -> str | None:
         return None
 
 
-def segment(cascade: Cascade, path: Path, rho: RhoLike | None,
-            read: ImageOptions = ImageOptions()) -> tuple[np.ndarray, CascadeResult, float]:
-    """Read and segment one image: (image, result, milliseconds)."""
+def segment(cascade: Cascade, path: Path, rho: RhoLike | None, read: ImageOptions = ImageOptions(),
+            rho_class: RhoClassLike | None = None) -> tuple[np.ndarray, CascadeResult, float]:
+    """Read and segment one image at ``rho`` and ``rho_class`` (``Cascade.thresholds``): (image, result,
+    milliseconds)."""
     image = read_rgb(path, read.max_pixels, read.exif_transpose)
     start = time.perf_counter()
-    result = cascade(image, rho=rho, resize=read.resize, tile=read.tile, overlap=read.overlap)
+    result = cascade(image, rho=rho, resize=read.resize, tile=read.tile, overlap=read.overlap, rho_class=rho_class)
     wall_ms = (time.perf_counter() - start) * 1e3
     # The backend's own "total" leaves out the Python around the call; wall time stands in without it.
     return image, result, float(result.timings.get("total", wall_ms))
@@ -536,7 +541,8 @@ def is_video_record(record: dict[str, Any]) -> bool:
     return record.get("kind") == "video"
 
 
-def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho: Rho) -> dict[str, Any]:
+def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho: Rho,
+              rho_class: dict[str, float] | None = None) -> dict[str, Any]:
     """Totals over the run, then the per-input records.
 
     ``images`` and ``videos`` count the records of each kind; ``frames``, ``dropped`` and ``decode_errors``
@@ -546,7 +552,7 @@ def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho:
     ``interrupted``: the run was stopped (Ctrl-C) before every input was tried; ``stopped``: why it ended
     early (an output could not be written, a live source died); the records are the inputs finished either
     way. ``backend`` and ``precision``: the engine that ran and what it computed in. ``rho``: one number when
-    both stages shared it, else [ρ₂, ρ₃].
+    both stages shared it, else [ρ₂, ρ₃]; ``rho_class``: the per-class thresholds, class name → ρ_c ({} when none).
     """
     records = run.records
     videos = [record for record in records if is_video_record(record)]
@@ -574,6 +580,7 @@ def summarize(run: Run, *, backend: str, precision: str | None, model: str, rho:
         "precision": precision,  # what the backend computed in (Cascade.precision)
         "model": str(model),
         "rho": rho_value(rho),
+        "rho_class": dict(rho_class or {}),
         "outputs": list(run.outputs),  # the OUTPUTS written per image (lc-run --outputs)
         "results": records,
         # Outputs of runs before found in the folder (with their content's sha256, as each record has its

@@ -16,6 +16,11 @@ What is measured (docs/tune.md):
 * **the mIoU drop** is measured against the model's current default thresholds (not ρ = 1: a cascade-trained
   model is often less accurate with every pixel sent through every stage, the demo model by 18 points).
 
+With ``tune_class`` (lc-tune --tune-class NAME) the grid is one class's threshold ρ_c instead: every value of
+:data:`GRID` (or the caller's), the other classes at the model's default (ρ₂, ρ₃) and per-class defaults, plus
+the model's own default; the same measurements, budgets and choice, and the tuned copy records the chosen ρ_c in
+``default_rho_class``.
+
 The choice: with a latency budget (``target_ms``: median ms per run; ``target_fps``: images per second at the
 median, i.e. ≤ batch × 1000 / F ms per run) the most accurate setting that meets it (ties: the faster); with an
 accuracy budget (``max_miou_drop``) the fastest setting within it (ties: the more accurate). The model's default
@@ -35,7 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.contract import Rho, check_rho, check_threshold, format_rho, rho_value
+from layercascade.contract import (
+    Rho,
+    check_rho,
+    check_threshold,
+    format_rho,
+    format_rho_class,
+    rho_class_value,
+    rho_value,
+)
 from layercascade.errors import fail
 from layercascade.manifest import check_model_dir_target, read_cascade_manifest, write_model_dir
 from layercascade.model.data import SegmentationDataset
@@ -115,21 +128,44 @@ def data_batches(cascade: Cascade, dataset: SegmentationDataset, batch: int) -> 
     return [np.stack([images[(b * batch + k) % len(images)] for k in range(batch)]) for b in range(count)]
 
 
-def cycling_run(cascade: Cascade, batches: list[np.ndarray], rho: Rho) -> Callable[[], object]:
-    """One cascade run at ``rho`` per call, on the next of ``batches`` each time."""
+# A setting measured: (ρ₂, ρ₃) and the per-class thresholds by class index.
+Setting = tuple[Rho, tuple[tuple[int, float], ...]]
+
+
+def cycling_run(cascade: Cascade, batches: list[np.ndarray], setting: Setting) -> Callable[[], object]:
+    """One cascade run at ``setting`` per call, on the next of ``batches`` each time."""
     turn = itertools.cycle(batches)
-    return lambda: cascade.run_batch(next(turn), rho)
+    rho, rho_class = setting
+    return lambda: cascade.run_batch(next(turn), rho, rho_class=dict(rho_class))
+
+
+def grid_settings(cascade: Cascade, values: Sequence[float], tune_class: int | None) -> tuple[list[Setting], Setting]:
+    """The settings to measure and the model's default among them: every pair of :func:`grid_pairs` at the model's
+    per-class defaults, or (``tune_class``) the model's default pair with that class's threshold at each of
+    ``values``; the default added where the grid misses it."""
+    default_rho_class = cascade.default_rho_class
+    default: Setting = (cascade.default_rho, tuple(sorted(default_rho_class.items())))
+    if tune_class is None:
+        settings = [(pair, default[1]) for pair in grid_pairs(values)]
+    else:
+        settings = [(default[0], tuple(sorted({**default_rho_class, tune_class: value}.items())))
+                    for value in sorted({check_threshold(v) for v in values}, reverse=True)]
+    if default not in settings:
+        settings.append(default)
+    return settings, default
 
 
 def measure_grid(cascade: Cascade, dataset: SegmentationDataset, values: Sequence[float] = GRID, iters: int = 30,
-                 warmup: int = 5, progress: bool = True) -> dict[str, Any]:
-    """mIoU and latency of ``cascade`` at every (ρ₂, ρ₃) of :func:`grid_pairs` (``values``) and at its default.
+                 warmup: int = 5, progress: bool = True, tune_class: int | None = None) -> dict[str, Any]:
+    """mIoU and latency of ``cascade`` at every (ρ₂, ρ₃) of :func:`grid_pairs` (``values``) and at its default;
+    with ``tune_class`` (a class index) at every value of that class's threshold instead (:func:`grid_settings`).
 
-    Returns ``points`` (each ``rho``, ``default`` (whether it is the model's default), the latency statistics of
-    ``LatencyStats.report``, ``miou``, ``miou_drop`` (against the default's, in points), ``stage_fractions`` and
-    ``on_frontier``), ``reference`` (the default's point), ``frontier`` (latency against mIoU, fastest first)
-    and what was measured how: ``model``, ``backbone``, ``backend``, ``size``, ``batch``, ``data``, ``grid``,
-    ``iters``, ``warmup``, ``timing_images``, ``machine``.
+    Returns ``points`` (each ``rho``, ``rho_class`` (per-class thresholds by name), ``default`` (whether it is the
+    model's default), the latency statistics of ``LatencyStats.report``, ``miou``, ``miou_drop`` (against the
+    default's, in points), ``stage_fractions`` and ``on_frontier``), ``reference`` (the default's point),
+    ``frontier`` (latency against mIoU, fastest first) and what was measured how: ``model``, ``backbone``,
+    ``backend``, ``size``, ``batch``, ``data``, ``grid``, ``tune_class`` (its name, or None), ``iters``, ``warmup``,
+    ``timing_images``, ``machine``.
     """
     check_iterations(iters, warmup)
     if len(dataset) == 0:
@@ -137,19 +173,22 @@ def measure_grid(cascade: Cascade, dataset: SegmentationDataset, values: Sequenc
     if len(dataset.classes) != len(cascade.classes):
         fail(f"the data set has {len(dataset.classes)} classes, the model {len(cascade.classes)}: tune on images of "
              "the kind the model was trained on")
-    default = cascade.default_rho
-    pairs = grid_pairs(values)
-    if default not in pairs:
-        pairs.append(default)
+    settings, default = grid_settings(cascade, values, tune_class)
     batch = cascade.batch_size or 1
-    results = evaluate(cascade.predict, dataset, pairs, cascade.classes, progress=progress)
+
+    def predict(image: np.ndarray, setting: Setting) -> tuple[np.ndarray, np.ndarray, int]:
+        return cascade.predict(image, setting[0], rho_class=dict(setting[1]))
+
+    results = evaluate(predict, dataset, settings, cascade.classes, progress=progress, rho_of=lambda s: s[0])
     batches = data_batches(cascade, dataset, batch)
-    samples = timed_blocks({pair: cycling_run(cascade, batches, pair) for pair in pairs}, iters, warmup, progress)
-    reference_miou = results[pairs.index(default)].miou
-    points = [{"rho": rho_value(pair), "default": pair == default, **LatencyStats.of(samples[pair], batch).report(),
+    samples = timed_blocks({setting: cycling_run(cascade, batches, setting) for setting in settings}, iters, warmup,
+                           progress)
+    reference_miou = results[settings.index(default)].miou
+    points = [{"rho": rho_value(setting[0]), "rho_class": rho_class_value(dict(setting[1]), cascade.classes),
+               "default": setting == default, **LatencyStats.of(samples[setting], batch).report(),
                "miou": result.miou, "miou_drop": round(reference_miou - result.miou, 4),
                "stage_fractions": result.stage_fractions}
-              for pair, result in zip(pairs, results)]
+              for setting, result in zip(settings, results)]
     frontier = pareto_front(points, "median_ms", "miou")
     on_frontier = {id(point) for point in frontier}
     for point in points:
@@ -157,10 +196,17 @@ def measure_grid(cascade: Cascade, dataset: SegmentationDataset, values: Sequenc
     return {
         "model": str(cascade.model_dir), "backbone": cascade.manifest.get("backbone"), "backend": cascade.backend,
         "size": list(cascade.input_size), "batch": batch, "data": f"{dataset.name} ({len(dataset)} images)",
-        "grid": sorted({check_threshold(v) for v in values}, reverse=True), "iters": iters, "warmup": warmup,
+        "grid": sorted({check_threshold(v) for v in values}, reverse=True),
+        "tune_class": None if tune_class is None else cascade.classes[tune_class], "iters": iters, "warmup": warmup,
         "timing_images": len(batches) * batch, "machine": cascade.runner.machine(),
-        "points": points, "reference": points[pairs.index(default)], "frontier": frontier,
+        "points": points, "reference": points[settings.index(default)], "frontier": frontier,
     }
+
+
+def setting_text(point: dict[str, Any]) -> str:
+    """A measured point's thresholds in words: ``ρ = 0.985``, with its per-class ones ``ρ = 0.985, person=0.9``."""
+    per_class = point.get("rho_class") or {}
+    return f"ρ = {format_rho(point['rho'])}" + (f", {format_rho_class(per_class)}" if per_class else "")
 
 
 def choose_setting(points: Sequence[dict[str, Any]], budget: Budget) -> dict[str, Any]:
@@ -172,7 +218,7 @@ def choose_setting(points: Sequence[dict[str, Any]], budget: Budget) -> dict[str
     if not meeting:
         fastest = min(points, key=lambda p: (p["median_ms"], -p["miou"]))
         fail(f"no setting of the {len(points)} measured meets --{budget.kind.replace('_', '-')} {budget.value:g} "
-             f"({budget.describe()}); the closest is the fastest, ρ = {format_rho(fastest['rho'])}: "
+             f"({budget.describe()}); the closest is the fastest, {setting_text(fastest)}: "
              f"{fastest['median_ms']:.2f} ms per run, {fastest['fps']:.1f} images/s, mIoU {fastest['miou']:.2f}; "
              "nothing was written")
     return max(meeting, key=lambda p: (p["miou"], -p["median_ms"]))
@@ -201,16 +247,18 @@ def tuning_record(result: dict[str, Any], chosen: dict[str, Any], budget: Budget
                   precision: str | None = None) -> dict[str, Any]:
     """What the tuned dir's ``lc.json`` records under ``tuning``: the budget, the chosen point, the default it
     replaced, the frontier (each point's ``rho``, ``median_ms``, ``p90_ms``, ``miou``, fastest first: what
-    lc-serve ``--target-ms`` moves along, ``runtime/control.py``), how and where it was measured, and when."""
+    lc-serve ``--target-ms`` and lc-run ``--target-fps`` move along, ``runtime/control.py``; none for a grid over one
+    class's threshold, ``tune_class``), how and where it was measured, and when."""
     reference = result["reference"]
+    frontier = [{key: point[key] for key in ("rho", "median_ms", "p90_ms", "miou")} for point in result["frontier"]]
     return {
         "budget": budget.record(),
-        "chosen": {key: chosen[key] for key in ("rho", "median_ms", "p90_ms", "fps", "miou", "miou_drop",
+        "chosen": {key: chosen[key] for key in ("rho", "rho_class", "median_ms", "p90_ms", "fps", "miou", "miou_drop",
                                                 "stage_fractions")},
-        "previous_default": {key: reference[key] for key in ("rho", "median_ms", "fps", "miou")},
-        "frontier": [{key: point[key] for key in ("rho", "median_ms", "p90_ms", "miou")}
-                     for point in result["frontier"]],
-        "grid": result["grid"], "settings": len(result["points"]),
+        "previous_default": {key: reference[key] for key in ("rho", "rho_class", "median_ms", "fps", "miou")},
+        # Only a grid over (ρ₂, ρ₃) is a frontier the controllers can move along: one over ρ_c holds one pair.
+        **({} if result["tune_class"] else {"frontier": frontier}),
+        "grid": result["grid"], "tune_class": result["tune_class"], "settings": len(result["points"]),
         "data": data, "backend": result["backend"], "precision": precision, "batch": result["batch"],
         "size": result["size"],
         "iters": result["iters"], "timing_images": result["timing_images"], "machine": result["machine"],
@@ -219,10 +267,12 @@ def tuning_record(result: dict[str, Any], chosen: dict[str, Any], budget: Budget
     }
 
 
-def write_tuned_dir(model_dir: Path, output: Path, rho: Rho, tuning: dict[str, Any]) -> Path:
+def write_tuned_dir(model_dir: Path, output: Path, rho: Rho, tuning: dict[str, Any],
+                    rho_class: dict[str, float] | None = None) -> Path:
     """Copy the model dir (lc-export's, lc-calibrate's INT8 one, an lc-build engine dir) to ``output`` with ``rho``
-    as its ``default_rho`` and the ``tuning`` record in ``lc.json``, written atomically and re-hashed; every other
-    field (an INT8 dir's ``quantization`` record, an engine dir's ``engines``) is kept as it is."""
+    as its ``default_rho``, ``rho_class`` (class name → ρ_c; None or empty: none) as its ``default_rho_class`` and
+    the ``tuning`` record in ``lc.json``, written atomically and re-hashed; every other field (an INT8 dir's
+    ``quantization`` record, an engine dir's ``engines``) is kept as it is."""
     model_dir = Path(model_dir).resolve()
     check_tuned_target(model_dir, output)
     manifest = read_cascade_manifest(model_dir)
@@ -231,8 +281,10 @@ def write_tuned_dir(model_dir: Path, output: Path, rho: Rho, tuning: dict[str, A
     def write(staging: Path) -> dict[str, Any]:
         for name in manifest["files"]:
             shutil.copy2(model_dir / name, staging / name)
-        kept = {key: value for key, value in manifest.items() if key not in ("format", "version", "files")}
-        return {**kept, "default_rho": list(rho), "tuning": tuning}
+        kept = {key: value for key, value in manifest.items()
+                if key not in ("format", "version", "files", "default_rho_class")}
+        return {**kept, "default_rho": list(rho), **({"default_rho_class": rho_class} if rho_class else {}),
+                "tuning": tuning}
 
     return write_model_dir(output, write, "lc-tune")
 
@@ -247,13 +299,14 @@ def plot_frontier(result: dict[str, Any], chosen: dict[str, Any], budget: Budget
     points = [p for p in result["points"] if p["miou"] >= low - margin]
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     axes.scatter([p["median_ms"] for p in points], [p["miou"] for p in points], s=12, color="0.65",
-                 label="(ρ₂, ρ₃) measured (those below the chart are beaten)")
+                 label=f"{'ρ_' + result['tune_class'] if result.get('tune_class') else '(ρ₂, ρ₃)'} measured "
+                       "(those below the chart are beaten)")
     axes.step([p["median_ms"] for p in front], [p["miou"] for p in front], "s--", where="post", markersize=3,
               color="tab:orange", label="frontier")
     axes.plot([reference["median_ms"]], [reference["miou"]], "D", color="tab:blue", markersize=7,
-              label=f"previous default ρ = {format_rho(reference['rho'])}")
+              label=f"previous default {setting_text(reference)}")
     axes.plot([chosen["median_ms"]], [chosen["miou"]], "*", color="tab:red", markersize=14,
-              label=f"chosen ρ = {format_rho(chosen['rho'])}")
+              label=f"chosen {setting_text(chosen)}")
     if budget.kind == "max_miou_drop":
         axes.axhline(reference["miou"] - budget.value, color="tab:red", linestyle=":", linewidth=1,
                      label=budget.describe())

@@ -48,6 +48,7 @@ from layercascade.serve.http import (
     RhoUsed,
     SegmentQuery,
     check_answer_outputs,
+    check_per_class,
     check_segment_request,
     decode_image,
     error_body,
@@ -187,11 +188,12 @@ class CascadeServer:
         limits = self.settings.limits
         body: bytes | None = None
         try:
-            query = check_segment_request(request.headers, request.url.query, limits)
+            query = check_segment_request(request.headers, request.url.query, limits, self.cascade.classes)
             if query.deadline_ms is not None and self.controller is None:
                 raise HTTPProblem(400, "deadline_ms needs a service with a latency target (lc-serve --target-ms) on "
                                        "a model tuned by lc-tune; give rho instead")
             check_answer_outputs(query, self.cascade.has_confidence)
+            check_per_class(query, self.cascade.threshold_count > 1)
             with self.upload_slot():
                 body = await read_body(request.stream(), limits)
                 return await self.segment_body(body, query, wants_json(request.headers.get("accept"), query))
@@ -202,16 +204,18 @@ class CascadeServer:
 
     def rho_for(self, query: SegmentQuery) -> RhoUsed:
         """The thresholds a request runs at: its own ``rho``, else the controller's choice (for its deadline when it
-        gives one), else the model's default."""
+        gives one), else the model's default; its ``rho_class`` on top of any of them (the controller moves
+        (ρ₂, ρ₃) only)."""
         controller = self.controller
         if query.rho is not None:
             index = None if controller is None else controller.frontier.find(query.rho)
             cost = None if index is None else controller.frontier.cost(controller.frontier.points[index])
-            return RhoUsed(query.rho, "request", cost)
+            return RhoUsed(query.rho, "request", cost, query.rho_class)
         if controller is None:
-            return RhoUsed(self.cascade.default_rho, "default")
+            return RhoUsed(self.cascade.default_rho, "default", rho_class=query.rho_class)
         choice = controller.choose(query.deadline_ms)
-        return RhoUsed(choice.rho, "controller" if query.deadline_ms is None else "deadline", choice.expected_miou_cost)
+        return RhoUsed(choice.rho, "controller" if query.deadline_ms is None else "deadline", choice.expected_miou_cost,
+                       query.rho_class)
 
     async def segment_body(self, body: bytes, query: SegmentQuery, as_json: bool) -> Response:
         """The answer to an image file's bytes: decoded (at most 2 × max_batch at once), run in a batch at the
@@ -241,20 +245,20 @@ class CascadeServer:
     async def segment_many(self, requests: list[tuple[np.ndarray, SegmentQuery]]
                            ) -> list[tuple[Any, int, float, RhoUsed]]:
         """The requests that arrived together, their thresholds picked now (:meth:`rho_for`: the controller's
-        latest choice, not the one when they arrived), run as batches of one ρ and resize mode each (the batch
-        size and wait are set from the settings once the model is loaded): (result, images run with it, ms of
+        latest choice, not the one when they arrived), run as batches of one ρ, rho_class and resize mode each (the
+        batch size and wait are set from the settings once the model is loaded): (result, images run with it, ms of
         that run, thresholds used) each. A failure is returned to each of the requests it concerns, as the
         exception, not raised: it must not fail the others."""
         used = [self.rho_for(query) for _, query in requests]
         results: list[tuple[Any, int, float, RhoUsed]] = [(None, 0, 0.0, u) for u in used]
         by_run: dict[tuple, list[int]] = {}
         for index, (_, query) in enumerate(requests):
-            by_run.setdefault((used[index].rho, query.resize), []).append(index)
-        for (rho, resize), indices in by_run.items():
+            by_run.setdefault((used[index].rho, used[index].rho_class, query.resize), []).append(index)
+        for (rho, rho_class, resize), indices in by_run.items():
             started = self.clock()
             try:
                 answers = await asyncio.to_thread(self.cascade.segment_batch, [requests[i][0] for i in indices],
-                                                  rho, resize)
+                                                  rho, resize, rho_class=None if rho_class is None else dict(rho_class))
             except Exception as error:  # the images were checked already: a failure here is the server's (500)
                 answers = [error] * len(indices)
             run_ms = (self.clock() - started) * 1e3

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import ray
 
-from layercascade.contract import RhoLike
+from layercascade.contract import RhoClassLike, RhoLike
 from layercascade.errors import LCError, fail
 from layercascade.runtime.inputs import Source
 from layercascade.runtime.segment import (
@@ -57,11 +57,11 @@ class SegmentWorker:
     """A Ray Data actor: one Cascade, a batch of (index, path) rows in, their outcomes out."""
 
     def __init__(self, model: str | None, load: dict[str, Any], rho: RhoLike | None, read: ImageOptions,
-                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> None:
+                 outputs: tuple[str, ...] = DEFAULT_OUTPUTS, rho_class: RhoClassLike | None = None) -> None:
         from layercascade.runtime.cascade import Cascade
 
         self.cascade = Cascade.load(model, **load)
-        self.rho = rho
+        self.rho, self.rho_class = rho, rho_class
         self.read = read
         self.outputs = outputs
 
@@ -70,7 +70,7 @@ class SegmentWorker:
                                          **{file_column(name): [] for name in self.outputs}}
         for index, path in zip(batch["index"], batch["path"], strict=True):
             try:
-                done = segment_file(self.cascade, Path(path), self.rho, self.read, self.outputs)
+                done = segment_file(self.cascade, Path(path), self.rho, self.read, self.outputs, self.rho_class)
                 error, record, files = "", json.dumps(done.record), done.files
             except LCError as failure:  # the reason only: the driver names the input as the user did
                 error, record, files = failure_reason(failure, Path(path)), "", dict.fromkeys(self.outputs, b"")
@@ -84,7 +84,8 @@ class SegmentWorker:
 
 
 def segment_video_task(model: str | None, load: dict[str, Any], source: str, out: str, stem: str,
-                       rho: RhoLike | None, read: ImageOptions, video: VideoOptions) -> VideoRun | str:
+                       rho: RhoLike | None, read: ImageOptions, video: VideoOptions,
+                       rho_class: RhoClassLike | None = None) -> VideoRun | str:
     """A Ray task: one video segmented into ``out`` by a Cascade of its own; its ``VideoRun``, or the reason
     it could not be read (a string: the driver names the input as the user did)."""
     from layercascade.runtime.cascade import Cascade
@@ -92,7 +93,7 @@ def segment_video_task(model: str | None, load: dict[str, Any], source: str, out
     with Cascade.load(model, **load) as cascade:
         try:
             return segment_one_video(cascade, Path(source), Path(out), stem, rho=rho, read=read, video=video,
-                                     progress=False)
+                                     progress=False, rho_class=rho_class)
         except LCError as failure:
             return failure_reason(failure, Path(source))
 
@@ -100,7 +101,8 @@ def segment_video_task(model: str | None, load: dict[str, Any], source: str, out
 def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Source], out: Path, *,
                     rho: RhoLike | None, strict: bool, progress: bool, read: ImageOptions = ImageOptions(),
                     earlier: dict[str, str] | None = None, address: str | None = None, workers: int | None = None,
-                    video: VideoOptions = VideoOptions(), outputs: tuple[str, ...] = DEFAULT_OUTPUTS) -> Run:
+                    video: VideoOptions = VideoOptions(), outputs: tuple[str, ...] = DEFAULT_OUTPUTS,
+                    rho_class: RhoClassLike | None = None) -> Run:
     """:func:`~layercascade.runtime.segment.segment_all` with the images segmented by ``workers`` Ray
     actors (default: one per CPU of the cluster, or per GPU for a model on a GPU), each loading the model with ``load``
     (``Cascade.load``'s keyword arguments), then the videos by one Ray task each, ``workers`` at a time (files
@@ -111,15 +113,16 @@ def segment_all_ray(model: str | None, load: dict[str, Any], paths: list[Source]
     plan = Plan.make(paths, out, earlier, outputs)
     started_ray = connect(address)
     try:
-        return write_all(outcomes(model, load, paths, rho, read, workers, plan, out, video), paths, out, plan,
-                         strict=strict, progress=progress)
+        return write_all(outcomes(model, load, paths, rho, read, workers, plan, out, video, rho_class), paths, out,
+                         plan, strict=strict, progress=progress)
     finally:
         if started_ray:
             ray.shutdown()
 
 
 def outcomes(model: str | None, load: dict[str, Any], paths: list[Source], rho: RhoLike | None, read: ImageOptions,
-             workers: int | None, plan: Plan, out: Path, video: VideoOptions) -> Iterator[Outcome]:
+             workers: int | None, plan: Plan, out: Path, video: VideoOptions,
+             rho_class: RhoClassLike | None = None) -> Iterator[Outcome]:
     """The images' results in input order, then the videos' as they end, as :func:`write_all` takes them.
     The videos run after the images' actors are gone: a video task waiting for the CPU (or GPU) an idle actor
     holds would wait for ever while this process waits for that video."""
@@ -132,7 +135,7 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Source], rho: 
     try:
         images = [index for index, is_video in enumerate(plan.videos) if not is_video]
         if images:
-            yield from image_outcomes(model, load, paths, images, rho, read, gpus, workers, plan.outputs)
+            yield from image_outcomes(model, load, paths, images, rho, read, gpus, workers, plan.outputs, rho_class)
         task = ray.remote(segment_video_task).options(num_cpus=1, num_gpus=gpus)
         waiting = [index for index, is_video in enumerate(plan.videos) if is_video]
         running: dict[ray.ObjectRef, int] = {}  # at most `workers` videos at once
@@ -141,7 +144,7 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Source], rho: 
                 while waiting and len(running) < workers:
                     index = waiting.pop(0)
                     running[task.remote(model, load, str(Path(paths[index]).resolve()), str(out.resolve()),
-                                        plan.stems[index], rho, read, video)] = index
+                                        plan.stems[index], rho, read, video, rho_class)] = index
                 [ready], _ = ray.wait(list(running))
                 index = running.pop(ready)
                 yield index, video_outcome(ray.get(ready), paths[index])
@@ -174,7 +177,7 @@ def video_outcome(done: VideoRun | str, source: Source) -> VideoRun | LCError:
 
 def image_outcomes(model: str | None, load: dict[str, Any], paths: list[Source], images: list[int],
                    rho: RhoLike | None, read: ImageOptions, gpus: float, workers: int,
-                   outputs: tuple[str, ...]) -> Iterator[Outcome]:
+                   outputs: tuple[str, ...], rho_class: RhoClassLike | None = None) -> Iterator[Outcome]:
     """The images' results (``images``: their indices in ``paths``) from a Ray Data pipeline, in input order."""
     context = ray.data.DataContext.get_current()
     # Ray Data's progress lines would break lc-run's bar (its logging is configured on import: set after).
@@ -186,7 +189,7 @@ def image_outcomes(model: str | None, load: dict[str, Any], paths: list[Source],
     # defaults: max_restarts = max_task_retries = -1).
     dataset = dataset.map_batches(
         SegmentWorker, fn_constructor_kwargs={"model": model, "load": load, "rho": rho, "read": read,
-                                              "outputs": outputs},
+                                              "outputs": outputs, "rho_class": rho_class},
         batch_size=1, concurrency=min(workers, len(images)), num_cpus=1, num_gpus=gpus, batch_format="numpy")
     for row in dataset.iter_rows():
         index = int(row["index"])

@@ -12,14 +12,22 @@ import io
 import json
 import math
 import urllib.parse
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from layercascade.contract import Rho, format_rho, rho_from_text, rho_value
+from layercascade.contract import (
+    Rho,
+    check_rho_class,
+    format_rho,
+    rho_class_from_text,
+    rho_class_value,
+    rho_from_text,
+    rho_value,
+)
 from layercascade.errors import LCError
 from layercascade.manifest import model_hash
 from layercascade.model.data.images import ImageTooLarge, read_rgb
@@ -173,20 +181,25 @@ ANSWER_OUTPUTS = ("labels", "confidence", "stages")
 class SegmentQuery:
     """What a segment request asks for in its query: ``rho`` (None: the model's default, or the latency
     controller's choice), ``resize`` (None: the model's default; ``model/data/placement.py``), ``deadline_ms``
-    (lc-serve ``--target-ms`` only: the most accurate ρ expected to answer within it) and the maps of the answer,
-    ``outputs``. Requests of equal ρ and resize run in one batch (``outputs`` shapes only the answer, so it does not
-    count in comparisons)."""
+    (lc-serve ``--target-ms`` only: the most accurate ρ expected to answer within it), the maps of the answer,
+    ``outputs``, and ``rho_class`` ((class index, ρ_c) pairs in class order, on top of whichever ρ; None: the
+    model's default). Requests of equal thresholds and resize run in one batch (``outputs`` shapes only the
+    answer, so it does not count in comparisons)."""
 
     rho: Rho | None = None
     resize: str | None = None
     deadline_ms: float | None = None
     outputs: tuple[str, ...] = field(default=("labels",), compare=False)
+    rho_class: tuple[tuple[int, float], ...] | None = None
 
 
-QUERY_HELP = ("/v1/segment takes ?rho=R or ?rho=R2,R3 (or ?deadline_ms=T), ?resize=fit|stretch|none and ?outputs= "
-              f"(comma-separated: {', '.join(ANSWER_OUTPUTS)})")
+QUERY_HELP = ("/v1/segment takes ?rho=R or ?rho=R2,R3 (or ?deadline_ms=T), ?rho_class=NAME:R[,NAME:R...], "
+              f"?resize=fit|stretch|none and ?outputs= (comma-separated: {', '.join(ANSWER_OUTPUTS)})")
+QUERY_FIELDS = ("rho", "rho_class", "resize", "deadline_ms", "outputs")
 # The longest deadline a request may set (ms): ten minutes, beyond any answer worth waiting for.
 MAX_DEADLINE_MS = 600_000.0
+# The longest rho_class value read: 255 classes with a short name and a threshold each; the answer echoes none.
+MAX_RHO_CLASS_CHARS = 8192
 
 
 @dataclass(frozen=True)
@@ -194,21 +207,24 @@ class RhoUsed:
     """The thresholds an answer was computed with and why: ``source`` is ``request`` (its ``?rho=``), ``default``
     (the model's), ``controller`` (lc-serve ``--target-ms``) or ``deadline`` (its ``?deadline_ms=``);
     ``expected_miou_cost`` the frontier's mIoU at the model's tuned reference minus at ``rho`` (None when the model
-    has no frontier or ``rho`` is not on it)."""
+    has no frontier or ``rho`` is not on it); ``rho_class`` the request's per-class thresholds, which apply on top
+    of ``rho`` whatever its source (:class:`SegmentQuery`; None: the model's default)."""
 
     rho: Rho
     source: str
     expected_miou_cost: float | None = None
+    rho_class: tuple[tuple[int, float], ...] | None = None
 
 
-def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits) -> SegmentQuery:
+def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits,
+                          classes: Sequence[str]) -> SegmentQuery:
     """The checks of ``POST /v1/segment`` that need no body: the content type (415), the declared
-    length (413; 400 when not a number) and the query (400: only ``rho``, ``resize`` and ``outputs``, each given at
-    most once); returns what the query asks for."""
+    length (413; 400 when not a number) and the query (400: only :data:`QUERY_FIELDS`, each given at most once;
+    ``rho_class`` names of ``classes``, the model's); returns what the query asks for."""
     check_content_type(headers.get("content-type"))
     check_declared_length(headers.get("content-length"), limits)
     fields = urllib.parse.parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(fields) - {"rho", "resize", "deadline_ms", "outputs"})
+    unknown = sorted(set(fields) - set(QUERY_FIELDS))
     if unknown:
         raise HTTPProblem(400, f"unknown query parameter {unknown[0][:40]!r}: {QUERY_HELP}")
     repeated = [name for name, values in fields.items() if len(values) > 1]
@@ -222,7 +238,8 @@ def check_segment_request(headers: Mapping[str, str], query: str, limits: Limits
                                "service pick them")
     outputs = parse_answer_outputs(fields["outputs"][0]) if "outputs" in fields else ("labels",)
     return SegmentQuery(parse_rho(fields["rho"][0] if "rho" in fields else None), resize,
-                        parse_deadline(fields["deadline_ms"][0] if "deadline_ms" in fields else None), outputs)
+                        parse_deadline(fields["deadline_ms"][0] if "deadline_ms" in fields else None), outputs,
+                        parse_rho_class(fields["rho_class"][0] if "rho_class" in fields else None, classes))
 
 
 def parse_deadline(value: str | None) -> float | None:
@@ -247,6 +264,13 @@ def parse_answer_outputs(value: str) -> tuple[str, ...]:
     if unknown:
         raise HTTPProblem(400, f"outputs: {unknown[0][:40]!r} is not one of {', '.join(ANSWER_OUTPUTS)}")
     return tuple(name for name in ANSWER_OUTPUTS if name in names)
+
+
+def check_per_class(query: SegmentQuery, takes_per_class: bool) -> None:
+    """400 when the query gives per-class thresholds to a model exported before them (its graphs take one each)."""
+    if query.rho_class and not takes_per_class:
+        raise HTTPProblem(400, "rho_class: the served model was exported before per-class thresholds (lc.json "
+                               "version 2); its operator must re-export it with lc-export")
 
 
 def check_answer_outputs(query: SegmentQuery, has_confidence: bool) -> None:
@@ -313,6 +337,23 @@ def parse_rho(value: str | None) -> Rho | None:
         raise HTTPProblem(400, str(error)) from None
 
 
+def parse_rho_class(value: str | None, classes: Sequence[str]) -> tuple[tuple[int, float], ...] | None:
+    """The query's ``rho_class``: ``NAME:R[,NAME:R...]`` (or ``NAME=R``, URL-encoded), each NAME a class of
+    ``classes`` and R in (0, 1], as (class index, R) pairs in class order (None: the model's default; an empty value:
+    none); 400 otherwise."""
+    if value is None:
+        return None
+    if not value:
+        return ()
+    if len(value) > MAX_RHO_CLASS_CHARS:
+        raise HTTPProblem(400, f"rho_class is over {MAX_RHO_CLASS_CHARS:,} characters")
+    try:
+        by_name = rho_class_from_text(value, "=" if "=" in value and ":" not in value else ":")
+        return tuple(sorted(check_rho_class(by_name, classes).items()))
+    except LCError as error:
+        raise HTTPProblem(400, str(error)[:400]) from None
+
+
 def wants_json(accept: str | None, query: SegmentQuery = SegmentQuery()) -> bool:
     """Whether the answer is JSON: the client asked for it (``Accept: application/json``), or for maps other than
     the label map alone (one PNG cannot carry them)."""
@@ -371,6 +412,7 @@ def model_description(cascade: Cascade, name: str) -> dict[str, Any]:
         "palette": cascade.palette.tolist(),
         "input_size": list(cascade.input_size),
         "default_rho": rho_value(cascade.default_rho),  # one number, or [ρ₂, ρ₃] when the stages differ
+        "default_rho_class": rho_class_value(cascade.default_rho_class, cascade.classes),  # class name → ρ_c
         "batch_capacity": cascade.batch_capacity,
         "outputs": [name for name in ANSWER_OUTPUTS if name != "confidence" or cascade.has_confidence],
         "backend": cascade.backend,

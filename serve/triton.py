@@ -6,13 +6,14 @@
   before lc.json version 3). For Triton's ``onnxruntime`` backend it is
   ``model.onnx``; for its ``openvino`` backend the OpenVINO IR (``model.xml`` + ``model.bin``). A
   dynamic-batch export gets Triton's dynamic batching: every request then carries its own thresholds
-  (shape [1] each per image; the graph compares each image's pixels with its own), so requests with
+  (shape [C] each per image, one per class; [1] for an export from before per-class thresholds; the graph
+  compares each image's pixels with its own), so requests with
   different thresholds batch together. A dynamic-size export (lc-export --dynamic-size) has -1 for the
   image's and the labels' height and width; a client sends sizes the export takes (multiples of 8 within
   the bounds ``lc-triton.json`` records), padding as ``Cascade`` does.
 * An engine dir (lc-build) becomes an ensemble of the three stage plans (``tensorrt_plan``), wired
   by tensor name (stage 1's ``rho`` is the ensemble's ``rho2``, stage 2's ``rho3``). Its stage graphs
-  take one threshold each for the whole batch, so the ensemble has no
+  take one set of thresholds (one per class) each for the whole batch, so the ensemble has no
   Triton batching (``max_batch_size: 0``): a client sends a whole batch at once. Dimensions the engines
   take in a range (the batch, and a dynamic-size export's heights and widths) are -1; the plans'
   optimization profile bounds them (``lc-triton.json`` records it).
@@ -211,24 +212,54 @@ def triton_graph(source: Path, manifest: dict[str, Any], platform: str, batched:
 
 
 def per_image_thresholds(model: Any) -> None:
-    """The thresholds (``rho2``, ``rho3``) become one value per image, (N, 1), reshaped to (N, 1, 1, 1) where the
-    graph reads them, so each broadcasts over its image's pixels only."""
+    """The thresholds (``rho2``, ``rho3``) become one set per image, (N, C) (one per class; (N, 1) for a graph
+    exported before per-class thresholds), so each image's pixels are compared with its own: a pixel's threshold
+    is its winner's in its image's row (``Gather`` of the rows flattened, at winner + C · image), or, for one
+    threshold, the row reshaped to (N, 1, 1, 1) where the graph reads it."""
     import onnx
     from onnx import helper
 
     batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    constants = model.graph.initializer
     for graph_input in (i for i in model.graph.input if i.name in STAGE_RHOS):
         name = graph_input.name
-        per_image = f"{name}/per_image"
-        for node in model.graph.node:
-            node.input[:] = [per_image if value == name else value for value in node.input]
-        shape = f"{name}/per_image_shape"
-        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), shape))
-        model.graph.node.insert(0, helper.make_node("Reshape", [name, shape], [per_image], name=f"{name}/per_image"))
         dims = graph_input.type.tensor_type.shape.dim
+        classes = dims[0].dim_value
+        readers = [node for node in model.graph.node if name in node.input]
+        prologue = []
+        if classes > 1 and all(n.op_type == "Gather" and list(n.input).index(name) == 0 for n in readers):
+            # rows flattened: image n's class c at n · C + c
+            flat, count, offsets = f"{name}/flat", f"{name}/images", f"{name}/offsets"
+            constants.extend([onnx.numpy_helper.from_array(np.array(v, np.int64), f"{name}/{k}") for k, v in
+                              (("flat_shape", [-1]), ("zero", 0), ("step", 1), ("classes", classes),
+                               ("offsets_shape", [-1, 1, 1, 1]))])
+            prologue = [
+                helper.make_node("Reshape", [name, f"{name}/flat_shape"], [flat], name=flat),
+                helper.make_node("Shape", [name], [f"{name}/shape"], name=f"{name}/shape", end=1),
+                helper.make_node("Squeeze", [f"{name}/shape"], [count], name=count),
+                helper.make_node("Range", [f"{name}/zero", count, f"{name}/step"], [f"{name}/index"],
+                                 name=f"{name}/index"),
+                helper.make_node("Mul", [f"{name}/index", f"{name}/classes"], [f"{name}/starts"],
+                                 name=f"{name}/starts"),
+                helper.make_node("Reshape", [f"{name}/starts", f"{name}/offsets_shape"], [offsets], name=offsets),
+            ]
+            for node in readers:
+                winner = node.input[1]
+                shifted = f"{node.name}/per_image_index"
+                model.graph.node.insert(list(model.graph.node).index(node),
+                                        helper.make_node("Add", [winner, offsets], [shifted], name=shifted))
+                node.input[:] = [flat, shifted]
+        else:
+            per_image, shape = f"{name}/per_image", f"{name}/per_image_shape"
+            for node in readers:
+                node.input[:] = [per_image if value == name else value for value in node.input]
+            constants.append(onnx.numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), shape))
+            prologue = [helper.make_node("Reshape", [name, shape], [per_image], name=per_image)]
+        for node in reversed(prologue):
+            model.graph.node.insert(0, node)
         del dims[:]
         dims.add().CopyFrom(batch)
-        dims.add().dim_value = 1
+        dims.add().dim_value = classes
 
 
 def tensors_of(values: Any, batched: bool) -> list[Tensor]:

@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from layercascade.cli import run
-from layercascade.contract import Rho, RhoLike, rho_or_default
+from layercascade.contract import Rho, RhoClass, RhoClassLike, RhoLike, check_rho_class, rho_or_default
 from layercascade.errors import run_cli
 from layercascade.model.data import VOC_CLASSES, VOC_PALETTE
 from layercascade.runtime.result import CascadeResult
@@ -36,6 +36,7 @@ class FakeCascade:
     def __init__(self, model_dir: str | None, backend: str, device: str) -> None:
         self.load_args = (model_dir, backend, device)
         self.rhos: list[RhoLike | None] = []
+        self.rho_classes: list[RhoClassLike | None] = []
         self.policies: list[tuple] = []  # (resize, tile, overlap) of each call
         self.closed = False
 
@@ -49,6 +50,9 @@ class FakeCascade:
     def rho(self, rho: RhoLike | None = None) -> Rho:
         return rho_or_default(rho, self.default_rho)
 
+    def rho_class(self, rho_class: RhoClassLike | None = None) -> RhoClass:
+        return check_rho_class(rho_class, self.classes)
+
     def __enter__(self) -> FakeCascade:
         return self
 
@@ -56,9 +60,11 @@ class FakeCascade:
         self.closed = True
 
     def __call__(self, image: np.ndarray, rho: RhoLike | None = None, resize: str | None = None,
-                 tile: tuple[int, int] | None = None, overlap: int | None = None) -> CascadeResult:
+                 tile: tuple[int, int] | None = None, overlap: int | None = None,
+                 rho_class: RhoClassLike | None = None) -> CascadeResult:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         self.rhos.append(rho)
+        self.rho_classes.append(rho_class)
         self.policies.append((resize, tile, overlap))
         brightness = image.astype(np.int32).sum(axis=2) // 3
         stage_map = (1 + brightness[::8, ::8] * 3 // 256).astype(np.uint8)  # ceil(H/8) x ceil(W/8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -12,6 +13,8 @@ import onnx
 import torch
 from PIL import Image
 
+from layercascade.contract import CONFIDENCE
+from layercascade.export.graph import live_nodes
 from layercascade.manifest import read_manifest, write_model_dir
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.config import get_config
@@ -77,3 +80,46 @@ def png_claiming(width: int, height: int) -> bytes:
     data[16:24] = struct.pack(">II", width, height)  # IHDR width and height
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
+
+
+def single_threshold_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A stage graph as lc-export wrote it before per-class thresholds: ``rho`` of shape (1,), multiplied in as it
+    is (no ArgMax and Gather of the winner's threshold)."""
+    gathers = {n.output[0]: n for n in model.graph.node if n.op_type == "Gather" and n.input[0] == "rho"}
+    winners = {n.input[1] for n in gathers.values()}
+    kept = [n for n in model.graph.node if n.output[0] not in gathers and n.output[0] not in winners]
+    for node in kept:
+        node.input[:] = ["rho" if name in gathers else name for name in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    for graph_input in model.graph.input:
+        if graph_input.name == "rho":
+            graph_input.type.tensor_type.shape.dim[0].dim_value = 1
+    return model
+
+
+def without_confidence_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A stage graph as lc-export wrote it before the confidence: stage 3 without that output (others as they are)."""
+    if not any(output.name == CONFIDENCE for output in model.graph.output):
+        return model
+    kept = [output for output in model.graph.output if output.name != CONFIDENCE]
+    nodes = live_nodes(list(model.graph.node), {output.name for output in kept})
+    del model.graph.output[:], model.graph.node[:]
+    model.graph.output.extend(kept)
+    model.graph.node.extend(nodes)
+    return model
+
+
+def version2_copy(target: Path, version: int = 2, **extra) -> Path:
+    """The demo model dir as layercascade exported it before lc.json version 3 (lc.json ``version``): the stage
+    graphs' ``rho`` of shape [1] (before per-class thresholds) and stage 3 without ``confidence``."""
+    manifest = read_manifest(DEMO_MODEL)
+    stages = [{**stage, "inputs": [{**spec, "shape": [1]} if spec["name"] == "rho" else spec
+                                   for spec in stage["inputs"]],
+               "outputs": [spec for spec in stage["outputs"] if spec["name"] != CONFIDENCE]}
+              for stage in manifest["stages"]]
+    folder = copy_demo_model(target, lambda model: without_confidence_graph(single_threshold_graph(model)),
+                             stages=stages, **extra)
+    written = json.loads((folder / "lc.json").read_text())
+    (folder / "lc.json").write_text(json.dumps({**written, "version": version}))
+    return folder

@@ -127,7 +127,7 @@ def test_lowered_int8_stage_matches_its_function_bodies(demo_int8) -> None:
     lowered, bodies = load_runner(output / "stage2.onnx"), load_runner(output / "stage2.onnx", lower=False)
     assert lowered.lowered and not bodies.lowered
     image, _ = open_dataset("synthetic", "val", limit=1)[0]
-    rho = np.array([0.985], np.float32)
+    rho = np.full(21, 0.985, np.float32)
     first = stage1.infer({"image": Cascade.load(output).prepare(image)[None], "rho": rho})
     feeds = {"feat1": first["feat1"], "mask2": first["mask2"], "rho": rho}
     assert 0 < first["mask2"].mean() < 1
@@ -205,7 +205,7 @@ def test_relu_as_uint8_keeps_the_int8_values(demo_int8) -> None:
 
     output, _, _ = demo_int8
     image, _ = open_dataset("synthetic", "val", limit=1)[0]
-    feeds = {"image": Cascade.load(output).prepare(image)[None], "rho": np.array([0.985], np.float32)}
+    feeds = {"image": Cascade.load(output).prepare(image)[None], "rho": np.full(21, 0.985, np.float32)}
     options = onnxruntime.SessionOptions()
     options.add_session_config_entry("session.x64quantprecision", "1")
     plain = onnxruntime.InferenceSession(str(output / "stage1.onnx"), options, providers=["CPUExecutionProvider"])
@@ -229,7 +229,7 @@ def test_int8_stem_reorders_folded_with_the_same_results(demo_int8) -> None:
     folded, plain = load_runner(path), load_runner(path, fold_layout=False)
     assert folded.layout_folded == (nchwc_block_size() == stem.shape[0]) and not plain.layout_folded
     images = np.random.default_rng(0).integers(0, 256, (1, *Cascade.load(output).input_size, 3), dtype=np.uint8)
-    feeds = {"image": images, "rho": np.array([0.985], np.float32)}
+    feeds = {"image": images, "rho": np.full(21, 0.985, np.float32)}
     for name, value in plain.infer(feeds).items():
         np.testing.assert_array_equal(folded.infer(feeds)[name], value, err_msg=name)
 

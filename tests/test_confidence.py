@@ -21,11 +21,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from layercascade.contract import CONFIDENCE
 from layercascade.errors import LCError, run_cli
-from layercascade.export.graph import GraphBuilder, live_nodes
+from layercascade.export.graph import GraphBuilder
 from layercascade.export.stages import confidence as confidence_node
-from layercascade.manifest import MANIFEST
 from layercascade.model.checkpoint import load_checkpoint
 from layercascade.model.data.images import read_rgb
 from layercascade.model.data.placement import SCALE, upsample_stage_map
@@ -42,7 +40,7 @@ from layercascade.serve.http import (
     segment_answer,
     wants_json,
 )
-from layercascade.tests.helpers import copy_demo_model, synthetic_images
+from layercascade.tests.helpers import synthetic_images, version2_copy
 
 JPEG = SAMPLES / "synthetic-240x320.jpg"
 RHO = (0.9, 0.95)
@@ -202,38 +200,17 @@ def test_lc_run_outputs_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (tmp_path / "b" / f"{JPEG.stem}.png").is_file()
 
 
-def without_confidence(target: Path) -> Path:
-    """The demo model dir as layercascade exported it before the confidence: stage 3 without the output,
-    lc.json version 2."""
-    def strip(model: onnx.ModelProto) -> onnx.ModelProto:
-        if not any(output.name == CONFIDENCE for output in model.graph.output):
-            return model
-        kept = [output for output in model.graph.output if output.name != CONFIDENCE]
-        nodes = live_nodes(list(model.graph.node), {output.name for output in kept})
-        del model.graph.output[:], model.graph.node[:]
-        model.graph.output.extend(kept)
-        model.graph.node.extend(nodes)
-        return model
-
-    folder = copy_demo_model(target, strip)
-    manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["stages"][2]["outputs"] = [o for o in manifest["stages"][2]["outputs"] if o["name"] != CONFIDENCE]
-    manifest["version"] = 2
-    (folder / MANIFEST).write_text(json.dumps(manifest))
-    return folder
-
-
 def test_a_model_dir_exported_before_it_runs_without(tmp_path: Path, demo: Cascade,
                                                      capsys: pytest.CaptureFixture) -> None:
     from layercascade.cli import run
 
-    old = without_confidence(tmp_path / "old")
+    old = version2_copy(tmp_path / "old")
     image = read_rgb(JPEG)
     for backend, options in (("ort", {}), ("openvino", {"precision": "fp32"})):
         if backend == "openvino":
             pytest.importorskip("openvino", reason="OpenVINO is not installed")
         with Cascade.load(old, backend=backend, **options) as cascade:
-            assert not cascade.has_confidence
+            assert not cascade.has_confidence and cascade.threshold_count == 1  # both read from its graphs
             result = cascade(image, 0.9)
             assert result.confidence is None
             assert np.mean(result.labels == demo(image, 0.9).labels) >= 0.9999
@@ -246,17 +223,18 @@ def test_a_model_dir_exported_before_it_runs_without(tmp_path: Path, demo: Casca
     assert error.startswith("error: --outputs confidence:") and "re-export it with lc-export" in error
     assert "\n" not in error and not (tmp_path / "b" / f"{JPEG.stem}.png").exists()
     with pytest.raises(HTTPProblem, match="re-export") as refused:
-        check_answer_outputs(check_segment_request({}, "outputs=confidence", Limits()), has_confidence=False)
+        check_answer_outputs(check_segment_request({}, "outputs=confidence", Limits(), demo.classes),
+                             has_confidence=False)
     assert refused.value.status == 400
 
 
 def test_lc_serve_answers_the_maps_asked_for_in_json(demo: Cascade) -> None:
-    query = check_segment_request({}, "outputs=stages,confidence,labels&rho=0.9", Limits())
+    query = check_segment_request({}, "outputs=stages,confidence,labels&rho=0.9", Limits(), demo.classes)
     assert query.outputs == ("labels", "confidence", "stages") and query.rho == (0.9, 0.9)
-    assert wants_json(None, query) and not wants_json(None, check_segment_request({}, "", Limits()))
+    assert wants_json(None, query) and not wants_json(None, check_segment_request({}, "", Limits(), demo.classes))
     for bad in ("outputs=heatmap", "outputs=", "outputs=labels&outputs=stages"):
         with pytest.raises(HTTPProblem) as refused:
-            check_segment_request({}, bad, Limits())
+            check_segment_request({}, bad, Limits(), demo.classes)
         assert refused.value.status == 400
     result = demo(read_rgb(JPEG), 0.9)
     body, media_type, _ = segment_answer(result, demo.palette, 1.0, True, RhoUsed(query.rho, "request"),

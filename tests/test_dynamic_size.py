@@ -60,8 +60,8 @@ def test_each_size_gives_the_fixed_exports_labels(exports, lower: bool) -> None:
     for size, fixed_dir in fixed.items():
         reference = joined_session(fixed_dir, lower)
         for seed, rho in ((0, 0.9), (1, 0.985), (2, 1.0)):
-            feeds = {IMAGE: random_images(1, size, seed), "rho2": np.array([rho], np.float32),
-                     "rho3": np.array([rho], np.float32)}
+            feeds = {IMAGE: random_images(1, size, seed), "rho2": np.full(21, rho, np.float32),
+                     "rho3": np.full(21, rho, np.float32)}
             labels, counts = session.run([LABELS, STAGE_COUNTS], feeds)
             expected_labels, expected_counts = reference.run([LABELS, STAGE_COUNTS], feeds)
             assert labels.shape == (1, *size)

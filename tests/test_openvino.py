@@ -192,7 +192,7 @@ def test_layout_rewrites_give_the_same_numbers(demo_fp32: Path) -> None:
     config = compile_config("fp32")
     plain, ours = compile_graph(graph, "plain", config), compile_graph(rewritten, "rewritten", config)
     for image in synthetic_images(3):
-        feeds = {"image": image[None], "rho2": np.array([0.985], np.float32), "rho3": np.array([0.9], np.float32)}
+        feeds = {"image": image[None], "rho2": np.full(21, 0.985, np.float32), "rho3": np.full(21, 0.9, np.float32)}
         before, after = plain.infer(feeds), ours.infer(feeds)
         for name, value in before.items():
             np.testing.assert_array_equal(after[name], value, err_msg=name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,9 @@ from layercascade.contract import check_rho, format_rho, rho_or_default, rho_val
 from layercascade.errors import LCError, run_cli
 from layercascade.export.cascade_graph import cascade_graph
 from layercascade.export.graph import load_onnx
-from layercascade.manifest import VERSION, read_cascade_manifest
+from layercascade.manifest import read_cascade_manifest
 from layercascade.runtime.cascade import DEMO_MODEL, Cascade
-from layercascade.tests.helpers import synthetic_images
+from layercascade.tests.helpers import synthetic_images, version2_copy
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +72,10 @@ def test_each_threshold_acts_on_its_own_mask(demo: Cascade) -> None:
 
 
 def version_1_copy(target: Path) -> Path:
-    """The demo model dir as layercascade wrote it before per-stage thresholds: version 1, one default ρ."""
-    shutil.copytree(DEMO_MODEL, target)
-    manifest = json.loads((target / "lc.json").read_text())
-    assert manifest["version"] == VERSION == 3 and manifest["default_rho"] == [0.985, 0.985]
-    manifest.update(version=1, default_rho=0.985)
-    (target / "lc.json").write_text(json.dumps(manifest))
-    return target
+    """The demo model dir as layercascade wrote it before per-stage thresholds: version 1, one default ρ (and one
+    threshold per stage graph, no confidence)."""
+    assert read_cascade_manifest(DEMO_MODEL)["default_rho"] == [0.985, 0.985]
+    return version2_copy(target, version=1, default_rho=0.985)
 
 
 def test_a_version_1_model_dir_still_runs(tmp_path: Path, demo: Cascade) -> None:

@@ -70,12 +70,12 @@ def test_summary_content(tmp_path: Path, fake: type[FakeCascade]) -> None:
     assert run_lc([tmp_path / "small.png", tmp_path / "bright.png", "-o", out, "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"images", "videos", "frames", "dropped", "decode_errors", "failed", "interrupted",
-                            "stopped", "mean_ms", "stage_fractions", "backend", "precision", "model", "rho", "outputs", "results",
-                            "earlier_outputs"}
+                            "stopped", "mean_ms", "stage_fractions", "backend", "precision", "model", "rho",
+                            "rho_class", "outputs", "results", "earlier_outputs"}
     assert summary["videos"] == summary["frames"] == summary["dropped"] == summary["decode_errors"] == 0
     assert summary["interrupted"] is False and summary["stopped"] is None and summary["earlier_outputs"] == {}
     assert summary["backend"] == "fake" and summary["precision"] == "fp32"
-    assert summary["model"] == "demo" and summary["rho"] == 0.985
+    assert summary["model"] == "demo" and summary["rho"] == 0.985 and summary["rho_class"] == {}
     assert summary["mean_ms"] == 2.5 and fake.instances[0].rhos == [None, None]
     small, bright = summary["results"]
     names = ["small.png", "small_overlay.jpg", "small_stages.png"]
@@ -187,13 +187,15 @@ def test_json_and_options_reach_the_cascade(tmp_path: Path, fake: type[FakeCasca
     out = tmp_path / "out"
     # Options between the inputs: intermixed parsing keeps both images.
     assert run_lc([tmp_path / "a.png", "-o", out, "--engine", "models/lc", "--backend", "ort", "--device", "cuda",
-                   "--rho", "0.9", "--json", tmp_path / "b.png"]) == 0
+                   "--rho", "0.9", "--rho-class", "person=1,car=0.9", "--json", tmp_path / "b.png"]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""  # --json turns the progress bar off
     summary = json.loads(captured.out)
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["rho"] == 0.9 and summary["model"] == "models/lc" and summary["images"] == 2
+    assert summary["rho_class"] == {"car": 0.9, "person": 1.0}  # by name, in class order
     assert fake.instances[0].load_args == ("models/lc", "ort", "cuda") and fake.instances[0].rhos == [(0.9, 0.9), (0.9, 0.9)]
+    assert fake.instances[0].rho_classes == [{15: 1.0, 7: 0.9}] * 2  # checked once, by class index
     assert fake.instances[0].closed  # lc-run releases the backend when done
 
 

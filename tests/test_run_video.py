@@ -192,22 +192,22 @@ def test_options_reach_segment_video(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 # A sitecustomize for lc-run's process (and Ray's workers, which inherit its environment): each run of the
-# cascade's graphs (every image, frame and tile goes through run_batch) marks a file and then waits, so a
-# Ctrl-C lands mid-video.
+# cascade's graphs (every batch of images, frames and tiles goes through _run_placed) marks a file and then waits,
+# so a Ctrl-C lands mid-video.
 SLOW_CASCADE = """
 import os, time
 from layercascade.runtime.cascade import Cascade
 
-run_batch = Cascade.run_batch
+run_placed = Cascade._run_placed
 
 def slowed(self, *args, **kwargs):
-    result = run_batch(self, *args, **kwargs)
+    result = run_placed(self, *args, **kwargs)
     with open(os.environ["LC_TEST_MARKS"], "a") as marks:
         marks.write("x")
     time.sleep(0.1)
     return result
 
-Cascade.run_batch = slowed
+Cascade._run_placed = slowed
 """
 
 

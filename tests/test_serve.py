@@ -30,10 +30,13 @@ from layercascade.serve.http import (
     HTTPProblem,
     Limits,
     RhoUsed,
+    SegmentQuery,
     check_content_type,
     check_declared_length,
+    check_per_class,
     decode_image,
     parse_rho,
+    parse_rho_class,
     png_bytes,
     segment_answer,
     wants_json,
@@ -81,6 +84,22 @@ def test_what_is_accepted() -> None:
         with pytest.raises(HTTPProblem) as caught:
             parse_rho(bad)
         assert caught.value.status == 400
+    classes = Cascade.load(None, backend="ort").classes
+    assert parse_rho_class(None, classes) is None and parse_rho_class("", classes) == ()  # the default; none
+    assert parse_rho_class("person:1,car:0.9", classes) == ((7, 0.9), (15, 1.0))  # by class index, in class order
+    assert parse_rho_class("person=1", classes) == ((15, 1.0),)  # ?rho_class=person%3D1, decoded
+    for bad, message in (("unicorn:1", "'unicorn' is not a class of this model (background, aeroplane"),
+                         ("person:0", "a threshold must be a number in (0, 1]"), ("person", "NAME:R[,NAME:R...]"),
+                         ("person:1," * 1000, "over 8,192 characters")):
+        with pytest.raises(HTTPProblem) as caught:
+            parse_rho_class(bad, classes)
+        assert caught.value.status == 400 and message in caught.value.message and "\n" not in caught.value.message
+    # A model exported before per-class thresholds takes none: a 400 before the body is read, not the run's 500.
+    check_per_class(SegmentQuery(rho_class=((15, 1.0),)), takes_per_class=True)
+    check_per_class(SegmentQuery(rho_class=()), takes_per_class=False)  # ?rho_class= (none) runs anywhere
+    with pytest.raises(HTTPProblem, match="exported before per-class thresholds.*re-export it") as caught:
+        check_per_class(SegmentQuery(rho_class=((15, 1.0),)), takes_per_class=False)
+    assert caught.value.status == 400
     assert wants_json("application/json") and wants_json("text/html, application/json;q=0.9")
     assert not wants_json(None) and not wants_json("image/png")
     for path in SAMPLE_FILES:
@@ -176,6 +195,7 @@ def test_health_and_model(demo_service) -> None:
         assert model["model"] == "demo" and len(model["model_hash"]) == 64
         assert str(DEMO_MODEL) not in answer.text and str(DEMO_MODEL.parent) not in answer.text
         assert model["input_size"] == [160, 160] and model["default_rho"] == 0.985
+        assert model["default_rho_class"] == {}
         assert model["backend"] == auto_backend(None)  # lc-serve loads as lc-run does
         assert model["batch_capacity"] == 1
         missing = client.get(f"{demo_service.url}/v2/segment")
@@ -244,6 +264,25 @@ def test_the_maps_asked_for_come_in_json(demo_service) -> None:
     assert np.abs(confidence - result.confidence_at_image_size()).max() <= 1 / 65535
     stages = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["stages_png"]))))
     assert np.array_equal(stages, result.stage_map)
+
+
+def test_per_class_thresholds_are_a_query_parameter(demo_service) -> None:
+    """?rho_class=NAME:R (or NAME=R, URL-encoded) as Cascade's rho_class: the answers are the local Cascade's
+    stage fractions and labels; an unknown class is a 400 naming the classes."""
+    import httpx
+
+    path = SAMPLE_FILES[0]
+    with Cascade.load(None) as cascade, httpx.Client(timeout=60) as client:
+        local = cascade(read_rgb(path), 0.9, rho_class={"background": 1.0})
+        assert local.stage_fractions != cascade(read_rgb(path), 0.9).stage_fractions  # the query changes the run
+        for query in ("rho_class=background:1", "rho_class=background%3D1"):
+            response = client.post(f"{demo_service.url}/v1/segment?rho=0.9&{query}", content=path.read_bytes())
+            assert response.status_code == 200 and response.content == png_bytes(local.labels, cascade.palette)
+            fractions = [float(f) for f in response.headers["x-lc-stage-fractions"].split(",")]
+            assert fractions == pytest.approx(local.stage_fractions, abs=1e-6), query
+        refused = client.post(f"{demo_service.url}/v1/segment?rho_class=unicorn:1", content=path.read_bytes())
+        assert refused.status_code == 400 and "'unicorn' is not a class of this model (background, aeroplane" in \
+            refused.json()["error"]
 
 
 def test_bad_requests_get_their_4xx_and_the_service_keeps_serving(demo_service) -> None:
@@ -508,10 +547,10 @@ def test_a_model_on_a_gpu_reserves_one_per_copy(tmp_path) -> None:
 
 
 # -- the latency target (lc-serve --target-ms; the controller itself: test_control.py) -----------------------------
-def tuning_ms(rho) -> float:
-    """The latency the tuned fixture's frontier records for each setting (lc-tune's timing injected): lower
-    thresholds run faster."""
-    rho2, rho3 = rho
+def tuning_ms(setting) -> float:
+    """The latency the tuned fixture's frontier records for each setting ((ρ₂, ρ₃), per-class thresholds; lc-tune's
+    timing injected): lower thresholds run faster."""
+    (rho2, rho3), _ = setting
     return round(100 * (rho2 + rho3), 3)
 
 
@@ -524,7 +563,7 @@ def tuned_model(tmp_path_factory, demo_fp32: Path) -> Path:
     from layercascade.runtime import tune
 
     def timed_blocks(steps, iters, warmup, progress):
-        return {pair: [tuning_ms(pair)] * iters for pair in steps}
+        return {setting: [tuning_ms(setting)] * iters for setting in steps}
 
     output = tmp_path_factory.mktemp("tuned") / "tuned"
     with pytest.MonkeyPatch.context() as patch:
@@ -535,10 +574,10 @@ def tuned_model(tmp_path_factory, demo_fp32: Path) -> Path:
     return output
 
 
-def in_process_server(model: Path, target_ms: float, run_ms: Callable) -> Callable:
+def in_process_server(model: Path, target_ms: float | None, run_ms: Callable, runs: list | None = None) -> Callable:
     """``request(method, path, ...)`` answered by a replica in this process on a clock of its own that only the
     model's runs advance, by ``run_ms(rho)`` each (the injected latency); Serve's batching (which needs a replica)
-    replaced by runs of one request."""
+    replaced by runs of one request; each run's (rho, rho_class) appended to ``runs``."""
     from layercascade.serve import app
 
     server = app.CascadeServer(app.ServeSettings(str(model), target_ms=target_ms))
@@ -547,9 +586,11 @@ def in_process_server(model: Path, target_ms: float, run_ms: Callable) -> Callab
     server.clock = lambda: now[0]
     segment_batch = server.cascade.segment_batch
 
-    def timed_segment_batch(images, rho, resize):
+    def timed_segment_batch(images, rho, resize, rho_class=None):
         now[0] += run_ms(rho) / 1e3
-        return segment_batch(images, rho, resize)
+        if runs is not None:
+            runs.append((rho, rho_class))
+        return segment_batch(images, rho, resize, rho_class=rho_class)
 
     server.cascade.segment_batch = timed_segment_batch
     unbatched = app.CascadeServer.segment_many.__wrapped__
@@ -572,6 +613,19 @@ def in_process_server(model: Path, target_ms: float, run_ms: Callable) -> Callab
     return request
 
 
+def test_per_class_thresholds_to_a_model_exported_before_them_are_a_400(tmp_path: Path) -> None:
+    """A version-2 model dir (one threshold per stage graph) served: ?rho_class= is a 400 saying to re-export, not
+    the run's 500; without it the model answers."""
+    import asyncio
+
+    from layercascade.tests.helpers import version2_copy
+
+    request = in_process_server(version2_copy(tmp_path / "v2"), None, lambda rho: 1.0)
+    refused = asyncio.run(request("POST", "/v1/segment", JPEG.read_bytes(), query="rho_class=person:1"))
+    assert refused.status_code == 400 and b"re-export it with lc-export" in refused.body
+    assert asyncio.run(request("POST", "/v1/segment", JPEG.read_bytes(), query="rho=0.9")).status_code == 200
+
+
 def test_a_replica_lowers_rho_to_meet_its_target_and_says_so(tuned_model) -> None:
     """Injected run times: the most accurate point takes 3 × the target, the fastest a tenth of it; the replica
     moves to a faster point after a few answers, each answer naming its ρ, source and expected mIoU cost."""
@@ -587,7 +641,8 @@ def test_a_replica_lowers_rho_to_meet_its_target_and_says_so(tuned_model) -> Non
     def run_ms(rho) -> float:
         return 3 * target if rho == slowest.rho else target / 10
 
-    request = in_process_server(tuned_model, target, run_ms)
+    runs: list = []
+    request = in_process_server(tuned_model, target, run_ms, runs)
 
     async def scenario() -> list:
         answers = []
@@ -606,6 +661,10 @@ def test_a_replica_lowers_rho_to_meet_its_target_and_says_so(tuned_model) -> Non
         generous = await request("POST", "/v1/segment", JPEG.read_bytes(), query="deadline_ms=600000")
         assert generous.headers["x-lc-rho-source"] == "deadline"
         assert rho_from_text(generous.headers["x-lc-rho"]) == slowest.rho  # the most accurate within the deadline
+        # A request's per-class thresholds apply on top of the controller's (ρ₂, ρ₃), which stay its choice.
+        per_class = await request("POST", "/v1/segment", JPEG.read_bytes(), query="rho_class=background:1")
+        assert per_class.headers["x-lc-rho-source"] == "controller"
+        assert runs[-1] == (rho_from_text(per_class.headers["x-lc-rho"]), {0: 1.0})
         return answers
 
     answers = asyncio.run(scenario())

@@ -16,6 +16,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
+from layercascade.model.data import VOC_CLASSES
 from layercascade.runtime.inputs import SAMPLES
 from layercascade.serve.http import (
     HTTPProblem,
@@ -57,9 +58,15 @@ content_lengths = st.one_of(st.none(), st.integers(0, 2**64).map(str), header_te
 rho_values = st.one_of(st.sampled_from(["0.9", "1", "0.9,0.97", "0", "2", "nan", "inf", "-0.5", "0.9,", ",", "",
                                         "1e-300", "0.9,0.9,0.9", "%30.9", "0.9%00", "%0A"]),
                        st.text(max_size=12), st.text(string.digits + ".,", min_size=61, max_size=80))
+rho_class_values = st.one_of(st.sampled_from(["person:1", "person%3D1", "person:1,car:0.9", "person", "person:",
+                                              ":0.9", "dog:0", "dog:nan", "unicorn:0.9", "person:1,,car:0.9", "",
+                                              "person:1:2", "%0A:1"]),
+                             st.text(max_size=30))
 queries = st.one_of(
     st.text(max_size=40),
     st.lists(st.tuples(st.sampled_from(["rho", "Rho", "rho ", "x", "", "rho[]", "resize"]), rho_values), max_size=3).map(
+        lambda pairs: "&".join(f"{key}={value}" for key, value in pairs)),
+    st.lists(st.tuples(st.sampled_from(["rho_class", "rho", "rho_class[]"]), rho_class_values), max_size=3).map(
         lambda pairs: "&".join(f"{key}={value}" for key, value in pairs)),
 )
 bodies = st.one_of(st.binary(max_size=600), mutated(JPEG), mutated(png_claiming(20_000, 20_000)), st.just(JPEG))
@@ -87,9 +94,12 @@ def test_every_mutated_request_is_answered_or_refused_with_a_4xx_line(content_ty
     for name, value in (("content-type", content_type), ("content-length", content_length)):
         if value is not None:
             raw.insert(0, (name.encode(), value.encode("latin-1")))
-    asked = refused_in_one_line(check_segment_request, Headers(raw=raw), query, LIMITS)
+    asked = refused_in_one_line(check_segment_request, Headers(raw=raw), query, LIMITS, VOC_CLASSES)
     if asked is not None and asked.rho is not None:
         assert len(asked.rho) == 2 and all(0 < r <= 1 for r in asked.rho)
+    if asked is not None and asked.rho_class is not None:
+        event("rho_class taken")
+        assert all(0 <= c < len(VOC_CLASSES) and 0 < r <= 1 for c, r in asked.rho_class)
     if asked is not None:
         assert asked.resize in (None, "fit", "stretch", "none")
     image = refused_in_one_line(decode_image, body, LIMITS)

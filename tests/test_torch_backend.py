@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from layercascade.cli import bench, run
-from layercascade.contract import RhoLike, check_rho
+from layercascade.contract import RhoLike, check_rho, rho_vectors
 from layercascade.errors import LCError, run_cli
 from layercascade.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
 from layercascade.model.network import normalize
@@ -119,10 +119,10 @@ def test_matches_the_onnx_runtime_backend(torch_cascade: Cascade, ort_cascade: C
         assert_labels_match(ours.labels[k:k + 1], theirs.labels)
         differ2 = assert_masks_match(ours.mask2[k:k + 1], theirs.mask2, ours_scores[0][k:k + 1], rho2)
         assert_masks_match(ours.mask3[k:k + 1], theirs.mask3, ours_scores[1][k:k + 1], rho3, excused=differ2)
-        out1 = stage1.infer({"image": images[k:k + 1], "rho": np.array([rho2], np.float32)})
+        out1 = stage1.infer({"image": images[k:k + 1], "rho": np.full(21, rho2, np.float32)})
         assert_scores_match(ours_scores[0][k:k + 1], out1["scores1"])
         if not differ2.any():  # stage 2 then computed the same region
-            out2 = stage2.infer({"feat1": out1["feat1"], "mask2": out1["mask2"], "rho": np.array([rho3], np.float32)})
+            out2 = stage2.infer({"feat1": out1["feat1"], "mask2": out1["mask2"], "rho": np.full(21, rho3, np.float32)})
             assert_scores_match(ours_scores[1][k:k + 1], out2["scores2"])
             if np.array_equal(ours.mask3[k:k + 1], theirs.mask3):
                 np.testing.assert_array_equal(ours.stage_counts[k:k + 1], theirs.stage_counts)
@@ -270,20 +270,24 @@ def test_kernel_plans_of_every_block_type(monkeypatch: pytest.MonkeyPatch, one_t
     reference = ReferencePath(model, checkpoint, size)
     plan = KernelPath(model, checkpoint, size, torch.float32, torch.device("cpu"))
     images = random_images(1, size, seed=3)
-    masks = None
-    for rho in ((0.9, 0.95), (1.0, 1.0)):  # thresholded, then regions forced to 50 % / 25 % of the pixels
+    # Thresholded (one ρ per stage, then per class: every other class never stops early), then regions forced to
+    # 50 % / 25 % of the pixels.
+    per_class, stage_shape = {k: 1.0 for k in range(0, 21, 2)}, None
+    for rho, fractions in ((rho_vectors((0.9, 0.95), {}, 21), None), (rho_vectors((0.9, 0.95), per_class, 21), None),
+                           (rho_vectors((1.0, 1.0), {}, 21), (0.5, 0.25))):
+        masks = None if fractions is None else forced_masks(stage_shape, fractions)
         expected = reference.stage_outputs(images, rho, masks)
+        stage_shape = tuple(expected["masks"][0].shape)
         forced = {} if masks is None else {f"forced{k + 2}": torch.from_numpy(m).permute(0, 2, 3, 1)
                                            for k, m in enumerate(masks)}
         with torch.inference_mode():
-            out = plan.cascade(torch.from_numpy(images), torch.tensor([rho[0]]), torch.tensor([rho[1]]), **forced)
+            out = plan.cascade(torch.from_numpy(images), *(torch.from_numpy(r) for r in rho), **forced)
         for k, scores in enumerate(expected["scores"]):
             scale = max(1.0, float(scores.abs().max()))
             assert float((out[f"scores{k + 1}"].permute(0, 3, 1, 2) - scores).abs().max()) <= 1e-4 * scale
         for k, mask in enumerate(expected["masks"]):
             assert torch.equal(out[f"mask{k + 2}"].permute(0, 3, 1, 2), mask)
         assert_labels_match(out["labels"].numpy(), expected["labels"].numpy())
-        masks = forced_masks(tuple(expected["masks"][0].shape), (0.5, 0.25))
     assert 0 < float(expected["masks"][1].mean()) < float(expected["masks"][0].mean()) < 1
     with torch.inference_mode():
         dense = plan.dense(torch.from_numpy(images))["labels"]

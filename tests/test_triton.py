@@ -80,10 +80,11 @@ def test_demo_model_for_onnxruntime(tmp_path) -> None:
     with Cascade.load(None, backend="ort") as cascade:  # the exact fp32 reference
         image = images_at(cascade.input_size, 1)
         assert list(image.shape) == declared_shape(config.input[0], 0, 1)
-        for rho2, rho3 in ((0.9, 0.9), (0.985, 0.985), (1.0, 1.0), (0.9, 0.97)):
-            labels, counts, confidence = session.run(None, {"image": image, "rho2": np.array([rho2], np.float32),
-                                                            "rho3": np.array([rho3], np.float32)})
-            expected = cascade.run_batch(image, (rho2, rho3))
+        for rho, rho_class in (((0.9, 0.9), None), ((0.985, 0.985), None), ((1.0, 1.0), None), ((0.9, 0.97), None),
+                               ((0.9, 0.97), {"background": 1.0, "person": 0.5})):
+            rho2, rho3 = cascade.thresholds(rho, rho_class)  # one threshold per class and stage
+            labels, counts, confidence = session.run(None, {"image": image, "rho2": rho2, "rho3": rho3})
+            expected = cascade.run_batch(image, rho, rho_class=rho_class)
             np.testing.assert_array_equal(labels, expected.labels)
             np.testing.assert_array_equal(counts, expected.stage_counts)
             np.testing.assert_allclose(confidence, expected.confidence, atol=1e-6)
@@ -100,12 +101,14 @@ def test_dynamic_batching_takes_a_threshold_per_image(dynamic_model, tmp_path, p
     config = parse_config(folder)
     assert config.max_batch_size == 3 and config.dynamic_batching.max_queue_delay_microseconds == 5000
     assert config.instance_group[0].count == 2
-    assert [list(t.dims) for t in config.input] == [[64, 64, 3], [1], [1]]
-    rho2, rho3 = np.array([[0.9], [0.985], [1.0]], np.float32), np.array([[0.97], [0.985], [1.0]], np.float32)
+    assert [list(t.dims) for t in config.input] == [[64, 64, 3], [21], [21]]  # one threshold per class
+    settings = [((0.9, 0.97), {0: 1.0}), ((0.985, 0.985), None), ((0.9, 0.97), None)]  # class 0 never stops early
     with Cascade.load(model, backend="ort") as cascade:
         images = images_at(cascade.input_size, 3)
         assert list(images.shape) == declared_shape(config.input[0], 3, 3)
-        expected = [cascade.run_batch(images[k:k + 1], (float(rho2[k, 0]), float(rho3[k, 0]))) for k in range(3)]
+        rho2, rho3 = (np.stack(rows) for rows in zip(*(cascade.thresholds(*s) for s in settings), strict=True))
+        expected = [cascade.run_batch(images[k:k + 1], rho, rho_class=rho_class)
+                    for k, (rho, rho_class) in enumerate(settings)]
     assert config.backend == platform
     labels, counts, confidence = run_model(folder, platform, {"image": images, "rho2": rho2, "rho3": rho3})
     for k in range(3):
@@ -122,7 +125,7 @@ def test_a_dynamic_size_model_takes_every_size(dynamic_size_model, tmp_path, pla
     [folder] = write_repository(dynamic_size_model, tmp_path / "repo", platform=platform)
     config = parse_config(folder)
     assert config.max_batch_size == 3
-    assert {t.name: list(t.dims) for t in config.input} == {"image": [-1, -1, 3], "rho2": [1], "rho3": [1]}
+    assert {t.name: list(t.dims) for t in config.input} == {"image": [-1, -1, 3], "rho2": [21], "rho3": [21]}
     assert {t.name: list(t.dims) for t in config.output} == {"labels": [-1, -1], "stage_counts": [3],
                                                              "confidence": [-1, -1]}
     assert json.loads((folder / MARKER).read_text())["dynamic_size"] == {"min": [16, 16], "max": [96, 128],
@@ -131,7 +134,7 @@ def test_a_dynamic_size_model_takes_every_size(dynamic_size_model, tmp_path, pla
         for count, size in ((2, (48, 88)), (1, (96, 40))):
             images = images_at(size, count)
             assert list(images.shape) == declared_shape(config.input[0], 3, count)[:1] + [*size, 3]
-            rho = np.full((count, 1), 0.97, np.float32)
+            rho = np.full((count, 21), 0.97, np.float32)
             labels, counts, confidence = run_model(folder, platform, {"image": images, "rho2": rho, "rho3": rho})
             expected = cascade.run_batch(images, 0.97)
             assert labels.shape == (count, *size)
@@ -174,12 +177,12 @@ def test_a_dynamic_size_engine_dir_has_variable_dims(dynamic_size_model, tmp_pat
     engines = fake_engine_dir(tmp_path / "engines", dynamic_size_model)
     folders = write_repository(engines, tmp_path / "repo", name="lc")
     ensemble = parse_config(folders[-1])
-    assert {t.name: list(t.dims) for t in ensemble.input} == {"image": [-1, -1, -1, 3], "rho2": [1], "rho3": [1]}
+    assert {t.name: list(t.dims) for t in ensemble.input} == {"image": [-1, -1, -1, 3], "rho2": [21], "rho3": [21]}
     assert {t.name: list(t.dims) for t in ensemble.output} == {"labels": [-1, -1, -1], "stage_counts": [-1, 3],
                                                                "confidence": [-1, -1, -1]}
     stage2 = parse_config(folders[1])
     assert {t.name: list(t.dims) for t in stage2.input} == {"feat1": [-1, 32, -1, -1], "mask2": [-1, 1, -1, -1],
-                                                            "rho": [1]}
+                                                            "rho": [21]}
     assert json.loads((folders[-1] / MARKER).read_text())["size_profile"] == {"min": [16, 16], "opt": [64, 64],
                                                                              "max": [96, 128]}
 

@@ -57,7 +57,7 @@ def test_fp16_cascade_matches_fp32_on_onnxruntime(demo_fp16) -> None:
         # Thresholds stay fp32; fp16 scores may move a pixel across ρ only when it sits on it.
         assert np.mean(ours.mask2 != theirs.mask2) < 0.01 and np.mean(ours.mask3 != theirs.mask3) < 0.01
     assert equal / total >= 0.999, f"fp16 labels agree on {equal / total:.5f} of pixels"
-    rho = np.array([0.985], np.float32)
+    rho = np.full(21, 0.985, np.float32)
     feat1 = half.runner.stages[0].infer({"image": images[:1], "rho": rho})["feat1"]
     assert np.array_equal(feat1, feat1.astype(np.float16).astype(np.float32)), "feat1 was not computed in fp16"
     assert not np.array_equal(feat1, reference.runner.stages[0].infer({"image": images[:1], "rho": rho})["feat1"])
@@ -139,7 +139,7 @@ def test_size_profiles_of_a_dynamic_size_export(dynamic_size_model) -> None:
     sizes = size_range(manifest, ((16, 32), (48, 48), (64, 128)))
     inputs = {stage["file"]: stage["inputs"] for stage in manifest["stages"]}
     shapes = profile_shapes([*inputs["stage1.onnx"], *inputs["stage3.onnx"]], BatchRange(1, 2, 3), sizes)
-    assert shapes["image"] == ([1, 16, 32, 3], [2, 48, 48, 3], [3, 64, 128, 3]) and shapes["rho"] == ([1],) * 3
+    assert shapes["image"] == ([1, 16, 32, 3], [2, 48, 48, 3], [3, 64, 128, 3]) and shapes["rho"] == ([21],) * 3
     assert shapes["feat2"] == ([1, 64, 2, 4], [2, 64, 6, 6], [3, 64, 8, 16])
     assert shapes["mask2"] == ([1, 1, 2, 4], [2, 1, 6, 6], [3, 1, 8, 16])
     for shapes, message in [
@@ -181,16 +181,16 @@ def test_the_optimization_profile_lc_build_adds(dynamic_size_model) -> None:
     builder = type("Builder", (), {"create_optimization_profile": lambda self: type("Profile", (), {
         "set_shape": lambda self, *args: calls.append(args)})()})()
     config = type("Config", (), {"add_optimization_profile": lambda self, p: calls.append("added")})()
-    add_profile(builder, config, _Network({"feat1": [-1, 32, -1, -1], "mask2": [-1, 1, -1, -1], "rho": [1]}), graph,
+    add_profile(builder, config, _Network({"feat1": [-1, 32, -1, -1], "mask2": [-1, 1, -1, -1], "rho": [21]}), graph,
                 profile)
     assert calls == [("feat1", [1, 32, 2, 2], [3, 32, 8, 8], [3, 32, 12, 16]),
-                     ("mask2", [1, 1, 2, 2], [3, 1, 8, 8], [3, 1, 12, 16]), ("rho", [1], [1], [1]), "added"]
+                     ("mask2", [1, 1, 2, 2], [3, 1, 8, 8], [3, 1, 12, 16]), ("rho", [21], [21], [21]), "added"]
     with pytest.raises(LCError, match=r"TensorRT parsed input 'mask2' as \[-1, 1, 8, -1\], lc.json lists"):
-        add_profile(builder, config, _Network({"feat1": [-1, 32, -1, -1], "mask2": [-1, 1, 8, -1], "rho": [1]}),
+        add_profile(builder, config, _Network({"feat1": [-1, 32, -1, -1], "mask2": [-1, 1, 8, -1], "rho": [21]}),
                     graph, profile)
     calls.clear()
     static = Graph("stage2", "stage2.onnx", read_manifest(DEMO_MODEL)["stages"][1])
-    add_profile(builder, config, _Network({"feat1": [1, 32, 20, 20], "mask2": [1, 1, 20, 20], "rho": [1]}), static,
+    add_profile(builder, config, _Network({"feat1": [1, 32, 20, 20], "mask2": [1, 1, 20, 20], "rho": [21]}), static,
                 Profile(BatchRange(1, 1, 1), None))
     assert calls == []
 
@@ -362,7 +362,7 @@ def test_tensorrt_int8_graphs_hold_no_constant_dequantize_but_the_convs_own(demo
     from layercascade.runtime.trt.engines import graphs_of
 
     folder = demo_int8[0]
-    feeds = {"image": synthetic_images(1), "rho": np.array([0.985], np.float32)}
+    feeds = {"image": synthetic_images(1), "rho": np.full(21, 0.985, np.float32)}
     for graph in graphs_of(read_manifest(folder)):
         model = tensorrt_graph(graph, folder, "int8")
         producers = {o: n for n in model.graph.node for o in n.output}

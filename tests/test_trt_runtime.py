@@ -196,7 +196,7 @@ def test_buffer_plan() -> None:
     assert plan["confidence"].shape == (1, 20, 20) and plan["confidence"].dtype == np.float32
     assert plan["image"].shape == (1, 160, 160, 3) and plan["image"].nbytes == 160 * 160 * 3
     assert plan["feat1"].bytes_for(1) == 32 * 20 * 20 * 4 and plan["stage_counts"].dtype == np.int64
-    assert plan["rho2"].shape == plan["rho3"].shape == (1,) and plan["rho3"].bytes_for(1) == 4
+    assert plan["rho2"].shape == plan["rho3"].shape == (21,) and plan["rho3"].bytes_for(1) == 21 * 4  # one per class
     eager, forced = stage_bindings(stages, forced=False), stage_bindings(stages, forced=True)
     assert eager[0]["rho"] == forced[0]["rho"] == "rho2" and eager[1]["rho"] == forced[1]["rho"] == "rho3"
     assert eager[1]["mask2"] == "mask2" and eager[2]["mask3"] == "mask3"
@@ -292,6 +292,12 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
             for field in ("labels", "mask2", "mask3", "stage_counts"):
                 assert np.array_equal(getattr(ours, field), getattr(theirs, field)), (field, rho)
             np.testing.assert_allclose(ours.confidence, theirs.confidence, atol=1e-6)  # a host buffer of stage 3
+    # Per-class thresholds: one vector per stage on the device, copied when a class's threshold changes.
+    for rho_class in ({"background": 1.0}, {"background": 1.0}, {"background": 0.5, "person": 1.0}, {}):
+        ours, theirs = (c.run_batch(images[:1], 0.9, rho_class=rho_class) for c in (engines, reference))
+        for field in ("labels", "mask2", "mask3", "stage_counts"):
+            assert np.array_equal(getattr(ours, field), getattr(theirs, field)), (field, rho_class)
+        np.testing.assert_allclose(ours.confidence, theirs.confidence, atol=1e-6)
     masks = forced_masks((1, 1, 20, 20), (0.5, 0.2))
     ours, theirs = engines.run_batch(images[:1], None, masks), reference.run_batch(images[:1], None, masks)
     assert np.array_equal(ours.labels, theirs.labels) and np.array_equal(ours.stage_counts, theirs.stage_counts)
@@ -300,7 +306,7 @@ def test_backend_on_simulated_gpu(simulated_gpu, cuda_graph) -> None:
     backend = engines.runner
     if cuda_graph:
         # Stages 1–2 replay as graphs; stage 3 (NonZero: data-dependent shapes) runs eagerly.
-        assert backend.captured_stages == [True, True, False] and cuda.launches == 2 * (7 * 3 + 1)
+        assert backend.captured_stages == [True, True, False] and cuda.launches == 2 * (7 * 3 + 4 + 1)
     else:
         assert cuda.launches == 0
     dense = backend.dense_runner(engines.manifest).infer({"image": images[:1]})["labels"]
@@ -405,7 +411,8 @@ def test_dynamic_size_buffer_plan_and_profiles(dynamic_size_model) -> None:
     plan = plan_buffers(manifest["stages"], 3, sizes.max)
     assert plan["image"].shape == (3, 96, 128, 3) and plan["feat1"].shape == (3, 32, 12, 16)
     assert plan["labels"].shape_for(2, (40, 24)) == (2, 40, 24) and plan["mask2"].shape_for(1, (40, 24)) == (1, 1, 5, 3)
-    assert plan["forced_mask3"].bytes_for(2, (16, 96)) == 2 * 2 * 12 * 4 and plan["rho2"].bytes_for(3, (16, 96)) == 4
+    assert plan["forced_mask3"].bytes_for(2, (16, 96)) == 2 * 2 * 12 * 4
+    assert plan["rho2"].bytes_for(3, (16, 96)) == 21 * 4  # one threshold per class, whatever the batch
     metadata = {"size": sizes.record()}
     assert engine_sizes(metadata, manifest, Path("e")) == sizes
     for record in (None, {**sizes.record(), "max": [96, 96]}, {**sizes.record(), "opt": [8, 8]}):

@@ -17,6 +17,7 @@ from layercascade.cli import tune as tune_cli
 from layercascade.contract import check_rho
 from layercascade.errors import LCError, run_cli
 from layercascade.manifest import model_hash, read_cascade_manifest, sha256_file
+from layercascade.model.data import open_dataset
 from layercascade.runtime import tune
 from layercascade.runtime.control import read_frontier
 from layercascade.runtime.registry import auto_backend
@@ -26,10 +27,11 @@ from layercascade.runtime.tune import Budget, choose_setting, grid_pairs, pareto
 SMALL = ["--grid", "0.95,0.9", "--limit", "3", "--iters", "2", "--warmup", "0"]
 
 
-def injected_ms(pair) -> float:
-    """The latency the tests give each setting: lower thresholds stop more pixels early, so run faster."""
-    rho2, rho3 = pair
-    return round(100 * (rho2 + rho3), 3)
+def injected_ms(setting) -> float:
+    """The latency the tests give each setting ((ρ₂, ρ₃), per-class thresholds): lower thresholds stop more pixels
+    early, so run faster; a class's own threshold counts the less, the fewer pixels it decides."""
+    (rho2, rho3), rho_class = setting
+    return round(100 * (rho2 + rho3) + 10 * sum(value - rho2 for _, value in rho_class), 3)
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def fixed_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     def timed_blocks(steps, iters, warmup, progress):
         for step in steps.values():
             step()
-        return {pair: [injected_ms(pair)] * iters for pair in steps}
+        return {setting: [injected_ms(setting)] * iters for setting in steps}
 
     monkeypatch.setattr(tune, "timed_blocks", timed_blocks)
 
@@ -129,7 +131,7 @@ def test_tune_for_a_latency_budget(demo_fp32: Path, tmp_path: Path, capsys, fixe
     assert pairs == {(0.95, 0.95), (0.9, 0.95), (0.9, 0.9), (0.985, 0.985)}
     assert result["reference"]["rho"] == 0.985 and result["reference"]["miou_drop"] == 0
     for p in result["points"]:
-        assert p["median_ms"] == injected_ms(check_rho(p["rho"])) and p["runs"] == 2
+        assert p["median_ms"] == injected_ms((check_rho(p["rho"]), ())) and p["runs"] == 2
         assert set(p) >= {"p90_ms", "p99_ms", "fps", "miou", "stage_fractions", "default", "on_frontier"}
     # The most accurate of the settings at ≤ 186 ms: (0.9, 0.95) at 185 ms and (0.9, 0.9) at 180 ms.
     meeting = [p for p in result["points"] if p["median_ms"] <= 186]
@@ -179,6 +181,47 @@ def test_tune_for_an_accuracy_budget_prints_the_frontier(demo_fp32: Path, tmp_pa
     assert result["chosen"] == min(within, key=lambda p: (p["median_ms"], -p["miou"]))
     assert manifest["default_rho"] == list(check_rho(result["chosen"]["rho"]))
     assert result["plot"] is None
+
+
+def test_tune_one_class(demo_fp32: Path, tmp_path: Path, capsys, fixed_latency: None) -> None:
+    """--tune-class NAME: that class's threshold at each grid value (plus the default, no per-class threshold),
+    the pair at the model's default; the tuned copy runs with the chosen one as its default_rho_class, which a
+    run's own rho_class overrides and which a second --tune-class keeps for the other classes."""
+    from layercascade.runtime.cascade import Cascade
+
+    output = tmp_path / "tuned"
+    result = tune_json(capsys, str(demo_fp32), "--data", "synthetic", *SMALL, "--tune-class", "background",
+                       "--max-miou-drop", "100", "-o", str(output), "--no-plot")
+    assert result["tune_class"] == "background"
+    settings = [(p["rho"], p["rho_class"]) for p in result["points"]]
+    assert settings == [(0.985, {"background": 0.95}), (0.985, {"background": 0.9}), (0.985, {})]
+    assert result["reference"]["rho_class"] == {} and result["reference"]["default"]
+    for p in result["points"]:
+        class_setting = tuple((0, v) for v in p["rho_class"].values())
+        assert p["median_ms"] == injected_ms(((0.985, 0.985), class_setting))
+    assert result["chosen"]["rho_class"] == {"background": 0.9}  # the fastest within a drop of 100 points
+    manifest = read_cascade_manifest(output)
+    assert manifest["default_rho_class"] == {"background": 0.9} and manifest["default_rho"] == [0.985, 0.985]
+    assert manifest["tuning"]["tune_class"] == "background"
+    assert manifest["tuning"]["chosen"]["rho_class"] == {"background": 0.9}
+    # Its grid holds one (ρ₂, ρ₃): no frontier for --target-ms / --target-fps to move along.
+    assert "frontier" not in manifest["tuning"]
+    with pytest.raises(LCError, match="records no latency frontier"):
+        read_frontier(manifest, output / "lc.json")
+    images = np.stack([open_dataset("synthetic", "val", limit=1)[0][0]])
+    with Cascade.load(output, backend="ort") as tuned, Cascade.load(demo_fp32, backend="ort") as source:
+        assert tuned.default_rho_class == {0: 0.9}
+        expected = source.run_batch(images, rho_class={"background": 0.9})
+        assert np.array_equal(tuned.run_batch(images).mask2, expected.mask2)
+        assert np.array_equal(tuned.run_batch(images, rho_class={}).mask2, source.run_batch(images).mask2)
+    again = tune_json(capsys, str(output), "--data", "synthetic", *SMALL, "--tune-class", "person",
+                      "--max-miou-drop", "100", "-o", str(tmp_path / "again"), "--no-plot")
+    assert {"background": 0.9, "person": 0.9} in [p["rho_class"] for p in again["points"]]
+    assert again["reference"]["rho_class"] == {"background": 0.9}
+    with pytest.raises(LCError, match=r"rho_class: 'unicorn' is not a class of this model \(background, "):
+        tune_cli.main([str(demo_fp32), "--data", "synthetic", *SMALL, "--tune-class", "unicorn", "--target-ms", "5",
+                       "-o", str(tmp_path / "never"), "--no-plot"])
+    assert not (tmp_path / "never").exists()
 
 
 def test_a_budget_none_meets_writes_nothing(demo_fp32: Path, tmp_path: Path, capsys, fixed_latency: None) -> None:

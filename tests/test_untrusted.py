@@ -193,6 +193,10 @@ GARBAGE_MANIFESTS = {
                        "lc.json: files['stage1.onnx'] is not a sha256"),
     "default_rho 7": (lambda f, m: m.update(default_rho=7), "lc.json: default_rho 7 is not [rho2, rho3] (two "
                       "numbers in (0, 1]); fix it or re-export the model"),
+    "default_rho_class of another model": (lambda f, m: m.update(default_rho_class={"road": 0.9}),
+                                           'lc.json: default_rho_class {"road": 0.9} is not {class name: threshold} '
+                                           "(classes of the model, thresholds in (0, 1]); fix it or re-export the "
+                                           "model"),
 }
 
 
@@ -252,7 +256,8 @@ JSON_VALUES = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12)
 FIELDS = ["format", "version", "kind", "classes", "palette", "mean", "std", "input_size", "stage_size",
-          "default_rho", "stage_gmacs", "batch", "stages", "dense", "files", "source", "quantization", "tuning"]
+          "default_rho", "default_rho_class", "stage_gmacs", "batch", "stages", "dense", "files", "source",
+          "quantization", "tuning"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -498,6 +498,22 @@ def test_a_frame_rate_target_lowers_rho_along_the_frontier(cascade: Cascade, tmp
     assert results[0].rho == (1.0, 1.0) and results[-1].rho != (1.0, 1.0)
 
 
+def test_per_class_thresholds_apply_on_top_of_the_targets_rho(cascade: Cascade) -> None:
+    """rho_class with --target-fps: the controller picks each batch's (ρ₂, ρ₃), the classes' own thresholds hold
+    for every frame on top of it; an unknown class is one line before a frame runs."""
+    pictures = frames(6)
+    per_class = {"background": 1.0}
+    results = list(stream(Tuned(cascade), iter(pictures), target_fps=50, rho_class=per_class))
+    assert results[0].rho == (1.0, 1.0) and results[-1].rho != (1.0, 1.0)
+    for picture, result in zip(pictures, results, strict=True):
+        alone = cascade(picture, result.rho, rho_class=per_class)
+        assert result.result.stage_fractions == alone.stage_fractions
+        np.testing.assert_array_equal(result.result.labels, alone.labels)
+    assert any(cascade(p, r.rho).stage_fractions != r.result.stage_fractions for p, r in zip(pictures, results))
+    with pytest.raises(LCError, match="'unicorn' is not a class of this model"):
+        stream(Tuned(cascade), iter(pictures), target_fps=50, rho_class={"unicorn": 1.0})
+
+
 def test_a_frame_rate_target_needs_a_frontier_and_no_rho(cascade: Cascade, tmp_path: Path) -> None:
     source = tmp_path / "clip.mp4"
     write_video(source, frames(2))

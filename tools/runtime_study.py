@@ -79,7 +79,6 @@ def compare(prefixes: list[str], blocks: int, profile_runs: int) -> dict:
     import onnxruntime
 
     image = np.load(f"{prefixes[0]}_image.npy")
-    feeds = {IMAGE: image, RHO2: np.array([RHO], np.float32), RHO3: np.array([RHO], np.float32)}
 
     def session(path: str, profile: Path | None = None) -> onnxruntime.InferenceSession:
         return onnxruntime.InferenceSession(path, session_options(profile_prefix=profile),
@@ -88,12 +87,19 @@ def compare(prefixes: list[str], blocks: int, profile_runs: int) -> dict:
     def request(path: str, **extra) -> object:
         return core().compile_model(core().read_model(path), "CPU", {**OPENVINO, **extra}).create_infer_request()
 
-    steps = {}
+    def cascade_feeds(ort_session: onnxruntime.InferenceSession) -> dict[str, np.ndarray]:
+        """The image and ρ for both stages, as many as the graph's rho inputs take (one per class; one in graphs
+        exported before per-class thresholds)."""
+        shapes = {graph_input.name: graph_input.shape for graph_input in ort_session.get_inputs()}
+        return {IMAGE: image, **{name: np.full(shapes[name][0], RHO, np.float32) for name in (RHO2, RHO3)}}
+
+    steps, feeds_of = {}, {}
     for prefix in prefixes:
         ort_cascade, ov_cascade = session(f"{prefix}_ort.onnx"), request(f"{prefix}_openvino.onnx")
+        feeds = feeds_of[prefix] = cascade_feeds(ort_cascade)
         ort_dense, ov_dense = session(f"{prefix}_dense.onnx"), request(f"{prefix}_dense.onnx")
-        steps[f"{prefix}: cascade, ort"] = lambda s=ort_cascade: s.run(None, feeds)
-        steps[f"{prefix}: cascade, openvino"] = lambda r=ov_cascade: r.infer(feeds, share_inputs=True)
+        steps[f"{prefix}: cascade, ort"] = lambda s=ort_cascade, f=feeds: s.run(None, f)
+        steps[f"{prefix}: cascade, openvino"] = lambda r=ov_cascade, f=feeds: r.infer(f, share_inputs=True)
         steps[f"{prefix}: dense, openvino"] = lambda r=ov_dense: r.infer({IMAGE: image}, share_inputs=True)
         steps[f"{prefix}: dense, ort"] = lambda s=ort_dense: s.run(None, {IMAGE: image})
     wall = interleaved_medians(steps, blocks)
@@ -104,8 +110,8 @@ def compare(prefixes: list[str], blocks: int, profile_runs: int) -> dict:
     warmup = 5
     for run in range(warmup + profile_runs):
         for prefix in prefixes:  # in turn, one run each, so drift hits every version alike
-            sessions[prefix].run(None, feeds)
-            requests[prefix].infer(feeds, share_inputs=True)
+            sessions[prefix].run(None, feeds_of[prefix])
+            requests[prefix].infer(feeds_of[prefix], share_inputs=True)
             for info in requests[prefix].profiling_info if run >= warmup else ():
                 if info.status.name == "EXECUTED":
                     ov_ops[prefix][info.node_type][0] += info.real_time.total_seconds() * 1e3 / profile_runs

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from layercascade.contract import IMAGE, LABELS, Rho
+from layercascade.contract import IMAGE, LABELS, RhoVectors
 from layercascade.errors import fail
 from layercascade.export.describe import check_input_size, model_keys
 from layercascade.model.checkpoint import Checkpoint
@@ -101,10 +101,10 @@ class TorchBackend(StagedBackend):
         else:
             self.path = ReferencePath(model, checkpoint, self.input_size)
 
-    def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
+    def run(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None = None) -> StageOutputs:
         return self.path.run(images, rho, forced_masks)
 
-    def run_stages(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
+    def run_stages(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None = None) -> StageOutputs:
         """:meth:`run`: the stages run inside one path here, which times them apart itself (the
         reference path per stage; the kernels path as one device time, the whole cascade on one stream)."""
         return self.run(images, rho, forced_masks)

@@ -31,7 +31,8 @@ from layercascade.contract import (
     SCORES2,
     STAGE_COUNTS,
     STAGE_RHOS,
-    Rho,
+    RhoVectors,
+    stage_rho,
 )
 from layercascade.export.describe import stage_shapes
 from layercascade.model.checkpoint import Checkpoint
@@ -59,6 +60,7 @@ class KernelPath:
         self.device = device
         self.cuda_graph = cuda_graph
         self.input_size = input_size
+        self.num_classes = model.config.num_classes
         self.stage_size = tuple(stage_shapes(model.config, input_size)[0][1:])
         self.mean = torch.tensor(checkpoint.mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(checkpoint.std, dtype=torch.float32, device=device)
@@ -67,6 +69,7 @@ class KernelPath:
             self.heads = [StagePlan(head_ops(model, k, k > 0), k > 0, dtype, device) for k in range(NUM_STAGES)]
         self.dense_plan: tuple[list[StagePlan], StagePlan] | None = None  # built on first use
         self.programs: dict[tuple[str, int, bool, bool], DeviceProgram] = {}
+        self.rho_copied: dict[tuple[DeviceProgram, str], np.ndarray] = {}  # the thresholds on the device, by program
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 (N, H, W, 3) → normalised NHWC in the compute dtype."""
@@ -77,9 +80,10 @@ class KernelPath:
         return Region(mask, rows, count)
 
     def threshold(self, scores: Tensor, rho: Tensor, region: Tensor | None) -> Tensor:
-        """``[max softmax(scores) ≤ ρ]`` (∧ the current region), 0/1 (N, h, w, 1) in the compute dtype."""
+        """``[max softmax(scores) ≤ ρ[argmax scores]]`` (∧ the current region), 0/1 (N, h, w, 1) in the compute
+        dtype; ``rho`` holds one threshold per class (``model/region.py`` ``next_mask``)."""
         confidence = torch.softmax(scores.float(), dim=-1).amax(dim=-1, keepdim=True)
-        mask = (confidence <= rho).to(self.dtype)
+        mask = (confidence <= rho[scores.argmax(dim=-1, keepdim=True)]).to(self.dtype)
         return mask if region is None else mask * region
 
     def cascade(self, images: Tensor, rho2: Tensor, rho3: Tensor, forced2: Tensor | None = None,
@@ -126,7 +130,7 @@ class KernelPath:
             inputs = {"images": torch.zeros(batch, height, width, 3, dtype=torch.uint8, device=self.device)}
             if kind == "cascade":
                 for name in STAGE_RHOS:
-                    inputs[name] = torch.ones(1, dtype=torch.float32, device=self.device)
+                    inputs[name] = torch.ones(self.num_classes, dtype=torch.float32, device=self.device)
                 if forced:
                     h, w = self.stage_size
                     for name in ("forced2", "forced3"):
@@ -135,11 +139,14 @@ class KernelPath:
             self.programs[key] = DeviceProgram(function, inputs, graph)
         return self.programs[key]
 
-    def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None) -> StageOutputs:
+    def run(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None) -> StageOutputs:
         started = time.perf_counter()
         program = self.program("cascade", images.shape[0], forced_masks is not None)
         for name, value in zip(STAGE_RHOS, rho):
-            program.inputs[name].fill_(value)
+            vector = stage_rho(value, self.num_classes)
+            if not np.array_equal(self.rho_copied.get((program, name)), vector):  # 4·C bytes, when they change
+                program.inputs[name].copy_(torch.from_numpy(vector))
+                self.rho_copied[program, name] = vector
         if forced_masks is not None:
             for name, mask in zip(("forced2", "forced3"), forced_masks):
                 program.inputs[name].copy_(host_tensor(mask).permute(0, 2, 3, 1))

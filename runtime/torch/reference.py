@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from layercascade.contract import CONFIDENCE, LABELS, STAGE_COUNTS, Rho
+from layercascade.contract import CONFIDENCE, LABELS, STAGE_COUNTS, RhoVectors
 from layercascade.model.checkpoint import Checkpoint
 from layercascade.model.network import NUM_STAGES, LayerCascadeNet, normalize
 from layercascade.model.region import confidence, fuse_scores, next_mask
@@ -47,9 +47,9 @@ class ReferencePath:
         self.input_size = input_size
 
     @torch.inference_mode()
-    def stage_outputs(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> dict[str, Any]:
-        """Scores of every stage (N, C, h, w), masks [M₂, M₃] (N, 1, h, w) at ``rho`` = (ρ₂, ρ₃), labels, counts,
-        the fused scores' confidence (N, h, w) and per-stage ms."""
+    def stage_outputs(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None = None) -> dict[str, Any]:
+        """Scores of every stage (N, C, h, w), masks [M₂, M₃] (N, 1, h, w) at ``rho`` = (ρ₂, ρ₃), each one
+        threshold or one per class, labels, counts, the fused scores' confidence (N, h, w) and per-stage ms."""
         x = normalize(host_tensor(images), self.mean, self.std)
         features, scores, masks, region, timings = x, [], [], None, {}
         for index in range(NUM_STAGES):
@@ -57,7 +57,8 @@ class ReferencePath:
             features, stage_scores = self.model.forward_stage(index, features, region)
             scores.append(stage_scores)
             if index + 1 < NUM_STAGES:
-                region = (next_mask(stage_scores, rho[index], region) if forced_masks is None
+                threshold = torch.as_tensor(rho[index], dtype=torch.float32)  # one, or one per class
+                region = (next_mask(stage_scores, threshold, region) if forced_masks is None
                           else host_tensor(forced_masks[index]))
                 masks.append(region)
             timings[f"stage{index + 1}"] = (time.perf_counter() - started) * 1e3
@@ -65,7 +66,7 @@ class ReferencePath:
         return {"scores": scores, "masks": masks, LABELS: upsample_labels(fused, self.input_size),
                 STAGE_COUNTS: stage_counts(*masks), CONFIDENCE: confidence(fused)[:, 0], "timings": timings}
 
-    def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None) -> StageOutputs:
+    def run(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None) -> StageOutputs:
         started = time.perf_counter()
         out = self.stage_outputs(images, rho, forced_masks)
         timings = {**out["timings"], "total": (time.perf_counter() - started) * 1e3}

@@ -14,8 +14,8 @@ largest batch and image size of the engines' optimization profile and bound by a
 k's outputs are stage k+1's inputs in place and a run at a smaller batch or size uses the leading
 part of each buffer (set_input_shape per run; no reallocation, so addresses never change and memory
 is bounded by the profile's maximum);
-ρ₂ and ρ₃ (stage 1's and stage 2's ``rho``, a buffer each) are copied to the device only when
-they change; the host sees only the image (in) and the
+ρ₂ and ρ₃ (stage 1's and stage 2's ``rho``, one threshold per class, a buffer each) are copied to the device
+only when they change; the host sees only the image (in) and the
 labels, stage counts and masks (out), through pinned buffers and async copies; the stream is
 synchronised once per run. Per-stage times come from CUDA events between the stages.
 """
@@ -32,7 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from layercascade.contract import CONFIDENCE, IMAGE, LABELS, MASK2, MASK3, MASKS, STAGE_COUNTS, STAGE_RHOS, Rho
+from layercascade.contract import (
+    CONFIDENCE,
+    IMAGE,
+    LABELS,
+    MASK2,
+    MASK3,
+    MASKS,
+    STAGE_COUNTS,
+    STAGE_RHOS,
+    RhoVectors,
+    stage_rho,
+)
 from layercascade.errors import fail
 from layercascade.plugins.nvidia import cuda_call
 from layercascade.runtime.backend import Masks, StagedBackend, StageOutputs
@@ -206,7 +217,7 @@ class TrtBackend(StagedBackend):
         self.graphs: OrderedDict[tuple[int, Size | None, bool], list[Any]] = OrderedDict()
         self.captured_stages: list[bool] = []
         self.shape: tuple[int, Size | None] | None = None  # (batch, size) the engines' input shapes are set for
-        self.rho: Rho | None = None
+        self.rho: RhoVectors | None = None
         self.forced: bool | None = None
 
     # -- one run ----------------------------------------------------------------------------------
@@ -329,7 +340,7 @@ class TrtBackend(StagedBackend):
         if not self._stage_work(index, batch, size, forced):
             fail(f"{self.engines[index].path}: TensorRT could not run the engine (see its log above)")
 
-    def run(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
+    def run(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None = None) -> StageOutputs:
         """Images (N, H, W, 3) in, labels / masks / counts / confidence out; one stream sync per call. H, W: the
         export's size, or (dynamic-size engines) any size of the engines' profile."""
         batch, forced = images.shape[0], forced_masks is not None
@@ -344,7 +355,10 @@ class TrtBackend(StagedBackend):
             for mask, values in zip(MASKS, forced_masks):
                 self._host(FORCED[mask], batch, size)[...] = values
         cudart = self.cudart
-        if rho != self.rho:  # ρ₂, ρ₃ live on the device; 8 bytes cross only when they change
+        # ρ₂, ρ₃ (per class, or one each for engines of graphs exported before per-class thresholds) live on the
+        # device; they cross only when they change.
+        rho = tuple(stage_rho(value, self.host[name].size, self.engine_dir) for name, value in zip(STAGE_RHOS, rho))
+        if self.rho is None or not all(np.array_equal(a, b) for a, b in zip(rho, self.rho)):
             for name, value in zip(STAGE_RHOS, rho):
                 self.host[name][...] = value
                 self._copy(name, batch, size, to_device=True)
@@ -368,7 +382,7 @@ class TrtBackend(StagedBackend):
         return StageOutputs(self._host(LABELS, batch, size).copy(), mask2, mask3,
                             self._host(STAGE_COUNTS, batch, size).copy(), timings, confidence)
 
-    def run_stages(self, images: np.ndarray, rho: Rho, forced_masks: Masks | None = None) -> StageOutputs:
+    def run_stages(self, images: np.ndarray, rho: RhoVectors, forced_masks: Masks | None = None) -> StageOutputs:
         """:meth:`run`, which times the stages apart already (CUDA events between them, one sync)."""
         return self.run(images, rho, forced_masks)
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from layercascade.contract import Rho, RhoLike
+from layercascade.contract import Rho, RhoClassLike, RhoLike
 from layercascade.errors import fail
 from layercascade.runtime.result import CascadeResult
 from layercascade.runtime.segment import ImageOptions
@@ -163,7 +163,8 @@ def pyav() -> ModuleType:
 
 def segment_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *, rho: RhoLike | None = None,
                   read: ImageOptions = ImageOptions(), realtime: bool | None = None, progress: bool = True,
-                  open_timeout_s: float = 10.0, target_fps: float | None = None) -> VideoRun:
+                  open_timeout_s: float = 10.0, target_fps: float | None = None,
+                  rho_class: RhoClassLike | None = None) -> VideoRun:
     """Segment every frame of a video file, stream or camera and write ``out/<stem>`` + :data:`VIDEO_OUTPUTS`.
 
     The outputs are written under temporary names and renamed when finalised, also when the run ends early:
@@ -179,18 +180,19 @@ def segment_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *,
     recorded in the model dir (``runtime/control.py``'s controller, observing each batch's time per frame and the
     frames waiting), and raising it again when there is room: a live source drops frames only where the fastest
     point of the frontier still cannot keep up. Each frame's line says its ρ; the record, the controller's moves
-    and the mean expected mIoU cost. A model dir without a frontier is one line.
+    and the mean expected mIoU cost. A model dir without a frontier is one line. ``rho_class`` (per-class
+    thresholds, as ``Cascade.__call__`` takes them) applies to every frame, on top of the target's ρ₂, ρ₃.
     """
     pyav()
     from layercascade.runtime.video.pipeline import run_video
 
     return run_video(cascade, source, out, stem, rho=rho, read=read, realtime=realtime, progress=progress,
-                     open_timeout_s=open_timeout_s, target_fps=target_fps)
+                     open_timeout_s=open_timeout_s, target_fps=target_fps, rho_class=rho_class)
 
 
 def stream(cascade: Cascade, source: str | Path | Iterable[np.ndarray | Image.Image], *, rho: RhoLike | None = None,
            resize: str | None = None, realtime: bool | None = None, open_timeout_s: float = 10.0,
-           target_fps: float | None = None) -> Iterator[FrameResult]:
+           target_fps: float | None = None, rho_class: RhoClassLike | None = None) -> Iterator[FrameResult]:
     """:class:`FrameResult` s of every frame of ``source`` (a video file, URL, camera, or an iterable of
     (H, W, 3) uint8 frames or PIL images), decoded in a thread of its own and batched as the model allows.
 
@@ -199,9 +201,9 @@ def stream(cascade: Cascade, source: str | Path | Iterable[np.ndarray | Image.Im
     drops frames the cascade cannot keep up with; a file never drops one, an iterable only with ``realtime``.
     Corrupt packets and frames are skipped; a source that fails mid-way ends the frames with a
     :class:`SourceStoppedWarning` saying why. ``target_fps``: as :func:`segment_video`'s (each
-    :class:`FrameResult`'s ``rho`` says the thresholds it ran at).
+    :class:`FrameResult`'s ``rho`` says the thresholds it ran at); ``rho_class``: as :func:`segment_video`'s.
     """
     from layercascade.runtime.video.pipeline import stream_results
 
     return stream_results(cascade, source, rho=rho, resize=resize, realtime=realtime, open_timeout_s=open_timeout_s,
-                          target_fps=target_fps)
+                          target_fps=target_fps, rho_class=rho_class)

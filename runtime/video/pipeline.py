@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from layercascade.contract import Rho, RhoLike, rho_value
+from layercascade.contract import Rho, RhoClass, RhoClassLike, RhoLike, rho_value
 from layercascade.errors import LCError, fail
 from layercascade.manifest import MANIFEST
 from layercascade.runtime.control import Choice, RhoController, read_frontier
@@ -67,11 +67,12 @@ def batches(decoder: Decoder, size: int) -> Iterator[tuple[list[Frame], list[Any
             return
 
 
-def infer(cascade: Cascade, frames: list[Frame], rho: RhoLike | None,
-          read: ImageOptions) -> tuple[list[CascadeResult], float]:
-    """The cascade's results for a batch of frames and the seconds it took."""
+def infer(cascade: Cascade, frames: list[Frame], rho: RhoLike | None, read: ImageOptions,
+          rho_class: RhoClassLike | None = None) -> tuple[list[CascadeResult], float]:
+    """The cascade's results for a batch of frames at ``rho`` and ``rho_class`` and the seconds it took."""
     started = time.perf_counter()
-    results = cascade.segment_batch([frame.image for frame in frames], rho, read.resize, read.tile, read.overlap)
+    results = cascade.segment_batch([frame.image for frame in frames], rho, read.resize, read.tile, read.overlap,
+                                    rho_class)
     return results, time.perf_counter() - started
 
 
@@ -79,10 +80,14 @@ class Thresholds:
     """The ρ of each batch of a video: ``rho`` (the model's default when None), or with ``target_fps`` the point of
     the model's frontier a :class:`~layercascade.runtime.control.RhoController` picks for that rate, fed each
     batch's time per frame and the frames waiting behind it (a frame is the controller's unit: its target is
-    1000 / ``target_fps`` ms, and the frontier's run times are scaled to this machine's frames as they come)."""
+    1000 / ``target_fps`` ms, and the frontier's run times are scaled to this machine's frames as they come).
+    The target moves ρ₂ and ρ₃ only: ``rho_class`` (checked here, before the source opens; None: the model's default)
+    applies to every batch on top of them, as :attr:`per_class`."""
 
-    def __init__(self, cascade: Cascade, rho: RhoLike | None, target_fps: float | None) -> None:
+    def __init__(self, cascade: Cascade, rho: RhoLike | None, target_fps: float | None,
+                 rho_class: RhoClassLike | None = None) -> None:
         self.fixed = cascade.rho(rho)
+        self.per_class: RhoClass = cascade.rho_class(rho_class)
         self.controller: RhoController | None = None
         self.choice: Choice | None = None
         self.costs = 0.0  # the expected mIoU cost summed over the frames run
@@ -121,11 +126,12 @@ class Thresholds:
 
 def stream_results(cascade: Cascade, source: str | Path | Iterable[np.ndarray | Image.Image], *,
                    rho: RhoLike | None, resize: str | None, realtime: bool | None,
-                   open_timeout_s: float, target_fps: float | None = None) -> Iterator[FrameResult]:
+                   open_timeout_s: float, target_fps: float | None = None,
+                   rho_class: RhoClassLike | None = None) -> Iterator[FrameResult]:
     """``video.stream``: the source opened and the settings checked now, the frames run as they are taken."""
     read = ImageOptions(resize=resize)
     cascade.image_policy(resize, None, None)
-    thresholds = Thresholds(cascade, rho, target_fps)
+    thresholds = Thresholds(cascade, rho, target_fps, rho_class)
     size = batch_size(cascade)
     counts = Counts()
     if isinstance(source, (str, Path)):
@@ -144,7 +150,7 @@ def _results(cascade: Cascade, decoder: Decoder, counts: Counts, size: int, thre
     try:
         for frames, _ in batches(decoder, size):
             rho = thresholds.next()
-            results, seconds = infer(cascade, frames, rho, read)
+            results, seconds = infer(cascade, frames, rho, read, thresholds.per_class)
             thresholds.ran(len(frames), seconds, decoder.frames)
             for frame, result in zip(frames, results, strict=True):
                 yield FrameResult(frame.index, frame.pts, frame.time_s, frame.image, result, rho)
@@ -174,12 +180,12 @@ class Totals:
 
 def run_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *, rho: RhoLike | None,
               read: ImageOptions, realtime: bool | None, progress: bool, open_timeout_s: float,
-              target_fps: float | None = None) -> VideoRun:
+              target_fps: float | None = None, rho_class: RhoClassLike | None = None) -> VideoRun:
     """``segment_video``: see there."""
     from layercascade.runtime.video.outputs import Encoder, VideoWriter
 
     cascade.image_policy(read.resize, read.tile, read.overlap)
-    thresholds = Thresholds(cascade, rho, target_fps)
+    thresholds = Thresholds(cascade, rho, target_fps, rho_class)
     opened = open_video(source, open_timeout_s, read.max_pixels)
     size = batch_size(cascade)
     counts = Counts()
@@ -206,7 +212,7 @@ def run_video(cascade: Cascade, source: str | Path, out: Path, stem: str, *, rho
                         encoder.put(packet)
                     if frames:
                         batch_rho = thresholds.next()
-                        results, seconds = infer(cascade, frames, batch_rho, read)
+                        results, seconds = infer(cascade, frames, batch_rho, read, thresholds.per_class)
                         thresholds.ran(len(frames), seconds, decoder.frames)
                         totals.add(frames, results, seconds)
                         for frame, result in zip(frames, results, strict=True):
