@@ -346,7 +346,8 @@ class Cascade:
 
     def stream(self, source: str | Path | Iterable[np.ndarray | Image.Image], rho: RhoLike | None = None,
                resize: str | None = None, realtime: bool | None = None,
-               open_timeout_s: float = 10.0, rho_class: RhoClassLike | None = None) -> Iterator[FrameResult]:
+               open_timeout_s: float = 10.0, rho_class: RhoClassLike | None = None,
+               target_fps: float | None = None) -> Iterator[FrameResult]:
         """Segment every frame of a video file, URL (rtsp://, udp://, tcp://, http(s)://...), V4L2 camera
         (/dev/videoN) or iterable of (H, W, 3) uint8 frames / PIL images: one
         :class:`~layercascade.runtime.video.FrameResult` per frame, in order.
@@ -357,12 +358,14 @@ class Cascade:
         keep up with; a file never drops one. A source that cannot be opened (within ``open_timeout_s``
         seconds) is a one-line :class:`~layercascade.errors.LCError` here; one that fails mid-way ends the frames
         with a :class:`~layercascade.runtime.video.SourceStoppedWarning`; closing the generator stops the decoding.
-        ``rho`` and ``rho_class``: as :meth:`__call__` takes them, for every frame.
+        ``rho`` and ``rho_class``: as :meth:`__call__` takes them, for every frame. ``target_fps``: keep that many
+        frames per second by lowering (ρ₂, ρ₃) along the frontier lc-tune recorded in the model dir, in place of
+        ``rho`` (each result's ``rho`` says what it ran at; docs/run.md).
         """
         from layercascade.runtime.video import stream
 
         return stream(self, source, rho=rho, resize=resize, realtime=realtime, open_timeout_s=open_timeout_s,
-                      rho_class=rho_class)
+                      rho_class=rho_class, target_fps=target_fps)
 
     def predict(self, image: np.ndarray, rho: RhoLike, resize: str | None = None,
                 rho_class: RhoClassLike | None = None) -> tuple[np.ndarray, np.ndarray, int]:

@@ -496,6 +496,8 @@ def test_a_frame_rate_target_lowers_rho_along_the_frontier(cascade: Cascade, tmp
     assert run.record["mean_expected_miou_cost"] == pytest.approx(expected, abs=1e-3)
     results = list(stream(Tuned(cascade), source, target_fps=50))
     assert results[0].rho == (1.0, 1.0) and results[-1].rho != (1.0, 1.0)
+    with Cascade.load(None, backend="ort") as loaded, pytest.raises(LCError, match="records no latency frontier"):
+        loaded.stream(source, target_fps=50)  # the method hands the target on
 
 
 def test_per_class_thresholds_apply_on_top_of_the_targets_rho(cascade: Cascade) -> None:
