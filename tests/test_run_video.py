@@ -310,3 +310,15 @@ def test_the_readme_demo_clip(tmp_path: Path) -> None:
     check_video_outputs(out, record)
     # Most pixels are background everywhere in the clip, and most stop at stage 1, as in the synthetic val set.
     assert record["stage_fractions"][0] > 0.5
+
+
+def test_target_fps_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--target-fps needs a model dir with lc-tune's frontier and takes the place of --rho: one line each, before
+    any video is read."""
+    clip = video(tmp_path / "clip.mp4", 2)
+    out = tmp_path / "out"
+    assert run_lc([clip, "-o", out, "--target-fps", "30"]) == 1
+    assert "records no latency frontier" in capsys.readouterr().err
+    assert run_lc([clip, "-o", out, "--target-fps", "30", "--rho", "0.9"]) == 1
+    assert "--rho and --target-fps" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
