@@ -152,11 +152,14 @@ def outcomes(model: str | None, load: dict[str, Any], paths: list[Source], rho: 
             # Each video task takes the Ctrl-C as segment_video does (its files finalised, listed as interrupted).
             for ref in running:
                 ray.cancel(ref)
-            for ref, index in running.items():
+            for ref, index in list(running.items()):
                 try:
                     yield index, video_outcome(ray.get(ref), paths[index])
                 except ray.exceptions.RayError:
                     pass  # cancelled before its video opened: nothing written
+                # Done: not cancelled a second time below (Ray 2.60's core worker can abort the driver, "Tried to
+                # complete task that was not pending", when a task is cancelled again as its reply arrives).
+                del running[ref]
             raise
         finally:
             # The generator closed early (--strict, a stop, a Ctrl-C between two videos): no task goes on
