@@ -152,9 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     read = ImageOptions(args.max_pixels, args.exif_transpose, **image_options(args))
     video = VideoOptions(args.realtime, args.open_timeout, args.target_fps)
     progress = not (args.quiet or args.json)
-    # A video is decoded and encoded beside the model (runtime/video): the model leaves those threads a core. On 2
-    # cores the 1280x720 demo clip ran end to end at 25 frames/s with ONNX Runtime on one thread, 23 on both
-    # (docs/results.md "Video throughput").
+    # A video is decoded and encoded beside the model (runtime/video): the model leaves those threads a core
+    # (docs/results.md "Video throughput": on 2 cores, the model on one thread runs the pipeline faster than on both).
     threads = max(1, (os.cpu_count() or 1) - 1) if any(map(is_video, paths)) else 0
     # With --ray the model is loaded here too, first: a model that does not load is lc-run's one line.
     with Cascade.load(args.model, **load_options(args, threads=threads)) as cascade:

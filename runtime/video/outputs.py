@@ -96,8 +96,7 @@ class VideoWriter:
                                          options={"preset": "veryfast"} if x264 else {})
         stream.pix_fmt = "yuv420p"
         # The encoder shares the machine with the cascade's threads: FFmpeg's default (1.5 threads a core for x264)
-        # oversubscribes it. A quarter of the cores (one on a 2-core machine: the 1280x720 demo clip on OpenVINO went
-        # from 29 to 34 frames per second end to end, docs/results.md "Video throughput").
+        # oversubscribes it. A quarter of the cores, one on a 2-core machine.
         stream.codec_context.thread_count = max(1, (os.cpu_count() or 1) // 4)
         # The input's time base, so its timestamps carry over unchanged (MPEG-4 Part 2 takes only coarser ones:
         # PyAV rescales the frames' timestamps to it).
